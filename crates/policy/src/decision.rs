@@ -1,0 +1,701 @@
+//! The decision function: DESIGN §3 "Decision rules", evaluated in order, with reasons and a trace.
+
+use crate::model::{Channel, Jurisdiction, LegalBasis, Personalization, Policy, Purpose};
+use crate::pattern::{is_ancestor_or_self, parent_key};
+use crate::state::{ConsentType, Record, RecordState, SubjectState};
+use std::fmt;
+use time::{Duration, OffsetDateTime};
+
+/// Why something was denied. Stable, machine-readable codes (the `reason` strings on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The caller may not ask for this purpose.
+    CallerNotPermitted,
+    /// The purpose does not need this category (data minimization).
+    NotNeededForPurpose,
+    /// The subject was erased.
+    SubjectErased,
+    /// Processing is restricted (GDPR Art. 18) to essential purposes.
+    ProcessingRestricted,
+    /// No consent recorded (or not on this channel): consent is never assumed.
+    NoConsent,
+    /// The person refused.
+    Refused,
+    /// The person withdrew.
+    Withdrawn,
+    /// The consent's expiry has passed.
+    Expired,
+    /// The consent was given under an older major notice version.
+    NoticeOutdated,
+    /// A Global Privacy Control signal opts out of this purpose.
+    GpcOptOut,
+    /// The subject is a minor and the consent is not backed by a recorded guardian.
+    MinorRequiresGuardian,
+    /// A sensitive category needs an explicit consent naming it.
+    SensitiveRequiresExplicitConsent,
+}
+
+impl Reason {
+    /// The wire code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::CallerNotPermitted => "CALLER_NOT_PERMITTED",
+            Reason::NotNeededForPurpose => "NOT_NEEDED_FOR_PURPOSE",
+            Reason::SubjectErased => "SUBJECT_ERASED",
+            Reason::ProcessingRestricted => "PROCESSING_RESTRICTED",
+            Reason::NoConsent => "NO_CONSENT",
+            Reason::Refused => "REFUSED",
+            Reason::Withdrawn => "WITHDRAWN",
+            Reason::Expired => "EXPIRED",
+            Reason::NoticeOutdated => "NOTICE_OUTDATED",
+            Reason::GpcOptOut => "GPC_OPT_OUT",
+            Reason::MinorRequiresGuardian => "MINOR_REQUIRES_GUARDIAN",
+            Reason::SensitiveRequiresExplicitConsent => "SENSITIVE_REQUIRES_EXPLICIT_CONSENT",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A bad request: a bug in the caller, answered with INVALID_ARGUMENT, never a denial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    /// The purpose is not in the policy.
+    #[error("unknown purpose {0:?}")]
+    UnknownPurpose(String),
+    /// A data category is not in the policy.
+    #[error("unknown data category {category:?}")]
+    UnknownCategory {
+        /// Index in the request's list.
+        index: usize,
+        /// The unknown key.
+        category: String,
+    },
+    /// The jurisdiction is not in the policy.
+    #[error("unknown jurisdiction {0:?}")]
+    UnknownJurisdiction(String),
+    /// The channel is unknown or not one of the purpose's channels.
+    #[error("{0}")]
+    BadChannel(String),
+}
+
+impl DecisionError {
+    /// The request field the error is about (relative to a Check request).
+    pub fn field(&self) -> String {
+        match self {
+            DecisionError::UnknownPurpose(_) => "purpose".into(),
+            DecisionError::UnknownCategory { index, .. } => format!("data_categories[{index}]"),
+            DecisionError::UnknownJurisdiction(_) => "context.jurisdiction".into(),
+            DecisionError::BadChannel(_) => "channel".into(),
+        }
+    }
+}
+
+/// What is being asked, and by whom.
+#[derive(Debug, Clone)]
+pub struct CheckInput<'a> {
+    /// The caller the caller-purpose rule applies to (the original caller under delegation).
+    pub caller: &'a str,
+    /// The purpose key.
+    pub purpose: &'a str,
+    /// Requested data categories; empty asks about the purpose alone.
+    pub categories: &'a [String],
+    /// Channel, for channel-scoped purposes.
+    pub channel: Option<&'a str>,
+    /// Jurisdiction code; empty for the policy default.
+    pub jurisdiction: &'a str,
+    /// GPC flag carried by the originating request.
+    pub gpc: bool,
+    /// The time of the decision.
+    pub now: OffsetDateTime,
+}
+
+/// The overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything asked for is allowed.
+    Allow,
+    /// Some categories allowed, some denied.
+    Partial,
+    /// Nothing is allowed.
+    Deny,
+}
+
+/// The verdict for one requested category (or for the purpose alone when no category was asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategoryVerdict {
+    /// The category (None: the purpose-level question).
+    pub category: Option<String>,
+    /// None when allowed.
+    pub denied: Option<Reason>,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// Something the enforcer must do when it acts on an allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obligation {
+    /// The kind, e.g. `exclude_sources`.
+    pub kind: &'static str,
+    /// Its values, e.g. `third_party`.
+    pub values: Vec<String>,
+}
+
+/// One step of the trace: which rule decided what, from which records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The rule's name, e.g. `legal_basis`.
+    pub rule: &'static str,
+    /// What it concluded, e.g. `allow` or a reason code.
+    pub outcome: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Records that decided it.
+    pub record_ids: Vec<String>,
+}
+
+/// A decision: verdicts, the personalization level, obligations, and what it was computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The overall verdict.
+    pub verdict: Verdict,
+    /// The first denial's reason when nothing is allowed.
+    pub reason: Option<Reason>,
+    /// One verdict per requested category (or one purpose-level verdict).
+    pub categories: Vec<CategoryVerdict>,
+    /// The highest personalization rung the subject's consents allow this caller.
+    pub personalization: Personalization,
+    /// Duties that travel with an allow.
+    pub obligations: Vec<Obligation>,
+    /// The subject state's revision.
+    pub revision: u64,
+    /// How long a cache may keep this decision.
+    pub valid_until: OffsetDateTime,
+    /// The trace.
+    pub explanation: Vec<Step>,
+}
+
+/// A single evaluation outcome for one (purpose, category).
+struct Outcome<'s> {
+    denied: Option<Reason>,
+    detail: String,
+    rule: &'static str,
+    record: Option<&'s Record>,
+}
+
+impl<'s> Outcome<'s> {
+    fn allow(rule: &'static str, detail: String, record: Option<&'s Record>) -> Self {
+        Outcome {
+            denied: None,
+            detail,
+            rule,
+            record,
+        }
+    }
+    fn deny(
+        rule: &'static str,
+        reason: Reason,
+        detail: String,
+        record: Option<&'s Record>,
+    ) -> Self {
+        Outcome {
+            denied: Some(reason),
+            detail,
+            rule,
+            record,
+        }
+    }
+}
+
+/// Decides a Check. Pure: the same policy, input and state always give the same decision.
+pub fn decide(
+    policy: &Policy,
+    input: &CheckInput<'_>,
+    state: &SubjectState,
+) -> Result<Decision, DecisionError> {
+    // Rule 1: unknown purpose, category, jurisdiction or channel is a caller bug, not a denial.
+    let purpose = policy
+        .purposes
+        .get(input.purpose)
+        .ok_or_else(|| DecisionError::UnknownPurpose(input.purpose.to_owned()))?;
+    for (index, category) in input.categories.iter().enumerate() {
+        if !policy.categories.contains_key(category) {
+            return Err(DecisionError::UnknownCategory {
+                index,
+                category: category.clone(),
+            });
+        }
+    }
+    let jurisdiction = policy
+        .jurisdiction(input.jurisdiction)
+        .ok_or_else(|| DecisionError::UnknownJurisdiction(input.jurisdiction.to_owned()))?;
+    let channel = resolve_channel(purpose, input.channel)?;
+
+    let ctx = Evaluation {
+        policy,
+        jurisdiction,
+        channel,
+        gpc: input.gpc,
+        now: input.now,
+        state,
+    };
+    let mut explanation = Vec::new();
+
+    // Rule 2: the caller-purpose rule.
+    let permitted = policy.caller_may_ask(input.caller, &purpose.key);
+    explanation.push(Step {
+        rule: "caller_permission",
+        outcome: if permitted {
+            "allow".into()
+        } else {
+            Reason::CallerNotPermitted.code().into()
+        },
+        detail: if permitted {
+            format!("caller {:?} may ask for {:?}", input.caller, purpose.key)
+        } else {
+            format!(
+                "caller {:?} is not allowed to ask for {:?}",
+                input.caller, purpose.key
+            )
+        },
+        record_ids: Vec::new(),
+    });
+
+    let targets: Vec<Option<&str>> = if input.categories.is_empty() {
+        vec![None]
+    } else {
+        input.categories.iter().map(|c| Some(c.as_str())).collect()
+    };
+    let mut verdicts = Vec::with_capacity(targets.len());
+    let mut valid_until = input.now + Duration::seconds(i64::from(policy.decision_ttl_seconds));
+    for target in targets {
+        let outcome = if !permitted {
+            Outcome::deny(
+                "caller_permission",
+                Reason::CallerNotPermitted,
+                format!(
+                    "caller {:?} is not allowed to ask for {:?}",
+                    input.caller, purpose.key
+                ),
+                None,
+            )
+        } else {
+            ctx.evaluate(purpose, target)
+        };
+        if outcome.denied.is_none()
+            && let Some(expiry) = outcome.record.and_then(|r| r.expires_at)
+        {
+            valid_until = valid_until.min(expiry);
+        }
+        explanation.push(Step {
+            rule: outcome.rule,
+            outcome: outcome
+                .denied
+                .map_or_else(|| "allow".into(), |r| r.code().into()),
+            detail: match target {
+                Some(c) => format!("{c}: {}", outcome.detail),
+                None => outcome.detail.clone(),
+            },
+            record_ids: outcome
+                .record
+                .map(|r| vec![r.id.clone()])
+                .unwrap_or_default(),
+        });
+        verdicts.push(CategoryVerdict {
+            category: target.map(str::to_owned),
+            denied: outcome.denied,
+            detail: outcome.detail,
+        });
+    }
+
+    let allowed = verdicts.iter().filter(|v| v.denied.is_none()).count();
+    let verdict = match allowed {
+        0 => Verdict::Deny,
+        n if n == verdicts.len() => Verdict::Allow,
+        _ => Verdict::Partial,
+    };
+    let reason = if verdict == Verdict::Deny {
+        verdicts.iter().find_map(|v| v.denied)
+    } else {
+        None
+    };
+
+    // Rule 9: obligations travel with an allow.
+    let mut obligations = Vec::new();
+    if verdict != Verdict::Deny
+        && policy
+            .rules
+            .exclude_third_party_sources_for
+            .iter()
+            .any(|p| p.matches(&purpose.key))
+    {
+        obligations.push(Obligation {
+            kind: "exclude_sources",
+            values: vec!["third_party".into()],
+        });
+        explanation.push(Step {
+            rule: "obligations",
+            outcome: "exclude_sources".into(),
+            detail: "third-party-sourced data may not be used for this purpose".into(),
+            record_ids: Vec::new(),
+        });
+    }
+
+    let personalization = ctx.personalization(input.caller);
+    if valid_until < input.now {
+        valid_until = input.now;
+    }
+    Ok(Decision {
+        verdict,
+        reason,
+        categories: verdicts,
+        personalization,
+        obligations,
+        revision: state.revision,
+        valid_until,
+        explanation,
+    })
+}
+
+fn resolve_channel(
+    purpose: &Purpose,
+    requested: Option<&str>,
+) -> Result<Option<Channel>, DecisionError> {
+    match requested.filter(|c| !c.is_empty()) {
+        None if purpose.channels.is_empty() => Ok(None),
+        None if purpose.channels.len() == 1 => Ok(Some(purpose.channels[0])),
+        None => Err(DecisionError::BadChannel(format!(
+            "purpose {:?} is channel-scoped: name one of {}",
+            purpose.key,
+            list(&purpose.channels)
+        ))),
+        Some(text) => {
+            let channel = Channel::parse(text).ok_or_else(|| {
+                DecisionError::BadChannel(format!(
+                    "unknown channel {text:?} (expected email, sms, push or in_app)"
+                ))
+            })?;
+            if purpose.channels.contains(&channel) {
+                Ok(Some(channel))
+            } else if purpose.channels.is_empty() {
+                Err(DecisionError::BadChannel(format!(
+                    "purpose {:?} is not channel-scoped",
+                    purpose.key
+                )))
+            } else {
+                Err(DecisionError::BadChannel(format!(
+                    "purpose {:?} has no channel {text:?}: name one of {}",
+                    purpose.key,
+                    list(&purpose.channels)
+                )))
+            }
+        }
+    }
+}
+
+fn list(channels: &[Channel]) -> String {
+    channels
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+struct Evaluation<'a> {
+    policy: &'a Policy,
+    jurisdiction: &'a Jurisdiction,
+    channel: Option<Channel>,
+    gpc: bool,
+    now: OffsetDateTime,
+    state: &'a SubjectState,
+}
+
+impl<'a> Evaluation<'a> {
+    /// Rules 3–8 for one (purpose, category).
+    fn evaluate(&self, purpose: &Purpose, category: Option<&str>) -> Outcome<'a> {
+        let state = self.state;
+        // Rule 3: minimization.
+        if let Some(c) = category
+            && !purpose.needs(c)
+        {
+            return Outcome::deny(
+                "minimization",
+                Reason::NotNeededForPurpose,
+                format!("purpose {:?} does not need this category", purpose.key),
+                None,
+            );
+        }
+        let basis = self.policy.legal_basis(purpose, self.jurisdiction);
+        // Rule 4: erasure, then restriction.
+        if state.erased {
+            return Outcome::deny(
+                "erasure",
+                Reason::SubjectErased,
+                "the subject was erased".into(),
+                None,
+            );
+        }
+        if state.restricted && basis != LegalBasis::Essential {
+            return Outcome::deny(
+                "restriction",
+                Reason::ProcessingRestricted,
+                "processing is restricted to essential purposes".into(),
+                None,
+            );
+        }
+        let record = self.most_specific(purpose, category);
+        // Rule 5: the legal basis.
+        match basis {
+            LegalBasis::Essential | LegalBasis::Contract => {}
+            LegalBasis::Consent => match record {
+                None => {
+                    return Outcome::deny(
+                        "legal_basis",
+                        Reason::NoConsent,
+                        self.no_consent_detail(purpose),
+                        None,
+                    );
+                }
+                Some(r) => match r.state {
+                    RecordState::Refused => {
+                        return Outcome::deny(
+                            "legal_basis",
+                            Reason::Refused,
+                            "consent was refused".into(),
+                            Some(r),
+                        );
+                    }
+                    RecordState::Withdrawn => {
+                        return Outcome::deny(
+                            "legal_basis",
+                            Reason::Withdrawn,
+                            "consent was withdrawn".into(),
+                            Some(r),
+                        );
+                    }
+                    RecordState::Given => {
+                        if r.expires_at.is_some_and(|e| e <= self.now) {
+                            return Outcome::deny(
+                                "legal_basis",
+                                Reason::Expired,
+                                "consent has expired".into(),
+                                Some(r),
+                            );
+                        }
+                        if let Some(current) = self
+                            .policy
+                            .purposes
+                            .get(&r.purpose)
+                            .map(|p| &p.notice_version)
+                            && NoticeVersionMajor::of(&r.notice_version) != Some(current.major)
+                        {
+                            return Outcome::deny(
+                                "legal_basis",
+                                Reason::NoticeOutdated,
+                                format!(
+                                    "consent was given under notice {:?}; the current notice is {:?}",
+                                    r.notice_version, current.text
+                                ),
+                                Some(r),
+                            );
+                        }
+                    }
+                },
+            },
+            LegalBasis::OptOut => {
+                if let Some(r) = record {
+                    match r.state {
+                        RecordState::Refused => {
+                            return Outcome::deny(
+                                "legal_basis",
+                                Reason::Refused,
+                                "the person opted out".into(),
+                                Some(r),
+                            );
+                        }
+                        RecordState::Withdrawn => {
+                            return Outcome::deny(
+                                "legal_basis",
+                                Reason::Withdrawn,
+                                "the person opted out".into(),
+                                Some(r),
+                            );
+                        }
+                        RecordState::Given => {}
+                    }
+                }
+            }
+        }
+        // Rule 6: Global Privacy Control.
+        if self.policy.rules.honor_gpc && purpose.gpc_scoped && self.jurisdiction.honors_gpc {
+            let signal = match (state.gpc_signal_revision, self.gpc) {
+                (Some(rev), _) => Some(rev),
+                // A flag on the request with nothing recorded: a signal as of now, which no earlier grant overrides.
+                (None, true) => Some(u64::MAX),
+                (None, false) => None,
+            };
+            if let Some(signal_revision) = signal {
+                let overridden = record.is_some_and(|r| {
+                    r.state == RecordState::Given
+                        && r.consent_type == ConsentType::Explicit
+                        && r.revision > signal_revision
+                });
+                if !overridden {
+                    return Outcome::deny(
+                        "gpc",
+                        Reason::GpcOptOut,
+                        "a Global Privacy Control signal opts out of this purpose".into(),
+                        record,
+                    );
+                }
+            }
+        }
+        // Rule 7: minors.
+        if self.policy.rules.minors_require_guardian
+            && !basis.needs_no_consent()
+            && state
+                .age_band
+                .is_some_and(|band| band.youngest() < self.jurisdiction.consent_age)
+        {
+            let backed = record.is_some_and(|r| {
+                r.state == RecordState::Given
+                    && r.guardian_ref
+                        .as_ref()
+                        .is_some_and(|g| state.guardians.contains(g))
+            });
+            if !backed {
+                return Outcome::deny(
+                    "minors",
+                    Reason::MinorRequiresGuardian,
+                    format!(
+                        "the subject is under the consent age ({}) of {}",
+                        self.jurisdiction.consent_age, self.jurisdiction.code
+                    ),
+                    record,
+                );
+            }
+        }
+        // Rule 8: sensitive categories.
+        if let Some(c) = category
+            && self.policy.rules.sensitive_requires_explicit_consent
+            && basis != LegalBasis::Essential
+            && self
+                .policy
+                .categories
+                .get(c)
+                .is_some_and(|cat| cat.sensitive)
+        {
+            let explicit = record.is_some_and(|r| {
+                r.state == RecordState::Given
+                    && r.consent_type == ConsentType::Explicit
+                    && r.scope
+                        .as_deref()
+                        .is_some_and(|s| is_ancestor_or_self(s, c))
+            });
+            if !explicit {
+                return Outcome::deny(
+                    "sensitive",
+                    Reason::SensitiveRequiresExplicitConsent,
+                    "a sensitive category needs explicit consent naming it".into(),
+                    record,
+                );
+            }
+        }
+        let detail = match (basis, record) {
+            (LegalBasis::Essential | LegalBasis::Contract, _) => {
+                format!("legal basis {} needs no consent", basis.as_str())
+            }
+            (_, Some(r)) if r.state == RecordState::Given => {
+                format!("consent given for {:?}", r.purpose)
+            }
+            _ => format!("legal basis {} and no opt-out recorded", basis.as_str()),
+        };
+        Outcome::allow("legal_basis", detail, record)
+    }
+
+    fn no_consent_detail(&self, purpose: &Purpose) -> String {
+        match self.channel {
+            Some(ch) => format!("no consent recorded for {:?} on channel {ch}", purpose.key),
+            None => format!("no consent recorded for {:?}", purpose.key),
+        }
+    }
+
+    /// The record that decides: the most specific purpose first (the purpose, then its ancestors),
+    /// then the most specific category scope, then the latest event.
+    fn most_specific(&self, purpose: &Purpose, category: Option<&str>) -> Option<&'a Record> {
+        let mut level = Some(purpose.key.as_str());
+        while let Some(key) = level {
+            let best = self
+                .state
+                .records
+                .iter()
+                .filter(|r| r.purpose == key)
+                .filter(|r| match r.channel {
+                    None => true,
+                    Some(ch) => self.channel == Some(ch),
+                })
+                .filter(|r| match (&r.scope, category) {
+                    (None, _) => true,
+                    (Some(scope), Some(c)) => is_ancestor_or_self(scope, c),
+                    (Some(_), None) => false,
+                })
+                .max_by_key(|r| {
+                    (
+                        r.scope.as_ref().map_or(0, |s| s.split('.').count()),
+                        r.revision,
+                    )
+                });
+            if best.is_some() {
+                return best;
+            }
+            level = parent_key(key);
+        }
+        None
+    }
+
+    /// The highest rung of the ladder whose purpose is allowed for this caller.
+    fn personalization(&self, caller: &str) -> Personalization {
+        if self.state.erased || self.state.restricted {
+            return Personalization::Anonymous;
+        }
+        for (rung, key) in &self.policy.ladder {
+            let Some(purpose) = self.policy.purposes.get(key) else {
+                continue;
+            };
+            if !self.policy.caller_may_ask(caller, key) {
+                continue;
+            }
+            let ctx = Evaluation {
+                channel: None,
+                ..*self
+            };
+            if !purpose.channels.is_empty() {
+                continue;
+            }
+            if ctx.evaluate(purpose, None).denied.is_none() {
+                return *rung;
+            }
+        }
+        Personalization::Contextual
+    }
+}
+
+impl Clone for Evaluation<'_> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl Copy for Evaluation<'_> {}
+
+/// The major part of a stored notice version string.
+struct NoticeVersionMajor;
+
+impl NoticeVersionMajor {
+    fn of(text: &str) -> Option<u32> {
+        text.split('.').next()?.parse().ok()
+    }
+}

@@ -1,0 +1,108 @@
+//! A subject's consent state as the decision function sees it: current records and signals.
+
+use crate::model::{AgeBand, Channel};
+use time::OffsetDateTime;
+
+/// What a consent event recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordState {
+    /// Consent given.
+    Given,
+    /// Consent refused when asked.
+    Refused,
+    /// Consent withdrawn after it was given.
+    Withdrawn,
+}
+
+impl RecordState {
+    /// The storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Given => "given",
+            RecordState::Refused => "refused",
+            RecordState::Withdrawn => "withdrawn",
+        }
+    }
+
+    /// Parses the storage spelling.
+    pub fn parse(text: &str) -> Option<RecordState> {
+        Some(match text {
+            "given" => RecordState::Given,
+            "refused" => RecordState::Refused,
+            "withdrawn" => RecordState::Withdrawn,
+            _ => return None,
+        })
+    }
+}
+
+/// How consent was expressed (ISO/IEC TS 27560).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsentType {
+    /// An explicit statement; required for sensitive categories.
+    Explicit,
+    /// An affirmative act without an explicit statement.
+    Expressed,
+}
+
+impl ConsentType {
+    /// The storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentType::Explicit => "explicit",
+            ConsentType::Expressed => "expressed",
+        }
+    }
+
+    /// Parses the storage spelling.
+    pub fn parse(text: &str) -> Option<ConsentType> {
+        Some(match text {
+            "explicit" => ConsentType::Explicit,
+            "expressed" => ConsentType::Expressed,
+            _ => return None,
+        })
+    }
+}
+
+/// The latest consent event for one (purpose, channel, data-category scope) of a subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The record id, cited in explanations.
+    pub id: String,
+    /// The purpose key the event names.
+    pub purpose: String,
+    /// The data category the event is limited to, if any.
+    pub scope: Option<String>,
+    /// The channel the event is limited to, if any (None on a withdrawal covers every channel).
+    pub channel: Option<Channel>,
+    /// Given, refused or withdrawn.
+    pub state: RecordState,
+    /// Explicit or expressed.
+    pub consent_type: ConsentType,
+    /// The notice version the person saw.
+    pub notice_version: String,
+    /// When a given consent lapses.
+    pub expires_at: Option<OffsetDateTime>,
+    /// The guardian who backs a minor's consent.
+    pub guardian_ref: Option<String>,
+    /// The global revision of the event: later events have larger numbers.
+    pub revision: u64,
+}
+
+/// Everything the decision function needs to know about one subject.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubjectState {
+    /// The revision of the subject's latest change (0: never seen).
+    pub revision: u64,
+    /// The subject was erased: nothing may be processed.
+    pub erased: bool,
+    /// Processing is restricted (GDPR Art. 18): only essential purposes.
+    pub restricted: bool,
+    /// Current records: the latest per (purpose, channel, scope).
+    pub records: Vec<Record>,
+    /// The revision of the latest GPC signal that is on (None when off or never recorded).
+    pub gpc_signal_revision: Option<u64>,
+    /// The recorded age band, if any.
+    pub age_band: Option<AgeBand>,
+    /// Verified guardian references.
+    pub guardians: Vec<String>,
+}

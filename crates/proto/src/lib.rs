@@ -1,0 +1,22 @@
+//! consentgate's gRPC API, generated from `proto/` at build time. No logic lives here.
+#![allow(missing_docs, clippy::all)]
+
+/// Shared types (`consentgate.common.v1`).
+pub mod common {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("consentgate.common.v1");
+    }
+}
+
+/// The consent service (`consentgate.consent.v1`).
+pub mod consent {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("consentgate.consent.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every consentgate proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("consentgate_descriptor");
