@@ -1,1 +1,9 @@
-//! placeholder
+//! Server plumbing every consentgate service shares: caller authentication and RPC
+//! authorization, `google.rpc` error construction, telemetry, health and reflection, shutdown.
+
+pub mod auth;
+pub mod errors;
+pub mod server;
+pub mod telemetry;
+
+pub use auth::{AuthLayer, Authenticator, CallerIdentity, RpcRules};

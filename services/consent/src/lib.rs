@@ -1,1 +1,12 @@
-//! placeholder
+//! The consent service: consentgate's policy decision point and consent ledger.
+//!
+//! Rooms: [`model`] (domain types), [`store`] (SQLite and PostgreSQL behind one trait),
+//! [`ledger`] (hash chain, checkpoints, pseudonyms), [`receipt`] (signed consent receipts),
+//! [`engine`] (writes, cached decisions, the change feed), [`grpc`] (the thin protobuf adapter),
+//! [`authz`] (which role may call which RPC) and [`server`] (wiring it onto a listener).
+
+pub mod ledger;
+pub mod model;
+pub mod store;
+#[doc(hidden)]
+pub mod testing;

@@ -1,0 +1,60 @@
+//! `google.rpc.Status` construction: every error carries an `ErrorInfo` reason code, and
+//! `INVALID_ARGUMENT` carries `BadRequest` field violations naming the field.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every consentgate error.
+pub const ERROR_DOMAIN: &str = "consentgate.dev";
+
+/// A status with an `ErrorInfo` reason code.
+pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+    Status::with_error_details(code, message, details)
+}
+
+/// `INVALID_ARGUMENT` naming one field.
+pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
+    invalid_arguments(vec![(field.to_owned(), description.into())])
+}
+
+/// `INVALID_ARGUMENT` naming every bad field at once (callers fix them all in one round).
+pub fn invalid_arguments(violations: Vec<(String, String)>) -> Status {
+    let message = violations
+        .iter()
+        .map(|(f, d)| format!("{f}: {d}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::with_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, []);
+    for (field, description) in violations {
+        details.add_bad_request_violation(field, description);
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// Collects field violations while a request is validated, then fails with all of them.
+#[derive(Default, Debug)]
+pub struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    /// Records a violation.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    /// Records a violation when `bad` holds.
+    pub fn check(&mut self, bad: bool, field: &str, description: &str) {
+        if bad {
+            self.add(field, description);
+        }
+    }
+
+    /// `Ok` when nothing was recorded, else the `INVALID_ARGUMENT` status.
+    pub fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid_arguments(self.0))
+        }
+    }
+}

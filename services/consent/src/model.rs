@@ -1,0 +1,286 @@
+//! The consent service's domain types: subjects, changes to record, stored records and events.
+
+use consentgate_policy::{Channel, ConsentType, RecordState};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A subject: a known person or an anonymous device. Stored as `s:<id>` or `d:<id>` so the
+/// two namespaces never collide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SubjectKey {
+    /// A known person.
+    Subject(String),
+    /// An anonymous device.
+    Device(String),
+}
+
+impl SubjectKey {
+    /// The storage form.
+    pub fn storage(&self) -> String {
+        match self {
+            SubjectKey::Subject(id) => format!("s:{id}"),
+            SubjectKey::Device(id) => format!("d:{id}"),
+        }
+    }
+
+    /// Parses the storage form.
+    pub fn from_storage(text: &str) -> Option<SubjectKey> {
+        if let Some(id) = text.strip_prefix("s:") {
+            Some(SubjectKey::Subject(id.to_owned()))
+        } else {
+            text.strip_prefix("d:")
+                .map(|id| SubjectKey::Device(id.to_owned()))
+        }
+    }
+}
+
+/// A consent event to record (Grant, Refuse or Withdraw), already validated against the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewConsent {
+    /// Generated before the write so that the receipt can cite it.
+    pub record_id: String,
+    /// Whom it is about.
+    pub subject: SubjectKey,
+    /// The purpose key.
+    pub purpose: String,
+    /// Optional data-category scope.
+    pub scope: Option<String>,
+    /// Optional channel.
+    pub channel: Option<String>,
+    /// given / refused / withdrawn.
+    pub state: String,
+    /// explicit / expressed.
+    pub consent_type: String,
+    /// consent / opt_out / contract / essential, in the jurisdiction.
+    pub legal_basis: String,
+    /// Jurisdiction code.
+    pub jurisdiction: String,
+    /// The notice the person saw.
+    pub notice_id: String,
+    /// Its version.
+    pub notice_version: String,
+    /// preference_center, banner, survey, api, gpc_signal, import.
+    pub collection_method: String,
+    /// When it was collected (server time).
+    pub collected_at: OffsetDateTime,
+    /// When a given consent lapses.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Anonymized source address (/24 or /48).
+    pub source_ip: String,
+    /// User agent, as sent.
+    pub user_agent: String,
+    /// Guardian backing a minor's consent.
+    pub guardian_ref: Option<String>,
+    /// Signed receipt (grants only): (receipt JSON, JWS).
+    pub receipt: Option<(String, String)>,
+}
+
+/// A stored consent record: the event plus the revision it was recorded at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// The event.
+    pub consent: NewConsent,
+    /// Its global revision.
+    pub revision: u64,
+}
+
+impl StoredRecord {
+    /// The decision function's view of the record.
+    pub fn to_policy_record(&self) -> consentgate_policy::Record {
+        let c = &self.consent;
+        consentgate_policy::Record {
+            id: c.record_id.clone(),
+            purpose: c.purpose.clone(),
+            scope: c.scope.clone(),
+            channel: c.channel.as_deref().and_then(Channel::parse),
+            state: RecordState::parse(&c.state).unwrap_or(RecordState::Withdrawn),
+            consent_type: ConsentType::parse(&c.consent_type).unwrap_or(ConsentType::Expressed),
+            notice_version: c.notice_version.clone(),
+            expires_at: c.expires_at,
+            guardian_ref: c.guardian_ref.clone(),
+            revision: self.revision,
+        }
+    }
+}
+
+/// A signal about a subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSignal {
+    /// gpc / age_band / guardian.
+    pub kind: String,
+    /// The value.
+    pub value: String,
+    /// Its revision.
+    pub revision: u64,
+    /// When it was recorded.
+    pub recorded_at: OffsetDateTime,
+}
+
+/// One change to record atomically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// Grant, Refuse or Withdraw.
+    Consent(NewConsent),
+    /// A signal (GPC, age band, guardian).
+    Signal {
+        /// Whom it is about.
+        subject: SubjectKey,
+        /// gpc / age_band / guardian.
+        kind: String,
+        /// Its value.
+        value: String,
+    },
+    /// A device linked to a known subject.
+    Link {
+        /// The device.
+        device: SubjectKey,
+        /// The subject.
+        subject: SubjectKey,
+    },
+    /// Restrict or lift the restriction of processing.
+    Restrict {
+        /// Whom it is about.
+        subject: SubjectKey,
+        /// true restricts.
+        restricted: bool,
+    },
+    /// Erase the subject (and its linked devices).
+    Erase {
+        /// Whom to erase.
+        subject: SubjectKey,
+    },
+}
+
+impl Change {
+    /// The subject the change is about.
+    pub fn subject(&self) -> &SubjectKey {
+        match self {
+            Change::Consent(c) => &c.subject,
+            Change::Signal { subject, .. }
+            | Change::Link { subject, .. }
+            | Change::Restrict { subject, .. }
+            | Change::Erase { subject } => subject,
+        }
+    }
+
+    /// The event kind on the change stream.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Consent(c) => match c.state.as_str() {
+                "given" => "grant",
+                "refused" => "refuse",
+                _ => "withdraw",
+            },
+            Change::Signal { .. } => "signal",
+            Change::Link { .. } => "link",
+            Change::Restrict { .. } => "restrict",
+            Change::Erase { .. } => "erase",
+        }
+    }
+
+    /// The purpose, for consent changes.
+    pub fn purpose(&self) -> Option<&str> {
+        match self {
+            Change::Consent(c) => Some(&c.purpose),
+            _ => None,
+        }
+    }
+}
+
+/// A write: who asks, the idempotency key, a fingerprint of the request, and the change.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The caller's name: idempotency keys are scoped per caller.
+    pub caller: String,
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// SHA-256 of the request's meaningful fields: a reused key with other content is refused.
+    pub fingerprint: [u8; 32],
+    /// The change.
+    pub change: Change,
+}
+
+/// What a write produced. Stored with the idempotency key so retries get the same answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// The revision of the change.
+    pub revision: u64,
+    /// The record written (consent changes).
+    pub record: Option<StoredRecord>,
+    /// Rows deleted (erasure).
+    pub records_deleted: u64,
+    /// When it was committed.
+    pub committed_at: OffsetDateTime,
+    /// Other subject keys whose cached state the change affects (linked devices).
+    pub affected: Vec<SubjectKey>,
+    /// True when this is a retry answered from the idempotency record.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// A change as the WatchChanges stream shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// Its global revision.
+    pub revision: u64,
+    /// Whom it is about; None once the subject was erased (consumers then flush everything).
+    pub subject: Option<SubjectKey>,
+    /// grant / refuse / withdraw / signal / link / restrict / erase.
+    pub kind: String,
+    /// The purpose, for consent changes.
+    pub purpose: Option<String>,
+}
+
+/// Everything stored about a subject that decisions need, read in one snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubjectRows {
+    /// The revision of the subject's latest change (0 if never seen).
+    pub revision: u64,
+    /// The highest revision in the store when the snapshot was read.
+    pub as_of: u64,
+    /// Whether a tombstone exists.
+    pub erased: bool,
+    /// Whether processing is restricted.
+    pub restricted: bool,
+    /// Every consent event, oldest first.
+    pub records: Vec<StoredRecord>,
+    /// Every signal, oldest first.
+    pub signals: Vec<StoredSignal>,
+    /// Devices linked to this subject (for a subject), or the linked subject (for a device).
+    pub links: Vec<SubjectKey>,
+}
+
+/// One ledger entry: the hash chain over canonical events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// The previous entry's hash (32 zero bytes for the first).
+    pub prev_hash: Vec<u8>,
+    /// SHA-256(prev_hash ‖ event).
+    pub hash: Vec<u8>,
+    /// The canonical event (JSON, pseudonymized).
+    pub event: String,
+}
+
+/// A signed checkpoint of the chain head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The entry it covers.
+    pub seq: u64,
+    /// That entry's hash.
+    pub hash: Vec<u8>,
+    /// Ed25519 signature over the checkpoint message.
+    pub signature: Vec<u8>,
+}
+
+/// The receipt of a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    /// The subject it belongs to.
+    pub subject: SubjectKey,
+    /// Receipt JSON.
+    pub json: String,
+    /// JWS compact serialization.
+    pub jws: String,
+}

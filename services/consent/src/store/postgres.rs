@@ -1,0 +1,32 @@
+//! PostgreSQL, for production: replicas share the database; an advisory lock serializes ledger
+//! appends across processes and snapshot reads use REPEATABLE READ.
+
+use super::StoreError;
+use super::sql::{Dialect, SqlStore};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::postgres::PgPoolOptions;
+
+/// The PostgreSQL dialect.
+pub struct Postgres;
+
+/// The consent store on PostgreSQL.
+pub type PostgresStore = SqlStore<Postgres>;
+
+#[async_trait::async_trait]
+impl Dialect for Postgres {
+    async fn connect(url: &str) -> Result<AnyPool, StoreError> {
+        let native = PgPoolOptions::new().max_connections(1).connect(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&native).await?;
+        native.close().await;
+        Ok(AnyPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await?)
+    }
+
+    /// Key 0x636f6e73 ("cons"): one ledger writer at a time across every replica.
+    const WRITE_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(1668247155)");
+    const SNAPSHOT: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY");
+}

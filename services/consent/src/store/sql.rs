@@ -1,0 +1,577 @@
+//! The SQL both stores share. Statements use `$N` placeholders, which SQLite and PostgreSQL both
+//! accept, and run over `sqlx::Any`; what differs (connection setup, migrations, the write lock,
+//! snapshot reads) is a [`Dialect`].
+
+use super::StoreError;
+use crate::ledger::{self, CHECKPOINT_EVERY, GENESIS_HASH, LedgerKeys};
+use crate::model::{
+    Change, ChangeEvent, Checkpoint, LedgerEntry, StoredReceipt, StoredRecord, StoredSignal,
+    SubjectKey, SubjectRows, Write, WriteOutcome,
+};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row, Transaction};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+type Tx<'c> = Transaction<'c, sqlx::Any>;
+
+/// What differs between the databases.
+#[async_trait::async_trait]
+pub trait Dialect: Send + Sync + 'static {
+    /// Opens a pool and migrates the schema.
+    async fn connect(url: &str) -> Result<AnyPool, StoreError>;
+    /// Run first in every write transaction: serializes writers across processes.
+    const WRITE_LOCK: Option<&'static str>;
+    /// Run first in a read transaction that must see one snapshot.
+    const SNAPSHOT: Option<&'static str>;
+}
+
+/// A consent store over a dialect.
+pub struct SqlStore<D> {
+    pool: AnyPool,
+    keys: Arc<LedgerKeys>,
+    /// Serializes writers in this process, so they never contend for the database's write lock.
+    write_lock: tokio::sync::Mutex<()>,
+    dialect: PhantomData<D>,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {text:?}: {e}")))
+}
+
+fn subject_of(text: &str) -> Result<SubjectKey, StoreError> {
+    SubjectKey::from_storage(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad subject key {text:?}")))
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// Connects, migrates, and keeps `keys` for pseudonyms, tombstones and checkpoints.
+    pub async fn connect(url: &str, keys: Arc<LedgerKeys>) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let pool = D::connect(url).await?;
+        Ok(SqlStore {
+            pool,
+            keys,
+            write_lock: tokio::sync::Mutex::new(()),
+            dialect: PhantomData,
+        })
+    }
+
+    /// The underlying pool (tests count rows through it).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(sql) = D::WRITE_LOCK {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
+    async fn begin_snapshot(&self) -> Result<Tx<'_>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(sql) = D::SNAPSHOT {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
+    pub(super) async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        let _serialized = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        if let Some(outcome) = replay(&mut tx, &write).await? {
+            return Ok(outcome);
+        }
+        let now = OffsetDateTime::now_utc();
+        let subject = write.change.subject().clone();
+        let subject_s = subject.storage();
+
+        if let Change::Erase { .. } = &write.change {
+            if let Some(revision) =
+                tombstone_revision(&mut tx, &self.keys.tombstone(&subject)).await?
+            {
+                // Already erased: erasure is idempotent even under a new key.
+                let outcome = WriteOutcome {
+                    revision,
+                    record: None,
+                    records_deleted: 0,
+                    committed_at: now,
+                    affected: vec![subject],
+                    replayed: true,
+                };
+                return Ok(outcome);
+            }
+        } else {
+            for key in involved(&write.change) {
+                if tombstone_revision(&mut tx, &self.keys.tombstone(key))
+                    .await?
+                    .is_some()
+                {
+                    return Err(StoreError::SubjectErased);
+                }
+            }
+        }
+
+        let head: Option<(i64, Vec<u8>)> =
+            sqlx::query("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| (r.get(0), r.get(1)));
+        let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS_HASH.to_vec()));
+        let seq = to_u64(prev_seq) + 1;
+        let rev = to_i64(seq);
+
+        let subject_pseudonym =
+            ledger::pseudonym(&subject_key(&mut tx, &subject_s).await?, &subject);
+        let mut device_pseudonym = None;
+        let mut affected = link_group(&mut tx, &subject_s).await?;
+        let mut record = None;
+        let mut records_deleted = 0u64;
+
+        match &write.change {
+            Change::Consent(c) => {
+                let body =
+                    serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query("INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(body)
+                    .execute(&mut *tx).await?;
+                if let Some((json, jws)) = &c.receipt {
+                    sqlx::query("INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ($1, $2, $3, $4)")
+                        .bind(&c.record_id).bind(&subject_s).bind(json).bind(jws)
+                        .execute(&mut *tx).await?;
+                }
+                bump(&mut tx, &subject_s, rev, None).await?;
+                record = Some(StoredRecord {
+                    consent: c.clone(),
+                    revision: seq,
+                });
+            }
+            Change::Signal { kind, value, .. } => {
+                sqlx::query("INSERT INTO signals (subject, revision, kind, value, recorded_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now))
+                    .execute(&mut *tx).await?;
+                bump(&mut tx, &subject_s, rev, None).await?;
+            }
+            Change::Link { device, .. } => {
+                let device_s = device.storage();
+                device_pseudonym = Some(ledger::pseudonym(
+                    &subject_key(&mut tx, &device_s).await?,
+                    device,
+                ));
+                // A device re-linked to another subject leaves its old group: refresh that too.
+                affected.extend(link_group(&mut tx, &device_s).await?);
+                sqlx::query("INSERT INTO links (device, subject, revision) VALUES ($1, $2, $3) ON CONFLICT (device) DO UPDATE SET subject = excluded.subject, revision = excluded.revision")
+                    .bind(&device_s).bind(&subject_s).bind(rev)
+                    .execute(&mut *tx).await?;
+                bump(&mut tx, &subject_s, rev, None).await?;
+                bump(&mut tx, &device_s, rev, None).await?;
+                affected.push(device.clone());
+            }
+            Change::Restrict { restricted, .. } => {
+                bump(&mut tx, &subject_s, rev, Some(*restricted)).await?;
+            }
+            Change::Erase { .. } => {
+                // The subject and, for a person, every device linked to it.
+                let mut erase = vec![subject.clone()];
+                if let SubjectKey::Subject(_) = subject {
+                    erase.extend(affected.iter().filter(|k| **k != subject).cloned());
+                }
+                for key in &erase {
+                    records_deleted +=
+                        erase_key(&mut tx, key, &self.keys.tombstone(key), rev, now).await?;
+                }
+            }
+        }
+
+        let event = ledger::canonical_event(
+            seq,
+            now,
+            &write.change,
+            &subject_pseudonym,
+            device_pseudonym.as_deref(),
+        );
+        let hash = ledger::chain_hash(&prev_hash, &event);
+        sqlx::query("INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ($1, $2, $3, $4)")
+            .bind(rev)
+            .bind(&prev_hash)
+            .bind(&hash)
+            .bind(&event)
+            .execute(&mut *tx)
+            .await?;
+        if seq % CHECKPOINT_EVERY == 0 {
+            let signature = self.keys.sign(&ledger::checkpoint_message(seq, &hash));
+            sqlx::query("INSERT INTO checkpoints (seq, hash, signature) VALUES ($1, $2, $3)")
+                .bind(rev)
+                .bind(&hash)
+                .bind(signature)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // An erased subject's change rows were cleared above; its erase event names nobody.
+        let change_subject = if matches!(write.change, Change::Erase { .. }) {
+            None
+        } else {
+            Some(subject_s.clone())
+        };
+        sqlx::query(
+            "INSERT INTO changes (revision, subject, kind, purpose) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(rev)
+        .bind(change_subject)
+        .bind(write.change.kind())
+        .bind(write.change.purpose())
+        .execute(&mut *tx)
+        .await?;
+
+        affected.sort_by_key(SubjectKey::storage);
+        affected.dedup();
+        let outcome = WriteOutcome {
+            revision: seq,
+            record,
+            records_deleted,
+            committed_at: now,
+            affected,
+            replayed: false,
+        };
+        let idempotency_subject = if matches!(write.change, Change::Erase { .. }) {
+            String::new()
+        } else {
+            subject_s
+        };
+        let stored =
+            serde_json::to_string(&outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(stored)
+            .execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub(super) async fn load_subject(&self, key: &SubjectKey) -> Result<SubjectRows, StoreError> {
+        let mut tx = self.begin_snapshot().await?;
+        let as_of: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ledger")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let mut rows = SubjectRows {
+            as_of: to_u64(as_of),
+            ..SubjectRows::default()
+        };
+        if let Some(revision) = tombstone_revision(&mut tx, &self.keys.tombstone(key)).await? {
+            rows.erased = true;
+            rows.revision = revision;
+            tx.commit().await?;
+            return Ok(rows);
+        }
+        let key_s = key.storage();
+        // A linked device is decided by its person's consents; the person by its own.
+        let effective = match key {
+            SubjectKey::Device(_) => sqlx::query("SELECT subject FROM links WHERE device = $1")
+                .bind(&key_s)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get::<String, _>(0))
+                .unwrap_or_else(|| key_s.clone()),
+            SubjectKey::Subject(_) => key_s.clone(),
+        };
+        let group = link_group(&mut tx, &effective).await?;
+        rows.links = group
+            .iter()
+            .filter(|k| k.storage() != effective)
+            .cloned()
+            .collect();
+        if effective != key_s {
+            rows.links = vec![subject_of(&effective)?];
+        }
+        for member in &group {
+            let m = member.storage();
+            if let Some(r) =
+                sqlx::query("SELECT revision, restricted FROM subjects WHERE subject = $1")
+                    .bind(&m)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            {
+                rows.revision = rows.revision.max(to_u64(r.get(0)));
+                if m == effective {
+                    rows.restricted = r.get::<i64, _>(1) != 0;
+                }
+            }
+            for r in sqlx::query("SELECT revision, kind, value, recorded_at FROM signals WHERE subject = $1 ORDER BY revision").bind(&m).fetch_all(&mut *tx).await? {
+                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))? });
+            }
+        }
+        rows.signals.sort_by_key(|s| s.revision);
+        for r in sqlx::query(
+            "SELECT revision, body FROM consent_records WHERE subject = $1 ORDER BY revision",
+        )
+        .bind(&effective)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            rows.records.push(record_from(&r)?);
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    pub(super) async fn history(
+        &self,
+        subject: &SubjectKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        sqlx::query("SELECT revision, body FROM consent_records WHERE subject = $1 AND revision > $2 ORDER BY revision LIMIT $3")
+            .bind(subject.storage()).bind(to_i64(after)).bind(i64::from(limit))
+            .fetch_all(&self.pool).await?
+            .iter().map(record_from).collect()
+    }
+
+    pub(super) async fn changes_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<ChangeEvent>, u64), StoreError> {
+        let mut tx = self.begin_snapshot().await?;
+        let high: i64 = sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM changes")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let rows = sqlx::query("SELECT revision, subject, kind, purpose FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2")
+            .bind(to_i64(after)).bind(i64::from(limit))
+            .fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                Ok(ChangeEvent {
+                    revision: to_u64(r.get(0)),
+                    subject: r
+                        .get::<Option<String>, _>(1)
+                        .as_deref()
+                        .map(subject_of)
+                        .transpose()?,
+                    kind: r.get(2),
+                    purpose: r.get(3),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // When the page is full, only what it covers is known to be delivered.
+        let high = if events.len() == limit as usize {
+            events.last().map_or(after, |e| e.revision)
+        } else {
+            to_u64(high).max(after)
+        };
+        Ok((events, high))
+    }
+
+    pub(super) async fn receipt(
+        &self,
+        record_id: &str,
+    ) -> Result<Option<StoredReceipt>, StoreError> {
+        sqlx::query("SELECT subject, receipt_json, jws FROM receipts WHERE record_id = $1")
+            .bind(record_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| {
+                Ok(StoredReceipt {
+                    subject: subject_of(&r.get::<String, _>(0))?,
+                    json: r.get(1),
+                    jws: r.get(2),
+                })
+            })
+            .transpose()
+    }
+
+    pub(super) async fn ledger(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT seq, prev_hash, hash, event FROM ledger WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| LedgerEntry {
+            seq: to_u64(r.get(0)),
+            prev_hash: r.get(1),
+            hash: r.get(2),
+            event: r.get(3),
+        })
+        .collect())
+    }
+
+    pub(super) async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        Ok(
+            sqlx::query("SELECT seq, hash, signature FROM checkpoints ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Checkpoint {
+                    seq: to_u64(r.get(0)),
+                    hash: r.get(1),
+                    signature: r.get(2),
+                })
+                .collect(),
+        )
+    }
+}
+
+fn record_from(r: &AnyRow) -> Result<StoredRecord, StoreError> {
+    let body: String = r.get(1);
+    let consent = serde_json::from_str(&body)
+        .map_err(|e| StoreError::Corrupt(format!("consent record: {e}")))?;
+    Ok(StoredRecord {
+        consent,
+        revision: to_u64(r.get(0)),
+    })
+}
+
+/// Subjects a change names, each of which must not be erased.
+fn involved(change: &Change) -> Vec<&SubjectKey> {
+    match change {
+        Change::Link { device, subject } => vec![device, subject],
+        other => vec![other.subject()],
+    }
+}
+
+async fn replay(tx: &mut Tx<'_>, write: &Write) -> Result<Option<WriteOutcome>, StoreError> {
+    let Some(row) =
+        sqlx::query("SELECT fingerprint, outcome FROM idempotency WHERE caller = $1 AND key = $2")
+            .bind(&write.caller)
+            .bind(&write.idempotency_key)
+            .fetch_optional(&mut **tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let fingerprint: Vec<u8> = row.get(0);
+    if fingerprint != write.fingerprint {
+        return Err(StoreError::IdempotencyConflict);
+    }
+    let mut outcome: WriteOutcome = serde_json::from_str(&row.get::<String, _>(1))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    outcome.replayed = true;
+    Ok(Some(outcome))
+}
+
+async fn tombstone_revision(tx: &mut Tx<'_>, tombstone: &[u8]) -> Result<Option<u64>, StoreError> {
+    Ok(
+        sqlx::query("SELECT revision FROM tombstones WHERE tombstone = $1")
+            .bind(tombstone.to_vec())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| to_u64(r.get(0))),
+    )
+}
+
+/// The subject's pseudonym key, created on first use.
+async fn subject_key(tx: &mut Tx<'_>, subject: &str) -> Result<Vec<u8>, StoreError> {
+    if let Some(r) = sqlx::query("SELECT key FROM subject_keys WHERE subject = $1")
+        .bind(subject)
+        .fetch_optional(&mut **tx)
+        .await?
+    {
+        return Ok(r.get(0));
+    }
+    let key = ledger::random_key().to_vec();
+    sqlx::query("INSERT INTO subject_keys (subject, key) VALUES ($1, $2)")
+        .bind(subject)
+        .bind(&key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(key)
+}
+
+/// The subject and every key linked with it: a person's devices, or a device's person and its devices.
+async fn link_group(tx: &mut Tx<'_>, subject: &str) -> Result<Vec<SubjectKey>, StoreError> {
+    let person: String = sqlx::query("SELECT subject FROM links WHERE device = $1")
+        .bind(subject)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map_or_else(|| subject.to_owned(), |r| r.get(0));
+    let mut group = vec![subject_of(subject)?];
+    if person != subject {
+        group.push(subject_of(&person)?);
+    }
+    for r in sqlx::query("SELECT device FROM links WHERE subject = $1")
+        .bind(&person)
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let device = subject_of(&r.get::<String, _>(0))?;
+        if !group.contains(&device) {
+            group.push(device);
+        }
+    }
+    Ok(group)
+}
+
+async fn bump(
+    tx: &mut Tx<'_>,
+    subject: &str,
+    revision: i64,
+    restricted: Option<bool>,
+) -> Result<(), StoreError> {
+    match restricted {
+        None => sqlx::query("INSERT INTO subjects (subject, revision, restricted) VALUES ($1, $2, 0) ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision")
+            .bind(subject).bind(revision).execute(&mut **tx).await?,
+        Some(r) => sqlx::query("INSERT INTO subjects (subject, revision, restricted) VALUES ($1, $2, $3) ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision, restricted = excluded.restricted")
+            .bind(subject).bind(revision).bind(i64::from(r)).execute(&mut **tx).await?,
+    };
+    Ok(())
+}
+
+/// Deletes everything held about one key, shreds its pseudonym key, and leaves a tombstone.
+async fn erase_key(
+    tx: &mut Tx<'_>,
+    key: &SubjectKey,
+    tombstone: &[u8],
+    revision: i64,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let k = key.storage();
+    let deleted = sqlx::query("DELETE FROM consent_records WHERE subject = $1")
+        .bind(&k)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    for sql in [
+        "DELETE FROM receipts WHERE subject = $1",
+        "DELETE FROM signals WHERE subject = $1",
+        "DELETE FROM subject_keys WHERE subject = $1",
+        "DELETE FROM subjects WHERE subject = $1",
+        "DELETE FROM idempotency WHERE subject = $1",
+        "DELETE FROM links WHERE device = $1 OR subject = $1",
+        "UPDATE changes SET subject = NULL WHERE subject = $1",
+    ] {
+        sqlx::query(sql).bind(&k).execute(&mut **tx).await?;
+    }
+    sqlx::query("INSERT INTO tombstones (tombstone, revision, erased_at) VALUES ($1, $2, $3)")
+        .bind(tombstone.to_vec())
+        .bind(revision)
+        .bind(rfc3339(now))
+        .execute(&mut **tx)
+        .await?;
+    Ok(deleted)
+}
