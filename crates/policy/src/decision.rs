@@ -217,23 +217,7 @@ pub fn decide(
     input: &CheckInput<'_>,
     state: &SubjectState,
 ) -> Result<Decision, DecisionError> {
-    // Rule 1: unknown purpose, category, jurisdiction or channel is a caller bug, not a denial.
-    let purpose = policy
-        .purposes
-        .get(input.purpose)
-        .ok_or_else(|| DecisionError::UnknownPurpose(input.purpose.to_owned()))?;
-    for (index, category) in input.categories.iter().enumerate() {
-        if !policy.categories.contains_key(category) {
-            return Err(DecisionError::UnknownCategory {
-                index,
-                category: category.clone(),
-            });
-        }
-    }
-    let jurisdiction = policy
-        .jurisdiction(input.jurisdiction)
-        .ok_or_else(|| DecisionError::UnknownJurisdiction(input.jurisdiction.to_owned()))?;
-    let channel = resolve_channel(purpose, input.channel)?;
+    let (purpose, jurisdiction, channel) = resolve(policy, input)?;
 
     let ctx = Evaluation {
         policy,
@@ -359,6 +343,36 @@ pub fn decide(
         valid_until,
         explanation,
     })
+}
+
+/// Rule 1 alone: checks that the purpose, categories, jurisdiction and channel exist, without
+/// deciding. Lets a batch be validated whole before any state is read.
+pub fn validate(policy: &Policy, input: &CheckInput<'_>) -> Result<(), DecisionError> {
+    resolve(policy, input).map(|_| ())
+}
+
+/// Rule 1: unknown purpose, category, jurisdiction or channel is a caller bug, not a denial.
+fn resolve<'p>(
+    policy: &'p Policy,
+    input: &CheckInput<'_>,
+) -> Result<(&'p Purpose, &'p Jurisdiction, Option<Channel>), DecisionError> {
+    let purpose = policy
+        .purposes
+        .get(input.purpose)
+        .ok_or_else(|| DecisionError::UnknownPurpose(input.purpose.to_owned()))?;
+    for (index, category) in input.categories.iter().enumerate() {
+        if !policy.categories.contains_key(category) {
+            return Err(DecisionError::UnknownCategory {
+                index,
+                category: category.clone(),
+            });
+        }
+    }
+    let jurisdiction = policy
+        .jurisdiction(input.jurisdiction)
+        .ok_or_else(|| DecisionError::UnknownJurisdiction(input.jurisdiction.to_owned()))?;
+    let channel = resolve_channel(purpose, input.channel)?;
+    Ok((purpose, jurisdiction, channel))
 }
 
 fn resolve_channel(
@@ -539,8 +553,10 @@ impl<'a> Evaluation<'a> {
                 (None, false) => None,
             };
             if let Some(signal_revision) = signal {
+                // An expired grant is `expired`, not `given` (DESIGN §3): it does not opt back in.
                 let overridden = record.is_some_and(|r| {
                     r.state == RecordState::Given
+                        && !r.expires_at.is_some_and(|e| e <= self.now)
                         && r.consent_type == ConsentType::Explicit
                         && r.revision > signal_revision
                 });
@@ -563,6 +579,7 @@ impl<'a> Evaluation<'a> {
         {
             let backed = record.is_some_and(|r| {
                 r.state == RecordState::Given
+                    && !r.expires_at.is_some_and(|e| e <= self.now)
                     && r.guardian_ref
                         .as_ref()
                         .is_some_and(|g| state.guardians.contains(g))

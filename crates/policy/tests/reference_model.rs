@@ -34,6 +34,7 @@ const RECORD_PURPOSES: &[&str] = &[
     "personalize.content",
     "personalize.content.profiled",
     "personalize.content.limited",
+    "personalize.content.segment",
     "third_party_sharing",
     "third_party_sharing.sale",
     "research",
@@ -438,7 +439,7 @@ impl Current {
     }
     /// `given`, and not (yet) `expired` by time.
     fn live_given(&self) -> bool {
-        self.op.state == RecordState::Given
+        self.op.state == RecordState::Given && !self.expired()
     }
 }
 

@@ -5,8 +5,10 @@
 //! [`engine`] (writes, cached decisions, the change feed), [`grpc`] (the thin protobuf adapter),
 //! [`authz`] (which role may call which RPC) and [`server`] (wiring it onto a listener).
 
+pub mod engine;
 pub mod ledger;
 pub mod model;
+pub mod receipt;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -1,0 +1,273 @@
+//! The consent engine: records changes, answers decisions from a cache of subject states, and
+//! feeds the change stream. Protocol-free: the gRPC adapter converts to and from it.
+//!
+//! Cache correctness: writes go through this engine, which invalidates every affected subject
+//! after commit and bumps a generation counter; a reader that loaded a state while a write
+//! committed drops what it inserted. A caller holding a revision token (`at_least_as_fresh`)
+//! never gets a state read before that revision: the cache entry records the store's high water
+//! at load time and is bypassed when it is older than the token.
+
+use crate::ledger::LedgerKeys;
+use crate::model::{StoredRecord, SubjectKey, SubjectRows, Write, WriteOutcome};
+use crate::store::{ConsentStore, StoreError};
+use consentgate_policy::{
+    AgeBand, CheckInput, Decision, DecisionError, Policy, SubjectState, decide, validate,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Why an engine call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad input: (field, description) pairs.
+    #[error("invalid argument")]
+    Invalid(Vec<(String, String)>),
+    /// The subject was erased.
+    #[error("the subject was erased")]
+    Erased,
+    /// The idempotency key was reused with different content.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+    /// The store failed.
+    #[error("store unavailable: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::SubjectErased => EngineError::Erased,
+            StoreError::IdempotencyConflict => EngineError::IdempotencyConflict,
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+impl From<DecisionError> for EngineError {
+    fn from(e: DecisionError) -> Self {
+        EngineError::Invalid(vec![(e.field(), e.to_string())])
+    }
+}
+
+/// A subject's state as decisions see it, plus when it was read.
+#[derive(Debug)]
+pub struct CachedState {
+    /// The decision function's input.
+    pub state: SubjectState,
+    /// The store's high water when this was read.
+    pub as_of: u64,
+}
+
+/// A decision request, already authenticated.
+#[derive(Debug, Clone)]
+pub struct CheckQuery {
+    /// Whom it is about.
+    pub subject: SubjectKey,
+    /// Purpose key.
+    pub purpose: String,
+    /// Requested categories.
+    pub categories: Vec<String>,
+    /// Channel.
+    pub channel: String,
+    /// Jurisdiction code.
+    pub jurisdiction: String,
+    /// GPC flag on the originating request.
+    pub gpc: bool,
+    /// The minimum revision the decision must reflect.
+    pub at_least_as_fresh: u64,
+}
+
+/// The consent engine.
+pub struct Engine {
+    policy: Arc<Policy>,
+    store: Arc<dyn ConsentStore>,
+    keys: Arc<LedgerKeys>,
+    cache: moka::future::Cache<SubjectKey, Arc<CachedState>>,
+    generation: AtomicU64,
+    high_water: tokio::sync::watch::Sender<u64>,
+    loads: AtomicU64,
+}
+
+impl Engine {
+    /// An engine over a store. `cache_capacity` bounds the number of cached subjects.
+    pub async fn new(
+        policy: Arc<Policy>,
+        store: Arc<dyn ConsentStore>,
+        keys: Arc<LedgerKeys>,
+        cache_capacity: u64,
+    ) -> Result<Engine, StoreError> {
+        let (_, high) = store.changes_after(u64::MAX - 1, 1).await?;
+        let cache = moka::future::Cache::builder()
+            .max_capacity(cache_capacity)
+            // A bound on staleness should another replica write without this one hearing of it.
+            .time_to_live(Duration::from_secs(5))
+            .build();
+        let (high_water, _) = tokio::sync::watch::channel(high);
+        Ok(Engine {
+            policy,
+            store,
+            keys,
+            cache,
+            generation: AtomicU64::new(0),
+            high_water,
+            loads: AtomicU64::new(0),
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ConsentStore> {
+        &self.store
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &Arc<LedgerKeys> {
+        &self.keys
+    }
+
+    /// How many times a subject's state was read from the store (the cache's misses).
+    pub fn store_loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes to the revision high water: changes whenever a write commits.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.high_water.subscribe()
+    }
+
+    /// Records a change durably, then invalidates what it affects and wakes change watchers.
+    pub async fn record(&self, write: Write) -> Result<WriteOutcome, EngineError> {
+        let subject = write.change.subject().clone();
+        let outcome = self.store.write(write).await?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(&subject).await;
+        for key in &outcome.affected {
+            self.cache.invalidate(key).await;
+        }
+        self.high_water.send_if_modified(|high| {
+            let newer = outcome.revision > *high;
+            if newer {
+                *high = outcome.revision;
+            }
+            newer
+        });
+        Ok(outcome)
+    }
+
+    /// The subject's state, from the cache when it is at least as fresh as `at_least`.
+    pub async fn state(
+        &self,
+        subject: &SubjectKey,
+        at_least: u64,
+    ) -> Result<Arc<CachedState>, EngineError> {
+        if let Some(hit) = self.cache.get(subject).await
+            && hit.as_of >= at_least
+        {
+            return Ok(hit);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let rows = self.store.load_subject(subject).await?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let loaded = Arc::new(CachedState {
+            as_of: rows.as_of,
+            state: to_state(&rows),
+        });
+        self.cache.insert(subject.clone(), loaded.clone()).await;
+        if self.generation.load(Ordering::SeqCst) != generation {
+            // A write committed while we read: what we inserted may predate it.
+            self.cache.invalidate(subject).await;
+        }
+        Ok(loaded)
+    }
+
+    /// Decides a check for `caller` (the original caller under delegation).
+    pub async fn check(&self, caller: &str, query: &CheckQuery) -> Result<Decision, EngineError> {
+        let state = self.state(&query.subject, query.at_least_as_fresh).await?;
+        Ok(self.decide(caller, query, &state.state)?)
+    }
+
+    /// Validates a check against the policy without touching state (cheap; run before any I/O).
+    pub fn validate_check(&self, query: &CheckQuery) -> Result<(), DecisionError> {
+        validate(&self.policy, &self.input("", query))
+    }
+
+    /// Runs the decision function.
+    pub fn decide(
+        &self,
+        caller: &str,
+        query: &CheckQuery,
+        state: &SubjectState,
+    ) -> Result<Decision, DecisionError> {
+        decide(&self.policy, &self.input(caller, query), state)
+    }
+
+    fn input<'a>(&self, caller: &'a str, query: &'a CheckQuery) -> CheckInput<'a> {
+        CheckInput {
+            caller,
+            purpose: &query.purpose,
+            categories: &query.categories,
+            channel: Some(query.channel.as_str()),
+            jurisdiction: &query.jurisdiction,
+            gpc: query.gpc,
+            now: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// Everything stored about a subject, read fresh (for GetConsents).
+    pub async fn rows(&self, subject: &SubjectKey) -> Result<SubjectRows, EngineError> {
+        Ok(self.store.load_subject(subject).await?)
+    }
+
+    /// A page of the subject's history.
+    pub async fn history(
+        &self,
+        subject: &SubjectKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, EngineError> {
+        Ok(self.store.history(subject, after, limit).await?)
+    }
+}
+
+/// The latest record per (purpose, channel, scope), and the signals folded to their current values.
+pub fn to_state(rows: &SubjectRows) -> SubjectState {
+    let mut latest: HashMap<(&str, Option<&str>, Option<&str>), &StoredRecord> = HashMap::new();
+    for r in &rows.records {
+        let key = (
+            r.consent.purpose.as_str(),
+            r.consent.channel.as_deref(),
+            r.consent.scope.as_deref(),
+        );
+        latest.insert(key, r);
+    }
+    let mut records: Vec<_> = latest.values().map(|r| r.to_policy_record()).collect();
+    records.sort_by_key(|r| r.revision);
+
+    let mut gpc_on: Option<u64> = None;
+    let mut age_band = None;
+    let mut guardians = Vec::new();
+    for s in &rows.signals {
+        match s.kind.as_str() {
+            "gpc" => gpc_on = (s.value == "1").then_some(s.revision),
+            "age_band" => age_band = AgeBand::parse(&s.value),
+            "guardian" => guardians.push(s.value.clone()),
+            _ => {}
+        }
+    }
+    SubjectState {
+        revision: rows.revision,
+        erased: rows.erased,
+        restricted: rows.restricted,
+        records,
+        gpc_signal_revision: gpc_on,
+        age_band,
+        guardians,
+    }
+}
