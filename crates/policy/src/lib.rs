@@ -11,7 +11,8 @@ mod pattern;
 mod state;
 
 pub use decision::{
-    CategoryVerdict, CheckInput, Decision, DecisionError, Obligation, Reason, Step, Verdict, decide,
+    CategoryVerdict, CheckInput, Decision, DecisionError, Obligation, Reason, Step, Verdict,
+    decide, validate,
 };
 pub use file::{PolicyError, PolicyIssue};
 pub use model::{
