@@ -1,1 +1,270 @@
-fn main() {}
+//! The `consentgate` binary: `up` (the embedded suite), `serve` (one service, for production),
+//! `policy validate` and `ledger verify`. It only parses configuration and wires libraries.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use consentgate_consent::ledger::LedgerKeys;
+use consentgate_consent::server as consent_server;
+use consentgate_policy::Policy;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "consentgate",
+    version,
+    about = "Consent-gated personalization over gRPC"
+)]
+struct Cli {
+    /// Log as JSON lines (for log collectors) instead of human-readable text.
+    #[arg(long, env = "CONSENTGATE_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the suite on loopback with SQLite under the data folder and development tokens.
+    Up {
+        /// Where the SQLite databases and the signing key live.
+        #[arg(long, env = "CONSENTGATE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// The consent service's address.
+        #[arg(
+            long,
+            env = "CONSENTGATE_CONSENT_LISTEN",
+            default_value = "127.0.0.1:50051"
+        )]
+        consent_listen: String,
+        /// The policy file; the shipped default when absent.
+        #[arg(long, env = "CONSENTGATE_POLICY")]
+        policy: Option<PathBuf>,
+    },
+    /// Run one service, configured by flags or environment variables (production).
+    Serve {
+        #[command(subcommand)]
+        service: Service,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Consent ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum Service {
+    /// The consent service.
+    Consent(ConsentArgs),
+}
+
+#[derive(clap::Args)]
+struct ConsentArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CONSENTGATE_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: String,
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "CONSENTGATE_DATABASE_URL")]
+    database_url: String,
+    /// The policy file; the shipped default when absent.
+    #[arg(long, env = "CONSENTGATE_POLICY")]
+    policy: Option<PathBuf>,
+    /// TOML file of `caller-name = "token"` lines (mount it from a secret).
+    #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
+    tokens_file: PathBuf,
+    /// File holding the 32-byte signing seed as hex; created (mode 0600) if missing.
+    #[arg(long, env = "CONSENTGATE_KEY_FILE")]
+    key_file: PathBuf,
+    /// How many subjects' consent states to keep in memory.
+    #[arg(long, env = "CONSENTGATE_CACHE_CAPACITY", default_value_t = 100_000)]
+    cache_capacity: u64,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file; prints every problem with file, line and reason.
+    Validate {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Re-walk the consent ledger in a database and check its signed checkpoints.
+    Verify {
+        /// The consent database.
+        #[arg(long, env = "CONSENTGATE_DATABASE_URL")]
+        database_url: String,
+        /// The signing seed file.
+        #[arg(long, env = "CONSENTGATE_KEY_FILE")]
+        key_file: PathBuf,
+    },
+}
+
+fn load_policy(path: Option<&Path>) -> anyhow::Result<Arc<Policy>> {
+    let policy = match path {
+        Some(p) => Policy::from_file(p),
+        None => Policy::default_policy(),
+    };
+    Ok(Arc::new(policy.map_err(|e| {
+        anyhow::anyhow!("the policy is invalid, refusing to start:\n{e}")
+    })?))
+}
+
+fn load_tokens(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading tokens file {}", path.display()))?;
+    let map: std::collections::BTreeMap<String, String> =
+        toml::from_str(&text).with_context(|| format!("parsing tokens file {}", path.display()))?;
+    Ok(map.into_iter().collect())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Policy {
+            command: PolicyCommand::Validate { file },
+        } => match Policy::from_file(&file) {
+            Ok(p) => {
+                println!(
+                    "{}: ok ({} purposes, {} data categories, {} jurisdictions, {} callers)",
+                    file.display(),
+                    p.purposes.len(),
+                    p.categories.len(),
+                    p.jurisdictions.len(),
+                    p.callers.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        },
+        Command::Ledger {
+            command:
+                LedgerCommand::Verify {
+                    database_url,
+                    key_file,
+                },
+        } => {
+            let keys = Arc::new(LedgerKeys::load_or_create(&key_file)?);
+            let store = consentgate_consent::store::open(&database_url, keys.clone()).await?;
+            let report =
+                consentgate_consent::ledger::verify(store.as_ref(), &keys.verifying_key()).await?;
+            match report.broken {
+                None => println!(
+                    "ledger ok: {} entries, {} signed checkpoints, head {}",
+                    report.entries_checked,
+                    report.checkpoints_checked,
+                    hex_head(&report.head_hash)
+                ),
+                Some((seq, problem)) => {
+                    eprintln!("ledger BROKEN at entry {seq}: {problem}");
+                    std::process::exit(1);
+                }
+            }
+            Ok(())
+        }
+        Command::Serve {
+            service: Service::Consent(args),
+        } => {
+            consentgate_runtime::telemetry::init("consentgate-consent", cli.log_json);
+            let policy = load_policy(args.policy.as_deref())?;
+            let tokens = load_tokens(&args.tokens_file)?;
+            let keys = Arc::new(LedgerKeys::load_or_create(&args.key_file)?);
+            let auth = consent_server::authenticator(&policy, &tokens)?;
+            let engine =
+                consent_server::open_engine(policy, &args.database_url, keys, args.cache_capacity)
+                    .await?;
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            tracing::info!(address = %listener.local_addr()?, "consent service listening");
+            consent_server::serve(
+                engine,
+                auth,
+                listener,
+                consentgate_runtime::server::shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Up {
+            data_dir,
+            consent_listen,
+            policy,
+        } => {
+            consentgate_runtime::telemetry::init("consentgate", cli.log_json);
+            let policy = load_policy(policy.as_deref())?;
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let keys = Arc::new(LedgerKeys::load_or_create(
+                &data_dir.join("consent-signing.key"),
+            )?);
+            // Development tokens: predictable so that the README's grpcurl commands work as written.
+            let tokens: Vec<(String, String)> = policy
+                .callers
+                .keys()
+                .map(|name| (name.clone(), format!("dev-{name}")))
+                .collect();
+            let auth = consent_server::authenticator(&policy, &tokens)?;
+            let url = format!("sqlite://{}", data_dir.join("consent.db").display());
+            let engine = consent_server::open_engine(policy.clone(), &url, keys, 100_000).await?;
+            let listener = tokio::net::TcpListener::bind(&consent_listen)
+                .await
+                .with_context(|| format!("binding {consent_listen}"))?;
+            print_banner(&consent_listen, &tokens, &policy);
+            consent_server::serve(
+                engine,
+                auth,
+                listener,
+                consentgate_runtime::server::shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+fn hex_head(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_banner(consent: &str, tokens: &[(String, String)], policy: &Policy) {
+    println!("consentgate is up (development mode: SQLite, development tokens, loopback only)");
+    println!(
+        "  consent service   {consent}   (policy {}, {} purposes)",
+        policy.version,
+        policy.purposes.len()
+    );
+    println!();
+    println!("Development caller tokens (send as `authorization: Bearer <token>`):");
+    for (name, token) in tokens {
+        let roles: Vec<&str> = policy.callers[name]
+            .roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        println!("  {name:<24} {token:<30} roles: {}", roles.join(", "));
+    }
+    println!();
+    println!("Try:");
+    println!("  grpcurl -plaintext {consent} list");
+    println!(
+        "  grpcurl -plaintext -H 'authorization: Bearer dev-preference-center' -d '{{\"target\":{{\"subject\":{{\"subject_id\":\"alice\"}},\"purpose\":\"personalize.content.profiled\"}},\"consent_type\":\"CONSENT_TYPE_EXPLICIT\",\"notice_version\":\"2.0\",\"idempotency_key\":\"try-1\"}}' {consent} consentgate.consent.v1.ConsentService/Grant"
+    );
+    println!(
+        "  grpcurl -plaintext -H 'authorization: Bearer dev-recommendation-service' -d '{{\"subject\":{{\"subject_id\":\"alice\"}},\"purpose\":\"personalize.content.profiled\",\"data_categories\":[\"user.behavior.purchase_history\"]}}' {consent} consentgate.consent.v1.ConsentService/Check"
+    );
+    println!();
+    println!("Press Ctrl-C to stop.");
+}

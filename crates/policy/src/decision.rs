@@ -556,7 +556,7 @@ impl<'a> Evaluation<'a> {
                 // An expired grant is `expired`, not `given` (DESIGN §3): it does not opt back in.
                 let overridden = record.is_some_and(|r| {
                     r.state == RecordState::Given
-                        && !r.expires_at.is_some_and(|e| e <= self.now)
+                        && r.expires_at.is_none_or(|e| e > self.now)
                         && r.consent_type == ConsentType::Explicit
                         && r.revision > signal_revision
                 });
@@ -579,7 +579,7 @@ impl<'a> Evaluation<'a> {
         {
             let backed = record.is_some_and(|r| {
                 r.state == RecordState::Given
-                    && !r.expires_at.is_some_and(|e| e <= self.now)
+                    && r.expires_at.is_none_or(|e| e > self.now)
                     && r.guardian_ref
                         .as_ref()
                         .is_some_and(|g| state.guardians.contains(g))

@@ -348,7 +348,7 @@ fn validate(raw: RawPolicy, issues: &mut Issues<'_>) -> Policy {
             },
         );
     }
-    ladder.sort_by(|a, b| b.0.cmp(&a.0));
+    ladder.sort_by_key(|entry| std::cmp::Reverse(entry.0));
 
     let mut jurisdictions = BTreeMap::new();
     for (code, j) in &raw.jurisdictions {

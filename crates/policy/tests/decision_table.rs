@@ -1015,6 +1015,14 @@ fn table() -> Vec<Case> {
             .jur("US-CA")
             .state(subject(vec![given(SALE, 4)]).gpc_at(5))
             .deny(GpcOptOut),
+        case(
+            "GPC not overridden by a grant with the signal's own revision (boundary)",
+            SALE,
+            &[],
+        )
+        .jur("US-CA")
+        .state(subject(vec![given(SALE, 5)]).gpc_at(5))
+        .deny(GpcOptOut),
         case("GPC not overridden by a later expressed grant", SALE, &[])
             .jur("US-CA")
             .state(subject(vec![given(SALE, 6).expressed()]).gpc_at(5))
@@ -1597,89 +1605,101 @@ fn personalization_levels() {
 /// Obligations travel with an allow (or a partial allow) of targeted advertising, never with a deny.
 #[test]
 fn obligations() {
-    let exclude = vec![("exclude_sources", vec!["third_party".to_owned()])];
-    let none: Vec<(&str, Vec<String>)> = Vec::new();
-    let ads = subject(vec![given("marketing", 1)]);
-    let rows: Vec<(&str, &str, &[&str], &str, SubjectState, Verdict, _)> = vec![
-        (
-            "targeted ads allowed",
-            TARGETED,
-            &["user.behavior.browsing_history"],
-            "EU",
-            ads.clone(),
-            Verdict::Allow,
-            exclude.clone(),
-        ),
-        (
-            "targeted ads partially allowed",
-            TARGETED,
-            &["user.behavior.browsing_history", "user.health"],
-            "EU",
-            ads.clone(),
-            Verdict::Partial,
-            exclude.clone(),
-        ),
-        (
-            "the advertising root purpose",
-            "marketing.advertising",
-            &[],
-            "EU",
-            ads.clone(),
-            Verdict::Allow,
-            exclude.clone(),
-        ),
-        (
-            "third-party ads under opt-out in US-CA",
-            "marketing.advertising.third_party",
-            &[],
-            "US-CA",
-            subject(vec![]),
-            Verdict::Allow,
-            exclude.clone(),
-        ),
-        (
-            "targeted ads denied",
-            TARGETED,
-            &["user.behavior.browsing_history"],
-            "EU",
-            subject(vec![]),
-            Verdict::Deny,
-            none.clone(),
-        ),
-        (
-            "marketing e-mail is not advertising",
-            EMAIL,
-            &[],
-            "EU",
-            ads.clone(),
-            Verdict::Allow,
-            none.clone(),
-        ),
-        (
-            "personalization carries no obligation",
-            PROFILED,
-            &[],
-            "EU",
-            subject(vec![given(PROFILED, 1)]),
-            Verdict::Allow,
-            none.clone(),
-        ),
+    struct Row {
+        name: &'static str,
+        purpose: &'static str,
+        categories: &'static [&'static str],
+        jurisdiction: &'static str,
+        state: SubjectState,
+        verdict: Verdict,
+        exclude_third_party: bool,
+    }
+    let ads = || subject(vec![given("marketing", 1)]);
+    let rows = [
+        Row {
+            name: "targeted ads allowed",
+            purpose: TARGETED,
+            categories: &["user.behavior.browsing_history"],
+            jurisdiction: "EU",
+            state: ads(),
+            verdict: Verdict::Allow,
+            exclude_third_party: true,
+        },
+        Row {
+            name: "targeted ads partially allowed",
+            purpose: TARGETED,
+            categories: &["user.behavior.browsing_history", "user.health"],
+            jurisdiction: "EU",
+            state: ads(),
+            verdict: Verdict::Partial,
+            exclude_third_party: true,
+        },
+        Row {
+            name: "the advertising root purpose",
+            purpose: "marketing.advertising",
+            categories: &[],
+            jurisdiction: "EU",
+            state: ads(),
+            verdict: Verdict::Allow,
+            exclude_third_party: true,
+        },
+        Row {
+            name: "third-party ads under opt-out in US-CA",
+            purpose: "marketing.advertising.third_party",
+            categories: &[],
+            jurisdiction: "US-CA",
+            state: subject(vec![]),
+            verdict: Verdict::Allow,
+            exclude_third_party: true,
+        },
+        Row {
+            name: "targeted ads denied",
+            purpose: TARGETED,
+            categories: &["user.behavior.browsing_history"],
+            jurisdiction: "EU",
+            state: subject(vec![]),
+            verdict: Verdict::Deny,
+            exclude_third_party: false,
+        },
+        Row {
+            name: "marketing e-mail is not advertising",
+            purpose: EMAIL,
+            categories: &[],
+            jurisdiction: "EU",
+            state: ads(),
+            verdict: Verdict::Allow,
+            exclude_third_party: false,
+        },
+        Row {
+            name: "personalization carries no obligation",
+            purpose: PROFILED,
+            categories: &[],
+            jurisdiction: "EU",
+            state: subject(vec![given(PROFILED, 1)]),
+            verdict: Verdict::Allow,
+            exclude_third_party: false,
+        },
     ];
-    for (name, purpose, categories, jurisdiction, state, verdict, want) in rows {
+    for row in rows {
         let d = ok(check(
             "profile-service",
-            purpose,
-            categories,
-            jurisdiction,
-            &state,
+            row.purpose,
+            row.categories,
+            row.jurisdiction,
+            &row.state,
         ));
-        assert_eq!(d.verdict, verdict, "{name}");
+        assert_eq!(d.verdict, row.verdict, "{}", row.name);
         let got: Vec<(&str, Vec<String>)> = d
             .obligations
             .iter()
             .map(|o| (o.kind, o.values.clone()))
             .collect();
-        assert_eq!(got, want, "{name}");
+        let want = if row.exclude_third_party {
+            vec![("exclude_sources", vec!["third_party".to_owned()])]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(got, want, "{}", row.name);
     }
 }
 

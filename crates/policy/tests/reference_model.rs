@@ -460,7 +460,7 @@ impl Model {
             Op::Consent(c) => Event::Consent(c.clone()),
             Op::Gpc(on) => Event::Gpc(*on),
             Op::Age(band) => Event::Age(*band),
-            Op::Guardian(g) => Event::Guardian(*g),
+            Op::Guardian(g) => Event::Guardian(g),
             Op::Restrict(on) => Event::Restrict(*on),
             Op::Erase => Event::Erase,
             Op::Check(_) => return,

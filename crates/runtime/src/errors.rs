@@ -49,6 +49,18 @@ impl Violations {
         }
     }
 
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Moves `other`'s violations here with `prefix` before each field (e.g. `checks[3].`).
+    pub fn extend_prefixed(&mut self, prefix: &str, other: Violations) {
+        for (field, description) in other.0 {
+            self.0.push((format!("{prefix}{field}"), description));
+        }
+    }
+
     /// `Ok` when nothing was recorded, else the `INVALID_ARGUMENT` status.
     pub fn finish(self) -> Result<(), Status> {
         if self.0.is_empty() {

@@ -5,10 +5,13 @@
 //! [`engine`] (writes, cached decisions, the change feed), [`grpc`] (the thin protobuf adapter),
 //! [`authz`] (which role may call which RPC) and [`server`] (wiring it onto a listener).
 
+pub mod authz;
 pub mod engine;
+pub mod grpc;
 pub mod ledger;
 pub mod model;
 pub mod receipt;
+pub mod server;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
