@@ -9,6 +9,8 @@ use consentgate_policy::Policy;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod seed;
+
 #[derive(Parser)]
 #[command(
     name = "consentgate",
@@ -222,14 +224,18 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&consent_listen)
                 .await
                 .with_context(|| format!("binding {consent_listen}"))?;
-            print_banner(&consent_listen, &tokens, &policy);
-            consent_server::serve(
+            let address = listener.local_addr()?.to_string();
+            let server = tokio::spawn(consent_server::serve(
                 engine,
                 auth,
                 listener,
                 consentgate_runtime::server::shutdown_signal(),
-            )
-            .await?;
+            ));
+            seed::demo_consents(&address, "dev-preference-center")
+                .await
+                .context("seeding demo consents")?;
+            print_banner(&consent_listen, &tokens, &policy);
+            server.await??;
             Ok(())
         }
     }

@@ -1,1 +1,484 @@
-fn main() {}
+//! `loadgen`: benchmarks the consent service over real gRPC on loopback. Starts the service
+//! in-process on a fresh database, seeds subjects through `Grant`, warms the cache, proves warm
+//! Checks do not touch the database, then measures Health and Check at 1 in flight, saturated,
+//! and open-loop at a fixed rate, and BatchCheck throughput; prints a Markdown report and, with
+//! `--write FILE`, writes it to FILE (BENCHMARKS.md).
+
+mod breakdown;
+mod cpu;
+mod driver;
+mod harness;
+mod report;
+mod workload;
+
+use anyhow::Context;
+use clap::Parser;
+use driver::{PhaseResult, Rpc, Window, Workload, closed_loop, open_loop};
+use harness::Harness;
+use report::{LoadStep, Results, Setup};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use workload::{Clients, Rng, Subjects, all_allowed, check_for, random_batch, random_check};
+
+/// Open-loop load generator and benchmark for the consentgate consent service.
+#[derive(Parser, Debug)]
+#[command(name = "loadgen", version)]
+struct Args {
+    /// Measured seconds per phase (each phase also has an unrecorded warm-up of 1 s).
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Subjects to seed (each with one grant).
+    #[arg(long, default_value_t = 1000)]
+    subjects: usize,
+    /// Run against this database (e.g. `postgres://user@host/db`) instead of a fresh SQLite file.
+    /// Subject ids are unique per run, so a database can be reused.
+    #[arg(long, env = "CONSENTGATE_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Write the Markdown report to this file (overwritten), e.g. BENCHMARKS.md.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// Smoke run: 1 s phases, 0.25 s warm-ups, short breakdown (numbers not meaningful).
+    #[arg(long)]
+    quick: bool,
+    /// HTTP/2 connections for the 64-in-flight and open-loop phases.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent workers (saturated phases) and the in-flight cap (open-loop phases).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Open-loop target rate in requests/s; default 70% of the lower saturated throughput.
+    #[arg(long)]
+    open_rate: Option<f64>,
+    /// Concurrent BatchCheck calls (each on its own connection).
+    #[arg(long, default_value_t = 2)]
+    batch_in_flight: usize,
+    /// Server worker threads; default `nproc`.
+    #[arg(long)]
+    server_threads: Option<usize>,
+    /// Generator worker threads; default `nproc`.
+    #[arg(long)]
+    client_threads: Option<usize>,
+    /// Run only these rows (comma-separated labels: 1a,1b,2a,2b,3a,3b,4), e.g. to profile one.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip the in-process breakdown.
+    #[arg(long)]
+    no_breakdown: bool,
+    /// Seed of the request generator.
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+}
+
+impl Args {
+    fn wants(&self, label: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|l| l == label)
+    }
+
+    fn window(&self) -> Window {
+        if self.quick {
+            Window {
+                warmup: Duration::from_millis(250),
+                duration: Duration::from_secs(1),
+            }
+        } else {
+            Window {
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs_f64(self.duration_secs),
+            }
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.subjects > 0, "--subjects must be at least 1");
+    anyhow::ensure!(args.duration_secs > 0.0, "--duration-secs must be positive");
+    anyhow::ensure!(
+        args.connections > 0 && args.in_flight > 0 && args.batch_in_flight > 0,
+        "--connections, --in-flight and --batch-in-flight must be at least 1"
+    );
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (
+        args.server_threads.unwrap_or(nproc),
+        args.client_threads.unwrap_or(nproc),
+    );
+    let loadavg_start = loadavg();
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let cache_capacity = (args.subjects as u64 * 2).max(100_000);
+    eprintln!("loadgen: starting the consent service in-process…");
+    let harness = Harness::start(args.database_url.as_deref(), threads.0, cache_capacity)?;
+    eprintln!(
+        "loadgen: listening on {} ({})",
+        harness.addr, harness.database
+    );
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.1)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()?;
+    let outcome = client_rt.block_on(run(&args, &harness));
+    client_rt.shutdown_timeout(Duration::from_secs(2));
+    let database = harness.database.clone();
+    harness.stop()?;
+    let (phases, loads, breakdown, grants_per_sec) = outcome?;
+
+    let results = Results {
+        setup: Setup {
+            command: command_line(),
+            date,
+            nproc,
+            kernel: kernel(),
+            cpu: cpu_model(),
+            loadavg: (loadavg_start, loadavg()),
+            commit: commit(),
+            database,
+            subjects: args.subjects,
+            grants_per_sec,
+            duration: (
+                args.window().duration.as_secs_f64(),
+                args.window().warmup.as_secs_f64(),
+            ),
+            threads,
+            quick: args.quick,
+        },
+        phases,
+        loads,
+        breakdown,
+    };
+    let markdown = report::render(&results);
+    println!("{markdown}");
+    if let Some(path) = &args.write {
+        std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("loadgen: wrote {}", path.display());
+    }
+    let failed = report::verdicts(&results)
+        .iter()
+        .filter(|v| !v.pass)
+        .count();
+    if failed > 0 {
+        eprintln!("loadgen: {failed} target(s) FAILED (see the Targets table)");
+    }
+    Ok(())
+}
+
+type RunOutput = (
+    Vec<PhaseResult>,
+    Vec<LoadStep>,
+    Option<breakdown::Breakdown>,
+    f64,
+);
+
+async fn run(args: &Args, harness: &Harness) -> anyhow::Result<RunOutput> {
+    let engine = &harness.engine;
+    let subjects = Subjects::new(&harness.run_id, args.subjects);
+    let window = args.window();
+    let one = Clients::connect(harness.addr, &harness.tokens)
+        .await
+        .context("connecting to the in-process server")?;
+    let many = Clients::connect_many(harness.addr, &harness.tokens, args.connections).await?;
+    let mut loads = Vec::new();
+
+    // Seed: one explicit grant per subject through the API, as the preference center.
+    let before = engine.store_loads();
+    let started = Instant::now();
+    for_each_subject(&one, subjects.count(), 16, {
+        let subjects = subjects.clone();
+        move |mut client, i| {
+            let request = workload::grant_request(&subjects, i);
+            async move {
+                client
+                    .grant(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| anyhow::anyhow!("Grant failed: {s}"))
+            }
+        }
+    })
+    .await?;
+    let grants_per_sec = subjects.count() as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "loadgen: seeded {} subjects ({grants_per_sec:.0} grants/s)",
+        subjects.count()
+    );
+    loads.push(LoadStep {
+        what: format!("Seed: {} Grants", subjects.count()),
+        before,
+        after: engine.store_loads(),
+        expected: "writes only invalidate".into(),
+    });
+
+    // Warm: one Check per subject; every one is a miss that reads the database.
+    let checks_of = |seed: u64| {
+        let subjects = subjects.clone();
+        move |mut client: Clients, i: usize| {
+            let mut rng = Rng::new(seed ^ i as u64);
+            let request = check_for(&subjects, i, 3, &mut rng);
+            async move {
+                let response = client
+                    .check(request)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("Check failed: {s}"))?;
+                anyhow::ensure!(
+                    all_allowed(&response, 3),
+                    "unexpected decision {response:?}"
+                );
+                Ok(())
+            }
+        }
+    };
+    let before = engine.store_loads();
+    let warm_started = Instant::now();
+    for_each_subject(&one, subjects.count(), 16, checks_of(args.seed)).await?;
+    loads.push(LoadStep {
+        what: format!("Warm: 1 Check per subject ({})", subjects.count()),
+        before,
+        after: engine.store_loads(),
+        expected: format!("{} (one miss per subject)", subjects.count()),
+    });
+    // Then every subject again, straight away: a warm fresh cache must not touch the database.
+    let before = engine.store_loads();
+    for_each_subject(&one, subjects.count(), 16, checks_of(args.seed ^ 0xABCD)).await?;
+    let after = engine.store_loads();
+    loads.push(LoadStep {
+        what: format!(
+            "Check every subject again ({}), done {:.2} s after warming began",
+            subjects.count(),
+            warm_started.elapsed().as_secs_f64()
+        ),
+        before,
+        after,
+        expected: "**0**".into(),
+    });
+    eprintln!(
+        "loadgen: warm-cache proof: {} new store loads",
+        after - before
+    );
+
+    // Request pools, built before any timing.
+    let mut rng = Rng::new(args.seed);
+    let checks = Arc::new(
+        (0..8192)
+            .map(|_| random_check(&subjects, &mut rng))
+            .collect::<Vec<_>>(),
+    );
+    let batches = Arc::new(
+        (0..8)
+            .map(|_| random_batch(&subjects, &mut rng))
+            .collect::<Vec<_>>(),
+    );
+    let workload = |rpc| Workload {
+        rpc,
+        checks: checks.clone(),
+        batches: batches.clone(),
+    };
+    let (health, check) = (workload(Rpc::Health), workload(Rpc::Check));
+    let mut phases = Vec::new();
+    let single = std::slice::from_ref(&one);
+    let report = |p: &PhaseResult| {
+        eprintln!(
+            "loadgen: {:>3} {:<26} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  errors {}  loads {}",
+            p.label,
+            p.rpc.name(),
+            p.throughput(),
+            p.latency.value_at_quantile(0.5),
+            p.latency.value_at_quantile(0.99),
+            p.latency.value_at_quantile(0.999),
+            p.errors + p.dropped,
+            p.store_loads
+        );
+    };
+
+    // 1. One in flight (closed loop, sequential).
+    for (label, w) in [("1a", &health), ("1b", &check)] {
+        if !args.wants(label) {
+            continue;
+        }
+        let p = closed_loop(label, w, single, 1, window, engine).await;
+        report(&p);
+        phases.push(p);
+    }
+    // 2. Saturated: 64 workers over 4 connections.
+    for (label, w) in [("2a", &health), ("2b", &check)] {
+        if !args.wants(label) {
+            continue;
+        }
+        let p = closed_loop(label, w, &many, args.in_flight, window, engine).await;
+        report(&p);
+        phases.push(p);
+    }
+    // 3. Open loop at a fixed rate, the same for both RPCs.
+    let saturated = |label: &str| {
+        phases
+            .iter()
+            .find(|p: &&PhaseResult| p.label == label)
+            .map(PhaseResult::throughput)
+    };
+    let rate = match (args.open_rate, saturated("2a"), saturated("2b")) {
+        (Some(rate), _, _) => Some(rate),
+        (None, Some(h), Some(c)) => Some((0.7 * h.min(c)).max(100.0)),
+        (None, _, _) => None,
+    };
+    for (label, w) in [("3a", &health), ("3b", &check)] {
+        if !args.wants(label) {
+            continue;
+        }
+        let rate = rate.context("the open-loop rows need rows 2a and 2b, or --open-rate")?;
+        let backlog = (rate as usize).max(1000);
+        let p = open_loop(
+            label,
+            w,
+            &many,
+            rate,
+            args.in_flight,
+            backlog,
+            window,
+            engine,
+        )
+        .await;
+        report(&p);
+        phases.push(p);
+    }
+    // 4. BatchCheck throughput.
+    if args.wants("4") {
+        let batch_clients =
+            Clients::connect_many(harness.addr, &harness.tokens, args.batch_in_flight).await?;
+        let p = closed_loop(
+            "4",
+            &workload(Rpc::BatchCheck),
+            &batch_clients,
+            args.batch_in_flight,
+            window,
+            engine,
+        )
+        .await;
+        report(&p);
+        eprintln!(
+            "loadgen:     BatchCheck: {:.0} category decisions/s",
+            p.decisions_per_sec()
+        );
+        phases.push(p);
+    }
+
+    // Where a Check's time goes, without the transport.
+    let breakdown = if args.no_breakdown {
+        None
+    } else {
+        eprintln!("loadgen: in-process breakdown…");
+        let iterations = if args.quick { 5_000 } else { 100_000 };
+        Some(breakdown::measure(engine, &subjects, args.seed, iterations).await?)
+    };
+    Ok((phases, loads, breakdown, grants_per_sec))
+}
+
+/// Runs `op(client, i)` for every subject `i`, `concurrency` at a time over one connection.
+async fn for_each_subject<F, Fut>(
+    client: &Clients,
+    count: usize,
+    concurrency: usize,
+    op: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Clients, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (next, op, client) = (next.clone(), op.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return anyhow::Ok(());
+                }
+                op(client.clone(), i).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
+    let mut command = "cargo run --release -p consentgate-bench --bin loadgen".to_owned();
+    if !args.is_empty() {
+        command.push_str(" -- ");
+        command.push_str(&args.join(" "));
+    }
+    command
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
+    {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+fn kernel() -> String {
+    read_trimmed("/proc/sys/kernel/osrelease")
+        .or_else(|| run_command("uname", &["-r"]))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}
+
+fn loadavg() -> String {
+    read_trimmed("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn commit() -> String {
+    match run_command("git", &["rev-parse", "--short", "HEAD"]) {
+        Some(hash) => {
+            let dirty = run_command("git", &["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("`{hash}` with uncommitted changes")
+            } else {
+                format!("`{hash}`")
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+fn run_command(program: &str, args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

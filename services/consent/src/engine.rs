@@ -89,6 +89,9 @@ pub struct Engine {
     generation: AtomicU64,
     high_water: tokio::sync::watch::Sender<u64>,
     loads: AtomicU64,
+    /// Flips to true when the server begins shutting down: long-lived streams end so that
+    /// graceful shutdown can finish (and gates reconnect to another replica).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Engine {
@@ -106,6 +109,7 @@ impl Engine {
             .time_to_live(Duration::from_secs(5))
             .build();
         let (high_water, _) = tokio::sync::watch::channel(high);
+        let (closing, _) = tokio::sync::watch::channel(false);
         Ok(Engine {
             policy,
             store,
@@ -114,6 +118,7 @@ impl Engine {
             generation: AtomicU64::new(0),
             high_water,
             loads: AtomicU64::new(0),
+            closing,
         })
     }
 
@@ -140,6 +145,17 @@ impl Engine {
     /// Subscribes to the revision high water: changes whenever a write commits.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.high_water.subscribe()
+    }
+
+    /// Tells long-lived streams to end: the server is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        let _ = closing.wait_for(|c| *c).await;
     }
 
     /// Records a change durably, then invalidates what it affects and wakes change watchers.

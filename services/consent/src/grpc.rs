@@ -64,7 +64,7 @@ pub fn status_of(error: EngineError) -> Status {
             "idempotency_key was already used for a different request",
         ),
         EngineError::Store(e) => {
-            tracing::error!(error = %e, "consent store failed");
+            tracing::error!(error = %e.log_safe(), "consent store failed");
             status(
                 Code::Unavailable,
                 "STORE_UNAVAILABLE",
@@ -1242,6 +1242,10 @@ async fn watch(
                 }
             }
             _ = tx.closed() => return,
+            _ = engine.closed() => {
+                let _ = tx.send(Err(status(Code::Unavailable, "SHUTTING_DOWN", "the consent service is shutting down; reconnect and resume from your last revision"))).await;
+                return;
+            }
         }
     }
 }

@@ -242,7 +242,7 @@ pub struct SubjectRows {
     pub erased: bool,
     /// Whether processing is restricted.
     pub restricted: bool,
-    /// Every consent event, oldest first.
+    /// The current consent events: the latest per (purpose, channel, scope), oldest first.
     pub records: Vec<StoredRecord>,
     /// Every signal, oldest first.
     pub signals: Vec<StoredSignal>,

@@ -84,6 +84,7 @@ pub async fn serve(
         .set_serving::<ConsentServiceServer<ConsentApi>>()
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection();
+    let closing = engine.clone();
     let consent = ConsentServiceServer::new(ConsentApi::new(engine))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -102,6 +103,7 @@ pub async fn serve(
         .add_service(consent)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
+            closing.begin_shutdown();
             reporter
                 .set_not_serving::<ConsentServiceServer<ConsentApi>>()
                 .await;

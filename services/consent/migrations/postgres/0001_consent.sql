@@ -69,3 +69,14 @@ CREATE TABLE changes (
     purpose    TEXT    NULL
 );
 CREATE INDEX changes_by_subject ON changes (subject);
+-- The latest event per (subject, purpose, channel, scope): what decisions read, so a decision
+-- costs the same however long a subject's history grows. '' stands for "none".
+CREATE TABLE consent_current (
+    subject    TEXT    NOT NULL,
+    purpose    TEXT    NOT NULL,
+    channel    TEXT    NOT NULL,
+    scope      TEXT    NOT NULL,
+    revision   BIGINT NOT NULL,
+    body       TEXT    NOT NULL,
+    PRIMARY KEY (subject, purpose, channel, scope)
+);

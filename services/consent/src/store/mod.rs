@@ -42,6 +42,32 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// A description safe for logs: database messages can quote row values (subject ids), so
+    /// only the error's class and SQLSTATE code are kept.
+    pub fn log_safe(&self) -> String {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                format!(
+                    "database error (code {})",
+                    db.code().as_deref().unwrap_or("unknown")
+                )
+            }
+            StoreError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut => "database pool timed out".into(),
+                sqlx::Error::PoolClosed => "database pool closed".into(),
+                sqlx::Error::Io(_) => "database I/O error".into(),
+                sqlx::Error::Tls(_) => "database TLS error".into(),
+                sqlx::Error::Protocol(_) => "database protocol error".into(),
+                _ => "database error".into(),
+            },
+            StoreError::Migrate(_) => "migration error".into(),
+            StoreError::Corrupt(_) => "corrupt stored data".into(),
+            StoreError::IdempotencyConflict | StoreError::SubjectErased => self.to_string(),
+        }
+    }
+}
+
 /// The consent store.
 #[async_trait::async_trait]
 pub trait ConsentStore: Send + Sync + 'static {

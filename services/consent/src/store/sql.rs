@@ -51,12 +51,12 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {text:?}: {e}")))
+        .map_err(|e| StoreError::Corrupt(format!("bad stored timestamp: {e}")))
 }
 
 fn subject_of(text: &str) -> Result<SubjectKey, StoreError> {
     SubjectKey::from_storage(text)
-        .ok_or_else(|| StoreError::Corrupt(format!("bad subject key {text:?}")))
+        .ok_or_else(|| StoreError::Corrupt("a stored subject key has no s:/d: prefix".into()))
 }
 
 impl<D: Dialect> SqlStore<D> {
@@ -150,8 +150,17 @@ impl<D: Dialect> SqlStore<D> {
                 let body =
                     serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 sqlx::query("INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(body)
+                    .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(&body)
                     .execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO consent_current (subject, purpose, channel, scope, revision, body) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision, body = excluded.body")
+                    .bind(&subject_s)
+                    .bind(&c.purpose)
+                    .bind(c.channel.as_deref().unwrap_or(""))
+                    .bind(c.scope.as_deref().unwrap_or(""))
+                    .bind(rev)
+                    .bind(&body)
+                    .execute(&mut *tx)
+                    .await?;
                 if let Some((json, jws)) = &c.receipt {
                     sqlx::query("INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ($1, $2, $3, $4)")
                         .bind(&c.record_id).bind(&subject_s).bind(json).bind(jws)
@@ -319,7 +328,7 @@ impl<D: Dialect> SqlStore<D> {
         }
         rows.signals.sort_by_key(|s| s.revision);
         for r in sqlx::query(
-            "SELECT revision, body FROM consent_records WHERE subject = $1 ORDER BY revision",
+            "SELECT revision, body FROM consent_current WHERE subject = $1 ORDER BY revision",
         )
         .bind(&effective)
         .fetch_all(&mut *tx)
@@ -557,6 +566,7 @@ async fn erase_key(
         .await?
         .rows_affected();
     for sql in [
+        "DELETE FROM consent_current WHERE subject = $1",
         "DELETE FROM receipts WHERE subject = $1",
         "DELETE FROM signals WHERE subject = $1",
         "DELETE FROM subject_keys WHERE subject = $1",

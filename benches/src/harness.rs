@@ -1,0 +1,158 @@
+//! The consent service under test, started in-process exactly as `consentgate serve consent`
+//! starts it (`open_engine`, `authenticator`, `serve`) on 127.0.0.1:0, on its own Tokio runtime
+//! so that its worker threads are not shared with the load generator's.
+
+use crate::workload::Tokens;
+use anyhow::Context;
+use consentgate_consent::engine::Engine;
+use consentgate_consent::ledger::{LedgerKeys, random_key};
+use consentgate_consent::server::{self, StartError};
+use consentgate_policy::Policy;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server and what the benchmark needs to drive and observe it.
+pub struct Harness {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The engine, for [`Engine::store_loads`].
+    pub engine: Arc<Engine>,
+    /// Tokens of the callers the benchmark acts as.
+    pub tokens: Tokens,
+    /// A short, unique name for this run (subject ids include it).
+    pub run_id: String,
+    /// What database it runs on, for the report (no credentials).
+    pub database: String,
+    runtime: Option<Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), StartError>>>,
+    dir: Option<PathBuf>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The database URL with any password removed, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Harness {
+    /// Starts the service with `threads` worker threads: on a fresh SQLite file in a new temporary
+    /// directory, or on `database_url` (PostgreSQL) when given.
+    pub fn start(
+        database_url: Option<&str>,
+        threads: usize,
+        cache_capacity: u64,
+    ) -> anyhow::Result<Harness> {
+        let run_id = hex(&random_key()[..6]);
+        let (url, dir, database) = match database_url {
+            Some(url) => (url.to_owned(), None, redact(url)),
+            None => {
+                let dir = std::env::temp_dir().join(format!("consentgate-bench-{run_id}"));
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let url = format!("sqlite://{}", dir.join("consent.db").display());
+                (
+                    url,
+                    Some(dir),
+                    "SQLite, fresh file in a temporary directory (WAL, synchronous=FULL)"
+                        .to_owned(),
+                )
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("consent-server")
+            .enable_all()
+            .build()?;
+        let policy =
+            Arc::new(Policy::default_policy().map_err(|e| anyhow::anyhow!("default policy: {e}"))?);
+        let tokens = Tokens {
+            preference_center: format!("bench-pc-{}", hex(&random_key())),
+            enforcer: format!("bench-rec-{}", hex(&random_key())),
+        };
+        let auth = server::authenticator(
+            &policy,
+            &[
+                (
+                    "preference-center".to_owned(),
+                    tokens.preference_center.clone(),
+                ),
+                ("recommendation-service".to_owned(), tokens.enforcer.clone()),
+            ],
+        )?;
+        let keys = Arc::new(LedgerKeys::generate());
+        let (engine, listener) = runtime.block_on(async {
+            let engine = server::open_engine(policy, &url, keys, cache_capacity)
+                .await
+                .context("opening the consent store")?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            anyhow::Ok((engine, listener))
+        })?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = runtime.spawn(server::serve(engine.clone(), auth, listener, async move {
+            let _ = stop.await;
+        }));
+        Ok(Harness {
+            addr,
+            engine,
+            tokens,
+            run_id,
+            database,
+            runtime: Some(runtime),
+            shutdown: Some(shutdown),
+            server: Some(server),
+            dir,
+        })
+    }
+
+    /// Shuts the server down gracefully (clients must be gone) and removes the temporary database.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown_inner()
+    }
+
+    fn shutdown_inner(&mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let (Some(runtime), Some(server)) = (self.runtime.as_ref(), self.server.take()) {
+            result = match runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await })
+            {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(anyhow::anyhow!("server failed: {e}")),
+                Ok(Err(e)) => Err(anyhow::anyhow!("server task failed: {e}")),
+                Err(_) => Err(anyhow::anyhow!("server did not shut down within 10 s")),
+            };
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        result
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.shutdown_inner();
+    }
+}

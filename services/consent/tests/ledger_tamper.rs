@@ -1,0 +1,813 @@
+//! Ledger tamper-evidence (DESIGN §3 "Audit, proof and transparency"): on every backend, a real ledger of
+//! 150 entries (checkpoints at 64 and 128) verifies, and every single-entry tampering done with SQL
+//! behind the store's back (edit, edit-and-rehash, consistent suffix rewrite, deletion, reorder,
+//! truncation, forged checkpoints) is detected at the right seq, each on a fresh database.
+//! Erasure (crypto-shredding) keeps the chain verifying.
+
+use consentgate_consent::ledger::{self, CHECKPOINT_EVERY, LedgerKeys, VerifyReport};
+use consentgate_consent::model::{Change, LedgerEntry, NewConsent, SubjectKey, Write};
+use consentgate_consent::store::{ConsentStore, PostgresStore, SqliteStore};
+use consentgate_consent::testing::{Backend, POSTGRES_ENV, TestDb, backends};
+use sqlx::{AnyPool, Connection};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Entries in every test ledger.
+const ENTRIES: u64 = 150;
+/// The checkpoints a 150-entry ledger has.
+const CP1: u64 = CHECKPOINT_EVERY;
+const CP2: u64 = 2 * CHECKPOINT_EVERY;
+
+// ---------------------------------------------------------------------------------------------
+// Building writes
+// ---------------------------------------------------------------------------------------------
+
+fn person(i: u64) -> SubjectKey {
+    SubjectKey::Subject(format!("tamper-subject-{i}"))
+}
+
+fn device(i: u64) -> SubjectKey {
+    SubjectKey::Device(format!("tamper-device-{i}"))
+}
+
+/// A consent event about `subject` (record ids are uuid-like, unique per `n`).
+fn consent(n: u64, subject: SubjectKey, purpose: &str, state: &str) -> NewConsent {
+    NewConsent {
+        record_id: format!("00000000-0000-4000-8000-{n:012}"),
+        subject,
+        purpose: purpose.to_owned(),
+        scope: None,
+        channel: None,
+        state: state.to_owned(),
+        consent_type: "explicit".to_owned(),
+        legal_basis: "consent".to_owned(),
+        jurisdiction: "EU".to_owned(),
+        notice_id: "privacy-notice".to_owned(),
+        notice_version: "3.0".to_owned(),
+        collection_method: "preference_center".to_owned(),
+        collected_at: OffsetDateTime::now_utc(),
+        expires_at: None,
+        source_ip: "198.51.100.0".to_owned(),
+        user_agent: "ledger-tamper-test".to_owned(),
+        guardian_ref: None,
+        receipt: None,
+    }
+}
+
+/// The `n`-th write (from 1) of the standard ledger: mostly consents, with signals, links and
+/// restrictions mixed in.
+fn nth_change(n: u64) -> Change {
+    let who = person(n % 5);
+    match n {
+        n if n % 25 == 0 => Change::Link {
+            device: device(n % 3),
+            subject: who,
+        },
+        n if n % 11 == 0 => Change::Signal {
+            subject: who,
+            kind: "gpc".into(),
+            value: "1".into(),
+        },
+        n if n % 17 == 0 => Change::Restrict {
+            subject: who,
+            restricted: n % 2 == 0,
+        },
+        n if n % 3 == 0 => Change::Consent(consent(
+            n,
+            who,
+            "marketing.communications.email",
+            "withdrawn",
+        )),
+        n => Change::Consent(consent(n, who, "personalize.content.profiled", "given")),
+    }
+}
+
+/// A write of `change` under idempotency key `n`; the fingerprint is any 32 bytes unique to `n`.
+fn write(n: u64, change: Change) -> Write {
+    let mut fingerprint = [0u8; 32];
+    fingerprint[..8].copy_from_slice(&n.to_be_bytes());
+    Write {
+        caller: "preference-center".into(),
+        idempotency_key: format!("tamper-{n}"),
+        fingerprint,
+        change,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A ledger on a fresh database
+// ---------------------------------------------------------------------------------------------
+
+struct Ledger {
+    /// The backend's name, for messages.
+    b: String,
+    keys: Arc<LedgerKeys>,
+    store: Arc<dyn ConsentStore>,
+    pool: AnyPool,
+    /// Last: the database outlives the store.
+    _db: Database,
+}
+
+/// Whichever kind of private database a ledger lives in.
+enum Database {
+    /// Created (and dropped) by the crate's test support.
+    Test(TestDb),
+    /// A PostgreSQL copy of a template, held for its `Drop`.
+    PgCopy { _guard: PgCopy },
+}
+
+/// A PostgreSQL database created from a template; dropped, like `TestDb`'s, with the guard.
+struct PgCopy {
+    admin: String,
+    name: String,
+}
+
+impl Drop for PgCopy {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Dropping runs outside any runtime the test may still hold: use a private one.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
+
+impl Ledger {
+    /// A fresh database holding the standard ledger of `ENTRIES` entries, verified intact.
+    async fn build(backend: Backend) -> Ledger {
+        let db = TestDb::new(backend).await;
+        let keys = Arc::new(LedgerKeys::generate());
+        let url = db.url.clone();
+        let ledger = Ledger::connect(backend, &url, Database::Test(db), keys).await;
+        for n in 1..=ENTRIES {
+            let o = ledger
+                .store
+                .write(write(n, nth_change(n)))
+                .await
+                .unwrap_or_else(|e| panic!("[{}] write {n}: {e}", ledger.b));
+            assert_eq!(o.revision, n, "[{}] write {n} revision", ledger.b);
+        }
+        ledger.assert_intact().await;
+        ledger
+    }
+
+    /// A store over `db`.
+    async fn connect(backend: Backend, url: &str, db: Database, keys: Arc<LedgerKeys>) -> Ledger {
+        let b = format!("{backend:?}");
+        let (store, pool): (Arc<dyn ConsentStore>, AnyPool) = match backend {
+            Backend::Sqlite => {
+                let s = SqliteStore::connect(url, keys.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("[{b}] connect: {e}"));
+                let pool = s.pool().clone();
+                (Arc::new(s), pool)
+            }
+            Backend::Postgres => {
+                let s = PostgresStore::connect(url, keys.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("[{b}] connect: {e}"));
+                let pool = s.pool().clone();
+                (Arc::new(s), pool)
+            }
+        };
+        Ledger {
+            b,
+            keys,
+            store,
+            pool,
+            _db: db,
+        }
+    }
+
+    /// The standard ledger verifies: every entry and both checkpoints.
+    async fn assert_intact(&self) {
+        let report = self.verify().await;
+        assert_eq!(
+            report.broken, None,
+            "[{}] the untouched ledger verifies",
+            self.b
+        );
+        assert_eq!(
+            report.entries_checked, ENTRIES,
+            "[{}] entries_checked",
+            self.b
+        );
+        assert_eq!(
+            report.checkpoints_checked, 2,
+            "[{}] checkpoints_checked",
+            self.b
+        );
+    }
+
+    async fn verify(&self) -> VerifyReport {
+        ledger::verify(&*self.store, &self.keys.verifying_key())
+            .await
+            .unwrap_or_else(|e| panic!("[{}] verify: {e}", self.b))
+    }
+
+    async fn entries(&self) -> Vec<LedgerEntry> {
+        self.store
+            .ledger(0, 100_000)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] read ledger: {e}", self.b))
+    }
+
+    async fn entry(&self, seq: u64) -> LedgerEntry {
+        self.store
+            .ledger(seq - 1, 1)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] read entry {seq}: {e}", self.b))
+            .into_iter()
+            .next()
+            .filter(|e| e.seq == seq)
+            .unwrap_or_else(|| panic!("[{}] entry {seq} exists", self.b))
+    }
+
+    /// Overwrites entry `seq` behind the store's back.
+    async fn set(&self, seq: u64, prev_hash: &[u8], hash: &[u8], event: &str) {
+        let r =
+            sqlx::query("UPDATE ledger SET prev_hash = $1, hash = $2, event = $3 WHERE seq = $4")
+                .bind(prev_hash.to_vec())
+                .bind(hash.to_vec())
+                .bind(event.to_owned())
+                .bind(i64::try_from(seq).expect("seq fits"))
+                .execute(&self.pool)
+                .await
+                .unwrap_or_else(|e| panic!("[{}] tamper with entry {seq}: {e}", self.b));
+        assert_eq!(r.rows_affected(), 1, "[{}] entry {seq} updated", self.b);
+    }
+
+    async fn exec(&self, sql: &'static str, seq: u64) -> u64 {
+        sqlx::query(sql)
+            .bind(i64::try_from(seq).expect("seq fits"))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] {sql} ({seq}): {e}", self.b))
+            .rows_affected()
+    }
+
+    async fn set_checkpoint(&self, seq: u64, hash: &[u8], signature: &[u8]) {
+        let r = sqlx::query("UPDATE checkpoints SET hash = $1, signature = $2 WHERE seq = $3")
+            .bind(hash.to_vec())
+            .bind(signature.to_vec())
+            .bind(i64::try_from(seq).expect("seq fits"))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] tamper with checkpoint {seq}: {e}", self.b));
+        assert_eq!(
+            r.rows_affected(),
+            1,
+            "[{}] checkpoint {seq} updated",
+            self.b
+        );
+    }
+
+    /// Replaces the events of `from..=end` (by `edit(seq, event)`) and recomputes every hash and
+    /// link from `from` to the end of the ledger, so that the chain itself is consistent.
+    async fn rewrite_from(&self, from: u64, mut edit: impl FnMut(u64, &str) -> String) {
+        let entries = self.entries().await;
+        let mut prev = entries[index(from)].prev_hash.clone();
+        let mut tx = self.pool.begin().await.expect("begin");
+        for e in &entries[index(from)..] {
+            let event = edit(e.seq, &e.event);
+            let hash = ledger::chain_hash(&prev, &event);
+            sqlx::query("UPDATE ledger SET prev_hash = $1, hash = $2, event = $3 WHERE seq = $4")
+                .bind(prev.clone())
+                .bind(hash.clone())
+                .bind(event)
+                .bind(i64::try_from(e.seq).expect("seq fits"))
+                .execute(&mut *tx)
+                .await
+                .unwrap_or_else(|err| panic!("[{}] rewrite entry {}: {err}", self.b, e.seq));
+            prev = hash;
+        }
+        tx.commit().await.expect("commit");
+    }
+
+    /// Edits entry `from` and rewrites everything after it consistently.
+    async fn rewrite_suffix(&self, from: u64) {
+        self.rewrite_from(
+            from,
+            |s, ev| {
+                if s == from { edited(ev) } else { ev.to_owned() }
+            },
+        )
+        .await;
+    }
+}
+
+/// A standard ledger built once through the store, closed, and copied into a fresh database for
+/// every case (a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL): every case
+/// tampers with its own, real, untouched ledger without paying for 150 durable writes each.
+struct Template {
+    backend: Backend,
+    keys: Arc<LedgerKeys>,
+    db: TestDb,
+}
+
+/// The database name at the end of a PostgreSQL URL.
+fn database_name(url: &str) -> &str {
+    url.rsplit('/').next().expect("a URL with a database name")
+}
+
+impl Template {
+    async fn build(backend: Backend) -> Template {
+        let Ledger {
+            keys,
+            store,
+            pool,
+            _db: Database::Test(db),
+            ..
+        } = Ledger::build(backend).await
+        else {
+            unreachable!("a built ledger lives in a TestDb")
+        };
+        drop(store);
+        // Closed, so that SQLite checkpoints its WAL into the file and PostgreSQL lets it be a
+        // template (no other sessions).
+        pool.close().await;
+        Template { backend, keys, db }
+    }
+
+    /// A fresh database holding a copy of the template, verified intact.
+    async fn copy(&self) -> Ledger {
+        let (url, db) = match self.backend {
+            Backend::Sqlite => {
+                let db = TestDb::new(self.backend).await;
+                let path = |url: &str| {
+                    std::path::PathBuf::from(url.strip_prefix("sqlite://").expect("sqlite URL"))
+                };
+                let (from, to) = (path(&self.db.url), path(&db.url));
+                let dir = from.parent().expect("template directory");
+                let stem = from
+                    .file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned();
+                for entry in std::fs::read_dir(dir).expect("template directory") {
+                    let entry = entry.expect("directory entry");
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(suffix) = name.strip_prefix(&stem) {
+                        let target = format!("{}{suffix}", to.display());
+                        std::fs::copy(entry.path(), target).expect("copy the template");
+                    }
+                }
+                (db.url.clone(), Database::Test(db))
+            }
+            Backend::Postgres => {
+                let admin = std::env::var(POSTGRES_ENV).expect("checked by backends()");
+                let name = format!("cg_test_{}", uuid::Uuid::new_v4().simple());
+                let template = database_name(&self.db.url);
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("PostgreSQL admin connection");
+                let sql = format!("CREATE DATABASE {name} TEMPLATE {template}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("[Postgres] {sql}: {e}"));
+                conn.close().await.ok();
+                let url = format!(
+                    "{}/{name}",
+                    self.db.url.rsplit_once('/').expect("a database URL").0
+                );
+                (
+                    url,
+                    Database::PgCopy {
+                        _guard: PgCopy { admin, name },
+                    },
+                )
+            }
+        };
+        let ledger = Ledger::connect(self.backend, &url, db, self.keys.clone()).await;
+        ledger.assert_intact().await;
+        ledger
+    }
+}
+
+fn index(seq: u64) -> usize {
+    usize::try_from(seq - 1).expect("seq fits")
+}
+
+/// A meaningful, minimal edit of a canonical event: a consent's state flipped, a restriction
+/// lifted, a GPC signal cleared, or (for links) the entry re-attributed to another pseudonym.
+fn edited(event: &str) -> String {
+    let swaps = [
+        (r#""state":"given""#, r#""state":"withdrawn""#),
+        (r#""state":"withdrawn""#, r#""state":"given""#),
+        (r#""restricted":true"#, r#""restricted":false"#),
+        (r#""restricted":false"#, r#""restricted":true"#),
+        (r#"["gpc","1"]"#, r#"["gpc","0"]"#),
+    ];
+    for (from, to) in swaps {
+        if event.contains(from) {
+            return event.replacen(from, to, 1);
+        }
+    }
+    let at = event
+        .find(r#""subject":""#)
+        .expect("every event names a pseudonym")
+        + r#""subject":""#.len();
+    format!("{}{}{}", &event[..at], "0".repeat(64), &event[at + 64..])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tamperings
+// ---------------------------------------------------------------------------------------------
+
+/// One way to tamper with the ledger, applied with SQL behind the store's back.
+#[derive(Debug, Clone, Copy)]
+enum Tamper {
+    /// Edit entry `seq`'s event text, leaving its hash.
+    EditEvent(u64),
+    /// Edit entry `seq`'s event and recompute its hash (the next link still points at the old one).
+    EditAndRehash(u64),
+    /// Edit entry `seq` and rewrite every later entry consistently (hashes and links).
+    RewriteSuffix(u64),
+    /// Point entry `seq`'s prev_hash elsewhere.
+    EditPrevHash(u64),
+    /// Delete entry `seq`.
+    Delete(u64),
+    /// Swap the whole rows (prev_hash, hash, event) of `seq` and `seq + 1`.
+    SwapRows(u64),
+    /// Swap the events of `seq` and `seq + 1` and recompute the chain consistently from `seq`.
+    SwapAndRehash(u64),
+    /// Delete every entry after `seq`.
+    TruncateAfter(u64),
+    /// Flip one bit of checkpoint `seq`'s signature.
+    ForgeSignature(u64),
+    /// Cut checkpoint `seq`'s signature short.
+    TruncateSignature(u64),
+    /// Point checkpoint `seq` at another hash, without re-signing.
+    ForgeCheckpointHash(u64),
+    /// Rewrite the suffix from `seq`, then re-sign the later checkpoints with an attacker's key.
+    RewriteAndResign(u64),
+    /// Rewrite the suffix from `seq` and delete the checkpoints it would contradict.
+    RewriteAndDropCheckpoints(u64),
+    /// Delete checkpoint `seq` only.
+    DropCheckpoint(u64),
+}
+
+impl Tamper {
+    async fn apply(self, l: &Ledger) {
+        match self {
+            Tamper::EditEvent(seq) => {
+                let e = l.entry(seq).await;
+                let event = edited(&e.event);
+                assert_ne!(event, e.event, "[{}] the edit changes entry {seq}", l.b);
+                l.set(seq, &e.prev_hash, &e.hash, &event).await;
+            }
+            Tamper::EditAndRehash(seq) => {
+                let e = l.entry(seq).await;
+                let event = edited(&e.event);
+                let hash = ledger::chain_hash(&e.prev_hash, &event);
+                l.set(seq, &e.prev_hash, &hash, &event).await;
+            }
+            Tamper::RewriteSuffix(seq) => l.rewrite_suffix(seq).await,
+            Tamper::EditPrevHash(seq) => {
+                let e = l.entry(seq).await;
+                let mut prev = e.prev_hash.clone();
+                prev[0] ^= 0x01;
+                l.set(seq, &prev, &e.hash, &e.event).await;
+            }
+            Tamper::Delete(seq) => {
+                let n = l.exec("DELETE FROM ledger WHERE seq = $1", seq).await;
+                assert_eq!(n, 1, "[{}] entry {seq} deleted", l.b);
+            }
+            Tamper::SwapRows(seq) => {
+                let a = l.entry(seq).await;
+                let b = l.entry(seq + 1).await;
+                l.set(seq, &b.prev_hash, &b.hash, &b.event).await;
+                l.set(seq + 1, &a.prev_hash, &a.hash, &a.event).await;
+            }
+            Tamper::SwapAndRehash(seq) => {
+                let a = l.entry(seq).await.event;
+                let b = l.entry(seq + 1).await.event;
+                l.rewrite_from(seq, |s, ev| {
+                    if s == seq {
+                        b.clone()
+                    } else if s == seq + 1 {
+                        a.clone()
+                    } else {
+                        ev.to_owned()
+                    }
+                })
+                .await;
+            }
+            Tamper::TruncateAfter(seq) => {
+                let n = l.exec("DELETE FROM ledger WHERE seq > $1", seq).await;
+                assert_eq!(n, ENTRIES - seq, "[{}] entries after {seq} deleted", l.b);
+            }
+            Tamper::ForgeSignature(seq) => {
+                let cp = checkpoint(l, seq).await;
+                let mut sig = cp.signature.clone();
+                sig[10] ^= 0x01;
+                l.set_checkpoint(seq, &cp.hash, &sig).await;
+            }
+            Tamper::TruncateSignature(seq) => {
+                let cp = checkpoint(l, seq).await;
+                l.set_checkpoint(seq, &cp.hash, &cp.signature[..10]).await;
+            }
+            Tamper::ForgeCheckpointHash(seq) => {
+                let cp = checkpoint(l, seq).await;
+                let other = l.entry(seq - 1).await.hash;
+                l.set_checkpoint(seq, &other, &cp.signature).await;
+            }
+            Tamper::RewriteAndResign(seq) => {
+                l.rewrite_suffix(seq).await;
+                let attacker = LedgerKeys::generate();
+                for cp in l.store.checkpoints().await.expect("checkpoints") {
+                    if cp.seq >= seq {
+                        let hash = l.entry(cp.seq).await.hash;
+                        let sig = attacker.sign(&ledger::checkpoint_message(cp.seq, &hash));
+                        l.set_checkpoint(cp.seq, &hash, &sig).await;
+                    }
+                }
+            }
+            Tamper::RewriteAndDropCheckpoints(seq) => {
+                l.rewrite_suffix(seq).await;
+                l.exec("DELETE FROM checkpoints WHERE seq >= $1", seq).await;
+            }
+            Tamper::DropCheckpoint(seq) => {
+                let n = l.exec("DELETE FROM checkpoints WHERE seq = $1", seq).await;
+                assert_eq!(n, 1, "[{}] checkpoint {seq} deleted", l.b);
+            }
+        }
+    }
+}
+
+async fn checkpoint(l: &Ledger, seq: u64) -> consentgate_consent::model::Checkpoint {
+    l.store
+        .checkpoints()
+        .await
+        .expect("checkpoints")
+        .into_iter()
+        .find(|c| c.seq == seq)
+        .unwrap_or_else(|| panic!("[{}] checkpoint {seq} exists", l.b))
+}
+
+/// Runs every case on every backend, each on its own fresh copy of the standard ledger, and
+/// reports all misses at once. A case is (tampering, the seq `broken` must name, a word its
+/// reason must contain).
+async fn expect_detected(cases: &[(Tamper, u64, &str)]) {
+    let mut failures = Vec::new();
+    for backend in backends() {
+        let template = Template::build(backend).await;
+        for &(tamper, seq, reason) in cases {
+            let l = template.copy().await;
+            tamper.apply(&l).await;
+            let report = l.verify().await;
+            match &report.broken {
+                Some((at, why)) if *at == seq && why.contains(reason) => {}
+                other => failures.push(format!(
+                    "[{}] {tamper:?}: expected broken at {seq} ({reason:?}), got {other:?}",
+                    l.b
+                )),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_untouched_ledger_verifies() {
+    for backend in backends() {
+        let l = Ledger::build(backend).await;
+        let b = &l.b;
+        let report = l.verify().await;
+        let entries = l.entries().await;
+        assert_eq!(
+            report.head_hash,
+            entries.last().expect("entries").hash,
+            "[{b}] head hash is the last entry's"
+        );
+        assert_eq!(
+            l.store
+                .checkpoints()
+                .await
+                .expect("checkpoints")
+                .iter()
+                .map(|c| c.seq)
+                .collect::<Vec<_>>(),
+            vec![CP1, CP2],
+            "[{b}] checkpoints at {CP1} and {CP2}"
+        );
+        // Every tampering below hits an entry whose edit really changes its text.
+        for seq in [1, CP1, CP1 + 1, 75, 100, CP2 - 1, CP2, ENTRIES] {
+            let e = &entries[index(seq)];
+            assert_ne!(edited(&e.event), e.event, "[{b}] entry {seq} is editable");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_edited_entry_is_detected_at_that_entry() {
+    expect_detected(&[
+        (Tamper::EditEvent(1), 1, "hash mismatch"),
+        (Tamper::EditEvent(CP1 + 1), CP1 + 1, "hash mismatch"),
+        (Tamper::EditEvent(75), 75, "hash mismatch"),
+        (Tamper::EditEvent(CP1), CP1, "hash mismatch"),
+        (Tamper::EditEvent(CP2), CP2, "hash mismatch"),
+        (Tamper::EditEvent(ENTRIES), ENTRIES, "hash mismatch"),
+        (Tamper::EditPrevHash(1), 1, "prev_hash"),
+        (Tamper::EditPrevHash(75), 75, "prev_hash"),
+        (Tamper::EditPrevHash(ENTRIES), ENTRIES, "prev_hash"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn an_edited_and_rehashed_entry_is_detected_by_the_next_link_or_a_checkpoint() {
+    expect_detected(&[
+        (Tamper::EditAndRehash(1), 2, "prev_hash"),
+        (Tamper::EditAndRehash(75), 76, "prev_hash"),
+        (Tamper::EditAndRehash(CP2 - 1), CP2, "prev_hash"),
+        (Tamper::EditAndRehash(ENTRIES - 1), ENTRIES, "prev_hash"),
+        // A checkpointed entry: its own link is intact, the signed checkpoint is not.
+        (Tamper::EditAndRehash(CP1), CP1, "checkpoint"),
+        (Tamper::EditAndRehash(CP2), CP2, "checkpoint"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_consistently_rewritten_suffix_is_detected_by_the_next_checkpoint() {
+    expect_detected(&[
+        (Tamper::RewriteSuffix(1), CP1, "checkpoint"),
+        (Tamper::RewriteSuffix(CP1), CP1, "checkpoint"),
+        (Tamper::RewriteSuffix(CP1 + 1), CP2, "checkpoint"),
+        (Tamper::RewriteSuffix(100), CP2, "checkpoint"),
+        (Tamper::RewriteSuffix(CP2), CP2, "checkpoint"),
+        // Re-signing the checkpoints needs the ledger key: another key's signature is refused.
+        (Tamper::RewriteAndResign(100), CP2, "signature"),
+        (Tamper::RewriteAndResign(1), CP1, "signature"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_entry_is_detected_at_the_gap() {
+    expect_detected(&[
+        (Tamper::Delete(1), 1, "missing entry"),
+        (Tamper::Delete(75), 75, "missing entry"),
+        (Tamper::Delete(CP2 - 1), CP2 - 1, "missing entry"),
+        (Tamper::Delete(CP1), CP1, "missing entry"),
+        (Tamper::Delete(ENTRIES - 1), ENTRIES - 1, "missing entry"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn reordered_entries_are_detected() {
+    expect_detected(&[
+        (Tamper::SwapRows(1), 1, "prev_hash"),
+        (Tamper::SwapRows(40), 40, "prev_hash"),
+        (Tamper::SwapRows(CP1 - 1), CP1 - 1, "prev_hash"),
+        (Tamper::SwapRows(CP1), CP1, "prev_hash"),
+        (Tamper::SwapRows(ENTRIES - 1), ENTRIES - 1, "prev_hash"),
+        // Swapped and re-chained: every link holds, but each event names its own position.
+        (Tamper::SwapAndRehash(40), 40, "another position"),
+        (
+            Tamper::SwapAndRehash(ENTRIES - 1),
+            ENTRIES - 1,
+            "another position",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_truncated_tail_is_detected_when_a_checkpoint_covers_it() {
+    expect_detected(&[
+        (Tamper::TruncateAfter(100), 101, "truncated"),
+        (Tamper::TruncateAfter(CP2 - 1), CP2, "truncated"),
+        (Tamper::TruncateAfter(CP1), CP1 + 1, "truncated"),
+        (Tamper::TruncateAfter(CP1 - 1), CP1, "truncated"),
+        (Tamper::TruncateAfter(0), 1, "truncated"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_forged_checkpoint_is_detected() {
+    expect_detected(&[
+        (Tamper::ForgeSignature(CP1), CP1, "signature"),
+        (Tamper::ForgeSignature(CP2), CP2, "signature"),
+        (Tamper::TruncateSignature(CP2), CP2, "signature"),
+        (Tamper::ForgeCheckpointHash(CP1), CP1, "signature"),
+        (Tamper::ForgeCheckpointHash(CP2), CP2, "signature"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_checkpoint_is_detected() {
+    // The store signs a checkpoint at every multiple of CHECKPOINT_EVERY in the same transaction as
+    // the entry, so a ledger that reaches such a seq without one has lost it. Otherwise deleting
+    // the checkpoint makes a consistent suffix rewrite (the case above) undetectable.
+    expect_detected(&[
+        (Tamper::DropCheckpoint(CP2), CP2, "checkpoint"),
+        (Tamper::DropCheckpoint(CP1), CP1, "checkpoint"),
+        (Tamper::RewriteAndDropCheckpoints(100), CP2, "checkpoint"),
+        (Tamper::RewriteAndDropCheckpoints(1), CP1, "checkpoint"),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn erasure_keeps_the_chain_verifying() {
+    for backend in backends() {
+        let l = Ledger::build(backend).await;
+        let b = l.b.clone();
+        let before = l.entries().await;
+        // Subject 0 has consents, signals, a restriction, and every linked device (entries
+        // 25, 50, ... link devices 0, 1 and 2 to it): erasing it erases them too.
+        let victim = person(0);
+        let victim_key = victim.storage();
+        let keys_before: i64 = sqlx::query("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
+            .bind(victim_key.clone())
+            .fetch_one(&l.pool)
+            .await
+            .map(|r| sqlx::Row::get(&r, 0))
+            .expect("count");
+        assert_eq!(keys_before, 1, "[{b}] the victim has a pseudonym key");
+
+        let o = l
+            .store
+            .write(write(ENTRIES + 1, Change::Erase { subject: victim }))
+            .await
+            .unwrap_or_else(|e| panic!("[{b}] erase: {e}"));
+        assert_eq!(
+            o.revision,
+            ENTRIES + 1,
+            "[{b}] erase is entry {}",
+            ENTRIES + 1
+        );
+        assert!(o.records_deleted > 0, "[{b}] the victim had records");
+
+        let report = l.verify().await;
+        assert_eq!(
+            report.broken, None,
+            "[{b}] the chain verifies after erasure"
+        );
+        assert_eq!(
+            report.entries_checked,
+            ENTRIES + 1,
+            "[{b}] entries after erasure"
+        );
+        assert_eq!(
+            report.checkpoints_checked, 2,
+            "[{b}] checkpoints after erasure"
+        );
+        let after = l.entries().await;
+        assert_eq!(
+            after[..before.len()],
+            before[..],
+            "[{b}] erasure rewrites no ledger entry"
+        );
+        let keys_after: i64 = sqlx::query("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
+            .bind(victim_key.clone())
+            .fetch_one(&l.pool)
+            .await
+            .map(|r| sqlx::Row::get(&r, 0))
+            .expect("count");
+        assert_eq!(keys_after, 0, "[{b}] the pseudonym key is shredded");
+        for e in &after {
+            assert!(
+                !e.event.contains("tamper-subject-") && !e.event.contains("tamper-device-"),
+                "[{b}] entry {} names the erased subject in clear",
+                e.seq
+            );
+        }
+
+        // The erased subject's old entries are still tamper-evident.
+        let victims_entry = after
+            .iter()
+            .position(|e| e.seq % 5 == 0 && e.event.contains(r#""kind":"grant""#))
+            .expect("the victim granted something");
+        let seq = after[victims_entry].seq;
+        Tamper::EditEvent(seq).apply(&l).await;
+        assert_eq!(
+            l.verify().await.broken.map(|(s, _)| s),
+            Some(seq),
+            "[{b}] editing an erased subject's entry is still detected"
+        );
+    }
+}

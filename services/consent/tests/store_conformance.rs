@@ -1,0 +1,1742 @@
+//! Store conformance suite: every test runs against every configured backend (SQLite always,
+//! PostgreSQL when `CONSENTGATE_TEST_POSTGRES_URL` is set) and asserts the `ConsentStore` contract of
+//! DESIGN §3: gap-free revisions, snapshot loads with links and signals, idempotency, history and
+//! change-feed paging, receipts, erasure (crypto-shredding, tombstones), restriction and checkpoints.
+
+use consentgate_consent::ledger::{self, CHECKPOINT_EVERY, GENESIS_HASH, LedgerKeys};
+use consentgate_consent::model::{
+    Change, ChangeEvent, NewConsent, StoredReceipt, StoredRecord, SubjectKey, SubjectRows, Write,
+    WriteOutcome,
+};
+use consentgate_consent::store::{self, ConsentStore, PostgresStore, SqliteStore, StoreError};
+use consentgate_consent::testing::{Backend, TestDb, backends};
+use ed25519_dalek::Verifier;
+use sha2::{Digest, Sha256};
+use sqlx::{AnyPool, Row};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use time::{Duration, OffsetDateTime};
+
+/// The caller most writes are made by.
+const CALLER: &str = "preference-center";
+
+/// Tables that hold rows about one subject key, and the SQL that counts that key's rows in each.
+const PER_SUBJECT_TABLES: [(&str, &str); 8] = [
+    (
+        "consent_records",
+        "SELECT COUNT(*) FROM consent_records WHERE subject = $1",
+    ),
+    (
+        "receipts",
+        "SELECT COUNT(*) FROM receipts WHERE subject = $1",
+    ),
+    ("signals", "SELECT COUNT(*) FROM signals WHERE subject = $1"),
+    (
+        "subject_keys",
+        "SELECT COUNT(*) FROM subject_keys WHERE subject = $1",
+    ),
+    (
+        "subjects",
+        "SELECT COUNT(*) FROM subjects WHERE subject = $1",
+    ),
+    (
+        "links",
+        "SELECT COUNT(*) FROM links WHERE device = $1 OR subject = $1",
+    ),
+    (
+        "idempotency",
+        "SELECT COUNT(*) FROM idempotency WHERE subject = $1",
+    ),
+    ("changes", "SELECT COUNT(*) FROM changes WHERE subject = $1"),
+];
+
+/// Every text column of the schema: where an identifier could be left behind after erasure.
+const TEXT_COLUMNS: [(&str, &str); 22] = [
+    ("ledger", "event"),
+    ("subject_keys", "subject"),
+    ("subjects", "subject"),
+    ("consent_records", "record_id"),
+    ("consent_records", "subject"),
+    ("consent_records", "body"),
+    ("signals", "subject"),
+    ("signals", "value"),
+    ("links", "device"),
+    ("links", "subject"),
+    ("tombstones", "erased_at"),
+    ("receipts", "record_id"),
+    ("receipts", "subject"),
+    ("receipts", "receipt_json"),
+    ("receipts", "jws"),
+    ("idempotency", "caller"),
+    ("idempotency", "key"),
+    ("idempotency", "subject"),
+    ("idempotency", "outcome"),
+    ("changes", "subject"),
+    ("changes", "kind"),
+    ("changes", "purpose"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Builders
+// ---------------------------------------------------------------------------------------------
+
+fn person(id: &str) -> SubjectKey {
+    SubjectKey::Subject(id.to_owned())
+}
+
+fn device(id: &str) -> SubjectKey {
+    SubjectKey::Device(id.to_owned())
+}
+
+/// A fully populated consent event (optional fields left empty).
+fn consent(subject: &SubjectKey, purpose: &str, state: &str) -> NewConsent {
+    NewConsent {
+        record_id: uuid::Uuid::new_v4().to_string(),
+        subject: subject.clone(),
+        purpose: purpose.to_owned(),
+        scope: None,
+        channel: None,
+        state: state.to_owned(),
+        consent_type: "explicit".to_owned(),
+        legal_basis: "consent".to_owned(),
+        jurisdiction: "EU".to_owned(),
+        notice_id: "privacy-notice".to_owned(),
+        notice_version: "2.1".to_owned(),
+        collection_method: "preference_center".to_owned(),
+        collected_at: OffsetDateTime::now_utc(),
+        expires_at: None,
+        source_ip: "203.0.113.0".to_owned(),
+        user_agent: "conformance-test/1.0".to_owned(),
+        guardian_ref: None,
+        receipt: None,
+    }
+}
+
+fn grant(subject: &SubjectKey, purpose: &str) -> Change {
+    Change::Consent(consent(subject, purpose, "given"))
+}
+
+fn withdraw(subject: &SubjectKey, purpose: &str) -> Change {
+    Change::Consent(consent(subject, purpose, "withdrawn"))
+}
+
+fn refuse(subject: &SubjectKey, purpose: &str) -> Change {
+    Change::Consent(consent(subject, purpose, "refused"))
+}
+
+/// A grant carrying a (fake but distinct) signed receipt.
+fn grant_with_receipt(subject: &SubjectKey, purpose: &str) -> Change {
+    let mut c = consent(subject, purpose, "given");
+    c.receipt = Some((
+        format!(
+            r#"{{"version":"KI-CR-v1.1.0","consentReceiptID":"{}"}}"#,
+            c.record_id
+        ),
+        format!("eyJhbGciOiJFZERTQSJ9.{}.sig", c.record_id),
+    ));
+    Change::Consent(c)
+}
+
+fn signal(subject: &SubjectKey, kind: &str, value: &str) -> Change {
+    Change::Signal {
+        subject: subject.clone(),
+        kind: kind.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+fn link(device: &SubjectKey, subject: &SubjectKey) -> Change {
+    Change::Link {
+        device: device.clone(),
+        subject: subject.clone(),
+    }
+}
+
+fn restrict(subject: &SubjectKey, restricted: bool) -> Change {
+    Change::Restrict {
+        subject: subject.clone(),
+        restricted,
+    }
+}
+
+fn erase(subject: &SubjectKey) -> Change {
+    Change::Erase {
+        subject: subject.clone(),
+    }
+}
+
+/// A request fingerprint: SHA-256 over the change's full content.
+fn fingerprint_of(change: &Change) -> [u8; 32] {
+    Sha256::digest(format!("{change:?}").as_bytes()).into()
+}
+
+/// The outcome without the `replayed` flag, for comparing a replay with the original.
+fn sans_replayed(o: &WriteOutcome) -> WriteOutcome {
+    WriteOutcome {
+        replayed: false,
+        ..o.clone()
+    }
+}
+
+/// What a replayed erasure must reproduce. Its `affected` list is not compared: keeping the
+/// erased devices' identifiers around just to replay them would defeat the erasure.
+fn erase_essentials(o: &WriteOutcome) -> (u64, u64, OffsetDateTime, bool) {
+    (
+        o.revision,
+        o.records_deleted,
+        o.committed_at,
+        o.record.is_none(),
+    )
+}
+
+fn keyset(keys: &[SubjectKey]) -> BTreeSet<String> {
+    keys.iter().map(SubjectKey::storage).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness: one fresh database, a store over it, and its pool for counting rows
+// ---------------------------------------------------------------------------------------------
+
+struct Harness {
+    /// The backend's name, for assertion messages.
+    b: String,
+    keys: Arc<LedgerKeys>,
+    store: Arc<dyn ConsentStore>,
+    pool: AnyPool,
+    next_key: AtomicU64,
+    /// Last: the database outlives the store and pool.
+    db: TestDb,
+}
+
+/// Connects a concrete store of `backend` to `url`, returning it with its pool.
+async fn connect(
+    backend: Backend,
+    url: &str,
+    keys: Arc<LedgerKeys>,
+) -> (Arc<dyn ConsentStore>, AnyPool) {
+    match backend {
+        Backend::Sqlite => {
+            let s = SqliteStore::connect(url, keys)
+                .await
+                .unwrap_or_else(|e| panic!("[Sqlite] connect {url}: {e}"));
+            let pool = s.pool().clone();
+            (Arc::new(s), pool)
+        }
+        Backend::Postgres => {
+            let s = PostgresStore::connect(url, keys)
+                .await
+                .unwrap_or_else(|e| panic!("[Postgres] connect {url}: {e}"));
+            let pool = s.pool().clone();
+            (Arc::new(s), pool)
+        }
+    }
+}
+
+impl Harness {
+    async fn new(backend: Backend) -> Harness {
+        let db = TestDb::new(backend).await;
+        assert_eq!(db.backend(), backend);
+        let keys = Arc::new(LedgerKeys::generate());
+        let (store, pool) = connect(backend, &db.url, keys.clone()).await;
+        Harness {
+            b: format!("{backend:?}"),
+            keys,
+            store,
+            pool,
+            next_key: AtomicU64::new(0),
+            db,
+        }
+    }
+
+    /// A write of `change` by `CALLER` under a fresh idempotency key.
+    fn request(&self, change: Change) -> Write {
+        let n = self.next_key.fetch_add(1, Ordering::Relaxed);
+        Write {
+            caller: CALLER.to_owned(),
+            idempotency_key: format!("idem-{n}"),
+            fingerprint: fingerprint_of(&change),
+            change,
+        }
+    }
+
+    async fn submit(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        self.store.write(write).await
+    }
+
+    /// Writes `change` under a fresh key; it must succeed as a new write.
+    async fn write(&self, change: Change) -> WriteOutcome {
+        let what = format!("{change:?}");
+        let outcome = self
+            .submit(self.request(change))
+            .await
+            .unwrap_or_else(|e| panic!("[{}] write {what}: {e}", self.b));
+        assert!(
+            !outcome.replayed,
+            "[{}] a fresh key replayed: {what}",
+            self.b
+        );
+        outcome
+    }
+
+    async fn load(&self, key: &SubjectKey) -> SubjectRows {
+        self.store
+            .load_subject(key)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] load {key:?}: {e}", self.b))
+    }
+
+    async fn count(&self, sql: &'static str, bind: &str) -> i64 {
+        sqlx::query(sql)
+            .bind(bind.to_owned())
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] {sql}: {e}", self.b))
+            .get(0)
+    }
+
+    async fn rows(&self, table: &str) -> i64 {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] count {table}: {e}", self.b))
+            .get(0)
+    }
+
+    /// Rows of every per-subject table about `key`.
+    async fn footprint(&self, key: &SubjectKey) -> Vec<(&'static str, i64)> {
+        let mut out = Vec::new();
+        for (table, sql) in PER_SUBJECT_TABLES {
+            out.push((table, self.count(sql, &key.storage()).await));
+        }
+        out
+    }
+
+    /// Seqs of every ledger row, in order.
+    async fn ledger_seqs(&self) -> Vec<u64> {
+        sqlx::query("SELECT seq FROM ledger ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] ledger seqs: {e}", self.b))
+            .iter()
+            .map(|r| u64::try_from(r.get::<i64, _>(0)).unwrap_or(0))
+            .collect()
+    }
+
+    async fn verify_ok(&self, entries: u64) {
+        let report = ledger::verify(&*self.store, &self.keys.verifying_key())
+            .await
+            .unwrap_or_else(|e| panic!("[{}] verify: {e}", self.b));
+        assert_eq!(report.broken, None, "[{}] ledger must verify", self.b);
+        assert_eq!(
+            report.entries_checked, entries,
+            "[{}] entries walked",
+            self.b
+        );
+    }
+
+    async fn all_changes(&self) -> (Vec<ChangeEvent>, u64) {
+        self.store
+            .changes_after(0, 10_000)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] changes_after: {e}", self.b))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revisions
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn writes_return_increasing_gap_free_revisions() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        let bob = person("bob");
+        let phone = device("phone-1");
+        let changes = vec![
+            grant(&alice, "marketing.communications.email"),
+            grant(&bob, "personalize.content.profiled"),
+            signal(&alice, "gpc", "1"),
+            link(&phone, &alice),
+            restrict(&bob, true),
+            withdraw(&alice, "marketing.communications.email"),
+            refuse(&bob, "analytics.reporting"),
+            restrict(&bob, false),
+        ];
+        let mut revisions = Vec::new();
+        let mut first = None;
+        for change in changes {
+            let w = h.request(change.clone());
+            first.get_or_insert_with(|| w.clone());
+            let o = h
+                .submit(w)
+                .await
+                .unwrap_or_else(|e| panic!("[{b}] write: {e}"));
+            assert!(!o.replayed, "[{b}] new write reported as replayed");
+            match &change {
+                Change::Consent(c) => assert_eq!(
+                    o.record,
+                    Some(StoredRecord {
+                        consent: c.clone(),
+                        revision: o.revision
+                    }),
+                    "[{b}] a consent write returns its record at its revision"
+                ),
+                _ => assert_eq!(o.record, None, "[{b}] only consent writes return a record"),
+            }
+            assert_eq!(o.records_deleted, 0, "[{b}] nothing deleted");
+            revisions.push(o.revision);
+        }
+        assert_eq!(
+            revisions,
+            (1..=8).collect::<Vec<u64>>(),
+            "[{b}] revisions start at 1 and have no gaps"
+        );
+
+        // Neither a replay, a conflict nor a refused write consumes a revision.
+        let first = first.expect("one write was made");
+        let replay = h.submit(first.clone()).await.expect("replay");
+        assert!(replay.replayed, "[{b}] retry is a replay");
+        assert_eq!(replay.revision, 1, "[{b}] replay keeps its revision");
+        let conflict = h
+            .submit(Write {
+                fingerprint: [7; 32],
+                ..first
+            })
+            .await;
+        assert!(
+            matches!(conflict, Err(StoreError::IdempotencyConflict)),
+            "[{b}] conflicting retry refused: {conflict:?}"
+        );
+        let carol = person("carol");
+        assert_eq!(h.write(erase(&carol)).await.revision, 9, "[{b}] erase");
+        let refused = h
+            .submit(h.request(grant(&carol, "analytics.reporting")))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::SubjectErased)),
+            "[{b}] erased subject refused: {refused:?}"
+        );
+        assert_eq!(
+            h.write(grant(&alice, "analytics.reporting")).await.revision,
+            10,
+            "[{b}] the next write takes the next revision: failures consumed none"
+        );
+
+        // The ledger and the change feed carry exactly the same gap-free sequence.
+        assert_eq!(
+            h.ledger_seqs().await,
+            (1..=10).collect::<Vec<u64>>(),
+            "[{b}] ledger seqs"
+        );
+        let (events, high) = h.all_changes().await;
+        assert_eq!(
+            events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<u64>>(),
+            "[{b}] change revisions"
+        );
+        assert_eq!(high, 10, "[{b}] high water");
+        h.verify_ok(10).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writes_get_distinct_gap_free_revisions() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let mut tasks = Vec::new();
+        for i in 0..32u32 {
+            let store = h.store.clone();
+            let w = h.request(grant(
+                &person(&format!("subject-{}", i % 4)),
+                "personalize.content.profiled",
+            ));
+            tasks.push(tokio::spawn(async move { store.write(w).await }));
+        }
+        let mut revisions = Vec::new();
+        for t in tasks {
+            let o = t
+                .await
+                .expect("task")
+                .unwrap_or_else(|e| panic!("[{b}] concurrent write: {e}"));
+            revisions.push(o.revision);
+        }
+        revisions.sort_unstable();
+        assert_eq!(
+            revisions,
+            (1..=32).collect::<Vec<u64>>(),
+            "[{b}] concurrent writes: distinct, gap-free revisions"
+        );
+        h.verify_ok(32).await;
+    }
+}
+
+#[tokio::test]
+async fn two_store_instances_on_one_database_serialize_their_writes() {
+    // Two replicas (PostgreSQL) or two processes (SQLite) share one database: each has its own
+    // in-process lock, so only the database-level serialization keeps the chain and sequence whole.
+    // A writer must wait for the other, never fail.
+    let mut failures = Vec::new();
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let (other, _pool) = connect(backend, &h.db.url, h.keys.clone()).await;
+        let mut tasks = Vec::new();
+        for i in 0..24u32 {
+            let store = if i % 2 == 0 {
+                h.store.clone()
+            } else {
+                other.clone()
+            };
+            let w = h.request(grant(
+                &person(&format!("replica-subject-{}", i % 3)),
+                "analytics.reporting",
+            ));
+            tasks.push(tokio::spawn(async move { store.write(w).await }));
+        }
+        let mut revisions = Vec::new();
+        let mut errors = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(o) => revisions.push(o.revision),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if !errors.is_empty() {
+            failures.push(format!(
+                "[{b}] {} of 24 writes through two instances failed, e.g. {}",
+                errors.len(),
+                errors[0]
+            ));
+            continue;
+        }
+        revisions.sort_unstable();
+        assert_eq!(
+            revisions,
+            (1..=24).collect::<Vec<u64>>(),
+            "[{b}] two instances: distinct, gap-free revisions"
+        );
+        h.verify_ok(24).await;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn reopening_the_database_continues_the_sequence() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        for _ in 0..3 {
+            h.write(grant(&alice, "analytics.reporting")).await;
+        }
+        // `open` picks the backend from the URL and migrates an existing database as a no-op.
+        let reopened = store::open(&h.db.url, h.keys.clone())
+            .await
+            .unwrap_or_else(|e| panic!("[{b}] open {}: {e}", h.db.url));
+        let rows = reopened.load_subject(&alice).await.expect("load");
+        assert_eq!(rows.records.len(), 3, "[{b}] reopened store sees the data");
+        assert_eq!(rows.as_of, 3, "[{b}] reopened store's as_of");
+        let o = reopened
+            .write(h.request(withdraw(&alice, "analytics.reporting")))
+            .await
+            .unwrap_or_else(|e| panic!("[{b}] write after reopen: {e}"));
+        assert_eq!(o.revision, 4, "[{b}] sequence continues after reopen");
+        let report = ledger::verify(&*reopened, &h.keys.verifying_key())
+            .await
+            .expect("verify");
+        assert_eq!(report.broken, None, "[{b}] chain continues after reopen");
+        assert_eq!(report.entries_checked, 4, "[{b}] entries");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// load_subject
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn load_subject_returns_records_oldest_first_with_signals_and_flags() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        let bob = person("bob");
+
+        // Every optional field set, to check the record round-trips whole.
+        let mut full = consent(&alice, "marketing.communications.sms", "given");
+        full.scope = Some("user.contact.phone".into());
+        full.channel = Some("sms".into());
+        full.consent_type = "expressed".into();
+        full.expires_at = Some(full.collected_at + Duration::days(365));
+        full.guardian_ref = Some("guardian-42".into());
+        full.receipt = Some(("{}".into(), "a.b.c".into()));
+
+        let mut written = Vec::new();
+        let o = h.write(Change::Consent(full.clone())).await;
+        written.push((full, o.revision));
+        h.write(grant(&bob, "analytics.reporting")).await;
+        for change in [
+            grant(&alice, "personalize.content.profiled"),
+            withdraw(&alice, "marketing.communications.sms"),
+        ] {
+            let Change::Consent(c) = &change else {
+                unreachable!()
+            };
+            let c = c.clone();
+            let o = h.write(change).await;
+            written.push((c, o.revision));
+        }
+        let gpc = h.write(signal(&alice, "gpc", "1")).await.revision;
+        h.write(signal(&bob, "gpc", "0")).await;
+        let age = h.write(signal(&alice, "age_band", "adult")).await.revision;
+        let last = h.write(grant(&alice, "analytics.reporting")).await;
+        let Some(last_record) = last.record.clone() else {
+            panic!("[{b}] grant returns its record")
+        };
+        written.push((last_record.consent, last.revision));
+        h.write(grant(&bob, "analytics.reporting")).await;
+
+        let rows = h.load(&alice).await;
+        let expected: Vec<StoredRecord> = written
+            .into_iter()
+            .map(|(consent, revision)| StoredRecord { consent, revision })
+            .collect();
+        assert_eq!(
+            rows.records, expected,
+            "[{b}] exactly alice's records, oldest first, unchanged"
+        );
+        assert_eq!(
+            rows.signals
+                .iter()
+                .map(|s| (s.kind.as_str(), s.value.as_str(), s.revision))
+                .collect::<Vec<_>>(),
+            vec![("gpc", "1", gpc), ("age_band", "adult", age)],
+            "[{b}] alice's signals, oldest first"
+        );
+        assert!(!rows.restricted, "[{b}] not restricted");
+        assert!(!rows.erased, "[{b}] not erased");
+        assert!(rows.links.is_empty(), "[{b}] no links");
+        assert_eq!(
+            rows.revision, last.revision,
+            "[{b}] revision = alice's latest change"
+        );
+        assert_eq!(rows.as_of, last.revision + 1, "[{b}] as_of = store head");
+
+        // A subject never seen: empty, revision 0, but as_of still the store's head.
+        let nobody = h.load(&person("nobody")).await;
+        assert_eq!(
+            nobody,
+            SubjectRows {
+                as_of: last.revision + 1,
+                ..SubjectRows::default()
+            },
+            "[{b}] unknown subject: nothing, no default consent"
+        );
+    }
+}
+
+#[tokio::test]
+async fn as_of_is_at_least_the_latest_committed_revision() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let watcher = person("watcher");
+        for i in 0..10u32 {
+            let who = person(&format!("writer-{}", i % 3));
+            let o = h.write(grant(&who, "analytics.reporting")).await;
+            let rows = h.load(&watcher).await;
+            assert!(
+                rows.as_of >= o.revision,
+                "[{b}] as_of {} behind committed revision {}",
+                rows.as_of,
+                o.revision
+            );
+            let own = h.load(&who).await;
+            assert!(
+                own.as_of >= own.revision && own.revision == o.revision,
+                "[{b}] writer's own load: revision {} as_of {} after write {}",
+                own.revision,
+                own.as_of,
+                o.revision
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn linked_devices_share_their_subjects_records_and_signals() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let carol = person("carol");
+        let dave = person("dave");
+        let phone = device("phone");
+        let laptop = device("laptop");
+
+        let g1 = h.write(grant(&carol, "personalize.content.profiled")).await;
+        let phone_gpc = h.write(signal(&phone, "gpc", "1")).await.revision;
+        // The unlinked device is its own subject.
+        let alone = h.load(&phone).await;
+        assert!(
+            alone.records.is_empty(),
+            "[{b}] unlinked device: no records"
+        );
+        assert_eq!(alone.signals.len(), 1, "[{b}] unlinked device: own signal");
+        assert!(alone.links.is_empty(), "[{b}] unlinked device: no link");
+
+        let l1 = h.write(link(&phone, &carol)).await;
+        assert_eq!(
+            keyset(&l1.affected),
+            keyset(&[carol.clone(), phone.clone()]),
+            "[{b}] link affects the device and the subject"
+        );
+        let l2 = h.write(link(&laptop, &carol)).await;
+        let laptop_sig = h.write(signal(&laptop, "age_band", "adult")).await.revision;
+        let carol_sig = h.write(signal(&carol, "guardian", "g-1")).await.revision;
+        let g2 = h.write(grant(&carol, "analytics.reporting")).await;
+        h.write(grant(&dave, "analytics.reporting")).await;
+
+        let carol_rows = h.load(&carol).await;
+        let phone_rows = h.load(&phone).await;
+        let carol_records: Vec<u64> = carol_rows.records.iter().map(|r| r.revision).collect();
+        assert_eq!(
+            carol_records,
+            vec![g1.revision, g2.revision],
+            "[{b}] carol's records"
+        );
+        assert_eq!(
+            phone_rows.records, carol_rows.records,
+            "[{b}] loading the linked device yields its subject's records"
+        );
+        assert_eq!(
+            phone_rows.links,
+            vec![carol.clone()],
+            "[{b}] the device's load names its subject"
+        );
+        assert_eq!(
+            keyset(&carol_rows.links),
+            keyset(&[phone.clone(), laptop.clone()]),
+            "[{b}] the subject's load lists its devices"
+        );
+        let expected_signals = vec![phone_gpc, laptop_sig, carol_sig];
+        for (who, rows) in [("carol", &carol_rows), ("phone", &phone_rows)] {
+            assert_eq!(
+                rows.signals.iter().map(|s| s.revision).collect::<Vec<_>>(),
+                expected_signals,
+                "[{b}] {who}: signals of the subject and every linked device, oldest first"
+            );
+            assert_eq!(
+                rows.revision, g2.revision,
+                "[{b}] {who}: the group's latest revision"
+            );
+        }
+        assert!(l2.revision < g2.revision);
+
+        // Restriction of the subject covers its devices.
+        h.write(restrict(&carol, true)).await;
+        assert!(
+            h.load(&phone).await.restricted,
+            "[{b}] a device inherits its subject's restriction"
+        );
+        h.write(restrict(&carol, false)).await;
+
+        // Re-linking moves the device (and its signals) to the other subject.
+        let relink = h.write(link(&laptop, &dave)).await;
+        assert_eq!(
+            keyset(&relink.affected),
+            keyset(&[carol.clone(), phone.clone(), laptop.clone(), dave.clone()]),
+            "[{b}] re-link affects the old group and the new one"
+        );
+        let carol_rows = h.load(&carol).await;
+        assert_eq!(
+            carol_rows.links,
+            vec![phone.clone()],
+            "[{b}] carol keeps the phone only"
+        );
+        assert_eq!(
+            carol_rows
+                .signals
+                .iter()
+                .map(|s| s.revision)
+                .collect::<Vec<_>>(),
+            vec![phone_gpc, carol_sig],
+            "[{b}] the laptop's signal left carol's group"
+        );
+        let laptop_rows = h.load(&laptop).await;
+        assert_eq!(
+            laptop_rows.links,
+            vec![dave.clone()],
+            "[{b}] laptop -> dave"
+        );
+        assert_eq!(
+            laptop_rows.records,
+            h.load(&dave).await.records,
+            "[{b}] laptop now yields dave's records"
+        );
+        assert!(
+            laptop_rows.signals.iter().any(|s| s.revision == laptop_sig),
+            "[{b}] the laptop's signal followed it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_linked_groups_revision_never_goes_backwards() {
+    // A subject's revision is a consistency token (DESIGN §3 "Every change increments the subject's
+    // revision"). Moving a device out of a group, or erasing it, changes what the group's load
+    // returns, so the remaining members' revision must not drop below what was already reported.
+    let mut failures = Vec::new();
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let erin = person("erin");
+        let frank = person("frank");
+        let tablet = device("tablet");
+        let watch = device("watch");
+        h.write(grant(&erin, "analytics.reporting")).await;
+        h.write(link(&tablet, &erin)).await;
+        h.write(link(&watch, &erin)).await;
+        h.write(signal(&tablet, "gpc", "1")).await;
+        let before = h.load(&erin).await.revision;
+
+        let moved = h.write(link(&tablet, &frank)).await;
+        let after_move = h.load(&erin).await.revision;
+        if after_move < before {
+            failures.push(format!(
+                "[{b}] erin's revision went backwards after her tablet was re-linked to frank: {before} -> {after_move} (re-link at {})",
+                moved.revision
+            ));
+        }
+
+        h.write(signal(&watch, "gpc", "1")).await;
+        let before = h.load(&erin).await.revision;
+        let erased = h.write(erase(&watch)).await;
+        let after_erase = h.load(&erin).await.revision;
+        if after_erase < before {
+            failures.push(format!(
+                "[{b}] erin's revision went backwards after her watch was erased: {before} -> {after_erase} (erase at {})",
+                erased.revision
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn idempotent_retries_replay_the_outcome_and_write_once() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        let w = h.request(grant_with_receipt(&alice, "marketing.communications.email"));
+        let first = h.submit(w.clone()).await.expect("first write");
+        assert!(!first.replayed, "[{b}] first write is not a replay");
+        h.write(grant(&person("bob"), "analytics.reporting")).await;
+
+        for attempt in 0..3 {
+            let again = h.submit(w.clone()).await.expect("retry");
+            assert!(again.replayed, "[{b}] retry {attempt} is marked replayed");
+            assert_eq!(
+                sans_replayed(&again),
+                first,
+                "[{b}] retry {attempt} returns the original outcome (revision, record, time)"
+            );
+        }
+        for (table, n) in [
+            ("consent_records", 2),
+            ("ledger", 2),
+            ("changes", 2),
+            ("receipts", 1),
+            ("idempotency", 2),
+        ] {
+            assert_eq!(h.rows(table).await, n, "[{b}] {table} rows after retries");
+        }
+        assert_eq!(
+            h.count(
+                "SELECT COUNT(*) FROM consent_records WHERE subject = $1",
+                &alice.storage()
+            )
+            .await,
+            1,
+            "[{b}] exactly one record for alice"
+        );
+
+        // Same caller and key, other content: refused, nothing written.
+        let mut other = w.clone();
+        other.fingerprint = [0xAB; 32];
+        other.change = grant(&alice, "analytics.reporting");
+        let conflict = h.submit(other).await;
+        assert!(
+            matches!(conflict, Err(StoreError::IdempotencyConflict)),
+            "[{b}] reused key with another fingerprint: {conflict:?}"
+        );
+        for (table, n) in [
+            ("consent_records", 2),
+            ("ledger", 2),
+            ("changes", 2),
+            ("idempotency", 2),
+        ] {
+            assert_eq!(h.rows(table).await, n, "[{b}] {table} rows after conflict");
+        }
+
+        // The same key from another caller is a different write.
+        let mut mailer = w.clone();
+        mailer.caller = "mailer".into();
+        mailer.change = grant(&alice, "marketing.communications.email");
+        mailer.fingerprint = fingerprint_of(&mailer.change);
+        let m = h.submit(mailer.clone()).await.expect("other caller");
+        assert!(!m.replayed, "[{b}] other caller's key is its own");
+        assert_eq!(m.revision, 3, "[{b}] other caller's write is new");
+        let m2 = h.submit(mailer).await.expect("other caller retry");
+        assert!(
+            m2.replayed && m2.revision == 3,
+            "[{b}] other caller's retry replays its own"
+        );
+        assert_eq!(h.rows("ledger").await, 3, "[{b}] ledger rows");
+        assert_eq!(h.rows("idempotency").await, 3, "[{b}] idempotency rows");
+
+        // Idempotency holds for every kind of change.
+        for change in [
+            signal(&alice, "gpc", "1"),
+            link(&device("d1"), &alice),
+            restrict(&alice, true),
+            erase(&person("zed")),
+        ] {
+            let w = h.request(change);
+            let before = h.rows("ledger").await;
+            let o1 = h.submit(w.clone()).await.expect("write");
+            let o2 = h.submit(w.clone()).await.expect("retry");
+            let same = if matches!(w.change, Change::Erase { .. }) {
+                erase_essentials(&o2) == erase_essentials(&o1)
+            } else {
+                sans_replayed(&o2) == o1
+            };
+            assert!(o2.replayed && same, "[{b}] replay of {:?}", w.change);
+            assert_eq!(
+                h.rows("ledger").await,
+                before + 1,
+                "[{b}] one ledger row for {:?}",
+                w.change
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// History and the change feed
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn history_pages_by_revision() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        let bob = person("bob");
+        let mut mine = Vec::new();
+        for i in 0..7u32 {
+            let purpose = if i % 2 == 0 {
+                "analytics.reporting"
+            } else {
+                "personalize.content.profiled"
+            };
+            let o = h.write(grant(&alice, purpose)).await;
+            mine.push(o.record.expect("record"));
+            h.write(grant(&bob, purpose)).await;
+            if i == 3 {
+                h.write(signal(&alice, "gpc", "1")).await;
+                h.write(restrict(&alice, true)).await;
+            }
+        }
+        let all = h.store.history(&alice, 0, 100).await.expect("history");
+        assert_eq!(
+            all, mine,
+            "[{b}] full history: the subject's consent events only, oldest first"
+        );
+
+        let mut paged = Vec::new();
+        let mut after = 0;
+        let mut pages = Vec::new();
+        loop {
+            let page = h.store.history(&alice, after, 3).await.expect("page");
+            if page.is_empty() {
+                break;
+            }
+            pages.push(page.len());
+            after = page.last().expect("non-empty").revision;
+            paged.extend(page);
+        }
+        assert_eq!(pages, vec![3, 3, 1], "[{b}] page sizes with limit 3");
+        assert_eq!(paged, mine, "[{b}] pages concatenate to the history");
+
+        let tail = h
+            .store
+            .history(&alice, mine[3].revision, 100)
+            .await
+            .expect("tail");
+        assert_eq!(
+            tail,
+            mine[4..].to_vec(),
+            "[{b}] after = a revision excludes it"
+        );
+        let between = h
+            .store
+            .history(&alice, mine[3].revision - 1, 100)
+            .await
+            .expect("between");
+        assert_eq!(
+            between,
+            mine[3..].to_vec(),
+            "[{b}] after = a revision not the subject's"
+        );
+        assert!(
+            h.store
+                .history(&alice, 0, 0)
+                .await
+                .expect("limit 0")
+                .is_empty(),
+            "[{b}] limit 0"
+        );
+        assert!(
+            h.store
+                .history(&alice, mine[6].revision, 10)
+                .await
+                .expect("end")
+                .is_empty(),
+            "[{b}] after the last"
+        );
+        assert!(
+            h.store
+                .history(&person("nobody"), 0, 10)
+                .await
+                .expect("nobody")
+                .is_empty(),
+            "[{b}] unknown subject"
+        );
+    }
+}
+
+#[tokio::test]
+async fn changes_after_lists_events_in_order_with_a_high_water() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let (events, high) = h.store.changes_after(0, 10).await.expect("empty");
+        assert!(
+            events.is_empty() && high == 0,
+            "[{b}] empty store: {events:?} {high}"
+        );
+
+        let alice = person("alice");
+        let bob = person("bob");
+        let phone = device("phone");
+        let script: Vec<(Change, &str, Option<&str>, Option<SubjectKey>)> = vec![
+            (
+                grant(&alice, "analytics.reporting"),
+                "grant",
+                Some("analytics.reporting"),
+                Some(alice.clone()),
+            ),
+            (
+                refuse(&bob, "train_ai_system"),
+                "refuse",
+                Some("train_ai_system"),
+                Some(bob.clone()),
+            ),
+            (
+                withdraw(&alice, "analytics.reporting"),
+                "withdraw",
+                Some("analytics.reporting"),
+                Some(alice.clone()),
+            ),
+            (
+                signal(&phone, "gpc", "1"),
+                "signal",
+                None,
+                Some(phone.clone()),
+            ),
+            (link(&phone, &alice), "link", None, Some(alice.clone())),
+            (restrict(&bob, true), "restrict", None, Some(bob.clone())),
+            (
+                grant(&bob, "personalize.content.profiled"),
+                "grant",
+                Some("personalize.content.profiled"),
+                Some(bob.clone()),
+            ),
+        ];
+        let mut expected = Vec::new();
+        for (change, kind, purpose, subject) in script {
+            let o = h.write(change).await;
+            expected.push(ChangeEvent {
+                revision: o.revision,
+                subject,
+                kind: kind.to_owned(),
+                purpose: purpose.map(str::to_owned),
+            });
+        }
+        let last = expected.last().expect("events").revision;
+
+        let (events, high) = h.store.changes_after(0, 100).await.expect("all");
+        assert_eq!(events, expected, "[{b}] every change, in order");
+        assert_eq!(high, last, "[{b}] high water = last revision");
+
+        // A full page's high water is its last event, not the store's head.
+        let (page, high) = h.store.changes_after(0, 3).await.expect("page");
+        assert_eq!(page, expected[..3].to_vec(), "[{b}] first page");
+        assert_eq!(high, expected[2].revision, "[{b}] full page high water");
+        let (page, high) = h.store.changes_after(high, 3).await.expect("page 2");
+        assert_eq!(page, expected[3..6].to_vec(), "[{b}] second page");
+        assert_eq!(high, expected[5].revision, "[{b}] full page high water 2");
+        let (page, high) = h.store.changes_after(high, 3).await.expect("page 3");
+        assert_eq!(page, expected[6..].to_vec(), "[{b}] last, partial page");
+        assert_eq!(high, last, "[{b}] partial page: the store's head");
+        let (page, high) = h.store.changes_after(last, 3).await.expect("caught up");
+        assert!(page.is_empty(), "[{b}] nothing after the head");
+        assert_eq!(high, last, "[{b}] caught up: high water = head");
+
+        // Paging through with any limit reproduces the whole feed.
+        for limit in [1u32, 2, 4, 7, 8] {
+            let mut after = 0;
+            let mut seen = Vec::new();
+            loop {
+                let (page, high) = h.store.changes_after(after, limit).await.expect("page");
+                assert!(high >= after, "[{b}] high water never behind the cursor");
+                seen.extend(page.iter().cloned());
+                if page.is_empty() {
+                    break;
+                }
+                after = high;
+            }
+            assert_eq!(seen, expected, "[{b}] paged with limit {limit}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn changes_after_a_cursor_past_the_head_reports_the_stores_high_water() {
+    // The trait documents the second value as "the store's high water". Engine::new relies on it:
+    // it asks `changes_after(u64::MAX - 1, 1)` to learn the current head.
+    let mut failures = Vec::new();
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let (_, high) = h.store.changes_after(u64::MAX - 1, 1).await.expect("empty");
+        if high != 0 {
+            failures.push(format!(
+                "[{b}] empty store, changes_after(u64::MAX - 1, 1): high water {high}, expected 0"
+            ));
+        }
+        for _ in 0..3 {
+            h.write(grant(&person("alice"), "analytics.reporting"))
+                .await;
+        }
+        let (events, high) = h.store.changes_after(u64::MAX - 1, 1).await.expect("head");
+        assert!(events.is_empty(), "[{b}] nothing past the head");
+        if high != 3 {
+            failures.push(format!(
+                "[{b}] 3 writes, changes_after(u64::MAX - 1, 1): high water {high}, expected 3"
+            ));
+        }
+        let (_, high) = h.store.changes_after(10, 5).await.expect("ahead");
+        if high != 3 {
+            failures.push(format!(
+                "[{b}] 3 writes, changes_after(10, 5): high water {high}, expected 3"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receipts
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn receipts_are_stored_with_grants_and_fetched_by_record_id() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        let change = grant_with_receipt(&alice, "marketing.communications.email");
+        let Change::Consent(c) = &change else {
+            unreachable!()
+        };
+        let (json, jws) = c.receipt.clone().expect("receipt");
+        let id = c.record_id.clone();
+        h.write(change).await;
+        let plain = h.write(grant(&alice, "analytics.reporting")).await;
+        let plain_id = plain.record.expect("record").consent.record_id;
+
+        assert_eq!(
+            h.store.receipt(&id).await.expect("receipt"),
+            Some(StoredReceipt {
+                subject: alice.clone(),
+                json,
+                jws
+            }),
+            "[{b}] the grant's receipt"
+        );
+        assert_eq!(
+            h.store.receipt(&plain_id).await.expect("none"),
+            None,
+            "[{b}] a record without a receipt"
+        );
+        assert_eq!(
+            h.store.receipt("no-such-record").await.expect("unknown"),
+            None,
+            "[{b}] unknown record id"
+        );
+        assert_eq!(h.rows("receipts").await, 1, "[{b}] one receipt row");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Erasure
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn erasure_deletes_the_subject_and_its_devices_and_leaves_a_tombstone() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let erin = person("erin");
+        let phone = device("erin-phone");
+        let tablet = device("erin-tablet");
+        let frank = person("frank");
+        let frank_phone = device("frank-phone");
+
+        let receipt_grant = grant_with_receipt(&erin, "marketing.communications.email");
+        let Change::Consent(rc) = &receipt_grant else {
+            unreachable!()
+        };
+        let erin_record = rc.record_id.clone();
+        let phone_own = h.write(grant(&phone, "analytics.reporting")).await;
+        h.write(signal(&phone, "gpc", "1")).await;
+        h.write(receipt_grant.clone()).await;
+        h.write(grant_with_receipt(&erin, "personalize.content.profiled"))
+            .await;
+        h.write(withdraw(&erin, "marketing.communications.email"))
+            .await;
+        h.write(signal(&erin, "age_band", "adult")).await;
+        h.write(link(&phone, &erin)).await;
+        h.write(link(&tablet, &erin)).await;
+        h.write(signal(&tablet, "gpc", "1")).await;
+        h.write(restrict(&erin, true)).await;
+        // A bystander with the same shape, which must be untouched.
+        h.write(grant_with_receipt(&frank, "marketing.communications.email"))
+            .await;
+        h.write(signal(&frank, "gpc", "1")).await;
+        h.write(link(&frank_phone, &frank)).await;
+        h.write(signal(&frank_phone, "age_band", "adult")).await;
+
+        let before_erin = h.footprint(&erin).await;
+        let before_phone = h.footprint(&phone).await;
+        let before_tablet = h.footprint(&tablet).await;
+        let before_frank = h.footprint(&frank).await;
+        let before_frank_phone = h.footprint(&frank_phone).await;
+        // The setup really put rows in every table, so that "0 afterwards" means something.
+        let n = |fp: &[(&str, i64)], t: &str| {
+            fp.iter()
+                .find(|(table, _)| *table == t)
+                .map_or(0, |(_, n)| *n)
+        };
+        for table in [
+            "consent_records",
+            "receipts",
+            "signals",
+            "subject_keys",
+            "subjects",
+            "links",
+            "idempotency",
+            "changes",
+        ] {
+            assert!(
+                n(&before_erin, table) > 0,
+                "[{b}] setup: erin has {table} rows"
+            );
+        }
+        for table in ["consent_records", "signals", "subject_keys", "links"] {
+            assert!(
+                n(&before_phone, table) > 0,
+                "[{b}] setup: phone has {table} rows"
+            );
+        }
+        assert!(
+            n(&before_tablet, "signals") > 0 && n(&before_tablet, "links") > 0,
+            "[{b}] setup: tablet rows"
+        );
+        let erin_records = n(&before_erin, "consent_records") + n(&before_phone, "consent_records");
+        let ledger_before = h.rows("ledger").await;
+        let tombstones_before = h.rows("tombstones").await;
+
+        let w = h.request(erase(&erin));
+        let erased = h.submit(w.clone()).await.expect("erase");
+        assert!(!erased.replayed, "[{b}] first erase is not a replay");
+        assert_eq!(
+            erased.revision,
+            u64::try_from(ledger_before).expect("count") + 1,
+            "[{b}] erase takes the next revision"
+        );
+        assert_eq!(
+            erased.records_deleted,
+            u64::try_from(erin_records).expect("count"),
+            "[{b}] records_deleted counts the subject's and its devices' records"
+        );
+        assert_eq!(erased.record, None, "[{b}] erase returns no record");
+        assert_eq!(
+            keyset(&erased.affected),
+            keyset(&[erin.clone(), phone.clone(), tablet.clone()]),
+            "[{b}] erase affects the subject and its devices"
+        );
+
+        for (who, key) in [("erin", &erin), ("phone", &phone), ("tablet", &tablet)] {
+            for (table, count) in h.footprint(key).await {
+                assert_eq!(count, 0, "[{b}] {who}: {table} rows left after erasure");
+            }
+        }
+        assert_eq!(
+            h.footprint(&frank).await,
+            before_frank,
+            "[{b}] bystander untouched"
+        );
+        assert_eq!(
+            h.footprint(&frank_phone).await,
+            before_frank_phone,
+            "[{b}] bystander's device untouched"
+        );
+        assert_eq!(
+            h.rows("tombstones").await,
+            tombstones_before + 3,
+            "[{b}] one tombstone per erased key"
+        );
+        assert_eq!(
+            h.rows("ledger").await,
+            ledger_before + 1,
+            "[{b}] the erasure is itself one ledger entry"
+        );
+        assert_eq!(
+            h.store.receipt(&erin_record).await.expect("receipt"),
+            None,
+            "[{b}] receipt gone"
+        );
+        assert!(
+            h.store
+                .history(&erin, 0, 100)
+                .await
+                .expect("history")
+                .is_empty(),
+            "[{b}] history gone"
+        );
+        assert!(
+            h.store
+                .history(&phone, 0, 100)
+                .await
+                .expect("history")
+                .is_empty(),
+            "[{b}] device history gone (had {})",
+            phone_own.revision
+        );
+
+        for (who, key) in [("erin", &erin), ("phone", &phone), ("tablet", &tablet)] {
+            let rows = h.load(key).await;
+            assert_eq!(
+                rows,
+                SubjectRows {
+                    revision: erased.revision,
+                    as_of: erased.revision,
+                    erased: true,
+                    ..SubjectRows::default()
+                },
+                "[{b}] {who}: load says erased at the erase revision, and nothing else"
+            );
+        }
+        let frank_rows = h.load(&frank).await;
+        assert!(
+            !frank_rows.erased && frank_rows.records.len() == 1 && frank_rows.links.len() == 1,
+            "[{b}] bystander still loads"
+        );
+
+        // Nothing more may be recorded about an erased subject or device.
+        for change in [
+            grant(&erin, "analytics.reporting"),
+            signal(&erin, "gpc", "1"),
+            restrict(&erin, false),
+            signal(&phone, "gpc", "0"),
+            grant(&tablet, "analytics.reporting"),
+            link(&device("new-device"), &erin),
+            link(&phone, &frank),
+        ] {
+            let r = h.submit(h.request(change.clone())).await;
+            assert!(
+                matches!(r, Err(StoreError::SubjectErased)),
+                "[{b}] {change:?} after erasure: {r:?}"
+            );
+        }
+        assert_eq!(
+            h.rows("ledger").await,
+            ledger_before + 1,
+            "[{b}] refused writes add no ledger row"
+        );
+
+        // Erasing again is idempotent: under the same key, a new key, or via an erased device.
+        let same = h.submit(w).await.expect("retry");
+        assert!(
+            same.replayed && erase_essentials(&same) == erase_essentials(&erased),
+            "[{b}] same-key retry replays the erasure"
+        );
+        assert!(
+            same.affected.contains(&erin),
+            "[{b}] a replayed erasure still names the subject it was asked about"
+        );
+        for key in [&erin, &phone] {
+            let again = h.submit(h.request(erase(key))).await.expect("erase again");
+            assert!(again.replayed, "[{b}] erase {key:?} again is a replay");
+            assert_eq!(
+                again.revision, erased.revision,
+                "[{b}] erase {key:?} again: the original revision"
+            );
+            assert_eq!(
+                again.records_deleted, 0,
+                "[{b}] erase again deletes nothing"
+            );
+        }
+        assert_eq!(
+            h.rows("ledger").await,
+            ledger_before + 1,
+            "[{b}] repeated erasure adds no ledger row"
+        );
+        assert_eq!(
+            h.rows("tombstones").await,
+            tombstones_before + 3,
+            "[{b}] repeated erasure adds no tombstone"
+        );
+
+        // The change feed no longer names the subject or its devices, but keeps every revision.
+        let (events, high) = h.all_changes().await;
+        assert_eq!(
+            high, erased.revision,
+            "[{b}] high water is the erase revision"
+        );
+        assert_eq!(
+            events.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            (1..=erased.revision).collect::<Vec<_>>(),
+            "[{b}] every revision still in the feed"
+        );
+        let gone = keyset(&[erin.clone(), phone.clone(), tablet.clone()]);
+        for e in &events {
+            if let Some(s) = &e.subject {
+                assert!(
+                    !gone.contains(&s.storage()),
+                    "[{b}] change {} still names {s:?}",
+                    e.revision
+                );
+            }
+        }
+        let last = events.last().expect("events");
+        assert_eq!(
+            (last.kind.as_str(), &last.subject),
+            ("erase", &None),
+            "[{b}] the erase event names nobody"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e.subject.as_ref() == Some(&frank_phone)),
+            "[{b}] the bystander is still named"
+        );
+
+        // The chain still verifies after crypto-shredding.
+        h.verify_ok(erased.revision).await;
+    }
+}
+
+#[tokio::test]
+async fn erasing_a_device_erases_only_that_device() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let gina = person("gina");
+        let phone = device("gina-phone");
+        let laptop = device("gina-laptop");
+        h.write(grant(&gina, "analytics.reporting")).await;
+        h.write(link(&phone, &gina)).await;
+        h.write(link(&laptop, &gina)).await;
+        h.write(signal(&phone, "gpc", "1")).await;
+        h.write(signal(&laptop, "gpc", "1")).await;
+        let gina_before = h.footprint(&gina).await;
+
+        let o = h.write(erase(&phone)).await;
+        assert!(
+            keyset(&o.affected).contains(&gina.storage()),
+            "[{b}] the device's subject is affected"
+        );
+        for (table, count) in h.footprint(&phone).await {
+            assert_eq!(count, 0, "[{b}] phone: {table} rows left");
+        }
+        assert!(h.load(&phone).await.erased, "[{b}] the device is erased");
+        let rows = h.load(&gina).await;
+        assert!(!rows.erased, "[{b}] the subject is not erased");
+        assert_eq!(rows.records.len(), 1, "[{b}] the subject keeps its records");
+        assert_eq!(
+            rows.links,
+            vec![laptop.clone()],
+            "[{b}] the erased device is unlinked"
+        );
+        assert_eq!(
+            rows.signals.len(),
+            1,
+            "[{b}] only the remaining device's signal"
+        );
+        assert_eq!(
+            h.footprint(&gina)
+                .await
+                .iter()
+                .find(|(t, _)| *t == "consent_records"),
+            gina_before.iter().find(|(t, _)| *t == "consent_records"),
+            "[{b}] the subject's records untouched"
+        );
+        h.write(grant(&gina, "personalize.content.profiled")).await;
+        let r = h.submit(h.request(link(&phone, &gina))).await;
+        assert!(
+            matches!(r, Err(StoreError::SubjectErased)),
+            "[{b}] re-linking an erased device: {r:?}"
+        );
+
+        // Erasing a subject never seen still leaves a tombstone.
+        let ghost = person("ghost");
+        let g = h.write(erase(&ghost)).await;
+        assert_eq!(g.records_deleted, 0, "[{b}] nothing to delete");
+        let rows = h.load(&ghost).await;
+        assert!(
+            rows.erased && rows.revision == g.revision,
+            "[{b}] unknown subject erased"
+        );
+        assert_eq!(
+            h.count(
+                "SELECT COUNT(*) FROM subject_keys WHERE subject = $1",
+                &ghost.storage()
+            )
+            .await,
+            0,
+            "[{b}] no pseudonym key left for the ghost"
+        );
+        h.verify_ok(g.revision).await;
+    }
+}
+
+#[tokio::test]
+async fn erasure_leaves_no_identifier_of_the_subject_in_any_table() {
+    // DESIGN §3: after erasure the chain "no longer identifies the person"; the change feed's
+    // rows are un-named and the idempotency rows of the subject are deleted. No text column of
+    // any table may still hold the subject's or its devices' identifiers.
+    let mut failures = Vec::new();
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let id = "hana.erasable@example.com";
+        let hana = person(id);
+        let phone = device("hana-phone-7f3a9c");
+        h.write(grant_with_receipt(&hana, "marketing.communications.email"))
+            .await;
+        h.write(signal(&hana, "gpc", "1")).await;
+        h.write(link(&phone, &hana)).await;
+        h.write(signal(&phone, "age_band", "adult")).await;
+        h.write(restrict(&hana, true)).await;
+        h.write(grant(&person("ivan"), "analytics.reporting")).await;
+        h.write(erase(&hana)).await;
+
+        for needle in [id, "hana-phone-7f3a9c"] {
+            for (table, column) in TEXT_COLUMNS {
+                let hits: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM {table} WHERE {column} LIKE $1"
+                )))
+                .bind(format!("%{needle}%"))
+                .fetch_one(&h.pool)
+                .await
+                .unwrap_or_else(|e| panic!("[{b}] scan {table}.{column}: {e}"))
+                .get(0);
+                if hits != 0 {
+                    failures.push(format!(
+                        "[{b}] {table}.{column}: {hits} row(s) still contain {needle:?} after erasure"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restriction
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn restriction_turns_on_and_off() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let jo = person("jo");
+        h.write(grant(&jo, "analytics.reporting")).await;
+        assert!(!h.load(&jo).await.restricted, "[{b}] not restricted");
+
+        let on = h.write(restrict(&jo, true)).await;
+        let rows = h.load(&jo).await;
+        assert!(rows.restricted, "[{b}] restricted");
+        assert_eq!(
+            rows.revision, on.revision,
+            "[{b}] restriction bumps the revision"
+        );
+        assert_eq!(rows.records.len(), 1, "[{b}] records kept while restricted");
+
+        let g = h.write(grant(&jo, "personalize.content.profiled")).await;
+        let rows = h.load(&jo).await;
+        assert!(
+            rows.restricted,
+            "[{b}] a later consent keeps the restriction"
+        );
+        assert_eq!(rows.revision, g.revision, "[{b}] revision follows writes");
+
+        let again = h.write(restrict(&jo, true)).await;
+        assert!(h.load(&jo).await.restricted, "[{b}] restricting twice");
+        let off = h.write(restrict(&jo, false)).await;
+        let rows = h.load(&jo).await;
+        assert!(!rows.restricted, "[{b}] lifted");
+        assert_eq!(
+            rows.revision, off.revision,
+            "[{b}] lifting bumps the revision"
+        );
+        assert!(off.revision > again.revision);
+
+        // A subject never seen can be restricted before anything else is recorded.
+        let kim = person("kim");
+        let k = h.write(restrict(&kim, true)).await;
+        let rows = h.load(&kim).await;
+        assert!(
+            rows.restricted && rows.revision == k.revision,
+            "[{b}] restricting a new subject"
+        );
+
+        let (events, _) = h.all_changes().await;
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter(|e| e.kind == "restrict")
+            .map(|e| e.kind.as_str())
+            .collect();
+        assert_eq!(kinds.len(), 4, "[{b}] restrict events on the feed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger structure and checkpoints
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn checkpoints_are_signed_every_checkpoint_every_entries() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let every = CHECKPOINT_EVERY;
+        let subjects: Vec<SubjectKey> = (0..5).map(|i| person(&format!("cp-{i}"))).collect();
+        let total = 2 * every + 5;
+        for i in 0..total {
+            let who = &subjects[usize::try_from(i % 5).expect("small")];
+            let change = match i % 4 {
+                0 => grant(who, "analytics.reporting"),
+                1 => withdraw(who, "analytics.reporting"),
+                2 => signal(who, "gpc", "1"),
+                _ => restrict(who, i % 8 == 3),
+            };
+            h.write(change).await;
+            let seq = i + 1;
+            let cps = h.store.checkpoints().await.expect("checkpoints");
+            assert_eq!(
+                u64::try_from(cps.len()).expect("len"),
+                seq / every,
+                "[{b}] checkpoints after {seq} entries"
+            );
+        }
+
+        let entries = h.store.ledger(0, 10_000).await.expect("ledger");
+        assert_eq!(
+            u64::try_from(entries.len()).expect("len"),
+            total,
+            "[{b}] entries"
+        );
+        let mut prev = GENESIS_HASH.to_vec();
+        for (i, e) in entries.iter().enumerate() {
+            let seq = u64::try_from(i).expect("index") + 1;
+            assert_eq!(e.seq, seq, "[{b}] seq");
+            assert_eq!(
+                e.prev_hash, prev,
+                "[{b}] entry {seq} links to its predecessor"
+            );
+            assert_eq!(
+                e.hash,
+                ledger::chain_hash(&prev, &e.event),
+                "[{b}] entry {seq} hash"
+            );
+            let event: serde_json::Value = serde_json::from_str(&e.event).expect("json event");
+            assert_eq!(event["seq"], seq, "[{b}] entry {seq} names its position");
+            for s in &subjects {
+                assert!(
+                    !e.event.contains(&s.storage()) && !e.event.contains("cp-"),
+                    "[{b}] entry {seq} names a subject in clear: {}",
+                    e.event
+                );
+            }
+            prev = e.hash.clone();
+        }
+        // Ledger pages.
+        let page = h.store.ledger(10, 5).await.expect("page");
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![11, 12, 13, 14, 15],
+            "[{b}] ledger(after, limit) pages"
+        );
+
+        let cps = h.store.checkpoints().await.expect("checkpoints");
+        assert_eq!(
+            cps.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            vec![every, 2 * every],
+            "[{b}] checkpoint positions"
+        );
+        let key = h.keys.verifying_key();
+        for cp in &cps {
+            let entry = &entries[usize::try_from(cp.seq - 1).expect("index")];
+            assert_eq!(cp.hash, entry.hash, "[{b}] checkpoint {} hash", cp.seq);
+            let sig = ed25519_dalek::Signature::from_slice(&cp.signature)
+                .unwrap_or_else(|e| panic!("[{b}] checkpoint {} signature: {e}", cp.seq));
+            assert!(
+                key.verify(&ledger::checkpoint_message(cp.seq, &cp.hash), &sig)
+                    .is_ok(),
+                "[{b}] checkpoint {} signed by the ledger key",
+                cp.seq
+            );
+        }
+        let report = ledger::verify(&*h.store, &key).await.expect("verify");
+        assert_eq!(report.broken, None, "[{b}] verifies");
+        assert_eq!(report.entries_checked, total, "[{b}] entries checked");
+        assert_eq!(report.checkpoints_checked, 2, "[{b}] checkpoints checked");
+        assert_eq!(
+            report.head_hash,
+            entries.last().expect("entries").hash,
+            "[{b}] head"
+        );
+
+        // Another key does not verify the checkpoints.
+        let stranger = LedgerKeys::generate().verifying_key();
+        let report = ledger::verify(&*h.store, &stranger).await.expect("verify");
+        assert_eq!(
+            report.broken.map(|(seq, _)| seq),
+            Some(every),
+            "[{b}] another key rejects the first checkpoint"
+        );
+    }
+}
