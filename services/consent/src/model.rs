@@ -117,6 +117,8 @@ pub struct StoredSignal {
 }
 
 /// One change to record atomically.
+// Changes are built once per write and moved, never stored in bulk: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     /// Grant, Refuse or Withdraw.

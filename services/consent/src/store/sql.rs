@@ -224,7 +224,7 @@ impl<D: Dialect> SqlStore<D> {
             .bind(&event)
             .execute(&mut *tx)
             .await?;
-        if seq % CHECKPOINT_EVERY == 0 {
+        if seq.is_multiple_of(CHECKPOINT_EVERY) {
             let signature = self.keys.sign(&ledger::checkpoint_message(seq, &hash));
             sqlx::query("INSERT INTO checkpoints (seq, hash, signature) VALUES ($1, $2, $3)")
                 .bind(rev)
