@@ -315,6 +315,16 @@ pub async fn verify(
                 report.broken = Some(b);
                 return Ok(report);
             }
+            // A checkpoint is signed at every CHECKPOINT_EVERY-th entry: one missing was deleted.
+            if entry.seq.is_multiple_of(CHECKPOINT_EVERY)
+                && cps.peek().is_none_or(|cp| cp.seq != entry.seq)
+            {
+                report.broken = Some((
+                    entry.seq,
+                    "the signed checkpoint of this entry is missing".into(),
+                ));
+                return Ok(report);
+            }
             while let Some(cp) = cps.peek().filter(|cp| cp.seq <= entry.seq) {
                 if cp.seq == entry.seq && cp.hash != entry.hash {
                     report.broken = Some((

@@ -213,7 +213,9 @@ pub struct WriteOutcome {
     pub records_deleted: u64,
     /// When it was committed.
     pub committed_at: OffsetDateTime,
-    /// Other subject keys whose cached state the change affects (linked devices).
+    /// Other subject keys whose cached state the change affects (linked devices). Not kept
+    /// with the idempotency record: a replay changes nothing, and ids must not outlive erasure.
+    #[serde(skip)]
     pub affected: Vec<SubjectKey>,
     /// True when this is a retry answered from the idempotency record.
     #[serde(skip)]

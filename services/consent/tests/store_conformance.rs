@@ -22,10 +22,14 @@ use time::{Duration, OffsetDateTime};
 const CALLER: &str = "preference-center";
 
 /// Tables that hold rows about one subject key, and the SQL that counts that key's rows in each.
-const PER_SUBJECT_TABLES: [(&str, &str); 8] = [
+const PER_SUBJECT_TABLES: [(&str, &str); 9] = [
     (
         "consent_records",
         "SELECT COUNT(*) FROM consent_records WHERE subject = $1",
+    ),
+    (
+        "consent_current",
+        "SELECT COUNT(*) FROM consent_current WHERE subject = $1",
     ),
     (
         "receipts",
@@ -52,8 +56,10 @@ const PER_SUBJECT_TABLES: [(&str, &str); 8] = [
 ];
 
 /// Every text column of the schema: where an identifier could be left behind after erasure.
-const TEXT_COLUMNS: [(&str, &str); 22] = [
+const TEXT_COLUMNS: [(&str, &str); 24] = [
     ("ledger", "event"),
+    ("consent_current", "subject"),
+    ("consent_current", "body"),
     ("subject_keys", "subject"),
     ("subjects", "subject"),
     ("consent_records", "record_id"),
@@ -171,23 +177,15 @@ fn fingerprint_of(change: &Change) -> [u8; 32] {
     Sha256::digest(format!("{change:?}").as_bytes()).into()
 }
 
-/// The outcome without the `replayed` flag, for comparing a replay with the original.
+/// What a replay must reproduce: the outcome without the `replayed` flag and without
+/// `affected`, which is not kept with the idempotency record (a replay changes nothing to
+/// invalidate, and identifiers kept there would outlive an erasure).
 fn sans_replayed(o: &WriteOutcome) -> WriteOutcome {
     WriteOutcome {
         replayed: false,
+        affected: Vec::new(),
         ..o.clone()
     }
-}
-
-/// What a replayed erasure must reproduce. Its `affected` list is not compared: keeping the
-/// erased devices' identifiers around just to replay them would defeat the erasure.
-fn erase_essentials(o: &WriteOutcome) -> (u64, u64, OffsetDateTime, bool) {
-    (
-        o.revision,
-        o.records_deleted,
-        o.committed_at,
-        o.record.is_none(),
-    )
 }
 
 fn keyset(keys: &[SubjectKey]) -> BTreeSet<String> {
@@ -537,8 +535,14 @@ async fn reopening_the_database_continues_the_sequence() {
         let reopened = store::open(&h.db.url, h.keys.clone())
             .await
             .unwrap_or_else(|e| panic!("[{b}] open {}: {e}", h.db.url));
+        let history = reopened.history(&alice, 0, 10).await.expect("history");
+        assert_eq!(history.len(), 3, "[{b}] reopened store sees the data");
         let rows = reopened.load_subject(&alice).await.expect("load");
-        assert_eq!(rows.records.len(), 3, "[{b}] reopened store sees the data");
+        assert_eq!(
+            rows.records,
+            history[2..].to_vec(),
+            "[{b}] reopened store: the latest grant is current"
+        );
         assert_eq!(rows.as_of, 3, "[{b}] reopened store's as_of");
         let o = reopened
             .write(h.request(withdraw(&alice, "analytics.reporting")))
@@ -557,8 +561,27 @@ async fn reopening_the_database_continues_the_sequence() {
 // load_subject
 // ---------------------------------------------------------------------------------------------
 
+/// The current records a subject's history folds to: the latest event per (purpose, channel,
+/// scope), ordered by revision.
+fn current_of(history: &[StoredRecord]) -> Vec<StoredRecord> {
+    let mut latest: Vec<StoredRecord> = Vec::new();
+    for r in history {
+        let key = |x: &StoredRecord| {
+            (
+                x.consent.purpose.clone(),
+                x.consent.channel.clone(),
+                x.consent.scope.clone(),
+            )
+        };
+        latest.retain(|x| key(x) != key(r));
+        latest.push(r.clone());
+    }
+    latest.sort_by_key(|r| r.revision);
+    latest
+}
+
 #[tokio::test]
-async fn load_subject_returns_records_oldest_first_with_signals_and_flags() {
+async fn load_subject_returns_current_records_oldest_first_with_signals_and_flags() {
     for backend in backends() {
         let h = Harness::new(backend).await;
         let b = h.b.clone();
@@ -573,40 +596,57 @@ async fn load_subject_returns_records_oldest_first_with_signals_and_flags() {
         full.expires_at = Some(full.collected_at + Duration::days(365));
         full.guardian_ref = Some("guardian-42".into());
         full.receipt = Some(("{}".into(), "a.b.c".into()));
-
-        let mut written = Vec::new();
-        let o = h.write(Change::Consent(full.clone())).await;
-        written.push((full, o.revision));
+        let r_full = h.write(Change::Consent(full.clone())).await;
         h.write(grant(&bob, "analytics.reporting")).await;
-        for change in [
-            grant(&alice, "personalize.content.profiled"),
-            withdraw(&alice, "marketing.communications.sms"),
-        ] {
-            let Change::Consent(c) = &change else {
-                unreachable!()
-            };
-            let c = c.clone();
-            let o = h.write(change).await;
-            written.push((c, o.revision));
-        }
+        let r_prof = h.write(grant(&alice, "personalize.content.profiled")).await;
+        let r_email = h
+            .write(grant(&alice, "marketing.communications.email"))
+            .await;
+        let r_email_w = h
+            .write(withdraw(&alice, "marketing.communications.email"))
+            .await;
+        // Same purpose as `full`, no channel or scope: a different key, so both are current.
+        let r_sms_plain = h.write(grant(&alice, "marketing.communications.sms")).await;
         let gpc = h.write(signal(&alice, "gpc", "1")).await.revision;
         h.write(signal(&bob, "gpc", "0")).await;
         let age = h.write(signal(&alice, "age_band", "adult")).await.revision;
         let last = h.write(grant(&alice, "analytics.reporting")).await;
-        let Some(last_record) = last.record.clone() else {
-            panic!("[{b}] grant returns its record")
-        };
-        written.push((last_record.consent, last.revision));
         h.write(grant(&bob, "analytics.reporting")).await;
 
-        let rows = h.load(&alice).await;
-        let expected: Vec<StoredRecord> = written
-            .into_iter()
-            .map(|(consent, revision)| StoredRecord { consent, revision })
-            .collect();
+        let rec = |o: &WriteOutcome| {
+            o.record
+                .clone()
+                .expect("a consent write returns its record")
+        };
+        let history = vec![
+            rec(&r_full),
+            rec(&r_prof),
+            rec(&r_email),
+            rec(&r_email_w),
+            rec(&r_sms_plain),
+            rec(&last),
+        ];
         assert_eq!(
-            rows.records, expected,
-            "[{b}] exactly alice's records, oldest first, unchanged"
+            h.store.history(&alice, 0, 100).await.expect("history"),
+            history,
+            "[{b}] history keeps every event"
+        );
+        assert_eq!(
+            history[0].consent, full,
+            "[{b}] the write returned the record it was given"
+        );
+
+        let rows = h.load(&alice).await;
+        assert_eq!(
+            rows.records,
+            vec![
+                rec(&r_full),
+                rec(&r_prof),
+                rec(&r_email_w),
+                rec(&r_sms_plain),
+                rec(&last)
+            ],
+            "[{b}] alice's current records (the email grant superseded by its withdrawal), oldest first, every field intact"
         );
         assert_eq!(
             rows.signals
@@ -634,6 +674,69 @@ async fn load_subject_returns_records_oldest_first_with_signals_and_flags() {
                 ..SubjectRows::default()
             },
             "[{b}] unknown subject: nothing, no default consent"
+        );
+    }
+}
+
+#[tokio::test]
+async fn current_records_are_the_latest_per_purpose_channel_and_scope() {
+    // The projection load_subject reads must always equal the fold of the full history.
+    let purposes = [
+        "marketing.communications.email",
+        "marketing.communications.sms",
+        "personalize.content.profiled",
+    ];
+    let channels = [None, Some("email"), Some("sms")];
+    let scopes = [None, Some("user.contact.email"), Some("user.health")];
+    let states = ["given", "withdrawn", "refused", "given", "given"];
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let subjects = [person("p0"), person("p1"), device("d0")];
+        // A deterministic walk over the key space that revisits keys with other states.
+        for i in 0..60usize {
+            let who = &subjects[i % 3];
+            let mut c = consent(who, purposes[(i / 3) % 3], states[(i * 7) % 5]);
+            c.channel = channels[(i / 2) % 3].map(str::to_owned);
+            c.scope = scopes[(i / 5) % 3].map(str::to_owned);
+            h.write(Change::Consent(c)).await;
+            if i % 13 == 0 {
+                h.write(signal(who, "gpc", "1")).await;
+            }
+        }
+        for who in &subjects {
+            let history = h.store.history(who, 0, 1000).await.expect("history");
+            assert_eq!(history.len(), 20, "[{b}] {who:?}: full history");
+            let current = current_of(&history);
+            assert!(
+                current.len() < history.len() && current.len() > 1,
+                "[{b}] {who:?}: the walk both superseded and kept records ({} of {})",
+                current.len(),
+                history.len()
+            );
+            assert_eq!(
+                h.load(who).await.records,
+                current,
+                "[{b}] {who:?}: current records = latest per (purpose, channel, scope)"
+            );
+        }
+        // A device linked to p0 is decided by p0's current records.
+        h.write(link(&subjects[2], &subjects[0])).await;
+        assert_eq!(
+            h.load(&subjects[2]).await.records,
+            h.load(&subjects[0]).await.records,
+            "[{b}] linked device: its subject's current records"
+        );
+        // A replayed write does not touch the projection.
+        let w = h.request(withdraw(&subjects[1], purposes[0]));
+        h.submit(w.clone()).await.expect("write");
+        let before = h.load(&subjects[1]).await.records;
+        let again = h.submit(w).await.expect("replay");
+        assert!(again.replayed, "[{b}] replayed");
+        assert_eq!(
+            h.load(&subjects[1]).await.records,
+            before,
+            "[{b}] replay leaves the current records alone"
         );
     }
 }
@@ -845,7 +948,7 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
             assert!(again.replayed, "[{b}] retry {attempt} is marked replayed");
             assert_eq!(
                 sans_replayed(&again),
-                first,
+                sans_replayed(&first),
                 "[{b}] retry {attempt} returns the original outcome (revision, record, time)"
             );
         }
@@ -913,12 +1016,11 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
             let before = h.rows("ledger").await;
             let o1 = h.submit(w.clone()).await.expect("write");
             let o2 = h.submit(w.clone()).await.expect("retry");
-            let same = if matches!(w.change, Change::Erase { .. }) {
-                erase_essentials(&o2) == erase_essentials(&o1)
-            } else {
-                sans_replayed(&o2) == o1
-            };
-            assert!(o2.replayed && same, "[{b}] replay of {:?}", w.change);
+            assert!(
+                o2.replayed && sans_replayed(&o2) == sans_replayed(&o1),
+                "[{b}] replay of {:?}",
+                w.change
+            );
             assert_eq!(
                 h.rows("ledger").await,
                 before + 1,
@@ -1249,6 +1351,7 @@ async fn erasure_deletes_the_subject_and_its_devices_and_leaves_a_tombstone() {
         };
         for table in [
             "consent_records",
+            "consent_current",
             "receipts",
             "signals",
             "subject_keys",
@@ -1262,7 +1365,13 @@ async fn erasure_deletes_the_subject_and_its_devices_and_leaves_a_tombstone() {
                 "[{b}] setup: erin has {table} rows"
             );
         }
-        for table in ["consent_records", "signals", "subject_keys", "links"] {
+        for table in [
+            "consent_records",
+            "consent_current",
+            "signals",
+            "subject_keys",
+            "links",
+        ] {
             assert!(
                 n(&before_phone, table) > 0,
                 "[{b}] setup: phone has {table} rows"
@@ -1388,12 +1497,8 @@ async fn erasure_deletes_the_subject_and_its_devices_and_leaves_a_tombstone() {
         // Erasing again is idempotent: under the same key, a new key, or via an erased device.
         let same = h.submit(w).await.expect("retry");
         assert!(
-            same.replayed && erase_essentials(&same) == erase_essentials(&erased),
+            same.replayed && sans_replayed(&same) == sans_replayed(&erased),
             "[{b}] same-key retry replays the erasure"
-        );
-        assert!(
-            same.affected.contains(&erin),
-            "[{b}] a replayed erasure still names the subject it was asked about"
         );
         for key in [&erin, &phone] {
             let again = h.submit(h.request(erase(key))).await.expect("erase again");

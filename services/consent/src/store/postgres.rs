@@ -25,6 +25,8 @@ impl Dialect for Postgres {
             .await?)
     }
 
+    const BEGIN_WRITE: &'static str = "BEGIN";
+
     /// Key 0x636f6e73 ("cons"): one ledger writer at a time across every replica.
     const WRITE_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(1668247155)");
     const SNAPSHOT: Option<&'static str> =

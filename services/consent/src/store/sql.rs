@@ -21,6 +21,9 @@ type Tx<'c> = Transaction<'c, sqlx::Any>;
 pub trait Dialect: Send + Sync + 'static {
     /// Opens a pool and migrates the schema.
     async fn connect(url: &str) -> Result<AnyPool, StoreError>;
+    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`, so a second process waits for the
+    /// write lock instead of failing to upgrade a read transaction).
+    const BEGIN_WRITE: &'static str;
     /// Run first in every write transaction: serializes writers across processes.
     const WRITE_LOCK: Option<&'static str>;
     /// Run first in a read transaction that must see one snapshot.
@@ -78,7 +81,7 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(D::BEGIN_WRITE).await?;
         if let Some(sql) = D::WRITE_LOCK {
             sqlx::query(sql).execute(&mut *tx).await?;
         }
@@ -113,7 +116,7 @@ impl<D: Dialect> SqlStore<D> {
                     record: None,
                     records_deleted: 0,
                     committed_at: now,
-                    affected: vec![subject],
+                    affected: Vec::new(),
                     replayed: true,
                 };
                 return Ok(outcome);
@@ -144,6 +147,7 @@ impl<D: Dialect> SqlStore<D> {
         let mut affected = link_group(&mut tx, &subject_s).await?;
         let mut record = None;
         let mut records_deleted = 0u64;
+        let mut erased_keys: Vec<SubjectKey> = Vec::new();
 
         match &write.change {
             Change::Consent(c) => {
@@ -206,6 +210,7 @@ impl<D: Dialect> SqlStore<D> {
                     records_deleted +=
                         erase_key(&mut tx, key, &self.keys.tombstone(key), rev, now).await?;
                 }
+                erased_keys = erase;
             }
         }
 
@@ -251,6 +256,11 @@ impl<D: Dialect> SqlStore<D> {
 
         affected.sort_by_key(SubjectKey::storage);
         affected.dedup();
+        // Every key whose decisions the change touches moves to this revision, so that a key's
+        // revision never goes backwards when a device leaves its group (re-link or erasure).
+        for key in affected.iter().filter(|k| !erased_keys.contains(k)) {
+            bump(&mut tx, &key.storage(), rev, None).await?;
+        }
         let outcome = WriteOutcome {
             revision: seq,
             record,
@@ -385,7 +395,7 @@ impl<D: Dialect> SqlStore<D> {
         let high = if events.len() == limit as usize {
             events.last().map_or(after, |e| e.revision)
         } else {
-            to_u64(high).max(after)
+            to_u64(high)
         };
         Ok((events, high))
     }

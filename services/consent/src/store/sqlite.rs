@@ -51,6 +51,8 @@ impl Dialect for Sqlite {
         Ok(pool)
     }
 
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
     const WRITE_LOCK: Option<&'static str> = None;
     const SNAPSHOT: Option<&'static str> = None;
 }
