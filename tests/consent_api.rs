@@ -749,3 +749,92 @@ async fn next(s: &mut tonic::Streaming<pb::WatchChangesResponse>) -> pb::WatchCh
         .expect("stream ended")
         .expect("stream error")
 }
+
+/// Two replicas share one database: a withdrawal through one is enforced by the other at once
+/// for token holders, and within the change-feed follow interval for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_enforces_a_withdrawal_made_through_the_first() {
+    for backend in backends() {
+        let first = TestServer::start(backend).await;
+        let second = first.replica().await;
+        let mut pc = first.as_caller("preference-center").await;
+        let mut enforcer = second.as_caller("recommendation-service").await;
+        let purpose = "personalize.content.profiled";
+        let granted = pc
+            .grant(grant("shared", purpose, "g"))
+            .await
+            .expect("grant")
+            .into_inner();
+        let allowed = enforcer
+            .check(pb::CheckRequest {
+                at_least_as_fresh: granted.revision.to_string(),
+                ..check("shared", purpose, &[])
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(
+            allowed.verdict(),
+            pb::Verdict::Allow,
+            "{backend:?}: the other replica reads through for a newer token"
+        );
+        // The second replica now caches the allow.
+        let withdrawn = pc
+            .withdraw(withdraw("shared", purpose, "w"))
+            .await
+            .expect("withdraw")
+            .into_inner();
+        let with_token = enforcer
+            .check(pb::CheckRequest {
+                at_least_as_fresh: withdrawn.revision.to_string(),
+                ..check("shared", purpose, &[])
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(
+            with_token.verdict(),
+            pb::Verdict::Deny,
+            "{backend:?}: with the token, at once"
+        );
+        // Without the token, on a third replica that cached the allow before the withdrawal.
+        let third = first.replica().await;
+        let mut third_client = third.as_caller("recommendation-service").await;
+        let regrant = pc
+            .grant(grant("shared", purpose, "g2"))
+            .await
+            .expect("grant")
+            .into_inner();
+        let cached = third_client
+            .check(pb::CheckRequest {
+                at_least_as_fresh: regrant.revision.to_string(),
+                ..check("shared", purpose, &[])
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(cached.verdict(), pb::Verdict::Allow);
+        pc.withdraw(withdraw("shared", purpose, "w2"))
+            .await
+            .expect("withdraw");
+        let started = std::time::Instant::now();
+        loop {
+            let d = third_client
+                .check(check("shared", purpose, &[]))
+                .await
+                .expect("check")
+                .into_inner();
+            if d.verdict() == pb::Verdict::Deny {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{backend:?}: the other replica kept serving the allow for 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        third.stop().await;
+        second.stop().await;
+        first.stop().await;
+    }
+}

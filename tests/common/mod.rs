@@ -20,7 +20,9 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub engine: Arc<Engine>,
-    pub db: TestDb,
+    /// The database, when this server created it (a second replica shares the first one's).
+    pub db: Option<TestDb>,
+    pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -33,6 +35,16 @@ pub fn token(caller: &str) -> String {
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
         let db = TestDb::new(backend).await;
+        let url = db.url.clone();
+        TestServer::start_on(&url, Some(db), Arc::new(LedgerKeys::generate())).await
+    }
+
+    /// Another replica of this server: same database, same keys.
+    pub async fn replica(&self) -> TestServer {
+        TestServer::start_on(&self.url, None, self.engine.keys().clone()).await
+    }
+
+    async fn start_on(url: &str, db: Option<TestDb>, keys: Arc<LedgerKeys>) -> TestServer {
         let policy = Arc::new(Policy::default_policy().expect("default policy"));
         let tokens: Vec<(String, String)> = policy
             .callers
@@ -40,7 +52,7 @@ impl TestServer {
             .map(|c| (c.clone(), token(c)))
             .collect();
         let auth = server::authenticator(&policy, &tokens).expect("tokens");
-        let engine = server::open_engine(policy, &db.url, Arc::new(LedgerKeys::generate()), 10_000)
+        let engine = server::open_engine(policy, url, keys, 10_000)
             .await
             .expect("engine");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -58,6 +70,7 @@ impl TestServer {
             addr,
             engine,
             db,
+            url: url.to_owned(),
             stop: Some(stop),
             task: Some(task),
         }

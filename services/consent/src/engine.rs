@@ -92,6 +92,8 @@ pub struct Engine {
     /// Flips to true when the server begins shutting down: long-lived streams end so that
     /// graceful shutdown can finish (and gates reconnect to another replica).
     closing: tokio::sync::watch::Sender<bool>,
+    /// Revisions this replica committed (and already invalidated); the follower skips them.
+    local_revisions: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Engine {
@@ -105,8 +107,8 @@ impl Engine {
         let (_, high) = store.changes_after(u64::MAX - 1, 1).await?;
         let cache = moka::future::Cache::builder()
             .max_capacity(cache_capacity)
-            // A bound on staleness should another replica write without this one hearing of it.
-            .time_to_live(Duration::from_secs(5))
+            // A last resort only: changes by other replicas are invalidated by `follow_changes`.
+            .time_to_live(Duration::from_secs(600))
             .build();
         let (high_water, _) = tokio::sync::watch::channel(high);
         let (closing, _) = tokio::sync::watch::channel(false);
@@ -119,6 +121,7 @@ impl Engine {
             high_water,
             loads: AtomicU64::new(0),
             closing,
+            local_revisions: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -147,6 +150,68 @@ impl Engine {
         self.high_water.subscribe()
     }
 
+    /// Follows the store's change feed so that changes committed by *other* replicas sharing the
+    /// database invalidate this replica's cache within `every` (local writes invalidate at once),
+    /// and wake this replica's change watchers. Runs until shutdown.
+    pub async fn follow_changes(self: Arc<Self>, every: Duration) {
+        let mut last = *self.high_water.borrow();
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.closed() => return,
+            }
+            let (events, high) = match self.store.changes_after(last, 1000).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e.log_safe(), "cannot follow the change feed; retrying");
+                    continue;
+                }
+            };
+            if high < last {
+                continue;
+            }
+            let remote: Vec<_> = {
+                let mut local = self
+                    .local_revisions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let remote = events
+                    .iter()
+                    .filter(|e| !local.remove(&e.revision))
+                    .collect();
+                // Anything at or below the feed's high water is settled: forget it.
+                let settled = local.split_off(&(high + 1));
+                *local = settled;
+                remote
+            };
+            for event in &remote {
+                match &event.subject {
+                    Some(subject) => self.cache.invalidate(subject).await,
+                    // An erasure names nobody: drop everything (devices linked to the erased subject included).
+                    None => self.cache.invalidate_all(),
+                }
+            }
+            // Devices linked to a changed subject embed its state: a remote change to a linked
+            // group is rare, so drop device entries wholesale rather than track group membership.
+            if remote.iter().any(|e| e.kind == "link" || e.kind == "erase") {
+                self.cache.invalidate_all();
+            }
+            if !remote.is_empty() {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
+            last = events.last().map_or(high, |e| e.revision).max(last);
+            self.high_water.send_if_modified(|h| {
+                let newer = last > *h;
+                if newer {
+                    *h = last;
+                }
+                newer
+            });
+        }
+    }
+
     /// Tells long-lived streams to end: the server is shutting down.
     pub fn begin_shutdown(&self) {
         self.closing.send_replace(true);
@@ -162,6 +227,12 @@ impl Engine {
     pub async fn record(&self, write: Write) -> Result<WriteOutcome, EngineError> {
         let subject = write.change.subject().clone();
         let outcome = self.store.write(write).await?;
+        if !outcome.replayed {
+            self.local_revisions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(outcome.revision);
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(&subject).await;
         for key in &outcome.affected {

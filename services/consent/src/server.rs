@@ -85,6 +85,11 @@ pub async fn serve(
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection();
     let closing = engine.clone();
+    tokio::spawn(
+        engine
+            .clone()
+            .follow_changes(std::time::Duration::from_millis(200)),
+    );
     let consent = ConsentServiceServer::new(ConsentApi::new(engine))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
