@@ -540,6 +540,62 @@ impl ConsentApi {
     }
 }
 
+/// The fields Refuse and Withdraw share.
+struct ConsentChange<'a> {
+    state: &'static str,
+    target: Option<&'a pb::ConsentTarget>,
+    jurisdiction: &'a str,
+    notice_version: &'a str,
+    collection_method: i32,
+    source: Option<&'a pb::ConsentSource>,
+    idempotency_key: &'a str,
+}
+
+impl ConsentApi {
+    /// Validates and records a refusal or withdrawal (no channel needed: it covers every channel).
+    async fn record_refusal_or_withdrawal(
+        &self,
+        caller: &CallerIdentity,
+        c: ConsentChange<'_>,
+        fp: [u8; 32],
+    ) -> Result<(Option<pb::ConsentRecord>, u64), Status> {
+        let mut v = Violations::default();
+        idempotency_key(&mut v, c.idempotency_key);
+        let target = self.target(&mut v, c.target, false);
+        let jurisdiction = self.jurisdiction(&mut v, c.jurisdiction);
+        if !c.notice_version.is_empty()
+            && consentgate_policy::NoticeVersion::parse(c.notice_version).is_none()
+        {
+            v.add("notice_version", "must look like 2 or 2.1");
+        }
+        let Some(target) = target.filter(|_| v.is_empty()) else {
+            return Err(v
+                .finish()
+                .err()
+                .unwrap_or_else(|| Status::internal("validation")));
+        };
+        let consent = self.consent(
+            &mut v,
+            target,
+            c.state,
+            "expressed",
+            &jurisdiction,
+            c.notice_version,
+            c.collection_method,
+            c.source,
+        );
+        v.finish()?;
+        let outcome = self
+            .record(caller, c.idempotency_key, fp, Change::Consent(consent))
+            .await?;
+        let record = outcome
+            .record
+            .as_ref()
+            .map(|rec| record_pb(rec, OffsetDateTime::now_utc()));
+        Ok((record, outcome.revision))
+    }
+}
+
 fn delegation_allowed(caller: &CallerIdentity, c: &pb::CheckRequest) -> Result<(), Status> {
     if !c.on_behalf_of.is_empty() && !caller.has_role("enforcer") {
         return Err(status(
@@ -671,44 +727,20 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<pb::RefuseResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let mut v = Violations::default();
-        idempotency_key(&mut v, &r.idempotency_key);
-        let target = self.target(&mut v, r.target.as_ref(), false);
-        let jurisdiction = self.jurisdiction(&mut v, &r.jurisdiction);
-        if !r.notice_version.is_empty()
-            && consentgate_policy::NoticeVersion::parse(&r.notice_version).is_none()
-        {
-            v.add("notice_version", "must look like 2 or 2.1");
-        }
-        let Some(target) = target.filter(|_| v.is_empty()) else {
-            return Err(v
-                .finish()
-                .err()
-                .unwrap_or_else(|| Status::internal("validation")));
-        };
-        let consent = self.consent(
-            &mut v,
-            target,
-            "refused",
-            "expressed",
-            &jurisdiction,
-            &r.notice_version,
-            r.collection_method,
-            r.source.as_ref(),
-        );
-        v.finish()?;
         let fp = fingerprint(&r, |m| m.idempotency_key.clear());
-        let outcome = self
-            .record(&caller, &r.idempotency_key, fp, Change::Consent(consent))
+        let change = ConsentChange {
+            state: "refused",
+            target: r.target.as_ref(),
+            jurisdiction: &r.jurisdiction,
+            notice_version: &r.notice_version,
+            collection_method: r.collection_method,
+            source: r.source.as_ref(),
+            idempotency_key: &r.idempotency_key,
+        };
+        let (record, revision) = self
+            .record_refusal_or_withdrawal(&caller, change, fp)
             .await?;
-        let record = outcome
-            .record
-            .as_ref()
-            .map(|rec| record_pb(rec, OffsetDateTime::now_utc()));
-        Ok(Response::new(pb::RefuseResponse {
-            record,
-            revision: outcome.revision,
-        }))
+        Ok(Response::new(pb::RefuseResponse { record, revision }))
     }
 
     async fn withdraw(
@@ -717,39 +749,20 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<pb::WithdrawResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let mut v = Violations::default();
-        idempotency_key(&mut v, &r.idempotency_key);
-        let target = self.target(&mut v, r.target.as_ref(), false);
-        let jurisdiction = self.jurisdiction(&mut v, &r.jurisdiction);
-        let Some(target) = target.filter(|_| v.is_empty()) else {
-            return Err(v
-                .finish()
-                .err()
-                .unwrap_or_else(|| Status::internal("validation")));
-        };
-        let consent = self.consent(
-            &mut v,
-            target,
-            "withdrawn",
-            "expressed",
-            &jurisdiction,
-            "",
-            r.collection_method,
-            r.source.as_ref(),
-        );
-        v.finish()?;
         let fp = fingerprint(&r, |m| m.idempotency_key.clear());
-        let outcome = self
-            .record(&caller, &r.idempotency_key, fp, Change::Consent(consent))
+        let change = ConsentChange {
+            state: "withdrawn",
+            target: r.target.as_ref(),
+            jurisdiction: &r.jurisdiction,
+            notice_version: "",
+            collection_method: r.collection_method,
+            source: r.source.as_ref(),
+            idempotency_key: &r.idempotency_key,
+        };
+        let (record, revision) = self
+            .record_refusal_or_withdrawal(&caller, change, fp)
             .await?;
-        let record = outcome
-            .record
-            .as_ref()
-            .map(|rec| record_pb(rec, OffsetDateTime::now_utc()));
-        Ok(Response::new(pb::WithdrawResponse {
-            record,
-            revision: outcome.revision,
-        }))
+        Ok(Response::new(pb::WithdrawResponse { record, revision }))
     }
 
     async fn record_signal(
