@@ -165,6 +165,8 @@ pub async fn measure(
 
     // A miss: `at_least = u64::MAX` bypasses the cache, so the state is read from the store.
     let misses = (iterations / 100).clamp(50, 1000);
+    let cpu_before = crate::cpu::caller_and_store_ns();
+    let loads_before_misses = engine.store_loads();
     let ns = time_async(misses, |i| {
         let query = q(i);
         async move {
@@ -172,10 +174,23 @@ pub async fn measure(
         }
     })
     .await;
+    let miss_cpu_ns = match (cpu_before, crate::cpu::caller_and_store_ns()) {
+        (Some(a), Some(b)) => {
+            let loads = (engine.store_loads() - loads_before_misses).max(1);
+            Some((b - a) as f64 / loads as f64)
+        }
+        _ => None,
+    };
     steps.push(Step {
         what: "Engine::state, cache miss (store load_subject + to_state + cache insert)",
         ns_per_op: ns,
     });
+    if let Some(cpu) = miss_cpu_ns {
+        steps.push(Step {
+            what: "… CPU per cache miss (this thread + SQLite worker threads)",
+            ns_per_op: cpu,
+        });
+    }
 
     fresh.before_step().await?;
     let mut states = Vec::with_capacity(queries.len());
@@ -254,6 +269,39 @@ pub async fn measure(
         what: "ConsentApi::check, whole handler without transport (validation, engine, conversion)",
         ns_per_op: ns,
     });
+
+    // What the answer costs the caller: decoding it, with and without the explanation trace.
+    let encoded: Vec<Vec<u8>> = decisions
+        .iter()
+        .map(|d| decision_pb(d).encode_to_vec())
+        .collect();
+    let trimmed: Vec<Vec<u8>> = decisions
+        .iter()
+        .map(|d| {
+            let mut response = decision_pb(d);
+            response.explanation.clear();
+            response.encode_to_vec()
+        })
+        .collect();
+    for (what, bytes) in [
+        ("Caller side: prost decode of a CheckResponse", &encoded),
+        (
+            "Caller side: prost decode of the same CheckResponse without `explanation`",
+            &trimmed,
+        ),
+    ] {
+        let ns = time_async(iterations, |i| {
+            let b = &bytes[i % bytes.len()];
+            async move {
+                black_box(pb::CheckResponse::decode(b.as_slice()).is_ok());
+            }
+        })
+        .await;
+        steps.push(Step {
+            what,
+            ns_per_op: ns,
+        });
+    }
 
     let batch = random_batch(subjects, &mut rng);
     let batch_iterations = (iterations / 1000).max(5);

@@ -105,3 +105,25 @@ fn read() -> Option<Snapshot> {
         fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(snapshot)
 }
+
+/// On-CPU nanoseconds of the calling thread plus the SQLite worker threads: what a store load
+/// issued from this thread costs in CPU, wherever sqlx runs it.
+pub fn caller_and_store_ns() -> Option<u64> {
+    let on_cpu = |path: &std::path::Path| -> Option<u64> {
+        std::fs::read_to_string(path)
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut total = on_cpu(std::path::Path::new("/proc/thread-self/schedstat"))?;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = entry.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim().starts_with("sqlx-sqlite") {
+            total += on_cpu(&dir.join("schedstat")).unwrap_or(0);
+        }
+    }
+    Some(total)
+}

@@ -124,6 +124,8 @@ pub struct PhaseResult {
     pub dropped: u64,
     /// Store loads (cache misses that read the database) during the window.
     pub store_loads: u64,
+    /// The most store loads in any 100 ms of the window (bursts: many entries expiring together).
+    pub peak_loads: u64,
     /// CPU use during the window.
     pub cpu: Usage,
 }
@@ -185,6 +187,28 @@ impl Tally {
     }
 }
 
+/// Watches the measured window until `end`: store loads (total and the most in any 100 ms
+/// tick) and CPU use.
+async fn observe(engine: &Engine, end: Instant) -> (u64, u64, Usage) {
+    let first = engine.store_loads();
+    let cpu_before = Snapshot::now();
+    let mut last = first;
+    let mut peak = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    while Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(end.into()) => {}
+        }
+        let now = engine.store_loads();
+        peak = peak.max(now - last);
+        last = now;
+    }
+    (last - first, peak, cpu_before.until(&Snapshot::now()))
+}
+
 /// Timing of a phase: an unrecorded warm-up, then the measured window.
 #[derive(Clone, Copy)]
 pub struct Window {
@@ -232,11 +256,7 @@ pub async fn closed_loop(
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let loads_before = engine.store_loads();
-    let cpu_before = Snapshot::now();
-    tokio::time::sleep_until(end.into()).await;
-    let loads_after = engine.store_loads();
-    let cpu = cpu_before.until(&Snapshot::now());
+    let (loads, peak_loads, cpu) = observe(engine, end).await;
     let mut latency = histogram();
     let mut tally = Tally::default();
     for task in tasks {
@@ -262,7 +282,8 @@ pub async fn closed_loop(
         latency,
         send_lag: None,
         dropped: 0,
-        store_loads: loads_after - loads_before,
+        store_loads: loads,
+        peak_loads,
         cpu,
     }
 }
@@ -362,11 +383,7 @@ pub async fn open_loop(
         })
     };
     tokio::time::sleep_until(measure_from.into()).await;
-    let loads_before = engine.store_loads();
-    let cpu_before = Snapshot::now();
-    tokio::time::sleep_until(end.into()).await;
-    let loads_after = engine.store_loads();
-    let cpu = cpu_before.until(&Snapshot::now());
+    let (loads, peak_loads, cpu) = observe(engine, end).await;
     dispatcher.await.expect("the dispatcher panicked");
     while pending.load(Ordering::Relaxed) > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -393,7 +410,8 @@ pub async fn open_loop(
         latency: s.latency,
         send_lag: Some(s.send_lag),
         dropped: dropped.load(Ordering::Relaxed),
-        store_loads: loads_after - loads_before,
+        store_loads: loads,
+        peak_loads,
         cpu,
     }
 }
