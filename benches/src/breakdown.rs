@@ -232,7 +232,7 @@ pub async fn measure(
     let ns = time_async(iterations, |i| {
         let d = &decisions[i % decisions.len()];
         async move {
-            black_box(decision_pb(d));
+            black_box(decision_pb(d, false));
         }
     })
     .await;
@@ -244,7 +244,7 @@ pub async fn measure(
     let ns = time_async(iterations, |i| {
         let d = &decisions[i % decisions.len()];
         async move {
-            black_box(decision_pb(d).encode_to_vec());
+            black_box(decision_pb(d, false).encode_to_vec());
         }
     })
     .await;
@@ -273,20 +273,23 @@ pub async fn measure(
     // What the answer costs the caller: decoding it, with and without the explanation trace.
     let encoded: Vec<Vec<u8>> = decisions
         .iter()
-        .map(|d| decision_pb(d).encode_to_vec())
+        .map(|d| decision_pb(d, true).encode_to_vec())
         .collect();
     let trimmed: Vec<Vec<u8>> = decisions
         .iter()
         .map(|d| {
-            let mut response = decision_pb(d);
+            let mut response = decision_pb(d, false);
             response.explanation.clear();
             response.encode_to_vec()
         })
         .collect();
     for (what, bytes) in [
-        ("Caller side: prost decode of a CheckResponse", &encoded),
         (
-            "Caller side: prost decode of the same CheckResponse without `explanation`",
+            "Caller side: prost decode of a CheckResponse with `include_explanation`",
+            &encoded,
+        ),
+        (
+            "Caller side: prost decode of the default CheckResponse (no explanation)",
             &trimmed,
         ),
     ] {
@@ -325,7 +328,7 @@ pub async fn measure(
     let sizes: Vec<(usize, usize)> = decisions
         .iter()
         .map(|d| {
-            let mut response = decision_pb(d);
+            let mut response = decision_pb(d, true);
             let full = response.encoded_len();
             response.explanation.clear();
             (full, full - response.encoded_len())

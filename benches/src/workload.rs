@@ -127,6 +127,7 @@ pub fn check_for(subjects: &Subjects, i: usize, n: usize, rng: &mut Rng) -> pb::
         context: None,
         at_least_as_fresh: String::new(),
         on_behalf_of: String::new(),
+        include_explanation: false,
     }
 }
 

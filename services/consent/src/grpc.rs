@@ -407,8 +407,8 @@ fn record_pb(r: &StoredRecord, now: OffsetDateTime) -> pb::ConsentRecord {
     }
 }
 
-/// Converts a decision to its wire form.
-pub fn decision_pb(d: &Decision) -> pb::CheckResponse {
+/// Converts a decision to its wire form; the trace only when asked for.
+pub fn decision_pb(d: &Decision, include_explanation: bool) -> pb::CheckResponse {
     pb::CheckResponse {
         verdict: match d.verdict {
             Verdict::Allow => pb::Verdict::Allow,
@@ -446,6 +446,7 @@ pub fn decision_pb(d: &Decision) -> pb::CheckResponse {
         explanation: d
             .explanation
             .iter()
+            .filter(|_| include_explanation)
             .map(|s| pb::ExplanationStep {
                 rule: s.rule.to_owned(),
                 outcome: s.outcome.clone(),
@@ -967,7 +968,7 @@ impl ConsentService for ConsentApi {
         if !c.on_behalf_of.is_empty() {
             tracing::debug!(caller = %caller.name, on_behalf_of = %effective, purpose = %query.purpose, "delegated check");
         }
-        Ok(Response::new(decision_pb(&decision)))
+        Ok(Response::new(decision_pb(&decision, c.include_explanation)))
     }
 
     async fn batch_check(
@@ -1001,13 +1002,13 @@ impl ConsentService for ConsentApi {
         }
         v.finish()?;
         let mut results = Vec::with_capacity(queries.len());
-        for (query, effective) in &queries {
+        for ((query, effective), asked) in queries.iter().zip(&r.checks) {
             let decision = self
                 .engine
                 .check(effective, query)
                 .await
                 .map_err(status_of)?;
-            results.push(decision_pb(&decision));
+            results.push(decision_pb(&decision, asked.include_explanation));
         }
         Ok(Response::new(pb::BatchCheckResponse { results }))
     }
@@ -1064,7 +1065,7 @@ impl ConsentService for ConsentApi {
             decision.verdict, decision.personalization
         ));
         Ok(Response::new(pb::ExplainResponse {
-            decision: Some(decision_pb(&decision)),
+            decision: Some(decision_pb(&decision, true)),
             narrative,
         }))
     }
