@@ -505,7 +505,7 @@ impl<'a> Evaluation<'a> {
                             .purposes
                             .get(&r.purpose)
                             .map(|p| &p.notice_version)
-                            && NoticeVersionMajor::of(&r.notice_version) != Some(current.major)
+                            && notice_major(&r.notice_version) != Some(current.major)
                         {
                             return Outcome::deny(
                                 "legal_basis",
@@ -709,10 +709,6 @@ impl Clone for Evaluation<'_> {
 impl Copy for Evaluation<'_> {}
 
 /// The major part of a stored notice version string.
-struct NoticeVersionMajor;
-
-impl NoticeVersionMajor {
-    fn of(text: &str) -> Option<u32> {
-        text.split('.').next()?.parse().ok()
-    }
+fn notice_major(text: &str) -> Option<u32> {
+    text.split('.').next()?.parse().ok()
 }
