@@ -23,7 +23,7 @@ fn policy_validate_accepts_the_default_policy() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ok (26 purposes"),
+        String::from_utf8_lossy(&out.stdout).contains("ok (27 purposes"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

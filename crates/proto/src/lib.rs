@@ -17,6 +17,14 @@ pub mod consent {
     }
 }
 
+/// The profile service (`consentgate.profile.v1`).
+pub mod profile {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("consentgate.profile.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every consentgate proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("consentgate_descriptor");

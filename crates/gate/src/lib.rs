@@ -1,0 +1,388 @@
+//! The gate: the enforcement client the profile and recommendation services share.
+//!
+//! It asks the consent service (`Check`), caches decisions, and keeps the cache honest with a
+//! `WatchChanges` subscription (DESIGN §3 "Consistency"):
+//! - a change event for a person makes that person's older cached decisions stale at once;
+//! - cached *allows* are served only while the stream's heartbeat lease runs; once it lapses the
+//!   gate asks synchronously until the stream is back and caught up (cached denials are harmless);
+//! - an `at_least_as_fresh` token the cache cannot prove it satisfies goes to the consent service;
+//! - any error or deadline fails closed: the caller gets [`GateError::Unavailable`], never an allow.
+//!
+//! What it hands back is a [`Decision`], which only this crate can construct.
+
+mod decision;
+mod watch;
+
+pub use decision::{Decision, subject_key};
+
+use consentgate_proto::consent::v1::CheckRequest;
+use consentgate_proto::consent::v1::CheckResponse;
+use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use watch::Freshness;
+
+/// How the gate reaches the consent service and how long it trusts what it heard.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// The consent service, e.g. `http://127.0.0.1:50051`.
+    pub consent_endpoint: String,
+    /// Where to open the change stream; `None`: the same endpoint. (Separate so a test can cut
+    /// the stream alone, as a network partition would.)
+    pub watch_endpoint: Option<String>,
+    /// This service's bearer token at the consent service (a caller with the `enforcer` role).
+    pub token: String,
+    /// Cached allows are served only this long after the last heartbeat (DESIGN: 1 s).
+    pub lease: Duration,
+    /// The heartbeat interval asked of the consent service; well under the lease.
+    pub heartbeat: Duration,
+    /// Deadline of one Check; past it the read fails closed.
+    pub check_timeout: Duration,
+    /// How many decisions to cache; 0 turns the cache off (every read asks).
+    pub cache_capacity: u64,
+}
+
+impl GateConfig {
+    /// Defaults for `endpoint` and `token`: 1 s lease, 250 ms heartbeats, 2 s deadline, 100,000
+    /// cached decisions.
+    pub fn new(endpoint: impl Into<String>, token: impl Into<String>) -> Self {
+        GateConfig {
+            consent_endpoint: endpoint.into(),
+            watch_endpoint: None,
+            token: token.into(),
+            lease: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(250),
+            check_timeout: Duration::from_secs(2),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+/// Why the gate has no decision to give. Both fail closed.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The consent service could not answer (down, deadline, refused our credentials).
+    #[error("the consent service is unavailable: {0}")]
+    Unavailable(String),
+    /// The consent service rejected the question itself (unknown purpose or category): a bug in
+    /// the request, passed on with the consent service's field violations.
+    #[error("the consent service rejected the check: {}", .0.message())]
+    Rejected(tonic::Status),
+    /// The gate's configuration is unusable.
+    #[error("bad gate configuration: {0}")]
+    Config(String),
+}
+
+impl GateError {
+    /// The status to answer the caller with: `UNAVAILABLE` (reason `CONSENT_UNAVAILABLE`) when the
+    /// decision could not be had, the consent service's own status when the question was bad.
+    pub fn into_status(self) -> tonic::Status {
+        match self {
+            GateError::Rejected(status) => status,
+            GateError::Unavailable(why) | GateError::Config(why) => {
+                consentgate_runtime::errors::status(
+                    tonic::Code::Unavailable,
+                    "CONSENT_UNAVAILABLE",
+                    format!("no consent decision could be obtained, so nothing is returned: {why}"),
+                )
+            }
+        }
+    }
+}
+
+/// Counters of what the gate did, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GateCounters {
+    /// Decisions handed out that allowed something.
+    pub allows: u64,
+    /// Decisions handed out that allowed nothing.
+    pub denies: u64,
+    /// Decisions served from the cache.
+    pub cache_hits: u64,
+    /// Decisions fetched from the consent service.
+    pub cache_misses: u64,
+    /// Cached allows not served because the change stream's lease had lapsed.
+    pub lease_lapses: u64,
+    /// Checks that failed closed.
+    pub failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    allows: AtomicU64,
+    denies: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    lease_lapses: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A cached answer and what the gate knew when it asked.
+struct Cached {
+    response: Arc<CheckResponse>,
+    /// The change stream's high water before the Check was sent.
+    issued_high_water: u64,
+    valid_until: SystemTime,
+}
+
+/// The enforcement client. Cheap to clone; the change-stream task stops when the last clone drops.
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: ConsentServiceClient<Channel>,
+    auth: MetadataValue<Ascii>,
+    name: String,
+    cache: Option<moka::sync::Cache<Vec<u8>, Arc<Cached>>>,
+    freshness: Arc<Freshness>,
+    counters: Counters,
+    check_timeout: Duration,
+}
+
+impl Gate {
+    /// Builds the gate and starts following the change stream. Connections are made lazily, so a
+    /// service starts while the consent service is down (and fails closed until it is up).
+    /// `name` is this service's caller name, recorded as the caller of its own checks.
+    pub fn start(config: GateConfig, name: impl Into<String>) -> Result<Gate, GateError> {
+        let channel = |url: &str| -> Result<Channel, GateError> {
+            Ok(Endpoint::from_shared(url.to_owned())
+                .map_err(|e| GateError::Config(format!("consent endpoint {url:?}: {e}")))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy())
+        };
+        let client = ConsentServiceClient::new(channel(&config.consent_endpoint)?)
+            .max_decoding_message_size(consentgate_runtime::server::MAX_MESSAGE_BYTES);
+        let watch_client = match &config.watch_endpoint {
+            Some(url) => ConsentServiceClient::new(channel(url)?),
+            None => client.clone(),
+        };
+        let auth: MetadataValue<Ascii> = format!("Bearer {}", config.token)
+            .parse()
+            .map_err(|_| GateError::Config("the token is not valid header text".into()))?;
+        let freshness = Arc::new(Freshness::new(config.lease, config.cache_capacity));
+        tokio::spawn(watch::follow(
+            watch_client,
+            auth.clone(),
+            config.heartbeat,
+            Arc::downgrade(&freshness),
+        ));
+        let cache = (config.cache_capacity > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.cache_capacity)
+                .time_to_live(Duration::from_secs(3600))
+                .build()
+        });
+        Ok(Gate {
+            inner: Arc::new(Inner {
+                client,
+                auth,
+                name: name.into(),
+                cache,
+                freshness,
+                counters: Counters::default(),
+                check_timeout: config.check_timeout,
+            }),
+        })
+    }
+
+    /// Whether the change stream is live and caught up (cached allows are being served).
+    pub fn stream_live(&self) -> bool {
+        self.inner.freshness.live()
+    }
+
+    /// Waits until the change stream is live, up to `timeout`; whether it is.
+    pub async fn wait_live(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.stream_live() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// What the gate has done so far.
+    pub fn counters(&self) -> GateCounters {
+        let c = &self.inner.counters;
+        GateCounters {
+            allows: c.allows.load(Ordering::Relaxed),
+            denies: c.denies.load(Ordering::Relaxed),
+            cache_hits: c.hits.load(Ordering::Relaxed),
+            cache_misses: c.misses.load(Ordering::Relaxed),
+            lease_lapses: c.lease_lapses.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A client of the consent service over the gate's connection, for calls that are not
+    /// decisions (data-subject requests). The caller supplies the credentials.
+    pub fn consent_client(&self) -> ConsentServiceClient<Channel> {
+        self.inner.client.clone()
+    }
+
+    /// Asks whether `request.purpose` may use `request.data_categories` of `request.subject`.
+    /// `on_behalf_of` names the original caller when this service acts for another one
+    /// (delegation); the caller-purpose rule then applies to it.
+    pub async fn check(
+        &self,
+        mut request: CheckRequest,
+        on_behalf_of: Option<&str>,
+    ) -> Result<Decision, GateError> {
+        let subject = request
+            .subject
+            .as_ref()
+            .and_then(subject_key)
+            .ok_or_else(|| {
+                GateError::Rejected(consentgate_runtime::errors::invalid_argument(
+                    "subject",
+                    "a subject_id or device_id is required",
+                ))
+            })?;
+        request.on_behalf_of = on_behalf_of.unwrap_or_default().to_owned();
+        let caller = on_behalf_of.unwrap_or(&self.inner.name).to_owned();
+        let min_revision = if request.at_least_as_fresh.is_empty() {
+            0
+        } else {
+            request.at_least_as_fresh.parse::<u64>().map_err(|_| {
+                GateError::Rejected(consentgate_runtime::errors::invalid_argument(
+                    "at_least_as_fresh",
+                    "must be a revision returned by a consent write (a decimal number)",
+                ))
+            })?
+        };
+        let key = cache_key(&request);
+        if let Some(response) = self.cached(&key, &subject, min_revision) {
+            self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.hand_out(subject, request.purpose, caller, response, true));
+        }
+        self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let issued_high_water = self
+            .inner
+            .freshness
+            .high_water()
+            .max(self.inner.freshness.last_device_change());
+        let response = Arc::new(self.ask(request.clone()).await?);
+        if let Some(cache) = &self.inner.cache {
+            let valid_until = response
+                .valid_until
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            cache.insert(
+                key,
+                Arc::new(Cached {
+                    response: response.clone(),
+                    issued_high_water,
+                    valid_until,
+                }),
+            );
+        }
+        Ok(self.hand_out(subject, request.purpose, caller, response, false))
+    }
+
+    fn hand_out(
+        &self,
+        subject_key: String,
+        purpose: String,
+        caller: String,
+        response: Arc<CheckResponse>,
+        from_cache: bool,
+    ) -> Decision {
+        let decision = Decision {
+            subject_key,
+            purpose,
+            caller,
+            response,
+            from_cache,
+        };
+        let counter = if decision.allows_anything() {
+            &self.inner.counters.allows
+        } else {
+            &self.inner.counters.denies
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        decision
+    }
+
+    /// A cached answer, if one exists that is provably fresh enough to serve.
+    fn cached(&self, key: &[u8], subject: &str, min_revision: u64) -> Option<Arc<CheckResponse>> {
+        let entry = self.inner.cache.as_ref()?.get(key)?;
+        if SystemTime::now() >= entry.valid_until {
+            return None;
+        }
+        let fresh = &self.inner.freshness;
+        // A change to a device may touch a linked person, and a change to a device's person touches
+        // the device: either is stale once such a change arrived after the check was sent.
+        if fresh.last_device_change() > entry.issued_high_water {
+            return None;
+        }
+        if subject.starts_with("s:") {
+            if fresh.floor(subject) > entry.response.revision {
+                return None;
+            }
+        } else if fresh.high_water() > entry.issued_high_water {
+            return None;
+        }
+        // The token is satisfied if the stream has applied every change up to it (any change of
+        // this subject would have made the entry stale above) or the entry itself is that new.
+        if min_revision > entry.response.revision && min_revision > fresh.high_water() {
+            return None;
+        }
+        let allows = matches!(
+            entry.response.verdict(),
+            consentgate_proto::consent::v1::Verdict::Allow
+                | consentgate_proto::consent::v1::Verdict::Partial
+        );
+        if allows && !fresh.live() {
+            self.inner
+                .counters
+                .lease_lapses
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(entry.response.clone())
+    }
+
+    async fn ask(&self, request: CheckRequest) -> Result<CheckResponse, GateError> {
+        let mut call = tonic::Request::new(request);
+        call.metadata_mut()
+            .insert("authorization", self.inner.auth.clone());
+        call.set_timeout(self.inner.check_timeout);
+        let mut client = self.inner.client.clone();
+        let answer = tokio::time::timeout(self.inner.check_timeout, client.check(call)).await;
+        match answer {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                Err(GateError::Rejected(status))
+            }
+            Ok(Err(status)) => {
+                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(GateError::Unavailable(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                )))
+            }
+            Err(_) => {
+                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(GateError::Unavailable("the check deadline passed".into()))
+            }
+        }
+    }
+}
+
+/// The cache key: the request without its freshness token (freshness is checked separately).
+fn cache_key(request: &CheckRequest) -> Vec<u8> {
+    use prost::Message;
+    let mut keyed = request.clone();
+    keyed.at_least_as_fresh.clear();
+    keyed.encode_to_vec()
+}

@@ -1,0 +1,168 @@
+//! Keeps the gate's view of consent changes: a `WatchChanges` subscription that raises
+//! per-subject floors (cached decisions older than a floor are stale) and renews a heartbeat
+//! lease (cached *allows* are served only while the lease runs).
+
+use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use consentgate_proto::consent::v1::{WatchChangesRequest, watch_changes_response};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+use crate::decision::subject_key;
+
+/// What the change stream has told the gate so far.
+pub(crate) struct Freshness {
+    /// The latest change revision seen per person (`s:<id>`): a cached decision about that person
+    /// computed from an older revision is stale.
+    floors: moka::sync::Cache<String, u64>,
+    /// Every change up to this revision has been applied to the floors.
+    high_water: AtomicU64,
+    /// The revision of the latest change to a *device*. A device's consent can change a linked
+    /// person's decisions (GPC on a linked device), and the gate does not know the links, so such a
+    /// change makes every cached decision issued before it stale.
+    last_device_change: AtomicU64,
+    /// The lease runs until this many nanoseconds after `epoch`.
+    live_until: AtomicU64,
+    epoch: Instant,
+    lease: Duration,
+}
+
+impl Freshness {
+    pub(crate) fn new(lease: Duration, capacity: u64) -> Self {
+        Freshness {
+            floors: moka::sync::Cache::new(capacity.max(1024)),
+            high_water: AtomicU64::new(0),
+            last_device_change: AtomicU64::new(0),
+            live_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            lease,
+        }
+    }
+
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the stream is live and caught up: a heartbeat arrived within the lease.
+    pub(crate) fn live(&self) -> bool {
+        self.now_nanos() < self.live_until.load(Ordering::Acquire)
+    }
+
+    fn renew(&self) {
+        let until = self.now_nanos() + u64::try_from(self.lease.as_nanos()).unwrap_or(u64::MAX);
+        self.live_until.store(until, Ordering::Release);
+    }
+
+    /// Ends the lease at once (the stream broke).
+    pub(crate) fn lapse(&self) {
+        self.live_until.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn high_water(&self) -> u64 {
+        self.high_water.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn last_device_change(&self) -> u64 {
+        self.last_device_change.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn floor(&self, subject_key: &str) -> u64 {
+        self.floors.get(subject_key).unwrap_or(0)
+    }
+
+    /// Applies a change: floors first, then the high water, so that a reader that sees the new
+    /// high water also sees the floor.
+    pub(crate) fn apply_change(&self, key: Option<String>, revision: u64) {
+        match key {
+            Some(k) if k.starts_with("s:") => {
+                let floor = self.floor(&k).max(revision);
+                self.floors.insert(k, floor);
+            }
+            _ => {
+                self.last_device_change
+                    .fetch_max(revision, Ordering::AcqRel);
+            }
+        }
+        self.high_water.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    fn apply_heartbeat(&self, high_water: u64) {
+        self.high_water.fetch_max(high_water, Ordering::AcqRel);
+        self.renew();
+    }
+}
+
+/// Follows `WatchChanges` for as long as the gate lives, reconnecting with backoff and resuming
+/// after the last revision it applied.
+pub(crate) async fn follow(
+    mut client: ConsentServiceClient<Channel>,
+    auth: MetadataValue<Ascii>,
+    heartbeat: Duration,
+    freshness: std::sync::Weak<Freshness>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(state) = freshness.upgrade() else {
+            return;
+        };
+        let mut request = tonic::Request::new(WatchChangesRequest {
+            after_revision: state.high_water(),
+            heartbeat_millis: u32::try_from(heartbeat.as_millis()).unwrap_or(250),
+        });
+        request.metadata_mut().insert("authorization", auth.clone());
+        drop(state);
+        match client.watch_changes(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    let Some(state) = freshness.upgrade() else {
+                        return;
+                    };
+                    // A stream that stays silent past the lease is as good as broken.
+                    let next = tokio::time::timeout(state.lease * 2, stream.message()).await;
+                    match next {
+                        Ok(Ok(Some(message))) => {
+                            backoff = Duration::from_millis(50);
+                            match message.message {
+                                Some(watch_changes_response::Message::Change(change)) => {
+                                    let key = change.subject.as_ref().and_then(subject_key);
+                                    state.apply_change(key, change.revision);
+                                }
+                                Some(watch_changes_response::Message::Heartbeat(beat)) => {
+                                    state.apply_heartbeat(beat.high_water_revision);
+                                }
+                                None => {}
+                            }
+                        }
+                        Ok(Ok(None)) => {
+                            tracing::warn!("consent change stream ended; reconnecting");
+                            state.lapse();
+                            break;
+                        }
+                        Ok(Err(status)) => {
+                            tracing::warn!(code = ?status.code(), "consent change stream failed; reconnecting");
+                            state.lapse();
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                "consent change stream silent past the lease; reconnecting"
+                            );
+                            state.lapse();
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "cannot open the consent change stream; retrying");
+                if let Some(state) = freshness.upgrade() {
+                    state.lapse();
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,311 @@
+//! The profile service's domain types, independent of protobuf and SQL.
+
+use serde::Serialize;
+
+/// Where an attribute came from (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The person told us.
+    ZeroParty,
+    /// We observed it.
+    FirstParty,
+    /// A partner's first-party data.
+    SecondParty,
+    /// Bought or obtained from a third party.
+    ThirdParty,
+}
+
+impl Source {
+    /// The stored and obligation spelling (`third_party`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::ZeroParty => "zero_party",
+            Source::FirstParty => "first_party",
+            Source::SecondParty => "second_party",
+            Source::ThirdParty => "third_party",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(text: &str) -> Option<Source> {
+        Some(match text {
+            "zero_party" => Source::ZeroParty,
+            "first_party" => Source::FirstParty,
+            "second_party" => Source::SecondParty,
+            "third_party" => Source::ThirdParty,
+            _ => return None,
+        })
+    }
+}
+
+/// A first-party event's kind and the data category it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A page view.
+    PageView,
+    /// A product view.
+    ProductView,
+    /// A search.
+    Search,
+    /// An add-to-cart.
+    AddToCart,
+    /// A purchase.
+    Purchase,
+    /// A return.
+    Return,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::PageView,
+        EventKind::ProductView,
+        EventKind::Search,
+        EventKind::AddToCart,
+        EventKind::Purchase,
+        EventKind::Return,
+    ];
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::PageView => "page_view",
+            EventKind::ProductView => "product_view",
+            EventKind::Search => "search",
+            EventKind::AddToCart => "add_to_cart",
+            EventKind::Purchase => "purchase",
+            EventKind::Return => "return",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(text: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// The data category events of this kind are (so consent is checked per category).
+    pub fn category(self) -> &'static str {
+        match self {
+            EventKind::PageView | EventKind::ProductView => "user.behavior.browsing_history",
+            EventKind::Search => "user.behavior.search_history",
+            EventKind::AddToCart => "user.behavior.cart",
+            EventKind::Purchase | EventKind::Return => "user.behavior.purchase_history",
+        }
+    }
+}
+
+/// A zero-party answer's kind and its data category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerKind {
+    /// A survey answer.
+    Survey,
+    /// A quiz answer.
+    Quiz,
+    /// A preference-center choice.
+    Preference,
+    /// Why a product was returned.
+    ReturnReason,
+}
+
+impl AnswerKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerKind::Survey => "survey",
+            AnswerKind::Quiz => "quiz",
+            AnswerKind::Preference => "preference",
+            AnswerKind::ReturnReason => "return_reason",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(text: &str) -> Option<AnswerKind> {
+        [
+            AnswerKind::Survey,
+            AnswerKind::Quiz,
+            AnswerKind::Preference,
+            AnswerKind::ReturnReason,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+
+    /// The data category answers of this kind are.
+    pub fn category(self) -> &'static str {
+        match self {
+            AnswerKind::Survey | AnswerKind::Quiz => "user.survey.answers",
+            AnswerKind::Preference => "user.preferences.stated",
+            AnswerKind::ReturnReason => "user.survey.return_reason",
+        }
+    }
+}
+
+/// Under which purpose and notice something was collected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Collection {
+    /// The purpose key.
+    pub purpose: String,
+    /// The notice version shown.
+    pub notice_version: String,
+}
+
+/// An attribute of a subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attribute {
+    /// The attribute's name, unique per subject.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+    /// Its data category.
+    pub category: String,
+    /// Where it came from.
+    pub source: Source,
+    /// The partner, for second- and third-party data.
+    pub partner: String,
+    /// The purpose and notice it was collected under.
+    #[serde(flatten)]
+    pub collection: Collection,
+    /// When it was first collected (µs since the epoch).
+    pub collected_at: i64,
+    /// When its value last changed (µs since the epoch).
+    pub updated_at: i64,
+}
+
+/// A first-party event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// A time-ordered unique id (UUID v7).
+    pub event_id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When (µs since the epoch).
+    pub occurred_at: i64,
+    /// The product, if any.
+    pub item_id: String,
+    /// The search text, if any.
+    pub query: String,
+    /// The page path, if any.
+    pub page: String,
+    /// Amount in minor units, for purchases and returns.
+    pub amount_minor: i64,
+    /// ISO 4217 currency of the amount.
+    pub currency: String,
+    /// Quantity.
+    pub quantity: u32,
+    /// The purpose and notice it was collected under.
+    #[serde(flatten)]
+    pub collection: Collection,
+}
+
+/// A zero-party answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    /// A unique id (UUID v7).
+    pub answer_id: String,
+    /// What kind of answer.
+    pub kind: AnswerKind,
+    /// The question's stable id.
+    pub question_id: String,
+    /// The question as shown.
+    pub question: String,
+    /// The answer.
+    pub answer: String,
+    /// The product, for return reasons.
+    pub item_id: String,
+    /// The purpose and notice it was collected under.
+    #[serde(flatten)]
+    pub collection: Collection,
+    /// When it was given (µs since the epoch).
+    pub collected_at: i64,
+}
+
+/// How much data of one category (and source) a subject has: what a redaction summarizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// The data category.
+    pub category: String,
+    /// The source (`first_party` for events, `zero_party` for answers).
+    pub source: Source,
+    /// How many items.
+    pub items: u64,
+    /// Which table: `attributes`, `events` or `answers`.
+    pub kind: &'static str,
+}
+
+/// One gated read, before it is chained into the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessDraft {
+    /// The subject read (its key; the log stores only a pseudonym).
+    pub subject_key: String,
+    /// When (µs since the epoch).
+    pub read_at: i64,
+    /// Who read it.
+    pub caller: String,
+    /// Who enforced the decision.
+    pub enforced_by: String,
+    /// For what purpose.
+    pub purpose: String,
+    /// The categories returned.
+    pub categories: Vec<String>,
+    /// The decision's revision.
+    pub revision: u64,
+    /// The RPC.
+    pub operation: String,
+    /// How many items were returned.
+    pub items: u64,
+}
+
+/// An access-log entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessRecord {
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// When (µs since the epoch).
+    pub read_at: i64,
+    /// The subject's pseudonym under its per-subject key.
+    pub pseudonym: String,
+    /// Who read.
+    pub caller: String,
+    /// Who enforced.
+    pub enforced_by: String,
+    /// For what purpose.
+    pub purpose: String,
+    /// The categories returned, comma-separated.
+    pub categories: String,
+    /// The decision's revision.
+    pub revision: u64,
+    /// The RPC.
+    pub operation: String,
+    /// Items returned.
+    pub items: u64,
+    /// The previous entry's hash (hex).
+    pub prev_hash: String,
+    /// This entry's hash (hex).
+    pub hash: String,
+}
+
+/// A data-subject request's stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsarRequest {
+    /// The request's id (UUID v7).
+    pub request_id: String,
+    /// `erase`, `export` or `rectify`.
+    pub kind: String,
+    /// `in_progress` or `completed`.
+    pub state: String,
+    /// When it was asked for (µs).
+    pub requested_at: i64,
+    /// When it completed (µs; 0 while in progress).
+    pub completed_at: i64,
+    /// Outcome details as JSON (counts, steps); never subject ids.
+    pub detail: String,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}

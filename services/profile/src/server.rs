@@ -1,0 +1,122 @@
+//! Wires the profile service onto a listener: the gate, the access-log writer, retention, the
+//! auth layer, health, reflection, message limits and graceful shutdown.
+
+use crate::access_log::AccessLog;
+use crate::authz;
+use crate::grpc::{ProfileApi, Shared};
+use crate::store::{self, ProfileStore, StoreError};
+use consentgate_gate::{Gate, GateConfig, GateError};
+use consentgate_policy::Policy;
+use consentgate_proto::profile::v1::profile_service_server::ProfileServiceServer;
+use consentgate_runtime::AuthLayer;
+use consentgate_runtime::Authenticator;
+use consentgate_runtime::server::{MAX_MESSAGE_BYTES, health, reflection};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("cannot open the profile store: {0}")]
+    Store(#[from] StoreError),
+    /// The gate could not be built.
+    #[error("{0}")]
+    Gate(#[from] GateError),
+    /// The server failed.
+    #[error("server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// What the profile service needs to run.
+pub struct ProfileConfig {
+    /// The policy (the same file the consent service runs).
+    pub policy: Arc<Policy>,
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database_url: String,
+    /// How to reach the consent service.
+    pub gate: GateConfig,
+    /// This service's caller name at the consent service.
+    pub name: String,
+    /// How often the retention sweep runs.
+    pub retention_every: Duration,
+}
+
+/// A running profile service's parts, opened and ready to serve.
+pub struct Profile {
+    /// Shared state of the handlers.
+    pub shared: Arc<Shared>,
+}
+
+impl Profile {
+    /// Opens the store (migrating it), starts the gate, the access-log writer and retention.
+    pub async fn open(config: ProfileConfig) -> Result<Profile, StartError> {
+        let store = store::open(&config.database_url).await?;
+        Self::with_store(config, store)
+    }
+
+    /// As [`Profile::open`], over an already opened store.
+    pub fn with_store(
+        config: ProfileConfig,
+        store: Arc<dyn ProfileStore>,
+    ) -> Result<Profile, StartError> {
+        let gate = Gate::start(config.gate, config.name.clone())?;
+        let log = AccessLog::start(store.clone());
+        crate::retention::spawn(store.clone(), config.policy.clone(), config.retention_every);
+        Ok(Profile {
+            shared: Arc::new(Shared {
+                policy: config.policy,
+                store,
+                gate,
+                log,
+                name: config.name,
+            }),
+        })
+    }
+
+    /// The gate (its counters show cache hits, allows and denies).
+    pub fn gate(&self) -> &Gate {
+        &self.shared.gate
+    }
+}
+
+/// Serves the profile service on `listener` until `shutdown` resolves, then drains in-flight calls.
+pub async fn serve(
+    profile: Profile,
+    auth: Authenticator,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let (reporter, health_service) = health();
+    reporter
+        .set_serving::<ProfileServiceServer<ProfileApi>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection();
+    let api = ProfileServiceServer::new(ProfileApi::new(profile.shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
+    tonic::transport::Server::builder()
+        .layer(AuthLayer::new(auth, authz::rules()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            reporter
+                .set_not_serving::<ProfileServiceServer<ProfileApi>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}

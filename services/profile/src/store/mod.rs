@@ -1,0 +1,147 @@
+//! Where profile data lives, behind one trait with a SQLite and a PostgreSQL implementation
+//! that pass the same conformance suite (`tests/store_conformance.rs`).
+//!
+//! Every function that reads personal data takes a [`Decision`], which only the gate can make,
+//! and reads only the decision's subject and only the categories it allows. Writes take the
+//! decision that allowed the collection and refuse an item it does not cover.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sql::SqlStore;
+pub use sqlite::SqliteStore;
+
+use crate::model::{
+    AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventKind, Holding,
+};
+use consentgate_gate::Decision;
+use std::sync::Arc;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A write carried an item its decision does not allow (a bug in the caller: fail closed).
+    #[error("the decision does not allow storing {0}")]
+    NotAllowed(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// A description safe for logs: database messages can quote row values (personal data), so
+    /// only the error's class and SQLSTATE code are kept.
+    pub fn log_safe(&self) -> String {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => format!(
+                "database error (code {})",
+                db.code().as_deref().unwrap_or("unknown")
+            ),
+            StoreError::Database(_) => "database error".into(),
+            StoreError::Migrate(_) => "migration error".into(),
+            StoreError::Corrupt(_) => "corrupt stored data".into(),
+            StoreError::NotAllowed(_) => "write not covered by its decision".into(),
+        }
+    }
+}
+
+/// An attribute to store (the subject comes from the decision).
+#[derive(Debug, Clone)]
+pub struct NewAttribute {
+    /// The attribute, with its provenance; its times are set by the store.
+    pub attribute: Attribute,
+}
+
+/// Which events a read wants.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<EventKind>,
+    /// At or after (µs).
+    pub since: Option<i64>,
+    /// Before (µs).
+    pub until: Option<i64>,
+    /// Continue after this `(occurred_at, event_id)` (newest first).
+    pub after: Option<(i64, String)>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// The profile store.
+#[async_trait::async_trait]
+pub trait ProfileStore: Send + Sync + 'static {
+    /// Stores attributes, each under the decision that allowed its collection; one transaction.
+    async fn put_attributes(&self, items: &[(&Decision, Attribute)]) -> Result<(), StoreError>;
+    /// Stores events the decision allowed; one transaction.
+    async fn put_events(&self, decision: &Decision, events: &[Event]) -> Result<(), StoreError>;
+    /// Stores answers the decision allowed; one transaction.
+    async fn put_answers(&self, decision: &Decision, answers: &[Answer]) -> Result<(), StoreError>;
+
+    /// The decision's subject's attributes in the categories it allows.
+    async fn attributes(&self, decision: &Decision) -> Result<Vec<Attribute>, StoreError>;
+    /// The decision's subject's events in the categories it allows, newest first.
+    async fn events(
+        &self,
+        decision: &Decision,
+        query: &EventQuery,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// The decision's subject's answers in the categories it allows, oldest first.
+    async fn answers(&self, decision: &Decision) -> Result<Vec<Answer>, StoreError>;
+    /// How much the decision's subject has per category and source (counts only, no values):
+    /// what redactions summarize.
+    async fn holdings(&self, decision: &Decision) -> Result<Vec<Holding>, StoreError>;
+    /// Replaces an attribute's value if the decision allows its category; the updated attribute.
+    async fn rectify(
+        &self,
+        decision: &Decision,
+        name: &str,
+        value: &str,
+    ) -> Result<Option<Attribute>, StoreError>;
+
+    /// Deletes everything held about a subject (attributes, events, answers, its pseudonym key);
+    /// how many rows.
+    async fn erase_subject(&self, subject_key: &str) -> Result<u64, StoreError>;
+    /// Deletes data of `category` collected before `cutoff` (µs); how many rows.
+    async fn purge_before(&self, category: &str, cutoff: i64) -> Result<u64, StoreError>;
+
+    /// Chains and stores gated-read records in one transaction (the access log's group commit).
+    async fn append_access(&self, drafts: &[AccessDraft]) -> Result<(), StoreError>;
+    /// The access-log entries of the decision's subject, oldest first (none once its key is
+    /// erased).
+    async fn access_entries(&self, decision: &Decision) -> Result<Vec<AccessRecord>, StoreError>;
+    /// Access-log entries with seq > `after`, oldest first, at most `limit` (for verification).
+    async fn access_log_page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AccessRecord>, StoreError>;
+
+    /// Starts a data-subject request, or returns the one started with the same idempotency key.
+    /// `(request, created)`.
+    async fn begin_request(
+        &self,
+        kind: &str,
+        idempotency: Option<&str>,
+    ) -> Result<(DsarRequest, bool), StoreError>;
+    /// Records a request's new state and details.
+    async fn update_request(&self, request: &DsarRequest) -> Result<(), StoreError>;
+    /// A request by id.
+    async fn request(&self, request_id: &str) -> Result<Option<DsarRequest>, StoreError>;
+}
+
+/// Opens the store a URL names (`sqlite://…` or `postgres://…`), migrating it.
+pub async fn open(url: &str) -> Result<Arc<dyn ProfileStore>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    }
+}

@@ -1,0 +1,662 @@
+//! The SQL both profile stores share, over `sqlx::Any` with `$N` placeholders; what differs
+//! (connection setup, migrations, the write lock) is a [`Dialect`].
+
+use super::{EventQuery, ProfileStore, StoreError};
+use crate::access_log;
+use crate::model::{
+    AccessDraft, AccessRecord, Answer, AnswerKind, Attribute, Collection, DsarRequest, Event,
+    EventKind, Holding, Source, now_micros,
+};
+use consentgate_gate::Decision;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};
+use std::marker::PhantomData;
+
+type Tx<'c> = Transaction<'c, sqlx::Any>;
+
+/// What differs between the databases.
+#[async_trait::async_trait]
+pub trait Dialect: Send + Sync + 'static {
+    /// Opens a pool and migrates the schema.
+    async fn connect(url: &str) -> Result<AnyPool, StoreError>;
+    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`).
+    const BEGIN_WRITE: &'static str;
+    /// Run first in an access-log append: serializes chain writers across processes.
+    const WRITE_LOCK: Option<&'static str>;
+    /// Run first in a read transaction that must see one snapshot.
+    const SNAPSHOT: Option<&'static str>;
+}
+
+/// A profile store over a dialect.
+pub struct SqlStore<D> {
+    pool: AnyPool,
+    /// Serializes this process's access-log appends (the chain has one head).
+    chain_lock: tokio::sync::Mutex<()>,
+    dialect: PhantomData<D>,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("unknown stored {what}"))
+}
+
+fn attribute_of(r: &AnyRow) -> Result<Attribute, StoreError> {
+    Ok(Attribute {
+        name: r.get(0),
+        value: r.get(1),
+        category: r.get(2),
+        source: Source::parse(&r.get::<String, _>(3)).ok_or_else(|| corrupt("source"))?,
+        partner: r.get(4),
+        collection: Collection {
+            purpose: r.get(5),
+            notice_version: r.get(6),
+        },
+        collected_at: r.get(7),
+        updated_at: r.get(8),
+    })
+}
+
+const ATTRIBUTE_COLUMNS: &str =
+    "name, value, category, source, partner, purpose, notice_version, collected_at, updated_at";
+
+fn event_of(r: &AnyRow) -> Result<Event, StoreError> {
+    Ok(Event {
+        event_id: r.get(0),
+        kind: EventKind::parse(&r.get::<String, _>(1)).ok_or_else(|| corrupt("event kind"))?,
+        occurred_at: r.get(2),
+        item_id: r.get(3),
+        query: r.get(4),
+        page: r.get(5),
+        amount_minor: r.get(6),
+        currency: r.get(7),
+        quantity: u32::try_from(r.get::<i64, _>(8)).unwrap_or(0),
+        collection: Collection {
+            purpose: r.get(9),
+            notice_version: r.get(10),
+        },
+    })
+}
+
+fn answer_of(r: &AnyRow) -> Result<Answer, StoreError> {
+    Ok(Answer {
+        answer_id: r.get(0),
+        kind: AnswerKind::parse(&r.get::<String, _>(1)).ok_or_else(|| corrupt("answer kind"))?,
+        question_id: r.get(2),
+        question: r.get(3),
+        answer: r.get(4),
+        item_id: r.get(5),
+        collection: Collection {
+            purpose: r.get(6),
+            notice_version: r.get(7),
+        },
+        collected_at: r.get(8),
+    })
+}
+
+fn access_of(r: &AnyRow) -> AccessRecord {
+    AccessRecord {
+        seq: to_u64(r.get(0)),
+        read_at: r.get(1),
+        pseudonym: r.get(2),
+        caller: r.get(3),
+        enforced_by: r.get(4),
+        purpose: r.get(5),
+        categories: r.get(6),
+        revision: to_u64(r.get(7)),
+        operation: r.get(8),
+        items: to_u64(r.get(9)),
+        prev_hash: r.get(10),
+        hash: r.get(11),
+    }
+}
+
+const ACCESS_COLUMNS: &str = "seq, read_at, pseudonym, caller, enforced_by, purpose, categories, revision, operation, items, prev_hash, hash";
+
+fn request_of(r: &AnyRow) -> DsarRequest {
+    DsarRequest {
+        request_id: r.get(0),
+        kind: r.get(1),
+        state: r.get(2),
+        requested_at: r.get(3),
+        completed_at: r.get(4),
+        detail: r.get(5),
+    }
+}
+
+/// `$first, $first+1, …` for `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl<D: Dialect> SqlStore<D> {
+    /// Connects and migrates.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        Ok(SqlStore {
+            pool: D::connect(url).await?,
+            chain_lock: tokio::sync::Mutex::new(()),
+            dialect: PhantomData,
+        })
+    }
+
+    /// The underlying pool (tests count rows through it).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
+        Ok(self.pool.begin_with(D::BEGIN_WRITE).await?)
+    }
+
+    async fn begin_snapshot(&self) -> Result<Tx<'_>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(sql) = D::SNAPSHOT {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// Refuses an item whose category the decision does not allow (defense in depth: the service
+/// checked already).
+fn covered(decision: &Decision, category: &str) -> Result<(), StoreError> {
+    if decision.is_allowed(category) {
+        Ok(())
+    } else {
+        Err(StoreError::NotAllowed(format!(
+            "category {category} under purpose {}",
+            decision.purpose()
+        )))
+    }
+}
+
+#[async_trait::async_trait]
+impl<D: Dialect> ProfileStore for SqlStore<D> {
+    async fn put_attributes(&self, items: &[(&Decision, Attribute)]) -> Result<(), StoreError> {
+        for (decision, a) in items {
+            covered(decision, &a.category)?;
+        }
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        for (decision, a) in items {
+            sqlx::query("INSERT INTO attributes (subject, name, value, category, source, partner, purpose, notice_version, collected_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (subject, name) DO UPDATE SET value = excluded.value, category = excluded.category, source = excluded.source, partner = excluded.partner, purpose = excluded.purpose, notice_version = excluded.notice_version, collected_at = excluded.collected_at, updated_at = excluded.updated_at")
+                .bind(decision.subject_key())
+                .bind(&a.name)
+                .bind(&a.value)
+                .bind(&a.category)
+                .bind(a.source.as_str())
+                .bind(&a.partner)
+                .bind(&a.collection.purpose)
+                .bind(&a.collection.notice_version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_events(&self, decision: &Decision, events: &[Event]) -> Result<(), StoreError> {
+        for e in events {
+            covered(decision, e.kind.category())?;
+        }
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        // Multi-row inserts: one statement per 50 events keeps ingest fast on both databases.
+        for chunk in events.chunks(50) {
+            let rows = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 14 + 1, 14)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO events (event_id, subject, kind, category, occurred_at, item_id, query, page, amount_minor, currency, quantity, purpose, notice_version, recorded_at) VALUES {rows}"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(&e.event_id)
+                    .bind(decision.subject_key())
+                    .bind(e.kind.as_str())
+                    .bind(e.kind.category())
+                    .bind(e.occurred_at)
+                    .bind(&e.item_id)
+                    .bind(&e.query)
+                    .bind(&e.page)
+                    .bind(e.amount_minor)
+                    .bind(&e.currency)
+                    .bind(i64::from(e.quantity))
+                    .bind(&e.collection.purpose)
+                    .bind(&e.collection.notice_version)
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_answers(&self, decision: &Decision, answers: &[Answer]) -> Result<(), StoreError> {
+        for a in answers {
+            covered(decision, a.kind.category())?;
+        }
+        let mut tx = self.begin_write().await?;
+        for a in answers {
+            sqlx::query("INSERT INTO answers (answer_id, subject, kind, category, question_id, question, answer, item_id, purpose, notice_version, collected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+                .bind(&a.answer_id)
+                .bind(decision.subject_key())
+                .bind(a.kind.as_str())
+                .bind(a.kind.category())
+                .bind(&a.question_id)
+                .bind(&a.question)
+                .bind(&a.answer)
+                .bind(&a.item_id)
+                .bind(&a.collection.purpose)
+                .bind(&a.collection.notice_version)
+                .bind(a.collected_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn attributes(&self, decision: &Decision) -> Result<Vec<Attribute>, StoreError> {
+        let allowed = decision.allowed_categories();
+        if allowed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 AND category IN ({}) ORDER BY name",
+            placeholders(2, allowed.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(decision.subject_key());
+        for c in &allowed {
+            q = q.bind(*c);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(attribute_of)
+            .collect()
+    }
+
+    async fn events(
+        &self,
+        decision: &Decision,
+        query: &EventQuery,
+    ) -> Result<Vec<Event>, StoreError> {
+        let allowed: Vec<&str> = decision.allowed_categories();
+        let kinds: Vec<&str> = EventKind::ALL
+            .into_iter()
+            .filter(|k| query.kinds.is_empty() || query.kinds.contains(k))
+            .filter(|k| allowed.contains(&k.category()))
+            .map(EventKind::as_str)
+            .collect();
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = format!(
+            "SELECT event_id, kind, occurred_at, item_id, query, page, amount_minor, currency, quantity, purpose, notice_version FROM events WHERE subject = $1 AND kind IN ({})",
+            placeholders(2, kinds.len())
+        );
+        let mut next = 2 + kinds.len();
+        if query.since.is_some() {
+            sql.push_str(&format!(" AND occurred_at >= ${next}"));
+            next += 1;
+        }
+        if query.until.is_some() {
+            sql.push_str(&format!(" AND occurred_at < ${next}"));
+            next += 1;
+        }
+        if query.after.is_some() {
+            sql.push_str(&format!(
+                " AND (occurred_at < ${next} OR (occurred_at = ${next} AND event_id < ${}))",
+                next + 1
+            ));
+            next += 2;
+        }
+        sql.push_str(&format!(
+            " ORDER BY occurred_at DESC, event_id DESC LIMIT ${next}"
+        ));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(decision.subject_key());
+        for k in &kinds {
+            q = q.bind(*k);
+        }
+        if let Some(since) = query.since {
+            q = q.bind(since);
+        }
+        if let Some(until) = query.until {
+            q = q.bind(until);
+        }
+        if let Some((at, id)) = &query.after {
+            q = q.bind(*at).bind(id.clone());
+        }
+        q = q.bind(i64::from(query.limit));
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_of)
+            .collect()
+    }
+
+    async fn answers(&self, decision: &Decision) -> Result<Vec<Answer>, StoreError> {
+        let allowed = decision.allowed_categories();
+        if allowed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT answer_id, kind, question_id, question, answer, item_id, purpose, notice_version, collected_at FROM answers WHERE subject = $1 AND category IN ({}) ORDER BY collected_at, answer_id",
+            placeholders(2, allowed.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(decision.subject_key());
+        for c in &allowed {
+            q = q.bind(*c);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(answer_of)
+            .collect()
+    }
+
+    async fn holdings(&self, decision: &Decision) -> Result<Vec<Holding>, StoreError> {
+        let mut tx = self.begin_snapshot().await?;
+        let mut out = Vec::new();
+        for r in sqlx::query("SELECT category, source, COUNT(*) FROM attributes WHERE subject = $1 GROUP BY category, source")
+            .bind(decision.subject_key())
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            out.push(Holding {
+                category: r.get(0),
+                source: Source::parse(&r.get::<String, _>(1)).ok_or_else(|| corrupt("source"))?,
+                items: to_u64(r.get(2)),
+                kind: "attributes",
+            });
+        }
+        for r in sqlx::query(
+            "SELECT category, COUNT(*) FROM events WHERE subject = $1 GROUP BY category",
+        )
+        .bind(decision.subject_key())
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            out.push(Holding {
+                category: r.get(0),
+                source: Source::FirstParty,
+                items: to_u64(r.get(1)),
+                kind: "events",
+            });
+        }
+        for r in sqlx::query(
+            "SELECT category, COUNT(*) FROM answers WHERE subject = $1 GROUP BY category",
+        )
+        .bind(decision.subject_key())
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            out.push(Holding {
+                category: r.get(0),
+                source: Source::ZeroParty,
+                items: to_u64(r.get(1)),
+                kind: "answers",
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn rectify(
+        &self,
+        decision: &Decision,
+        name: &str,
+        value: &str,
+    ) -> Result<Option<Attribute>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let Some(row) = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 AND name = $2"
+        )))
+        .bind(decision.subject_key())
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut attribute = attribute_of(&row)?;
+        covered(decision, &attribute.category)?;
+        attribute.value = value.to_owned();
+        attribute.updated_at = now_micros();
+        sqlx::query(
+            "UPDATE attributes SET value = $1, updated_at = $2 WHERE subject = $3 AND name = $4",
+        )
+        .bind(value)
+        .bind(attribute.updated_at)
+        .bind(decision.subject_key())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(attribute))
+    }
+
+    async fn erase_subject(&self, subject_key: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM attributes WHERE subject = $1",
+            "DELETE FROM events WHERE subject = $1",
+            "DELETE FROM answers WHERE subject = $1",
+            "DELETE FROM subject_keys WHERE subject = $1",
+        ] {
+            deleted += sqlx::query(sql)
+                .bind(subject_key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn purge_before(&self, category: &str, cutoff: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM attributes WHERE category = $1 AND updated_at < $2",
+            "DELETE FROM events WHERE category = $1 AND occurred_at < $2",
+            "DELETE FROM answers WHERE category = $1 AND collected_at < $2",
+        ] {
+            deleted += sqlx::query(sql)
+                .bind(category)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn append_access(&self, drafts: &[AccessDraft]) -> Result<(), StoreError> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let _one_writer = self.chain_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        if let Some(sql) = D::WRITE_LOCK {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        let head = sqlx::query("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev) = match head {
+            Some(r) => (to_u64(r.get(0)), r.get::<String, _>(1)),
+            None => (0, access_log::GENESIS.to_owned()),
+        };
+        for draft in drafts {
+            let secret = subject_secret(&mut tx, &draft.subject_key).await?;
+            seq += 1;
+            let mut record = AccessRecord {
+                seq,
+                read_at: draft.read_at,
+                pseudonym: access_log::pseudonym(&secret, &draft.subject_key),
+                caller: draft.caller.clone(),
+                enforced_by: draft.enforced_by.clone(),
+                purpose: draft.purpose.clone(),
+                categories: draft.categories.join(","),
+                revision: draft.revision,
+                operation: draft.operation.clone(),
+                items: draft.items,
+                prev_hash: prev.clone(),
+                hash: String::new(),
+            };
+            record.hash = access_log::chain_hash(&record);
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO access_log ({ACCESS_COLUMNS}) VALUES ({})",
+                placeholders(1, 12)
+            )))
+            .bind(to_i64(record.seq))
+            .bind(record.read_at)
+            .bind(&record.pseudonym)
+            .bind(&record.caller)
+            .bind(&record.enforced_by)
+            .bind(&record.purpose)
+            .bind(&record.categories)
+            .bind(to_i64(record.revision))
+            .bind(&record.operation)
+            .bind(to_i64(record.items))
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .execute(&mut *tx)
+            .await?;
+            prev = record.hash;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn access_entries(&self, decision: &Decision) -> Result<Vec<AccessRecord>, StoreError> {
+        let subject_key = decision.subject_key();
+        let Some(row) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+            .bind(subject_key)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let pseudonym = access_log::pseudonym(&row.get::<String, _>(0), subject_key);
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ACCESS_COLUMNS} FROM access_log WHERE pseudonym = $1 ORDER BY seq"
+        )))
+        .bind(pseudonym)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(access_of)
+        .collect())
+    }
+
+    async fn access_log_page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AccessRecord>, StoreError> {
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ACCESS_COLUMNS} FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+        )))
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(access_of)
+        .collect())
+    }
+
+    async fn begin_request(
+        &self,
+        kind: &str,
+        idempotency: Option<&str>,
+    ) -> Result<(DsarRequest, bool), StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(key) = idempotency {
+            if let Some(r) = sqlx::query("SELECT request_id, kind, state, requested_at, completed_at, detail FROM dsar_requests WHERE idempotency = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                tx.commit().await?;
+                return Ok((request_of(&r), false));
+            }
+        }
+        let request = DsarRequest {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.to_owned(),
+            state: "in_progress".into(),
+            requested_at: now_micros(),
+            completed_at: 0,
+            detail: "{}".into(),
+        };
+        sqlx::query("INSERT INTO dsar_requests (request_id, kind, idempotency, state, requested_at, completed_at, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&request.request_id)
+            .bind(&request.kind)
+            .bind(idempotency.map(str::to_owned))
+            .bind(&request.state)
+            .bind(request.requested_at)
+            .bind(request.completed_at)
+            .bind(&request.detail)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((request, true))
+    }
+
+    async fn update_request(&self, request: &DsarRequest) -> Result<(), StoreError> {
+        sqlx::query("UPDATE dsar_requests SET state = $1, completed_at = $2, detail = $3 WHERE request_id = $4")
+            .bind(&request.state)
+            .bind(request.completed_at)
+            .bind(&request.detail)
+            .bind(&request.request_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn request(&self, request_id: &str) -> Result<Option<DsarRequest>, StoreError> {
+        Ok(sqlx::query("SELECT request_id, kind, state, requested_at, completed_at, detail FROM dsar_requests WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(request_of))
+    }
+}
+
+/// The subject's pseudonym key, created on first use.
+async fn subject_secret(tx: &mut Tx<'_>, subject_key: &str) -> Result<String, StoreError> {
+    if let Some(r) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+        .bind(subject_key)
+        .fetch_optional(&mut **tx)
+        .await?
+    {
+        return Ok(r.get(0));
+    }
+    let secret = access_log::new_secret()?;
+    sqlx::query("INSERT INTO subject_keys (subject, secret) VALUES ($1, $2)")
+        .bind(subject_key)
+        .bind(&secret)
+        .execute(&mut **tx)
+        .await?;
+    Ok(secret)
+}
