@@ -5,7 +5,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::server as consent_server;
+use consentgate_gate::GateConfig;
 use consentgate_policy::Policy;
+use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,6 +41,13 @@ enum Command {
             default_value = "127.0.0.1:50051"
         )]
         consent_listen: String,
+        /// The profile service's address.
+        #[arg(
+            long,
+            env = "CONSENTGATE_PROFILE_LISTEN",
+            default_value = "127.0.0.1:50052"
+        )]
+        profile_listen: String,
         /// The policy file; the shipped default when absent.
         #[arg(long, env = "CONSENTGATE_POLICY")]
         policy: Option<PathBuf>,
@@ -64,6 +73,46 @@ enum Command {
 enum Service {
     /// The consent service.
     Consent(ConsentArgs),
+    /// The profile service.
+    Profile(ProfileArgs),
+}
+
+#[derive(clap::Args)]
+struct ProfileArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CONSENTGATE_LISTEN", default_value = "0.0.0.0:50052")]
+    listen: String,
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB` (the profile service's own database).
+    #[arg(long, env = "CONSENTGATE_DATABASE_URL")]
+    database_url: String,
+    /// The policy file (the same one the consent service runs); the shipped default when absent.
+    #[arg(long, env = "CONSENTGATE_POLICY")]
+    policy: Option<PathBuf>,
+    /// TOML file of `caller-name = "token"` lines: who may call this service.
+    #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
+    tokens_file: PathBuf,
+    /// The consent service, e.g. `http://consent:50051`.
+    #[arg(long, env = "CONSENTGATE_CONSENT_URL")]
+    consent_url: String,
+    /// This service's caller name at the consent service (an enforcer).
+    #[arg(
+        long,
+        env = "CONSENTGATE_CALLER_NAME",
+        default_value = "profile-service"
+    )]
+    caller_name: String,
+    /// This service's token at the consent service (mount it from a secret).
+    #[arg(long, env = "CONSENTGATE_CONSENT_TOKEN", hide_env_values = true)]
+    consent_token: String,
+    /// How long cached allows are served after the last change-stream heartbeat, in ms.
+    #[arg(long, env = "CONSENTGATE_LEASE_MS", default_value_t = 1000)]
+    lease_ms: u64,
+    /// How many consent decisions the gate caches (0: no cache).
+    #[arg(long, env = "CONSENTGATE_DECISION_CACHE", default_value_t = 100_000)]
+    decision_cache: u64,
+    /// How often the retention sweep runs, in seconds.
+    #[arg(long, env = "CONSENTGATE_RETENTION_EVERY_SECS", default_value_t = 3600)]
+    retention_every_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -200,9 +249,41 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        Command::Serve {
+            service: Service::Profile(args),
+        } => {
+            consentgate_runtime::telemetry::init("consentgate-profile", cli.log_json);
+            let policy = load_policy(args.policy.as_deref())?;
+            let tokens = load_tokens(&args.tokens_file)?;
+            let auth = consent_server::authenticator(&policy, &tokens)?;
+            let mut gate = GateConfig::new(args.consent_url, args.consent_token);
+            gate.lease = std::time::Duration::from_millis(args.lease_ms);
+            gate.cache_capacity = args.decision_cache;
+            let profile = Profile::open(ProfileConfig {
+                policy,
+                database_url: args.database_url,
+                gate,
+                name: args.caller_name,
+                retention_every: std::time::Duration::from_secs(args.retention_every_secs),
+            })
+            .await?;
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            tracing::info!(address = %listener.local_addr()?, "profile service listening");
+            profile_server::serve(
+                profile,
+                auth,
+                listener,
+                consentgate_runtime::server::shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
         Command::Up {
             data_dir,
             consent_listen,
+            profile_listen,
             policy,
         } => {
             consentgate_runtime::telemetry::init("consentgate", cli.log_json);
@@ -227,15 +308,42 @@ async fn main() -> anyhow::Result<()> {
             let address = listener.local_addr()?.to_string();
             let server = tokio::spawn(consent_server::serve(
                 engine,
-                auth,
+                auth.clone(),
                 listener,
+                consentgate_runtime::server::shutdown_signal(),
+            ));
+            let profile = Profile::open(ProfileConfig {
+                policy: policy.clone(),
+                database_url: format!("sqlite://{}", data_dir.join("profile.db").display()),
+                gate: GateConfig::new(format!("http://{address}"), "dev-profile-service"),
+                name: "profile-service".into(),
+                retention_every: std::time::Duration::from_secs(3600),
+            })
+            .await?;
+            let profile_listener = tokio::net::TcpListener::bind(&profile_listen)
+                .await
+                .with_context(|| format!("binding {profile_listen}"))?;
+            let profile_address = profile_listener.local_addr()?.to_string();
+            let profile_task = tokio::spawn(profile_server::serve(
+                profile,
+                auth,
+                profile_listener,
                 consentgate_runtime::server::shutdown_signal(),
             ));
             seed::demo_consents(&address, "dev-preference-center")
                 .await
                 .context("seeding demo consents")?;
-            print_banner(&consent_listen, &tokens, &policy);
+            // Events and answers append, so the demo profile is seeded once per data folder.
+            let seeded = data_dir.join("profile-demo-seeded");
+            if !seeded.exists() {
+                seed::demo_profiles(&profile_address)
+                    .await
+                    .context("seeding demo profiles")?;
+                std::fs::write(&seeded, "demo profiles seeded\n")?;
+            }
+            print_banner(&consent_listen, &profile_listen, &tokens, &policy);
             server.await??;
+            profile_task.await??;
             Ok(())
         }
     }
@@ -245,13 +353,14 @@ fn hex_head(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn print_banner(consent: &str, tokens: &[(String, String)], policy: &Policy) {
+fn print_banner(consent: &str, profile: &str, tokens: &[(String, String)], policy: &Policy) {
     println!("consentgate is up (development mode: SQLite, development tokens, loopback only)");
     println!(
         "  consent service   {consent}   (policy {}, {} purposes)",
         policy.version,
         policy.purposes.len()
     );
+    println!("  profile service   {profile}   (every read and write passes the consent gate)");
     println!();
     println!("Development caller tokens (send as `authorization: Bearer <token>`):");
     for (name, token) in tokens {
@@ -270,6 +379,12 @@ fn print_banner(consent: &str, tokens: &[(String, String)], policy: &Policy) {
     );
     println!(
         "  grpcurl -plaintext -H 'authorization: Bearer dev-recommendation-service' -d '{{\"subject\":{{\"subject_id\":\"alice\"}},\"purpose\":\"personalize.content.profiled\",\"data_categories\":[\"user.behavior.purchase_history\"]}}' {consent} consentgate.consent.v1.ConsentService/Check"
+    );
+    println!(
+        "  grpcurl -plaintext -H 'authorization: Bearer dev-recommendation-service' -d '{{\"subject\":{{\"subject_id\":\"demo-alice\"}},\"purpose\":\"personalize.content.profiled\"}}' {profile} consentgate.profile.v1.ProfileService/GetProfile"
+    );
+    println!(
+        "  grpcurl -plaintext -H 'authorization: Bearer dev-privacy-ops' -d '{{\"subject\":{{\"subject_id\":\"demo-alice\"}}}}' {profile} consentgate.profile.v1.ProfileService/GetAccessReport"
     );
     println!();
     println!("Press Ctrl-C to stop.");

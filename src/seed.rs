@@ -65,3 +65,98 @@ pub async fn demo_consents(address: &str, token: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Seeds demo-alice's profile through the profile service, as the collector and the preference
+/// center would: an e-mail address, stated preferences, a quiz answer and a short shopping history.
+pub async fn demo_profiles(address: &str) -> anyhow::Result<()> {
+    use consentgate_proto::common::v1::DataSource;
+    use consentgate_proto::profile::v1 as profile;
+    use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
+    let mut client = ProfileServiceClient::connect(format!("http://{address}")).await?;
+    let attribute =
+        |name: &str, value: &str, category: &str, purpose: &str| profile::AttributeInput {
+            name: name.into(),
+            value: value.into(),
+            data_category: category.into(),
+            source: DataSource::ZeroParty as i32,
+            purpose: purpose.into(),
+            ..Default::default()
+        };
+    client
+        .set_attributes(authorized(
+            profile::SetAttributesRequest {
+                subject: subject("demo-alice"),
+                context: None,
+                attributes: vec![
+                    attribute(
+                        "email",
+                        "alice@example.com",
+                        "user.contact.email",
+                        "essential.service",
+                    ),
+                    attribute(
+                        "favorite_sport",
+                        "trail running",
+                        "user.preferences.stated",
+                        "personalize.content.limited",
+                    ),
+                    attribute(
+                        "shoe_size",
+                        "EU 38",
+                        "user.preferences.stated",
+                        "personalize.content.limited",
+                    ),
+                ],
+            },
+            "dev-collector",
+        )?)
+        .await?;
+    client
+        .submit_answers(authorized(
+            profile::SubmitAnswersRequest {
+                subject: subject("demo-alice"),
+                purpose: "personalize.content.limited".into(),
+                answers: vec![profile::AnswerInput {
+                    kind: profile::AnswerKind::Quiz as i32,
+                    question_id: "terrain".into(),
+                    question: "Where do you run most?".into(),
+                    answer: "mountain trails".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            "dev-preference-center",
+        )?)
+        .await?;
+    let event =
+        |kind: profile::EventKind, item: &str, query: &str, amount: i64| profile::EventInput {
+            kind: kind as i32,
+            item_id: item.into(),
+            query: query.into(),
+            amount_minor: amount,
+            currency: if amount > 0 {
+                "EUR".into()
+            } else {
+                String::new()
+            },
+            quantity: u32::from(amount > 0),
+            ..Default::default()
+        };
+    client
+        .record_events(authorized(
+            profile::RecordEventsRequest {
+                subject: subject("demo-alice"),
+                purpose: "personalize.content.profiled".into(),
+                events: vec![
+                    event(profile::EventKind::Search, "", "trail shoes", 0),
+                    event(profile::EventKind::ProductView, "sku-trail-1042", "", 0),
+                    event(profile::EventKind::ProductView, "sku-trail-2077", "", 0),
+                    event(profile::EventKind::Purchase, "sku-trail-1042", "", 12_900),
+                ],
+                ..Default::default()
+            },
+            "dev-collector",
+        )?)
+        .await?;
+    Ok(())
+}
