@@ -221,3 +221,289 @@ pub fn reason(status: &tonic::Status) -> String {
         .map(|e| e.reason)
         .unwrap_or_default()
 }
+
+// ------------------------------------------------------------------ the profile service
+
+use consentgate_gate::{Gate, GateConfig};
+use consentgate_proto::profile::v1 as profile_pb;
+use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// A profile-service client with a bearer token.
+pub type ProfileClient =
+    ProfileServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// How a test wants its profile service.
+#[derive(Clone, Copy)]
+pub struct ProfileOptions {
+    /// Decisions the gate caches (0: off).
+    pub cache_capacity: u64,
+    /// The gate's heartbeat lease.
+    pub lease: Duration,
+    /// Route the change stream through a proxy the test can cut.
+    pub cuttable_stream: bool,
+}
+
+impl Default for ProfileOptions {
+    fn default() -> Self {
+        ProfileOptions {
+            cache_capacity: 10_000,
+            lease: Duration::from_secs(1),
+            cuttable_stream: false,
+        }
+    }
+}
+
+/// A running profile service in front of a [`TestServer`].
+pub struct ProfileServer {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub gate: Gate,
+    pub proxy: Option<CutProxy>,
+    pool: sqlx::AnyPool,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProfileServer {
+    pub async fn start(consent: &TestServer, backend: Backend) -> ProfileServer {
+        ProfileServer::start_with(consent, backend, ProfileOptions::default()).await
+    }
+
+    pub async fn start_with(
+        consent: &TestServer,
+        backend: Backend,
+        options: ProfileOptions,
+    ) -> ProfileServer {
+        let db = TestDb::new(backend).await;
+        let policy = Arc::new(Policy::default_policy().expect("default policy"));
+        let tokens: Vec<(String, String)> = policy
+            .callers
+            .keys()
+            .map(|c| (c.clone(), token(c)))
+            .collect();
+        let auth = server::authenticator(&policy, &tokens).expect("tokens");
+        let mut gate =
+            GateConfig::new(format!("http://{}", consent.addr), token("profile-service"));
+        gate.cache_capacity = options.cache_capacity;
+        gate.lease = options.lease;
+        gate.heartbeat = (options.lease / 4).max(Duration::from_millis(20));
+        let proxy = if options.cuttable_stream {
+            let proxy = CutProxy::start(consent.addr).await;
+            gate.watch_endpoint = Some(format!("http://{}", proxy.addr));
+            Some(proxy)
+        } else {
+            None
+        };
+        let profile = consentgate_profile::server::Profile::open(
+            consentgate_profile::server::ProfileConfig {
+                policy,
+                database_url: db.url.clone(),
+                gate,
+                name: "profile-service".into(),
+                retention_every: Duration::from_secs(3600),
+            },
+        )
+        .await
+        .expect("profile service");
+        let gate = profile.gate().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            consentgate_profile::server::serve(profile, auth, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("profile server");
+        });
+        assert!(
+            gate.wait_live(Duration::from_secs(10)).await,
+            "the gate's change stream never became live"
+        );
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&db.url)
+            .await
+            .expect("test pool");
+        ProfileServer {
+            addr,
+            db,
+            gate,
+            proxy,
+            pool,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A client authenticated as a policy caller.
+    pub async fn as_caller(&self, caller: &str) -> ProfileClient {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        ProfileServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(format!("Bearer {}", token(caller)))),
+        )
+    }
+
+    /// A client with a raw `authorization` value (None: no header).
+    pub async fn client(&self, bearer: Option<&str>) -> ProfileClient {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        ProfileServiceClient::with_interceptor(channel, Bearer(bearer.map(str::to_owned)))
+    }
+
+    /// Rows in each profile table, for "nothing changed" assertions.
+    pub async fn row_counts(&self) -> Vec<(String, i64)> {
+        use sqlx::Row;
+        let mut out = Vec::new();
+        for table in [
+            "attributes",
+            "events",
+            "answers",
+            "subject_keys",
+            "access_log",
+            "dsar_requests",
+        ] {
+            let n: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&self.pool)
+                .await
+                .expect("count")
+                .get(0);
+            out.push((table.to_owned(), n));
+        }
+        out
+    }
+
+    /// Every text value in every profile table, for "nothing about the subject remains" scans.
+    pub async fn all_text(&self) -> String {
+        use sqlx::Row;
+        let columns = [
+            (
+                "attributes",
+                "subject || ' ' || name || ' ' || value || ' ' || partner",
+            ),
+            (
+                "events",
+                "subject || ' ' || item_id || ' ' || query || ' ' || page",
+            ),
+            (
+                "answers",
+                "subject || ' ' || question || ' ' || answer || ' ' || item_id",
+            ),
+            ("subject_keys", "subject"),
+            (
+                "access_log",
+                "pseudonym || ' ' || caller || ' ' || purpose || ' ' || categories",
+            ),
+            (
+                "dsar_requests",
+                "request_id || ' ' || COALESCE(idempotency, '') || ' ' || detail",
+            ),
+        ];
+        let mut out = String::new();
+        for (table, expr) in columns {
+            for row in sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {expr} FROM {table}")))
+                .fetch_all(&self.pool)
+                .await
+                .expect("scan")
+            {
+                out.push_str(&row.get::<String, _>(0));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A TCP proxy that a test can cut, as a network partition would.
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (c, conns) = (cut.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().expect("lock").push(handle);
+            }
+        });
+        CutProxy {
+            addr,
+            cut,
+            connections,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for handle in self.connections.lock().expect("lock").drain(..) {
+            handle.abort();
+        }
+    }
+}
+
+/// The profile-service form of a subject.
+pub fn attribute(
+    name: &str,
+    value: &str,
+    category: &str,
+    purpose: &str,
+) -> profile_pb::AttributeInput {
+    profile_pb::AttributeInput {
+        name: name.into(),
+        value: value.into(),
+        data_category: category.into(),
+        source: consentgate_proto::common::v1::DataSource::ZeroParty as i32,
+        purpose: purpose.into(),
+        ..Default::default()
+    }
+}
+
+/// A GetProfile request.
+pub fn get_profile(who: &str, purpose: &str) -> profile_pb::GetProfileRequest {
+    profile_pb::GetProfileRequest {
+        subject: subject(who),
+        purpose: purpose.into(),
+        ..Default::default()
+    }
+}

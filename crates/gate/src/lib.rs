@@ -319,6 +319,10 @@ impl Gate {
             return None;
         }
         let fresh = &self.inner.freshness;
+        // Read the high water first: the stream task raises floors before the high water, so
+        // every floor up to this high water is visible below. (Read the other way round, a change
+        // landing between the two reads would pass as "already applied".)
+        let high_water = fresh.high_water();
         // A change to a device may touch a linked person, and a change to a device's person touches
         // the device: either is stale once such a change arrived after the check was sent.
         if fresh.last_device_change() > entry.issued_high_water {
@@ -328,12 +332,12 @@ impl Gate {
             if fresh.floor(subject) > entry.response.revision {
                 return None;
             }
-        } else if fresh.high_water() > entry.issued_high_water {
+        } else if high_water > entry.issued_high_water {
             return None;
         }
         // The token is satisfied if the stream has applied every change up to it (any change of
         // this subject would have made the entry stale above) or the entry itself is that new.
-        if min_revision > entry.response.revision && min_revision > fresh.high_water() {
+        if min_revision > entry.response.revision && min_revision > high_water {
             return None;
         }
         let allows = matches!(

@@ -313,7 +313,15 @@ pub async fn export(
             break;
         }
     }
-    let (consents, consent_history) = consent_part(shared, &subject, &auth).await?;
+    let (consents, consent_history) = if decision.subject_erased() {
+        // The consent service erased the subject: it holds no consents to report.
+        (
+            json!({ "current": [], "signals": [], "linked_device_ids": [], "processing_restricted": false, "subject_erased": true }),
+            json!([]),
+        )
+    } else {
+        consent_part(shared, &subject, &auth).await?
+    };
     let (request_record, _) = store
         .begin_request("export", None)
         .await
