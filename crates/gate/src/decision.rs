@@ -2,8 +2,22 @@
 //! it has no public constructor, so only [`crate::Gate`] can make one; every store function that
 //! reads personal data takes one, which makes a read that skips the gate a compile error.
 //!
+//! A store function asks for one:
+//! ```
+//! fn read_profile(_proof: &consentgate_gate::Decision) {}
+//! ```
+//! and outside this crate one cannot be forged, neither by a struct literal…
 //! ```compile_fail
-//! // Outside this crate a Decision cannot be built, not even a "default" one.
+//! let forged = consentgate_gate::Decision {
+//!     subject_key: "s:alice".into(),
+//!     purpose: "marketing".into(),
+//!     caller: "me".into(),
+//!     response: Default::default(),
+//!     from_cache: false,
+//! };
+//! ```
+//! …nor by a default.
+//! ```compile_fail
 //! let forged = consentgate_gate::Decision::default();
 //! ```
 

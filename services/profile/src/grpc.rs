@@ -655,10 +655,10 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
                     item.add("currency", "an ISO 4217 code such as EUR is required");
                 }
             }
-            if let Some(t) = &e.occurred_at {
-                if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) {
-                    item.add("occurred_at", "must be a valid time after 1970");
-                }
+            if let Some(t) = &e.occurred_at
+                && (t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos))
+            {
+                item.add("occurred_at", "must be a valid time after 1970");
             }
             v.extend_prefixed(&format!("events[{i}]."), item);
         }

@@ -9,9 +9,9 @@ mod postgres;
 mod sql;
 mod sqlite;
 
-pub use postgres::PostgresStore;
-pub use sql::SqlStore;
-pub use sqlite::SqliteStore;
+pub use postgres::{Postgres as PostgresDialect, PostgresStore};
+pub use sql::{Dialect, SqlStore};
+pub use sqlite::{Sqlite as SqliteDialect, SqliteStore};
 
 use crate::model::{
     AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventKind, Holding,

@@ -590,15 +590,16 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         idempotency: Option<&str>,
     ) -> Result<(DsarRequest, bool), StoreError> {
         let mut tx = self.begin_write().await?;
-        if let Some(key) = idempotency {
-            if let Some(r) = sqlx::query("SELECT request_id, kind, state, requested_at, completed_at, detail FROM dsar_requests WHERE idempotency = $1")
+        let existing = match idempotency {
+            Some(key) => sqlx::query("SELECT request_id, kind, state, requested_at, completed_at, detail FROM dsar_requests WHERE idempotency = $1")
                 .bind(key)
                 .fetch_optional(&mut *tx)
-                .await?
-            {
-                tx.commit().await?;
-                return Ok((request_of(&r), false));
-            }
+                .await?,
+            None => None,
+        };
+        if let Some(r) = existing {
+            tx.commit().await?;
+            return Ok((request_of(&r), false));
         }
         let request = DsarRequest {
             request_id: uuid::Uuid::now_v7().to_string(),

@@ -1,0 +1,584 @@
+//! The profile store conformance suite: every test runs on SQLite and on PostgreSQL (when
+//! `CONSENTGATE_TEST_POSTGRES_URL` names a server). Decisions come from a real gate in front of a
+//! real consent service, because nothing else can make one.
+
+use consentgate_consent::ledger::LedgerKeys;
+use consentgate_consent::server as consent_server;
+use consentgate_consent::testing::{Backend, TestDb, backends};
+use consentgate_gate::{Decision, Gate, GateConfig};
+use consentgate_policy::Policy;
+use consentgate_profile::access_log;
+use consentgate_profile::model::{
+    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Source, now_micros,
+};
+use consentgate_profile::store::{EventQuery, ProfileStore, SqlStore, StoreError};
+use consentgate_proto::common::v1::{SubjectRef, subject_ref};
+use consentgate_proto::consent::v1 as pb;
+use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use std::sync::Arc;
+
+/// A consent service, a gate on it, and a fresh profile store.
+struct Fixture {
+    store: Arc<dyn ProfileStore>,
+    raw: Raw,
+    gate: Gate,
+    consent: String,
+    _consent_db: TestDb,
+    _profile_db: TestDb,
+}
+
+/// The store as its concrete type, for tampering with tables.
+enum Raw {
+    Sqlite(Arc<SqlStore<consentgate_profile::store::SqliteDialect>>),
+    Postgres(Arc<SqlStore<consentgate_profile::store::PostgresDialect>>),
+}
+
+impl Raw {
+    fn pool(&self) -> &sqlx::AnyPool {
+        match self {
+            Raw::Sqlite(s) => s.pool(),
+            Raw::Postgres(s) => s.pool(),
+        }
+    }
+}
+
+fn who(id: &str) -> SubjectRef {
+    SubjectRef {
+        id: Some(subject_ref::Id::SubjectId(id.to_owned())),
+    }
+}
+
+impl Fixture {
+    async fn new(backend: Backend) -> Fixture {
+        let consent_db = TestDb::new(backend).await;
+        let policy = Arc::new(Policy::default_policy().expect("policy"));
+        let tokens: Vec<(String, String)> = policy
+            .callers
+            .keys()
+            .map(|c| (c.clone(), format!("t-{c}")))
+            .collect();
+        let auth = consent_server::authenticator(&policy, &tokens).expect("auth");
+        let engine = consent_server::open_engine(
+            policy,
+            &consent_db.url,
+            Arc::new(LedgerKeys::generate()),
+            1000,
+        )
+        .await
+        .expect("engine");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let consent = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(consent_server::serve(
+            engine,
+            auth,
+            listener,
+            std::future::pending(),
+        ));
+        let gate = Gate::start(
+            GateConfig::new(consent.clone(), "t-profile-service"),
+            "profile-service",
+        )
+        .expect("gate");
+        let profile_db = TestDb::new(backend).await;
+        let (store, raw): (Arc<dyn ProfileStore>, Raw) = match backend {
+            Backend::Sqlite => {
+                let s = Arc::new(
+                    consentgate_profile::store::SqliteStore::connect(&profile_db.url)
+                        .await
+                        .expect("sqlite store"),
+                );
+                (s.clone(), Raw::Sqlite(s))
+            }
+            Backend::Postgres => {
+                let s = Arc::new(
+                    consentgate_profile::store::PostgresStore::connect(&profile_db.url)
+                        .await
+                        .expect("postgres store"),
+                );
+                (s.clone(), Raw::Postgres(s))
+            }
+        };
+        Fixture {
+            store,
+            raw,
+            gate,
+            consent,
+            _consent_db: consent_db,
+            _profile_db: profile_db,
+        }
+    }
+
+    async fn grant(&self, subject: &str, purpose: &str, notice: &str) {
+        let mut client = ConsentServiceClient::connect(self.consent.clone())
+            .await
+            .expect("connect");
+        let mut request = tonic::Request::new(pb::GrantRequest {
+            target: Some(pb::ConsentTarget {
+                subject: Some(who(subject)),
+                purpose: purpose.into(),
+                ..Default::default()
+            }),
+            consent_type: pb::ConsentType::Explicit as i32,
+            notice_version: notice.into(),
+            idempotency_key: format!("{subject}-{purpose}"),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            "Bearer t-preference-center".parse().expect("header"),
+        );
+        client.grant(request).await.expect("grant");
+    }
+
+    async fn decide(&self, subject: &str, purpose: &str, categories: &[&str]) -> Decision {
+        self.gate
+            .check(
+                pb::CheckRequest {
+                    subject: Some(who(subject)),
+                    purpose: purpose.into(),
+                    data_categories: categories.iter().map(|c| (*c).to_owned()).collect(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .expect("decision")
+    }
+}
+
+fn attr(name: &str, value: &str, category: &str, source: Source) -> Attribute {
+    Attribute {
+        name: name.into(),
+        value: value.into(),
+        category: category.into(),
+        source,
+        partner: String::new(),
+        collection: Collection {
+            purpose: "marketing".into(),
+            notice_version: "1.2".into(),
+        },
+        collected_at: 0,
+        updated_at: 0,
+    }
+}
+
+fn event(kind: EventKind, at: i64, item: &str) -> Event {
+    Event {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        kind,
+        occurred_at: at,
+        item_id: item.into(),
+        query: String::new(),
+        page: String::new(),
+        amount_minor: 0,
+        currency: String::new(),
+        quantity: 0,
+        collection: Collection {
+            purpose: "marketing".into(),
+            notice_version: "1.2".into(),
+        },
+    }
+}
+
+const MARKETING_CATEGORIES: [&str; 4] = [
+    "user.contact.email",
+    "user.preferences.stated",
+    "user.behavior.browsing_history",
+    "user.behavior.purchase_history",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_return_only_the_decisions_subject_and_allowed_categories() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        for s in ["ann", "ben"] {
+            f.grant(s, "marketing", "1.2").await;
+            let d = f.decide(s, "marketing", &MARKETING_CATEGORIES).await;
+            f.store
+                .put_attributes(&[
+                    (
+                        &d,
+                        attr(
+                            "email",
+                            &format!("{s}@x.example"),
+                            "user.contact.email",
+                            Source::ZeroParty,
+                        ),
+                    ),
+                    (
+                        &d,
+                        attr(
+                            "sport",
+                            "tennis",
+                            "user.preferences.stated",
+                            Source::ZeroParty,
+                        ),
+                    ),
+                ])
+                .await
+                .expect("put");
+        }
+        // A decision for ann allowing only e-mail returns ann's e-mail and nothing of ben's.
+        let d = f.decide("ann", "marketing", &["user.contact.email"]).await;
+        let got = f.store.attributes(&d).await.expect("read");
+        assert_eq!(got.len(), 1, "{backend:?}");
+        assert_eq!(got[0].value, "ann@x.example");
+        // A denying decision returns nothing.
+        let denied = f
+            .decide(
+                "ann",
+                "analytics.reporting",
+                &["user.behavior.browsing_history"],
+            )
+            .await;
+        assert!(!denied.allows_anything());
+        assert!(f.store.attributes(&denied).await.expect("read").is_empty());
+        // Upsert replaces by name.
+        let d = f.decide("ann", "marketing", &MARKETING_CATEGORIES).await;
+        f.store
+            .put_attributes(&[(
+                &d,
+                attr(
+                    "sport",
+                    "squash",
+                    "user.preferences.stated",
+                    Source::ThirdParty,
+                ),
+            )])
+            .await
+            .expect("upsert");
+        let got = f.store.attributes(&d).await.expect("read");
+        let sport = got.iter().find(|a| a.name == "sport").expect("sport");
+        assert_eq!(
+            (sport.value.as_str(), sport.source),
+            ("squash", Source::ThirdParty)
+        );
+        let holdings = f.store.holdings(&d).await.expect("holdings");
+        let total: u64 = holdings.iter().map(|h| h.items).sum();
+        assert_eq!(total, 2, "{backend:?}: {holdings:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_outside_the_decision_are_refused_whole() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        f.grant("cat", "marketing", "1.2").await;
+        let d = f.decide("cat", "marketing", &["user.contact.email"]).await;
+        let err = f
+            .store
+            .put_attributes(&[
+                (
+                    &d,
+                    attr(
+                        "email",
+                        "c@x.example",
+                        "user.contact.email",
+                        Source::ZeroParty,
+                    ),
+                ),
+                (
+                    &d,
+                    attr(
+                        "sport",
+                        "golf",
+                        "user.preferences.stated",
+                        Source::ZeroParty,
+                    ),
+                ),
+            ])
+            .await
+            .expect_err("the second item is not covered");
+        assert!(matches!(err, StoreError::NotAllowed(_)));
+        let err = f
+            .store
+            .put_events(&d, &[event(EventKind::Purchase, 1, "sku")])
+            .await
+            .expect_err("not covered");
+        assert!(matches!(err, StoreError::NotAllowed(_)));
+        let all = f.decide("cat", "marketing", &MARKETING_CATEGORIES).await;
+        assert!(
+            f.store.attributes(&all).await.expect("read").is_empty(),
+            "{backend:?}: partial write"
+        );
+        assert!(
+            f.store
+                .events(
+                    &all,
+                    &EventQuery {
+                        limit: 10,
+                        ..EventQuery::default()
+                    }
+                )
+                .await
+                .expect("read")
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_come_newest_first_filtered_and_paged() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        f.grant("eve", "marketing", "1.2").await;
+        let d = f.decide("eve", "marketing", &MARKETING_CATEGORIES).await;
+        let events: Vec<Event> = (0..120)
+            .map(|i| {
+                event(
+                    if i % 3 == 0 {
+                        EventKind::Purchase
+                    } else {
+                        EventKind::ProductView
+                    },
+                    1_000 + i,
+                    &format!("i{i}"),
+                )
+            })
+            .collect();
+        f.store.put_events(&d, &events).await.expect("put");
+        let mut seen = Vec::new();
+        let mut query = EventQuery {
+            kinds: vec![EventKind::Purchase],
+            since: Some(1_030),
+            until: Some(1_100),
+            limit: 7,
+            ..EventQuery::default()
+        };
+        loop {
+            let page = f.store.events(&d, &query).await.expect("page");
+            seen.extend(page.iter().map(|e| e.occurred_at));
+            if page.len() < 7 {
+                break;
+            }
+            query.after = page.last().map(|e| (e.occurred_at, e.event_id.clone()));
+        }
+        let expected: Vec<i64> = (1_030..1_100)
+            .rev()
+            .filter(|t| (t - 1_000) % 3 == 0)
+            .collect();
+        assert_eq!(seen, expected, "{backend:?}");
+        // Only allowed categories: a decision without purchase history sees only views.
+        let views = f
+            .decide("eve", "marketing", &["user.behavior.browsing_history"])
+            .await;
+        let got = f
+            .store
+            .events(
+                &views,
+                &EventQuery {
+                    limit: 1000,
+                    ..EventQuery::default()
+                },
+            )
+            .await
+            .expect("read");
+        assert_eq!(got.len(), 80);
+        assert!(got.iter().all(|e| e.kind == EventKind::ProductView));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_rectify_erase_and_retention() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        let policy = Policy::default_policy().expect("policy");
+        for s in ["dan", "dee"] {
+            f.grant(s, "marketing", "1.2").await;
+            f.grant(s, "research", "1.0").await;
+            let d = f.decide(s, "marketing", &MARKETING_CATEGORIES).await;
+            f.store
+                .put_attributes(&[(
+                    &d,
+                    attr(
+                        "sport",
+                        "padel",
+                        "user.preferences.stated",
+                        Source::ZeroParty,
+                    ),
+                )])
+                .await
+                .expect("put");
+            f.store
+                .put_events(
+                    &d,
+                    &[
+                        event(EventKind::ProductView, 5, "old"),
+                        event(EventKind::ProductView, now_micros(), "new"),
+                    ],
+                )
+                .await
+                .expect("events");
+            let r = f.decide(s, "research", &["user.survey.answers"]).await;
+            f.store
+                .put_answers(
+                    &r,
+                    &[Answer {
+                        answer_id: uuid::Uuid::now_v7().to_string(),
+                        kind: AnswerKind::Survey,
+                        question_id: "q".into(),
+                        question: "?".into(),
+                        answer: "yes".into(),
+                        item_id: String::new(),
+                        collection: Collection {
+                            purpose: "research".into(),
+                            notice_version: "1.0".into(),
+                        },
+                        collected_at: now_micros(),
+                    }],
+                )
+                .await
+                .expect("answers");
+            assert_eq!(f.store.answers(&r).await.expect("answers").len(), 1);
+        }
+        let d = f.decide("dan", "marketing", &MARKETING_CATEGORIES).await;
+        let fixed = f
+            .store
+            .rectify(&d, "sport", "tennis")
+            .await
+            .expect("rectify")
+            .expect("exists");
+        assert_eq!(fixed.value, "tennis");
+        assert!(
+            f.store
+                .rectify(&d, "nope", "x")
+                .await
+                .expect("rectify")
+                .is_none()
+        );
+        // Retention: browsing history is kept 180 days; the event at t=5µs is long gone.
+        let purged = consentgate_profile::retention::sweep(f.store.as_ref(), &policy, now_micros())
+            .await
+            .expect("sweep");
+        assert_eq!(purged, 2, "{backend:?}: one old event per subject");
+        let views = f
+            .store
+            .events(
+                &d,
+                &EventQuery {
+                    limit: 10,
+                    ..EventQuery::default()
+                },
+            )
+            .await
+            .expect("read");
+        assert_eq!(
+            views.iter().map(|e| e.item_id.as_str()).collect::<Vec<_>>(),
+            ["new"]
+        );
+        // Erasure takes one subject's rows, all of them, and nobody else's.
+        let deleted = f.store.erase_subject("s:dan").await.expect("erase");
+        assert_eq!(deleted, 3, "{backend:?}: attribute, event, answer");
+        assert!(f.store.attributes(&d).await.expect("read").is_empty());
+        let dee = f.decide("dee", "marketing", &MARKETING_CATEGORIES).await;
+        assert_eq!(f.store.attributes(&dee).await.expect("read").len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_chains_detects_tampering_and_shreds_pseudonyms() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        f.grant("lou", "marketing", "1.2").await;
+        f.grant("max", "marketing", "1.2").await;
+        let draft = |s: &str, i: u64| AccessDraft {
+            subject_key: format!("s:{s}"),
+            read_at: now_micros(),
+            caller: "mailer".into(),
+            enforced_by: "profile-service".into(),
+            purpose: "marketing".into(),
+            categories: vec!["user.contact.email".into()],
+            revision: i,
+            operation: "GetProfile".into(),
+            items: 1,
+        };
+        let batch: Vec<AccessDraft> = (0..10)
+            .map(|i| draft(if i % 2 == 0 { "lou" } else { "max" }, i))
+            .collect();
+        f.store.append_access(&batch[..4]).await.expect("append");
+        f.store.append_access(&batch[4..]).await.expect("append");
+        let v = access_log::verify(f.store.as_ref()).await.expect("verify");
+        assert_eq!(
+            (v.entries_checked, v.broken.clone()),
+            (10, None),
+            "{backend:?}"
+        );
+        let lou = f.decide("lou", "marketing", &["user.contact.email"]).await;
+        assert_eq!(
+            f.store.access_entries(&lou).await.expect("entries").len(),
+            5
+        );
+        // Erasing lou shreds the key: entries stay (the chain verifies), but are no longer lou's.
+        f.store.erase_subject("s:lou").await.expect("erase");
+        assert!(
+            f.store
+                .access_entries(&lou)
+                .await
+                .expect("entries")
+                .is_empty()
+        );
+        assert_eq!(
+            access_log::verify(f.store.as_ref())
+                .await
+                .expect("verify")
+                .broken,
+            None
+        );
+        // Tampering: edit, then delete, each detected at the right entry.
+        let pool = f.raw.pool();
+        sqlx::query("UPDATE access_log SET caller = 'nobody' WHERE seq = 6")
+            .execute(pool)
+            .await
+            .expect("edit");
+        let v = access_log::verify(f.store.as_ref()).await.expect("verify");
+        assert_eq!(v.broken.map(|b| b.0), Some(6), "{backend:?}: edit");
+        sqlx::query("UPDATE access_log SET caller = 'mailer' WHERE seq = 6")
+            .execute(pool)
+            .await
+            .expect("restore");
+        sqlx::query("DELETE FROM access_log WHERE seq = 3")
+            .execute(pool)
+            .await
+            .expect("delete");
+        let v = access_log::verify(f.store.as_ref()).await.expect("verify");
+        assert_eq!(v.broken.map(|b| b.0), Some(3), "{backend:?}: delete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_subject_requests_are_idempotent_by_key() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        let (first, created) = f
+            .store
+            .begin_request("erase", Some("k1"))
+            .await
+            .expect("begin");
+        assert!(created);
+        let (again, created) = f
+            .store
+            .begin_request("erase", Some("k1"))
+            .await
+            .expect("begin");
+        assert!(!created);
+        assert_eq!(again.request_id, first.request_id, "{backend:?}");
+        let mut done = first.clone();
+        done.state = "completed".into();
+        done.completed_at = now_micros();
+        done.detail = "{\"steps\":[]}".into();
+        f.store.update_request(&done).await.expect("update");
+        assert_eq!(
+            f.store.request(&first.request_id).await.expect("get"),
+            Some(done)
+        );
+        assert_eq!(
+            f.store
+                .request("01900000-0000-7000-8000-000000000000")
+                .await
+                .expect("get"),
+            None
+        );
+    }
+}
