@@ -5,7 +5,7 @@
 use crate::access_log::AccessLog;
 use crate::model::{
     AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Holding, Source,
-    now_micros,
+    Table, now_micros,
 };
 use crate::store::{EventQuery, ProfileStore, StoreError};
 use consentgate_gate::{Decision, Gate, subject_key};
@@ -239,9 +239,9 @@ impl Shared {
 }
 
 /// Redactions from holdings: categories held but denied, with the decision's reasons.
-fn redactions(decision: &Decision, holdings: &[Holding], table: &str) -> Vec<pb::Redaction> {
+fn redactions(decision: &Decision, holdings: &[Holding]) -> Vec<pb::Redaction> {
     let mut by: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
-    for h in holdings.iter().filter(|h| h.kind == table) {
+    for h in holdings {
         let Some(verdict) = decision.category(&h.category) else {
             continue;
         };
@@ -756,9 +756,9 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             )
             .await?;
         let store = &self.shared.store;
-        let holdings = store.holdings(&decision).await.map_err(store_status)?;
-        let mut redactions = redactions(&decision, &holdings, "attributes");
-        let mut attributes = store.attributes(&decision).await.map_err(store_status)?;
+        let (mut attributes, holdings) =
+            store.profile_view(&decision).await.map_err(store_status)?;
+        let mut redactions = redactions(&decision, &holdings);
         let excluded = decision.excluded_sources();
         let mut applied = Vec::new();
         if !excluded.is_empty() {
@@ -847,7 +847,10 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             )
             .await?;
         let store = &self.shared.store;
-        let holdings = store.holdings(&decision).await.map_err(store_status)?;
+        let holdings = store
+            .holdings(&decision, Table::Events)
+            .await
+            .map_err(store_status)?;
         let limit = if r.page_size == 0 { 100 } else { r.page_size };
         let query = EventQuery {
             kinds,
@@ -877,7 +880,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             .await?;
         Ok(Response::new(pb::ListEventsResponse {
             events: events.iter().map(event_pb).collect(),
-            redactions: redactions(&decision, &holdings, "events"),
+            redactions: redactions(&decision, &holdings),
             next_page_token,
             decision: Some(read_decision(&decision, Vec::new())),
         }))
@@ -912,7 +915,10 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             )
             .await?;
         let store = &self.shared.store;
-        let holdings = store.holdings(&decision).await.map_err(store_status)?;
+        let holdings = store
+            .holdings(&decision, Table::Answers)
+            .await
+            .map_err(store_status)?;
         let answers = store.answers(&decision).await.map_err(store_status)?;
         let mut returned: Vec<String> = answers
             .iter()
@@ -925,7 +931,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             .await?;
         Ok(Response::new(pb::GetAnswersResponse {
             answers: answers.iter().map(answer_pb).collect(),
-            redactions: redactions(&decision, &holdings, "answers"),
+            redactions: redactions(&decision, &holdings),
             decision: Some(read_decision(&decision, Vec::new())),
         }))
     }

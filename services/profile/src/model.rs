@@ -222,6 +222,17 @@ pub struct Answer {
     pub collected_at: i64,
 }
 
+/// The three kinds of personal data the profile service holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Attributes (profile fields).
+    Attributes,
+    /// First-party events.
+    Events,
+    /// Zero-party answers.
+    Answers,
+}
+
 /// How much data of one category (and source) a subject has: what a redaction summarizes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holding {
@@ -231,8 +242,8 @@ pub struct Holding {
     pub source: Source,
     /// How many items.
     pub items: u64,
-    /// Which table: `attributes`, `events` or `answers`.
-    pub kind: &'static str,
+    /// Which kind of data.
+    pub table: Table,
 }
 
 /// One gated read, before it is chained into the access log.

@@ -9,7 +9,8 @@ use consentgate_gate::{Decision, Gate, GateConfig};
 use consentgate_policy::Policy;
 use consentgate_profile::access_log;
 use consentgate_profile::model::{
-    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Source, now_micros,
+    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Source, Table,
+    now_micros,
 };
 use consentgate_profile::store::{EventQuery, ProfileStore, SqlStore, StoreError};
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
@@ -255,7 +256,11 @@ async fn reads_return_only_the_decisions_subject_and_allowed_categories() {
             (sport.value.as_str(), sport.source),
             ("squash", Source::ThirdParty)
         );
-        let holdings = f.store.holdings(&d).await.expect("holdings");
+        let holdings = f
+            .store
+            .holdings(&d, Table::Attributes)
+            .await
+            .expect("holdings");
         let total: u64 = holdings.iter().map(|h| h.items).sum();
         assert_eq!(total, 2, "{backend:?}: {holdings:?}");
     }

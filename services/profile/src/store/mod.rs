@@ -14,7 +14,7 @@ pub use sql::{Dialect, SqlStore};
 pub use sqlite::{Sqlite as SqliteDialect, SqliteStore};
 
 use crate::model::{
-    AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventKind, Holding,
+    AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventKind, Holding, Table,
 };
 use consentgate_gate::Decision;
 use std::sync::Arc;
@@ -87,6 +87,12 @@ pub trait ProfileStore: Send + Sync + 'static {
 
     /// The decision's subject's attributes in the categories it allows.
     async fn attributes(&self, decision: &Decision) -> Result<Vec<Attribute>, StoreError>;
+    /// One round trip for `GetProfile`: the attributes the decision allows, and the holdings of
+    /// every attribute category (counts only) for the redaction list.
+    async fn profile_view(
+        &self,
+        decision: &Decision,
+    ) -> Result<(Vec<Attribute>, Vec<Holding>), StoreError>;
     /// The decision's subject's events in the categories it allows, newest first.
     async fn events(
         &self,
@@ -95,9 +101,10 @@ pub trait ProfileStore: Send + Sync + 'static {
     ) -> Result<Vec<Event>, StoreError>;
     /// The decision's subject's answers in the categories it allows, oldest first.
     async fn answers(&self, decision: &Decision) -> Result<Vec<Answer>, StoreError>;
-    /// How much the decision's subject has per category and source (counts only, no values):
-    /// what redactions summarize.
-    async fn holdings(&self, decision: &Decision) -> Result<Vec<Holding>, StoreError>;
+    /// How much of one kind of data the decision's subject has per category and source (counts
+    /// only, no values): what redactions summarize.
+    async fn holdings(&self, decision: &Decision, table: Table)
+    -> Result<Vec<Holding>, StoreError>;
     /// Replaces an attribute's value if the decision allows its category; the updated attribute.
     async fn rectify(
         &self,

@@ -5,7 +5,7 @@ use super::{EventQuery, ProfileStore, StoreError};
 use crate::access_log;
 use crate::model::{
     AccessDraft, AccessRecord, Answer, AnswerKind, Attribute, Collection, DsarRequest, Event,
-    EventKind, Holding, Source, now_micros,
+    EventKind, Holding, Source, Table, now_micros,
 };
 use consentgate_gate::Decision;
 use sqlx::any::AnyRow;
@@ -157,14 +157,6 @@ impl<D: Dialect> SqlStore<D> {
     async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
         Ok(self.pool.begin_with(D::BEGIN_WRITE).await?)
     }
-
-    async fn begin_snapshot(&self) -> Result<Tx<'_>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(sql) = D::SNAPSHOT {
-            sqlx::query(sql).execute(&mut *tx).await?;
-        }
-        Ok(tx)
-    }
 }
 
 /// Refuses an item whose category the decision does not allow (defense in depth: the service
@@ -290,6 +282,40 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             .collect()
     }
 
+    async fn profile_view(
+        &self,
+        decision: &Decision,
+    ) -> Result<(Vec<Attribute>, Vec<Holding>), StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 ORDER BY name"
+        )))
+        .bind(decision.subject_key())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut allowed = Vec::new();
+        let mut holdings: Vec<Holding> = Vec::new();
+        for row in &rows {
+            let attribute = attribute_of(row)?;
+            match holdings
+                .iter_mut()
+                .find(|h| h.category == attribute.category && h.source == attribute.source)
+            {
+                Some(h) => h.items += 1,
+                None => holdings.push(Holding {
+                    category: attribute.category.clone(),
+                    source: attribute.source,
+                    items: 1,
+                    table: Table::Attributes,
+                }),
+            }
+            // Values of categories the decision does not allow never leave this function.
+            if decision.is_allowed(&attribute.category) {
+                allowed.push(attribute);
+            }
+        }
+        Ok((allowed, holdings))
+    }
+
     async fn events(
         &self,
         decision: &Decision,
@@ -369,51 +395,37 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             .collect()
     }
 
-    async fn holdings(&self, decision: &Decision) -> Result<Vec<Holding>, StoreError> {
-        let mut tx = self.begin_snapshot().await?;
-        let mut out = Vec::new();
-        for r in sqlx::query("SELECT category, source, COUNT(*) FROM attributes WHERE subject = $1 GROUP BY category, source")
+    async fn holdings(
+        &self,
+        decision: &Decision,
+        table: Table,
+    ) -> Result<Vec<Holding>, StoreError> {
+        let sql = match table {
+            Table::Attributes => {
+                "SELECT category, source, COUNT(*) FROM attributes WHERE subject = $1 GROUP BY category, source"
+            }
+            Table::Events => {
+                "SELECT category, 'first_party', COUNT(*) FROM events WHERE subject = $1 GROUP BY category"
+            }
+            Table::Answers => {
+                "SELECT category, 'zero_party', COUNT(*) FROM answers WHERE subject = $1 GROUP BY category"
+            }
+        };
+        sqlx::query(sql)
             .bind(decision.subject_key())
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?
-        {
-            out.push(Holding {
-                category: r.get(0),
-                source: Source::parse(&r.get::<String, _>(1)).ok_or_else(|| corrupt("source"))?,
-                items: to_u64(r.get(2)),
-                kind: "attributes",
-            });
-        }
-        for r in sqlx::query(
-            "SELECT category, COUNT(*) FROM events WHERE subject = $1 GROUP BY category",
-        )
-        .bind(decision.subject_key())
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            out.push(Holding {
-                category: r.get(0),
-                source: Source::FirstParty,
-                items: to_u64(r.get(1)),
-                kind: "events",
-            });
-        }
-        for r in sqlx::query(
-            "SELECT category, COUNT(*) FROM answers WHERE subject = $1 GROUP BY category",
-        )
-        .bind(decision.subject_key())
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            out.push(Holding {
-                category: r.get(0),
-                source: Source::ZeroParty,
-                items: to_u64(r.get(1)),
-                kind: "answers",
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
+            .iter()
+            .map(|r| {
+                Ok(Holding {
+                    category: r.get(0),
+                    source: Source::parse(&r.get::<String, _>(1))
+                        .ok_or_else(|| corrupt("source"))?,
+                    items: to_u64(r.get(2)),
+                    table,
+                })
+            })
+            .collect()
     }
 
     async fn rectify(

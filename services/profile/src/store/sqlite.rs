@@ -23,7 +23,7 @@ impl Dialect for Sqlite {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
         let native = SqlitePoolOptions::new()
             .max_connections(1)
@@ -37,7 +37,7 @@ impl Dialect for Sqlite {
             .max_connections(if in_memory { 1 } else { 8 })
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("PRAGMA synchronous = FULL")
+                    sqlx::query("PRAGMA synchronous = NORMAL")
                         .execute(&mut *conn)
                         .await?;
                     sqlx::query("PRAGMA busy_timeout = 10000")
