@@ -268,6 +268,7 @@ fn read_decision(decision: &Decision, applied: Vec<String>) -> pb::ReadDecision 
         revision: decision.revision(),
         personalization_level: decision.personalization_level() as i32,
         obligations_applied: applied,
+        reason: decision.reason().to_owned(),
     }
 }
 
