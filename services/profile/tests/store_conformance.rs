@@ -587,3 +587,50 @@ async fn data_subject_requests_are_idempotent_by_key() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_appending_to_one_access_log_keep_one_chain() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        let other: Arc<dyn ProfileStore> = match backend {
+            Backend::Sqlite => Arc::new(
+                consentgate_profile::store::SqliteStore::connect(&f._profile_db.url)
+                    .await
+                    .expect("second store"),
+            ),
+            Backend::Postgres => Arc::new(
+                consentgate_profile::store::PostgresStore::connect(&f._profile_db.url)
+                    .await
+                    .expect("second store"),
+            ),
+        };
+        let draft = |i: u64| AccessDraft {
+            subject_key: format!("s:r{}", i % 3),
+            read_at: now_micros(),
+            caller: "mailer".into(),
+            enforced_by: "profile-service".into(),
+            purpose: "marketing".into(),
+            categories: vec!["user.contact.email".into()],
+            revision: i,
+            operation: "GetProfile".into(),
+            items: 1,
+        };
+        let (a, b) = (f.store.clone(), other.clone());
+        let one = tokio::spawn(async move {
+            for i in 0..40 {
+                a.append_access(&[draft(i), draft(i + 100)])
+                    .await
+                    .expect("append a");
+            }
+        });
+        let two = tokio::spawn(async move {
+            for i in 0..40 {
+                b.append_access(&[draft(i + 200)]).await.expect("append b");
+            }
+        });
+        one.await.expect("a");
+        two.await.expect("b");
+        let v = access_log::verify(f.store.as_ref()).await.expect("verify");
+        assert_eq!((v.entries_checked, v.broken), (120, None), "{backend:?}");
+    }
+}

@@ -1,5 +1,5 @@
-//! PostgreSQL, for production: replicas share the database; an advisory lock serializes access-log
-//! appends across processes and snapshot reads use REPEATABLE READ.
+//! PostgreSQL, for production: replicas share the database; access-log
+//! appends are optimistic (the sequence number is the primary key) with a locked fallback.
 
 use super::StoreError;
 use super::sql::{Dialect, SqlStore};
@@ -26,9 +26,7 @@ impl Dialect for Postgres {
     }
 
     const BEGIN_WRITE: &'static str = "BEGIN";
-
-    /// Key 0x70726f66 ("prof"): one access-log writer at a time across every replica.
-    const WRITE_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(1886547814)");
-    const SNAPSHOT: Option<&'static str> =
-        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    /// Conflicts with INSERT: other replicas' appends wait until this one commits.
+    const CHAIN_LOCK: Option<&'static str> =
+        Some("LOCK TABLE access_log IN SHARE ROW EXCLUSIVE MODE");
 }

@@ -1,5 +1,5 @@
 //! The SQL both profile stores share, over `sqlx::Any` with `$N` placeholders; what differs
-//! (connection setup, migrations, the write lock) is a [`Dialect`].
+//! (connection setup, migrations, how a write transaction begins) is a [`Dialect`].
 
 use super::{EventQuery, ProfileStore, StoreError};
 use crate::access_log;
@@ -19,19 +19,25 @@ type Tx<'c> = Transaction<'c, sqlx::Any>;
 pub trait Dialect: Send + Sync + 'static {
     /// Opens a pool and migrates the schema.
     async fn connect(url: &str) -> Result<AnyPool, StoreError>;
-    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`).
+    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`, which also holds off every other
+    /// writer until commit).
     const BEGIN_WRITE: &'static str;
-    /// Run first in an access-log append: serializes chain writers across processes.
-    const WRITE_LOCK: Option<&'static str>;
-    /// Run first in a read transaction that must see one snapshot.
-    const SNAPSHOT: Option<&'static str>;
+    /// Run first in the access log's locked append, to hold off other writers' inserts until
+    /// commit (PostgreSQL: a table lock that conflicts with INSERT); `None` when `BEGIN_WRITE`
+    /// already does.
+    const CHAIN_LOCK: Option<&'static str>;
 }
 
 /// A profile store over a dialect.
 pub struct SqlStore<D> {
     pool: AnyPool,
-    /// Serializes this process's access-log appends (the chain has one head).
-    chain_lock: tokio::sync::Mutex<()>,
+    /// This process's view of the access log's head `(seq, hash)`, held while appending. `None`
+    /// until read; reset whenever another writer (a replica) is found to have moved it.
+    head: tokio::sync::Mutex<Option<(u64, String)>>,
+    /// Per-subject pseudonym keys already read, so a read's log entry costs one statement.
+    /// Erasure here invalidates; a subject erased elsewhere is denied by the gate, so no entry
+    /// is written for it with a stale key.
+    secrets: moka::sync::Cache<String, String>,
     dialect: PhantomData<D>,
 }
 
@@ -144,7 +150,8 @@ impl<D: Dialect> SqlStore<D> {
         sqlx::any::install_default_drivers();
         Ok(SqlStore {
             pool: D::connect(url).await?,
-            chain_lock: tokio::sync::Mutex::new(()),
+            head: tokio::sync::Mutex::new(None),
+            secrets: moka::sync::Cache::new(100_000),
             dialect: PhantomData,
         })
     }
@@ -152,6 +159,25 @@ impl<D: Dialect> SqlStore<D> {
     /// The underlying pool (tests count rows through it).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The subject's pseudonym key, created on first use (a racing replica's key wins).
+    async fn subject_secret(&self, subject_key: &str) -> Result<String, StoreError> {
+        if let Some(secret) = self.secrets.get(subject_key) {
+            return Ok(secret);
+        }
+        sqlx::query("INSERT INTO subject_keys (subject, secret) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
+            .bind(subject_key)
+            .bind(access_log::new_secret()?)
+            .execute(&self.pool)
+            .await?;
+        let secret: String = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+            .bind(subject_key)
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        self.secrets.insert(subject_key.to_owned(), secret.clone());
+        Ok(secret)
     }
 
     async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
@@ -478,6 +504,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .rows_affected();
         }
         tx.commit().await?;
+        self.secrets.invalidate(subject_key);
         Ok(deleted)
     }
 
@@ -504,57 +531,43 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         if drafts.is_empty() {
             return Ok(());
         }
-        let _one_writer = self.chain_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        if let Some(sql) = D::WRITE_LOCK {
-            sqlx::query(sql).execute(&mut *tx).await?;
-        }
-        let head = sqlx::query("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (mut seq, mut prev) = match head {
-            Some(r) => (to_u64(r.get(0)), r.get::<String, _>(1)),
-            None => (0, access_log::GENESIS.to_owned()),
-        };
+        let mut pseudonyms = Vec::with_capacity(drafts.len());
         for draft in drafts {
-            let secret = subject_secret(&mut tx, &draft.subject_key).await?;
-            seq += 1;
-            let mut record = AccessRecord {
-                seq,
-                read_at: draft.read_at,
-                pseudonym: access_log::pseudonym(&secret, &draft.subject_key),
-                caller: draft.caller.clone(),
-                enforced_by: draft.enforced_by.clone(),
-                purpose: draft.purpose.clone(),
-                categories: draft.categories.join(","),
-                revision: draft.revision,
-                operation: draft.operation.clone(),
-                items: draft.items,
-                prev_hash: prev.clone(),
-                hash: String::new(),
-            };
-            record.hash = access_log::chain_hash(&record);
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO access_log ({ACCESS_COLUMNS}) VALUES ({})",
-                placeholders(1, 12)
-            )))
-            .bind(to_i64(record.seq))
-            .bind(record.read_at)
-            .bind(&record.pseudonym)
-            .bind(&record.caller)
-            .bind(&record.enforced_by)
-            .bind(&record.purpose)
-            .bind(&record.categories)
-            .bind(to_i64(record.revision))
-            .bind(&record.operation)
-            .bind(to_i64(record.items))
-            .bind(&record.prev_hash)
-            .bind(&record.hash)
-            .execute(&mut *tx)
-            .await?;
-            prev = record.hash;
+            let secret = self.subject_secret(&draft.subject_key).await?;
+            pseudonyms.push(access_log::pseudonym(&secret, &draft.subject_key));
         }
+        let mut head = self.head.lock().await;
+        // Fast path: one multi-row INSERT (atomic on its own) numbered after the head this
+        // process knows. If another writer (a replica) moved the head, the primary key on `seq`
+        // refuses it, and the locked path below reads the true head under a lock that holds every
+        // other writer off until it commits, so it always makes progress.
+        if let Some((seq, prev)) = head.take() {
+            let (records, last) = chain(drafts, &pseudonyms, seq, prev);
+            match insert_records(&records).execute(&self.pool).await {
+                Ok(_) => {
+                    *head = Some(last);
+                    return Ok(());
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut tx = self.begin_write().await?;
+        if let Some(lock) = D::CHAIN_LOCK {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        let (seq, prev) =
+            match sqlx::query("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(r) => (to_u64(r.get(0)), r.get(1)),
+                None => (0, access_log::GENESIS.to_owned()),
+            };
+        let (records, last) = chain(drafts, &pseudonyms, seq, prev);
+        insert_records(&records).execute(&mut *tx).await?;
         tx.commit().await?;
+        *head = Some(last);
         Ok(())
     }
 
@@ -656,20 +669,62 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
     }
 }
 
-/// The subject's pseudonym key, created on first use.
-async fn subject_secret(tx: &mut Tx<'_>, subject_key: &str) -> Result<String, StoreError> {
-    if let Some(r) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
-        .bind(subject_key)
-        .fetch_optional(&mut **tx)
-        .await?
-    {
-        return Ok(r.get(0));
+/// Chains `drafts` after `(seq, prev)`; the records and the new head.
+fn chain(
+    drafts: &[AccessDraft],
+    pseudonyms: &[String],
+    mut seq: u64,
+    mut prev: String,
+) -> (Vec<AccessRecord>, (u64, String)) {
+    let mut records = Vec::with_capacity(drafts.len());
+    for (draft, pseudonym) in drafts.iter().zip(pseudonyms) {
+        seq += 1;
+        let mut record = AccessRecord {
+            seq,
+            read_at: draft.read_at,
+            pseudonym: pseudonym.clone(),
+            caller: draft.caller.clone(),
+            enforced_by: draft.enforced_by.clone(),
+            purpose: draft.purpose.clone(),
+            categories: draft.categories.join(","),
+            revision: draft.revision,
+            operation: draft.operation.clone(),
+            items: draft.items,
+            prev_hash: prev,
+            hash: String::new(),
+        };
+        record.hash = access_log::chain_hash(&record);
+        prev = record.hash.clone();
+        records.push(record);
     }
-    let secret = access_log::new_secret()?;
-    sqlx::query("INSERT INTO subject_keys (subject, secret) VALUES ($1, $2)")
-        .bind(subject_key)
-        .bind(&secret)
-        .execute(&mut **tx)
-        .await?;
-    Ok(secret)
+    (records, (seq, prev))
+}
+
+/// One multi-row INSERT of chained records.
+fn insert_records(
+    records: &[AccessRecord],
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let rows = (0..records.len())
+        .map(|i| format!("({})", placeholders(i * 12 + 1, 12)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut q = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO access_log ({ACCESS_COLUMNS}) VALUES {rows}"
+    )));
+    for r in records {
+        q = q
+            .bind(to_i64(r.seq))
+            .bind(r.read_at)
+            .bind(r.pseudonym.clone())
+            .bind(r.caller.clone())
+            .bind(r.enforced_by.clone())
+            .bind(r.purpose.clone())
+            .bind(r.categories.clone())
+            .bind(to_i64(r.revision))
+            .bind(r.operation.clone())
+            .bind(to_i64(r.items))
+            .bind(r.prev_hash.clone())
+            .bind(r.hash.clone());
+    }
+    q
 }

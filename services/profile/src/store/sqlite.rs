@@ -52,7 +52,5 @@ impl Dialect for Sqlite {
     }
 
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
-
-    const WRITE_LOCK: Option<&'static str> = None;
-    const SNAPSHOT: Option<&'static str> = None;
+    const CHAIN_LOCK: Option<&'static str> = None;
 }
