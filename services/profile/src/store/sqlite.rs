@@ -43,11 +43,35 @@ impl Dialect for Sqlite {
                     sqlx::query("PRAGMA busy_timeout = 10000")
                         .execute(&mut *conn)
                         .await?;
+                    // Checkpoints run in the background (below), not inside whichever request's
+                    // commit happens to cross the threshold: that stalled reads for ~15 ms.
+                    sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })
             .connect(url)
             .await?;
+        if !in_memory {
+            let checkpointer = pool.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    if checkpointer.is_closed() {
+                        return;
+                    }
+                    // PASSIVE never blocks readers or writers; it copies what it can.
+                    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&checkpointer)
+                        .await
+                    {
+                        tracing::warn!(error = %StoreError::from(e).log_safe(), "WAL checkpoint failed");
+                    }
+                }
+            });
+        }
         Ok(pool)
     }
 
