@@ -152,7 +152,17 @@ fn main() -> anyhow::Result<()> {
     let markdown = report::render(&results);
     println!("{markdown}");
     if let Some(path) = &args.write {
-        std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
+        // The file also holds profilegen's section: keep it.
+        let kept = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| {
+                old.find("<!-- profilegen:start -->")
+                    .map(|at| old[at..].to_owned())
+            })
+            .map(|section| format!("\n{section}"))
+            .unwrap_or_default();
+        std::fs::write(path, format!("{markdown}{kept}"))
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("loadgen: wrote {}", path.display());
     }
     let failed = report::verdicts(&results)
