@@ -1,0 +1,204 @@
+//! Item-to-item co-occurrence, learned only from subjects who consented to the training purpose,
+//! updated incrementally, and unlearned *exactly*: every subject's contribution (the set of items
+//! it added) is kept, tagged with the consent revision it was learned under, so that withdrawing or
+//! erasing the subject subtracts precisely what it added. After `unlearn(s)` the model equals, count
+//! for count, the model trained from scratch without `s` (a property test checks this).
+//!
+//! The contribution is derived data about the subject: it is dropped by `unlearn`, which the
+//! service calls on every withdrawal or erasure change event.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The most distinct items one subject contributes (the first ones given, usually the most
+/// recent): bounds a subject's pairs at 200 × 199 / 2.
+pub const MAX_ITEMS_PER_SUBJECT: usize = 200;
+
+/// What one subject added to the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Contribution {
+    items: BTreeSet<u32>,
+    revision: u64,
+}
+
+/// The co-occurrence model.
+#[derive(Debug, Default, Clone)]
+pub struct CoOccurrence {
+    ids: Vec<String>,
+    index: HashMap<String, u32>,
+    /// Subjects whose histories hold both items, keyed `(low, high)` by interned id.
+    pairs: HashMap<(u32, u32), u32>,
+    /// Subjects whose histories hold the item.
+    items: HashMap<u32, u32>,
+    contributions: HashMap<String, Contribution>,
+}
+
+/// The model's counts in a canonical form (by item id, zeros omitted), to compare two models.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Pair counts.
+    pub pairs: BTreeMap<(String, String), u32>,
+    /// Item counts.
+    pub items: BTreeMap<String, u32>,
+    /// The subjects that contributed, with the revision each was learned under.
+    pub subjects: BTreeMap<String, u64>,
+}
+
+impl CoOccurrence {
+    /// An empty model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn intern(&mut self, id: &str) -> u32 {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        let i = u32::try_from(self.ids.len()).expect("fewer than 4 billion items");
+        self.ids.push(id.to_owned());
+        self.index.insert(id.to_owned(), i);
+        i
+    }
+
+    /// Learns `subject`'s history (item ids, most relevant first), replacing whatever it
+    /// contributed before. `revision` is the consent revision that allowed it.
+    pub fn learn<'a>(
+        &mut self,
+        subject: &str,
+        history: impl IntoIterator<Item = &'a str>,
+        revision: u64,
+    ) {
+        self.unlearn(subject);
+        let mut items = BTreeSet::new();
+        for id in history {
+            if items.len() == MAX_ITEMS_PER_SUBJECT {
+                break;
+            }
+            let i = self.intern(id);
+            items.insert(i);
+        }
+        self.apply(&items, true);
+        self.contributions
+            .insert(subject.to_owned(), Contribution { items, revision });
+    }
+
+    /// Removes everything `subject` contributed; whether it had contributed anything.
+    pub fn unlearn(&mut self, subject: &str) -> bool {
+        match self.contributions.remove(subject) {
+            Some(c) => {
+                self.apply(&c.items, false);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn apply(&mut self, items: &BTreeSet<u32>, add: bool) {
+        let bump = |count: &mut u32| {
+            if add {
+                *count += 1;
+            } else {
+                *count -= 1;
+            }
+        };
+        for &i in items {
+            bump(self.items.entry(i).or_default());
+            if self.items.get(&i) == Some(&0) {
+                self.items.remove(&i);
+            }
+        }
+        let list: Vec<u32> = items.iter().copied().collect();
+        for (n, &a) in list.iter().enumerate() {
+            for &b in &list[n + 1..] {
+                let key = (a, b);
+                bump(self.pairs.entry(key).or_default());
+                if self.pairs.get(&key) == Some(&0) {
+                    self.pairs.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The revision `subject` was learned under, if it contributed.
+    pub fn learned_revision(&self, subject: &str) -> Option<u64> {
+        self.contributions.get(subject).map(|c| c.revision)
+    }
+
+    /// How many subjects contributed.
+    pub fn subjects(&self) -> usize {
+        self.contributions.len()
+    }
+
+    /// The items most often found with `item`, best first, scored by cosine similarity
+    /// `c(i,j) / sqrt(c(i) c(j))`; ties by item id.
+    pub fn similar(&self, item: &str, n: usize) -> Vec<(String, f64)> {
+        let Some(&i) = self.index.get(item) else {
+            return Vec::new();
+        };
+        let Some(&ci) = self.items.get(&i) else {
+            return Vec::new();
+        };
+        let mut scored: Vec<(String, f64)> = self
+            .pairs
+            .iter()
+            .filter_map(|(&(a, b), &count)| {
+                let other = if a == i {
+                    b
+                } else if b == i {
+                    a
+                } else {
+                    return None;
+                };
+                let cj = *self.items.get(&other)?;
+                Some((
+                    self.ids[other as usize].clone(),
+                    f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
+                ))
+            })
+            .collect();
+        scored.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        scored.truncate(n);
+        scored
+    }
+
+    /// The canonical counts.
+    pub fn snapshot(&self) -> Snapshot {
+        let name = |i: u32| self.ids[i as usize].clone();
+        Snapshot {
+            pairs: self
+                .pairs
+                .iter()
+                .map(|(&(a, b), &c)| {
+                    let (x, y) = (name(a), name(b));
+                    (if x <= y { (x, y) } else { (y, x) }, c)
+                })
+                .collect(),
+            items: self.items.iter().map(|(&i, &c)| (name(i), c)).collect(),
+            subjects: self
+                .contributions
+                .iter()
+                .map(|(s, c)| (s.clone(), c.revision))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn similar_items_come_from_shared_histories() {
+        let mut m = CoOccurrence::new();
+        m.learn("a", ["tent", "headlamp", "stove"], 1);
+        m.learn("b", ["tent", "headlamp"], 2);
+        m.learn("c", ["novel"], 3);
+        let similar = m.similar("tent", 5);
+        assert_eq!(similar[0].0, "headlamp");
+        assert!(similar.iter().all(|(id, _)| id != "novel"));
+        assert!(m.unlearn("b"));
+        assert!(!m.unlearn("b"));
+        assert_eq!(m.similar("tent", 1)[0].0, "headlamp");
+        assert_eq!(m.learned_revision("a"), Some(1));
+        assert_eq!(m.learned_revision("b"), None);
+    }
+}
