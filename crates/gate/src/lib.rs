@@ -271,6 +271,97 @@ impl Gate {
             .high_water()
             .max(self.inner.freshness.last_device_change());
         let response = Arc::new(self.ask(request.clone()).await?);
+        self.remember(key, response.clone(), issued_high_water);
+        Ok(self.hand_out(subject, request.purpose, caller, response, false))
+    }
+
+    /// Many checks at once, answered in order: cached answers are served as [`Gate::check`]
+    /// would, and every miss goes to the consent service in one `BatchCheck` call (up to 1,000).
+    /// All fail closed together: one error, and no decision is handed out.
+    pub async fn check_many(
+        &self,
+        requests: Vec<CheckRequest>,
+        on_behalf_of: Option<&str>,
+    ) -> Result<Vec<Decision>, GateError> {
+        if requests.len() > 1000 {
+            return Err(GateError::Rejected(
+                consentgate_runtime::errors::invalid_argument(
+                    "checks",
+                    "at most 1,000 checks per batch",
+                ),
+            ));
+        }
+        let caller = on_behalf_of.unwrap_or(&self.inner.name).to_owned();
+        let mut prepared = Vec::with_capacity(requests.len());
+        for mut request in requests {
+            let subject = request
+                .subject
+                .as_ref()
+                .and_then(subject_key)
+                .ok_or_else(|| {
+                    GateError::Rejected(consentgate_runtime::errors::invalid_argument(
+                        "subject",
+                        "a subject_id or device_id is required",
+                    ))
+                })?;
+            request.on_behalf_of = on_behalf_of.unwrap_or_default().to_owned();
+            let min_revision = if request.at_least_as_fresh.is_empty() {
+                0
+            } else {
+                request.at_least_as_fresh.parse::<u64>().map_err(|_| {
+                    GateError::Rejected(consentgate_runtime::errors::invalid_argument(
+                        "at_least_as_fresh",
+                        "must be a revision returned by a consent write (a decimal number)",
+                    ))
+                })?
+            };
+            let key = cache_key(&request);
+            let hit = self.cached(&key, &subject, min_revision);
+            prepared.push((request, subject, key, hit));
+        }
+        let misses: Vec<CheckRequest> = prepared
+            .iter()
+            .filter(|p| p.3.is_none())
+            .map(|p| p.0.clone())
+            .collect();
+        let issued_high_water = self
+            .inner
+            .freshness
+            .high_water()
+            .max(self.inner.freshness.last_device_change());
+        let mut answers = if misses.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            self.ask_batch(misses).await?.into_iter()
+        };
+        let mut decisions = Vec::with_capacity(prepared.len());
+        for (request, subject, key, hit) in prepared {
+            let (response, from_cache) = match hit {
+                Some(response) => {
+                    self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    (response, true)
+                }
+                None => {
+                    self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    let response = Arc::new(answers.next().ok_or_else(|| {
+                        GateError::Unavailable("BatchCheck answered fewer checks than asked".into())
+                    })?);
+                    self.remember(key, response.clone(), issued_high_water);
+                    (response, false)
+                }
+            };
+            decisions.push(self.hand_out(
+                subject,
+                request.purpose,
+                caller.clone(),
+                response,
+                from_cache,
+            ));
+        }
+        Ok(decisions)
+    }
+
+    fn remember(&self, key: Vec<u8>, response: Arc<CheckResponse>, issued_high_water: u64) {
         if let Some(cache) = &self.inner.cache {
             let valid_until = response
                 .valid_until
@@ -279,13 +370,51 @@ impl Gate {
             cache.insert(
                 key,
                 Arc::new(Cached {
-                    response: response.clone(),
+                    response,
                     issued_high_water,
                     valid_until,
                 }),
             );
         }
-        Ok(self.hand_out(subject, request.purpose, caller, response, false))
+    }
+
+    async fn ask_batch(&self, checks: Vec<CheckRequest>) -> Result<Vec<CheckResponse>, GateError> {
+        let asked = checks.len();
+        let mut call =
+            tonic::Request::new(consentgate_proto::consent::v1::BatchCheckRequest { checks });
+        call.metadata_mut()
+            .insert("authorization", self.inner.auth.clone());
+        call.set_timeout(self.inner.check_timeout);
+        let mut client = self.inner.client.clone();
+        match tokio::time::timeout(self.inner.check_timeout, client.batch_check(call)).await {
+            Ok(Ok(response)) => {
+                let results = response.into_inner().results;
+                if results.len() == asked {
+                    Ok(results)
+                } else {
+                    self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    Err(GateError::Unavailable(format!(
+                        "BatchCheck answered {} of {asked} checks",
+                        results.len()
+                    )))
+                }
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                Err(GateError::Rejected(status))
+            }
+            Ok(Err(status)) => {
+                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(GateError::Unavailable(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                )))
+            }
+            Err(_) => {
+                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(GateError::Unavailable("the check deadline passed".into()))
+            }
+        }
     }
 
     fn hand_out(

@@ -1,0 +1,160 @@
+//! The gate against a real consent service: batched checks share the cache with single ones,
+//! change events make cached decisions stale, and an unreachable consent service fails closed.
+
+use consentgate_consent::ledger::LedgerKeys;
+use consentgate_consent::server as consent_server;
+use consentgate_consent::testing::{Backend, TestDb};
+use consentgate_gate::{Gate, GateConfig, GateError};
+use consentgate_policy::Policy;
+use consentgate_proto::common::v1::{SubjectRef, subject_ref};
+use consentgate_proto::consent::v1 as pb;
+use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PURPOSE: &str = "personalize.content.limited";
+
+fn check(who: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        subject: Some(SubjectRef {
+            id: Some(subject_ref::Id::SubjectId(who.to_owned())),
+        }),
+        purpose: PURPOSE.into(),
+        data_categories: vec!["user.preferences.stated".into()],
+        ..Default::default()
+    }
+}
+
+async fn consent_service() -> (String, TestDb) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let policy = Arc::new(Policy::default_policy().expect("policy"));
+    let tokens: Vec<(String, String)> = policy
+        .callers
+        .keys()
+        .map(|c| (c.clone(), format!("t-{c}")))
+        .collect();
+    let auth = consent_server::authenticator(&policy, &tokens).expect("auth");
+    let engine =
+        consent_server::open_engine(policy, &db.url, Arc::new(LedgerKeys::generate()), 100)
+            .await
+            .expect("engine");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(consent_server::serve(
+        engine,
+        auth,
+        listener,
+        std::future::pending(),
+    ));
+    (url, db)
+}
+
+async fn write(url: &str, withdraw: bool, who: &str, key: &str) -> u64 {
+    let mut client = ConsentServiceClient::connect(url.to_owned())
+        .await
+        .expect("connect");
+    let target = Some(pb::ConsentTarget {
+        subject: Some(SubjectRef {
+            id: Some(subject_ref::Id::SubjectId(who.to_owned())),
+        }),
+        purpose: PURPOSE.into(),
+        ..Default::default()
+    });
+    let auth: tonic::metadata::MetadataValue<_> =
+        "Bearer t-preference-center".parse().expect("header");
+    if withdraw {
+        let mut r = tonic::Request::new(pb::WithdrawRequest {
+            target,
+            idempotency_key: key.into(),
+            ..Default::default()
+        });
+        r.metadata_mut().insert("authorization", auth);
+        client
+            .withdraw(r)
+            .await
+            .expect("withdraw")
+            .into_inner()
+            .revision
+    } else {
+        let mut r = tonic::Request::new(pb::GrantRequest {
+            target,
+            consent_type: pb::ConsentType::Explicit as i32,
+            notice_version: "2.0".into(),
+            idempotency_key: key.into(),
+            ..Default::default()
+        });
+        r.metadata_mut().insert("authorization", auth);
+        client.grant(r).await.expect("grant").into_inner().revision
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_checks_share_the_cache_and_follow_changes() {
+    let (url, _db) = consent_service().await;
+    let gate = Gate::start(
+        GateConfig::new(url.clone(), "t-recommendation-service"),
+        "recommendation-service",
+    )
+    .expect("gate");
+    assert!(gate.wait_live(Duration::from_secs(10)).await);
+    write(&url, false, "ann", "g-ann").await;
+    let decisions = gate
+        .check_many(vec![check("ann"), check("bob"), check("ann")], None)
+        .await
+        .expect("batch");
+    let allowed: Vec<bool> = decisions
+        .iter()
+        .map(|d| d.is_allowed("user.preferences.stated"))
+        .collect();
+    assert_eq!(allowed, [true, false, true]);
+    assert_eq!(decisions[1].reason(), "NO_CONSENT");
+    let c = gate.counters();
+    assert_eq!((c.cache_misses, c.allows, c.denies), (3, 2, 1));
+    // The same questions again: all cached, one by one or batched.
+    assert!(
+        gate.check(check("ann"), None)
+            .await
+            .expect("check")
+            .from_cache()
+    );
+    let again = gate
+        .check_many(vec![check("bob"), check("ann")], None)
+        .await
+        .expect("batch");
+    assert!(again.iter().all(|d| d.from_cache()));
+    // A withdrawal: with its token the next batch is fresh, and denied.
+    let revision = write(&url, true, "ann", "w-ann").await;
+    let mut fresh = check("ann");
+    fresh.at_least_as_fresh = revision.to_string();
+    let after = gate.check_many(vec![fresh], None).await.expect("batch");
+    assert!(!after[0].is_allowed("user.preferences.stated"));
+    assert_eq!(after[0].reason(), "WITHDRAWN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_consent_service_fails_closed() {
+    // Nothing listens here.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut config = GateConfig::new(
+        format!("http://127.0.0.1:{port}"),
+        "t-recommendation-service",
+    );
+    config.check_timeout = Duration::from_millis(500);
+    let gate = Gate::start(config, "recommendation-service").expect("gate");
+    assert!(!gate.stream_live());
+    for result in [
+        gate.check(check("ann"), None).await.map(|_| ()),
+        gate.check_many(vec![check("ann")], None).await.map(|_| ()),
+    ] {
+        let err = result.expect_err("no decision without the consent service");
+        assert!(matches!(err, GateError::Unavailable(_)), "{err:?}");
+        assert_eq!(err.into_status().code(), tonic::Code::Unavailable);
+    }
+    assert_eq!(gate.counters().allows, 0);
+    assert_eq!(gate.counters().failures, 2);
+}
