@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "consentgate/common/v1/common.proto",
         "consentgate/consent/v1/consent.proto",
         "consentgate/profile/v1/profile.proto",
+        "consentgate/recommendation/v1/recommendation.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

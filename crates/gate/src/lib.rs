@@ -14,6 +14,7 @@ mod decision;
 mod watch;
 
 pub use decision::{Decision, subject_key};
+pub use watch::ChangeNotice;
 
 use consentgate_proto::consent::v1::CheckRequest;
 use consentgate_proto::consent::v1::CheckResponse;
@@ -208,6 +209,12 @@ impl Gate {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         true
+    }
+
+    /// Every consent change the stream delivers from now on. A receiver that falls more than 4,096
+    /// changes behind gets `Lagged` and must treat everything it derived as stale.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice> {
+        self.inner.freshness.notices.subscribe()
     }
 
     /// What the gate has done so far.

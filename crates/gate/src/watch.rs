@@ -11,8 +11,21 @@ use tonic::transport::Channel;
 
 use crate::decision::subject_key;
 
+/// A consent change as the stream reported it, for services that drop derived data on change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeNotice {
+    /// The subject's key (`s:<id>` or `d:<id>`), when the change names one.
+    pub subject_key: Option<String>,
+    /// The change's revision.
+    pub revision: u64,
+    /// `grant`, `refuse`, `withdraw`, `signal`, `link`, `erase` or `restrict`.
+    pub kind: String,
+}
+
 /// What the change stream has told the gate so far.
 pub(crate) struct Freshness {
+    /// Every change applied, for subscribers (see [`crate::Gate::subscribe`]).
+    pub(crate) notices: tokio::sync::broadcast::Sender<ChangeNotice>,
     /// The latest change revision seen per person (`s:<id>`): a cached decision about that person
     /// computed from an older revision is stale.
     floors: moka::sync::Cache<String, u64>,
@@ -31,6 +44,7 @@ pub(crate) struct Freshness {
 impl Freshness {
     pub(crate) fn new(lease: Duration, capacity: u64) -> Self {
         Freshness {
+            notices: tokio::sync::broadcast::channel(4096).0,
             floors: moka::sync::Cache::new(capacity.max(1024)),
             high_water: AtomicU64::new(0),
             last_device_change: AtomicU64::new(0),
@@ -127,7 +141,13 @@ pub(crate) async fn follow(
                             match message.message {
                                 Some(watch_changes_response::Message::Change(change)) => {
                                     let key = change.subject.as_ref().and_then(subject_key);
-                                    state.apply_change(key, change.revision);
+                                    state.apply_change(key.clone(), change.revision);
+                                    // Nobody listening is fine.
+                                    let _ = state.notices.send(ChangeNotice {
+                                        subject_key: key,
+                                        revision: change.revision,
+                                        kind: change.kind,
+                                    });
                                 }
                                 Some(watch_changes_response::Message::Heartbeat(beat)) => {
                                     state.apply_heartbeat(beat.high_water_revision);

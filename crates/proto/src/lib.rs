@@ -25,6 +25,14 @@ pub mod profile {
     }
 }
 
+/// The recommendation service (`consentgate.recommendation.v1`).
+pub mod recommendation {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("consentgate.recommendation.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every consentgate proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("consentgate_descriptor");

@@ -1,7 +1,10 @@
-//! The recommendation service's core, free of I/O: the catalog, the co-occurrence model that
-//! learns only from consenting subjects and unlearns them exactly, and the personalization tiers.
-//! The gRPC service (issue 4) wires these to the profile service's gated reads.
+//! The recommendation service: personalizes when consent allows and falls back to context when it
+//! does not. The pure parts (catalog, co-occurrence model, tiers, ranking) have no I/O; personal
+//! data arrives only through gated profile reads ([`profile_reader`]).
 
+pub mod authz;
 pub mod catalog;
 pub mod model;
+pub mod profile_reader;
+pub mod ranking;
 pub mod tier;
