@@ -8,6 +8,8 @@ use consentgate_consent::server as consent_server;
 use consentgate_gate::GateConfig;
 use consentgate_policy::Policy;
 use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
+use consentgate_recommendation::catalog::Catalog;
+use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,6 +50,13 @@ enum Command {
             default_value = "127.0.0.1:50052"
         )]
         profile_listen: String,
+        /// The recommendation service's address.
+        #[arg(
+            long,
+            env = "CONSENTGATE_RECOMMENDATION_LISTEN",
+            default_value = "127.0.0.1:50053"
+        )]
+        recommendation_listen: String,
         /// The policy file; the shipped default when absent.
         #[arg(long, env = "CONSENTGATE_POLICY")]
         policy: Option<PathBuf>,
@@ -56,6 +65,18 @@ enum Command {
     Serve {
         #[command(subcommand)]
         service: Service,
+    },
+    /// Play the product's story against running services (start them with `up` first).
+    Demo {
+        /// The consent service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        consent: String,
+        /// The profile service.
+        #[arg(long, default_value = "http://127.0.0.1:50052")]
+        profile: String,
+        /// The recommendation service.
+        #[arg(long, default_value = "http://127.0.0.1:50053")]
+        recommendation: String,
     },
     /// Policy tools.
     Policy {
@@ -75,6 +96,40 @@ enum Service {
     Consent(ConsentArgs),
     /// The profile service.
     Profile(ProfileArgs),
+    /// The recommendation service.
+    Recommendation(RecommendationArgs),
+}
+
+#[derive(clap::Args)]
+struct RecommendationArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CONSENTGATE_LISTEN", default_value = "0.0.0.0:50053")]
+    listen: String,
+    /// The policy file (for caller roles); the shipped default when absent.
+    #[arg(long, env = "CONSENTGATE_POLICY")]
+    policy: Option<PathBuf>,
+    /// TOML file of `caller-name = "token"` lines: who may call this service.
+    #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
+    tokens_file: PathBuf,
+    /// The consent service, e.g. `http://consent:50051`.
+    #[arg(long, env = "CONSENTGATE_CONSENT_URL")]
+    consent_url: String,
+    /// The profile service, e.g. `http://profile:50052`.
+    #[arg(long, env = "CONSENTGATE_PROFILE_URL")]
+    profile_url: String,
+    /// This service's caller name (an enforcer).
+    #[arg(
+        long,
+        env = "CONSENTGATE_CALLER_NAME",
+        default_value = "recommendation-service"
+    )]
+    caller_name: String,
+    /// This service's token at the consent and profile services (from a secret).
+    #[arg(long, env = "CONSENTGATE_SERVICE_TOKEN", hide_env_values = true)]
+    service_token: String,
+    /// A JSONL catalog; the deterministic 5,000-item demo catalog when absent.
+    #[arg(long, env = "CONSENTGATE_CATALOG")]
+    catalog: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -113,6 +168,9 @@ struct ProfileArgs {
     /// How often the retention sweep runs, in seconds.
     #[arg(long, env = "CONSENTGATE_RETENTION_EVERY_SECS", default_value_t = 3600)]
     retention_every_secs: u64,
+    /// The recommendation service, for the erasure cascade, e.g. `http://recommendation:50053`.
+    #[arg(long, env = "CONSENTGATE_RECOMMENDATION_URL")]
+    recommendation_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -265,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
                 gate,
                 name: args.caller_name,
                 retention_every: std::time::Duration::from_secs(args.retention_every_secs),
+                recommendation_url: args.recommendation_url.clone(),
             })
             .await?;
             let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -280,10 +339,66 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        Command::Serve {
+            service: Service::Recommendation(args),
+        } => {
+            consentgate_runtime::telemetry::init("consentgate-recommendation", cli.log_json);
+            let policy = load_policy(args.policy.as_deref())?;
+            let tokens = load_tokens(&args.tokens_file)?;
+            let auth = consent_server::authenticator(&policy, &tokens)?;
+            let catalog = match &args.catalog {
+                Some(path) => Catalog::from_jsonl(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                None => Catalog::demo(5000),
+            };
+            let recommender = recommendation_server::open(RecommendationConfig {
+                catalog,
+                gate: GateConfig::new(args.consent_url, args.service_token.clone()),
+                name: args.caller_name,
+                profile_url: args.profile_url,
+                profile_token: args.service_token,
+            })?;
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            tracing::info!(address = %listener.local_addr()?, "recommendation service listening");
+            recommendation_server::serve(
+                recommender,
+                auth,
+                listener,
+                consentgate_runtime::server::shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Demo {
+            consent,
+            profile,
+            recommendation,
+        } => {
+            let suite = consentgate::demo::Suite {
+                consent,
+                profile,
+                recommendation,
+                token: |caller| format!("dev-{caller}"),
+            };
+            let run_id = format!(
+                "{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs()
+            );
+            consentgate::demo::run(&suite, &run_id, |line| println!("{line}")).await?;
+            Ok(())
+        }
         Command::Up {
             data_dir,
             consent_listen,
             profile_listen,
+            recommendation_listen,
             policy,
         } => {
             consentgate_runtime::telemetry::init("consentgate", cli.log_json);
@@ -318,16 +433,34 @@ async fn main() -> anyhow::Result<()> {
                 gate: GateConfig::new(format!("http://{address}"), "dev-profile-service"),
                 name: "profile-service".into(),
                 retention_every: std::time::Duration::from_secs(3600),
+                recommendation_url: Some(format!("http://{recommendation_listen}")),
             })
             .await?;
             let profile_listener = tokio::net::TcpListener::bind(&profile_listen)
                 .await
                 .with_context(|| format!("binding {profile_listen}"))?;
             let profile_address = profile_listener.local_addr()?.to_string();
+            let auth_for_recommendation = auth.clone();
             let profile_task = tokio::spawn(profile_server::serve(
                 profile,
                 auth,
                 profile_listener,
+                consentgate_runtime::server::shutdown_signal(),
+            ));
+            let recommender = recommendation_server::open(RecommendationConfig {
+                catalog: Catalog::demo(5000),
+                gate: GateConfig::new(format!("http://{address}"), "dev-recommendation-service"),
+                name: "recommendation-service".into(),
+                profile_url: format!("http://{profile_address}"),
+                profile_token: "dev-recommendation-service".into(),
+            })?;
+            let recommendation_listener = tokio::net::TcpListener::bind(&recommendation_listen)
+                .await
+                .with_context(|| format!("binding {recommendation_listen}"))?;
+            let recommendation_task = tokio::spawn(recommendation_server::serve(
+                recommender,
+                auth_for_recommendation,
+                recommendation_listener,
                 consentgate_runtime::server::shutdown_signal(),
             ));
             seed::demo_consents(&address, "dev-preference-center")
@@ -341,9 +474,16 @@ async fn main() -> anyhow::Result<()> {
                     .context("seeding demo profiles")?;
                 std::fs::write(&seeded, "demo profiles seeded\n")?;
             }
-            print_banner(&consent_listen, &profile_listen, &tokens, &policy);
+            print_banner(
+                &consent_listen,
+                &profile_listen,
+                &recommendation_listen,
+                &tokens,
+                &policy,
+            );
             server.await??;
             profile_task.await??;
+            recommendation_task.await??;
             Ok(())
         }
     }
@@ -353,7 +493,13 @@ fn hex_head(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn print_banner(consent: &str, profile: &str, tokens: &[(String, String)], policy: &Policy) {
+fn print_banner(
+    consent: &str,
+    profile: &str,
+    recommendation: &str,
+    tokens: &[(String, String)],
+    policy: &Policy,
+) {
     println!("consentgate is up (development mode: SQLite, development tokens, loopback only)");
     println!(
         "  consent service   {consent}   (policy {}, {} purposes)",
@@ -361,6 +507,9 @@ fn print_banner(consent: &str, profile: &str, tokens: &[(String, String)], polic
         policy.purposes.len()
     );
     println!("  profile service   {profile}   (every read and write passes the consent gate)");
+    println!(
+        "  recommendation    {recommendation}   (5,000-item demo catalog; tiers follow consent)"
+    );
     println!();
     println!("Development caller tokens (send as `authorization: Bearer <token>`):");
     for (name, token) in tokens {
@@ -386,6 +535,10 @@ fn print_banner(consent: &str, profile: &str, tokens: &[(String, String)], polic
     println!(
         "  grpcurl -plaintext -H 'authorization: Bearer dev-privacy-ops' -d '{{\"subject\":{{\"subject_id\":\"demo-alice\"}}}}' {profile} consentgate.profile.v1.ProfileService/GetAccessReport"
     );
+    println!(
+        "  grpcurl -plaintext -H 'authorization: Bearer dev-recommendation-service' -d '{{\"subject\":{{\"subject_id\":\"demo-alice\"}},\"context\":{{\"device\":\"mobile\",\"region\":\"EU\"}},\"n\":5}}' {recommendation} consentgate.recommendation.v1.RecommendationService/Recommend"
+    );
     println!();
+    println!("Then play the story in another terminal: cargo run --release -- demo");
     println!("Press Ctrl-C to stop.");
 }

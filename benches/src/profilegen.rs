@@ -258,6 +258,7 @@ fn start_services(dir: &std::path::Path) -> anyhow::Result<Services> {
                 gate,
                 name: "profile-service".into(),
                 retention_every: Duration::from_secs(3600),
+                recommendation_url: None,
             })
             .await?;
             anyhow::ensure!(

@@ -303,6 +303,7 @@ impl ProfileServer {
                 gate,
                 name: "profile-service".into(),
                 retention_every: Duration::from_secs(3600),
+                recommendation_url: None,
             },
         )
         .await

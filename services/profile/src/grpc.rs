@@ -43,6 +43,12 @@ pub struct Shared {
     pub log: AccessLog,
     /// This service's caller name (recorded as the enforcer of reads).
     pub name: String,
+    /// The recommendation service, for the erasure cascade.
+    pub recommendation: Option<
+        consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient<
+            tonic::transport::Channel,
+        >,
+    >,
 }
 
 /// The ProfileService implementation.

@@ -393,7 +393,7 @@ pub async fn export(
         "access_log": access,
         "recommendations": {
             "derived_data": [],
-            "note": "No recommendation service is connected to this profile service yet; it keeps no personal data of its own.",
+            "note": "The recommendation service keeps no profile data. Its co-occurrence model counts which items were viewed or bought together by people who consented to model training; withdrawing that consent or erasing removes your contribution exactly. Recommendations are computed per request and not stored.",
         },
     });
     let mut done = request_record;
@@ -567,11 +567,41 @@ pub async fn erase(
             detail
                 .steps
                 .push(format!("profile service: final sweep deleted {swept} rows"));
-            detail.steps.push(
-                "recommendation service: not connected; it keeps no personal data".to_owned(),
-            );
-            record.state = "completed".into();
-            record.completed_at = now_micros();
+            let unlearned = match &shared.recommendation {
+                None => Ok("recommendation service: not connected".to_owned()),
+                Some(client) => client
+                    .clone()
+                    .unlearn(forwarded(
+                        consentgate_proto::recommendation::v1::UnlearnRequest {
+                            subject: Some(subject.clone()),
+                        },
+                        &auth,
+                    ))
+                    .await
+                    .map(|r| {
+                        if r.into_inner().forgotten {
+                            "recommendation service: the subject's model contribution was unlearned"
+                                .to_owned()
+                        } else {
+                            "recommendation service: held nothing derived from the subject"
+                                .to_owned()
+                        }
+                    }),
+            };
+            match unlearned {
+                Ok(step) => {
+                    detail.steps.push(step);
+                    record.state = "completed".into();
+                    record.completed_at = now_micros();
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), "erasure could not reach the recommendation service; the request stays in progress");
+                    detail.steps.push(format!(
+                        "recommendation service: not reached ({:?}); retry with the same idempotency key",
+                        s.code()
+                    ));
+                }
+            }
         }
         Err(s) => {
             tracing::warn!(code = ?s.code(), "erasure could not reach the consent service; the request stays in progress");

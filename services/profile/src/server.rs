@@ -8,6 +8,7 @@ use crate::store::{self, ProfileStore, StoreError};
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_policy::Policy;
 use consentgate_proto::profile::v1::profile_service_server::ProfileServiceServer;
+use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use consentgate_runtime::AuthLayer;
 use consentgate_runtime::Authenticator;
 use consentgate_runtime::server::{MAX_MESSAGE_BYTES, health, reflection};
@@ -44,6 +45,8 @@ pub struct ProfileConfig {
     pub name: String,
     /// How often the retention sweep runs.
     pub retention_every: Duration,
+    /// The recommendation service, for the erasure cascade (`None`: not deployed).
+    pub recommendation_url: Option<String>,
 }
 
 /// A running profile service's parts, opened and ready to serve.
@@ -65,6 +68,16 @@ impl Profile {
         store: Arc<dyn ProfileStore>,
     ) -> Result<Profile, StartError> {
         let gate = Gate::start(config.gate, config.name.clone())?;
+        let recommendation = match &config.recommendation_url {
+            Some(url) => Some(RecommendationServiceClient::new(
+                tonic::transport::Endpoint::from_shared(url.clone())
+                    .map_err(|e| {
+                        GateError::Config(format!("recommendation endpoint {url:?}: {e}"))
+                    })?
+                    .connect_lazy(),
+            )),
+            None => None,
+        };
         let log = AccessLog::start(store.clone());
         crate::retention::spawn(store.clone(), config.policy.clone(), config.retention_every);
         Ok(Profile {
@@ -74,6 +87,7 @@ impl Profile {
                 gate,
                 log,
                 name: config.name,
+                recommendation,
             }),
         })
     }

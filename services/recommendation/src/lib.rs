@@ -4,7 +4,9 @@
 
 pub mod authz;
 pub mod catalog;
+pub mod grpc;
 pub mod model;
 pub mod profile_reader;
 pub mod ranking;
+pub mod server;
 pub mod tier;

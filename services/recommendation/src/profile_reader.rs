@@ -78,6 +78,7 @@ impl ProfileReader {
         kinds: &[ppb::EventKind],
         limit: u32,
         context: Option<RequestContext>,
+        at_least_as_fresh: &str,
     ) -> Result<(Vec<HistoryItem>, u64), tonic::Status> {
         let r = self
             .client
@@ -88,6 +89,7 @@ impl ProfileReader {
                 kinds: kinds.iter().map(|k| *k as i32).collect(),
                 page_size: limit,
                 context,
+                at_least_as_fresh: at_least_as_fresh.to_owned(),
                 ..Default::default()
             }))
             .await?
@@ -114,6 +116,7 @@ impl ProfileReader {
         subject: &SubjectRef,
         purpose: &str,
         context: Option<RequestContext>,
+        at_least_as_fresh: &str,
     ) -> Result<(Vec<String>, u64), tonic::Status> {
         let profile = self
             .client
@@ -123,7 +126,7 @@ impl ProfileReader {
                 purpose: purpose.to_owned(),
                 data_categories: vec!["user.preferences.stated".into()],
                 context: context.clone(),
-                ..Default::default()
+                at_least_as_fresh: at_least_as_fresh.to_owned(),
             }))
             .await?
             .into_inner();
@@ -134,7 +137,7 @@ impl ProfileReader {
                 subject: Some(subject.clone()),
                 purpose: purpose.to_owned(),
                 context,
-                ..Default::default()
+                at_least_as_fresh: at_least_as_fresh.to_owned(),
             }))
             .await?
             .into_inner();

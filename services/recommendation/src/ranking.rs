@@ -98,26 +98,33 @@ fn fit(item: &Item, moment: &Moment) -> (f64, Option<String>) {
     let a = &item.affinity;
     let mut score = 0.0;
     let mut reason = None;
-    if !moment.region.is_empty() && a.regions.iter().any(|r| *r == moment.region) {
+    if !moment.region.is_empty() && a.regions.contains(&moment.region) {
         score += 0.3;
         reason = Some(format!(
             "popular in your region ({}) this {}",
             moment.region, moment.daypart
         ));
     }
-    if a.dayparts.iter().any(|d| *d == moment.daypart) {
+    if a.dayparts.contains(&moment.daypart) {
         score += 0.2;
         reason.get_or_insert_with(|| format!("popular this {}", moment.daypart));
     }
-    if a.seasons.iter().any(|s| *s == moment.season) {
+    if a.seasons.contains(&moment.season) {
         score += 0.2;
         reason.get_or_insert_with(|| format!("a {} favorite", moment.season));
     }
-    if !moment.device.is_empty() && a.devices.iter().any(|d| *d == moment.device) {
+    if !moment.device.is_empty() && a.devices.contains(&moment.device) {
         score += 0.1;
         reason.get_or_insert_with(|| format!("popular on {}", moment.device));
     }
     (score, reason)
+}
+
+/// What the person is looking at or saw this session: not worth recommending again.
+fn seen(moment: &Moment) -> HashSet<String> {
+    let mut seen: HashSet<String> = moment.session_items.iter().cloned().collect();
+    seen.insert(moment.current_item.clone());
+    seen
 }
 
 /// The popular tier: popularity alone.
@@ -211,7 +218,7 @@ pub fn limited(catalog: &Catalog, preferences: &[String], moment: &Moment, n: us
             }
         })
         .collect();
-    best(scored, n, &HashSet::new())
+    best(scored, n, &seen(moment))
 }
 
 /// A coarse segment, from purchase history alone.
@@ -263,7 +270,7 @@ pub fn segment(catalog: &Catalog, segment: Segment, moment: &Moment, n: usize) -
                 Segment::Loyal if item.price_minor >= 10_000 => {
                     (0.5, "picked for our loyal customers")
                 }
-                Segment::Lapsed if item.affinity.seasons.iter().any(|s| *s == moment.season) => {
+                Segment::Lapsed if item.affinity.seasons.contains(&moment.season) => {
                     (0.5, "new this season: welcome back")
                 }
                 _ => (0.0, "popular right now"),
@@ -275,7 +282,7 @@ pub fn segment(catalog: &Catalog, segment: Segment, moment: &Moment, n: usize) -
             }
         })
         .collect();
-    best(scored, n, &HashSet::new())
+    best(scored, n, &seen(moment))
 }
 
 /// The profiled tier: items often found with what the person viewed and bought (the model),
@@ -325,12 +332,14 @@ pub fn profiled(
             }
         })
         .collect();
-    let bought: HashSet<String> = history
+    let mut exclude: HashSet<String> = history
         .iter()
         .filter(|h| h.purchased)
         .map(|h| h.item_id.clone())
         .collect();
-    best(scored, n, &bought)
+    exclude.extend(moment.session_items.iter().cloned());
+    exclude.insert(moment.current_item.clone());
+    best(scored, n, &exclude)
 }
 
 #[cfg(test)]

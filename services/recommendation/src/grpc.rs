@@ -1,0 +1,512 @@
+//! The gRPC adapter of `consentgate.recommendation.v1.RecommendationService`: asks the gate which
+//! tier the subject's consents allow, reads the profile service only for the tiers that need it,
+//! ranks, and keeps per-tier effectiveness statistics without subject ids.
+
+use crate::catalog::Catalog;
+use crate::model::CoOccurrence;
+use crate::profile_reader::ProfileReader;
+use crate::ranking::{self, Moment, Pick};
+use crate::tier::{Ladder, Tier, tier_for};
+use consentgate_gate::{Gate, subject_key};
+use consentgate_proto::common::v1::{PersonalizationLevel, SubjectRef, subject_ref};
+use consentgate_proto::consent::v1::CheckRequest;
+use consentgate_proto::profile::v1::EventKind;
+use consentgate_proto::recommendation::v1 as pb;
+use consentgate_runtime::errors::{Violations, invalid_argument, status};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tonic::{Code, Request, Response, Status};
+
+/// The purpose whose decision names the personalization rung.
+pub const PROFILED: &str = "personalize.content.profiled";
+/// The purpose of zero-party-only recommendations.
+pub const LIMITED: &str = "personalize.content.limited";
+/// The purpose of segment recommendations.
+pub const SEGMENT: &str = "personalize.content.segment";
+/// The purpose the co-occurrence model learns under.
+pub const TRAINING: &str = "train_ai_system";
+/// History read for the profiled tier (the benchmark's 500-event histories).
+const HISTORY: u32 = 500;
+
+#[derive(Default)]
+struct TierCounters {
+    recommendations: AtomicU64,
+    impressions: AtomicU64,
+    clicks: AtomicU64,
+    conversions: AtomicU64,
+    value_minor: AtomicI64,
+}
+
+/// Shared state of the service.
+pub struct Recommender {
+    /// The catalog (replaced whole by LoadCatalog).
+    pub catalog: RwLock<Arc<Catalog>>,
+    /// The co-occurrence model.
+    pub model: Mutex<CoOccurrence>,
+    /// The consent gate.
+    pub gate: Gate,
+    /// Gated profile reads.
+    pub profile: ProfileReader,
+    tiers: [TierCounters; 5],
+    /// Which tier each recent recommendation id was, for outcomes (no subject ids).
+    issued: moka::sync::Cache<String, Tier>,
+}
+
+const TIERS: [Tier; 5] = [
+    Tier::Profiled,
+    Tier::Limited,
+    Tier::Segment,
+    Tier::Contextual,
+    Tier::Popular,
+];
+
+fn tier_index(t: Tier) -> usize {
+    TIERS.iter().position(|x| *x == t).unwrap_or(4)
+}
+
+fn tier_pb(t: Tier) -> pb::Tier {
+    match t {
+        Tier::Profiled => pb::Tier::Profiled,
+        Tier::Limited => pb::Tier::Limited,
+        Tier::Segment => pb::Tier::Segment,
+        Tier::Contextual => pb::Tier::Contextual,
+        Tier::Popular => pb::Tier::Popular,
+    }
+}
+
+fn ladder_of(level: PersonalizationLevel) -> Ladder {
+    match level {
+        PersonalizationLevel::Profiled => Ladder::Profiled,
+        PersonalizationLevel::Limited => Ladder::Limited,
+        PersonalizationLevel::Segment => Ladder::Segment,
+        PersonalizationLevel::Contextual => Ladder::Contextual,
+        PersonalizationLevel::Anonymous | PersonalizationLevel::Unspecified => Ladder::Anonymous,
+    }
+}
+
+impl Recommender {
+    /// A recommender over `catalog`, asking `gate`, reading through `profile`.
+    pub fn new(catalog: Catalog, gate: Gate, profile: ProfileReader) -> Arc<Recommender> {
+        Arc::new(Recommender {
+            catalog: RwLock::new(Arc::new(catalog)),
+            model: Mutex::new(CoOccurrence::new()),
+            gate,
+            profile,
+            tiers: Default::default(),
+            issued: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(std::time::Duration::from_secs(7 * 86_400))
+                .build(),
+        })
+    }
+
+    /// Drops what was derived from a subject whenever its consent changes (a later profiled
+    /// request re-learns if the subject still consents). Runs for as long as the gate lives.
+    pub fn follow_changes(self: &Arc<Self>) {
+        let mut changes = self.gate.subscribe();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let notice = changes.recv().await;
+                let Some(me) = me.upgrade() else {
+                    return;
+                };
+                match notice {
+                    Ok(n) => {
+                        if let Some(key) = n.subject_key {
+                            me.forget_older_than(&key, n.revision);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Changes were missed: nothing derived can be trusted any more.
+                        tracing::warn!(
+                            "missed consent changes; the model is dropped and re-learned"
+                        );
+                        *me.model.lock().unwrap_or_else(|e| e.into_inner()) = CoOccurrence::new();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Forgets what was derived from the subject under a consent revision older than `revision`
+    /// (a change event). What was learned at or after it already reflects the change.
+    pub fn forget_older_than(&self, key: &str, revision: u64) -> bool {
+        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        match model.learned_revision(key) {
+            Some(learned) if learned < revision => model.unlearn(key),
+            _ => false,
+        }
+    }
+
+    /// Forgets everything derived from the subject key; whether there was anything.
+    pub fn forget(&self, key: &str) -> bool {
+        self.model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unlearn(key)
+    }
+
+    /// How many subjects the model has learned from.
+    pub fn learned_subjects(&self) -> usize {
+        self.model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .subjects()
+    }
+
+    async fn recommend(&self, r: pb::RecommendRequest) -> Result<pb::RecommendResponse, Status> {
+        let n = match r.n {
+            0 => 10,
+            n if n <= 100 => n as usize,
+            _ => return Err(invalid_argument("n", "at most 100 items")),
+        };
+        let context = r.context.unwrap_or_default();
+        let mut v = Violations::default();
+        let subject = match r.subject.as_ref().and_then(|s| s.id.as_ref()) {
+            None => None,
+            Some(_) => {
+                let s = r.subject.clone().unwrap_or_default();
+                match subject_key(&s) {
+                    Some(_) => Some(s),
+                    None => {
+                        v.add("subject", "subject_id or device_id must not be empty");
+                        None
+                    }
+                }
+            }
+        };
+        for (field, text) in [
+            ("context.device", &context.device),
+            ("context.region", &context.region),
+            ("context.current_item_id", &context.current_item_id),
+        ] {
+            v.check(text.len() > 256, field, "must be at most 256 bytes");
+        }
+        v.check(
+            !r.at_least_as_fresh.is_empty() && r.at_least_as_fresh.parse::<u64>().is_err(),
+            "at_least_as_fresh",
+            "must be a revision returned by a consent write (a decimal number)",
+        );
+        v.check(
+            context.session_item_ids.len() > 100,
+            "context.session_item_ids",
+            "at most 100 items",
+        );
+        v.finish()?;
+        let seconds = context.time.as_ref().map_or_else(
+            || time::OffsetDateTime::now_utc().unix_timestamp(),
+            |t| t.seconds,
+        );
+        let moment = Moment::at(
+            seconds,
+            &context.device,
+            &context.region,
+            &context.current_item_id,
+            &context.session_item_ids,
+        );
+        let consent_context = context.consent.clone();
+
+        // The tier comes from the consent decision. No answer: context only (fail closed).
+        let (allowed, revision, trains, mut tier_reason) = match &subject {
+            None => (None, 0, false, "anonymous session: context only".to_owned()),
+            Some(s) => {
+                let checks = vec![
+                    CheckRequest {
+                        subject: Some(s.clone()),
+                        purpose: PROFILED.into(),
+                        context: consent_context.clone(),
+                        at_least_as_fresh: r.at_least_as_fresh.clone(),
+                        ..Default::default()
+                    },
+                    CheckRequest {
+                        subject: Some(s.clone()),
+                        purpose: TRAINING.into(),
+                        data_categories: vec![
+                            "user.behavior.browsing_history".into(),
+                            "user.behavior.purchase_history".into(),
+                        ],
+                        context: consent_context.clone(),
+                        at_least_as_fresh: r.at_least_as_fresh.clone(),
+                        ..Default::default()
+                    },
+                ];
+                match self.gate.check_many(checks, None).await {
+                    Ok(d) => {
+                        let ladder = ladder_of(d[0].personalization_level());
+                        let trains =
+                            d[1].verdict() == consentgate_proto::consent::v1::Verdict::Allow;
+                        (
+                            Some(ladder),
+                            d[0].revision(),
+                            trains,
+                            format!("consent allows {ladder:?} personalization").to_lowercase(),
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no consent decision; recommending from context only");
+                        (
+                            Some(Ladder::Contextual),
+                            0,
+                            false,
+                            "consent service unavailable: context only".to_owned(),
+                        )
+                    }
+                }
+            }
+        };
+        let tier = tier_for(allowed, moment.has_context());
+        let catalog = self
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let picks: Vec<Pick> = match (tier, &subject) {
+            (Tier::Profiled, Some(s)) => {
+                let (history, _) = self
+                    .profile
+                    .history(
+                        s,
+                        PROFILED,
+                        &[EventKind::ProductView, EventKind::Purchase],
+                        HISTORY,
+                        consent_context.clone(),
+                        &r.at_least_as_fresh,
+                    )
+                    .await
+                    .map_err(profile_unavailable)?;
+                let (preferences, _) = self
+                    .profile
+                    .preferences(s, PROFILED, consent_context.clone(), &r.at_least_as_fresh)
+                    .await
+                    .map_err(profile_unavailable)?;
+                let key = subject_key(s).unwrap_or_default();
+                let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+                if trains && model.learned_revision(&key) != Some(revision) {
+                    model.learn(&key, history.iter().map(|h| h.item_id.as_str()), revision);
+                }
+                ranking::profiled(&catalog, &model, &history, &preferences, &moment, n)
+            }
+            (Tier::Limited, Some(s)) => {
+                let (preferences, _) = self
+                    .profile
+                    .preferences(s, LIMITED, consent_context.clone(), &r.at_least_as_fresh)
+                    .await
+                    .map_err(profile_unavailable)?;
+                if preferences.is_empty() {
+                    tier_reason.push_str("; nothing shared yet, so popular picks");
+                }
+                ranking::limited(&catalog, &preferences, &moment, n)
+            }
+            (Tier::Segment, Some(s)) => {
+                let (history, _) = self
+                    .profile
+                    .history(
+                        s,
+                        SEGMENT,
+                        &[EventKind::Purchase],
+                        HISTORY,
+                        consent_context.clone(),
+                        &r.at_least_as_fresh,
+                    )
+                    .await
+                    .map_err(profile_unavailable)?;
+                let segment = ranking::segment_of(&history, crate_now_micros());
+                tier_reason.push_str(&format!("; segment: {}", segment.as_str()));
+                ranking::segment(&catalog, segment, &moment, n)
+            }
+            (Tier::Contextual, _) => {
+                let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+                ranking::contextual(&catalog, &model, &moment, n)
+            }
+            _ => ranking::popular(&catalog, n),
+        };
+        let recommendation_id = uuid::Uuid::now_v7().to_string();
+        self.issued.insert(recommendation_id.clone(), tier);
+        self.tiers[tier_index(tier)]
+            .recommendations
+            .fetch_add(1, Ordering::Relaxed);
+        let items = picks
+            .into_iter()
+            .filter_map(|p| {
+                let item = catalog.get(&p.item_id)?;
+                Some(pb::RecommendedItem {
+                    item_id: p.item_id,
+                    title: item.title.clone(),
+                    category: item.category.clone(),
+                    price_minor: item.price_minor,
+                    score: p.score,
+                    reason: p.reason,
+                })
+            })
+            .collect();
+        Ok(pb::RecommendResponse {
+            recommendation_id,
+            tier: tier_pb(tier) as i32,
+            revision,
+            items,
+            tier_reason,
+        })
+    }
+}
+
+fn crate_now_micros() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+fn profile_unavailable(s: Status) -> Status {
+    status(
+        Code::Unavailable,
+        "PROFILE_UNAVAILABLE",
+        format!("the profile service could not answer: {:?}", s.code()),
+    )
+}
+
+/// The RecommendationService implementation.
+pub struct RecommendationApi {
+    recommender: Arc<Recommender>,
+}
+
+impl RecommendationApi {
+    /// Wraps the recommender.
+    pub fn new(recommender: Arc<Recommender>) -> Self {
+        RecommendationApi { recommender }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::recommendation_service_server::RecommendationService for RecommendationApi {
+    async fn recommend(
+        &self,
+        request: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        Ok(Response::new(
+            self.recommender.recommend(request.into_inner()).await?,
+        ))
+    }
+
+    async fn record_outcome(
+        &self,
+        request: Request<pb::RecordOutcomeRequest>,
+    ) -> Result<Response<pb::RecordOutcomeResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        v.check(
+            uuid::Uuid::parse_str(&r.recommendation_id).is_err(),
+            "recommendation_id",
+            "not a recommendation id from Recommend",
+        );
+        v.check(
+            r.kind() == pb::OutcomeKind::Unspecified,
+            "kind",
+            "an outcome kind is required",
+        );
+        v.check(r.value_minor < 0, "value_minor", "must not be negative");
+        v.finish()?;
+        let tier = self
+            .recommender
+            .issued
+            .get(&r.recommendation_id)
+            .ok_or_else(|| {
+                status(
+                    Code::NotFound,
+                    "RECOMMENDATION_NOT_FOUND",
+                    "no recent recommendation has this id",
+                )
+            })?;
+        let c = &self.recommender.tiers[tier_index(tier)];
+        match r.kind() {
+            pb::OutcomeKind::Impression => c.impressions.fetch_add(1, Ordering::Relaxed),
+            pb::OutcomeKind::Click => c.clicks.fetch_add(1, Ordering::Relaxed),
+            _ => {
+                c.value_minor.fetch_add(r.value_minor, Ordering::Relaxed);
+                c.conversions.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        Ok(Response::new(pb::RecordOutcomeResponse {}))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let tiers = TIERS
+            .iter()
+            .map(|&t| {
+                let c = &self.recommender.tiers[tier_index(t)];
+                let (impressions, clicks, conversions) = (
+                    c.impressions.load(Ordering::Relaxed),
+                    c.clicks.load(Ordering::Relaxed),
+                    c.conversions.load(Ordering::Relaxed),
+                );
+                let rate = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+                pb::TierStats {
+                    tier: tier_pb(t) as i32,
+                    recommendations: c.recommendations.load(Ordering::Relaxed),
+                    impressions,
+                    clicks,
+                    conversions,
+                    value_minor: c.value_minor.load(Ordering::Relaxed),
+                    click_through_rate: rate(clicks, impressions),
+                    conversion_rate: rate(conversions, clicks),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetStatsResponse { tiers }))
+    }
+
+    async fn load_catalog(
+        &self,
+        request: Request<pb::LoadCatalogRequest>,
+    ) -> Result<Response<pb::LoadCatalogResponse>, Status> {
+        let catalog = Catalog::from_jsonl(&request.into_inner().jsonl)
+            .map_err(|e| invalid_argument("jsonl", e.to_string()))?;
+        let response = pb::LoadCatalogResponse {
+            items: u32::try_from(catalog.items().len()).unwrap_or(u32::MAX),
+            categories: u32::try_from(catalog.categories().len()).unwrap_or(u32::MAX),
+        };
+        *self
+            .recommender
+            .catalog
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+        Ok(Response::new(response))
+    }
+
+    async fn unlearn(
+        &self,
+        request: Request<pb::UnlearnRequest>,
+    ) -> Result<Response<pb::UnlearnResponse>, Status> {
+        let r = request.into_inner();
+        let key =
+            r.subject.as_ref().and_then(subject_key).ok_or_else(|| {
+                invalid_argument("subject", "a subject_id or device_id is required")
+            })?;
+        Ok(Response::new(pb::UnlearnResponse {
+            forgotten: self.recommender.forget(&key),
+        }))
+    }
+}
+
+/// Per-tier statistics as a map, for the demo's printout.
+pub fn stats_by_tier(stats: &pb::GetStatsResponse) -> BTreeMap<String, (u64, f64, f64)> {
+    stats
+        .tiers
+        .iter()
+        .map(|t| {
+            (
+                t.tier().as_str_name().to_owned(),
+                (t.recommendations, t.click_through_rate, t.conversion_rate),
+            )
+        })
+        .collect()
+}
+
+/// A subject reference for a person's id.
+pub fn person(id: &str) -> SubjectRef {
+    SubjectRef {
+        id: Some(subject_ref::Id::SubjectId(id.to_owned())),
+    }
+}

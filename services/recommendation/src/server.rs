@@ -1,0 +1,91 @@
+//! Wires the recommendation service onto a listener: the gate, the profile reader, the change
+//! follower that unlearns, the auth layer, health, reflection, message limits, graceful shutdown.
+
+use crate::authz;
+use crate::catalog::Catalog;
+use crate::grpc::{RecommendationApi, Recommender};
+use crate::profile_reader::ProfileReader;
+use consentgate_gate::{Gate, GateConfig, GateError};
+use consentgate_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
+use consentgate_runtime::server::{MAX_MESSAGE_BYTES, health, reflection};
+use consentgate_runtime::{AuthLayer, Authenticator};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The gate could not be built.
+    #[error("{0}")]
+    Gate(#[from] GateError),
+    /// The profile service's address or token is unusable.
+    #[error("profile service: {0}")]
+    Profile(String),
+    /// The server failed.
+    #[error("server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// What the recommendation service needs to run.
+pub struct RecommendationConfig {
+    /// The catalog to start with.
+    pub catalog: Catalog,
+    /// How to reach the consent service.
+    pub gate: GateConfig,
+    /// This service's caller name (an enforcer).
+    pub name: String,
+    /// The profile service, e.g. `http://127.0.0.1:50052`.
+    pub profile_url: String,
+    /// This service's token at the profile service.
+    pub profile_token: String,
+}
+
+/// Builds the recommender and starts following consent changes.
+pub fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, StartError> {
+    let gate = Gate::start(config.gate, config.name)?;
+    let profile = ProfileReader::new(&config.profile_url, &config.profile_token)
+        .map_err(StartError::Profile)?;
+    let recommender = Recommender::new(config.catalog, gate, profile);
+    recommender.follow_changes();
+    Ok(recommender)
+}
+
+/// Serves the recommendation service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    recommender: Arc<Recommender>,
+    auth: Authenticator,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let (reporter, health_service) = health();
+    reporter
+        .set_serving::<RecommendationServiceServer<RecommendationApi>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection();
+    let api = RecommendationServiceServer::new(RecommendationApi::new(recommender))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
+    tonic::transport::Server::builder()
+        .layer(AuthLayer::new(auth, authz::rules()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            reporter
+                .set_not_serving::<RecommendationServiceServer<RecommendationApi>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}
