@@ -245,6 +245,10 @@ pub struct ProfileOptions {
     pub cuttable_stream: bool,
 }
 
+/// Where the profile service's erasure cascade reaches the recommendation service.
+#[derive(Clone, Default)]
+pub struct Cascade(pub Option<String>);
+
 impl Default for ProfileOptions {
     fn default() -> Self {
         ProfileOptions {
@@ -276,6 +280,15 @@ impl ProfileServer {
         backend: Backend,
         options: ProfileOptions,
     ) -> ProfileServer {
+        ProfileServer::start_full(consent, backend, options, Cascade::default()).await
+    }
+
+    pub async fn start_full(
+        consent: &TestServer,
+        backend: Backend,
+        options: ProfileOptions,
+        cascade: Cascade,
+    ) -> ProfileServer {
         let db = TestDb::new(backend).await;
         let policy = Arc::new(Policy::default_policy().expect("default policy"));
         let tokens: Vec<(String, String)> = policy
@@ -303,7 +316,7 @@ impl ProfileServer {
                 gate,
                 name: "profile-service".into(),
                 retention_every: Duration::from_secs(3600),
-                recommendation_url: None,
+                recommendation_url: cascade.0,
             },
         )
         .await
@@ -506,5 +519,129 @@ pub fn get_profile(who: &str, purpose: &str) -> profile_pb::GetProfileRequest {
         subject: subject(who),
         purpose: purpose.into(),
         ..Default::default()
+    }
+}
+
+// ------------------------------------------------------------------ the recommendation service
+
+use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
+use consentgate_recommendation::grpc::Recommender;
+
+/// A recommendation-service client with a bearer token.
+pub type RecommendationClient =
+    RecommendationServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// A running recommendation service.
+pub struct RecommendationServer {
+    pub addr: SocketAddr,
+    pub recommender: Arc<Recommender>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RecommendationServer {
+    /// Starts on `listener`, asking `consent` and reading `profile`.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        consent: &TestServer,
+        profile: &ProfileServer,
+    ) -> RecommendationServer {
+        let policy = Policy::default_policy().expect("default policy");
+        let tokens: Vec<(String, String)> = policy
+            .callers
+            .keys()
+            .map(|c| (c.clone(), token(c)))
+            .collect();
+        let auth = server::authenticator(&policy, &tokens).expect("tokens");
+        let recommender = consentgate_recommendation::server::open(
+            consentgate_recommendation::server::RecommendationConfig {
+                catalog: consentgate_recommendation::catalog::Catalog::demo(5000),
+                gate: GateConfig::new(
+                    format!("http://{}", consent.addr),
+                    token("recommendation-service"),
+                ),
+                name: "recommendation-service".into(),
+                profile_url: format!("http://{}", profile.addr),
+                profile_token: token("recommendation-service"),
+            },
+        )
+        .expect("recommendation service");
+        assert!(
+            recommender.gate.wait_live(Duration::from_secs(10)).await,
+            "the recommendation gate never became live"
+        );
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = recommender.clone();
+        let task = tokio::spawn(async move {
+            consentgate_recommendation::server::serve(served, auth, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("recommendation server");
+        });
+        RecommendationServer {
+            addr,
+            recommender,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A client authenticated as a policy caller.
+    pub async fn as_caller(&self, caller: &str) -> RecommendationClient {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        RecommendationServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(format!("Bearer {}", token(caller)))),
+        )
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The three services, wired as `consentgate up` wires them, on ephemeral ports.
+pub struct Suite {
+    pub consent: TestServer,
+    pub profile: ProfileServer,
+    pub recommendation: RecommendationServer,
+}
+
+impl Suite {
+    pub async fn start(backend: Backend) -> Suite {
+        let consent = TestServer::start(backend).await;
+        // The recommendation service's port first: the profile service's erasure cascade needs it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let cascade = Cascade(Some(format!(
+            "http://{}",
+            listener.local_addr().expect("addr")
+        )));
+        let profile =
+            ProfileServer::start_full(&consent, backend, ProfileOptions::default(), cascade).await;
+        let recommendation = RecommendationServer::start_on(listener, &consent, &profile).await;
+        Suite {
+            consent,
+            profile,
+            recommendation,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.recommendation.stop().await;
+        self.profile.stop().await;
+        self.consent.stop().await;
     }
 }

@@ -1,0 +1,252 @@
+//! The tier matrix: each consent state gives the expected tier, and a spy (the recommendation
+//! service's count of profile reads) proves the contextual and popular tiers read nothing.
+//! Also: training consent is learned from, and its withdrawal is unlearned.
+
+mod common;
+
+use common::*;
+use consentgate_consent::testing::Backend;
+use consentgate_proto::consent::v1 as pb;
+use consentgate_proto::profile::v1 as ppb;
+use consentgate_proto::recommendation::v1 as rpb;
+use rpb::Tier;
+use std::time::Duration;
+
+fn ask(who: Option<&str>, with_context: bool, fresh: u64) -> rpb::RecommendRequest {
+    rpb::RecommendRequest {
+        subject: who.and_then(subject),
+        context: with_context.then(|| rpb::RecommendContext {
+            device: "mobile".into(),
+            region: "EU".into(),
+            current_item_id: "sku-00000".into(),
+            ..Default::default()
+        }),
+        n: 5,
+        at_least_as_fresh: if fresh == 0 {
+            String::new()
+        } else {
+            fresh.to_string()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_consent_state_gets_its_tier_and_only_personal_tiers_read_the_profile() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    let mut pc = suite.consent.as_caller("preference-center").await;
+    let mut ops = suite.consent.as_caller("privacy-ops").await;
+    let grant_as = |who: &str, purpose: &str, notice: &str| {
+        let mut g = grant(who, purpose, &format!("{who}-{purpose}"));
+        g.notice_version = notice.into();
+        g
+    };
+    let mut last = 0;
+    for (who, purpose) in [
+        ("t-limited", "personalize.content.limited"),
+        ("t-segment", "personalize.content.segment"),
+        ("t-profiled", "personalize.content.profiled"),
+        ("t-withdrawn", "personalize.content.profiled"),
+        ("t-restricted", "personalize.content.profiled"),
+        ("t-erased", "personalize.content.profiled"),
+    ] {
+        last = pc
+            .grant(grant_as(who, purpose, "2.0"))
+            .await
+            .expect("grant")
+            .into_inner()
+            .revision;
+    }
+    last = last.max(
+        pc.withdraw(withdraw(
+            "t-withdrawn",
+            "personalize.content.profiled",
+            "t-w",
+        ))
+        .await
+        .expect("withdraw")
+        .into_inner()
+        .revision,
+    );
+    last = last.max(
+        ops.restrict_processing(pb::RestrictProcessingRequest {
+            subject: subject("t-restricted"),
+            restricted: true,
+            idempotency_key: "t-r".into(),
+        })
+        .await
+        .expect("restrict")
+        .into_inner()
+        .revision,
+    );
+    last = last.max(
+        ops.erase_subject(pb::EraseSubjectRequest {
+            subject: subject("t-erased"),
+            idempotency_key: "t-e".into(),
+        })
+        .await
+        .expect("erase")
+        .into_inner()
+        .revision,
+    );
+    let cases: [(Option<&str>, bool, Tier, bool); 12] = [
+        (None, true, Tier::Contextual, false),
+        (None, false, Tier::Popular, false),
+        (Some("t-nobody"), true, Tier::Contextual, false),
+        (Some("t-nobody"), false, Tier::Popular, false),
+        (Some("t-limited"), true, Tier::Limited, true),
+        (Some("t-segment"), true, Tier::Segment, true),
+        (Some("t-profiled"), true, Tier::Profiled, true),
+        (Some("t-profiled"), false, Tier::Profiled, true),
+        (Some("t-withdrawn"), true, Tier::Contextual, false),
+        (Some("t-restricted"), true, Tier::Popular, false),
+        (Some("t-erased"), true, Tier::Popular, false),
+        (Some("t-erased"), false, Tier::Popular, false),
+    ];
+    let mut client = suite
+        .recommendation
+        .as_caller("recommendation-service")
+        .await;
+    for (who, with_context, tier, reads) in cases {
+        let before = suite.recommendation.recommender.profile.reads();
+        let r = client
+            .recommend(ask(who, with_context, if who.is_some() { last } else { 0 }))
+            .await
+            .expect("recommend")
+            .into_inner();
+        let read = suite.recommendation.recommender.profile.reads() - before;
+        assert_eq!(
+            r.tier(),
+            tier,
+            "{who:?} (context: {with_context}): {}",
+            r.tier_reason
+        );
+        assert_eq!(read > 0, reads, "{who:?} → {tier:?}: {read} profile reads");
+        assert_eq!(r.items.len(), 5);
+        assert!(r.items.iter().all(|i| !i.reason.is_empty()));
+        assert!(!r.recommendation_id.is_empty());
+    }
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn training_consent_is_learned_and_its_withdrawal_unlearned() {
+    let suite = Suite::start(Backend::Sqlite).await;
+    let mut pc = suite.consent.as_caller("preference-center").await;
+    pc.grant(grant("learner", "personalize.content.profiled", "l-p"))
+        .await
+        .expect("grant");
+    let revision = pc
+        .grant(grant("learner", "train_ai_system", "l-t"))
+        .await
+        .expect("grant")
+        .into_inner()
+        .revision;
+    suite
+        .profile
+        .as_caller("collector")
+        .await
+        .record_events(ppb::RecordEventsRequest {
+            subject: subject("learner"),
+            purpose: "personalize.content.profiled".into(),
+            events: ["sku-00001", "sku-00002"]
+                .iter()
+                .map(|i| ppb::EventInput {
+                    kind: ppb::EventKind::ProductView as i32,
+                    item_id: (*i).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("events");
+    let mut client = suite
+        .recommendation
+        .as_caller("recommendation-service")
+        .await;
+    let r = client
+        .recommend(ask(Some("learner"), true, revision))
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert_eq!(r.tier(), Tier::Profiled);
+    let model = || {
+        suite
+            .recommendation
+            .recommender
+            .model
+            .lock()
+            .expect("model")
+            .snapshot()
+    };
+    assert!(
+        model().subjects.contains_key("s:learner"),
+        "a consenting subject is learned"
+    );
+    assert_eq!(model().pairs.len(), 1);
+    // Withdrawing training consent: the change stream makes the service unlearn at once.
+    pc.withdraw(withdraw("learner", "train_ai_system", "l-w"))
+        .await
+        .expect("withdraw");
+    let started = std::time::Instant::now();
+    while model().subjects.contains_key("s:learner") {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "never unlearned"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        model(),
+        Default::default(),
+        "nothing of the subject remains in the model"
+    );
+    // Still profiled (personalization consent stands), but no longer learned from.
+    let r = client
+        .recommend(ask(Some("learner"), true, 0))
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert_eq!(r.tier(), Tier::Profiled);
+    assert_eq!(model(), Default::default());
+    // Outcomes count per tier, without subject ids.
+    let mut collector = suite.recommendation.as_caller("collector").await;
+    for kind in [
+        rpb::OutcomeKind::Impression,
+        rpb::OutcomeKind::Click,
+        rpb::OutcomeKind::Conversion,
+    ] {
+        collector
+            .record_outcome(rpb::RecordOutcomeRequest {
+                recommendation_id: r.recommendation_id.clone(),
+                kind: kind as i32,
+                value_minor: 4_200,
+            })
+            .await
+            .expect("outcome");
+    }
+    let stats = suite
+        .recommendation
+        .as_caller("auditor")
+        .await
+        .get_stats(rpb::GetStatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    let profiled = stats
+        .tiers
+        .iter()
+        .find(|t| t.tier() == Tier::Profiled)
+        .expect("profiled");
+    assert_eq!(
+        (
+            profiled.recommendations,
+            profiled.impressions,
+            profiled.clicks,
+            profiled.conversions
+        ),
+        (2, 1, 1, 1)
+    );
+    assert!((profiled.click_through_rate - 1.0).abs() < 1e-9 && profiled.value_minor == 4_200);
+    suite.stop().await;
+}
