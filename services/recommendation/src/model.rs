@@ -25,8 +25,9 @@ struct Contribution {
 pub struct CoOccurrence {
     ids: Vec<String>,
     index: HashMap<String, u32>,
-    /// Subjects whose histories hold both items, keyed `(low, high)` by interned id.
-    pairs: HashMap<(u32, u32), u32>,
+    /// Subjects whose histories hold both items, in both directions (`neighbors[a][b]` =
+    /// `neighbors[b][a]`), so that `similar` reads one item's neighbors, not every pair.
+    neighbors: HashMap<u32, HashMap<u32, u32>>,
     /// Subjects whose histories hold the item.
     items: HashMap<u32, u32>,
     contributions: HashMap<String, Contribution>,
@@ -109,10 +110,15 @@ impl CoOccurrence {
         let list: Vec<u32> = items.iter().copied().collect();
         for (n, &a) in list.iter().enumerate() {
             for &b in &list[n + 1..] {
-                let key = (a, b);
-                bump(self.pairs.entry(key).or_default());
-                if self.pairs.get(&key) == Some(&0) {
-                    self.pairs.remove(&key);
+                for (x, y) in [(a, b), (b, a)] {
+                    let row = self.neighbors.entry(x).or_default();
+                    bump(row.entry(y).or_default());
+                    if row.get(&y) == Some(&0) {
+                        row.remove(&y);
+                    }
+                    if row.is_empty() {
+                        self.neighbors.remove(&x);
+                    }
                 }
             }
         }
@@ -137,17 +143,12 @@ impl CoOccurrence {
         let Some(&ci) = self.items.get(&i) else {
             return Vec::new();
         };
-        let mut scored: Vec<(String, f64)> = self
-            .pairs
+        let Some(row) = self.neighbors.get(&i) else {
+            return Vec::new();
+        };
+        let mut scored: Vec<(String, f64)> = row
             .iter()
-            .filter_map(|(&(a, b), &count)| {
-                let other = if a == i {
-                    b
-                } else if b == i {
-                    a
-                } else {
-                    return None;
-                };
+            .filter_map(|(&other, &count)| {
                 let cj = *self.items.get(&other)?;
                 Some((
                     self.ids[other as usize].clone(),
@@ -165,12 +166,11 @@ impl CoOccurrence {
         let name = |i: u32| self.ids[i as usize].clone();
         Snapshot {
             pairs: self
-                .pairs
+                .neighbors
                 .iter()
-                .map(|(&(a, b), &c)| {
-                    let (x, y) = (name(a), name(b));
-                    (if x <= y { (x, y) } else { (y, x) }, c)
-                })
+                .flat_map(|(&a, row)| row.iter().map(move |(&b, &c)| (a, b, c)))
+                .filter(|&(a, b, _)| name(a) < name(b))
+                .map(|(a, b, c)| ((name(a), name(b)), c))
                 .collect(),
             items: self.items.iter().map(|(&i, &c)| (name(i), c)).collect(),
             subjects: self
