@@ -72,6 +72,10 @@ pub enum CatalogError {
 pub struct Catalog {
     items: Vec<Item>,
     by_id: HashMap<String, usize>,
+    /// Per item: its category path and tags, lowercase, `|`-joined (preference matching).
+    keywords: Vec<String>,
+    /// Item indices, most popular first (ties by id).
+    by_popularity: Vec<usize>,
 }
 
 const SEASONS: [&str; 4] = ["spring", "summer", "autumn", "winter"];
@@ -157,7 +161,32 @@ impl Catalog {
                 });
             }
         }
-        Ok(Catalog { items, by_id })
+        let keywords = items
+            .iter()
+            .map(|i| {
+                let mut words: Vec<String> = i
+                    .category
+                    .iter()
+                    .chain(&i.tags)
+                    .map(|w| w.to_lowercase())
+                    .collect();
+                words.dedup();
+                format!("|{}|", words.join("|"))
+            })
+            .collect();
+        let mut by_popularity: Vec<usize> = (0..items.len()).collect();
+        by_popularity.sort_by(|&a, &b| {
+            items[b]
+                .popularity
+                .cmp(&items[a].popularity)
+                .then_with(|| items[a].id.cmp(&items[b].id))
+        });
+        Ok(Catalog {
+            items,
+            by_id,
+            keywords,
+            by_popularity,
+        })
     }
 
     /// The deterministic demo catalog: `count` items over 24 categories in 6 departments.
@@ -251,6 +280,21 @@ impl Catalog {
     /// Every item, in catalog order.
     pub fn items(&self) -> &[Item] {
         &self.items
+    }
+
+    /// The index of an item by id.
+    pub fn index(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Item `index`'s lowercase category path and tags, `|`-joined with `|` at both ends.
+    pub fn keywords(&self, index: usize) -> &str {
+        &self.keywords[index]
+    }
+
+    /// Item indices, most popular first.
+    pub fn by_popularity(&self) -> &[usize] {
+        &self.by_popularity
     }
 
     /// An item by id.

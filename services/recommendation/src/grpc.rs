@@ -26,8 +26,11 @@ pub const LIMITED: &str = "personalize.content.limited";
 pub const SEGMENT: &str = "personalize.content.segment";
 /// The purpose the co-occurrence model learns under.
 pub const TRAINING: &str = "train_ai_system";
-/// History read for the profiled tier (the benchmark's 500-event histories).
+/// History read to learn a subject (or to find its segment): the whole recent history.
 const HISTORY: u32 = 500;
+/// History read to rank when the model already holds the subject at this revision: ranking
+/// anchors on the most recent events only.
+const RECENT: u32 = 40;
 
 #[derive(Default)]
 struct TierCounters {
@@ -265,13 +268,22 @@ impl Recommender {
             .clone();
         let picks: Vec<Pick> = match (tier, &subject) {
             (Tier::Profiled, Some(s)) => {
+                let key = subject_key(s).unwrap_or_default();
+                // Read the whole history only when the model must (re)learn the subject.
+                let learn = trains
+                    && self
+                        .model
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .learned_revision(&key)
+                        != Some(revision);
                 let (history, _) = self
                     .profile
                     .history(
                         s,
                         PROFILED,
                         &[EventKind::ProductView, EventKind::Purchase],
-                        HISTORY,
+                        if learn { HISTORY } else { RECENT },
                         consent_context.clone(),
                         &r.at_least_as_fresh,
                     )
@@ -282,9 +294,8 @@ impl Recommender {
                     .preferences(s, PROFILED, consent_context.clone(), &r.at_least_as_fresh)
                     .await
                     .map_err(profile_unavailable)?;
-                let key = subject_key(s).unwrap_or_default();
                 let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-                if trains && model.learned_revision(&key) != Some(revision) {
+                if learn && model.learned_revision(&key) != Some(revision) {
                     model.learn(&key, history.iter().map(|h| h.item_id.as_str()), revision);
                 }
                 ranking::profiled(&catalog, &model, &history, &preferences, &moment, n)

@@ -134,6 +134,24 @@ impl CoOccurrence {
         self.contributions.len()
     }
 
+    /// Every item found with `item`, with its cosine similarity, in no particular order (no
+    /// allocation: for ranking, which aggregates over many anchors).
+    pub fn neighbors<'a>(&'a self, item: &str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        let found = self.index.get(item).and_then(|i| {
+            let ci = *self.items.get(i)?;
+            Some((self.neighbors.get(i)?, ci))
+        });
+        found.into_iter().flat_map(move |(row, ci)| {
+            row.iter().filter_map(move |(&other, &count)| {
+                let cj = *self.items.get(&other)?;
+                Some((
+                    self.ids[other as usize].as_str(),
+                    f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
+                ))
+            })
+        })
+    }
+
     /// The items most often found with `item`, best first, scored by cosine similarity
     /// `c(i,j) / sqrt(c(i) c(j))`; ties by item id.
     pub fn similar(&self, item: &str, n: usize) -> Vec<(String, f64)> {

@@ -77,148 +77,237 @@ pub struct Pick {
     pub reason: String,
 }
 
-/// Keeps the best `n` by score (ties by id), skipping `exclude`.
-fn best(mut scored: Vec<Pick>, n: usize, exclude: &HashSet<String>) -> Vec<Pick> {
-    scored.retain(|p| !exclude.contains(&p.item_id) && p.score > 0.0);
-    scored.sort_by(|a, b| {
+/// Why an item scored, kept as a code while 5,000 items are scored and rendered as a sentence
+/// only for the few that are picked.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    Popular,
+    Region,
+    Daypart,
+    Season,
+    Device,
+    WithCurrent,
+    WithSession,
+    SameCategory,
+    Told(usize),
+    Viewed(usize),
+    Bought(usize),
+    FirstPick,
+    Loyal,
+    WelcomeBack,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scored {
+    index: usize,
+    score: f64,
+    why: Why,
+}
+
+/// What a reason may mention.
+struct Words<'a> {
+    catalog: &'a Catalog,
+    moment: &'a Moment,
+    preferences: &'a [String],
+}
+
+impl Words<'_> {
+    fn render(&self, why: Why) -> String {
+        let m = self.moment;
+        let title = |i: usize| self.catalog.items()[i].title.as_str();
+        match why {
+            Why::Popular => "popular right now".into(),
+            Why::Region => format!("popular in your region ({}) this {}", m.region, m.daypart),
+            Why::Daypart => format!("popular this {}", m.daypart),
+            Why::Season => format!("a {} favorite", m.season),
+            Why::Device => format!("popular on {}", m.device),
+            Why::WithCurrent => "often bought with the item you're viewing".into(),
+            Why::WithSession => "goes with what you looked at today".into(),
+            Why::SameCategory => "similar to the item you're viewing".into(),
+            Why::Told(p) => format!(
+                "because you told us you like {}",
+                self.preferences[p].trim()
+            ),
+            Why::Viewed(i) => format!("because you viewed {}", title(i)),
+            Why::Bought(i) => format!("because you bought {}", title(i)),
+            Why::FirstPick => "a popular first pick with new customers".into(),
+            Why::Loyal => "picked for our loyal customers".into(),
+            Why::WelcomeBack => "new this season: welcome back".into(),
+        }
+    }
+}
+
+/// The best `n` by score (ties by id), skipping `exclude` and non-positive scores, as picks.
+fn best(
+    mut scored: Vec<Scored>,
+    n: usize,
+    exclude: &HashSet<usize>,
+    words: &Words<'_>,
+) -> Vec<Pick> {
+    let items = words.catalog.items();
+    scored.retain(|s| s.score > 0.0 && !exclude.contains(&s.index));
+    let order = |a: &Scored, b: &Scored| {
         b.score
             .total_cmp(&a.score)
-            .then_with(|| a.item_id.cmp(&b.item_id))
-    });
+            .then_with(|| items[a.index].id.cmp(&items[b.index].id))
+    };
+    if scored.len() > n && n > 0 {
+        scored.select_nth_unstable_by(n - 1, order);
+        scored.truncate(n);
+    }
+    scored.sort_by(order);
     scored.truncate(n);
     scored
+        .into_iter()
+        .map(|s| Pick {
+            item_id: items[s.index].id.clone(),
+            score: s.score,
+            reason: words.render(s.why),
+        })
+        .collect()
 }
 
 fn popularity(item: &Item) -> f64 {
     f64::from(item.popularity) / 1000.0
 }
 
-/// How well an item fits the moment, and the phrase for the strongest fit.
-fn fit(item: &Item, moment: &Moment) -> (f64, Option<String>) {
+/// How well an item fits the moment, and its strongest fit.
+fn fit(item: &Item, moment: &Moment) -> (f64, Option<Why>) {
     let a = &item.affinity;
     let mut score = 0.0;
-    let mut reason = None;
+    let mut why = None;
     if !moment.region.is_empty() && a.regions.contains(&moment.region) {
         score += 0.3;
-        reason = Some(format!(
-            "popular in your region ({}) this {}",
-            moment.region, moment.daypart
-        ));
+        why = Some(Why::Region);
     }
     if a.dayparts.contains(&moment.daypart) {
         score += 0.2;
-        reason.get_or_insert_with(|| format!("popular this {}", moment.daypart));
+        why.get_or_insert(Why::Daypart);
     }
     if a.seasons.contains(&moment.season) {
         score += 0.2;
-        reason.get_or_insert_with(|| format!("a {} favorite", moment.season));
+        why.get_or_insert(Why::Season);
     }
     if !moment.device.is_empty() && a.devices.contains(&moment.device) {
         score += 0.1;
-        reason.get_or_insert_with(|| format!("popular on {}", moment.device));
+        why.get_or_insert(Why::Device);
     }
-    (score, reason)
+    (score, why)
 }
 
 /// What the person is looking at or saw this session: not worth recommending again.
-fn seen(moment: &Moment) -> HashSet<String> {
-    let mut seen: HashSet<String> = moment.session_items.iter().cloned().collect();
-    seen.insert(moment.current_item.clone());
-    seen
+fn seen(catalog: &Catalog, moment: &Moment) -> HashSet<usize> {
+    std::iter::once(&moment.current_item)
+        .chain(&moment.session_items)
+        .filter_map(|id| catalog.index(id))
+        .collect()
 }
 
-/// The popular tier: popularity alone.
+/// The popular tier: popularity alone (precomputed order).
 pub fn popular(catalog: &Catalog, n: usize) -> Vec<Pick> {
-    let scored = catalog
-        .items()
+    catalog
+        .by_popularity()
         .iter()
-        .map(|item| Pick {
-            item_id: item.id.clone(),
-            score: popularity(item),
+        .take(n)
+        .map(|&i| Pick {
+            item_id: catalog.items()[i].id.clone(),
+            score: popularity(&catalog.items()[i]),
             reason: "popular right now".into(),
         })
-        .collect();
-    best(scored, n, &HashSet::new())
+        .collect()
 }
 
 /// The contextual tier: the request's moment, and items often found with the current item and
 /// this session's items (the model is aggregate; nothing about the person is used).
 pub fn contextual(catalog: &Catalog, model: &CoOccurrence, moment: &Moment, n: usize) -> Vec<Pick> {
-    let mut related: HashMap<String, (f64, String)> = HashMap::new();
-    let anchors = std::iter::once(moment.current_item.as_str())
-        .chain(moment.session_items.iter().map(String::as_str))
-        .filter(|s| !s.is_empty());
-    for anchor in anchors {
-        let phrase = if anchor == moment.current_item {
-            "often bought with the item you're viewing".to_owned()
-        } else {
-            "goes with what you looked at today".to_owned()
-        };
-        for (id, similarity) in model.similar(anchor, 50) {
-            let entry = related.entry(id).or_insert((0.0, phrase.clone()));
-            entry.0 += similarity;
+    let mut related: HashMap<usize, (f64, Why)> = HashMap::new();
+    let anchors = std::iter::once((moment.current_item.as_str(), Why::WithCurrent)).chain(
+        moment
+            .session_items
+            .iter()
+            .map(|s| (s.as_str(), Why::WithSession)),
+    );
+    for (anchor, why) in anchors.filter(|(a, _)| !a.is_empty()) {
+        for (id, similarity) in model.neighbors(anchor) {
+            if let Some(index) = catalog.index(id) {
+                related.entry(index).or_insert((0.0, why)).0 += similarity;
+            }
         }
     }
     let current_leaf = catalog
         .get(&moment.current_item)
-        .and_then(|i| i.category.last().cloned());
+        .and_then(|i| i.category.last());
     let scored = catalog
         .items()
         .iter()
-        .map(|item| {
-            let (fit_score, fit_reason) = fit(item, moment);
+        .enumerate()
+        .map(|(index, item)| {
+            let (fit_score, fit_why) = fit(item, moment);
             let mut score = 0.3 * popularity(item) + fit_score;
-            let mut reason = fit_reason.unwrap_or_else(|| "popular right now".into());
-            if let Some((similarity, phrase)) = related.get(&item.id) {
+            let mut why = fit_why.unwrap_or(Why::Popular);
+            if let Some(&(similarity, related_why)) = related.get(&index) {
                 score += 2.0 * similarity;
-                reason = phrase.clone();
-            } else if current_leaf.is_some() && item.category.last() == current_leaf.as_ref() {
+                why = related_why;
+            } else if current_leaf.is_some() && item.category.last() == current_leaf {
                 score += 0.3;
-                reason = "similar to the item you're viewing".into();
+                why = Why::SameCategory;
             }
-            Pick {
-                item_id: item.id.clone(),
-                score,
-                reason,
-            }
+            Scored { index, score, why }
         })
         .collect();
-    let mut seen: HashSet<String> = moment.session_items.iter().cloned().collect();
-    seen.insert(moment.current_item.clone());
-    best(scored, n, &seen)
+    let words = Words {
+        catalog,
+        moment,
+        preferences: &[],
+    };
+    best(scored, n, &seen(catalog, moment), &words)
 }
 
-/// Whether an item matches a stated preference (its category or a tag names it).
-fn matches(item: &Item, preference: &str) -> bool {
-    let p = preference.trim().to_lowercase();
-    !p.is_empty()
-        && item.category.iter().chain(&item.tags).any(|t| {
-            t.to_lowercase() == p || t.to_lowercase().contains(&p) || p.contains(&t.to_lowercase())
-        })
+/// Lowercase preferences, `|word|`-delimited for whole-word matches, and plain for substrings.
+fn needles(preferences: &[String]) -> Vec<String> {
+    preferences
+        .iter()
+        .map(|p| p.trim().to_lowercase())
+        .collect()
+}
+
+/// The first preference an item matches (its category or a tag contains it).
+fn matching(catalog: &Catalog, index: usize, needles: &[String]) -> Option<usize> {
+    let keywords = catalog.keywords(index);
+    needles
+        .iter()
+        .position(|p| !p.is_empty() && keywords.contains(p.as_str()))
 }
 
 /// The limited tier: what the person told us (zero-party), then the moment.
 pub fn limited(catalog: &Catalog, preferences: &[String], moment: &Moment, n: usize) -> Vec<Pick> {
+    let needles = needles(preferences);
     let scored = catalog
         .items()
         .iter()
-        .map(|item| {
+        .enumerate()
+        .map(|(index, item)| {
             let (fit_score, _) = fit(item, moment);
-            match preferences.iter().find(|p| matches(item, p)) {
-                Some(p) => Pick {
-                    item_id: item.id.clone(),
+            match matching(catalog, index, &needles) {
+                Some(p) => Scored {
+                    index,
                     score: 2.0 + 0.5 * popularity(item) + 0.2 * fit_score,
-                    reason: format!("because you told us you like {}", p.trim()),
+                    why: Why::Told(p),
                 },
-                None => Pick {
-                    item_id: item.id.clone(),
+                None => Scored {
+                    index,
                     score: 0.3 * popularity(item) + 0.2 * fit_score,
-                    reason: "popular right now".into(),
+                    why: Why::Popular,
                 },
             }
         })
         .collect();
-    best(scored, n, &seen(moment))
+    let words = Words {
+        catalog,
+        moment,
+        preferences,
+    };
+    best(scored, n, &seen(catalog, moment), &words)
 }
 
 /// A coarse segment, from purchase history alone.
@@ -261,28 +350,30 @@ pub fn segment(catalog: &Catalog, segment: Segment, moment: &Moment, n: usize) -
     let scored = catalog
         .items()
         .iter()
-        .map(|item| {
+        .enumerate()
+        .map(|(index, item)| {
             let (fit_score, _) = fit(item, moment);
-            let (bonus, reason) = match segment {
-                Segment::New if item.price_minor <= 5_000 => {
-                    (0.5, "a popular first pick with new customers")
-                }
-                Segment::Loyal if item.price_minor >= 10_000 => {
-                    (0.5, "picked for our loyal customers")
-                }
+            let (bonus, why) = match segment {
+                Segment::New if item.price_minor <= 5_000 => (0.5, Why::FirstPick),
+                Segment::Loyal if item.price_minor >= 10_000 => (0.5, Why::Loyal),
                 Segment::Lapsed if item.affinity.seasons.contains(&moment.season) => {
-                    (0.5, "new this season: welcome back")
+                    (0.5, Why::WelcomeBack)
                 }
-                _ => (0.0, "popular right now"),
+                _ => (0.0, Why::Popular),
             };
-            Pick {
-                item_id: item.id.clone(),
+            Scored {
+                index,
                 score: popularity(item) + bonus + 0.2 * fit_score,
-                reason: reason.into(),
+                why,
             }
         })
         .collect();
-    best(scored, n, &seen(moment))
+    let words = Words {
+        catalog,
+        moment,
+        preferences: &[],
+    };
+    best(scored, n, &seen(catalog, moment), &words)
 }
 
 /// The profiled tier: items often found with what the person viewed and bought (the model),
@@ -295,51 +386,57 @@ pub fn profiled(
     moment: &Moment,
     n: usize,
 ) -> Vec<Pick> {
-    let mut related: HashMap<String, (f64, String)> = HashMap::new();
+    let mut related: HashMap<usize, (f64, Why)> = HashMap::new();
     for h in history.iter().take(20) {
-        let Some(anchor) = catalog.get(&h.item_id) else {
+        let Some(anchor) = catalog.index(&h.item_id) else {
             continue;
         };
-        let verb = if h.purchased { "bought" } else { "viewed" };
-        for (id, similarity) in model.similar(&h.item_id, 30) {
-            let entry = related
-                .entry(id)
-                .or_insert((0.0, format!("because you {verb} {}", anchor.title)));
-            entry.0 += similarity;
+        let why = if h.purchased {
+            Why::Bought(anchor)
+        } else {
+            Why::Viewed(anchor)
+        };
+        for (id, similarity) in model.neighbors(&h.item_id) {
+            if let Some(index) = catalog.index(id) {
+                related.entry(index).or_insert((0.0, why)).0 += similarity;
+            }
         }
     }
+    let needles = needles(preferences);
     let scored = catalog
         .items()
         .iter()
-        .map(|item| {
+        .enumerate()
+        .map(|(index, item)| {
             let (fit_score, _) = fit(item, moment);
             let mut score = 0.3 * popularity(item) + 0.2 * fit_score;
-            let mut reason = "popular right now".to_owned();
-            if let Some(p) = preferences.iter().find(|p| matches(item, p)) {
+            let mut why = Why::Popular;
+            if let Some(p) = matching(catalog, index, &needles) {
                 score += 1.0;
-                reason = format!("because you told us you like {}", p.trim());
+                why = Why::Told(p);
             }
-            if let Some((similarity, phrase)) = related.get(&item.id) {
+            if let Some(&(similarity, related_why)) = related.get(&index) {
                 score += 3.0 * similarity;
-                if *similarity > 0.0 {
-                    reason = phrase.clone();
+                if similarity > 0.0 {
+                    why = related_why;
                 }
             }
-            Pick {
-                item_id: item.id.clone(),
-                score,
-                reason,
-            }
+            Scored { index, score, why }
         })
         .collect();
-    let mut exclude: HashSet<String> = history
-        .iter()
-        .filter(|h| h.purchased)
-        .map(|h| h.item_id.clone())
-        .collect();
-    exclude.extend(moment.session_items.iter().cloned());
-    exclude.insert(moment.current_item.clone());
-    best(scored, n, &exclude)
+    let mut exclude = seen(catalog, moment);
+    exclude.extend(
+        history
+            .iter()
+            .filter(|h| h.purchased)
+            .filter_map(|h| catalog.index(&h.item_id)),
+    );
+    let words = Words {
+        catalog,
+        moment,
+        preferences,
+    };
+    best(scored, n, &exclude, &words)
 }
 
 #[cfg(test)]

@@ -1,0 +1,476 @@
+//! `recgen`: benchmarks `Recommend` per tier over real gRPC on loopback. Starts the consent,
+//! profile and recommendation services in-process on fresh SQLite files with the 5,000-item demo
+//! catalog, seeds subjects for each tier (profiled subjects with 500-event histories), then drives
+//! each tier open loop at a fixed rate (latency from each request's intended send time), with the
+//! recommendation server's health RPC at the same rate as the floor, in the same run.
+//!
+//! Prints a Markdown section and, with `--write FILE`, puts it into FILE between
+//! `<!-- recgen:start -->` and `<!-- recgen:end -->` (replacing an earlier one).
+
+use anyhow::Context;
+use clap::Parser;
+use consentgate_consent::ledger::LedgerKeys;
+use consentgate_consent::server as consent_server;
+use consentgate_gate::GateConfig;
+use consentgate_policy::Policy;
+use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
+use consentgate_proto::common::v1::{SubjectRef, subject_ref};
+use consentgate_proto::consent::v1 as cpb;
+use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use consentgate_proto::profile::v1 as ppb;
+use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
+use consentgate_proto::recommendation::v1 as rpb;
+use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
+use consentgate_recommendation::catalog::Catalog;
+use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
+use hdrhistogram::Histogram;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "recgen", version)]
+struct Args {
+    /// Requests per second in each phase.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Subjects per personal tier.
+    #[arg(long, default_value_t = 20)]
+    subjects: usize,
+    /// Events in each profiled subject's history.
+    #[arg(long, default_value_t = 500)]
+    history: usize,
+    /// Put the report into this Markdown file (between recgen markers).
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
+    /// Smoke run: 1 s phases, few subjects (numbers not meaningful).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn bearer(token: &str) -> MetadataValue<Ascii> {
+    format!("Bearer {token}").parse().expect("header text")
+}
+
+fn authorized<T>(message: T, auth: &MetadataValue<Ascii>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", auth.clone());
+    request
+}
+
+fn person(id: &str) -> Option<SubjectRef> {
+    Some(SubjectRef {
+        id: Some(subject_ref::Id::SubjectId(id.to_owned())),
+    })
+}
+
+async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+struct Addrs {
+    consent: SocketAddr,
+    profile: SocketAddr,
+    recommendation: SocketAddr,
+}
+
+fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Addrs> {
+    let policy = Arc::new(Policy::default_policy().map_err(|e| anyhow::anyhow!("{e}"))?);
+    let tokens: Vec<(String, String)> = policy
+        .callers
+        .keys()
+        .map(|c| (c.clone(), format!("bench-{c}")))
+        .collect();
+    let auth = consent_server::authenticator(&policy, &tokens)?;
+    runtime.block_on(async {
+        let engine = consent_server::open_engine(
+            policy.clone(),
+            &format!("sqlite://{}", dir.join("consent.db").display()),
+            Arc::new(LedgerKeys::generate()),
+            100_000,
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let consent = listener.local_addr()?;
+        tokio::spawn(consent_server::serve(
+            engine,
+            auth.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        let profile = Profile::open(ProfileConfig {
+            policy: policy.clone(),
+            database_url: format!("sqlite://{}", dir.join("profile.db").display()),
+            gate: GateConfig::new(format!("http://{consent}"), "bench-profile-service"),
+            name: "profile-service".into(),
+            retention_every: Duration::from_secs(3600),
+            recommendation_url: None,
+        })
+        .await?;
+        anyhow::ensure!(
+            profile.gate().wait_live(Duration::from_secs(10)).await,
+            "gate not live"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let profile_addr = listener.local_addr()?;
+        tokio::spawn(profile_server::serve(
+            profile,
+            auth.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        let recommender = recommendation_server::open(RecommendationConfig {
+            catalog: Catalog::demo(5000),
+            gate: GateConfig::new(format!("http://{consent}"), "bench-recommendation-service"),
+            name: "recommendation-service".into(),
+            profile_url: format!("http://{profile_addr}"),
+            profile_token: "bench-recommendation-service".into(),
+        })?;
+        anyhow::ensure!(
+            recommender.gate.wait_live(Duration::from_secs(10)).await,
+            "gate not live"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let recommendation = listener.local_addr()?;
+        tokio::spawn(recommendation_server::serve(
+            recommender,
+            auth,
+            listener,
+            std::future::pending(),
+        ));
+        Ok(Addrs {
+            consent,
+            profile: profile_addr,
+            recommendation,
+        })
+    })
+}
+
+/// One phase's request.
+#[derive(Clone)]
+enum Phase {
+    Health,
+    Recommend(Vec<rpb::RecommendRequest>, rpb::Tier),
+}
+
+async fn open_loop(
+    addr: SocketAddr,
+    phase: Phase,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let health = tonic_health::pb::health_client::HealthClient::new(channel(addr).await?);
+    let rec = RecommendationServiceClient::new(channel(addr).await?);
+    let auth = bearer("bench-recommendation-service");
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let total = (duration.as_secs_f64() * rate) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let limit = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let permit = limit.clone().acquire_owned().await?;
+        let (mut health, mut rec, auth, phase) =
+            (health.clone(), rec.clone(), auth.clone(), phase.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = match &phase {
+                Phase::Health => health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok(),
+                Phase::Recommend(requests, tier) => match rec
+                    .recommend(authorized(requests[i % requests.len()].clone(), &auth))
+                    .await
+                {
+                    Ok(r) => r.get_ref().tier() == *tier && !r.get_ref().items.is_empty(),
+                    Err(_) => false,
+                },
+            };
+            drop(permit);
+            (due.elapsed().as_micros() as u64, ok)
+        }));
+    }
+    let mut h = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (us, ok) = t.await?;
+        h.record(us)?;
+        errors += u64::from(!ok);
+    }
+    Ok((h, errors))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (duration, subjects) = if args.quick {
+        (Duration::from_secs(1), 4)
+    } else {
+        (
+            Duration::from_secs_f64(args.duration_secs),
+            args.subjects.max(1),
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("consentgate-recgen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("servers")
+        .enable_all()
+        .build()?;
+    let addrs = start(&dir, &servers)?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()?;
+    let report = client.block_on(run(&args, &addrs, duration, subjects));
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+    let markdown = report?;
+    println!("{markdown}");
+    if let Some(path) = &args.write {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let block = format!("<!-- recgen:start -->\n{markdown}\n<!-- recgen:end -->\n");
+        let new = match (
+            old.find("<!-- recgen:start -->"),
+            old.find("<!-- recgen:end -->"),
+        ) {
+            (Some(a), Some(b)) if b > a => {
+                let end = b + "<!-- recgen:end -->\n".len();
+                format!("{}{block}{}", &old[..a], old.get(end..).unwrap_or(""))
+            }
+            _ => format!("{old}\n{block}"),
+        };
+        std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run(
+    args: &Args,
+    addrs: &Addrs,
+    duration: Duration,
+    subjects: usize,
+) -> anyhow::Result<String> {
+    let pc = bearer("bench-preference-center");
+    let collector = bearer("bench-collector");
+    let mut consent = ConsentServiceClient::new(channel(addrs.consent).await?);
+    let mut profile = ProfileServiceClient::new(channel(addrs.profile).await?);
+    let catalog = Catalog::demo(5000);
+    let grant = |who: &str, purpose: &str, key: String| cpb::GrantRequest {
+        target: Some(cpb::ConsentTarget {
+            subject: person(who),
+            purpose: purpose.into(),
+            ..Default::default()
+        }),
+        consent_type: cpb::ConsentType::Explicit as i32,
+        notice_version: "2.0".into(),
+        idempotency_key: key,
+        ..Default::default()
+    };
+    eprintln!(
+        "recgen: seeding {subjects} subjects per tier ({} events per profiled history)…",
+        args.history
+    );
+    let mut rng = 0x5EEDu64;
+    let mut next = move |n: usize| {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((rng >> 33) as usize) % n
+    };
+    for s in 0..subjects {
+        let p = format!("profiled-{s}");
+        consent
+            .grant(authorized(
+                grant(&p, "personalize.content.profiled", format!("{p}-p")),
+                &pc,
+            ))
+            .await?;
+        consent
+            .grant(authorized(
+                grant(&p, "train_ai_system", format!("{p}-t")),
+                &pc,
+            ))
+            .await?;
+        for chunk in 0..args.history.div_ceil(500) {
+            let count = (args.history - chunk * 500).min(500);
+            let events = (0..count)
+                .map(|e| {
+                    let item = &catalog.items()[next(catalog.items().len())];
+                    ppb::EventInput {
+                        kind: if e % 10 == 0 {
+                            ppb::EventKind::Purchase
+                        } else {
+                            ppb::EventKind::ProductView
+                        } as i32,
+                        item_id: item.id.clone(),
+                        amount_minor: item.price_minor,
+                        currency: "EUR".into(),
+                        quantity: 1,
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            profile
+                .record_events(authorized(
+                    ppb::RecordEventsRequest {
+                        subject: person(&p),
+                        purpose: "personalize.content.profiled".into(),
+                        events,
+                        ..Default::default()
+                    },
+                    &collector,
+                ))
+                .await?;
+        }
+        let l = format!("limited-{s}");
+        consent
+            .grant(authorized(
+                grant(&l, "personalize.content.limited", format!("{l}-l")),
+                &pc,
+            ))
+            .await?;
+        profile
+            .submit_answers(authorized(
+                ppb::SubmitAnswersRequest {
+                    subject: person(&l),
+                    purpose: "personalize.content.limited".into(),
+                    answers: vec![ppb::AnswerInput {
+                        kind: ppb::AnswerKind::Preference as i32,
+                        question_id: "sport".into(),
+                        answer: ["trail running", "climbing", "coffee", "headphones"][s % 4].into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                &pc,
+            ))
+            .await?;
+        let g = format!("segment-{s}");
+        consent
+            .grant(authorized(
+                grant(&g, "personalize.content.segment", format!("{g}-s")),
+                &pc,
+            ))
+            .await?;
+    }
+    let context = || rpb::RecommendContext {
+        device: "mobile".into(),
+        region: "EU".into(),
+        current_item_id: "sku-00042".into(),
+        session_item_ids: vec!["sku-00018".into()],
+        ..Default::default()
+    };
+    let ask = |who: Option<String>, with_context: bool| rpb::RecommendRequest {
+        subject: who.as_deref().and_then(person),
+        context: with_context.then(context),
+        n: 10,
+        at_least_as_fresh: String::new(),
+    };
+    let tiers: Vec<(&str, rpb::Tier, Vec<rpb::RecommendRequest>)> = vec![
+        (
+            "profiled",
+            rpb::Tier::Profiled,
+            (0..subjects)
+                .map(|s| ask(Some(format!("profiled-{s}")), true))
+                .collect(),
+        ),
+        (
+            "limited",
+            rpb::Tier::Limited,
+            (0..subjects)
+                .map(|s| ask(Some(format!("limited-{s}")), true))
+                .collect(),
+        ),
+        (
+            "segment",
+            rpb::Tier::Segment,
+            (0..subjects)
+                .map(|s| ask(Some(format!("segment-{s}")), true))
+                .collect(),
+        ),
+        (
+            "contextual",
+            rpb::Tier::Contextual,
+            (0..subjects)
+                .map(|s| ask(Some(format!("visitor-{s}")), true))
+                .collect(),
+        ),
+        ("popular", rpb::Tier::Popular, vec![ask(None, false)]),
+    ];
+    // Warm every subject once (the gate caches, the model learns the profiled histories).
+    let mut rec = RecommendationServiceClient::new(channel(addrs.recommendation).await?);
+    let auth = bearer("bench-recommendation-service");
+    for (_, tier, requests) in &tiers {
+        for r in requests {
+            let got = rec
+                .recommend(authorized(r.clone(), &auth))
+                .await?
+                .into_inner();
+            anyhow::ensure!(
+                got.tier() == *tier,
+                "warm-up got {:?} instead of {tier:?}",
+                got.tier()
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    eprintln!("recgen: health floor at {} req/s…", args.rate);
+    let (h, errors) = open_loop(addrs.recommendation, Phase::Health, args.rate, duration).await?;
+    rows.push(("Health/Check (floor)".to_owned(), h, errors));
+    for (name, tier, requests) in tiers {
+        eprintln!("recgen: {name} at {} req/s…", args.rate);
+        let (h, errors) = open_loop(
+            addrs.recommendation,
+            Phase::Recommend(requests, tier),
+            args.rate,
+            duration,
+        )
+        .await?;
+        rows.push((format!("Recommend, {name}"), h, errors));
+    }
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut md = String::from("## Recommendation service (issue 4)\n\n");
+    md.push_str(&format!(
+        "Run {date}; command: `cargo run --release -p consentgate-bench --bin recgen -- --write BENCHMARKS.md`{}. \
+         The three services in-process on one 2-thread runtime (SQLite), the generator on its own 2-thread runtime; \
+         5,000-item demo catalog; {subjects} subjects per personal tier, profiled ones with {}-event histories; \
+         open loop at {} req/s per phase, latency from each request's intended send time; 10 items per call.\n\n",
+        if args.quick { " (--quick: smoke numbers)" } else { "" },
+        args.history,
+        args.rate
+    ));
+    md.push_str("| phase | requests | errors | p50 µs | p99 µs | p99.9 µs | max µs | p99 ≤ 5 ms |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+    for (name, h, errors) in &rows {
+        let verdict = if name.starts_with("Health") {
+            "floor".to_owned()
+        } else if h.value_at_quantile(0.99) <= 5_000 && *errors == 0 {
+            "pass".to_owned()
+        } else {
+            "FAIL".to_owned()
+        };
+        md.push_str(&format!(
+            "| {name} | {} | {errors} | {} | {} | {} | {} | {verdict} |\n",
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        ));
+    }
+    Ok(md)
+}
