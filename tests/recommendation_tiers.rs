@@ -250,3 +250,70 @@ async fn training_consent_is_learned_and_its_withdrawal_unlearned() {
     assert!((profiled.click_through_rate - 1.0).abs() < 1e-9 && profiled.value_minor == 4_200);
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_rpc_has_a_rule_and_callers_are_checked() {
+    use prost::Message;
+    let fds = prost_types::FileDescriptorSet::decode(consentgate_proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let declared: Vec<String> = fds
+        .file
+        .iter()
+        .filter(|f| f.package() == "consentgate.recommendation.v1")
+        .flat_map(|f| f.service.iter().map(move |s| (f.package().to_owned(), s)))
+        .flat_map(|(pkg, s)| {
+            s.method
+                .iter()
+                .map(move |m| format!("/{pkg}.{}/{}", s.name(), m.name()))
+        })
+        .collect();
+    let rules = consentgate_recommendation::authz::rules();
+    let ruled: Vec<&str> = rules.methods().collect();
+    assert_eq!(declared.len(), 5);
+    for method in &declared {
+        assert!(ruled.contains(&method.as_str()), "{method} has no rule");
+    }
+    let suite = Suite::start(Backend::Sqlite).await;
+    // Unlearn is for the privacy team only; Recommend needs a reader or an enforcer.
+    let err = suite
+        .recommendation
+        .as_caller("mailer")
+        .await
+        .unlearn(rpb::UnlearnRequest {
+            subject: subject("x"),
+        })
+        .await
+        .expect_err("a reader may not unlearn");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = suite
+        .recommendation
+        .as_caller("preference-center")
+        .await
+        .recommend(ask(None, true, 0))
+        .await
+        .expect_err("the preference center does not recommend");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // Bad input names the field.
+    let mut bad = ask(Some("x"), true, 0);
+    bad.n = 1000;
+    let err = suite
+        .recommendation
+        .as_caller("recommendation-service")
+        .await
+        .recommend(bad)
+        .await
+        .expect_err("too many items");
+    assert_eq!(bad_fields(&err), ["n"]);
+    let err = suite
+        .recommendation
+        .as_caller("collector")
+        .await
+        .load_catalog(rpb::LoadCatalogRequest {
+            jsonl: "{\"id\":\"a\"}\n".into(),
+        })
+        .await
+        .expect_err("a bad catalog");
+    assert_eq!(bad_fields(&err), ["jsonl"]);
+    assert!(err.message().contains("line 1"), "{}", err.message());
+    suite.stop().await;
+}
