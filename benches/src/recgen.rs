@@ -430,6 +430,7 @@ async fn run(
     eprintln!("recgen: health floor at {} req/s…", args.rate);
     let (h, errors) = open_loop(addrs.recommendation, Phase::Health, args.rate, duration).await?;
     rows.push(("Health/Check (floor)".to_owned(), h, errors));
+    let profiled = tiers[0].2.clone();
     for (name, tier, requests) in tiers {
         eprintln!("recgen: {name} at {} req/s…", args.rate);
         let (h, errors) = open_loop(
@@ -440,6 +441,14 @@ async fn run(
         )
         .await?;
         rows.push((format!("Recommend, {name}"), h, errors));
+    }
+    // Where the profiled tier stands below the target rate: each call makes three gated,
+    // access-logged profile reads.
+    for rate in [args.rate / 4.0, args.rate / 10.0] {
+        eprintln!("recgen: profiled at {rate} req/s…");
+        let phase = Phase::Recommend(profiled.clone(), rpb::Tier::Profiled);
+        let (h, errors) = open_loop(addrs.recommendation, phase, rate, duration).await?;
+        rows.push((format!("Recommend, profiled at {rate} req/s"), h, errors));
     }
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

@@ -277,23 +277,25 @@ impl Recommender {
                         .unwrap_or_else(|e| e.into_inner())
                         .learned_revision(&key)
                         != Some(revision);
-                let (history, _) = self
-                    .profile
-                    .history(
+                // The two reads are independent: ask both at once.
+                let (history, preferences) = tokio::join!(
+                    self.profile.history(
                         s,
                         PROFILED,
                         &[EventKind::ProductView, EventKind::Purchase],
                         if learn { HISTORY } else { RECENT },
                         consent_context.clone(),
                         &r.at_least_as_fresh,
-                    )
-                    .await
-                    .map_err(profile_unavailable)?;
-                let (preferences, _) = self
-                    .profile
-                    .preferences(s, PROFILED, consent_context.clone(), &r.at_least_as_fresh)
-                    .await
-                    .map_err(profile_unavailable)?;
+                    ),
+                    self.profile.preferences(
+                        s,
+                        PROFILED,
+                        consent_context.clone(),
+                        &r.at_least_as_fresh
+                    ),
+                );
+                let (history, _) = history.map_err(profile_unavailable)?;
+                let (preferences, _) = preferences.map_err(profile_unavailable)?;
                 let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
                 if learn && model.learned_revision(&key) != Some(revision) {
                     model.learn(&key, history.iter().map(|h| h.item_id.as_str()), revision);

@@ -118,29 +118,24 @@ impl ProfileReader {
         context: Option<RequestContext>,
         at_least_as_fresh: &str,
     ) -> Result<(Vec<String>, u64), tonic::Status> {
-        let profile = self
-            .client
-            .clone()
-            .get_profile(self.request(ppb::GetProfileRequest {
+        let mut profile_client = self.client.clone();
+        let mut answers_client = self.client.clone();
+        let (profile, answers) = tokio::join!(
+            profile_client.get_profile(self.request(ppb::GetProfileRequest {
                 subject: Some(subject.clone()),
                 purpose: purpose.to_owned(),
                 data_categories: vec!["user.preferences.stated".into()],
                 context: context.clone(),
                 at_least_as_fresh: at_least_as_fresh.to_owned(),
-            }))
-            .await?
-            .into_inner();
-        let answers = self
-            .client
-            .clone()
-            .get_answers(self.request(ppb::GetAnswersRequest {
+            })),
+            answers_client.get_answers(self.request(ppb::GetAnswersRequest {
                 subject: Some(subject.clone()),
                 purpose: purpose.to_owned(),
                 context,
                 at_least_as_fresh: at_least_as_fresh.to_owned(),
-            }))
-            .await?
-            .into_inner();
+            })),
+        );
+        let (profile, answers) = (profile?.into_inner(), answers?.into_inner());
         let mut preferences: Vec<String> =
             profile.attributes.into_iter().map(|a| a.value).collect();
         preferences.extend(
