@@ -185,6 +185,7 @@ impl Recommender {
             ("context.device", &context.device),
             ("context.region", &context.region),
             ("context.current_item_id", &context.current_item_id),
+            ("context.weather", &context.weather),
         ] {
             v.check(text.len() > 256, field, "must be at most 256 bytes");
         }
@@ -203,13 +204,14 @@ impl Recommender {
             || time::OffsetDateTime::now_utc().unix_timestamp(),
             |t| t.seconds,
         );
-        let moment = Moment::at(
+        let mut moment = Moment::at(
             seconds,
             &context.device,
             &context.region,
             &context.current_item_id,
             &context.session_item_ids,
         );
+        moment.weather = context.weather.trim().to_lowercase();
         let consent_context = context.consent.clone();
 
         // The tier comes from the consent decision. No answer: context only (fail closed).

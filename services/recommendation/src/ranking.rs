@@ -22,6 +22,8 @@ pub struct Moment {
     pub current_item: String,
     /// Items seen in this session.
     pub session_items: Vec<String>,
+    /// The weather where the person is (`rain`, `snow`, `sunny`, …), lowercase, or empty.
+    pub weather: String,
 }
 
 impl Moment {
@@ -54,6 +56,7 @@ impl Moment {
             region: region.to_owned(),
             current_item: current_item.to_owned(),
             session_items: session_items.to_vec(),
+            weather: String::new(),
         }
     }
 
@@ -63,6 +66,7 @@ impl Moment {
             || !self.region.is_empty()
             || !self.current_item.is_empty()
             || !self.session_items.is_empty()
+            || !self.weather.is_empty()
     }
 }
 
@@ -86,6 +90,7 @@ enum Why {
     Daypart,
     Season,
     Device,
+    Weather,
     WithCurrent,
     WithSession,
     SameCategory,
@@ -121,6 +126,7 @@ impl Words<'_> {
             Why::Daypart => format!("popular this {}", m.daypart),
             Why::Season => format!("a {} favorite", m.season),
             Why::Device => format!("popular on {}", m.device),
+            Why::Weather => format!("made for today's weather ({})", m.weather),
             Why::WithCurrent => "often bought with the item you're viewing".into(),
             Why::WithSession => "goes with what you looked at today".into(),
             Why::SameCategory => "similar to the item you're viewing".into(),
@@ -191,6 +197,18 @@ fn fit(item: &Item, moment: &Moment) -> (f64, Option<Why>) {
     if !moment.device.is_empty() && a.devices.contains(&moment.device) {
         score += 0.1;
         why.get_or_insert(Why::Device);
+    }
+    let weather_fit = match moment.weather.as_str() {
+        "rain" | "snow" | "storm" | "cold" => item
+            .tags
+            .iter()
+            .any(|t| t == "waterproof" || t == "insulated"),
+        "sunny" | "hot" => item.category.iter().any(|c| c == "sun care"),
+        _ => false,
+    };
+    if weather_fit {
+        score += 0.4;
+        why = Some(Why::Weather);
     }
     (score, why)
 }
@@ -488,6 +506,14 @@ mod tests {
         assert_eq!(prof[0].item_id, "sku-00002");
         assert!(prof[0].reason.starts_with("because you bought "));
         assert!(prof.iter().all(|p| p.item_id != "sku-00001"));
+        let mut rainy = moment();
+        rainy.weather = "rain".into();
+        let wet = contextual(&catalog, &CoOccurrence::new(), &rainy, 5);
+        assert!(
+            wet.iter()
+                .any(|p| p.reason == "made for today's weather (rain)"),
+            "{wet:?}"
+        );
     }
 
     #[test]
