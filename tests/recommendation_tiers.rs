@@ -293,6 +293,26 @@ async fn every_rpc_has_a_rule_and_callers_are_checked() {
         .await
         .expect_err("the preference center does not recommend");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    // A reader asks on its own behalf: the mailer may not use personalization purposes, so even
+    // a subject who consented to profiling gets nothing personal through it.
+    suite
+        .consent
+        .as_caller("preference-center")
+        .await
+        .grant(grant("d-alice", "personalize.content.profiled", "d-g"))
+        .await
+        .expect("grant");
+    let before = suite.recommendation.recommender.profile.reads();
+    let r = suite
+        .recommendation
+        .as_caller("mailer")
+        .await
+        .recommend(ask(Some("d-alice"), true, 0))
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert_ne!(r.tier(), Tier::Profiled, "{}", r.tier_reason);
+    assert_eq!(suite.recommendation.recommender.profile.reads(), before);
     // Bad input names the field.
     let mut bad = ask(Some("x"), true, 0);
     bad.n = 1000;

@@ -51,6 +51,8 @@ pub struct Recommender {
     pub gate: Gate,
     /// Gated profile reads.
     pub profile: ProfileReader,
+    /// This service's caller name.
+    name: String,
     tiers: [TierCounters; 5],
     /// Which tier each recent recommendation id was, for outcomes (no subject ids).
     issued: moka::sync::Cache<String, Tier>,
@@ -90,8 +92,14 @@ fn ladder_of(level: PersonalizationLevel) -> Ladder {
 
 impl Recommender {
     /// A recommender over `catalog`, asking `gate`, reading through `profile`.
-    pub fn new(catalog: Catalog, gate: Gate, profile: ProfileReader) -> Arc<Recommender> {
+    pub fn new(
+        catalog: Catalog,
+        gate: Gate,
+        profile: ProfileReader,
+        name: String,
+    ) -> Arc<Recommender> {
         Arc::new(Recommender {
+            name,
             catalog: RwLock::new(Arc::new(catalog)),
             model: Mutex::new(CoOccurrence::new()),
             gate,
@@ -160,7 +168,13 @@ impl Recommender {
             .subjects()
     }
 
-    async fn recommend(&self, r: pb::RecommendRequest) -> Result<pb::RecommendResponse, Status> {
+    /// `caller` is the authenticated caller; when it is not this service itself, the consent
+    /// service decides on its behalf (delegation), so the caller-purpose rule applies to it.
+    async fn recommend(
+        &self,
+        caller: &str,
+        r: pb::RecommendRequest,
+    ) -> Result<pb::RecommendResponse, Status> {
         let n = match r.n {
             0 => 10,
             n if n <= 100 => n as usize,
@@ -238,7 +252,8 @@ impl Recommender {
                         ..Default::default()
                     },
                 ];
-                match self.gate.check_many(checks, None).await {
+                let on_behalf_of = (caller != self.name).then_some(caller);
+                match self.gate.check_many(checks, on_behalf_of).await {
                     Ok(d) => {
                         let ladder = ladder_of(d[0].personalization_level());
                         let trains =
@@ -397,8 +412,21 @@ impl pb::recommendation_service_server::RecommendationService for Recommendation
         &self,
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let caller = request
+            .extensions()
+            .get::<Arc<consentgate_runtime::CallerIdentity>>()
+            .map(|c| c.name.clone())
+            .ok_or_else(|| {
+                status(
+                    Code::Unauthenticated,
+                    "UNAUTHENTICATED",
+                    "no caller identity",
+                )
+            })?;
         Ok(Response::new(
-            self.recommender.recommend(request.into_inner()).await?,
+            self.recommender
+                .recommend(&caller, request.into_inner())
+                .await?,
         ))
     }
 

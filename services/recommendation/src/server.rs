@@ -45,10 +45,10 @@ pub struct RecommendationConfig {
 
 /// Builds the recommender and starts following consent changes.
 pub fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, StartError> {
-    let gate = Gate::start(config.gate, config.name)?;
+    let gate = Gate::start(config.gate, config.name.clone())?;
     let profile = ProfileReader::new(&config.profile_url, &config.profile_token)
         .map_err(StartError::Profile)?;
-    let recommender = Recommender::new(config.catalog, gate, profile);
+    let recommender = Recommender::new(config.catalog, gate, profile, config.name);
     recommender.follow_changes();
     Ok(recommender)
 }
