@@ -127,6 +127,9 @@ struct RecommendationArgs {
     /// This service's token at the consent and profile services (from a secret).
     #[arg(long, env = "CONSENTGATE_SERVICE_TOKEN", hide_env_values = true)]
     service_token: String,
+    /// Its own database: `sqlite://PATH` or `postgres://USER@HOST/DB` (tiers and outcomes).
+    #[arg(long, env = "CONSENTGATE_DATABASE_URL")]
+    database_url: String,
     /// A JSONL catalog; the deterministic 5,000-item demo catalog when absent.
     #[arg(long, env = "CONSENTGATE_CATALOG")]
     catalog: Option<PathBuf>,
@@ -360,7 +363,9 @@ async fn main() -> anyhow::Result<()> {
                 name: args.caller_name,
                 profile_url: args.profile_url,
                 profile_token: args.service_token,
-            })?;
+                database_url: args.database_url,
+            })
+            .await?;
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
@@ -453,7 +458,9 @@ async fn main() -> anyhow::Result<()> {
                 name: "recommendation-service".into(),
                 profile_url: format!("http://{profile_address}"),
                 profile_token: "dev-recommendation-service".into(),
-            })?;
+                database_url: format!("sqlite://{}", data_dir.join("recommendation.db").display()),
+            })
+            .await?;
             let recommendation_listener = tokio::net::TcpListener::bind(&recommendation_listen)
                 .await
                 .with_context(|| format!("binding {recommendation_listen}"))?;

@@ -337,3 +337,86 @@ async fn every_rpc_has_a_rule_and_callers_are_checked() {
     assert!(err.message().contains("line 1"), "{}", err.message());
     suite.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outcome_statistics_survive_a_restart_on_every_backend() {
+    for backend in consentgate_consent::testing::backends() {
+        let mut suite = Suite::start(backend).await;
+        let mut client = suite
+            .recommendation
+            .as_caller("recommendation-service")
+            .await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(
+                client
+                    .recommend(ask(None, true, 0))
+                    .await
+                    .expect("recommend")
+                    .into_inner()
+                    .recommendation_id,
+            );
+        }
+        let mut collector = suite.recommendation.as_caller("collector").await;
+        for (id, kind) in [
+            (&ids[0], rpb::OutcomeKind::Impression),
+            (&ids[1], rpb::OutcomeKind::Impression),
+            (&ids[1], rpb::OutcomeKind::Click),
+        ] {
+            collector
+                .record_outcome(rpb::RecordOutcomeRequest {
+                    recommendation_id: id.clone(),
+                    kind: kind as i32,
+                    value_minor: 0,
+                })
+                .await
+                .expect("outcome");
+        }
+        let err = collector
+            .record_outcome(rpb::RecordOutcomeRequest {
+                recommendation_id: "01900000-0000-7000-8000-000000000000".into(),
+                kind: rpb::OutcomeKind::Click as i32,
+                value_minor: 0,
+            })
+            .await
+            .expect_err("unknown recommendation");
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        suite.restart_recommendation().await;
+        // After the restart: the statistics are still there, and outcomes for earlier ids count.
+        let mut collector = suite.recommendation.as_caller("collector").await;
+        collector
+            .record_outcome(rpb::RecordOutcomeRequest {
+                recommendation_id: ids[2].clone(),
+                kind: rpb::OutcomeKind::Conversion as i32,
+                value_minor: 990,
+            })
+            .await
+            .expect("outcome after restart");
+        let stats = suite
+            .recommendation
+            .as_caller("auditor")
+            .await
+            .get_stats(rpb::GetStatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner();
+        let contextual = stats
+            .tiers
+            .iter()
+            .find(|t| t.tier() == Tier::Contextual)
+            .expect("contextual");
+        assert_eq!(
+            (
+                contextual.recommendations,
+                contextual.impressions,
+                contextual.clicks,
+                contextual.conversions,
+                contextual.value_minor
+            ),
+            (3, 2, 1, 1, 990),
+            "{backend:?}"
+        );
+        assert!((contextual.click_through_rate - 0.5).abs() < 1e-9);
+        suite.stop().await;
+    }
+}

@@ -133,7 +133,9 @@ fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Re
             name: "recommendation-service".into(),
             profile_url: format!("http://{profile_addr}"),
             profile_token: "bench-recommendation-service".into(),
-        })?;
+            database_url: format!("sqlite://{}", dir.join("recommendation.db").display()),
+        })
+        .await?;
         anyhow::ensure!(
             recommender.gate.wait_live(Duration::from_secs(10)).await,
             "gate not live"

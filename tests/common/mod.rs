@@ -545,6 +545,7 @@ impl RecommendationServer {
         listener: tokio::net::TcpListener,
         consent: &TestServer,
         profile: &ProfileServer,
+        database_url: &str,
     ) -> RecommendationServer {
         let policy = Policy::default_policy().expect("default policy");
         let tokens: Vec<(String, String)> = policy
@@ -563,8 +564,10 @@ impl RecommendationServer {
                 name: "recommendation-service".into(),
                 profile_url: format!("http://{}", profile.addr),
                 profile_token: token("recommendation-service"),
+                database_url: database_url.to_owned(),
             },
         )
+        .await
         .expect("recommendation service");
         assert!(
             recommender.gate.wait_live(Duration::from_secs(10)).await,
@@ -616,6 +619,8 @@ pub struct Suite {
     pub consent: TestServer,
     pub profile: ProfileServer,
     pub recommendation: RecommendationServer,
+    /// The recommendation service's own database.
+    pub recommendation_db: TestDb,
 }
 
 impl Suite {
@@ -631,12 +636,33 @@ impl Suite {
         )));
         let profile =
             ProfileServer::start_full(&consent, backend, ProfileOptions::default(), cascade).await;
-        let recommendation = RecommendationServer::start_on(listener, &consent, &profile).await;
+        let recommendation_db = TestDb::new(backend).await;
+        let recommendation =
+            RecommendationServer::start_on(listener, &consent, &profile, &recommendation_db.url)
+                .await;
         Suite {
             consent,
             profile,
             recommendation,
+            recommendation_db,
         }
+    }
+
+    /// Stops the recommendation service and starts a new one on the same database.
+    pub async fn restart_recommendation(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let fresh = RecommendationServer::start_on(
+            listener,
+            &self.consent,
+            &self.profile,
+            &self.recommendation_db.url,
+        )
+        .await;
+        std::mem::replace(&mut self.recommendation, fresh)
+            .stop()
+            .await;
     }
 
     pub async fn stop(self) {

@@ -6,6 +6,7 @@ use crate::catalog::Catalog;
 use crate::model::CoOccurrence;
 use crate::profile_reader::ProfileReader;
 use crate::ranking::{self, Moment, Pick};
+use crate::store::RecommendationStore;
 use crate::tier::{Ladder, Tier, tier_for};
 use consentgate_gate::{Gate, subject_key};
 use consentgate_proto::common::v1::{PersonalizationLevel, SubjectRef, subject_ref};
@@ -14,7 +15,6 @@ use consentgate_proto::profile::v1::EventKind;
 use consentgate_proto::recommendation::v1 as pb;
 use consentgate_runtime::errors::{Violations, invalid_argument, status};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tonic::{Code, Request, Response, Status};
 
@@ -32,15 +32,6 @@ const HISTORY: u32 = 500;
 /// anchors on the most recent events only.
 const RECENT: u32 = 40;
 
-#[derive(Default)]
-struct TierCounters {
-    recommendations: AtomicU64,
-    impressions: AtomicU64,
-    clicks: AtomicU64,
-    conversions: AtomicU64,
-    value_minor: AtomicI64,
-}
-
 /// Shared state of the service.
 pub struct Recommender {
     /// The catalog (replaced whole by LoadCatalog).
@@ -53,21 +44,11 @@ pub struct Recommender {
     pub profile: ProfileReader,
     /// This service's caller name.
     name: String,
-    tiers: [TierCounters; 5],
-    /// Which tier each recent recommendation id was, for outcomes (no subject ids).
+    /// Tiers and outcomes, in the service's own database (no subject ids).
+    store: RecommendationStore,
+    /// Which tier each recent recommendation id was, for outcomes that arrive before the store's
+    /// batch is written.
     issued: moka::sync::Cache<String, Tier>,
-}
-
-const TIERS: [Tier; 5] = [
-    Tier::Profiled,
-    Tier::Limited,
-    Tier::Segment,
-    Tier::Contextual,
-    Tier::Popular,
-];
-
-fn tier_index(t: Tier) -> usize {
-    TIERS.iter().position(|x| *x == t).unwrap_or(4)
 }
 
 fn tier_pb(t: Tier) -> pb::Tier {
@@ -97,14 +78,15 @@ impl Recommender {
         gate: Gate,
         profile: ProfileReader,
         name: String,
+        store: RecommendationStore,
     ) -> Arc<Recommender> {
         Arc::new(Recommender {
             name,
+            store,
             catalog: RwLock::new(Arc::new(catalog)),
             model: Mutex::new(CoOccurrence::new()),
             gate,
             profile,
-            tiers: Default::default(),
             issued: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(std::time::Duration::from_secs(7 * 86_400))
@@ -355,9 +337,7 @@ impl Recommender {
         };
         let recommendation_id = uuid::Uuid::now_v7().to_string();
         self.issued.insert(recommendation_id.clone(), tier);
-        self.tiers[tier_index(tier)]
-            .recommendations
-            .fetch_add(1, Ordering::Relaxed);
+        self.store.record(recommendation_id.clone(), tier);
         let items = picks
             .into_iter()
             .filter_map(|p| {
@@ -384,6 +364,15 @@ impl Recommender {
 
 fn crate_now_micros() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+fn store_status(e: crate::store::StoreError) -> Status {
+    tracing::error!(error = %e, "recommendation store failed");
+    status(
+        Code::Unavailable,
+        "STORE_UNAVAILABLE",
+        "the recommendation store failed",
+    )
 }
 
 fn profile_unavailable(s: Status) -> Status {
@@ -448,26 +437,32 @@ impl pb::recommendation_service_server::RecommendationService for Recommendation
         );
         v.check(r.value_minor < 0, "value_minor", "must not be negative");
         v.finish()?;
-        let tier = self
-            .recommender
-            .issued
-            .get(&r.recommendation_id)
-            .ok_or_else(|| {
-                status(
-                    Code::NotFound,
-                    "RECOMMENDATION_NOT_FOUND",
-                    "no recent recommendation has this id",
-                )
-            })?;
-        let c = &self.recommender.tiers[tier_index(tier)];
-        match r.kind() {
-            pb::OutcomeKind::Impression => c.impressions.fetch_add(1, Ordering::Relaxed),
-            pb::OutcomeKind::Click => c.clicks.fetch_add(1, Ordering::Relaxed),
-            _ => {
-                c.value_minor.fetch_add(r.value_minor, Ordering::Relaxed);
-                c.conversions.fetch_add(1, Ordering::Relaxed)
-            }
+        let tier = match self.recommender.issued.get(&r.recommendation_id) {
+            Some(t) => Some(t),
+            None => self
+                .recommender
+                .store
+                .tier(&r.recommendation_id)
+                .await
+                .map_err(store_status)?,
         };
+        if tier.is_none() {
+            return Err(status(
+                Code::NotFound,
+                "RECOMMENDATION_NOT_FOUND",
+                "no recommendation has this id",
+            ));
+        }
+        let kind = match r.kind() {
+            pb::OutcomeKind::Impression => "impression",
+            pb::OutcomeKind::Click => "click",
+            _ => "conversion",
+        };
+        self.recommender
+            .store
+            .record_outcome(&r.recommendation_id, kind, r.value_minor)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::RecordOutcomeResponse {}))
     }
 
@@ -475,26 +470,24 @@ impl pb::recommendation_service_server::RecommendationService for Recommendation
         &self,
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let tiers = TIERS
-            .iter()
-            .map(|&t| {
-                let c = &self.recommender.tiers[tier_index(t)];
-                let (impressions, clicks, conversions) = (
-                    c.impressions.load(Ordering::Relaxed),
-                    c.clicks.load(Ordering::Relaxed),
-                    c.conversions.load(Ordering::Relaxed),
-                );
-                let rate = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-                pb::TierStats {
-                    tier: tier_pb(t) as i32,
-                    recommendations: c.recommendations.load(Ordering::Relaxed),
-                    impressions,
-                    clicks,
-                    conversions,
-                    value_minor: c.value_minor.load(Ordering::Relaxed),
-                    click_through_rate: rate(clicks, impressions),
-                    conversion_rate: rate(conversions, clicks),
-                }
+        let totals = self
+            .recommender
+            .store
+            .totals()
+            .await
+            .map_err(store_status)?;
+        let rate = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let tiers = totals
+            .into_iter()
+            .map(|(t, c)| pb::TierStats {
+                tier: tier_pb(t) as i32,
+                recommendations: c.recommendations,
+                impressions: c.impressions,
+                clicks: c.clicks,
+                conversions: c.conversions,
+                value_minor: c.value_minor,
+                click_through_rate: rate(c.clicks, c.impressions),
+                conversion_rate: rate(c.conversions, c.clicks),
             })
             .collect();
         Ok(Response::new(pb::GetStatsResponse { tiers }))

@@ -9,4 +9,5 @@ pub mod model;
 pub mod profile_reader;
 pub mod ranking;
 pub mod server;
+pub mod store;
 pub mod tier;

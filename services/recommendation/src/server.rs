@@ -5,6 +5,7 @@ use crate::authz;
 use crate::catalog::Catalog;
 use crate::grpc::{RecommendationApi, Recommender};
 use crate::profile_reader::ProfileReader;
+use crate::store::RecommendationStore;
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
 use consentgate_runtime::server::{MAX_MESSAGE_BYTES, health, reflection};
@@ -24,6 +25,9 @@ pub enum StartError {
     /// The profile service's address or token is unusable.
     #[error("profile service: {0}")]
     Profile(String),
+    /// The store could not be opened.
+    #[error("cannot open the recommendation store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// The server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -41,14 +45,17 @@ pub struct RecommendationConfig {
     pub profile_url: String,
     /// This service's token at the profile service.
     pub profile_token: String,
+    /// Its own database: `sqlite://PATH` or `postgres://…` (tiers and outcomes, no subject ids).
+    pub database_url: String,
 }
 
-/// Builds the recommender and starts following consent changes.
-pub fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, StartError> {
+/// Opens the store, builds the recommender and starts following consent changes.
+pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, StartError> {
+    let store = RecommendationStore::open(&config.database_url).await?;
     let gate = Gate::start(config.gate, config.name.clone())?;
     let profile = ProfileReader::new(&config.profile_url, &config.profile_token)
         .map_err(StartError::Profile)?;
-    let recommender = Recommender::new(config.catalog, gate, profile, config.name);
+    let recommender = Recommender::new(config.catalog, gate, profile, config.name, store);
     recommender.follow_changes();
     Ok(recommender)
 }

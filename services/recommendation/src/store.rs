@@ -1,0 +1,263 @@
+//! The recommendation service's own database (SQLite embedded, PostgreSQL in production): each
+//! recommendation's tier and the outcomes recorded against it, so that `GetStats` survives
+//! restarts and is shared by replicas. It holds no subject ids and no profile data.
+//!
+//! Recommendations are written in batches by a background task (a `Recommend` never waits for
+//! the database); an outcome is written before `RecordOutcome` answers.
+
+use crate::tier::Tier;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The background writer stopped.
+    #[error("the recommendation writer stopped")]
+    WriterStopped,
+}
+
+/// Counts of one tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierTotals {
+    /// Recommendations made.
+    pub recommendations: u64,
+    /// Impressions recorded.
+    pub impressions: u64,
+    /// Clicks recorded.
+    pub clicks: u64,
+    /// Conversions recorded.
+    pub conversions: u64,
+    /// Conversion value, minor units.
+    pub value_minor: i64,
+}
+
+enum Job {
+    Record(String, Tier),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The store and its batching writer. Cheap to clone.
+#[derive(Clone)]
+pub struct RecommendationStore {
+    pool: AnyPool,
+    jobs: mpsc::Sender<Job>,
+}
+
+fn tier_of(text: &str) -> Option<Tier> {
+    [
+        Tier::Profiled,
+        Tier::Limited,
+        Tier::Segment,
+        Tier::Contextual,
+        Tier::Popular,
+    ]
+    .into_iter()
+    .find(|t| t.as_str() == text)
+}
+
+fn now_micros() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+impl RecommendationStore {
+    /// Opens (and migrates) the database a URL names: `sqlite://…` or `postgres://…`.
+    pub async fn open(url: &str) -> Result<RecommendationStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if postgres {
+            let native = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&native).await?;
+            native.close().await;
+        } else {
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10));
+            let native = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&native).await?;
+            native.close().await;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 8 } else { 4 })
+            .connect(url)
+            .await?;
+        let (jobs, incoming) = mpsc::channel(65_536);
+        tokio::spawn(write_batches(pool.clone(), incoming));
+        Ok(RecommendationStore { pool, jobs })
+    }
+
+    /// Queues a recommendation's tier (written within ~50 ms; a full queue drops the record
+    /// rather than slowing recommendations, and says so in the log).
+    pub fn record(&self, recommendation_id: String, tier: Tier) {
+        if self
+            .jobs
+            .try_send(Job::Record(recommendation_id, tier))
+            .is_err()
+        {
+            tracing::warn!("recommendation statistics queue full; one recommendation not counted");
+        }
+    }
+
+    /// Waits until everything queued so far is written.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, flushed) = oneshot::channel();
+        self.jobs
+            .send(Job::Flush(done))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        flushed.await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// The tier a recommendation was made in.
+    pub async fn tier(&self, recommendation_id: &str) -> Result<Option<Tier>, StoreError> {
+        Ok(
+            sqlx::query("SELECT tier FROM recommendations WHERE recommendation_id = $1")
+                .bind(recommendation_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .and_then(|r| tier_of(&r.get::<String, _>(0))),
+        )
+    }
+
+    /// Records an outcome against a recommendation.
+    pub async fn record_outcome(
+        &self,
+        recommendation_id: &str,
+        kind: &str,
+        value_minor: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO outcomes (recommendation_id, kind, value_minor, recorded_at) VALUES ($1, $2, $3, $4)")
+            .bind(recommendation_id)
+            .bind(kind)
+            .bind(value_minor)
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Totals per tier.
+    pub async fn totals(&self) -> Result<Vec<(Tier, TierTotals)>, StoreError> {
+        self.flush().await?;
+        let mut totals: Vec<(Tier, TierTotals)> = [
+            Tier::Profiled,
+            Tier::Limited,
+            Tier::Segment,
+            Tier::Contextual,
+            Tier::Popular,
+        ]
+        .into_iter()
+        .map(|t| (t, TierTotals::default()))
+        .collect();
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        for r in sqlx::query("SELECT tier, COUNT(*) FROM recommendations GROUP BY tier")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            if let Some(t) = tier_of(&r.get::<String, _>(0))
+                && let Some(entry) = totals.iter_mut().find(|(x, _)| *x == t)
+            {
+                entry.1.recommendations = count(r.get(1));
+            }
+        }
+        for r in sqlx::query("SELECT r.tier, o.kind, COUNT(*), CAST(COALESCE(SUM(o.value_minor), 0) AS BIGINT) FROM outcomes o JOIN recommendations r ON r.recommendation_id = o.recommendation_id GROUP BY r.tier, o.kind")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let Some(t) = tier_of(&r.get::<String, _>(0)) else {
+                continue;
+            };
+            let Some(entry) = totals.iter_mut().find(|(x, _)| *x == t) else {
+                continue;
+            };
+            let n = count(r.get(2));
+            match r.get::<String, _>(1).as_str() {
+                "impression" => entry.1.impressions = n,
+                "click" => entry.1.clicks = n,
+                "conversion" => {
+                    entry.1.conversions = n;
+                    entry.1.value_minor = r.get(3);
+                }
+                _ => {}
+            }
+        }
+        Ok(totals)
+    }
+}
+
+/// Writes queued recommendations in multi-row batches.
+async fn write_batches(pool: AnyPool, mut incoming: mpsc::Receiver<Job>) {
+    while let Some(first) = incoming.recv().await {
+        let mut records = Vec::new();
+        let mut flushes = Vec::new();
+        fn push(
+            job: Job,
+            records: &mut Vec<(String, Tier)>,
+            flushes: &mut Vec<oneshot::Sender<()>>,
+        ) {
+            match job {
+                Job::Record(id, tier) => records.push((id, tier)),
+                Job::Flush(done) => flushes.push(done),
+            }
+        }
+        push(first, &mut records, &mut flushes);
+        // Gather what arrives within a short window (and whatever is already queued).
+        let window = tokio::time::sleep(Duration::from_millis(20));
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                _ = &mut window => break,
+                job = incoming.recv() => match job {
+                    Some(job) => push(job, &mut records, &mut flushes),
+                    None => break,
+                },
+            }
+            if records.len() >= 2_000 || !flushes.is_empty() {
+                while let Ok(job) = incoming.try_recv() {
+                    push(job, &mut records, &mut flushes);
+                }
+                break;
+            }
+        }
+        let now = now_micros();
+        for chunk in records.chunks(300) {
+            let rows = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO recommendations (recommendation_id, tier, created_at) VALUES {rows}"
+            )));
+            for (id, tier) in chunk {
+                q = q.bind(id.clone()).bind(tier.as_str()).bind(now);
+            }
+            if let Err(e) = q.execute(&pool).await {
+                let code = match &e {
+                    sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                    _ => None,
+                };
+                tracing::error!(code = ?code, rows = chunk.len(), "writing recommendation statistics failed");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
