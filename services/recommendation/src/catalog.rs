@@ -2,8 +2,8 @@
 //! (season, time of day, device, region). A deterministic demo catalog for the embedded default,
 //! and loading from JSONL (one item per line) for real ones.
 
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// A catalog item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,7 +152,7 @@ impl Catalog {
         if items.is_empty() {
             return Err(CatalogError::Empty);
         }
-        let mut by_id = HashMap::with_capacity(items.len());
+        let mut by_id = HashMap::with_capacity_and_hasher(items.len(), Default::default());
         for (i, item) in items.iter().enumerate() {
             if by_id.insert(item.id.clone(), i).is_some() {
                 return Err(CatalogError::Duplicate {

@@ -7,7 +7,8 @@
 //! The contribution is derived data about the subject: it is dropped by `unlearn`, which the
 //! service calls on every withdrawal or erasure change event.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The most distinct items one subject contributes (the first ones given, usually the most
 /// recent): bounds a subject's pairs at 200 × 199 / 2.

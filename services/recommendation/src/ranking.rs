@@ -5,7 +5,7 @@
 use crate::catalog::{Catalog, Item};
 use crate::model::CoOccurrence;
 use crate::profile_reader::HistoryItem;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// The request's moment: derived from its context, never stored.
 #[derive(Debug, Clone, Default)]
@@ -238,7 +238,7 @@ pub fn popular(catalog: &Catalog, n: usize) -> Vec<Pick> {
 /// The contextual tier: the request's moment, and items often found with the current item and
 /// this session's items (the model is aggregate; nothing about the person is used).
 pub fn contextual(catalog: &Catalog, model: &CoOccurrence, moment: &Moment, n: usize) -> Vec<Pick> {
-    let mut related: HashMap<usize, (f64, Why)> = HashMap::new();
+    let mut related: HashMap<usize, (f64, Why)> = HashMap::default();
     let anchors = std::iter::once((moment.current_item.as_str(), Why::WithCurrent)).chain(
         moment
             .session_items
@@ -404,7 +404,7 @@ pub fn profiled(
     moment: &Moment,
     n: usize,
 ) -> Vec<Pick> {
-    let mut related: HashMap<usize, (f64, Why)> = HashMap::new();
+    let mut related: HashMap<usize, (f64, Why)> = HashMap::default();
     for h in history.iter().take(20) {
         let Some(anchor) = catalog.index(&h.item_id) else {
             continue;
