@@ -241,42 +241,22 @@ impl Gate {
     /// (delegation); the caller-purpose rule then applies to it.
     pub async fn check(
         &self,
-        mut request: CheckRequest,
+        request: CheckRequest,
         on_behalf_of: Option<&str>,
     ) -> Result<Decision, GateError> {
-        let subject = request
-            .subject
-            .as_ref()
-            .and_then(subject_key)
-            .ok_or_else(|| {
-                GateError::Rejected(consentgate_runtime::errors::invalid_argument(
-                    "subject",
-                    "a subject_id or device_id is required",
-                ))
-            })?;
-        request.on_behalf_of = on_behalf_of.unwrap_or_default().to_owned();
         let caller = on_behalf_of.unwrap_or(&self.inner.name).to_owned();
-        let min_revision = if request.at_least_as_fresh.is_empty() {
-            0
-        } else {
-            request.at_least_as_fresh.parse::<u64>().map_err(|_| {
-                GateError::Rejected(consentgate_runtime::errors::invalid_argument(
-                    "at_least_as_fresh",
-                    "must be a revision returned by a consent write (a decimal number)",
-                ))
-            })?
-        };
-        let key = cache_key(&request);
+        let Prepared {
+            request,
+            subject,
+            min_revision,
+            key,
+        } = prepare(request, on_behalf_of)?;
         if let Some(response) = self.cached(&key, &subject, min_revision) {
             self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(self.hand_out(subject, request.purpose, caller, response, true));
         }
         self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let issued_high_water = self
-            .inner
-            .freshness
-            .high_water()
-            .max(self.inner.freshness.last_device_change());
+        let issued_high_water = self.issued_high_water();
         let response = Arc::new(self.ask(request.clone()).await?);
         self.remember(key, response.clone(), issued_high_water);
         Ok(self.hand_out(subject, request.purpose, caller, response, false))
@@ -300,42 +280,17 @@ impl Gate {
         }
         let caller = on_behalf_of.unwrap_or(&self.inner.name).to_owned();
         let mut prepared = Vec::with_capacity(requests.len());
-        for mut request in requests {
-            let subject = request
-                .subject
-                .as_ref()
-                .and_then(subject_key)
-                .ok_or_else(|| {
-                    GateError::Rejected(consentgate_runtime::errors::invalid_argument(
-                        "subject",
-                        "a subject_id or device_id is required",
-                    ))
-                })?;
-            request.on_behalf_of = on_behalf_of.unwrap_or_default().to_owned();
-            let min_revision = if request.at_least_as_fresh.is_empty() {
-                0
-            } else {
-                request.at_least_as_fresh.parse::<u64>().map_err(|_| {
-                    GateError::Rejected(consentgate_runtime::errors::invalid_argument(
-                        "at_least_as_fresh",
-                        "must be a revision returned by a consent write (a decimal number)",
-                    ))
-                })?
-            };
-            let key = cache_key(&request);
-            let hit = self.cached(&key, &subject, min_revision);
-            prepared.push((request, subject, key, hit));
+        for request in requests {
+            let p = prepare(request, on_behalf_of)?;
+            let hit = self.cached(&p.key, &p.subject, p.min_revision);
+            prepared.push((p.request, p.subject, p.key, hit));
         }
         let misses: Vec<CheckRequest> = prepared
             .iter()
             .filter(|p| p.3.is_none())
             .map(|p| p.0.clone())
             .collect();
-        let issued_high_water = self
-            .inner
-            .freshness
-            .high_water()
-            .max(self.inner.freshness.last_device_change());
+        let issued_high_water = self.issued_high_water();
         let mut answers = if misses.is_empty() {
             Vec::new().into_iter()
         } else {
@@ -399,29 +354,38 @@ impl Gate {
                 if results.len() == asked {
                     Ok(results)
                 } else {
-                    self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    Err(GateError::Unavailable(format!(
+                    Err(self.unavailable(format!(
                         "BatchCheck answered {} of {asked} checks",
                         results.len()
                     )))
                 }
             }
-            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-                Err(GateError::Rejected(status))
-            }
-            Ok(Err(status)) => {
-                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-                Err(GateError::Unavailable(format!(
-                    "{:?}: {}",
-                    status.code(),
-                    status.message()
-                )))
-            }
-            Err(_) => {
-                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-                Err(GateError::Unavailable("the check deadline passed".into()))
-            }
+            Ok(Err(status)) => Err(self.failed(status)),
+            Err(_) => Err(self.unavailable("the check deadline passed".into())),
         }
+    }
+
+    /// What the change stream had applied before a check is sent (see [`Gate::cached`]).
+    fn issued_high_water(&self) -> u64 {
+        self.inner
+            .freshness
+            .high_water()
+            .max(self.inner.freshness.last_device_change())
+    }
+
+    /// A failed call: a bad question is passed on; anything else fails closed.
+    fn failed(&self, status: tonic::Status) -> GateError {
+        if status.code() == tonic::Code::InvalidArgument {
+            GateError::Rejected(status)
+        } else {
+            self.unavailable(format!("{:?}: {}", status.code(), status.message()))
+        }
+    }
+
+    /// Counts a failure and fails closed.
+    fn unavailable(&self, why: String) -> GateError {
+        self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+        GateError::Unavailable(why)
     }
 
     fn hand_out(
@@ -500,23 +464,50 @@ impl Gate {
         let answer = tokio::time::timeout(self.inner.check_timeout, client.check(call)).await;
         match answer {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-                Err(GateError::Rejected(status))
-            }
-            Ok(Err(status)) => {
-                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-                Err(GateError::Unavailable(format!(
-                    "{:?}: {}",
-                    status.code(),
-                    status.message()
-                )))
-            }
-            Err(_) => {
-                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-                Err(GateError::Unavailable("the check deadline passed".into()))
-            }
+            Ok(Err(status)) => Err(self.failed(status)),
+            Err(_) => Err(self.unavailable("the check deadline passed".into())),
         }
     }
+}
+
+/// A request made ready to check: delegation set, its subject's key, its freshness token, and
+/// its cache key.
+struct Prepared {
+    request: CheckRequest,
+    subject: String,
+    min_revision: u64,
+    key: Vec<u8>,
+}
+
+fn prepare(mut request: CheckRequest, on_behalf_of: Option<&str>) -> Result<Prepared, GateError> {
+    let subject = request
+        .subject
+        .as_ref()
+        .and_then(subject_key)
+        .ok_or_else(|| {
+            GateError::Rejected(consentgate_runtime::errors::invalid_argument(
+                "subject",
+                "a subject_id or device_id is required",
+            ))
+        })?;
+    request.on_behalf_of = on_behalf_of.unwrap_or_default().to_owned();
+    let min_revision = if request.at_least_as_fresh.is_empty() {
+        0
+    } else {
+        request.at_least_as_fresh.parse::<u64>().map_err(|_| {
+            GateError::Rejected(consentgate_runtime::errors::invalid_argument(
+                "at_least_as_fresh",
+                "must be a revision returned by a consent write (a decimal number)",
+            ))
+        })?
+    };
+    let key = cache_key(&request);
+    Ok(Prepared {
+        request,
+        subject,
+        min_revision,
+        key,
+    })
 }
 
 /// The cache key: the request without its freshness token (freshness is checked separately).

@@ -43,6 +43,9 @@ pub struct Shared {
     pub log: AccessLog,
     /// This service's caller name (recorded as the enforcer of reads).
     pub name: String,
+    /// Every category of the policy: what a read without named categories asks about (computed
+    /// once, not on every read).
+    pub all_categories: Vec<String>,
     /// The recommendation service, for the erasure cascade.
     pub recommendation: Option<
         consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient<
@@ -165,6 +168,17 @@ fn micros_of(t: &prost_types::Timestamp) -> i64 {
     t.seconds
         .saturating_mul(1_000_000)
         .saturating_add(i64::from(t.nanos) / 1000)
+}
+
+/// The distinct categories, in first-seen order (one consent check covers them all).
+fn distinct<'a>(categories: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in categories {
+        if !out.iter().any(|x| x == c) {
+            out.push(c.to_owned());
+        }
+    }
+    out
 }
 
 /// Every policy category under (or equal to) one of `roots`, sorted.
@@ -570,13 +584,11 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             v.extend_prefixed(&format!("answers[{i}]."), item);
         }
         v.finish()?;
-        let mut categories: Vec<String> = Vec::new();
-        for a in &r.answers {
-            let c = answer_kind_of(a.kind()).map_or("", AnswerKind::category);
-            if !categories.iter().any(|x| x == c) {
-                categories.push(c.to_owned());
-            }
-        }
+        let categories = distinct(
+            r.answers
+                .iter()
+                .filter_map(|a| answer_kind_of(a.kind()).map(AnswerKind::category)),
+        );
         let decision = self
             .shared
             .decide(
@@ -670,13 +682,11 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             v.extend_prefixed(&format!("events[{i}]."), item);
         }
         v.finish()?;
-        let mut categories: Vec<String> = Vec::new();
-        for e in &r.events {
-            let c = event_kind_of(e.kind()).map_or("", EventKind::category);
-            if !categories.iter().any(|x| x == c) {
-                categories.push(c.to_owned());
-            }
-        }
+        let categories = distinct(
+            r.events
+                .iter()
+                .filter_map(|e| event_kind_of(e.kind()).map(EventKind::category)),
+        );
         let decision = self
             .shared
             .decide(
@@ -747,7 +757,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         check_token(&mut v, &r.at_least_as_fresh);
         v.finish()?;
         let categories = if r.data_categories.is_empty() {
-            policy.categories.keys().cloned().collect()
+            self.shared.all_categories.clone()
         } else {
             expand(policy, &r.data_categories)
         };

@@ -82,6 +82,7 @@ impl Profile {
         crate::retention::spawn(store.clone(), config.policy.clone(), config.retention_every);
         Ok(Profile {
             shared: Arc::new(Shared {
+                all_categories: config.policy.categories.keys().cloned().collect(),
                 policy: config.policy,
                 store,
                 gate,
