@@ -58,6 +58,7 @@ fn query_of(request: &pb::CheckRequest) -> CheckQuery {
         jurisdiction: String::new(),
         gpc: false,
         at_least_as_fresh: 0,
+        explain: request.include_explanation,
     }
 }
 

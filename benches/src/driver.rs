@@ -136,6 +136,40 @@ impl PhaseResult {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Adds another measurement of the same row (an interleaved round) to this one: counts,
+    /// windows, CPU and histograms add up, so the row reads as one long window.
+    pub fn absorb(&mut self, other: PhaseResult) {
+        let (a, b) = (self.elapsed.as_secs_f64(), other.elapsed.as_secs_f64());
+        self.cpu = Usage {
+            server: self.cpu.server + other.cpu.server,
+            server_wait: self.cpu.server_wait + other.cpu.server_wait,
+            others: if a + b > 0.0 {
+                (self.cpu.others * a + other.cpu.others * b) / (a + b)
+            } else {
+                0.0
+            },
+            valid: self.cpu.valid && other.cpu.valid,
+        };
+        self.elapsed += other.elapsed;
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.decisions += other.decisions;
+        self.latency
+            .add(&other.latency)
+            .expect("rows share histogram bounds");
+        self.send_lag = match (self.send_lag.take(), other.send_lag) {
+            (Some(mut x), Some(y)) => {
+                x.add(&y).expect("rows share histogram bounds");
+                Some(x)
+            }
+            (x, y) => x.or(y),
+        };
+        self.dropped += other.dropped;
+        self.store_loads += other.store_loads;
+        self.peak_loads = self.peak_loads.max(other.peak_loads);
+    }
+
     /// Category decisions per second.
     pub fn decisions_per_sec(&self) -> f64 {
         self.decisions as f64 / self.elapsed.as_secs_f64()

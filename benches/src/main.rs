@@ -66,6 +66,11 @@ struct Args {
     /// Skip the in-process breakdown.
     #[arg(long)]
     no_breakdown: bool,
+    /// Rows 1 and 2 run as this many interleaved rounds (1a, 1b, 1a, 1b, …), each a share of
+    /// `--duration-secs`, so that drifting load from other tenants of the machine hits the floor
+    /// and the Check row alike; the rows add the rounds up.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Seed of the request generator.
     #[arg(long, default_value_t = 0x5EED)]
     seed: u64,
@@ -124,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     client_rt.shutdown_timeout(Duration::from_secs(2));
     let database = harness.database.clone();
     harness.stop()?;
-    let (phases, loads, breakdown, grants_per_sec) = outcome?;
+    let (phases, loads, breakdown, grants_per_sec, round_ratios) = outcome?;
 
     let results = Results {
         setup: Setup {
@@ -144,8 +149,10 @@ fn main() -> anyhow::Result<()> {
             ),
             threads,
             quick: args.quick,
+            rounds: args.rounds.max(1),
         },
         phases,
+        round_ratios,
         loads,
         breakdown,
     };
@@ -180,6 +187,7 @@ type RunOutput = (
     Vec<LoadStep>,
     Option<breakdown::Breakdown>,
     f64,
+    Vec<f64>,
 );
 
 async fn run(args: &Args, harness: &Harness) -> anyhow::Result<RunOutput> {
@@ -287,6 +295,7 @@ async fn run(args: &Args, harness: &Harness) -> anyhow::Result<RunOutput> {
     };
     let (health, check) = (workload(Rpc::Health), workload(Rpc::Check));
     let mut phases = Vec::new();
+    let mut round_ratios: Vec<f64> = Vec::new();
     let single = std::slice::from_ref(&one);
     let report = |p: &PhaseResult| {
         eprintln!(
@@ -302,23 +311,51 @@ async fn run(args: &Args, harness: &Harness) -> anyhow::Result<RunOutput> {
         );
     };
 
-    // 1. One in flight (closed loop, sequential).
-    for (label, w) in [("1a", &health), ("1b", &check)] {
-        if !args.wants(label) {
-            continue;
+    // 1. One in flight (closed loop, sequential); 2. saturated: 64 workers over 4 connections.
+    // Each pair runs as interleaved rounds so that outside load drifts over both rows alike.
+    let rounds = args.rounds.max(1);
+    let round_window = Window {
+        warmup: window
+            .warmup
+            .div_f64(rounds as f64)
+            .max(Duration::from_millis(200)),
+        duration: window.duration.div_f64(rounds as f64),
+    };
+    for (pair, workers, clients) in [
+        ([("1a", &health), ("1b", &check)], 1, single),
+        ([("2a", &health), ("2b", &check)], args.in_flight, &many[..]),
+    ] {
+        let mut rows: Vec<PhaseResult> = Vec::new();
+        for round in 0..rounds {
+            let mut per_round = Vec::new();
+            for (label, w) in pair {
+                if !args.wants(label) {
+                    continue;
+                }
+                let p = closed_loop(label, w, clients, workers, round_window, engine).await;
+                per_round.push((label, p.throughput(), p.latency.value_at_quantile(0.5)));
+                match rows.iter_mut().find(|r| r.label == label) {
+                    Some(row) => row.absorb(p),
+                    None => rows.push(p),
+                }
+            }
+            eprintln!(
+                "loadgen: round {}/{rounds}: {}",
+                round + 1,
+                per_round
+                    .iter()
+                    .map(|(l, t, p50)| format!("{l} {t:.0} req/s p50 {p50} µs"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            round_ratios.extend(
+                (per_round.len() == 2 && workers > 1).then(|| per_round[1].1 / per_round[0].1),
+            );
         }
-        let p = closed_loop(label, w, single, 1, window, engine).await;
-        report(&p);
-        phases.push(p);
-    }
-    // 2. Saturated: 64 workers over 4 connections.
-    for (label, w) in [("2a", &health), ("2b", &check)] {
-        if !args.wants(label) {
-            continue;
+        for p in rows {
+            report(&p);
+            phases.push(p);
         }
-        let p = closed_loop(label, w, &many, args.in_flight, window, engine).await;
-        report(&p);
-        phases.push(p);
     }
     // 3. Open loop at a fixed rate, the same for both RPCs.
     let saturated = |label: &str| {
@@ -383,7 +420,7 @@ async fn run(args: &Args, harness: &Harness) -> anyhow::Result<RunOutput> {
         let iterations = if args.quick { 5_000 } else { 100_000 };
         Some(breakdown::measure(engine, &subjects, args.seed, iterations).await?)
     };
-    Ok((phases, loads, breakdown, grants_per_sec))
+    Ok((phases, loads, breakdown, grants_per_sec, round_ratios))
 }
 
 /// Runs `op(client, i)` for every subject `i`, `concurrency` at a time over one connection.

@@ -112,6 +112,10 @@ pub struct CheckInput<'a> {
     pub gpc: bool,
     /// The time of the decision.
     pub now: OffsetDateTime,
+    /// Build the rule-by-rule explanation and the detail of allowed categories. Off on the hot
+    /// path (`Check` without `include_explanation`): formatting the trace costs more than the
+    /// decision itself, and denials carry their detail either way.
+    pub explain: bool,
 }
 
 /// The overall verdict.
@@ -225,29 +229,33 @@ pub fn decide(
         channel,
         gpc: input.gpc,
         now: input.now,
+        explain: input.explain,
         state,
     };
+    // Stays empty unless the caller asked for the trace (`input.explain`).
     let mut explanation = Vec::new();
 
     // Rule 2: the caller-purpose rule.
     let permitted = policy.caller_may_ask(input.caller, &purpose.key);
-    explanation.push(Step {
-        rule: "caller_permission",
-        outcome: if permitted {
-            "allow".into()
-        } else {
-            Reason::CallerNotPermitted.code().into()
-        },
-        detail: if permitted {
-            format!("caller {:?} may ask for {:?}", input.caller, purpose.key)
-        } else {
-            format!(
-                "caller {:?} is not allowed to ask for {:?}",
-                input.caller, purpose.key
-            )
-        },
-        record_ids: Vec::new(),
-    });
+    if input.explain {
+        explanation.push(Step {
+            rule: "caller_permission",
+            outcome: if permitted {
+                "allow".into()
+            } else {
+                Reason::CallerNotPermitted.code().into()
+            },
+            detail: if permitted {
+                format!("caller {:?} may ask for {:?}", input.caller, purpose.key)
+            } else {
+                format!(
+                    "caller {:?} is not allowed to ask for {:?}",
+                    input.caller, purpose.key
+                )
+            },
+            record_ids: Vec::new(),
+        });
+    }
 
     let targets: Vec<Option<&str>> = if input.categories.is_empty() {
         vec![None]
@@ -275,20 +283,22 @@ pub fn decide(
         {
             valid_until = valid_until.min(expiry);
         }
-        explanation.push(Step {
-            rule: outcome.rule,
-            outcome: outcome
-                .denied
-                .map_or_else(|| "allow".into(), |r| r.code().into()),
-            detail: match target {
-                Some(c) => format!("{c}: {}", outcome.detail),
-                None => outcome.detail.clone(),
-            },
-            record_ids: outcome
-                .record
-                .map(|r| vec![r.id.clone()])
-                .unwrap_or_default(),
-        });
+        if input.explain {
+            explanation.push(Step {
+                rule: outcome.rule,
+                outcome: outcome
+                    .denied
+                    .map_or_else(|| "allow".into(), |r| r.code().into()),
+                detail: match target {
+                    Some(c) => format!("{c}: {}", outcome.detail),
+                    None => outcome.detail.clone(),
+                },
+                record_ids: outcome
+                    .record
+                    .map(|r| vec![r.id.clone()])
+                    .unwrap_or_default(),
+            });
+        }
         verdicts.push(CategoryVerdict {
             category: target.map(str::to_owned),
             denied: outcome.denied,
@@ -321,12 +331,12 @@ pub fn decide(
             kind: "exclude_sources",
             values: vec!["third_party".into()],
         });
-        explanation.push(Step {
+        explanation.extend(input.explain.then(|| Step {
             rule: "obligations",
             outcome: "exclude_sources".into(),
             detail: "third-party-sourced data may not be used for this purpose".into(),
             record_ids: Vec::new(),
-        });
+        }));
     }
 
     let personalization = ctx.personalization(input.caller);
@@ -425,6 +435,7 @@ struct Evaluation<'a> {
     channel: Option<Channel>,
     gpc: bool,
     now: OffsetDateTime,
+    explain: bool,
     state: &'a SubjectState,
 }
 
@@ -623,6 +634,8 @@ impl<'a> Evaluation<'a> {
             }
         }
         let detail = match (basis, record) {
+            // Why an allow holds is part of the explanation, built only when asked for.
+            _ if !self.explain => String::new(),
             (LegalBasis::Essential | LegalBasis::Contract, _) => {
                 format!("legal basis {} needs no consent", basis.as_str())
             }

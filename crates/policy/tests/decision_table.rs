@@ -232,6 +232,10 @@ impl Case {
     }
 
     fn run(&self) -> Result<Decision, DecisionError> {
+        self.run_explained(true)
+    }
+
+    fn run_explained(&self, explain: bool) -> Result<Decision, DecisionError> {
         let input = CheckInput {
             caller: self.caller,
             purpose: self.purpose,
@@ -240,6 +244,7 @@ impl Case {
             jurisdiction: self.jurisdiction,
             gpc: self.gpc,
             now: self.now,
+            explain,
         };
         decide(&POLICY, &input, &self.state)
     }
@@ -247,6 +252,7 @@ impl Case {
     /// Checks the row; returns what went wrong, if anything.
     fn check(&self) -> Result<(), String> {
         let got = self.run();
+        check_untraced(&got, &self.run_explained(false))?;
         match (&self.expect, got) {
             (Expect::Error(field), Err(e)) if e.field() == *field => Ok(()),
             (Expect::Error(field), Err(e)) => Err(format!(
@@ -1430,8 +1436,39 @@ fn check(
         jurisdiction,
         gpc: false,
         now: NOW,
+        explain: true,
     };
     decide(&POLICY, &input, state)
+}
+
+/// The hot path (no explanation) must decide exactly as the explained one: same verdicts, reasons,
+/// denial details, level, obligations, revision and validity; only the trace and the detail of
+/// allowed categories are left out.
+fn check_untraced(
+    explained: &Result<Decision, DecisionError>,
+    untraced: &Result<Decision, DecisionError>,
+) -> Result<(), String> {
+    match (explained, untraced) {
+        (Err(a), Err(b)) if a.field() == b.field() => Ok(()),
+        (Ok(a), Ok(b)) => {
+            let mut want = a.clone();
+            want.explanation.clear();
+            for c in &mut want.categories {
+                if c.denied.is_none() {
+                    c.detail.clear();
+                }
+            }
+            if *b != want {
+                return Err(format!(
+                    "without the explanation the decision differs:\n  explained {a:?}\n  untraced {b:?}"
+                ));
+            }
+            Ok(())
+        }
+        (a, b) => Err(format!(
+            "explained and untraced runs disagree: {a:?} vs {b:?}"
+        )),
+    }
 }
 
 fn ok(result: Result<Decision, DecisionError>) -> Decision {
@@ -1474,6 +1511,7 @@ fn errors_carry_what_was_wrong() {
         jurisdiction: "EU",
         gpc: false,
         now: NOW,
+        explain: false,
     };
     let err = decide(&POLICY, &input, &state).unwrap_err();
     assert!(matches!(err, DecisionError::BadChannel(_)), "{err:?}");

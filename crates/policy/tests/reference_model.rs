@@ -342,6 +342,8 @@ impl Store {
             jurisdiction: c.jurisdiction,
             gpc: c.gpc,
             now: NOW,
+            // The service's hot path: decisions without the trace.
+            explain: false,
         };
         decide(&POLICY, &input, &self.state).map_err(|e| e.field())
     }

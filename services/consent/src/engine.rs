@@ -78,6 +78,8 @@ pub struct CheckQuery {
     pub gpc: bool,
     /// The minimum revision the decision must reflect.
     pub at_least_as_fresh: u64,
+    /// Build the explanation and allow details (see `CheckInput::explain`).
+    pub explain: bool,
 }
 
 /// The consent engine.
@@ -304,6 +306,7 @@ impl Engine {
             jurisdiction: &query.jurisdiction,
             gpc: query.gpc,
             now: OffsetDateTime::now_utc(),
+            explain: query.explain,
         }
     }
 

@@ -529,6 +529,7 @@ impl ConsentApi {
             jurisdiction: context.jurisdiction,
             gpc: context.gpc,
             at_least_as_fresh,
+            explain: c.include_explanation,
         };
         if c.purpose.is_empty() {
             local.add("purpose", "required");
@@ -1036,7 +1037,8 @@ impl ConsentService for ConsentApi {
             Some(c) => self.check_query(&mut v, "check.", &caller, c),
         };
         v.finish()?;
-        let (query, _) = parsed.ok_or_else(|| Status::internal("validated check"))?;
+        let (mut query, _) = parsed.ok_or_else(|| Status::internal("validated check"))?;
+        query.explain = true;
         let decision = self
             .engine
             .check(&r.as_caller, &query)
