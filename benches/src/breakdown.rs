@@ -207,7 +207,7 @@ pub async fn measure(
     .await;
     fresh.after_step();
     steps.push(Step {
-        what: "Engine::decide (policy decision function, incl. trace and personalization ladder)",
+        what: "Engine::decide (policy decision function and personalization ladder; no trace, as Check builds it by default)",
         ns_per_op: ns,
     });
 
@@ -272,7 +272,17 @@ pub async fn measure(
     });
 
     // What the answer costs the caller: decoding it, with and without the explanation trace.
-    let encoded: Vec<Vec<u8>> = decisions
+    // The same decisions with the trace and allow details built, as `include_explanation` asks.
+    let explained: Vec<_> = queries
+        .iter()
+        .zip(&states)
+        .map(|(query, state)| {
+            let mut query = query.clone();
+            query.explain = true;
+            engine.decide(CALLER, &query, &state.state)
+        })
+        .collect::<Result<_, _>>()?;
+    let encoded: Vec<Vec<u8>> = explained
         .iter()
         .map(|d| decision_pb(d, true).encode_to_vec())
         .collect();
@@ -326,7 +336,7 @@ pub async fn measure(
         ns_per_op: ns,
     });
 
-    let sizes: Vec<(usize, usize)> = decisions
+    let sizes: Vec<(usize, usize)> = explained
         .iter()
         .map(|d| {
             let mut response = decision_pb(d, true);

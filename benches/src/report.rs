@@ -246,7 +246,7 @@ pub fn render(results: &Results) -> String {
     );
     let _ = writeln!(
         w,
-        "| Process | server and generator in one process on separate Tokio runtimes (server {} worker threads, generator {}); gRPC over loopback TCP with TCP_NODELAY, HTTP/2 (tonic), bearer-token auth on every call |",
+        "| Process | server and generator in one process on separate Tokio runtimes (server {} worker threads, generator {}: the cores split between them, as if on separate machines); gRPC over loopback TCP with TCP_NODELAY, HTTP/2 (tonic), bearer-token auth on every call |",
         s.threads.0, s.threads.1
     );
     let _ = writeln!(
@@ -469,8 +469,9 @@ pub fn render(results: &Results) -> String {
         let _ = writeln!(w);
         let _ = writeln!(
             w,
-            "Encoded Check answer: {:.0} bytes on average, of which the `explanation` trace is {:.0} bytes ({:.0}%). \
-             One BatchCheck answer (1,000 × 3): {} bytes.\n",
+            "Encoded Check answer with `include_explanation`: {:.0} bytes on average, of which the \
+             `explanation` trace is {:.0} bytes ({:.0}%); the default answer leaves out the trace and \
+             the detail of allowed categories. One BatchCheck answer (1,000 × 3, default): {} bytes.\n",
             b.check_response_bytes,
             b.explanation_bytes,
             100.0 * b.explanation_bytes / b.check_response_bytes.max(1.0),
@@ -508,7 +509,7 @@ pub fn render(results: &Results) -> String {
     let _ = writeln!(
         w,
         "- **3a / 3b — open loop.** A dispatcher releases requests on a fixed schedule at the \
-         target rate (half the lower of the two saturated throughputs unless `--open-rate` is \
+         target rate (a third of the lower of the two saturated throughputs unless `--open-rate` is \
          given: at a fixed rate a request costs the server far more CPU than at saturation — \
          compare *Server CPU/req* of rows 3 and 2 — and the generator shares the cores), whatever the answers do, over 4 connections with at most 64 in flight. Latency \
          is measured from each request's intended send time, so stalls and queueing appear in the \
