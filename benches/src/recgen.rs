@@ -48,6 +48,13 @@ struct Args {
     /// Put the report into this Markdown file (between recgen markers).
     #[arg(long)]
     write: Option<std::path::PathBuf>,
+    /// Worker threads of the services' runtime; default half the cores (the generator gets the
+    /// other half, as if on separate machines).
+    #[arg(long)]
+    server_threads: Option<usize>,
+    /// Worker threads of the generator's runtime; default half the cores.
+    #[arg(long)]
+    client_threads: Option<usize>,
     /// Smoke run: 1 s phases, few subjects (numbers not meaningful).
     #[arg(long)]
     quick: bool,
@@ -225,14 +232,15 @@ fn main() -> anyhow::Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("consentgate-recgen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let server_threads = args.server_threads.unwrap_or_else(half_the_cores);
     let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(server_threads)
         .thread_name("servers")
         .enable_all()
         .build()?;
     let addrs = start(&dir, &servers)?;
     let client = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.client_threads.unwrap_or_else(half_the_cores))
         .thread_name("loadgen")
         .enable_all()
         .build()?;
@@ -458,10 +466,12 @@ async fn run(
     let mut md = String::from("## Recommendation service (issue 4)\n\n");
     md.push_str(&format!(
         "Run {date}; command: `cargo run --release -p consentgate-bench --bin recgen -- --write BENCHMARKS.md`{}. \
-         The three services in-process on one 2-thread runtime (SQLite), the generator on its own 2-thread runtime; \
+         The three services in-process on one {}-thread runtime (SQLite), the generator on its own {}-thread runtime; \
          5,000-item demo catalog; {subjects} subjects per personal tier, profiled ones with {}-event histories; \
          open loop at {} req/s per phase, latency from each request's intended send time; 10 items per call.\n\n",
         if args.quick { " (--quick: smoke numbers)" } else { "" },
+        args.server_threads.unwrap_or_else(half_the_cores),
+        args.client_threads.unwrap_or_else(half_the_cores),
         args.history,
         args.rate
     ));
@@ -484,4 +494,9 @@ async fn run(
         ));
     }
     Ok(md)
+}
+
+/// Half the machine's cores, at least one: the default share of the services and of the generator.
+fn half_the_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }

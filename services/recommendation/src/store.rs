@@ -96,6 +96,9 @@ impl RecommendationStore {
         }
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 4 })
+            // A local SQLite file does not go stale: skip the ping before each acquire (a second
+            // round trip to sqlx's worker thread). PostgreSQL connections keep the check.
+            .test_before_acquire(postgres)
             .connect(url)
             .await?;
         let (jobs, incoming) = mpsc::channel(65_536);

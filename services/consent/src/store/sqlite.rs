@@ -35,6 +35,10 @@ impl Dialect for Sqlite {
         let pool = AnyPoolOptions::new()
             // An in-memory database exists once per connection: keep exactly one.
             .max_connections(if in_memory { 1 } else { 8 })
+            // A file on this machine does not go stale like a network connection: without this,
+            // every acquire pings the connection first, a second round trip to sqlx's worker
+            // thread for each statement.
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::query("PRAGMA synchronous = FULL")

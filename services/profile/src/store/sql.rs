@@ -11,14 +11,16 @@ use consentgate_gate::Decision;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 type Tx<'c> = Transaction<'c, sqlx::Any>;
 
 /// What differs between the databases.
 #[async_trait::async_trait]
 pub trait Dialect: Send + Sync + 'static {
-    /// Opens a pool and migrates the schema.
-    async fn connect(url: &str) -> Result<AnyPool, StoreError>;
+    /// Opens the pools and migrates the schema.
+    async fn connect(url: &str) -> Result<Pools, StoreError>;
     /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`, which also holds off every other
     /// writer until commit).
     const BEGIN_WRITE: &'static str;
@@ -26,11 +28,31 @@ pub trait Dialect: Send + Sync + 'static {
     /// commit (PostgreSQL: a table lock that conflicts with INSERT); `None` when `BEGIN_WRITE`
     /// already does.
     const CHAIN_LOCK: Option<&'static str>;
+    /// Whether this process is the database's only writer, so that it can keep subjects'
+    /// attributes in memory and know exactly when they change (SQLite: the embedded file belongs
+    /// to one service process). PostgreSQL is shared by replicas, whose writes this process
+    /// would not see, so it reads through.
+    const SINGLE_WRITER: bool;
 }
+
+/// The pools a store works through.
+pub struct Pools {
+    /// Profile data, requests, keys.
+    pub main: AnyPool,
+    /// Access-log appends. SQLite gives them a connection of their own, whose page cache then
+    /// stays valid from one append to the next (a connection whose file another connection
+    /// wrote re-reads its pages); PostgreSQL shares the main pool.
+    pub log: AnyPool,
+}
+
+/// Subjects whose attributes an exclusive store keeps in memory.
+const ATTRIBUTE_CACHE_SUBJECTS: u64 = 50_000;
 
 /// A profile store over a dialect.
 pub struct SqlStore<D> {
     pool: AnyPool,
+    /// See [`Pools::log`].
+    log_pool: AnyPool,
     /// This process's view of the access log's head `(seq, hash)`, held while appending. `None`
     /// until read; reset whenever another writer (a replica) is found to have moved it.
     head: tokio::sync::Mutex<Option<(u64, String)>>,
@@ -38,6 +60,14 @@ pub struct SqlStore<D> {
     /// Erasure here invalidates; a subject erased elsewhere is denied by the gate, so no entry
     /// is written for it with a stale key.
     secrets: moka::sync::Cache<String, String>,
+    /// A subject's attribute rows (all categories, by name), only where `D::SINGLE_WRITER`: a
+    /// warm gated `GetProfile` then costs no query. Every write of attributes invalidates the
+    /// subject after committing (retention: everyone), and `attribute_writes` moves, so a read
+    /// that raced a write drops what it cached. Denied categories are filtered out per read, as
+    /// from the database.
+    attribute_cache: Option<moka::sync::Cache<String, Arc<Vec<Attribute>>>>,
+    /// Counts committed attribute writes; see `attribute_cache`.
+    attribute_writes: AtomicU64,
     dialect: PhantomData<D>,
 }
 
@@ -148,10 +178,15 @@ impl<D: Dialect> SqlStore<D> {
     /// Connects and migrates.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let pools = D::connect(url).await?;
         Ok(SqlStore {
-            pool: D::connect(url).await?,
+            pool: pools.main,
+            log_pool: pools.log,
             head: tokio::sync::Mutex::new(None),
             secrets: moka::sync::Cache::new(100_000),
+            attribute_cache: D::SINGLE_WRITER
+                .then(|| moka::sync::Cache::new(ATTRIBUTE_CACHE_SUBJECTS)),
+            attribute_writes: AtomicU64::new(0),
             dialect: PhantomData,
         })
     }
@@ -178,6 +213,50 @@ impl<D: Dialect> SqlStore<D> {
             .get(0);
         self.secrets.insert(subject_key.to_owned(), secret.clone());
         Ok(secret)
+    }
+
+    /// Every attribute row of a subject, ordered by name: from memory when this process owns the
+    /// store, else (or on a miss) from the database.
+    async fn subject_attributes(&self, subject_key: &str) -> Result<Arc<Vec<Attribute>>, StoreError> {
+        if let Some(hit) = self
+            .attribute_cache
+            .as_ref()
+            .and_then(|cache| cache.get(subject_key))
+        {
+            return Ok(hit);
+        }
+        let writes = self.attribute_writes.load(Ordering::SeqCst);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 ORDER BY name"
+        )))
+        .bind(subject_key)
+        .fetch_all(&self.pool)
+        .await?;
+        let attributes = Arc::new(
+            rows.iter()
+                .map(attribute_of)
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        if let Some(cache) = &self.attribute_cache {
+            cache.insert(subject_key.to_owned(), attributes.clone());
+            if self.attribute_writes.load(Ordering::SeqCst) != writes {
+                // A write committed while we read: what we cached may predate it.
+                cache.invalidate(subject_key);
+            }
+        }
+        Ok(attributes)
+    }
+
+    /// After an attribute write committed: forget what memory holds about `subjects` (`None`:
+    /// everyone).
+    fn attributes_changed(&self, subjects: Option<&[&str]>) {
+        self.attribute_writes.fetch_add(1, Ordering::SeqCst);
+        if let Some(cache) = &self.attribute_cache {
+            match subjects {
+                Some(keys) => keys.iter().for_each(|k| cache.invalidate(*k)),
+                None => cache.invalidate_all(),
+            }
+        }
     }
 
     async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
@@ -221,6 +300,8 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .await?;
         }
         tx.commit().await?;
+        let subjects: Vec<&str> = items.iter().map(|(d, _)| d.subject_key()).collect();
+        self.attributes_changed(Some(&subjects));
         Ok(())
     }
 
@@ -293,35 +374,24 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         if allowed.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 AND category IN ({}) ORDER BY name",
-            placeholders(2, allowed.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(decision.subject_key());
-        for c in &allowed {
-            q = q.bind(*c);
-        }
-        q.fetch_all(&self.pool)
+        // Values of categories the decision does not allow never leave this function.
+        Ok(self
+            .subject_attributes(decision.subject_key())
             .await?
             .iter()
-            .map(attribute_of)
-            .collect()
+            .filter(|a| decision.is_allowed(&a.category))
+            .cloned()
+            .collect())
     }
 
     async fn profile_view(
         &self,
         decision: &Decision,
     ) -> Result<(Vec<Attribute>, Vec<Holding>), StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 ORDER BY name"
-        )))
-        .bind(decision.subject_key())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self.subject_attributes(decision.subject_key()).await?;
         let mut allowed = Vec::new();
         let mut holdings: Vec<Holding> = Vec::new();
-        for row in &rows {
-            let attribute = attribute_of(row)?;
+        for attribute in rows.iter() {
             match holdings
                 .iter_mut()
                 .find(|h| h.category == attribute.category && h.source == attribute.source)
@@ -336,7 +406,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             }
             // Values of categories the decision does not allow never leave this function.
             if decision.is_allowed(&attribute.category) {
-                allowed.push(attribute);
+                allowed.push(attribute.clone());
             }
         }
         Ok((allowed, holdings))
@@ -485,6 +555,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.attributes_changed(Some(&[decision.subject_key()]));
         Ok(Some(attribute))
     }
 
@@ -505,6 +576,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         tx.commit().await?;
         self.secrets.invalidate(subject_key);
+        self.attributes_changed(Some(&[subject_key]));
         Ok(deleted)
     }
 
@@ -524,6 +596,9 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .rows_affected();
         }
         tx.commit().await?;
+        if deleted > 0 {
+            self.attributes_changed(None);
+        }
         Ok(deleted)
     }
 
@@ -543,7 +618,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         // other writer off until it commits, so it always makes progress.
         if let Some((seq, prev)) = head.take() {
             let (records, last) = chain(drafts, &pseudonyms, seq, prev);
-            match insert_records(&records).execute(&self.pool).await {
+            match insert_records(&records).execute(&self.log_pool).await {
                 Ok(_) => {
                     *head = Some(last);
                     return Ok(());
@@ -552,7 +627,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.log_pool.begin_with(D::BEGIN_WRITE).await?;
         if let Some(lock) = D::CHAIN_LOCK {
             sqlx::query(lock).execute(&mut *tx).await?;
         }

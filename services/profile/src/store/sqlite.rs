@@ -1,8 +1,9 @@
-//! SQLite, the embedded default: one file, WAL journal, `synchronous=FULL` so a returned revision
-//! survives power loss.
+//! SQLite, the embedded default: one file, WAL journal, `synchronous=NORMAL` (a commit survives a
+//! crash of the process; a power loss can take the last ones, never corrupting the file), and
+//! checkpoints in the background. The consent service, whose revisions are promises, runs FULL.
 
 use super::StoreError;
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, Pools, SqlStore};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -17,7 +18,7 @@ pub type SqliteStore = SqlStore<Sqlite>;
 
 #[async_trait::async_trait]
 impl Dialect for Sqlite {
-    async fn connect(url: &str) -> Result<AnyPool, StoreError> {
+    async fn connect(url: &str) -> Result<Pools, StoreError> {
         // Migrate through a native connection, which also creates the file and switches it to WAL
         // (journal mode is stored in the file, so every later connection uses it).
         let options = SqliteConnectOptions::from_str(url)?
@@ -32,27 +33,14 @@ impl Dialect for Sqlite {
         sqlx::migrate!("./migrations/sqlite").run(&native).await?;
         native.close().await;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = AnyPoolOptions::new()
-            // An in-memory database exists once per connection: keep exactly one.
-            .max_connections(if in_memory { 1 } else { 8 })
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::query("PRAGMA synchronous = NORMAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000")
-                        .execute(&mut *conn)
-                        .await?;
-                    // Checkpoints run in the background (below), not inside whichever request's
-                    // commit happens to cross the threshold: that stalled reads for ~15 ms.
-                    sqlx::query("PRAGMA wal_autocheckpoint = 0")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
+        let pool = open_pool(url, if in_memory { 1 } else { 8 }).await?;
+        // The access log's appends get a connection of their own (an in-memory database exists
+        // once per connection, so there it shares the only one).
+        let log = if in_memory {
+            pool.clone()
+        } else {
+            open_pool(url, 1).await?
+        };
         if !in_memory {
             let checkpointer = pool.clone();
             tokio::spawn(async move {
@@ -72,9 +60,38 @@ impl Dialect for Sqlite {
                 }
             });
         }
-        Ok(pool)
+        Ok(Pools { main: pool, log })
     }
 
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const CHAIN_LOCK: Option<&'static str> = None;
+    const SINGLE_WRITER: bool = true;
+}
+
+/// A pool of up to `max` connections to the file at `url`, each set up for the store.
+async fn open_pool(url: &str, max: u32) -> Result<AnyPool, StoreError> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(max)
+        // A file on this machine does not go stale like a network connection: without this,
+        // every acquire pings the connection first, a second round trip to sqlx's worker thread
+        // for each statement.
+        .test_before_acquire(false)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA busy_timeout = 10000")
+                    .execute(&mut *conn)
+                    .await?;
+                // Checkpoints run in the background (see `connect`), not inside whichever
+                // request's commit happens to cross the threshold: that stalled reads for ~15 ms.
+                sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
 }
