@@ -315,10 +315,7 @@ fn main() -> anyhow::Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("consentgate-profilegen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let services = start_services(
-        &dir,
-        args.server_threads.unwrap_or_else(half_the_cores),
-    )?;
+    let services = start_services(&dir, args.server_threads.unwrap_or_else(half_the_cores))?;
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.unwrap_or_else(half_the_cores))
         .thread_name("loadgen")
@@ -428,15 +425,16 @@ async fn run(
             );
             let rounds = args.rounds.max(1);
             let (round_warmup, round) = (
-                warmup.div_f64(rounds as f64).max(Duration::from_millis(200)),
+                warmup
+                    .div_f64(rounds as f64)
+                    .max(Duration::from_millis(200)),
                 duration.div_f64(rounds as f64),
             );
             let (mut floor, mut reads) = (histogram(), histogram());
             for _ in 0..rounds {
                 floor.add(closed_loop(&mut target, Call::Health, round_warmup, round).await?)?;
-                reads.add(
-                    closed_loop(&mut target, Call::GetProfile, round_warmup, round).await?,
-                )?;
+                reads
+                    .add(closed_loop(&mut target, Call::GetProfile, round_warmup, round).await?)?;
             }
             latencies.push(Latency::of("Health/Check, 1 in flight", &floor));
             latencies.push(Latency::of(

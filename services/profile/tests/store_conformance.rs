@@ -440,13 +440,13 @@ async fn answers_rectify_erase_and_retention() {
         }
         let d = f.decide("dan", "marketing", &MARKETING_CATEGORIES).await;
         let values = |attributes: Vec<Attribute>| {
-            attributes
-                .into_iter()
-                .map(|a| a.value)
-                .collect::<Vec<_>>()
+            attributes.into_iter().map(|a| a.value).collect::<Vec<_>>()
         };
         // Read first, so that a store keeping attributes in memory has them there.
-        assert_eq!(values(f.store.attributes(&d).await.expect("read")), ["padel"]);
+        assert_eq!(
+            values(f.store.attributes(&d).await.expect("read")),
+            ["padel"]
+        );
         let fixed = f
             .store
             .rectify(&d, "sport", "tennis")
@@ -455,7 +455,10 @@ async fn answers_rectify_erase_and_retention() {
             .expect("exists");
         assert_eq!(fixed.value, "tennis");
         // Every read after the correction sees it.
-        assert_eq!(values(f.store.attributes(&d).await.expect("read")), ["tennis"]);
+        assert_eq!(
+            values(f.store.attributes(&d).await.expect("read")),
+            ["tennis"]
+        );
         assert_eq!(
             values(f.store.profile_view(&d).await.expect("read").0),
             ["tennis"]

@@ -4,6 +4,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A catalog item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,30 @@ pub struct Catalog {
     keywords: Vec<String>,
     /// Item indices, most popular first (ties by id).
     by_popularity: Vec<usize>,
+    /// Every item's `keywords`, concatenated: one substring search finds a preference's items.
+    keyword_blob: String,
+    /// Where each item's keywords start in `keyword_blob`.
+    keyword_starts: Vec<usize>,
+    /// The moment-only part of ranking per moment (season, daypart, device, region, weather):
+    /// context, never personal data, and valid only for these items, hence kept here.
+    baselines: moka::sync::Cache<String, Arc<Baseline>>,
+}
+
+/// Distinct moments whose baseline is kept (each holds three numbers per item: ~120 KB for the
+/// 5,000-item demo catalog).
+const BASELINES: u64 = 256;
+
+/// The ranking every item gets from the moment alone: `0.3 × popularity + 0.2 × fit`, and the
+/// items in descending order of it (ties by id, as picks are ordered). Personal boosts only add
+/// to it, so the best unboosted items are always a prefix of `order`.
+#[derive(Debug)]
+pub struct Baseline {
+    /// Per item: how well it fits the moment.
+    pub fit: Vec<f64>,
+    /// Per item: `0.3 × popularity + 0.2 × fit`.
+    pub score: Vec<f64>,
+    /// Item indices by `score`, highest first, ties by id.
+    pub order: Vec<usize>,
 }
 
 const SEASONS: [&str; 4] = ["spring", "summer", "autumn", "winter"];
@@ -161,7 +186,7 @@ impl Catalog {
                 });
             }
         }
-        let keywords = items
+        let keywords: Vec<String> = items
             .iter()
             .map(|i| {
                 let mut words: Vec<String> = i
@@ -181,11 +206,20 @@ impl Catalog {
                 .cmp(&items[a].popularity)
                 .then_with(|| items[a].id.cmp(&items[b].id))
         });
+        let mut keyword_starts = Vec::with_capacity(keywords.len());
+        let mut keyword_blob = String::new();
+        for k in &keywords {
+            keyword_starts.push(keyword_blob.len());
+            keyword_blob.push_str(k);
+        }
         Ok(Catalog {
             items,
             by_id,
             keywords,
             by_popularity,
+            keyword_blob,
+            keyword_starts,
+            baselines: moka::sync::Cache::new(BASELINES),
         })
     }
 
@@ -290,6 +324,34 @@ impl Catalog {
     /// Item `index`'s lowercase category path and tags, `|`-joined with `|` at both ends.
     pub fn keywords(&self, index: usize) -> &str {
         &self.keywords[index]
+    }
+
+    /// The items whose keywords contain `needle` (a lowercase preference), ascending: one
+    /// substring search over all keywords instead of one per item.
+    pub fn items_matching(&self, needle: &str) -> Vec<usize> {
+        if needle.is_empty() {
+            return Vec::new();
+        }
+        if needle.contains('|') {
+            // A match could span two items' keywords in the blob: ask each item.
+            return (0..self.items.len())
+                .filter(|&i| self.keywords[i].contains(needle))
+                .collect();
+        }
+        // Without `|`, a match lies inside one item's keywords.
+        let mut out: Vec<usize> = Vec::new();
+        for at in memchr::memmem::find_iter(self.keyword_blob.as_bytes(), needle.as_bytes()) {
+            let item = self.keyword_starts.partition_point(|&start| start <= at) - 1;
+            if out.last() != Some(&item) {
+                out.push(item);
+            }
+        }
+        out
+    }
+
+    /// The moment's baseline ranking, computed by `build` once per distinct moment.
+    pub fn baseline(&self, moment_key: String, build: impl FnOnce() -> Baseline) -> Arc<Baseline> {
+        self.baselines.get_with(moment_key, || Arc::new(build()))
     }
 
     /// Item indices, most popular first.

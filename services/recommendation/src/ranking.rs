@@ -2,10 +2,11 @@
 //! with a score and a reason a person can read come out. Each tier uses only its own inputs: the
 //! contextual and popular tiers never see anything about the person.
 
-use crate::catalog::{Catalog, Item};
+use crate::catalog::{Baseline, Catalog, Item};
 use crate::model::CoOccurrence;
 use crate::profile_reader::HistoryItem;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
 
 /// The request's moment: derived from its context, never stored.
 #[derive(Debug, Clone, Default)]
@@ -290,6 +291,7 @@ fn needles(preferences: &[String]) -> Vec<String> {
 }
 
 /// The first preference an item matches (its category or a tag contains it).
+#[cfg(test)]
 fn matching(catalog: &Catalog, index: usize, needles: &[String]) -> Option<usize> {
     let keywords = catalog.keywords(index);
     needles
@@ -299,33 +301,32 @@ fn matching(catalog: &Catalog, index: usize, needles: &[String]) -> Option<usize
 
 /// The limited tier: what the person told us (zero-party), then the moment.
 pub fn limited(catalog: &Catalog, preferences: &[String], moment: &Moment, n: usize) -> Vec<Pick> {
-    let needles = needles(preferences);
-    let scored = catalog
-        .items()
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let (fit_score, _) = fit(item, moment);
-            match matching(catalog, index, &needles) {
-                Some(p) => Scored {
+    let base = baseline(catalog, moment);
+    let mut scored: Vec<Scored> = Vec::new();
+    let mut told: HashSet<usize> = HashSet::default();
+    for (p, needle) in needles(preferences).iter().enumerate() {
+        for index in catalog.items_matching(needle) {
+            // The first preference an item matches names it.
+            if told.insert(index) {
+                let item = &catalog.items()[index];
+                scored.push(Scored {
                     index,
-                    score: 2.0 + 0.5 * popularity(item) + 0.2 * fit_score,
+                    score: 2.0 + 0.5 * popularity(item) + 0.2 * base.fit[index],
                     why: Why::Told(p),
-                },
-                None => Scored {
-                    index,
-                    score: 0.3 * popularity(item) + 0.2 * fit_score,
-                    why: Why::Popular,
-                },
+                });
             }
-        })
-        .collect();
+        }
+    }
+    let exclude = seen(catalog, moment);
+    scored.extend(unboosted(&base, n, |i| {
+        told.contains(&i) || exclude.contains(&i)
+    }));
     let words = Words {
         catalog,
         moment,
         preferences,
     };
-    best(scored, n, &seen(catalog, moment), &words)
+    best(scored, n, &exclude, &words)
 }
 
 /// A coarse segment, from purchase history alone.
@@ -394,8 +395,9 @@ pub fn segment(catalog: &Catalog, segment: Segment, moment: &Moment, n: usize) -
     best(scored, n, &seen(catalog, moment), &words)
 }
 
-/// The profiled tier: items often found with what the person viewed and bought (the model),
-/// their stated preferences, then the moment. Already bought items are left out.
+/// The profiled tier: items bought or viewed together with the person's recent history, what
+/// they told us, then the moment. Only boosted items are scored one by one; the rest come from
+/// the moment's precomputed baseline, so a request costs its boosts, not the catalog's size.
 pub fn profiled(
     catalog: &Catalog,
     model: &CoOccurrence,
@@ -404,6 +406,54 @@ pub fn profiled(
     moment: &Moment,
     n: usize,
 ) -> Vec<Pick> {
+    let base = baseline(catalog, moment);
+    // Boosted items: (score, why), starting from the baseline, in the order a full scan adds.
+    let mut boosted: HashMap<usize, (f64, Why)> = HashMap::default();
+    for (p, needle) in needles(preferences).iter().enumerate() {
+        for index in catalog.items_matching(needle) {
+            boosted
+                .entry(index)
+                .or_insert((base.score[index] + 1.0, Why::Told(p)));
+        }
+    }
+    for (index, (similarity, related_why)) in related_items(catalog, model, history) {
+        let entry = boosted
+            .entry(index)
+            .or_insert((base.score[index], Why::Popular));
+        entry.0 += 3.0 * similarity;
+        if similarity > 0.0 {
+            entry.1 = related_why;
+        }
+    }
+    let mut exclude = seen(catalog, moment);
+    exclude.extend(
+        history
+            .iter()
+            .filter(|h| h.purchased)
+            .filter_map(|h| catalog.index(&h.item_id)),
+    );
+    let mut scored: Vec<Scored> = boosted
+        .iter()
+        .map(|(&index, &(score, why))| Scored { index, score, why })
+        .collect();
+    scored.extend(unboosted(&base, n, |i| {
+        boosted.contains_key(&i) || exclude.contains(&i)
+    }));
+    let words = Words {
+        catalog,
+        moment,
+        preferences,
+    };
+    best(scored, n, &exclude, &words)
+}
+
+/// Similarity to the 20 most recent history items, summed per related item, with the first
+/// anchor that related it.
+fn related_items(
+    catalog: &Catalog,
+    model: &CoOccurrence,
+    history: &[HistoryItem],
+) -> HashMap<usize, (f64, Why)> {
     let mut related: HashMap<usize, (f64, Why)> = HashMap::default();
     for h in history.iter().take(20) {
         let Some(anchor) = catalog.index(&h.item_id) else {
@@ -420,46 +470,159 @@ pub fn profiled(
             }
         }
     }
-    let needles = needles(preferences);
-    let scored = catalog
-        .items()
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let (fit_score, _) = fit(item, moment);
-            let mut score = 0.3 * popularity(item) + 0.2 * fit_score;
-            let mut why = Why::Popular;
-            if let Some(p) = matching(catalog, index, &needles) {
-                score += 1.0;
-                why = Why::Told(p);
-            }
-            if let Some(&(similarity, related_why)) = related.get(&index) {
-                score += 3.0 * similarity;
-                if similarity > 0.0 {
-                    why = related_why;
-                }
-            }
-            Scored { index, score, why }
-        })
-        .collect();
-    let mut exclude = seen(catalog, moment);
-    exclude.extend(
-        history
-            .iter()
-            .filter(|h| h.purchased)
-            .filter_map(|h| catalog.index(&h.item_id)),
+    related
+}
+
+/// The moment's baseline (see [`Baseline`]), built once per distinct moment and catalog.
+fn baseline(catalog: &Catalog, moment: &Moment) -> Arc<Baseline> {
+    // Debug-quoted, so that no two moments share a key whatever their strings hold.
+    let key = format!(
+        "{:?}",
+        (
+            &moment.season,
+            &moment.daypart,
+            &moment.device,
+            &moment.region,
+            &moment.weather
+        )
     );
-    let words = Words {
-        catalog,
-        moment,
-        preferences,
-    };
-    best(scored, n, &exclude, &words)
+    catalog.baseline(key, || {
+        let items = catalog.items();
+        let fit: Vec<f64> = items.iter().map(|item| fit(item, moment).0).collect();
+        let score: Vec<f64> = items
+            .iter()
+            .zip(&fit)
+            .map(|(item, f)| 0.3 * popularity(item) + 0.2 * f)
+            .collect();
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| {
+            score[b]
+                .total_cmp(&score[a])
+                .then_with(|| items[a].id.cmp(&items[b].id))
+        });
+        Baseline { fit, score, order }
+    })
+}
+
+/// The best `n` items on the baseline alone, skipping those `skip` names (boosted or excluded)
+/// and those with nothing to recommend them: exactly the unboosted items a full scan would pick.
+fn unboosted(base: &Baseline, n: usize, skip: impl Fn(usize) -> bool) -> Vec<Scored> {
+    base.order
+        .iter()
+        .copied()
+        .filter(|&i| base.score[i] > 0.0 && !skip(i))
+        .take(n)
+        .map(|index| Scored {
+            index,
+            score: base.score[index],
+            why: Why::Popular,
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The full scans the tiers used before the baseline: the reference they must equal.
+    /// The limited tier: what the person told us (zero-party), then the moment.
+    fn limited_scan(
+        catalog: &Catalog,
+        preferences: &[String],
+        moment: &Moment,
+        n: usize,
+    ) -> Vec<Pick> {
+        let needles = needles(preferences);
+        let scored = catalog
+            .items()
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let (fit_score, _) = fit(item, moment);
+                match matching(catalog, index, &needles) {
+                    Some(p) => Scored {
+                        index,
+                        score: 2.0 + 0.5 * popularity(item) + 0.2 * fit_score,
+                        why: Why::Told(p),
+                    },
+                    None => Scored {
+                        index,
+                        score: 0.3 * popularity(item) + 0.2 * fit_score,
+                        why: Why::Popular,
+                    },
+                }
+            })
+            .collect();
+        let words = Words {
+            catalog,
+            moment,
+            preferences,
+        };
+        best(scored, n, &seen(catalog, moment), &words)
+    }
+
+    /// The profiled tier: items often found with what the person viewed and bought (the model),
+    /// their stated preferences, then the moment. Already bought items are left out.
+    fn profiled_scan(
+        catalog: &Catalog,
+        model: &CoOccurrence,
+        history: &[HistoryItem],
+        preferences: &[String],
+        moment: &Moment,
+        n: usize,
+    ) -> Vec<Pick> {
+        let mut related: HashMap<usize, (f64, Why)> = HashMap::default();
+        for h in history.iter().take(20) {
+            let Some(anchor) = catalog.index(&h.item_id) else {
+                continue;
+            };
+            let why = if h.purchased {
+                Why::Bought(anchor)
+            } else {
+                Why::Viewed(anchor)
+            };
+            for (id, similarity) in model.neighbors(&h.item_id) {
+                if let Some(index) = catalog.index(id) {
+                    related.entry(index).or_insert((0.0, why)).0 += similarity;
+                }
+            }
+        }
+        let needles = needles(preferences);
+        let scored = catalog
+            .items()
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let (fit_score, _) = fit(item, moment);
+                let mut score = 0.3 * popularity(item) + 0.2 * fit_score;
+                let mut why = Why::Popular;
+                if let Some(p) = matching(catalog, index, &needles) {
+                    score += 1.0;
+                    why = Why::Told(p);
+                }
+                if let Some(&(similarity, related_why)) = related.get(&index) {
+                    score += 3.0 * similarity;
+                    if similarity > 0.0 {
+                        why = related_why;
+                    }
+                }
+                Scored { index, score, why }
+            })
+            .collect();
+        let mut exclude = seen(catalog, moment);
+        exclude.extend(
+            history
+                .iter()
+                .filter(|h| h.purchased)
+                .filter_map(|h| catalog.index(&h.item_id)),
+        );
+        let words = Words {
+            catalog,
+            moment,
+            preferences,
+        };
+        best(scored, n, &exclude, &words)
+    }
 
     fn moment() -> Moment {
         // 2026-11-22 19:00 UTC: autumn evening.
@@ -533,5 +696,90 @@ mod tests {
             segment_of(&[bought(0), bought(day)], 200 * day),
             Segment::Lapsed
         );
+    }
+
+    /// A small deterministic generator for the equivalence test.
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn the_baseline_ranking_equals_a_full_scan() {
+        let catalog = Catalog::demo(5000);
+        let ids: Vec<String> = catalog.items().iter().map(|i| i.id.clone()).collect();
+        let mut rng = Xorshift(0x5EED_CAFE);
+        let mut model = CoOccurrence::new();
+        for s in 0..60 {
+            let basket: Vec<&str> = (0..8).map(|_| ids[rng.below(300)].as_str()).collect();
+            model.learn(&format!("s{s}"), basket, s);
+        }
+        let words = [
+            "trail running",
+            "running",
+            "run",
+            "tents",
+            "waterproof",
+            "insulated",
+            "sun care",
+            "Cycling ",
+            "|",
+            "ing|",
+            "nothing-matches",
+            "",
+            "a",
+            "climbing",
+            "jackets",
+        ];
+        let seasons = [1_795_374_000, 1_780_000_000, 1_770_000_000, 1_800_000_000];
+        let (devices, regions, weathers) = (
+            ["", "mobile", "desktop", "tablet", "fridge"],
+            ["", "EU", "UK", "US-CA", "MARS"],
+            ["", "rain", "sunny", "snow", "fog"],
+        );
+        for case in 0..400 {
+            let preferences: Vec<String> = (0..rng.below(4))
+                .map(|_| words[rng.below(words.len())].to_owned())
+                .collect();
+            let history: Vec<HistoryItem> = (0..rng.below(40))
+                .map(|k| HistoryItem {
+                    item_id: if k % 7 == 6 {
+                        "unknown-item".to_owned()
+                    } else {
+                        ids[rng.below(300)].clone()
+                    },
+                    purchased: rng.below(3) == 0,
+                    at: k as i64,
+                })
+                .collect();
+            let session: Vec<String> = (0..rng.below(3))
+                .map(|_| ids[rng.below(5000)].clone())
+                .collect();
+            let mut moment = Moment::at(
+                seasons[rng.below(seasons.len())] + 3600 * rng.below(24) as i64,
+                devices[rng.below(devices.len())],
+                regions[rng.below(regions.len())],
+                &ids[rng.below(5000)],
+                &session,
+            );
+            moment.weather = weathers[rng.below(weathers.len())].to_owned();
+            let n = 1 + rng.below(30);
+            assert_eq!(
+                profiled(&catalog, &model, &history, &preferences, &moment, n),
+                profiled_scan(&catalog, &model, &history, &preferences, &moment, n),
+                "case {case}: profiled, preferences {preferences:?}"
+            );
+            assert_eq!(
+                limited(&catalog, &preferences, &moment, n),
+                limited_scan(&catalog, &preferences, &moment, n),
+                "case {case}: limited, preferences {preferences:?}"
+            );
+        }
     }
 }

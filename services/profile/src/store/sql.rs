@@ -217,7 +217,10 @@ impl<D: Dialect> SqlStore<D> {
 
     /// Every attribute row of a subject, ordered by name: from memory when this process owns the
     /// store, else (or on a miss) from the database.
-    async fn subject_attributes(&self, subject_key: &str) -> Result<Arc<Vec<Attribute>>, StoreError> {
+    async fn subject_attributes(
+        &self,
+        subject_key: &str,
+    ) -> Result<Arc<Vec<Attribute>>, StoreError> {
         if let Some(hit) = self
             .attribute_cache
             .as_ref()
