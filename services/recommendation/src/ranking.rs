@@ -408,7 +408,9 @@ pub fn profiled(
 ) -> Vec<Pick> {
     let base = baseline(catalog, moment);
     // Boosted items: (score, why), starting from the baseline, in the order a full scan adds.
-    let mut boosted: HashMap<usize, (f64, Why)> = HashMap::default();
+    let related = related_items(catalog, model, history);
+    let mut boosted: HashMap<usize, (f64, Why)> =
+        HashMap::with_capacity_and_hasher(related.len() + 256, Default::default());
     for (p, needle) in needles(preferences).iter().enumerate() {
         for index in catalog.items_matching(needle) {
             boosted
@@ -416,7 +418,7 @@ pub fn profiled(
                 .or_insert((base.score[index] + 1.0, Why::Told(p)));
         }
     }
-    for (index, (similarity, related_why)) in related_items(catalog, model, history) {
+    for (index, (similarity, related_why)) in related {
         let entry = boosted
             .entry(index)
             .or_insert((base.score[index], Why::Popular));
@@ -454,7 +456,10 @@ fn related_items(
     model: &CoOccurrence,
     history: &[HistoryItem],
 ) -> HashMap<usize, (f64, Why)> {
-    let mut related: HashMap<usize, (f64, Why)> = HashMap::default();
+    // Sized for a typical request (20 anchors share a few thousand neighbors): growing a map
+    // rehashes it.
+    let mut related: HashMap<usize, (f64, Why)> =
+        HashMap::with_capacity_and_hasher(4096, Default::default());
     for h in history.iter().take(20) {
         let Some(anchor) = catalog.index(&h.item_id) else {
             continue;
