@@ -258,6 +258,19 @@ impl Shared {
     }
 }
 
+/// What the subject holds of `table`, for redactions, which only denied categories produce: a
+/// decision that allows everything it was asked about needs no count query.
+async fn held_where_denied(
+    store: &dyn ProfileStore,
+    decision: &Decision,
+    table: Table,
+) -> Result<Vec<Holding>, Status> {
+    if decision.verdict() == consentgate_proto::consent::v1::Verdict::Allow {
+        return Ok(Vec::new());
+    }
+    store.holdings(decision, table).await.map_err(store_status)
+}
+
 /// Redactions from holdings: categories held but denied, with the decision's reasons.
 fn redactions(decision: &Decision, holdings: &[Holding]) -> Vec<pb::Redaction> {
     let mut by: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
@@ -864,10 +877,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             )
             .await?;
         let store = &self.shared.store;
-        let holdings = store
-            .holdings(&decision, Table::Events)
-            .await
-            .map_err(store_status)?;
+        let holdings = held_where_denied(store.as_ref(), &decision, Table::Events).await?;
         let limit = if r.page_size == 0 { 100 } else { r.page_size };
         let query = EventQuery {
             kinds,
@@ -932,10 +942,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             )
             .await?;
         let store = &self.shared.store;
-        let holdings = store
-            .holdings(&decision, Table::Answers)
-            .await
-            .map_err(store_status)?;
+        let holdings = held_where_denied(store.as_ref(), &decision, Table::Answers).await?;
         let answers = store.answers(&decision).await.map_err(store_status)?;
         let mut returned: Vec<String> = answers
             .iter()
