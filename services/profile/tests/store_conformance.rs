@@ -651,3 +651,53 @@ async fn two_replicas_appending_to_one_access_log_keep_one_chain() {
         assert_eq!((v.entries_checked, v.broken), (120, None), "{backend:?}");
     }
 }
+
+/// A read racing a correction must never leave the old value behind: once `rectify` returns,
+/// every later read sees the new value, however many readers were mid-read (a store that keeps
+/// attributes in memory must not cache what a racing read fetched before the write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_win_over_racing_reads() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        f.grant("rae", "marketing", "1.2").await;
+        let d = Arc::new(f.decide("rae", "marketing", &MARKETING_CATEGORIES).await);
+        f.store
+            .put_attributes(&[(
+                &d,
+                attr("sport", "v0", "user.preferences.stated", Source::ZeroParty),
+            )])
+            .await
+            .expect("put");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, d, stop) = (f.store.clone(), d.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        store.profile_view(&d).await.expect("racing read");
+                        // A read served from memory never waits: let the writer run too.
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for i in 1..=40 {
+            let value = format!("v{i}");
+            f.store
+                .rectify(&d, "sport", &value)
+                .await
+                .expect("rectify")
+                .expect("exists");
+            let (seen, _) = f.store.profile_view(&d).await.expect("read");
+            assert_eq!(
+                seen.iter().map(|a| a.value.as_str()).collect::<Vec<_>>(),
+                [value.as_str()],
+                "{backend:?}: read after correction {i}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.await.expect("reader");
+        }
+    }
+}
