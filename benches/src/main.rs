@@ -5,6 +5,7 @@
 //! `--write FILE`, writes it to FILE (BENCHMARKS.md).
 
 mod breakdown;
+mod cores;
 mod cpu;
 mod driver;
 mod harness;
@@ -105,13 +106,10 @@ fn main() -> anyhow::Result<()> {
         "--connections, --in-flight and --batch-in-flight must be at least 1"
     );
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The cores are split between the server and the generator, as if they ran on separate
-    // machines: with `nproc` threads each, the two runtimes contend for the same cores and every
-    // request waits in the run queue (the bracketed column of the results shows it).
-    let half = (nproc / 2).max(1);
+    // The bracketed column of the results shows the run-queue wait the split avoids.
     let threads = (
-        args.server_threads.unwrap_or(half),
-        args.client_threads.unwrap_or(half),
+        args.server_threads.unwrap_or_else(cores::half_the_cores),
+        args.client_threads.unwrap_or_else(cores::half_the_cores),
     );
     let loadavg_start = loadavg();
     let date = time::OffsetDateTime::now_utc()

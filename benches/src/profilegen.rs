@@ -9,6 +9,8 @@
 //! Prints a Markdown section and, with `--write FILE`, puts it into FILE between
 //! `<!-- profilegen:start -->` and `<!-- profilegen:end -->` (replacing an earlier one).
 
+mod cores;
+
 use anyhow::Context;
 use clap::Parser;
 use consentgate_consent::ledger::LedgerKeys;
@@ -21,6 +23,7 @@ use consentgate_proto::consent::v1 as cpb;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use consentgate_proto::profile::v1 as ppb;
 use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
+use cores::half_the_cores;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -644,9 +647,4 @@ async fn run(
         if ingest_rate >= 20_000.0 { "pass" } else { "FAIL" },
     ));
     Ok(md)
-}
-
-/// Half the machine's cores, at least one: the default share of the services and of the generator.
-fn half_the_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }

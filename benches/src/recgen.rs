@@ -7,6 +7,8 @@
 //! Prints a Markdown section and, with `--write FILE`, puts it into FILE between
 //! `<!-- recgen:start -->` and `<!-- recgen:end -->` (replacing an earlier one).
 
+mod cores;
+
 use anyhow::Context;
 use clap::Parser;
 use consentgate_consent::ledger::LedgerKeys;
@@ -23,6 +25,7 @@ use consentgate_proto::recommendation::v1 as rpb;
 use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
+use cores::half_the_cores;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -499,9 +502,4 @@ async fn run(
         ));
     }
     Ok(md)
-}
-
-/// Half the machine's cores, at least one: the default share of the services and of the generator.
-fn half_the_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }

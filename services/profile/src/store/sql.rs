@@ -215,12 +215,15 @@ impl<D: Dialect> SqlStore<D> {
         Ok(secret)
     }
 
-    /// Every attribute row of a subject, ordered by name: from memory when this process owns the
-    /// store, else (or on a miss) from the database.
+    /// Every attribute row of the decision's subject, all categories, ordered by name: from
+    /// memory when this process owns the store, else (or on a miss) from the database. Callers
+    /// filter by the decision before anything leaves the store; taking the decision keeps this
+    /// read behind the gate like every other.
     async fn subject_attributes(
         &self,
-        subject_key: &str,
+        decision: &Decision,
     ) -> Result<Arc<Vec<Attribute>>, StoreError> {
+        let subject_key = decision.subject_key();
         if let Some(hit) = self
             .attribute_cache
             .as_ref()
@@ -379,7 +382,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         // Values of categories the decision does not allow never leave this function.
         Ok(self
-            .subject_attributes(decision.subject_key())
+            .subject_attributes(decision)
             .await?
             .iter()
             .filter(|a| decision.is_allowed(&a.category))
@@ -391,7 +394,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         &self,
         decision: &Decision,
     ) -> Result<(Vec<Attribute>, Vec<Holding>), StoreError> {
-        let rows = self.subject_attributes(decision.subject_key()).await?;
+        let rows = self.subject_attributes(decision).await?;
         let mut allowed = Vec::new();
         let mut holdings: Vec<Holding> = Vec::new();
         for attribute in rows.iter() {
