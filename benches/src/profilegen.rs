@@ -10,6 +10,7 @@
 //! `<!-- profilegen:start -->` and `<!-- profilegen:end -->` (replacing an earlier one).
 
 mod cores;
+mod pacer;
 
 use anyhow::Context;
 use clap::Parser;
@@ -193,14 +194,12 @@ async fn open_loop(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<Histogram<u64>> {
-    let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (duration.as_secs_f64() * rate) as usize;
     let start = Instant::now() + Duration::from_millis(50);
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
+    let mut due_times = pacer::due_times(rate, total, start);
+    while let Some((i, due)) = due_times.recv().await {
         let permit = limit.clone().acquire_owned().await?;
         let mut t = Target {
             health: target.health.clone(),

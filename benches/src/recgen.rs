@@ -8,6 +8,7 @@
 //! `<!-- recgen:start -->` and `<!-- recgen:end -->` (replacing an earlier one).
 
 mod cores;
+mod pacer;
 
 use anyhow::Context;
 use clap::Parser;
@@ -61,6 +62,10 @@ struct Args {
     /// Smoke run: 1 s phases, few subjects (numbers not meaningful).
     #[arg(long)]
     quick: bool,
+    /// Only these tiers (comma-separated, e.g. `profiled,limited`); default all, for profiling
+    /// one tier at a time.
+    #[arg(long, value_delimiter = ',')]
+    tiers: Vec<String>,
 }
 
 fn bearer(token: &str) -> MetadataValue<Ascii> {
@@ -182,7 +187,6 @@ async fn open_loop(
     let health = tonic_health::pb::health_client::HealthClient::new(channel(addr).await?);
     let rec = RecommendationServiceClient::new(channel(addr).await?);
     let auth = bearer("bench-recommendation-service");
-    let interval = Duration::from_secs_f64(1.0 / rate);
     // The first second runs at the same rate unrecorded (connections open, caches and the
     // allocator settle), as in the other generators; then `duration` is measured.
     let warmup = rate as usize;
@@ -190,9 +194,8 @@ async fn open_loop(
     let start = Instant::now() + Duration::from_millis(50);
     let limit = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
+    let mut due_times = pacer::due_times(rate, total, start);
+    while let Some((i, due)) = due_times.recv().await {
         let permit = limit.clone().acquire_owned().await?;
         let (mut health, mut rec, auth, phase) =
             (health.clone(), rec.clone(), auth.clone(), phase.clone());
@@ -450,6 +453,9 @@ async fn run(
     rows.push(("Health/Check (floor)".to_owned(), h, errors));
     let profiled = tiers[0].2.clone();
     for (name, tier, requests) in tiers {
+        if !args.tiers.is_empty() && !args.tiers.iter().any(|t| t == name) {
+            continue;
+        }
         eprintln!("recgen: {name} at {} req/s…", args.rate);
         let (h, errors) = open_loop(
             addrs.recommendation,
@@ -462,7 +468,12 @@ async fn run(
     }
     // Where the profiled tier stands below the target rate: each call makes three gated,
     // access-logged profile reads.
-    for rate in [args.rate / 4.0, args.rate / 10.0] {
+    let below = if args.tiers.is_empty() || args.tiers.iter().any(|t| t == "profiled") {
+        vec![args.rate / 4.0, args.rate / 10.0]
+    } else {
+        Vec::new()
+    };
+    for rate in below {
         eprintln!("recgen: profiled at {rate} req/s…");
         let phase = Phase::Recommend(profiled.clone(), rpb::Tier::Profiled);
         let (h, errors) = open_loop(addrs.recommendation, phase, rate, duration).await?;

@@ -71,6 +71,8 @@ pub enum CatalogError {
 /// An immutable catalog with an index by id.
 #[derive(Debug, Clone)]
 pub struct Catalog {
+    /// Unique to this catalog's contents in this process (see [`Catalog::stamp`]).
+    stamp: u64,
     items: Vec<Item>,
     by_id: HashMap<String, usize>,
     /// Per item: its category path and tags, lowercase, `|`-joined (preference matching).
@@ -212,7 +214,9 @@ impl Catalog {
             keyword_starts.push(keyword_blob.len());
             keyword_blob.push_str(k);
         }
+        static STAMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Catalog {
+            stamp: STAMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             items,
             by_id,
             keywords,
@@ -314,6 +318,12 @@ impl Catalog {
     /// Every item, in catalog order.
     pub fn items(&self) -> &[Item] {
         &self.items
+    }
+
+    /// A number no other catalog built in this process has: the model's alignment to item
+    /// positions is keyed by it, so a `LoadCatalog` invalidates the alignment.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// The index of an item by id.

@@ -299,6 +299,7 @@ impl Recommender {
                 if learn && model.learned_revision(&key) != Some(revision) {
                     model.learn(&key, history.iter().map(|h| h.item_id.as_str()), revision);
                 }
+                model.align(&catalog);
                 ranking::profiled(&catalog, &model, &history, &preferences, &moment, n)
             }
             (Tier::Limited, Some(s)) => {
@@ -330,7 +331,8 @@ impl Recommender {
                 ranking::segment(&catalog, segment, &moment, n)
             }
             (Tier::Contextual, _) => {
-                let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+                let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+                model.align(&catalog);
                 ranking::contextual(&catalog, &model, &moment, n)
             }
             _ => ranking::popular(&catalog, n),

@@ -7,6 +7,7 @@
 //! The contribution is derived data about the subject: it is dropped by `unlearn`, which the
 //! service calls on every withdrawal or erasure change event.
 
+use crate::catalog::Catalog;
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,9 +30,22 @@ pub struct CoOccurrence {
     /// Subjects whose histories hold both items, in both directions (`neighbors[a][b]` =
     /// `neighbors[b][a]`), so that `similar` reads one item's neighbors, not every pair.
     neighbors: HashMap<u32, HashMap<u32, u32>>,
-    /// Subjects whose histories hold the item.
-    items: HashMap<u32, u32>,
+    /// By model id: how many subjects' histories hold the item (0: none now). Dense, because
+    /// ranking reads it once per neighbor.
+    items: Vec<u32>,
     contributions: HashMap<String, Contribution>,
+    /// Each interned item's position in one catalog (see [`CoOccurrence::align`]).
+    alignment: Alignment,
+}
+
+/// Model ids resolved to one catalog's positions, so that ranking walks thousands of neighbors
+/// per request without hashing an item id for each. Derived from `ids` and the catalog only.
+#[derive(Debug, Default, Clone)]
+struct Alignment {
+    /// The catalog's [`Catalog::stamp`].
+    catalog: u64,
+    /// By model id: the catalog position, or `u32::MAX` when the catalog lacks the item.
+    positions: Vec<u32>,
 }
 
 /// The model's counts in a canonical form (by item id, zeros omitted), to compare two models.
@@ -57,6 +71,7 @@ impl CoOccurrence {
         }
         let i = u32::try_from(self.ids.len()).expect("fewer than 4 billion items");
         self.ids.push(id.to_owned());
+        self.items.push(0);
         self.index.insert(id.to_owned(), i);
         i
     }
@@ -103,10 +118,7 @@ impl CoOccurrence {
             }
         };
         for &i in items {
-            bump(self.items.entry(i).or_default());
-            if self.items.get(&i) == Some(&0) {
-                self.items.remove(&i);
-            }
+            bump(&mut self.items[i as usize]);
         }
         let list: Vec<u32> = items.iter().copied().collect();
         for (n, &a) in list.iter().enumerate() {
@@ -125,6 +137,11 @@ impl CoOccurrence {
         }
     }
 
+    /// How many subjects hold model item `i`, if any do.
+    fn count(&self, i: u32) -> Option<u32> {
+        self.items.get(i as usize).copied().filter(|&c| c > 0)
+    }
+
     /// The revision `subject` was learned under, if it contributed.
     pub fn learned_revision(&self, subject: &str) -> Option<u64> {
         self.contributions.get(subject).map(|c| c.revision)
@@ -139,14 +156,65 @@ impl CoOccurrence {
     /// allocation: for ranking, which aggregates over many anchors).
     pub fn neighbors<'a>(&'a self, item: &str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
         let found = self.index.get(item).and_then(|i| {
-            let ci = *self.items.get(i)?;
+            let ci = self.count(*i)?;
             Some((self.neighbors.get(i)?, ci))
         });
         found.into_iter().flat_map(move |(row, ci)| {
             row.iter().filter_map(move |(&other, &count)| {
-                let cj = *self.items.get(&other)?;
+                let cj = self.count(other)?;
                 Some((
                     self.ids[other as usize].as_str(),
+                    f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
+                ))
+            })
+        })
+    }
+
+    /// Resolves every interned item to its position in `catalog` (only the items interned since
+    /// the last call, unless the catalog changed), for [`CoOccurrence::neighbors_in`].
+    pub fn align(&mut self, catalog: &Catalog) {
+        if self.alignment.catalog != catalog.stamp() {
+            self.alignment = Alignment {
+                catalog: catalog.stamp(),
+                positions: Vec::with_capacity(self.ids.len()),
+            };
+        }
+        let known = self.alignment.positions.len();
+        self.alignment
+            .positions
+            .extend(self.ids[known..].iter().map(|id| {
+                catalog
+                    .index(id)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or(u32::MAX)
+            }));
+    }
+
+    /// Like [`CoOccurrence::neighbors`], as positions in `catalog`, skipping items it lacks. Fast
+    /// when the model is aligned to `catalog`; correct either way (it looks ids up otherwise).
+    pub fn neighbors_in<'a>(
+        &'a self,
+        catalog: &'a Catalog,
+        item: &str,
+    ) -> impl Iterator<Item = (usize, f64)> + 'a {
+        let positions = (self.alignment.catalog == catalog.stamp()
+            && self.alignment.positions.len() == self.ids.len())
+        .then_some(self.alignment.positions.as_slice());
+        let found = self.index.get(item).and_then(|i| {
+            let ci = self.count(*i)?;
+            Some((self.neighbors.get(i)?, ci))
+        });
+        found.into_iter().flat_map(move |(row, ci)| {
+            row.iter().filter_map(move |(&other, &count)| {
+                let cj = self.count(other)?;
+                let position = match positions {
+                    Some(p) => usize::try_from(p[other as usize])
+                        .ok()
+                        .filter(|&p| p != u32::MAX as usize)?,
+                    None => catalog.index(&self.ids[other as usize])?,
+                };
+                Some((
+                    position,
                     f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
                 ))
             })
@@ -159,7 +227,7 @@ impl CoOccurrence {
         let Some(&i) = self.index.get(item) else {
             return Vec::new();
         };
-        let Some(&ci) = self.items.get(&i) else {
+        let Some(ci) = self.count(i) else {
             return Vec::new();
         };
         let Some(row) = self.neighbors.get(&i) else {
@@ -168,7 +236,7 @@ impl CoOccurrence {
         let mut scored: Vec<(String, f64)> = row
             .iter()
             .filter_map(|(&other, &count)| {
-                let cj = *self.items.get(&other)?;
+                let cj = self.count(other)?;
                 Some((
                     self.ids[other as usize].clone(),
                     f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
@@ -191,7 +259,10 @@ impl CoOccurrence {
                 .filter(|&(a, b, _)| name(a) < name(b))
                 .map(|(a, b, c)| ((name(a), name(b)), c))
                 .collect(),
-            items: self.items.iter().map(|(&i, &c)| (name(i), c)).collect(),
+            items: (0..self.items.len())
+                .filter_map(|i| u32::try_from(i).ok())
+                .filter_map(|i| self.count(i).map(|c| (name(i), c)))
+                .collect(),
             subjects: self
                 .contributions
                 .iter()

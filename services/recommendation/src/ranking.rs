@@ -247,10 +247,8 @@ pub fn contextual(catalog: &Catalog, model: &CoOccurrence, moment: &Moment, n: u
             .map(|s| (s.as_str(), Why::WithSession)),
     );
     for (anchor, why) in anchors.filter(|(a, _)| !a.is_empty()) {
-        for (id, similarity) in model.neighbors(anchor) {
-            if let Some(index) = catalog.index(id) {
-                related.entry(index).or_insert((0.0, why)).0 += similarity;
-            }
+        for (index, similarity) in model.neighbors_in(catalog, anchor) {
+            related.entry(index).or_insert((0.0, why)).0 += similarity;
         }
     }
     let current_leaf = catalog
@@ -469,10 +467,8 @@ fn related_items(
         } else {
             Why::Viewed(anchor)
         };
-        for (id, similarity) in model.neighbors(&h.item_id) {
-            if let Some(index) = catalog.index(id) {
-                related.entry(index).or_insert((0.0, why)).0 += similarity;
-            }
+        for (index, similarity) in model.neighbors_in(catalog, &h.item_id) {
+            related.entry(index).or_insert((0.0, why)).0 += similarity;
         }
     }
     related
@@ -748,7 +744,20 @@ mod tests {
             ["", "EU", "UK", "US-CA", "MARS"],
             ["", "rain", "sunny", "snow", "fog"],
         );
+        // The model's alignment to catalog positions is exercised fresh, stale (items interned
+        // since), against another catalog, and absent: every state must rank the same.
+        let other_catalog = Catalog::demo(400);
         for case in 0..400 {
+            match case % 4 {
+                0 | 1 => model.align(&catalog),
+                2 => model.align(&other_catalog),
+                _ => {}
+            }
+            if case % 40 == 20 {
+                let unknown = format!("late-unknown-{case}");
+                let late = [ids[rng.below(300)].as_str(), &unknown, &ids[rng.below(300)]];
+                model.learn(&format!("late{case}"), late, case);
+            }
             let preferences: Vec<String> = (0..rng.below(4))
                 .map(|_| words[rng.below(words.len())].to_owned())
                 .collect();
