@@ -182,7 +182,7 @@ async fn read_all(
         .get_answers(ppb::GetAnswersRequest {
             subject: subject(who),
             purpose: purpose.into(),
-            context,
+            context: context.clone(),
             ..Default::default()
         })
         .await
@@ -193,6 +193,40 @@ async fn read_all(
         r.redactions
             .iter()
             .map(|x| (x.data_category.clone(), x.reason.clone())),
+    );
+    // The three parts in one read, under one decision, must return and withhold the same.
+    let r = client
+        .read_subject(ppb::ReadSubjectRequest {
+            subject: subject(who),
+            purpose: purpose.into(),
+            context,
+            attributes: Some(ppb::AttributeSelector::default()),
+            events: Some(ppb::EventSelector {
+                kinds: Vec::new(),
+                limit: 1000,
+            }),
+            answers: Some(ppb::AnswerSelector::default()),
+            ..Default::default()
+        })
+        .await
+        .expect("ReadSubject")
+        .into_inner();
+    let together: BTreeSet<String> = r
+        .attributes
+        .iter()
+        .map(|a| a.data_category.clone())
+        .chain(r.events.iter().map(|e| e.data_category.clone()))
+        .chain(r.answers.iter().map(|a| a.data_category.clone()))
+        .collect();
+    let withheld: BTreeSet<(String, String)> = r
+        .redactions
+        .iter()
+        .map(|x| (x.data_category.clone(), x.reason.clone()))
+        .collect();
+    assert_eq!(
+        (&together, &withheld),
+        (&returned, &redacted),
+        "ReadSubject of {who} under {purpose} disagrees with GetProfile + ListEvents + GetAnswers"
     );
     (returned, redacted)
 }
@@ -767,10 +801,19 @@ async fn with_the_consent_service_down_reads_and_writes_fail_closed() {
         assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
         assert_eq!(reason(&err), "CONSENT_UNAVAILABLE");
         tokio::time::sleep(lease + Duration::from_millis(200)).await;
-        for call in 0..3 {
+        for call in 0..4 {
             let err = match call {
                 0 => reader
                     .get_profile(get_profile("down-a", READ_PURPOSE))
+                    .await
+                    .map(|_| ()),
+                3 => reader
+                    .read_subject(ppb::ReadSubjectRequest {
+                        subject: subject("down-a"),
+                        purpose: READ_PURPOSE.into(),
+                        attributes: Some(ppb::AttributeSelector::default()),
+                        ..Default::default()
+                    })
                     .await
                     .map(|_| ()),
                 1 => reader
@@ -1047,6 +1090,215 @@ async fn events_page_newest_first_and_filter_by_kind_and_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_read_of_several_parts_returns_only_what_was_selected_and_logs_once() {
+    for backend in backends() {
+        let consent = TestServer::start(backend).await;
+        let profile = ProfileServer::start(&consent, backend).await;
+        consent
+            .as_caller("preference-center")
+            .await
+            .grant(grant("parts", READ_PURPOSE, "parts-p"))
+            .await
+            .expect("grant");
+        let mut collector = profile.as_caller("collector").await;
+        let r = collector
+            .set_attributes(ppb::SetAttributesRequest {
+                subject: subject("parts"),
+                attributes: vec![
+                    attribute("sport", "climbing", "user.preferences.stated", READ_PURPOSE),
+                    attribute("city", "Lyon", "user.location.coarse", READ_PURPOSE),
+                ],
+                ..Default::default()
+            })
+            .await
+            .expect("attributes")
+            .into_inner();
+        assert_eq!(r.accepted, 2, "{r:?}");
+        let events = (0..6)
+            .map(|i| ppb::EventInput {
+                kind: if i % 2 == 0 {
+                    ppb::EventKind::ProductView
+                } else {
+                    ppb::EventKind::Search
+                } as i32,
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000 + i,
+                    nanos: 0,
+                }),
+                item_id: format!("sku-{i}"),
+                ..Default::default()
+            })
+            .collect();
+        collector
+            .record_events(ppb::RecordEventsRequest {
+                subject: subject("parts"),
+                purpose: READ_PURPOSE.into(),
+                events,
+                ..Default::default()
+            })
+            .await
+            .expect("events");
+        profile
+            .as_caller("preference-center")
+            .await
+            .submit_answers(ppb::SubmitAnswersRequest {
+                subject: subject("parts"),
+                purpose: READ_PURPOSE.into(),
+                answers: vec![
+                    ppb::AnswerInput {
+                        kind: ppb::AnswerKind::Preference as i32,
+                        question_id: "style".into(),
+                        answer: "minimal".into(),
+                        ..Default::default()
+                    },
+                    ppb::AnswerInput {
+                        kind: ppb::AnswerKind::Survey as i32,
+                        question_id: "q1".into(),
+                        answer: "weekly".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            })
+            .await
+            .expect("answers");
+        let mut ops = profile.as_caller("privacy-ops").await;
+        let logged = |report: ppb::GetAccessReportResponse| {
+            report
+                .entries
+                .iter()
+                .map(|e| e.operation.clone())
+                .collect::<Vec<_>>()
+        };
+        let before = logged(
+            ops.get_access_report(ppb::GetAccessReportRequest {
+                subject: subject("parts"),
+            })
+            .await
+            .expect("report")
+            .into_inner(),
+        );
+
+        let mut reader = profile.as_caller("recommendation-service").await;
+        let r = reader
+            .read_subject(ppb::ReadSubjectRequest {
+                subject: subject("parts"),
+                purpose: READ_PURPOSE.into(),
+                attributes: Some(ppb::AttributeSelector {
+                    data_categories: vec!["user.preferences".into()],
+                }),
+                events: Some(ppb::EventSelector {
+                    kinds: vec![ppb::EventKind::ProductView as i32],
+                    limit: 2,
+                }),
+                answers: Some(ppb::AnswerSelector {
+                    kinds: vec![ppb::AnswerKind::Preference as i32],
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("ReadSubject")
+            .into_inner();
+        let names: Vec<&str> = r.attributes.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["sport"],
+            "{backend:?}: only the selected categories"
+        );
+        let items: Vec<&str> = r.events.iter().map(|e| e.item_id.as_str()).collect();
+        assert_eq!(
+            items,
+            ["sku-4", "sku-2"],
+            "{backend:?}: newest product views"
+        );
+        assert!(r.more_events, "{backend:?}: a third product view is held");
+        let answers: Vec<&str> = r.answers.iter().map(|a| a.answer.as_str()).collect();
+        assert_eq!(answers, ["minimal"], "{backend:?}: only preference answers");
+        assert!(r.decision.is_some_and(|d| d.revision > 0));
+
+        // Bad selections are refused, naming the field; nothing is read or logged.
+        let bad = [
+            (ppb::ReadSubjectRequest::default(), "subject"),
+            (
+                ppb::ReadSubjectRequest {
+                    subject: subject("parts"),
+                    purpose: READ_PURPOSE.into(),
+                    ..Default::default()
+                },
+                "attributes",
+            ),
+            (
+                ppb::ReadSubjectRequest {
+                    subject: subject("parts"),
+                    purpose: READ_PURPOSE.into(),
+                    events: Some(ppb::EventSelector {
+                        kinds: vec![99],
+                        limit: 1001,
+                    }),
+                    ..Default::default()
+                },
+                "events.limit",
+            ),
+            (
+                ppb::ReadSubjectRequest {
+                    subject: subject("parts"),
+                    purpose: READ_PURPOSE.into(),
+                    events: Some(ppb::EventSelector {
+                        kinds: vec![99],
+                        limit: 10,
+                    }),
+                    ..Default::default()
+                },
+                "events.kinds[0]",
+            ),
+            (
+                ppb::ReadSubjectRequest {
+                    subject: subject("parts"),
+                    purpose: READ_PURPOSE.into(),
+                    attributes: Some(ppb::AttributeSelector {
+                        data_categories: vec!["user.nonsense".into()],
+                    }),
+                    ..Default::default()
+                },
+                "attributes.data_categories[0]",
+            ),
+        ];
+        for (request, field) in bad {
+            let e = reader
+                .read_subject(request)
+                .await
+                .expect_err("bad selection");
+            assert_eq!(
+                e.code(),
+                Code::InvalidArgument,
+                "{backend:?} {field}: {e:?}"
+            );
+            assert!(
+                bad_fields(&e).iter().any(|f| f == field),
+                "{backend:?}: {field} not named in {:?}",
+                bad_fields(&e)
+            );
+        }
+
+        let after = logged(
+            ops.get_access_report(ppb::GetAccessReportRequest {
+                subject: subject("parts"),
+            })
+            .await
+            .expect("report")
+            .into_inner(),
+        );
+        assert_eq!(
+            after[before.len()..],
+            ["ReadSubject"],
+            "{backend:?}: one entry for the three parts, none for refused reads"
+        );
+        profile.stop().await;
+        consent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn erasure_leaves_nothing_and_every_ledger_still_verifies() {
     for backend in backends() {
         let consent = TestServer::start(backend).await;
@@ -1076,7 +1328,7 @@ async fn erasure_leaves_nothing_and_every_ledger_still_verifies() {
             .await
             .expect("report")
             .into_inner();
-        assert_eq!(report.entries.len(), 3, "{report:?}");
+        assert_eq!(report.entries.len(), 4, "{report:?}");
         assert!(
             report
                 .entries

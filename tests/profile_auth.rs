@@ -9,13 +9,14 @@ use consentgate_proto::profile::v1 as ppb;
 use prost::Message;
 use tonic::Code;
 
-const RPCS: [&str; 12] = [
+const RPCS: [&str; 13] = [
     "SetAttributes",
     "SubmitAnswers",
     "RecordEvents",
     "GetProfile",
     "ListEvents",
     "GetAnswers",
+    "ReadSubject",
     "GetAccessReport",
     "ExportSubjectData",
     "RectifyAttribute",
@@ -38,7 +39,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
     let needs: &[&str] = match rpc {
         "SetAttributes" | "SubmitAnswers" => &["collector", "preference_center"],
         "RecordEvents" => &["collector"],
-        "GetProfile" | "ListEvents" => &["reader", "enforcer"],
+        "GetProfile" | "ListEvents" | "ReadSubject" => &["reader", "enforcer"],
         "GetAnswers" => &["reader", "enforcer", "preference_center"],
         "GetAccessReport" | "ExportSubjectData" | "RectifyAttribute" | "EraseSubject" => {
             &["privacy_ops"]
@@ -111,6 +112,15 @@ async fn call(profile: &ProfileServer, header: Option<&str>, rpc: &str) -> Code 
             .get_answers(ppb::GetAnswersRequest {
                 subject: who(),
                 purpose: purpose(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "ReadSubject" => c
+            .read_subject(ppb::ReadSubjectRequest {
+                subject: who(),
+                purpose: purpose(),
+                attributes: Some(Default::default()),
                 ..Default::default()
             })
             .await

@@ -16,6 +16,7 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "GetProfile", &["reader", "enforcer"])
         .allow(SERVICE, "ListEvents", &["reader", "enforcer"])
         .allow(SERVICE, "GetAnswers", &["reader", "enforcer", PC])
+        .allow(SERVICE, "ReadSubject", &["reader", "enforcer"])
         .allow(SERVICE, "GetAccessReport", &[OPS])
         .allow(SERVICE, "ExportSubjectData", &[OPS])
         .allow(SERVICE, "RectifyAttribute", &[OPS])

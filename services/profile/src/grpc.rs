@@ -4,9 +4,9 @@
 
 use crate::access_log::AccessLog;
 use crate::model::{
-    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Holding, Source,
-    Table, now_micros,
+    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Source, now_micros,
 };
+use crate::reads;
 use crate::store::{EventQuery, ProfileStore, StoreError};
 use consentgate_gate::{Decision, Gate, subject_key};
 use consentgate_policy::Policy;
@@ -64,6 +64,75 @@ impl ProfileApi {
     pub fn new(shared: Arc<Shared>) -> Self {
         ProfileApi { shared }
     }
+
+    /// The attribute categories a read asks about: `named` (validated, with their
+    /// subcategories), or every category when none are named.
+    fn wanted_attributes(&self, v: &mut Violations, field: &str, named: &[String]) -> Vec<String> {
+        for (i, c) in named.iter().enumerate() {
+            check_category(&self.shared.policy, v, &format!("{field}[{i}]"), c);
+        }
+        if named.is_empty() {
+            self.shared.all_categories.clone()
+        } else {
+            expand(&self.shared.policy, named)
+        }
+    }
+}
+
+/// Event kinds from the wire; an unknown one is a violation at `field[i]`.
+fn event_kinds(v: &mut Violations, field: &str, kinds: &[i32]) -> Vec<EventKind> {
+    let mut out = Vec::new();
+    for (i, k) in kinds.iter().enumerate() {
+        match pb::EventKind::try_from(*k).ok().and_then(event_kind_of) {
+            Some(kind) => out.push(kind),
+            None => v.add(format!("{field}[{i}]"), "unknown event kind"),
+        }
+    }
+    out
+}
+
+/// Answer kinds from the wire; an unknown one is a violation at `field[i]`.
+fn answer_kinds(v: &mut Violations, field: &str, kinds: &[i32]) -> Vec<AnswerKind> {
+    let mut out = Vec::new();
+    for (i, k) in kinds.iter().enumerate() {
+        match pb::AnswerKind::try_from(*k).ok().and_then(answer_kind_of) {
+            Some(kind) => out.push(kind),
+            None => v.add(format!("{field}[{i}]"), "unknown answer kind"),
+        }
+    }
+    out
+}
+
+/// A page size from the wire: 1..=MAX_PAGE, 0 meaning 100.
+fn page_size(v: &mut Violations, field: &str, size: u32) -> u32 {
+    if size > MAX_PAGE {
+        v.add(field, format!("at most {MAX_PAGE}"));
+    }
+    if size == 0 { 100 } else { size.min(MAX_PAGE) }
+}
+
+/// The categories of events of `kinds` (empty: every kind), sorted.
+fn event_categories(kinds: &[EventKind]) -> Vec<String> {
+    let mut categories: Vec<String> = EventKind::ALL
+        .iter()
+        .filter(|k| kinds.is_empty() || kinds.contains(k))
+        .map(|k| k.category().to_owned())
+        .collect();
+    categories.sort();
+    categories.dedup();
+    categories
+}
+
+/// The categories of answers of `kinds` (empty: every kind), sorted.
+fn answer_categories(kinds: &[AnswerKind]) -> Vec<String> {
+    let mut categories: Vec<String> = AnswerKind::ALL
+        .iter()
+        .filter(|k| kinds.is_empty() || kinds.contains(k))
+        .map(|k| k.category().to_owned())
+        .collect();
+    categories.sort();
+    categories.dedup();
+    categories
 }
 
 /// The authenticated caller the auth layer put in the request's extensions.
@@ -256,44 +325,6 @@ impl Shared {
                 )
             })
     }
-}
-
-/// What the subject holds of `table`, for redactions, which only denied categories produce: a
-/// decision that allows everything it was asked about needs no count query.
-async fn held_where_denied(
-    store: &dyn ProfileStore,
-    decision: &Decision,
-    table: Table,
-) -> Result<Vec<Holding>, Status> {
-    if decision.verdict() == consentgate_proto::consent::v1::Verdict::Allow {
-        return Ok(Vec::new());
-    }
-    store.holdings(decision, table).await.map_err(store_status)
-}
-
-/// Redactions from holdings: categories held but denied, with the decision's reasons.
-fn redactions(decision: &Decision, holdings: &[Holding]) -> Vec<pb::Redaction> {
-    let mut by: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
-    for h in holdings {
-        let Some(verdict) = decision.category(&h.category) else {
-            continue;
-        };
-        if verdict.allowed {
-            continue;
-        }
-        let entry = by
-            .entry((h.category.clone(), verdict.reason.clone()))
-            .or_insert_with(|| (verdict.detail.clone(), 0));
-        entry.1 += h.items;
-    }
-    by.into_iter()
-        .map(|((category, reason), (detail, items))| pb::Redaction {
-            data_category: category,
-            reason,
-            detail,
-            items: u32::try_from(items).unwrap_or(u32::MAX),
-        })
-        .collect()
 }
 
 fn read_decision(decision: &Decision, applied: Vec<String>) -> pb::ReadDecision {
@@ -764,66 +795,29 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let mut v = Violations::default();
         check_subject(&mut v, "subject", r.subject.as_ref());
         check_purpose(policy, &mut v, "purpose", &r.purpose);
-        for (i, c) in r.data_categories.iter().enumerate() {
-            check_category(policy, &mut v, &format!("data_categories[{i}]"), c);
-        }
         check_token(&mut v, &r.at_least_as_fresh);
+        let wanted = self.wanted_attributes(&mut v, "data_categories", &r.data_categories);
         v.finish()?;
-        let categories = if r.data_categories.is_empty() {
-            self.shared.all_categories.clone()
-        } else {
-            expand(policy, &r.data_categories)
-        };
         let decision = self
             .shared
             .decide(
                 &caller,
                 r.subject.unwrap_or_default(),
                 &r.purpose,
-                categories,
+                wanted.clone(),
                 r.context,
                 &r.at_least_as_fresh,
             )
             .await?;
-        let store = &self.shared.store;
-        let (mut attributes, holdings) =
-            store.profile_view(&decision).await.map_err(store_status)?;
-        let mut redactions = redactions(&decision, &holdings);
-        let excluded = decision.excluded_sources();
-        let mut applied = Vec::new();
-        if !excluded.is_empty() {
-            applied.push(format!("exclude_sources={}", excluded.join(",")));
-            let mut dropped: BTreeMap<String, u32> = BTreeMap::new();
-            attributes.retain(|a| {
-                let keep = !excluded.contains(&a.source.as_str());
-                if !keep {
-                    *dropped.entry(a.category.clone()).or_default() += 1;
-                }
-                keep
-            });
-            for (category, items) in dropped {
-                redactions.push(pb::Redaction {
-                    data_category: category,
-                    reason: "THIRD_PARTY_SOURCE_EXCLUDED".into(),
-                    detail: format!(
-                        "the purpose's obligations exclude data from these sources: {}",
-                        excluded.join(", ")
-                    ),
-                    items,
-                });
-            }
-        }
-        let mut returned: Vec<String> = attributes.iter().map(|a| a.category.clone()).collect();
-        returned.dedup();
-        returned.sort();
-        returned.dedup();
+        let part = reads::attributes(self.shared.store.as_ref(), &decision, &wanted).await?;
+        let returned = reads::returned_categories(part.items.iter().map(|a| a.category.as_str()));
         self.shared
-            .log_read(&decision, "GetProfile", returned, attributes.len())
+            .log_read(&decision, "GetProfile", returned, part.items.len())
             .await?;
         Ok(Response::new(pb::GetProfileResponse {
-            attributes: attributes.iter().map(attribute_pb).collect(),
-            redactions,
-            decision: Some(read_decision(&decision, applied)),
+            attributes: part.items.iter().map(attribute_pb).collect(),
+            redactions: part.redactions,
+            decision: Some(read_decision(&decision, part.applied)),
         }))
     }
 
@@ -838,16 +832,8 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         check_subject(&mut v, "subject", r.subject.as_ref());
         check_purpose(policy, &mut v, "purpose", &r.purpose);
         check_token(&mut v, &r.at_least_as_fresh);
-        let mut kinds = Vec::new();
-        for (i, k) in r.kinds.iter().enumerate() {
-            match pb::EventKind::try_from(*k).ok().and_then(event_kind_of) {
-                Some(kind) => kinds.push(kind),
-                None => v.add(format!("kinds[{i}]"), "unknown event kind"),
-            }
-        }
-        if r.page_size > MAX_PAGE {
-            v.add("page_size", format!("at most {MAX_PAGE}"));
-        }
+        let kinds = event_kinds(&mut v, "kinds", &r.kinds);
+        let limit = page_size(&mut v, "page_size", r.page_size);
         let after = if r.page_token.is_empty() {
             None
         } else {
@@ -858,27 +844,18 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             parsed
         };
         v.finish()?;
-        let mut categories: Vec<String> = EventKind::ALL
-            .iter()
-            .filter(|k| kinds.is_empty() || kinds.contains(k))
-            .map(|k| k.category().to_owned())
-            .collect();
-        categories.sort();
-        categories.dedup();
+        let wanted = event_categories(&kinds);
         let decision = self
             .shared
             .decide(
                 &caller,
                 r.subject.unwrap_or_default(),
                 &r.purpose,
-                categories,
+                wanted.clone(),
                 r.context,
                 &r.at_least_as_fresh,
             )
             .await?;
-        let store = &self.shared.store;
-        let holdings = held_where_denied(store.as_ref(), &decision, Table::Events).await?;
-        let limit = if r.page_size == 0 { 100 } else { r.page_size };
         let query = EventQuery {
             kinds,
             since: r.since.as_ref().map(micros_of),
@@ -886,30 +863,23 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             after,
             limit: limit + 1,
         };
-        let mut events = store
-            .events(&decision, &query)
-            .await
-            .map_err(store_status)?;
-        let next_page_token = if events.len() > limit as usize {
-            events.truncate(limit as usize);
-            events.last().map(page_token).unwrap_or_default()
+        let mut part =
+            reads::events(self.shared.store.as_ref(), &decision, &query, &wanted).await?;
+        let next_page_token = if part.items.len() > limit as usize {
+            part.items.truncate(limit as usize);
+            part.items.last().map(page_token).unwrap_or_default()
         } else {
             String::new()
         };
-        let mut returned: Vec<String> = events
-            .iter()
-            .map(|e| e.kind.category().to_owned())
-            .collect();
-        returned.sort();
-        returned.dedup();
+        let returned = reads::returned_categories(part.items.iter().map(|e| e.kind.category()));
         self.shared
-            .log_read(&decision, "ListEvents", returned, events.len())
+            .log_read(&decision, "ListEvents", returned, part.items.len())
             .await?;
         Ok(Response::new(pb::ListEventsResponse {
-            events: events.iter().map(event_pb).collect(),
-            redactions: redactions(&decision, &holdings),
+            events: part.items.iter().map(event_pb).collect(),
+            redactions: part.redactions,
             next_page_token,
-            decision: Some(read_decision(&decision, Vec::new())),
+            decision: Some(read_decision(&decision, part.applied)),
         }))
     }
 
@@ -925,11 +895,66 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         check_purpose(policy, &mut v, "purpose", &r.purpose);
         check_token(&mut v, &r.at_least_as_fresh);
         v.finish()?;
-        let categories = vec![
-            AnswerKind::Preference.category().to_owned(),
-            AnswerKind::Survey.category().to_owned(),
-            AnswerKind::ReturnReason.category().to_owned(),
-        ];
+        let wanted = answer_categories(&[]);
+        let decision = self
+            .shared
+            .decide(
+                &caller,
+                r.subject.unwrap_or_default(),
+                &r.purpose,
+                wanted.clone(),
+                r.context,
+                &r.at_least_as_fresh,
+            )
+            .await?;
+        let part = reads::answers(self.shared.store.as_ref(), &decision, &[], &wanted).await?;
+        let returned = reads::returned_categories(part.items.iter().map(|a| a.kind.category()));
+        self.shared
+            .log_read(&decision, "GetAnswers", returned, part.items.len())
+            .await?;
+        Ok(Response::new(pb::GetAnswersResponse {
+            answers: part.items.iter().map(answer_pb).collect(),
+            redactions: part.redactions,
+            decision: Some(read_decision(&decision, part.applied)),
+        }))
+    }
+
+    async fn read_subject(
+        &self,
+        request: Request<pb::ReadSubjectRequest>,
+    ) -> Result<Response<pb::ReadSubjectResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let policy = &self.shared.policy;
+        let mut v = Violations::default();
+        check_subject(&mut v, "subject", r.subject.as_ref());
+        check_purpose(policy, &mut v, "purpose", &r.purpose);
+        check_token(&mut v, &r.at_least_as_fresh);
+        if r.attributes.is_none() && r.events.is_none() && r.answers.is_none() {
+            v.add(
+                "attributes",
+                "select at least one part to read: attributes, events or answers",
+            );
+        }
+        let attributes = r.attributes.as_ref().map(|a| {
+            self.wanted_attributes(&mut v, "attributes.data_categories", &a.data_categories)
+        });
+        let events = r.events.as_ref().map(|e| {
+            let kinds = event_kinds(&mut v, "events.kinds", &e.kinds);
+            let limit = page_size(&mut v, "events.limit", e.limit);
+            (event_categories(&kinds), kinds, limit)
+        });
+        let answers = r.answers.as_ref().map(|a| {
+            let kinds = answer_kinds(&mut v, "answers.kinds", &a.kinds);
+            (answer_categories(&kinds), kinds)
+        });
+        v.finish()?;
+        // One decision for every part: the union of their categories.
+        let mut categories: Vec<String> = attributes.iter().flatten().cloned().collect();
+        categories.extend(events.iter().flat_map(|(c, _, _)| c.iter().cloned()));
+        categories.extend(answers.iter().flat_map(|(c, _)| c.iter().cloned()));
+        categories.sort();
+        categories.dedup();
         let decision = self
             .shared
             .decide(
@@ -941,23 +966,57 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
                 &r.at_least_as_fresh,
             )
             .await?;
-        let store = &self.shared.store;
-        let holdings = held_where_denied(store.as_ref(), &decision, Table::Answers).await?;
-        let answers = store.answers(&decision).await.map_err(store_status)?;
-        let mut returned: Vec<String> = answers
-            .iter()
-            .map(|a| a.kind.category().to_owned())
-            .collect();
-        returned.sort();
-        returned.dedup();
+        let store = self.shared.store.as_ref();
+        let mut response = pb::ReadSubjectResponse::default();
+        let mut redactions = Vec::new();
+        let mut applied = Vec::new();
+        let mut returned: Vec<&'static str> = Vec::new();
+        let mut items = 0;
+        let attributes = match &attributes {
+            Some(wanted) => Some(reads::attributes(store, &decision, wanted).await?),
+            None => None,
+        };
+        if let Some(part) = &attributes {
+            items += part.items.len();
+            response.attributes = part.items.iter().map(attribute_pb).collect();
+            redactions.extend(part.redactions.iter().cloned());
+            applied.extend(part.applied.iter().cloned());
+        }
+        if let Some((wanted, kinds, limit)) = events {
+            let query = EventQuery {
+                kinds,
+                since: None,
+                until: None,
+                after: None,
+                limit: limit + 1,
+            };
+            let mut part = reads::events(store, &decision, &query, &wanted).await?;
+            response.more_events = part.items.len() > limit as usize;
+            part.items.truncate(limit as usize);
+            items += part.items.len();
+            returned.extend(part.items.iter().map(|e| e.kind.category()));
+            response.events = part.items.iter().map(event_pb).collect();
+            redactions.extend(part.redactions);
+        }
+        if let Some((wanted, kinds)) = answers {
+            let part = reads::answers(store, &decision, &kinds, &wanted).await?;
+            items += part.items.len();
+            returned.extend(part.items.iter().map(|a| a.kind.category()));
+            response.answers = part.items.iter().map(answer_pb).collect();
+            redactions.extend(part.redactions);
+        }
+        let returned = reads::returned_categories(
+            attributes
+                .iter()
+                .flat_map(|p| p.items.iter().map(|a| a.category.as_str()))
+                .chain(returned),
+        );
         self.shared
-            .log_read(&decision, "GetAnswers", returned, answers.len())
+            .log_read(&decision, "ReadSubject", returned, items)
             .await?;
-        Ok(Response::new(pb::GetAnswersResponse {
-            answers: answers.iter().map(answer_pb).collect(),
-            redactions: redactions(&decision, &holdings),
-            decision: Some(read_decision(&decision, Vec::new())),
-        }))
+        response.redactions = reads::merge_redactions(redactions);
+        response.decision = Some(read_decision(&decision, applied));
+        Ok(Response::new(response))
     }
 
     async fn get_access_report(

@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod authz;
 pub mod grpc;
 pub mod model;
+mod reads;
 pub mod retention;
 pub mod rights;
 pub mod server;

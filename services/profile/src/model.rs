@@ -111,6 +111,14 @@ pub enum AnswerKind {
 }
 
 impl AnswerKind {
+    /// Every kind.
+    pub const ALL: [AnswerKind; 4] = [
+        AnswerKind::Survey,
+        AnswerKind::Quiz,
+        AnswerKind::Preference,
+        AnswerKind::ReturnReason,
+    ];
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -123,14 +131,7 @@ impl AnswerKind {
 
     /// Parses the stored spelling.
     pub fn parse(text: &str) -> Option<AnswerKind> {
-        [
-            AnswerKind::Survey,
-            AnswerKind::Quiz,
-            AnswerKind::Preference,
-            AnswerKind::ReturnReason,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == text)
+        AnswerKind::ALL.into_iter().find(|k| k.as_str() == text)
     }
 
     /// The data category answers of this kind are.

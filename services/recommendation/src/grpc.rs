@@ -276,57 +276,71 @@ impl Recommender {
                         .unwrap_or_else(|e| e.into_inner())
                         .learned_revision(&key)
                         != Some(revision);
-                // The two reads are independent: ask both at once.
-                let (history, preferences) = tokio::join!(
-                    self.profile.history(
+                let read = self
+                    .profile
+                    .read(
                         s,
                         PROFILED,
-                        &[EventKind::ProductView, EventKind::Purchase],
-                        if learn { HISTORY } else { RECENT },
-                        consent_context.clone(),
-                        &r.at_least_as_fresh,
-                    ),
-                    self.profile.preferences(
-                        s,
-                        PROFILED,
-                        consent_context.clone(),
-                        &r.at_least_as_fresh
-                    ),
-                );
-                let (history, _) = history.map_err(profile_unavailable)?;
-                let (preferences, _) = preferences.map_err(profile_unavailable)?;
-                let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-                if learn && model.learned_revision(&key) != Some(revision) {
-                    model.learn(&key, history.iter().map(|h| h.item_id.as_str()), revision);
-                }
-                model.align(&catalog);
-                ranking::profiled(&catalog, &model, &history, &preferences, &moment, n)
-            }
-            (Tier::Limited, Some(s)) => {
-                let (preferences, _) = self
-                    .profile
-                    .preferences(s, LIMITED, consent_context.clone(), &r.at_least_as_fresh)
-                    .await
-                    .map_err(profile_unavailable)?;
-                if preferences.is_empty() {
-                    tier_reason.push_str("; nothing shared yet, so popular picks");
-                }
-                ranking::limited(&catalog, &preferences, &moment, n)
-            }
-            (Tier::Segment, Some(s)) => {
-                let (history, _) = self
-                    .profile
-                    .history(
-                        s,
-                        SEGMENT,
-                        &[EventKind::Purchase],
-                        HISTORY,
+                        Some((
+                            &[EventKind::ProductView, EventKind::Purchase],
+                            if learn { HISTORY } else { RECENT },
+                        )),
+                        true,
                         consent_context.clone(),
                         &r.at_least_as_fresh,
                     )
                     .await
                     .map_err(profile_unavailable)?;
-                let segment = ranking::segment_of(&history, crate_now_micros());
+                let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+                if learn && model.learned_revision(&key) != Some(revision) {
+                    model.learn(
+                        &key,
+                        read.history.iter().map(|h| h.item_id.as_str()),
+                        revision,
+                    );
+                }
+                model.align(&catalog);
+                ranking::profiled(
+                    &catalog,
+                    &model,
+                    &read.history,
+                    &read.preferences,
+                    &moment,
+                    n,
+                )
+            }
+            (Tier::Limited, Some(s)) => {
+                let read = self
+                    .profile
+                    .read(
+                        s,
+                        LIMITED,
+                        None,
+                        true,
+                        consent_context.clone(),
+                        &r.at_least_as_fresh,
+                    )
+                    .await
+                    .map_err(profile_unavailable)?;
+                if read.preferences.is_empty() {
+                    tier_reason.push_str("; nothing shared yet, so popular picks");
+                }
+                ranking::limited(&catalog, &read.preferences, &moment, n)
+            }
+            (Tier::Segment, Some(s)) => {
+                let read = self
+                    .profile
+                    .read(
+                        s,
+                        SEGMENT,
+                        Some((&[EventKind::Purchase], HISTORY)),
+                        false,
+                        consent_context.clone(),
+                        &r.at_least_as_fresh,
+                    )
+                    .await
+                    .map_err(profile_unavailable)?;
+                let segment = ranking::segment_of(&read.history, crate_now_micros());
                 tier_reason.push_str(&format!("; segment: {}", segment.as_str()));
                 ranking::segment(&catalog, segment, &moment, n)
             }

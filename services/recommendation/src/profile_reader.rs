@@ -70,27 +70,37 @@ impl ProfileReader {
         request
     }
 
-    /// Up to `limit` events of the given kinds, newest first, under `purpose`.
-    pub async fn history(
+    /// One gated read under `purpose` (one consent decision, one access-log entry): up to
+    /// `history.1` events of the kinds `history.0`, newest first, when `history` is given; the
+    /// stated preferences (the `user.preferences.stated` attributes and the preference-center
+    /// answers) when `preferences` is set.
+    pub async fn read(
         &self,
         subject: &SubjectRef,
         purpose: &str,
-        kinds: &[ppb::EventKind],
-        limit: u32,
+        history: Option<(&[ppb::EventKind], u32)>,
+        preferences: bool,
         context: Option<RequestContext>,
         at_least_as_fresh: &str,
-    ) -> Result<(Vec<HistoryItem>, u64), tonic::Status> {
+    ) -> Result<ProfileRead, tonic::Status> {
         let r = self
             .client
             .clone()
-            .list_events(self.request(ppb::ListEventsRequest {
+            .read_subject(self.request(ppb::ReadSubjectRequest {
                 subject: Some(subject.clone()),
                 purpose: purpose.to_owned(),
-                kinds: kinds.iter().map(|k| *k as i32).collect(),
-                page_size: limit,
                 context,
                 at_least_as_fresh: at_least_as_fresh.to_owned(),
-                ..Default::default()
+                attributes: preferences.then(|| ppb::AttributeSelector {
+                    data_categories: vec!["user.preferences.stated".into()],
+                }),
+                events: history.map(|(kinds, limit)| ppb::EventSelector {
+                    kinds: kinds.iter().map(|k| *k as i32).collect(),
+                    limit,
+                }),
+                answers: preferences.then(|| ppb::AnswerSelector {
+                    kinds: vec![ppb::AnswerKind::Preference as i32],
+                }),
             }))
             .await?
             .into_inner();
@@ -106,46 +116,13 @@ impl ProfileReader {
                 item_id: e.item_id,
             })
             .collect();
-        Ok((history, r.decision.map_or(0, |d| d.revision)))
-    }
-
-    /// Stated preferences under `purpose`: the `user.preferences.stated` attributes and the
-    /// preference-center answers.
-    pub async fn preferences(
-        &self,
-        subject: &SubjectRef,
-        purpose: &str,
-        context: Option<RequestContext>,
-        at_least_as_fresh: &str,
-    ) -> Result<(Vec<String>, u64), tonic::Status> {
-        let mut profile_client = self.client.clone();
-        let mut answers_client = self.client.clone();
-        let (profile, answers) = tokio::join!(
-            profile_client.get_profile(self.request(ppb::GetProfileRequest {
-                subject: Some(subject.clone()),
-                purpose: purpose.to_owned(),
-                data_categories: vec!["user.preferences.stated".into()],
-                context: context.clone(),
-                at_least_as_fresh: at_least_as_fresh.to_owned(),
-            })),
-            answers_client.get_answers(self.request(ppb::GetAnswersRequest {
-                subject: Some(subject.clone()),
-                purpose: purpose.to_owned(),
-                context,
-                at_least_as_fresh: at_least_as_fresh.to_owned(),
-            })),
-        );
-        let (profile, answers) = (profile?.into_inner(), answers?.into_inner());
-        let mut preferences: Vec<String> =
-            profile.attributes.into_iter().map(|a| a.value).collect();
-        preferences.extend(
-            answers
-                .answers
-                .into_iter()
-                .filter(|a| a.kind() == ppb::AnswerKind::Preference)
-                .map(|a| a.answer),
-        );
-        Ok((preferences, profile.decision.map_or(0, |d| d.revision)))
+        let mut preferences: Vec<String> = r.attributes.into_iter().map(|a| a.value).collect();
+        preferences.extend(r.answers.into_iter().map(|a| a.answer));
+        Ok(ProfileRead {
+            history,
+            preferences,
+            revision: r.decision.map_or(0, |d| d.revision),
+        })
     }
 }
 
