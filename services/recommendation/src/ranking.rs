@@ -407,19 +407,14 @@ pub fn profiled(
     let base = baseline(catalog, moment);
     // Boosted items: (score, why), starting from the baseline, in the order a full scan adds.
     let related = related_items(catalog, model, history);
-    let mut boosted: HashMap<usize, (f64, Why)> =
-        HashMap::with_capacity_and_hasher(related.len() + 256, Default::default());
+    let mut boosted: Dense<(f64, Why)> = Dense::new(catalog.items().len());
     for (p, needle) in needles(preferences).iter().enumerate() {
         for index in catalog.items_matching(needle) {
-            boosted
-                .entry(index)
-                .or_insert((base.score[index] + 1.0, Why::Told(p)));
+            boosted.or_insert(index, (base.score[index] + 1.0, Why::Told(p)));
         }
     }
-    for (index, (similarity, related_why)) in related {
-        let entry = boosted
-            .entry(index)
-            .or_insert((base.score[index], Why::Popular));
+    for (index, &(similarity, related_why)) in related.iter() {
+        let entry = boosted.or_insert(index, (base.score[index], Why::Popular));
         entry.0 += 3.0 * similarity;
         if similarity > 0.0 {
             entry.1 = related_why;
@@ -434,10 +429,10 @@ pub fn profiled(
     );
     let mut scored: Vec<Scored> = boosted
         .iter()
-        .map(|(&index, &(score, why))| Scored { index, score, why })
+        .map(|(index, &(score, why))| Scored { index, score, why })
         .collect();
     scored.extend(unboosted(&base, n, |i| {
-        boosted.contains_key(&i) || exclude.contains(&i)
+        boosted.contains(i) || exclude.contains(&i)
     }));
     let words = Words {
         catalog,
@@ -447,17 +442,52 @@ pub fn profiled(
     best(scored, n, &exclude, &words)
 }
 
+/// A map from catalog positions to values: a flat array of slots (4 bytes per catalog item)
+/// pointing into a compact list of entries. A request touches a few thousand items, each several
+/// times; indexing by position costs no hashing.
+struct Dense<T> {
+    /// By position: the entry's index in `entries`, or `u32::MAX`.
+    slots: Vec<u32>,
+    /// `(position, value)`, in the order first set.
+    entries: Vec<(usize, T)>,
+}
+
+impl<T> Dense<T> {
+    fn new(len: usize) -> Self {
+        Dense {
+            slots: vec![u32::MAX; len],
+            entries: Vec::new(),
+        }
+    }
+
+    /// The value at `index`, set to `value` first if it has none.
+    fn or_insert(&mut self, index: usize, value: T) -> &mut T {
+        let slot = &mut self.slots[index];
+        if *slot == u32::MAX {
+            *slot = u32::try_from(self.entries.len()).expect("fewer entries than catalog items");
+            self.entries.push((index, value));
+        }
+        &mut self.entries[*slot as usize].1
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        self.slots[index] != u32::MAX
+    }
+
+    /// The values set, in the order they were first set.
+    fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.entries.iter().map(|(i, v)| (*i, v))
+    }
+}
+
 /// Similarity to the 20 most recent history items, summed per related item, with the first
 /// anchor that related it.
 fn related_items(
     catalog: &Catalog,
     model: &CoOccurrence,
     history: &[HistoryItem],
-) -> HashMap<usize, (f64, Why)> {
-    // Sized for a typical request (20 anchors share a few thousand neighbors): growing a map
-    // rehashes it.
-    let mut related: HashMap<usize, (f64, Why)> =
-        HashMap::with_capacity_and_hasher(4096, Default::default());
+) -> Dense<(f64, Why)> {
+    let mut related = Dense::new(catalog.items().len());
     for h in history.iter().take(20) {
         let Some(anchor) = catalog.index(&h.item_id) else {
             continue;
@@ -468,7 +498,7 @@ fn related_items(
             Why::Viewed(anchor)
         };
         for (index, similarity) in model.neighbors_in(catalog, &h.item_id) {
-            related.entry(index).or_insert((0.0, why)).0 += similarity;
+            related.or_insert(index, (0.0, why)).0 += similarity;
         }
     }
     related
