@@ -417,6 +417,8 @@ async fn answers_rectify_erase_and_retention() {
                 .await
                 .expect("events");
             let r = f.decide(s, "research", &["user.survey.answers"]).await;
+            // Read first, so that a store keeping answers in memory has the empty list there.
+            assert!(f.store.answers(&r).await.expect("answers").is_empty());
             f.store
                 .put_answers(
                     &r,
@@ -490,10 +492,14 @@ async fn answers_rectify_erase_and_retention() {
             views.iter().map(|e| e.item_id.as_str()).collect::<Vec<_>>(),
             ["new"]
         );
-        // Erasure takes one subject's rows, all of them, and nobody else's.
+        // Erasure takes one subject's rows, all of them, and nobody else's (answers read first,
+        // so a store keeping them in memory must forget them).
+        let survey = f.decide("dan", "research", &["user.survey.answers"]).await;
+        assert_eq!(f.store.answers(&survey).await.expect("answers").len(), 1);
         let deleted = f.store.erase_subject("s:dan").await.expect("erase");
         assert_eq!(deleted, 3, "{backend:?}: attribute, event, answer");
         assert!(f.store.attributes(&d).await.expect("read").is_empty());
+        assert!(f.store.answers(&survey).await.expect("answers").is_empty());
         let dee = f.decide("dee", "marketing", &MARKETING_CATEGORIES).await;
         assert_eq!(f.store.attributes(&dee).await.expect("read").len(), 1);
     }

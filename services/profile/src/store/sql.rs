@@ -12,7 +12,6 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 type Tx<'c> = Transaction<'c, sqlx::Any>;
 
@@ -29,7 +28,7 @@ pub trait Dialect: Send + Sync + 'static {
     /// already does.
     const CHAIN_LOCK: Option<&'static str>;
     /// Whether this process is the database's only writer, so that it can keep subjects'
-    /// attributes in memory and know exactly when they change (SQLite: the embedded file belongs
+    /// zero-party data (attributes, answers) in memory and know exactly when they change (SQLite: the embedded file belongs
     /// to one service process). PostgreSQL is shared by replicas, whose writes this process
     /// would not see, so it reads through.
     const SINGLE_WRITER: bool;
@@ -45,8 +44,15 @@ pub struct Pools {
     pub log: AnyPool,
 }
 
-/// Subjects whose attributes an exclusive store keeps in memory.
-const ATTRIBUTE_CACHE_SUBJECTS: u64 = 50_000;
+/// Subjects whose zero-party data an exclusive store keeps in memory.
+const ZERO_PARTY_CACHE_SUBJECTS: u64 = 50_000;
+
+/// What a subject shared or was asked about itself: its attribute rows (by name) and answers
+/// (oldest first), all categories, as held in memory.
+struct ZeroParty {
+    attributes: Vec<Attribute>,
+    answers: Vec<Answer>,
+}
 
 /// A profile store over a dialect.
 pub struct SqlStore<D> {
@@ -60,14 +66,17 @@ pub struct SqlStore<D> {
     /// Erasure here invalidates; a subject erased elsewhere is denied by the gate, so no entry
     /// is written for it with a stale key.
     secrets: moka::sync::Cache<String, String>,
-    /// A subject's attribute rows (all categories, by name), only where `D::SINGLE_WRITER`: a
-    /// warm gated `GetProfile` then costs no query. Every write of attributes invalidates the
-    /// subject after committing (retention: everyone), and `attribute_writes` moves, so a read
-    /// that raced a write drops what it cached. Denied categories are filtered out per read, as
-    /// from the database.
-    attribute_cache: Option<moka::sync::Cache<String, Arc<Vec<Attribute>>>>,
-    /// Counts committed attribute writes; see `attribute_cache`.
-    attribute_writes: AtomicU64,
+    /// A subject's zero-party data (attribute rows and answers, all categories), only where
+    /// `D::SINGLE_WRITER`: a warm gated `GetProfile` or preference read then costs no query.
+    /// Every write of attributes or answers invalidates the subject after committing
+    /// (retention: everyone), and `zero_party_writes` moves, so a read that raced a write drops
+    /// what it cached. Denied categories are filtered out per read, as from the database.
+    zero_party_cache: Option<moka::sync::Cache<String, Arc<ZeroParty>>>,
+    /// Counts committed zero-party writes; see `zero_party_cache`. A lock rather than an atomic:
+    /// a read's "nothing was written since I started, so cache what I read" and a write's "count
+    /// me and invalidate" must not interleave, or a stale read could be cached for an instant
+    /// after the write returned.
+    zero_party_writes: std::sync::Mutex<u64>,
     dialect: PhantomData<D>,
 }
 
@@ -184,9 +193,9 @@ impl<D: Dialect> SqlStore<D> {
             log_pool: pools.log,
             head: tokio::sync::Mutex::new(None),
             secrets: moka::sync::Cache::new(100_000),
-            attribute_cache: D::SINGLE_WRITER
-                .then(|| moka::sync::Cache::new(ATTRIBUTE_CACHE_SUBJECTS)),
-            attribute_writes: AtomicU64::new(0),
+            zero_party_cache: D::SINGLE_WRITER
+                .then(|| moka::sync::Cache::new(ZERO_PARTY_CACHE_SUBJECTS)),
+            zero_party_writes: std::sync::Mutex::new(0),
             dialect: PhantomData,
         })
     }
@@ -215,54 +224,89 @@ impl<D: Dialect> SqlStore<D> {
         Ok(secret)
     }
 
-    /// Every attribute row of the decision's subject, all categories, ordered by name: from
-    /// memory when this process owns the store, else (or on a miss) from the database. Callers
-    /// filter by the decision before anything leaves the store; taking the decision keeps this
-    /// read behind the gate like every other.
-    async fn subject_attributes(
-        &self,
-        decision: &Decision,
-    ) -> Result<Arc<Vec<Attribute>>, StoreError> {
+    /// The decision's subject's zero-party data from memory (loaded on a miss), or `None` where
+    /// this process does not own the store (then every read queries). Callers filter by the
+    /// decision before anything leaves the store; taking the decision keeps this read behind the
+    /// gate like every other.
+    async fn zero_party(&self, decision: &Decision) -> Result<Option<Arc<ZeroParty>>, StoreError> {
+        let Some(cache) = &self.zero_party_cache else {
+            return Ok(None);
+        };
         let subject_key = decision.subject_key();
-        if let Some(hit) = self
-            .attribute_cache
-            .as_ref()
-            .and_then(|cache| cache.get(subject_key))
-        {
-            return Ok(hit);
+        if let Some(hit) = cache.get(subject_key) {
+            return Ok(Some(hit));
         }
-        let writes = self.attribute_writes.load(Ordering::SeqCst);
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let writes = *self.writes_lock();
+        let data = Arc::new(ZeroParty {
+            attributes: self.attribute_rows(subject_key).await?,
+            answers: self.answer_rows(subject_key, None).await?,
+        });
+        let now = self.writes_lock();
+        if *now == writes {
+            // No write committed while we read: what we read is current until the next one,
+            // whose invalidation waits for this lock.
+            cache.insert(subject_key.to_owned(), data.clone());
+        }
+        drop(now);
+        Ok(Some(data))
+    }
+
+    /// Every attribute row of a subject, all categories, ordered by name.
+    async fn attribute_rows(&self, subject_key: &str) -> Result<Vec<Attribute>, StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
             "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 ORDER BY name"
         )))
         .bind(subject_key)
         .fetch_all(&self.pool)
-        .await?;
-        let attributes = Arc::new(
-            rows.iter()
-                .map(attribute_of)
-                .collect::<Result<Vec<_>, _>>()?,
-        );
-        if let Some(cache) = &self.attribute_cache {
-            cache.insert(subject_key.to_owned(), attributes.clone());
-            if self.attribute_writes.load(Ordering::SeqCst) != writes {
-                // A write committed while we read: what we cached may predate it.
-                cache.invalidate(subject_key);
-            }
-        }
-        Ok(attributes)
+        .await?
+        .iter()
+        .map(attribute_of)
+        .collect()
     }
 
-    /// After an attribute write committed: forget what memory holds about `subjects` (`None`:
+    /// A subject's answers in `categories` (`None`: all), oldest first.
+    async fn answer_rows(
+        &self,
+        subject_key: &str,
+        categories: Option<&[&str]>,
+    ) -> Result<Vec<Answer>, StoreError> {
+        let mut sql = "SELECT answer_id, kind, question_id, question, answer, item_id, purpose, notice_version, collected_at FROM answers WHERE subject = $1".to_owned();
+        if let Some(categories) = categories {
+            sql.push_str(&format!(
+                " AND category IN ({})",
+                placeholders(2, categories.len())
+            ));
+        }
+        sql.push_str(" ORDER BY collected_at, answer_id");
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(subject_key);
+        for c in categories.unwrap_or_default() {
+            q = q.bind(*c);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(answer_of)
+            .collect()
+    }
+
+    /// After a zero-party write committed: forget what memory holds about `subjects` (`None`:
     /// everyone).
-    fn attributes_changed(&self, subjects: Option<&[&str]>) {
-        self.attribute_writes.fetch_add(1, Ordering::SeqCst);
-        if let Some(cache) = &self.attribute_cache {
+    fn zero_party_changed(&self, subjects: Option<&[&str]>) {
+        let mut writes = self.writes_lock();
+        *writes += 1;
+        if let Some(cache) = &self.zero_party_cache {
             match subjects {
                 Some(keys) => keys.iter().for_each(|k| cache.invalidate(*k)),
                 None => cache.invalidate_all(),
             }
         }
+    }
+
+    /// The zero-party write counter (a poisoned lock still counts: it holds a plain number).
+    fn writes_lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.zero_party_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
@@ -307,7 +351,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         tx.commit().await?;
         let subjects: Vec<&str> = items.iter().map(|(d, _)| d.subject_key()).collect();
-        self.attributes_changed(Some(&subjects));
+        self.zero_party_changed(Some(&subjects));
         Ok(())
     }
 
@@ -372,6 +416,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .await?;
         }
         tx.commit().await?;
+        self.zero_party_changed(Some(&[decision.subject_key()]));
         Ok(())
     }
 
@@ -380,13 +425,14 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         if allowed.is_empty() {
             return Ok(Vec::new());
         }
+        let rows = match self.zero_party(decision).await? {
+            Some(cached) => cached.attributes.clone(),
+            None => self.attribute_rows(decision.subject_key()).await?,
+        };
         // Values of categories the decision does not allow never leave this function.
-        Ok(self
-            .subject_attributes(decision)
-            .await?
-            .iter()
+        Ok(rows
+            .into_iter()
             .filter(|a| decision.is_allowed(&a.category))
-            .cloned()
             .collect())
     }
 
@@ -394,7 +440,15 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         &self,
         decision: &Decision,
     ) -> Result<(Vec<Attribute>, Vec<Holding>), StoreError> {
-        let rows = self.subject_attributes(decision).await?;
+        let cached = self.zero_party(decision).await?;
+        let queried;
+        let rows = match &cached {
+            Some(cached) => &cached.attributes,
+            None => {
+                queried = self.attribute_rows(decision.subject_key()).await?;
+                &queried
+            }
+        };
         let mut allowed = Vec::new();
         let mut holdings: Vec<Holding> = Vec::new();
         for attribute in rows.iter() {
@@ -482,19 +536,19 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         if allowed.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT answer_id, kind, question_id, question, answer, item_id, purpose, notice_version, collected_at FROM answers WHERE subject = $1 AND category IN ({}) ORDER BY collected_at, answer_id",
-            placeholders(2, allowed.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(decision.subject_key());
-        for c in &allowed {
-            q = q.bind(*c);
+        match self.zero_party(decision).await? {
+            // Answers of categories the decision does not allow never leave this function.
+            Some(cached) => Ok(cached
+                .answers
+                .iter()
+                .filter(|a| decision.is_allowed(a.kind.category()))
+                .cloned()
+                .collect()),
+            None => {
+                self.answer_rows(decision.subject_key(), Some(&allowed))
+                    .await
+            }
         }
-        q.fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(answer_of)
-            .collect()
     }
 
     async fn holdings(
@@ -561,7 +615,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.attributes_changed(Some(&[decision.subject_key()]));
+        self.zero_party_changed(Some(&[decision.subject_key()]));
         Ok(Some(attribute))
     }
 
@@ -582,7 +636,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         tx.commit().await?;
         self.secrets.invalidate(subject_key);
-        self.attributes_changed(Some(&[subject_key]));
+        self.zero_party_changed(Some(&[subject_key]));
         Ok(deleted)
     }
 
@@ -603,7 +657,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         tx.commit().await?;
         if deleted > 0 {
-            self.attributes_changed(None);
+            self.zero_party_changed(None);
         }
         Ok(deleted)
     }
