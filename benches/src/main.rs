@@ -4,6 +4,7 @@
 //! and open-loop at a fixed rate, and BatchCheck throughput; prints a Markdown report and, with
 //! `--write FILE`, writes it to FILE (BENCHMARKS.md).
 
+mod allocator;
 mod breakdown;
 mod cores;
 mod cpu;

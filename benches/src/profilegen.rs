@@ -9,6 +9,7 @@
 //! Prints a Markdown section and, with `--write FILE`, puts it into FILE between
 //! `<!-- profilegen:start -->` and `<!-- profilegen:end -->` (replacing an earlier one).
 
+mod allocator;
 mod cores;
 mod pacer;
 

@@ -7,6 +7,7 @@
 //! Prints a Markdown section and, with `--write FILE`, puts it into FILE between
 //! `<!-- recgen:start -->` and `<!-- recgen:end -->` (replacing an earlier one).
 
+mod allocator;
 mod cores;
 mod pacer;
 
