@@ -967,50 +967,61 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             )
             .await?;
         let store = self.shared.store.as_ref();
+        // The parts are independent reads under the same decision: ask for them at once.
+        let (attributes, events, answers) = tokio::try_join!(
+            async {
+                match &attributes {
+                    Some(wanted) => reads::attributes(store, &decision, wanted).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            async {
+                let Some((wanted, kinds, limit)) = events else {
+                    return Ok(None);
+                };
+                let query = EventQuery {
+                    kinds,
+                    since: None,
+                    until: None,
+                    after: None,
+                    limit: limit + 1,
+                };
+                let part = reads::events(store, &decision, &query, &wanted).await?;
+                Ok::<_, Status>(Some((part, limit as usize)))
+            },
+            async {
+                match answers {
+                    Some((wanted, kinds)) => reads::answers(store, &decision, &kinds, &wanted)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            },
+        )?;
         let mut response = pb::ReadSubjectResponse::default();
+        let mut returned: Vec<String> = Vec::new();
         let mut redactions = Vec::new();
         let mut applied = Vec::new();
-        let mut returned: Vec<&'static str> = Vec::new();
-        let mut items = 0;
-        let attributes = match &attributes {
-            Some(wanted) => Some(reads::attributes(store, &decision, wanted).await?),
-            None => None,
-        };
-        if let Some(part) = &attributes {
-            items += part.items.len();
+        if let Some(part) = attributes {
+            returned.extend(part.items.iter().map(|a| a.category.clone()));
             response.attributes = part.items.iter().map(attribute_pb).collect();
-            redactions.extend(part.redactions.iter().cloned());
-            applied.extend(part.applied.iter().cloned());
+            redactions.extend(part.redactions);
+            applied.extend(part.applied);
         }
-        if let Some((wanted, kinds, limit)) = events {
-            let query = EventQuery {
-                kinds,
-                since: None,
-                until: None,
-                after: None,
-                limit: limit + 1,
-            };
-            let mut part = reads::events(store, &decision, &query, &wanted).await?;
-            response.more_events = part.items.len() > limit as usize;
-            part.items.truncate(limit as usize);
-            items += part.items.len();
-            returned.extend(part.items.iter().map(|e| e.kind.category()));
+        if let Some((mut part, limit)) = events {
+            response.more_events = part.items.len() > limit;
+            part.items.truncate(limit);
+            returned.extend(part.items.iter().map(|e| e.kind.category().to_owned()));
             response.events = part.items.iter().map(event_pb).collect();
             redactions.extend(part.redactions);
         }
-        if let Some((wanted, kinds)) = answers {
-            let part = reads::answers(store, &decision, &kinds, &wanted).await?;
-            items += part.items.len();
-            returned.extend(part.items.iter().map(|a| a.kind.category()));
+        if let Some(part) = answers {
+            returned.extend(part.items.iter().map(|a| a.kind.category().to_owned()));
             response.answers = part.items.iter().map(answer_pb).collect();
             redactions.extend(part.redactions);
         }
-        let returned = reads::returned_categories(
-            attributes
-                .iter()
-                .flat_map(|p| p.items.iter().map(|a| a.category.as_str()))
-                .chain(returned),
-        );
+        let items = response.attributes.len() + response.events.len() + response.answers.len();
+        let returned = reads::returned_categories(returned.iter().map(String::as_str));
         self.shared
             .log_read(&decision, "ReadSubject", returned, items)
             .await?;
