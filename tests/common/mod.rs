@@ -266,6 +266,8 @@ pub struct ProfileServer {
     pub gate: Gate,
     pub proxy: Option<CutProxy>,
     pool: sqlx::AnyPool,
+    /// The service's store, to chain its journaled access-log entries before counting rows.
+    store: Arc<dyn consentgate_profile::store::ProfileStore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -322,6 +324,7 @@ impl ProfileServer {
         .await
         .expect("profile service");
         let gate = profile.gate().clone();
+        let store = profile.shared.store.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -350,6 +353,7 @@ impl ProfileServer {
             gate,
             proxy,
             pool,
+            store,
             stop: Some(stop),
             task: Some(task),
         }
@@ -381,6 +385,11 @@ impl ProfileServer {
     /// Rows in each profile table, for "nothing changed" assertions.
     pub async fn row_counts(&self) -> Vec<(String, i64)> {
         use sqlx::Row;
+        // Every recorded read counts, chained or still in the journal.
+        self.store
+            .flush_access()
+            .await
+            .expect("flush the access journal");
         let mut out = Vec::new();
         for table in [
             "attributes",
@@ -402,6 +411,10 @@ impl ProfileServer {
 
     /// Every text value in every profile table, for "nothing about the subject remains" scans.
     pub async fn all_text(&self) -> String {
+        self.store
+            .flush_access()
+            .await
+            .expect("flush the access journal");
         use sqlx::Row;
         let columns = [
             (

@@ -1,7 +1,8 @@
 //! The access log ("who read my data"): every gated read becomes an entry in a hash chain,
-//! `h_n = SHA-256(h_{n-1} ‖ canonical(entry_n))`, written by one task that commits whatever reads
-//! are waiting in one transaction (group commit). A read's data is returned only after its entry
-//! is durable: if the log cannot be written, the read fails.
+//! `h_n = SHA-256(h_{n-1} ‖ canonical(entry_n))`, written by one task that records whatever reads
+//! are waiting in one go (group commit): committed to the table, or, on a SQLite file, appended to
+//! the store's journal and chained into the table every 100 ms (see `store::journal`). A read's
+//! data is returned only after its entry is durable: if the log cannot be written, the read fails.
 //!
 //! Entries name the subject by a pseudonym under a per-subject key; erasing the key
 //! (crypto-shredding) leaves the chain verifiable and the entries anonymous.
@@ -18,6 +19,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// The most entries committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// How often journaled entries are chained into the log (where the store journals).
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A fresh per-subject key (hex).
 pub fn new_secret() -> Result<String, StoreError> {
@@ -121,7 +125,21 @@ impl AccessLog {
     pub fn start(store: Arc<dyn ProfileStore>) -> AccessLog {
         let (queue, mut incoming) = mpsc::channel::<Pending>(8192);
         tokio::spawn(async move {
-            while let Some(first) = incoming.recv().await {
+            let mut flush = tokio::time::interval(FLUSH_EVERY);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let first = tokio::select! {
+                    next = incoming.recv() => match next {
+                        Some(first) => first,
+                        None => break,
+                    },
+                    _ = flush.tick() => {
+                        if let Err(e) = store.flush_access().await {
+                            tracing::error!(error = %e.log_safe(), "chaining the access journal failed; retrying");
+                        }
+                        continue;
+                    }
+                };
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match incoming.try_recv() {
@@ -142,7 +160,7 @@ impl AccessLog {
         AccessLog { queue }
     }
 
-    /// Records one read durably; returns once its transaction committed.
+    /// Records one read durably; returns once its entry is committed or journaled.
     pub async fn record(&self, draft: AccessDraft) -> Result<(), String> {
         let (done, committed) = oneshot::channel();
         self.queue

@@ -639,22 +639,83 @@ async fn two_replicas_appending_to_one_access_log_keep_one_chain() {
             items: 1,
         };
         let (a, b) = (f.store.clone(), other.clone());
+        // Each replica also chains what it journaled now and then, as its log writer does.
         let one = tokio::spawn(async move {
             for i in 0..40 {
                 a.append_access(&[draft(i), draft(i + 100)])
                     .await
                     .expect("append a");
+                if i % 10 == 9 {
+                    a.flush_access().await.expect("flush a");
+                }
             }
         });
         let two = tokio::spawn(async move {
             for i in 0..40 {
                 b.append_access(&[draft(i + 200)]).await.expect("append b");
+                if i % 10 == 4 {
+                    b.flush_access().await.expect("flush b");
+                }
             }
         });
         one.await.expect("a");
         two.await.expect("b");
+        other.flush_access().await.expect("flush the other replica");
         let v = access_log::verify(f.store.as_ref()).await.expect("verify");
         assert_eq!((v.entries_checked, v.broken), (120, None), "{backend:?}");
+    }
+}
+
+/// A recorded read survives its store going away before the entry was chained (what a crash
+/// leaves): the next store to open the database chains it, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_reads_survive_a_store_that_stopped_before_chaining_them() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        let open = || async {
+            let store: Arc<dyn ProfileStore> = match backend {
+                Backend::Sqlite => Arc::new(
+                    consentgate_profile::store::SqliteStore::connect(&f._profile_db.url)
+                        .await
+                        .expect("store"),
+                ),
+                Backend::Postgres => Arc::new(
+                    consentgate_profile::store::PostgresStore::connect(&f._profile_db.url)
+                        .await
+                        .expect("store"),
+                ),
+            };
+            store
+        };
+        let draft = |i: u64| AccessDraft {
+            subject_key: "s:cy".into(),
+            read_at: now_micros(),
+            caller: "mailer".into(),
+            enforced_by: "profile-service".into(),
+            purpose: "marketing".into(),
+            categories: vec!["user.contact.email".into()],
+            revision: i,
+            operation: "GetProfile".into(),
+            items: 1,
+        };
+        let first = open().await;
+        first
+            .append_access(&[draft(1), draft(2)])
+            .await
+            .expect("append");
+        first.append_access(&[draft(3)]).await.expect("append");
+        drop(first);
+        let second = open().await;
+        let v = access_log::verify(second.as_ref()).await.expect("verify");
+        assert_eq!((v.entries_checked, v.broken), (3, None), "{backend:?}");
+        let revisions: Vec<u64> = second
+            .access_log_page(0, 10)
+            .await
+            .expect("page")
+            .iter()
+            .map(|r| r.revision)
+            .collect();
+        assert_eq!(revisions, [1, 2, 3], "{backend:?}: in the order recorded");
     }
 }
 

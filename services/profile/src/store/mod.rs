@@ -5,6 +5,7 @@
 //! and reads only the decision's subject and only the categories it allows. Writes take the
 //! decision that allowed the collection and refuse an item it does not cover.
 
+mod journal;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -119,8 +120,14 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// Deletes data of `category` collected before `cutoff` (µs); how many rows.
     async fn purge_before(&self, category: &str, cutoff: i64) -> Result<u64, StoreError>;
 
-    /// Chains and stores gated-read records in one transaction (the access log's group commit).
+    /// Records gated reads durably: chained and committed to the log (the group commit), or,
+    /// where the store journals (SQLite files), appended to the journal that
+    /// [`ProfileStore::flush_access`] chains into the log.
     async fn append_access(&self, drafts: &[AccessDraft]) -> Result<(), StoreError>;
+    /// Chains what this store journaled into the log (a no-op where nothing is journaled). The
+    /// access-log writer calls it periodically; this store's own log reads call it first, so they
+    /// see every read it recorded.
+    async fn flush_access(&self) -> Result<(), StoreError>;
     /// The access-log entries of the decision's subject, oldest first (none once its key is
     /// erased).
     async fn access_entries(&self, decision: &Decision) -> Result<Vec<AccessRecord>, StoreError>;

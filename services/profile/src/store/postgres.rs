@@ -26,6 +26,7 @@ impl Dialect for Postgres {
         Ok(Pools {
             log: main.clone(),
             main,
+            journal: None,
         })
     }
 

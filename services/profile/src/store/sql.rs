@@ -1,6 +1,7 @@
 //! The SQL both profile stores share, over `sqlx::Any` with `$N` placeholders; what differs
 //! (connection setup, migrations, how a write transaction begins) is a [`Dialect`].
 
+use super::journal::{Entry, Journal};
 use super::{EventQuery, ProfileStore, StoreError};
 use crate::access_log;
 use crate::model::{
@@ -42,6 +43,10 @@ pub struct Pools {
     /// stays valid from one append to the next (a connection whose file another connection
     /// wrote re-reads its pages); PostgreSQL shares the main pool.
     pub log: AnyPool,
+    /// The database file, where reads are journaled before they are chained (see
+    /// [`super::journal`]): a SQLite file this process owns; `None` for PostgreSQL and in-memory
+    /// databases, where every read's entry is committed to the table directly.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 /// Subjects whose zero-party data an exclusive store keeps in memory.
@@ -62,6 +67,8 @@ pub struct SqlStore<D> {
     /// This process's view of the access log's head `(seq, hash)`, held while appending. `None`
     /// until read; reset whenever another writer (a replica) is found to have moved it.
     head: tokio::sync::Mutex<Option<(u64, String)>>,
+    /// Where reads are journaled before they are chained (SQLite files only).
+    journal: Option<Journal>,
     /// Per-subject pseudonym keys already read, so a read's log entry costs one statement.
     /// Erasure here invalidates; a subject erased elsewhere is denied by the gate, so no entry
     /// is written for it with a stale key.
@@ -188,7 +195,9 @@ impl<D: Dialect> SqlStore<D> {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let pools = D::connect(url).await?;
-        Ok(SqlStore {
+        let database = pools.journal.clone();
+        let mut store = SqlStore {
+            journal: None,
             pool: pools.main,
             log_pool: pools.log,
             head: tokio::sync::Mutex::new(None),
@@ -197,7 +206,16 @@ impl<D: Dialect> SqlStore<D> {
                 .then(|| moka::sync::Cache::new(ZERO_PARTY_CACHE_SUBJECTS)),
             zero_party_writes: std::sync::Mutex::new(0),
             dialect: PhantomData,
-        })
+        };
+        if let Some(database) = database {
+            // Entries journaled by instances that are gone go into the chain first.
+            for orphan in Journal::orphans(&database).map_err(journal_error)? {
+                store.append_chained(&orphan.entries).await?;
+                orphan.remove().map_err(journal_error)?;
+            }
+            store.journal = Some(Journal::open(&database).map_err(journal_error)?);
+        }
+        Ok(store)
     }
 
     /// The underlying pool (tests count rows through it).
@@ -287,6 +305,45 @@ impl<D: Dialect> SqlStore<D> {
             .iter()
             .map(answer_of)
             .collect()
+    }
+
+    /// Chains entries after the log's head and commits them in one statement: the fast path
+    /// numbers them after the head this process knows; if another writer (a replica) moved it,
+    /// the primary key on `seq` refuses them, and the locked path reads the true head under a
+    /// lock that holds every other writer off until it commits, so it always makes progress.
+    async fn append_chained(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut head = self.head.lock().await;
+        if let Some((seq, prev)) = head.take() {
+            let (records, last) = chain(entries, seq, prev);
+            match insert_records(&records).execute(&self.log_pool).await {
+                Ok(_) => {
+                    *head = Some(last);
+                    return Ok(());
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut tx = self.log_pool.begin_with(D::BEGIN_WRITE).await?;
+        if let Some(lock) = D::CHAIN_LOCK {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        let (seq, prev) =
+            match sqlx::query("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(r) => (to_u64(r.get(0)), r.get(1)),
+                None => (0, access_log::GENESIS.to_owned()),
+            };
+        let (records, last) = chain(entries, seq, prev);
+        insert_records(&records).execute(&mut *tx).await?;
+        tx.commit().await?;
+        *head = Some(last);
+        Ok(())
     }
 
     /// After a zero-party write committed: forget what memory holds about `subjects` (`None`:
@@ -666,47 +723,45 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         if drafts.is_empty() {
             return Ok(());
         }
-        let mut pseudonyms = Vec::with_capacity(drafts.len());
+        let mut entries = Vec::with_capacity(drafts.len());
         for draft in drafts {
             let secret = self.subject_secret(&draft.subject_key).await?;
-            pseudonyms.push(access_log::pseudonym(&secret, &draft.subject_key));
+            entries.push(Entry {
+                read_at: draft.read_at,
+                pseudonym: access_log::pseudonym(&secret, &draft.subject_key),
+                caller: draft.caller.clone(),
+                enforced_by: draft.enforced_by.clone(),
+                purpose: draft.purpose.clone(),
+                categories: draft.categories.join(","),
+                revision: draft.revision,
+                operation: draft.operation.clone(),
+                items: draft.items,
+            });
         }
-        let mut head = self.head.lock().await;
-        // Fast path: one multi-row INSERT (atomic on its own) numbered after the head this
-        // process knows. If another writer (a replica) moved the head, the primary key on `seq`
-        // refuses it, and the locked path below reads the true head under a lock that holds every
-        // other writer off until it commits, so it always makes progress.
-        if let Some((seq, prev)) = head.take() {
-            let (records, last) = chain(drafts, &pseudonyms, seq, prev);
-            match insert_records(&records).execute(&self.log_pool).await {
-                Ok(_) => {
-                    *head = Some(last);
-                    return Ok(());
-                }
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
-                Err(e) => return Err(e.into()),
-            }
+        match &self.journal {
+            Some(journal) => journal.append(&entries).map_err(journal_error),
+            None => self.append_chained(&entries).await,
         }
-        let mut tx = self.log_pool.begin_with(D::BEGIN_WRITE).await?;
-        if let Some(lock) = D::CHAIN_LOCK {
-            sqlx::query(lock).execute(&mut *tx).await?;
-        }
-        let (seq, prev) =
-            match sqlx::query("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                Some(r) => (to_u64(r.get(0)), r.get(1)),
-                None => (0, access_log::GENESIS.to_owned()),
-            };
-        let (records, last) = chain(drafts, &pseudonyms, seq, prev);
-        insert_records(&records).execute(&mut *tx).await?;
-        tx.commit().await?;
-        *head = Some(last);
-        Ok(())
     }
 
+    async fn flush_access(&self) -> Result<(), StoreError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let _one = journal.flushing.lock().await;
+        let mut batches = journal.take().map_err(journal_error)?.into_iter();
+        while let Some(batch) = batches.next() {
+            if let Err(e) = self.append_chained(&batch.entries).await {
+                // Kept, in order, for the next flush: nothing journaled is dropped.
+                journal.stall(std::iter::once(batch).chain(batches).collect());
+                return Err(e);
+            }
+            batch.remove().map_err(journal_error)?;
+        }
+        Ok(())
+    }
     async fn access_entries(&self, decision: &Decision) -> Result<Vec<AccessRecord>, StoreError> {
+        self.flush_access().await?;
         let subject_key = decision.subject_key();
         let Some(row) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
             .bind(subject_key)
@@ -732,6 +787,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         after: u64,
         limit: u32,
     ) -> Result<Vec<AccessRecord>, StoreError> {
+        self.flush_access().await?;
         Ok(sqlx::query(AssertSqlSafe(format!(
             "SELECT {ACCESS_COLUMNS} FROM access_log WHERE seq > $1 ORDER BY seq LIMIT $2"
         )))
@@ -804,27 +860,22 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
     }
 }
 
-/// Chains `drafts` after `(seq, prev)`; the records and the new head.
-fn chain(
-    drafts: &[AccessDraft],
-    pseudonyms: &[String],
-    mut seq: u64,
-    mut prev: String,
-) -> (Vec<AccessRecord>, (u64, String)) {
-    let mut records = Vec::with_capacity(drafts.len());
-    for (draft, pseudonym) in drafts.iter().zip(pseudonyms) {
+/// Chains `entries` after `(seq, prev)`; the records and the new head.
+fn chain(entries: &[Entry], mut seq: u64, mut prev: String) -> (Vec<AccessRecord>, (u64, String)) {
+    let mut records = Vec::with_capacity(entries.len());
+    for e in entries {
         seq += 1;
         let mut record = AccessRecord {
             seq,
-            read_at: draft.read_at,
-            pseudonym: pseudonym.clone(),
-            caller: draft.caller.clone(),
-            enforced_by: draft.enforced_by.clone(),
-            purpose: draft.purpose.clone(),
-            categories: draft.categories.join(","),
-            revision: draft.revision,
-            operation: draft.operation.clone(),
-            items: draft.items,
+            read_at: e.read_at,
+            pseudonym: e.pseudonym.clone(),
+            caller: e.caller.clone(),
+            enforced_by: e.enforced_by.clone(),
+            purpose: e.purpose.clone(),
+            categories: e.categories.clone(),
+            revision: e.revision,
+            operation: e.operation.clone(),
+            items: e.items,
             prev_hash: prev,
             hash: String::new(),
         };
@@ -833,6 +884,11 @@ fn chain(
         records.push(record);
     }
     (records, (seq, prev))
+}
+
+/// A journal failure as a store error (no personal data: paths and OS errors only).
+fn journal_error(e: std::io::Error) -> StoreError {
+    StoreError::Corrupt(format!("access journal: {e}"))
 }
 
 /// One multi-row INSERT of chained records.

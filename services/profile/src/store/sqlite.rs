@@ -60,7 +60,20 @@ impl Dialect for Sqlite {
                 }
             });
         }
-        Ok(Pools { main: pool, log })
+        let journal = if in_memory {
+            None
+        } else {
+            Some(
+                SqliteConnectOptions::from_str(url)?
+                    .get_filename()
+                    .to_owned(),
+            )
+        };
+        Ok(Pools {
+            main: pool,
+            log,
+            journal,
+        })
     }
 
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
