@@ -49,6 +49,12 @@ pub struct Pools {
     pub journal: Option<std::path::PathBuf>,
 }
 
+/// The most access-log rows in one INSERT statement. sqlx looks every parameter up by position
+/// (`sqlite3_bind_parameter_name`, linear in the statement's parameters), so one statement of
+/// hundreds of rows costs quadratic time: a 300-row flush stalled the process for ~100 ms.
+/// Bigger batches are several statements in one transaction.
+const ROWS_PER_INSERT: usize = 32;
+
 /// Subjects whose zero-party data an exclusive store keeps in memory.
 const ZERO_PARTY_CACHE_SUBJECTS: u64 = 50_000;
 
@@ -316,7 +322,9 @@ impl<D: Dialect> SqlStore<D> {
             return Ok(());
         }
         let mut head = self.head.lock().await;
-        if let Some((seq, prev)) = head.take() {
+        if entries.len() <= ROWS_PER_INSERT
+            && let Some((seq, prev)) = head.take()
+        {
             let (records, last) = chain(entries, seq, prev);
             match insert_records(&records).execute(&self.log_pool).await {
                 Ok(_) => {
@@ -340,7 +348,9 @@ impl<D: Dialect> SqlStore<D> {
                 None => (0, access_log::GENESIS.to_owned()),
             };
         let (records, last) = chain(entries, seq, prev);
-        insert_records(&records).execute(&mut *tx).await?;
+        for rows in records.chunks(ROWS_PER_INSERT) {
+            insert_records(rows).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         *head = Some(last);
         Ok(())
