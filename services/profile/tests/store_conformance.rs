@@ -50,6 +50,24 @@ fn who(id: &str) -> SubjectRef {
 }
 
 impl Fixture {
+    /// Another store on the fixture's profile database (a replica, or the process after a
+    /// restart).
+    async fn another_store(&self) -> Arc<dyn ProfileStore> {
+        let url = &self._profile_db.url;
+        match self._profile_db.backend() {
+            Backend::Sqlite => Arc::new(
+                consentgate_profile::store::SqliteStore::connect(url)
+                    .await
+                    .expect("another store"),
+            ),
+            Backend::Postgres => Arc::new(
+                consentgate_profile::store::PostgresStore::connect(url)
+                    .await
+                    .expect("another store"),
+            ),
+        }
+    }
+
     async fn new(backend: Backend) -> Fixture {
         let consent_db = TestDb::new(backend).await;
         let policy = Arc::new(Policy::default_policy().expect("policy"));
@@ -615,18 +633,7 @@ async fn data_subject_requests_are_idempotent_by_key() {
 async fn two_replicas_appending_to_one_access_log_keep_one_chain() {
     for backend in backends() {
         let f = Fixture::new(backend).await;
-        let other: Arc<dyn ProfileStore> = match backend {
-            Backend::Sqlite => Arc::new(
-                consentgate_profile::store::SqliteStore::connect(&f._profile_db.url)
-                    .await
-                    .expect("second store"),
-            ),
-            Backend::Postgres => Arc::new(
-                consentgate_profile::store::PostgresStore::connect(&f._profile_db.url)
-                    .await
-                    .expect("second store"),
-            ),
-        };
+        let other = f.another_store().await;
         let draft = |i: u64| AccessDraft {
             subject_key: format!("s:r{}", i % 3),
             read_at: now_micros(),
@@ -672,21 +679,6 @@ async fn two_replicas_appending_to_one_access_log_keep_one_chain() {
 async fn recorded_reads_survive_a_store_that_stopped_before_chaining_them() {
     for backend in backends() {
         let f = Fixture::new(backend).await;
-        let open = || async {
-            let store: Arc<dyn ProfileStore> = match backend {
-                Backend::Sqlite => Arc::new(
-                    consentgate_profile::store::SqliteStore::connect(&f._profile_db.url)
-                        .await
-                        .expect("store"),
-                ),
-                Backend::Postgres => Arc::new(
-                    consentgate_profile::store::PostgresStore::connect(&f._profile_db.url)
-                        .await
-                        .expect("store"),
-                ),
-            };
-            store
-        };
         let draft = |i: u64| AccessDraft {
             subject_key: "s:cy".into(),
             read_at: now_micros(),
@@ -698,14 +690,14 @@ async fn recorded_reads_survive_a_store_that_stopped_before_chaining_them() {
             operation: "GetProfile".into(),
             items: 1,
         };
-        let first = open().await;
+        let first = f.another_store().await;
         first
             .append_access(&[draft(1), draft(2)])
             .await
             .expect("append");
         first.append_access(&[draft(3)]).await.expect("append");
         drop(first);
-        let second = open().await;
+        let second = f.another_store().await;
         let v = access_log::verify(second.as_ref()).await.expect("verify");
         assert_eq!((v.entries_checked, v.broken), (3, None), "{backend:?}");
         let revisions: Vec<u64> = second

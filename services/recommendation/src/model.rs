@@ -152,9 +152,9 @@ impl CoOccurrence {
         self.contributions.len()
     }
 
-    /// Every item found with `item`, with its cosine similarity, in no particular order (no
-    /// allocation: for ranking, which aggregates over many anchors).
-    pub fn neighbors<'a>(&'a self, item: &str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    /// Every item found with `item`, with its cosine similarity `c(i,j) / sqrt(c(i) c(j))`, as
+    /// model ids, in no particular order (no allocation: ranking aggregates over many anchors).
+    fn similarities<'a>(&'a self, item: &str) -> impl Iterator<Item = (u32, f64)> + 'a {
         let found = self.index.get(item).and_then(|i| {
             let ci = self.count(*i)?;
             Some((self.neighbors.get(i)?, ci))
@@ -163,11 +163,17 @@ impl CoOccurrence {
             row.iter().filter_map(move |(&other, &count)| {
                 let cj = self.count(other)?;
                 Some((
-                    self.ids[other as usize].as_str(),
+                    other,
                     f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
                 ))
             })
         })
+    }
+
+    /// Every item found with `item`, with its cosine similarity, in no particular order.
+    pub fn neighbors<'a>(&'a self, item: &str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        self.similarities(item)
+            .map(|(other, similarity)| (self.ids[other as usize].as_str(), similarity))
     }
 
     /// Resolves every interned item to its position in `catalog` (only the items interned since
@@ -200,48 +206,24 @@ impl CoOccurrence {
         let positions = (self.alignment.catalog == catalog.stamp()
             && self.alignment.positions.len() == self.ids.len())
         .then_some(self.alignment.positions.as_slice());
-        let found = self.index.get(item).and_then(|i| {
-            let ci = self.count(*i)?;
-            Some((self.neighbors.get(i)?, ci))
-        });
-        found.into_iter().flat_map(move |(row, ci)| {
-            row.iter().filter_map(move |(&other, &count)| {
-                let cj = self.count(other)?;
+        self.similarities(item)
+            .filter_map(move |(other, similarity)| {
                 let position = match positions {
                     Some(p) => usize::try_from(p[other as usize])
                         .ok()
                         .filter(|&p| p != u32::MAX as usize)?,
                     None => catalog.index(&self.ids[other as usize])?,
                 };
-                Some((
-                    position,
-                    f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
-                ))
+                Some((position, similarity))
             })
-        })
     }
 
     /// The items most often found with `item`, best first, scored by cosine similarity
     /// `c(i,j) / sqrt(c(i) c(j))`; ties by item id.
     pub fn similar(&self, item: &str, n: usize) -> Vec<(String, f64)> {
-        let Some(&i) = self.index.get(item) else {
-            return Vec::new();
-        };
-        let Some(ci) = self.count(i) else {
-            return Vec::new();
-        };
-        let Some(row) = self.neighbors.get(&i) else {
-            return Vec::new();
-        };
-        let mut scored: Vec<(String, f64)> = row
-            .iter()
-            .filter_map(|(&other, &count)| {
-                let cj = self.count(other)?;
-                Some((
-                    self.ids[other as usize].clone(),
-                    f64::from(count) / (f64::from(ci) * f64::from(cj)).sqrt(),
-                ))
-            })
+        let mut scored: Vec<(String, f64)> = self
+            .neighbors(item)
+            .map(|(id, similarity)| (id.to_owned(), similarity))
             .collect();
         scored.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
         scored.truncate(n);
