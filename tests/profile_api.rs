@@ -202,8 +202,8 @@ async fn read_all(
             context,
             attributes: Some(ppb::AttributeSelector::default()),
             events: Some(ppb::EventSelector {
-                kinds: Vec::new(),
                 limit: 1000,
+                ..Default::default()
             }),
             answers: Some(ppb::AnswerSelector::default()),
             ..Default::default()
@@ -1067,11 +1067,20 @@ async fn events_page_newest_first_and_filter_by_kind_and_time() {
                     }),
                     page_size: 7,
                     page_token: token.clone(),
+                    // Paging works whatever the mask leaves out (the token is not an event id
+                    // the caller must keep).
+                    read_mask: Some(prost_types::FieldMask {
+                        paths: vec!["item_id".into()],
+                    }),
                     ..Default::default()
                 })
                 .await
                 .expect("page")
                 .into_inner();
+            assert!(
+                page.events.iter().all(|e| e.event_id.is_empty()),
+                "{backend:?}: only the masked-in field"
+            );
             seen.extend(page.events.iter().map(|e| e.item_id.clone()));
             if page.next_page_token.is_empty() {
                 break;
@@ -1190,6 +1199,9 @@ async fn one_read_of_several_parts_returns_only_what_was_selected_and_logs_once(
                 events: Some(ppb::EventSelector {
                     kinds: vec![ppb::EventKind::ProductView as i32],
                     limit: 2,
+                    read_mask: Some(prost_types::FieldMask {
+                        paths: vec!["item_id".into(), "occurred_at".into()],
+                    }),
                 }),
                 answers: Some(ppb::AnswerSelector {
                     kinds: vec![ppb::AnswerKind::Preference as i32],
@@ -1212,6 +1224,19 @@ async fn one_read_of_several_parts_returns_only_what_was_selected_and_logs_once(
             "{backend:?}: newest product views"
         );
         assert!(r.more_events, "{backend:?}: a third product view is held");
+        for e in &r.events {
+            assert!(e.occurred_at.is_some(), "{backend:?}: a masked-in field");
+            assert_eq!(
+                (
+                    e.event_id.as_str(),
+                    e.kind,
+                    e.data_category.as_str(),
+                    e.purpose.as_str()
+                ),
+                ("", 0, "", ""),
+                "{backend:?}: fields outside the read mask are left empty"
+            );
+        }
         let answers: Vec<&str> = r.answers.iter().map(|a| a.answer.as_str()).collect();
         assert_eq!(answers, ["minimal"], "{backend:?}: only preference answers");
         assert!(r.decision.is_some_and(|d| d.revision > 0));
@@ -1234,6 +1259,7 @@ async fn one_read_of_several_parts_returns_only_what_was_selected_and_logs_once(
                     events: Some(ppb::EventSelector {
                         kinds: vec![99],
                         limit: 1001,
+                        ..Default::default()
                     }),
                     ..Default::default()
                 },
@@ -1246,10 +1272,25 @@ async fn one_read_of_several_parts_returns_only_what_was_selected_and_logs_once(
                     events: Some(ppb::EventSelector {
                         kinds: vec![99],
                         limit: 10,
+                        ..Default::default()
                     }),
                     ..Default::default()
                 },
                 "events.kinds[0]",
+            ),
+            (
+                ppb::ReadSubjectRequest {
+                    subject: subject("parts"),
+                    purpose: READ_PURPOSE.into(),
+                    events: Some(ppb::EventSelector {
+                        read_mask: Some(prost_types::FieldMask {
+                            paths: vec!["item_id".into(), "subject".into()],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "events.read_mask.paths[1]",
             ),
             (
                 ppb::ReadSubjectRequest {

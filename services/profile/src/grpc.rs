@@ -4,7 +4,8 @@
 
 use crate::access_log::AccessLog;
 use crate::model::{
-    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Source, now_micros,
+    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventField, EventFields,
+    EventKind, Source, now_micros,
 };
 use crate::reads;
 use crate::store::{EventQuery, ProfileStore, StoreError};
@@ -101,6 +102,29 @@ fn answer_kinds(v: &mut Violations, field: &str, kinds: &[i32]) -> Vec<AnswerKin
         }
     }
     out
+}
+
+/// The event fields a read mask names (empty mask: every field); an unknown path is a violation
+/// at `field.paths[i]`.
+fn event_fields(
+    v: &mut Violations,
+    field: &str,
+    mask: Option<&prost_types::FieldMask>,
+) -> EventFields {
+    let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
+        return EventFields::ALL;
+    };
+    let mut named = Vec::new();
+    for (i, path) in mask.paths.iter().enumerate() {
+        match EventField::parse(path) {
+            Some(f) => named.push(f),
+            None => v.add(
+                format!("{field}.paths[{i}]"),
+                format!("not a field of Event: {path:?}"),
+            ),
+        }
+    }
+    EventFields::only(named)
 }
 
 /// A page size from the wire: 1..=MAX_PAGE, 0 meaning 100.
@@ -382,19 +406,38 @@ fn event_kind_of(k: pb::EventKind) -> Option<EventKind> {
     })
 }
 
-pub(crate) fn event_pb(e: &Event) -> pb::Event {
+/// An event on the wire with only `fields` set.
+fn event_pb(e: &Event, fields: EventFields) -> pb::Event {
+    let has = |f| fields.has(f);
+    let text = |f, value: &String| if has(f) { value.clone() } else { String::new() };
     pb::Event {
-        event_id: e.event_id.clone(),
-        kind: event_kind_pb(e.kind) as i32,
-        occurred_at: Some(timestamp(e.occurred_at)),
-        item_id: e.item_id.clone(),
-        query: e.query.clone(),
-        page: e.page.clone(),
-        amount_minor: e.amount_minor,
-        currency: e.currency.clone(),
-        quantity: e.quantity,
-        data_category: e.kind.category().to_owned(),
-        purpose: e.collection.purpose.clone(),
+        event_id: text(EventField::EventId, &e.event_id),
+        kind: if has(EventField::Kind) {
+            event_kind_pb(e.kind) as i32
+        } else {
+            0
+        },
+        occurred_at: has(EventField::OccurredAt).then(|| timestamp(e.occurred_at)),
+        item_id: text(EventField::ItemId, &e.item_id),
+        query: text(EventField::Query, &e.query),
+        page: text(EventField::Page, &e.page),
+        amount_minor: if has(EventField::AmountMinor) {
+            e.amount_minor
+        } else {
+            0
+        },
+        currency: text(EventField::Currency, &e.currency),
+        quantity: if has(EventField::Quantity) {
+            e.quantity
+        } else {
+            0
+        },
+        data_category: if has(EventField::DataCategory) {
+            e.kind.category().to_owned()
+        } else {
+            String::new()
+        },
+        purpose: text(EventField::Purpose, &e.collection.purpose),
     }
 }
 
@@ -834,6 +877,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         check_token(&mut v, &r.at_least_as_fresh);
         let kinds = event_kinds(&mut v, "kinds", &r.kinds);
         let limit = page_size(&mut v, "page_size", r.page_size);
+        let fields = event_fields(&mut v, "read_mask", r.read_mask.as_ref());
         let after = if r.page_token.is_empty() {
             None
         } else {
@@ -862,6 +906,8 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             until: r.until.as_ref().map(micros_of),
             after,
             limit: limit + 1,
+            // The page token is made from the last event's id.
+            fields: fields.with(EventField::EventId),
         };
         let mut part =
             reads::events(self.shared.store.as_ref(), &decision, &query, &wanted).await?;
@@ -876,7 +922,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             .log_read(&decision, "ListEvents", returned, part.items.len())
             .await?;
         Ok(Response::new(pb::ListEventsResponse {
-            events: part.items.iter().map(event_pb).collect(),
+            events: part.items.iter().map(|e| event_pb(e, fields)).collect(),
             redactions: part.redactions,
             next_page_token,
             decision: Some(read_decision(&decision, part.applied)),
@@ -942,7 +988,8 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let events = r.events.as_ref().map(|e| {
             let kinds = event_kinds(&mut v, "events.kinds", &e.kinds);
             let limit = page_size(&mut v, "events.limit", e.limit);
-            (event_categories(&kinds), kinds, limit)
+            let fields = event_fields(&mut v, "events.read_mask", e.read_mask.as_ref());
+            (event_categories(&kinds), kinds, limit, fields)
         });
         let answers = r.answers.as_ref().map(|a| {
             let kinds = answer_kinds(&mut v, "answers.kinds", &a.kinds);
@@ -951,7 +998,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         v.finish()?;
         // One decision for every part: the union of their categories.
         let mut categories: Vec<String> = attributes.iter().flatten().cloned().collect();
-        categories.extend(events.iter().flat_map(|(c, _, _)| c.iter().cloned()));
+        categories.extend(events.iter().flat_map(|(c, ..)| c.iter().cloned()));
         categories.extend(answers.iter().flat_map(|(c, _)| c.iter().cloned()));
         categories.sort();
         categories.dedup();
@@ -976,7 +1023,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
                 }
             },
             async {
-                let Some((wanted, kinds, limit)) = events else {
+                let Some((wanted, kinds, limit, fields)) = events else {
                     return Ok(None);
                 };
                 let query = EventQuery {
@@ -985,9 +1032,10 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
                     until: None,
                     after: None,
                     limit: limit + 1,
+                    fields,
                 };
                 let part = reads::events(store, &decision, &query, &wanted).await?;
-                Ok::<_, Status>(Some((part, limit as usize)))
+                Ok::<_, Status>(Some((part, limit as usize, fields)))
             },
             async {
                 match answers {
@@ -1008,11 +1056,11 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             redactions.extend(part.redactions);
             applied.extend(part.applied);
         }
-        if let Some((mut part, limit)) = events {
+        if let Some((mut part, limit, fields)) = events {
             response.more_events = part.items.len() > limit;
             part.items.truncate(limit);
             returned.extend(part.items.iter().map(|e| e.kind.category().to_owned()));
-            response.events = part.items.iter().map(event_pb).collect();
+            response.events = part.items.iter().map(|e| event_pb(e, fields)).collect();
             redactions.extend(part.redactions);
         }
         if let Some(part) = answers {

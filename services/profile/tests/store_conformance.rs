@@ -9,8 +9,8 @@ use consentgate_gate::{Decision, Gate, GateConfig};
 use consentgate_policy::Policy;
 use consentgate_profile::access_log;
 use consentgate_profile::model::{
-    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventKind, Source, Table,
-    now_micros,
+    AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventField, EventFields,
+    EventKind, Source, Table, now_micros,
 };
 use consentgate_profile::store::{EventQuery, ProfileStore, SqlStore, StoreError};
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
@@ -400,6 +400,40 @@ async fn events_come_newest_first_filtered_and_paged() {
             .expect("read");
         assert_eq!(got.len(), 80);
         assert!(got.iter().all(|e| e.kind == EventKind::ProductView));
+
+        // A read of some fields returns the same events with only those fields (and the kind
+        // and time, which every read needs) set.
+        let newest = |fields| EventQuery {
+            limit: 5,
+            fields,
+            ..EventQuery::default()
+        };
+        let full = f
+            .store
+            .events(&d, &newest(EventFields::ALL))
+            .await
+            .expect("read");
+        assert!(
+            full.iter()
+                .all(|e| !e.event_id.is_empty() && e.collection.purpose == "marketing")
+        );
+        let slim = f
+            .store
+            .events(&d, &newest(EventFields::only([EventField::ItemId])))
+            .await
+            .expect("read");
+        let expected: Vec<Event> = full
+            .iter()
+            .map(|e| Event {
+                event_id: String::new(),
+                collection: Collection {
+                    purpose: String::new(),
+                    notice_version: String::new(),
+                },
+                ..e.clone()
+            })
+            .collect();
+        assert_eq!(slim, expected, "{backend:?}");
     }
 }
 

@@ -299,7 +299,13 @@ impl Recommender {
                         revision,
                     );
                 }
-                model.align(&catalog);
+                model.prepare(
+                    &catalog,
+                    read.history
+                        .iter()
+                        .take(ranking::ANCHORS)
+                        .map(|h| h.item_id.as_str()),
+                );
                 ranking::profiled(
                     &catalog,
                     &model,
@@ -346,7 +352,11 @@ impl Recommender {
             }
             (Tier::Contextual, _) => {
                 let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-                model.align(&catalog);
+                model.prepare(
+                    &catalog,
+                    std::iter::once(moment.current_item.as_str())
+                        .chain(moment.session_items.iter().map(String::as_str)),
+                );
                 ranking::contextual(&catalog, &model, &moment, n)
             }
             _ => ranking::popular(&catalog, n),

@@ -46,7 +46,19 @@ struct Alignment {
     catalog: u64,
     /// By model id: the catalog position, or `u32::MAX` when the catalog lacks the item.
     positions: Vec<u32>,
+    /// By model id: the item's similarities as `(catalog position, similarity)`, for the items
+    /// ranking anchored on (see [`CoOccurrence::prepare`]). A request then reads a flat list per
+    /// anchor instead of walking a hash map and computing a square root per neighbor. A row is
+    /// dropped as soon as a learn or unlearn changes any similarity in it, so it is always what
+    /// a walk would give: derived data, unlearned with the counts.
+    rows: Vec<Option<Box<[(u32, f64)]>>>,
+    /// Entries held in `rows`, bounded by [`MAX_CACHED_SIMILARITIES`].
+    cached: usize,
 }
+
+/// The most `(position, similarity)` entries the model keeps precomputed (16 bytes each: 64 MiB).
+/// Past it, every row is dropped and rows are computed again as ranking asks for them.
+const MAX_CACHED_SIMILARITIES: usize = 4 << 20;
 
 /// The model's counts in a canonical form (by item id, zeros omitted), to compare two models.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -135,6 +147,30 @@ impl CoOccurrence {
                 }
             }
         }
+        self.drop_rows_touched_by(items);
+    }
+
+    /// Drops the precomputed rows whose similarities a learn or unlearn of `items` changed: the
+    /// rows of the items themselves (their counts and pairs moved) and of every item now found
+    /// with one of them (its similarity to it moved with the count). An item that was found
+    /// with one of them only through this subject is itself in `items`.
+    fn drop_rows_touched_by(&mut self, items: &BTreeSet<u32>) {
+        let rows = &mut self.alignment.rows;
+        let cached = &mut self.alignment.cached;
+        if *cached == 0 {
+            return;
+        }
+        let mut drop = |i: u32| {
+            if let Some(row) = rows.get_mut(i as usize).and_then(Option::take) {
+                *cached -= row.len();
+            }
+        };
+        for &j in items {
+            drop(j);
+            for &x in self.neighbors.get(&j).into_iter().flat_map(HashMap::keys) {
+                drop(x);
+            }
+        }
     }
 
     /// How many subjects hold model item `i`, if any do.
@@ -155,10 +191,17 @@ impl CoOccurrence {
     /// Every item found with `item`, with its cosine similarity `c(i,j) / sqrt(c(i) c(j))`, as
     /// model ids, in no particular order (no allocation: ranking aggregates over many anchors).
     fn similarities<'a>(&'a self, item: &str) -> impl Iterator<Item = (u32, f64)> + 'a {
-        let found = self.index.get(item).and_then(|i| {
-            let ci = self.count(*i)?;
-            Some((self.neighbors.get(i)?, ci))
-        });
+        self.index
+            .get(item)
+            .into_iter()
+            .flat_map(|&i| self.similarities_of(i))
+    }
+
+    /// [`CoOccurrence::similarities`] of model item `i`.
+    fn similarities_of(&self, i: u32) -> impl Iterator<Item = (u32, f64)> + '_ {
+        let found = self
+            .count(i)
+            .and_then(|ci| Some((self.neighbors.get(&i)?, ci)));
         found.into_iter().flat_map(move |(row, ci)| {
             row.iter().filter_map(move |(&other, &count)| {
                 let cj = self.count(other)?;
@@ -183,6 +226,8 @@ impl CoOccurrence {
             self.alignment = Alignment {
                 catalog: catalog.stamp(),
                 positions: Vec::with_capacity(self.ids.len()),
+                rows: Vec::new(),
+                cached: 0,
             };
         }
         let known = self.alignment.positions.len();
@@ -196,26 +241,84 @@ impl CoOccurrence {
             }));
     }
 
+    /// Aligns to `catalog` (see [`CoOccurrence::align`]) and precomputes the similarity rows of
+    /// `anchors` (item ids) that are not held yet, so that [`CoOccurrence::neighbors_in`] reads
+    /// them as flat lists.
+    pub fn prepare<'a>(&mut self, catalog: &Catalog, anchors: impl IntoIterator<Item = &'a str>) {
+        self.align(catalog);
+        let mut wanted: Vec<u32> = Vec::new();
+        for anchor in anchors {
+            let Some(&i) = self.index.get(anchor) else {
+                continue;
+            };
+            if self.row(i).is_none() && !wanted.contains(&i) {
+                wanted.push(i);
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let computed: Vec<(u32, Box<[(u32, f64)]>)> = wanted
+            .into_iter()
+            .map(|i| {
+                let row = self
+                    .similarities_of(i)
+                    .filter_map(|(other, similarity)| {
+                        let position = self.alignment.positions[other as usize];
+                        (position != u32::MAX).then_some((position, similarity))
+                    })
+                    .collect();
+                (i, row)
+            })
+            .collect();
+        let alignment = &mut self.alignment;
+        if alignment.cached + computed.iter().map(|(_, r)| r.len()).sum::<usize>()
+            > MAX_CACHED_SIMILARITIES
+        {
+            alignment.rows.clear();
+            alignment.cached = 0;
+        }
+        alignment.rows.resize(self.ids.len(), None);
+        for (i, row) in computed {
+            alignment.cached += row.len();
+            alignment.rows[i as usize] = Some(row);
+        }
+    }
+
+    /// The precomputed row of model item `i`, if held.
+    fn row(&self, i: u32) -> Option<&[(u32, f64)]> {
+        self.alignment.rows.get(i as usize)?.as_deref()
+    }
+
     /// Like [`CoOccurrence::neighbors`], as positions in `catalog`, skipping items it lacks. Fast
-    /// when the model is aligned to `catalog`; correct either way (it looks ids up otherwise).
+    /// when the model is aligned to `catalog` (a flat list when the item's row was prepared);
+    /// correct either way (it looks ids up otherwise).
     pub fn neighbors_in<'a>(
         &'a self,
         catalog: &'a Catalog,
         item: &str,
     ) -> impl Iterator<Item = (usize, f64)> + 'a {
-        let positions = (self.alignment.catalog == catalog.stamp()
-            && self.alignment.positions.len() == self.ids.len())
-        .then_some(self.alignment.positions.as_slice());
-        self.similarities(item)
-            .filter_map(move |(other, similarity)| {
-                let position = match positions {
-                    Some(p) => usize::try_from(p[other as usize])
-                        .ok()
-                        .filter(|&p| p != u32::MAX as usize)?,
-                    None => catalog.index(&self.ids[other as usize])?,
-                };
-                Some((position, similarity))
-            })
+        let aligned = self.alignment.catalog == catalog.stamp()
+            && self.alignment.positions.len() == self.ids.len();
+        let positions = aligned.then_some(self.alignment.positions.as_slice());
+        let prepared = aligned.then(|| self.row(*self.index.get(item)?)).flatten();
+        let walked = prepared.is_none().then(|| {
+            self.similarities(item)
+                .filter_map(move |(other, similarity)| {
+                    let position = match positions {
+                        Some(p) => usize::try_from(p[other as usize])
+                            .ok()
+                            .filter(|&p| p != u32::MAX as usize)?,
+                        None => catalog.index(&self.ids[other as usize])?,
+                    };
+                    Some((position, similarity))
+                })
+        });
+        prepared
+            .into_iter()
+            .flatten()
+            .map(|&(position, similarity)| (position as usize, similarity))
+            .chain(walked.into_iter().flatten())
     }
 
     /// The items most often found with `item`, best first, scored by cosine similarity

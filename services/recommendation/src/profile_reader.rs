@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
+/// The event fields a history read asks for: what [`HistoryItem`] holds.
+const HISTORY_FIELDS: [&str; 3] = ["item_id", "kind", "occurred_at"];
+
 /// One event of a subject's history, as much as ranking needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryItem {
@@ -97,6 +100,11 @@ impl ProfileReader {
                 events: history.map(|(kinds, limit)| ppb::EventSelector {
                     kinds: kinds.iter().map(|k| *k as i32).collect(),
                     limit,
+                    // Only what ranking uses: less personal data on the wire, and a fraction
+                    // of the read's cost.
+                    read_mask: Some(prost_types::FieldMask {
+                        paths: HISTORY_FIELDS.iter().map(|f| (*f).to_owned()).collect(),
+                    }),
                 }),
                 answers: preferences.then(|| ppb::AnswerSelector {
                     kinds: vec![ppb::AnswerKind::Preference as i32],

@@ -480,15 +480,18 @@ impl<T> Dense<T> {
     }
 }
 
-/// Similarity to the 20 most recent history items, summed per related item, with the first
-/// anchor that related it.
+/// How many of the most recent history items the profiled tier anchors on.
+pub const ANCHORS: usize = 20;
+
+/// Similarity to the [`ANCHORS`] most recent history items, summed per related item, with the
+/// first anchor that related it.
 fn related_items(
     catalog: &Catalog,
     model: &CoOccurrence,
     history: &[HistoryItem],
 ) -> Dense<(f64, Why)> {
     let mut related = Dense::new(catalog.items().len());
-    for h in history.iter().take(20) {
+    for h in history.iter().take(ANCHORS) {
         let Some(anchor) = catalog.index(&h.item_id) else {
             continue;
         };
@@ -603,7 +606,7 @@ mod tests {
         n: usize,
     ) -> Vec<Pick> {
         let mut related: HashMap<usize, (f64, Why)> = HashMap::default();
-        for h in history.iter().take(20) {
+        for h in history.iter().take(ANCHORS) {
             let Some(anchor) = catalog.index(&h.item_id) else {
                 continue;
             };
@@ -775,14 +778,10 @@ mod tests {
             ["", "rain", "sunny", "snow", "fog"],
         );
         // The model's alignment to catalog positions is exercised fresh, stale (items interned
-        // since), against another catalog, and absent: every state must rank the same.
+        // since), against another catalog, and absent, and its precomputed rows fresh and after
+        // learns and unlearns that change them: every state must rank the same.
         let other_catalog = Catalog::demo(400);
         for case in 0..400 {
-            match case % 4 {
-                0 | 1 => model.align(&catalog),
-                2 => model.align(&other_catalog),
-                _ => {}
-            }
             if case % 40 == 20 {
                 let unknown = format!("late-unknown-{case}");
                 let late = [ids[rng.below(300)].as_str(), &unknown, &ids[rng.below(300)]];
@@ -802,6 +801,28 @@ mod tests {
                     at: k as i64,
                 })
                 .collect();
+            match case % 5 {
+                0 | 1 => model.prepare(
+                    &catalog,
+                    history.iter().take(ANCHORS).map(|h| h.item_id.as_str()),
+                ),
+                2 => model.align(&catalog),
+                3 => model.align(&other_catalog),
+                _ => {}
+            }
+            if case % 5 == 1 {
+                // A subject re-learned or withdrawn after the rows were prepared, sharing an
+                // anchor: the rows it changed must not be read stale.
+                let subject = format!("s{}", rng.below(60));
+                if rng.below(2) == 0 {
+                    let mut basket: Vec<&str> =
+                        history.iter().take(2).map(|h| h.item_id.as_str()).collect();
+                    basket.extend((0..6).map(|_| ids[rng.below(300)].as_str()));
+                    model.learn(&subject, basket, case);
+                } else {
+                    model.unlearn(&subject);
+                }
+            }
             let session: Vec<String> = (0..rng.below(3))
                 .map(|_| ids[rng.below(5000)].clone())
                 .collect();

@@ -15,7 +15,8 @@ pub use sql::{Dialect, SqlStore};
 pub use sqlite::{Sqlite as SqliteDialect, SqliteStore};
 
 use crate::model::{
-    AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventKind, Holding, Table,
+    AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventFields, EventKind,
+    Holding, Table,
 };
 use consentgate_gate::Decision;
 use std::sync::Arc;
@@ -74,6 +75,9 @@ pub struct EventQuery {
     pub after: Option<(i64, String)>,
     /// At most this many.
     pub limit: u32,
+    /// The fields to read; the others are left empty. `kind` and `occurred_at` are always read
+    /// (the decision is checked per kind's category).
+    pub fields: EventFields,
 }
 
 /// The profile store.

@@ -6,7 +6,7 @@ use super::{EventQuery, ProfileStore, StoreError};
 use crate::access_log;
 use crate::model::{
     AccessDraft, AccessRecord, Answer, AnswerKind, Attribute, Collection, DsarRequest, Event,
-    EventKind, Holding, Source, Table, now_micros,
+    EventField, EventFields, EventKind, Holding, Source, Table, now_micros,
 };
 use consentgate_gate::Decision;
 use sqlx::any::AnyRow;
@@ -124,22 +124,72 @@ fn attribute_of(r: &AnyRow) -> Result<Attribute, StoreError> {
 const ATTRIBUTE_COLUMNS: &str =
     "name, value, category, source, partner, purpose, notice_version, collected_at, updated_at";
 
-fn event_of(r: &AnyRow) -> Result<Event, StoreError> {
-    Ok(Event {
-        event_id: r.get(0),
-        kind: EventKind::parse(&r.get::<String, _>(1)).ok_or_else(|| corrupt("event kind"))?,
-        occurred_at: r.get(2),
-        item_id: r.get(3),
-        query: r.get(4),
-        page: r.get(5),
-        amount_minor: r.get(6),
-        currency: r.get(7),
-        quantity: u32::try_from(r.get::<i64, _>(8)).unwrap_or(0),
+/// The `events` columns behind each optional field, in the order [`event_of`] reads them after
+/// `kind, occurred_at`.
+const EVENT_COLUMNS: [(EventField, &str); 8] = [
+    (EventField::EventId, "event_id"),
+    (EventField::ItemId, "item_id"),
+    (EventField::Query, "query"),
+    (EventField::Page, "page"),
+    (EventField::AmountMinor, "amount_minor"),
+    (EventField::Currency, "currency"),
+    (EventField::Quantity, "quantity"),
+    (EventField::Purpose, "purpose, notice_version"),
+];
+
+/// The select list for `fields`: `kind, occurred_at` and the columns of the fields asked for.
+fn event_select(fields: EventFields) -> String {
+    let mut list = String::from("kind, occurred_at");
+    for (field, columns) in EVENT_COLUMNS {
+        if fields.has(field) {
+            list.push_str(", ");
+            list.push_str(columns);
+        }
+    }
+    list
+}
+
+/// An event from a row of [`event_select`]`(fields)`; the fields not read are left empty.
+fn event_of(r: &AnyRow, fields: EventFields) -> Result<Event, StoreError> {
+    let mut event = Event {
+        event_id: String::new(),
+        kind: EventKind::parse(&r.get::<String, _>(0)).ok_or_else(|| corrupt("event kind"))?,
+        occurred_at: r.get(1),
+        item_id: String::new(),
+        query: String::new(),
+        page: String::new(),
+        amount_minor: 0,
+        currency: String::new(),
+        quantity: 0,
         collection: Collection {
-            purpose: r.get(9),
-            notice_version: r.get(10),
+            purpose: String::new(),
+            notice_version: String::new(),
         },
-    })
+    };
+    let mut column = 2..;
+    let mut next = || column.next().unwrap_or(usize::MAX);
+    for (field, _) in EVENT_COLUMNS {
+        if !fields.has(field) {
+            continue;
+        }
+        match field {
+            EventField::EventId => event.event_id = r.get(next()),
+            EventField::ItemId => event.item_id = r.get(next()),
+            EventField::Query => event.query = r.get(next()),
+            EventField::Page => event.page = r.get(next()),
+            EventField::AmountMinor => event.amount_minor = r.get(next()),
+            EventField::Currency => event.currency = r.get(next()),
+            EventField::Quantity => {
+                event.quantity = u32::try_from(r.get::<i64, _>(next())).unwrap_or(0);
+            }
+            EventField::Purpose => {
+                event.collection.purpose = r.get(next());
+                event.collection.notice_version = r.get(next());
+            }
+            EventField::Kind | EventField::OccurredAt | EventField::DataCategory => {}
+        }
+    }
+    Ok(event)
 }
 
 fn answer_of(r: &AnyRow) -> Result<Answer, StoreError> {
@@ -555,7 +605,8 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             return Ok(Vec::new());
         }
         let mut sql = format!(
-            "SELECT event_id, kind, occurred_at, item_id, query, page, amount_minor, currency, quantity, purpose, notice_version FROM events WHERE subject = $1 AND kind IN ({})",
+            "SELECT {} FROM events WHERE subject = $1 AND kind IN ({})",
+            event_select(query.fields),
             placeholders(2, kinds.len())
         );
         let mut next = 2 + kinds.len();
@@ -594,7 +645,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         q.fetch_all(&self.pool)
             .await?
             .iter()
-            .map(event_of)
+            .map(|r| event_of(r, query.fields))
             .collect()
     }
 
