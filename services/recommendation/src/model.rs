@@ -46,14 +46,40 @@ struct Alignment {
     catalog: u64,
     /// By model id: the catalog position, or `u32::MAX` when the catalog lacks the item.
     positions: Vec<u32>,
-    /// By model id: the item's similarities as `(catalog position, similarity)`, for the items
-    /// ranking anchored on (see [`CoOccurrence::prepare`]). A request then reads a flat list per
-    /// anchor instead of walking a hash map and computing a square root per neighbor. A row is
+    /// By model id: the item's [`NEAREST`] neighbors in the catalog as `(position, similarity)`,
+    /// for the items ranking anchored on (see [`CoOccurrence::prepare`]). A request then reads
+    /// a short flat list per anchor instead of walking and sorting a hash map's row. A row is
     /// dropped as soon as a learn or unlearn changes any similarity in it, so it is always what
     /// a walk would give: derived data, unlearned with the counts.
     rows: Vec<Option<Box<[(u32, f64)]>>>,
     /// Entries held in `rows`, bounded by [`MAX_CACHED_SIMILARITIES`].
     cached: usize,
+}
+
+/// How many of an item's neighbors ranking relates it to: its most similar ones. Weaker
+/// co-occurrences are mostly chance, and a request anchored on 20 items then scores about a
+/// thousand related items instead of most of the catalog.
+pub const NEAREST: usize = 50;
+
+/// The [`NEAREST`] of `(position, similarity)` in `catalog`, in [`nearness`] order.
+fn nearest(catalog: &Catalog, found: impl Iterator<Item = (usize, f64)>) -> Vec<(usize, f64)> {
+    let mut all: Vec<(usize, f64)> = found.collect();
+    let order = |a: &(usize, f64), b: &(usize, f64)| nearness(catalog, *a, *b);
+    if all.len() > NEAREST {
+        all.select_nth_unstable_by(NEAREST - 1, order);
+        all.truncate(NEAREST);
+    }
+    all.sort_unstable_by(order);
+    all
+}
+
+/// The order of an item's neighbors `(position, similarity)`: most similar first; among equally
+/// similar ones (sparse counts tie often), the more popular, then the lower position.
+pub fn nearness(catalog: &Catalog, a: (usize, f64), b: (usize, f64)) -> std::cmp::Ordering {
+    let popularity = |p: usize| catalog.items().get(p).map_or(0, |i| i.popularity);
+    b.1.total_cmp(&a.1)
+        .then_with(|| popularity(b.0).cmp(&popularity(a.0)))
+        .then(a.0.cmp(&b.0))
 }
 
 /// The most `(position, similarity)` entries the model keeps precomputed (16 bytes each: 64 MiB).
@@ -220,7 +246,7 @@ impl CoOccurrence {
     }
 
     /// Resolves every interned item to its position in `catalog` (only the items interned since
-    /// the last call, unless the catalog changed), for [`CoOccurrence::neighbors_in`].
+    /// the last call, unless the catalog changed), for [`CoOccurrence::for_each_nearest_in`].
     pub fn align(&mut self, catalog: &Catalog) {
         if self.alignment.catalog != catalog.stamp() {
             self.alignment = Alignment {
@@ -241,8 +267,8 @@ impl CoOccurrence {
             }));
     }
 
-    /// Aligns to `catalog` (see [`CoOccurrence::align`]) and precomputes the similarity rows of
-    /// `anchors` (item ids) that are not held yet, so that [`CoOccurrence::neighbors_in`] reads
+    /// Aligns to `catalog` (see [`CoOccurrence::align`]) and precomputes the rows of `anchors`
+    /// (item ids) that are not held yet, so that [`CoOccurrence::for_each_nearest_in`] reads
     /// them as flat lists.
     pub fn prepare<'a>(&mut self, catalog: &Catalog, anchors: impl IntoIterator<Item = &'a str>) {
         self.align(catalog);
@@ -258,15 +284,17 @@ impl CoOccurrence {
         if wanted.is_empty() {
             return;
         }
+        let positions = &self.alignment.positions;
         let computed: Vec<(u32, Box<[(u32, f64)]>)> = wanted
             .into_iter()
             .map(|i| {
-                let row = self
-                    .similarities_of(i)
-                    .filter_map(|(other, similarity)| {
-                        let position = self.alignment.positions[other as usize];
-                        (position != u32::MAX).then_some((position, similarity))
-                    })
+                let found = self.similarities_of(i).filter_map(|(other, similarity)| {
+                    let position = positions[other as usize];
+                    (position != u32::MAX).then_some((position as usize, similarity))
+                });
+                let row = nearest(catalog, found)
+                    .into_iter()
+                    .map(|(position, similarity)| (position as u32, similarity))
                     .collect();
                 (i, row)
             })
@@ -290,35 +318,39 @@ impl CoOccurrence {
         self.alignment.rows.get(i as usize)?.as_deref()
     }
 
-    /// Like [`CoOccurrence::neighbors`], as positions in `catalog`, skipping items it lacks. Fast
-    /// when the model is aligned to `catalog` (a flat list when the item's row was prepared);
-    /// correct either way (it looks ids up otherwise).
-    pub fn neighbors_in<'a>(
-        &'a self,
-        catalog: &'a Catalog,
+    /// Calls `f(position, similarity)` for the [`NEAREST`] items of `catalog` most similar to
+    /// `item` (cosine similarity), in [`nearness`] order. A flat list
+    /// when the model is aligned to `catalog` and the item's row was prepared (see
+    /// [`CoOccurrence::prepare`]); the same items otherwise, found the slow way. A callback
+    /// rather than an iterator: ranking calls it for thousands of items per request, and a loop
+    /// over a slice is several times cheaper than a chain of iterator adapters.
+    pub fn for_each_nearest_in(
+        &self,
+        catalog: &Catalog,
         item: &str,
-    ) -> impl Iterator<Item = (usize, f64)> + 'a {
+        mut f: impl FnMut(usize, f64),
+    ) {
         let aligned = self.alignment.catalog == catalog.stamp()
             && self.alignment.positions.len() == self.ids.len();
+        if aligned && let Some(row) = self.index.get(item).and_then(|&i| self.row(i)) {
+            for &(position, similarity) in row {
+                f(position as usize, similarity);
+            }
+            return;
+        }
         let positions = aligned.then_some(self.alignment.positions.as_slice());
-        let prepared = aligned.then(|| self.row(*self.index.get(item)?)).flatten();
-        let walked = prepared.is_none().then(|| {
-            self.similarities(item)
-                .filter_map(move |(other, similarity)| {
-                    let position = match positions {
-                        Some(p) => usize::try_from(p[other as usize])
-                            .ok()
-                            .filter(|&p| p != u32::MAX as usize)?,
-                        None => catalog.index(&self.ids[other as usize])?,
-                    };
-                    Some((position, similarity))
-                })
+        let found = self.similarities(item).filter_map(|(other, similarity)| {
+            let position = match positions {
+                Some(p) => Some(p[other as usize])
+                    .filter(|&p| p != u32::MAX)
+                    .map(|p| p as usize)?,
+                None => catalog.index(&self.ids[other as usize])?,
+            };
+            Some((position, similarity))
         });
-        prepared
-            .into_iter()
-            .flatten()
-            .map(|&(position, similarity)| (position as usize, similarity))
-            .chain(walked.into_iter().flatten())
+        for (position, similarity) in nearest(catalog, found) {
+            f(position, similarity);
+        }
     }
 
     /// The items most often found with `item`, best first, scored by cosine similarity

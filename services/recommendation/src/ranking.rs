@@ -247,9 +247,9 @@ pub fn contextual(catalog: &Catalog, model: &CoOccurrence, moment: &Moment, n: u
             .map(|s| (s.as_str(), Why::WithSession)),
     );
     for (anchor, why) in anchors.filter(|(a, _)| !a.is_empty()) {
-        for (index, similarity) in model.neighbors_in(catalog, anchor) {
+        model.for_each_nearest_in(catalog, anchor, |index, similarity| {
             related.entry(index).or_insert((0.0, why)).0 += similarity;
-        }
+        });
     }
     let current_leaf = catalog
         .get(&moment.current_item)
@@ -483,8 +483,9 @@ impl<T> Dense<T> {
 /// How many of the most recent history items the profiled tier anchors on.
 pub const ANCHORS: usize = 20;
 
-/// Similarity to the [`ANCHORS`] most recent history items, summed per related item, with the
-/// first anchor that related it.
+/// Similarity to the [`ANCHORS`] most recent history items (each relating its
+/// [`NEAREST`](crate::model::NEAREST) neighbors), summed per related item, with the first anchor
+/// that related it.
 fn related_items(
     catalog: &Catalog,
     model: &CoOccurrence,
@@ -500,9 +501,9 @@ fn related_items(
         } else {
             Why::Viewed(anchor)
         };
-        for (index, similarity) in model.neighbors_in(catalog, &h.item_id) {
+        model.for_each_nearest_in(catalog, &h.item_id, |index, similarity| {
             related.or_insert(index, (0.0, why)).0 += similarity;
-        }
+        });
     }
     related
 }
@@ -557,6 +558,7 @@ fn unboosted(base: &Baseline, n: usize, skip: impl Fn(usize) -> bool) -> Vec<Sco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{NEAREST, nearness};
 
     // The full scans the tiers used before the baseline: the reference they must equal.
     /// The limited tier: what the person told us (zero-party), then the moment.
@@ -615,10 +617,15 @@ mod tests {
             } else {
                 Why::Viewed(anchor)
             };
-            for (id, similarity) in model.neighbors(&h.item_id) {
-                if let Some(index) = catalog.index(id) {
-                    related.entry(index).or_insert((0.0, why)).0 += similarity;
-                }
+            // The anchor's nearest catalog items.
+            let mut nearest: Vec<(usize, f64)> = model
+                .neighbors(&h.item_id)
+                .filter_map(|(id, similarity)| Some((catalog.index(id)?, similarity)))
+                .collect();
+            nearest.sort_by(|a, b| nearness(catalog, *a, *b));
+            nearest.truncate(NEAREST);
+            for (index, similarity) in nearest {
+                related.entry(index).or_insert((0.0, why)).0 += similarity;
             }
         }
         let needles = needles(preferences);
