@@ -51,10 +51,14 @@ struct Alignment {
     /// a short flat list per anchor instead of walking and sorting a hash map's row. A row is
     /// dropped as soon as a learn or unlearn changes any similarity in it, so it is always what
     /// a walk would give: derived data, unlearned with the counts.
-    rows: Vec<Option<Box<[(u32, f64)]>>>,
+    rows: Vec<Option<NearestRow>>,
     /// Entries held in `rows`, bounded by [`MAX_CACHED_SIMILARITIES`].
     cached: usize,
 }
+
+/// An item's nearest neighbors in one catalog: `(catalog position, similarity)`, in
+/// [`nearness`] order.
+type NearestRow = Box<[(u32, f64)]>;
 
 /// How many of an item's neighbors ranking relates it to: its most similar ones. Weaker
 /// co-occurrences are mostly chance, and a request anchored on 20 items then scores about a
@@ -285,7 +289,7 @@ impl CoOccurrence {
             return;
         }
         let positions = &self.alignment.positions;
-        let computed: Vec<(u32, Box<[(u32, f64)]>)> = wanted
+        let computed: Vec<(u32, NearestRow)> = wanted
             .into_iter()
             .map(|i| {
                 let found = self.similarities_of(i).filter_map(|(other, similarity)| {
