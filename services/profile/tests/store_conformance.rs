@@ -438,6 +438,84 @@ async fn events_come_newest_first_filtered_and_paged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_events_stay_current_through_writes_erasure_and_deep_histories() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        f.grant("ivy", "marketing", "1.2").await;
+        let d = f.decide("ivy", "marketing", &MARKETING_CATEGORIES).await;
+        // 40 old purchases under 1,100 newer views: deeper than a store keeps in memory.
+        let events: Vec<Event> = (0..1_140)
+            .map(|i| {
+                let kind = if i < 40 {
+                    EventKind::Purchase
+                } else {
+                    EventKind::ProductView
+                };
+                event(kind, 10_000 + i, &format!("i{i}"))
+            })
+            .collect();
+        f.store.put_events(&d, &events).await.expect("put");
+        let newest = |kinds: Vec<EventKind>, limit| EventQuery {
+            kinds,
+            limit,
+            ..EventQuery::default()
+        };
+        let views = f
+            .store
+            .events(&d, &newest(vec![EventKind::ProductView], 3))
+            .await
+            .expect("views");
+        let at: Vec<i64> = views.iter().map(|e| e.occurred_at).collect();
+        assert_eq!(at, [11_139, 11_138, 11_137], "{backend:?}");
+        let purchases = f
+            .store
+            .events(&d, &newest(vec![EventKind::Purchase], 100))
+            .await
+            .expect("purchases");
+        assert_eq!(
+            purchases.len(),
+            40,
+            "{backend:?}: purchases older than the newest thousand events are still found"
+        );
+        assert_eq!(purchases[0].occurred_at, 10_039, "{backend:?}");
+
+        // A write is seen by the next read.
+        f.store
+            .put_events(&d, &[event(EventKind::Purchase, 20_000, "fresh")])
+            .await
+            .expect("put");
+        let latest = f
+            .store
+            .events(&d, &newest(Vec::new(), 1))
+            .await
+            .expect("latest");
+        assert_eq!(latest[0].item_id, "fresh", "{backend:?}");
+        // A decision that denies purchase history sees none of it, held in memory or not.
+        let browsing = f
+            .decide("ivy", "marketing", &["user.behavior.browsing_history"])
+            .await;
+        let seen = f
+            .store
+            .events(&browsing, &newest(Vec::new(), 1000))
+            .await
+            .expect("browsing");
+        assert_eq!(seen.len(), 1000, "{backend:?}");
+        assert!(seen.iter().all(|e| e.kind == EventKind::ProductView));
+
+        // Erasure leaves nothing to read.
+        f.store.erase_subject(d.subject_key()).await.expect("erase");
+        assert!(
+            f.store
+                .events(&d, &newest(Vec::new(), 10))
+                .await
+                .expect("after erasure")
+                .is_empty(),
+            "{backend:?}: erased events were still served"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_rectify_erase_and_retention() {
     for backend in backends() {
         let f = Fixture::new(backend).await;

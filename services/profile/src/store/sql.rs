@@ -58,6 +58,21 @@ const ROWS_PER_INSERT: usize = 32;
 /// Subjects whose zero-party data an exclusive store keeps in memory.
 const ZERO_PARTY_CACHE_SUBJECTS: u64 = 50_000;
 
+/// The newest events of a subject an exclusive store keeps in memory: what a history read asks
+/// for (the recommendation service reads 40, or 500 to learn a subject; pages hold up to 1,000).
+const RECENT_EVENTS: usize = 1000;
+
+/// Events held in memory across subjects (a few hundred bytes each: about 50 MB).
+const RECENT_EVENTS_CACHED: u64 = 200_000;
+
+/// A subject's newest events, all kinds and fields, newest first (the store's order), as held in
+/// memory.
+struct RecentEvents {
+    events: Vec<Event>,
+    /// Whether these are all of the subject's events (else older ones exist in the database).
+    complete: bool,
+}
+
 /// What a subject shared or was asked about itself: its attribute rows (by name) and answers
 /// (oldest first), all categories, as held in memory.
 struct ZeroParty {
@@ -82,14 +97,21 @@ pub struct SqlStore<D> {
     /// A subject's zero-party data (attribute rows and answers, all categories), only where
     /// `D::SINGLE_WRITER`: a warm gated `GetProfile` or preference read then costs no query.
     /// Every write of attributes or answers invalidates the subject after committing
-    /// (retention: everyone), and `zero_party_writes` moves, so a read that raced a write drops
+    /// (retention: everyone), and `held_writes` moves, so a read that raced a write drops
     /// what it cached. Denied categories are filtered out per read, as from the database.
     zero_party_cache: Option<moka::sync::Cache<String, Arc<ZeroParty>>>,
-    /// Counts committed zero-party writes; see `zero_party_cache`. A lock rather than an atomic:
+    /// A subject's newest events (up to [`RECENT_EVENTS`], all kinds and fields), on the same
+    /// terms as `zero_party_cache`: only where `D::SINGLE_WRITER`, invalidated after every
+    /// event write, erasure and retention sweep, kinds the decision denies filtered out per
+    /// read. A recommendation's history read (the newest 40 views and purchases) then costs no
+    /// query and no hand-off to SQLite's worker thread. Bounded by events held, not subjects.
+    recent_events_cache: Option<moka::sync::Cache<String, Arc<RecentEvents>>>,
+    /// Counts committed writes of what the caches hold; see `zero_party_cache`. A lock rather
+    /// than an atomic:
     /// a read's "nothing was written since I started, so cache what I read" and a write's "count
     /// me and invalidate" must not interleave, or a stale read could be cached for an instant
     /// after the write returned.
-    zero_party_writes: std::sync::Mutex<u64>,
+    held_writes: std::sync::Mutex<u64>,
     dialect: PhantomData<D>,
 }
 
@@ -192,6 +214,40 @@ fn event_of(r: &AnyRow, fields: EventFields) -> Result<Event, StoreError> {
     Ok(event)
 }
 
+/// `event` with only what a read of `fields` gives (as [`event_of`] would have read it).
+fn project(event: &Event, fields: EventFields) -> Event {
+    let text = |field, value: &String| {
+        if fields.has(field) {
+            value.clone()
+        } else {
+            String::new()
+        }
+    };
+    Event {
+        event_id: text(EventField::EventId, &event.event_id),
+        kind: event.kind,
+        occurred_at: event.occurred_at,
+        item_id: text(EventField::ItemId, &event.item_id),
+        query: text(EventField::Query, &event.query),
+        page: text(EventField::Page, &event.page),
+        amount_minor: if fields.has(EventField::AmountMinor) {
+            event.amount_minor
+        } else {
+            0
+        },
+        currency: text(EventField::Currency, &event.currency),
+        quantity: if fields.has(EventField::Quantity) {
+            event.quantity
+        } else {
+            0
+        },
+        collection: Collection {
+            purpose: text(EventField::Purpose, &event.collection.purpose),
+            notice_version: text(EventField::Purpose, &event.collection.notice_version),
+        },
+    }
+}
+
 fn answer_of(r: &AnyRow) -> Result<Answer, StoreError> {
     Ok(Answer {
         answer_id: r.get(0),
@@ -260,7 +316,17 @@ impl<D: Dialect> SqlStore<D> {
             secrets: moka::sync::Cache::new(100_000),
             zero_party_cache: D::SINGLE_WRITER
                 .then(|| moka::sync::Cache::new(ZERO_PARTY_CACHE_SUBJECTS)),
-            zero_party_writes: std::sync::Mutex::new(0),
+            recent_events_cache: D::SINGLE_WRITER.then(|| {
+                moka::sync::Cache::builder()
+                    .weigher(|_, recent: &Arc<RecentEvents>| {
+                        u32::try_from(recent.events.len())
+                            .unwrap_or(u32::MAX)
+                            .max(1)
+                    })
+                    .max_capacity(RECENT_EVENTS_CACHED)
+                    .build()
+            }),
+            held_writes: std::sync::Mutex::new(0),
             dialect: PhantomData,
         };
         if let Some(database) = database {
@@ -406,9 +472,9 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 
-    /// After a zero-party write committed: forget what memory holds about `subjects` (`None`:
-    /// everyone).
-    fn zero_party_changed(&self, subjects: Option<&[&str]>) {
+    /// After a write of subjects' data committed (attributes, answers, events, erasure,
+    /// retention): forget what memory holds about `subjects` (`None`: everyone).
+    fn held_changed(&self, subjects: Option<&[&str]>) {
         let mut writes = self.writes_lock();
         *writes += 1;
         if let Some(cache) = &self.zero_party_cache {
@@ -417,11 +483,55 @@ impl<D: Dialect> SqlStore<D> {
                 None => cache.invalidate_all(),
             }
         }
+        if let Some(cache) = &self.recent_events_cache {
+            match subjects {
+                Some(keys) => keys.iter().for_each(|k| cache.invalidate(*k)),
+                None => cache.invalidate_all(),
+            }
+        }
     }
 
-    /// The zero-party write counter (a poisoned lock still counts: it holds a plain number).
+    /// The decision's subject's newest events as held in memory (read and kept on a miss), or
+    /// `None` when this process does not own the store. Like [`SqlStore::zero_party`], callers
+    /// filter by the decision before anything leaves the store.
+    async fn recent_events(
+        &self,
+        decision: &Decision,
+    ) -> Result<Option<Arc<RecentEvents>>, StoreError> {
+        let Some(cache) = &self.recent_events_cache else {
+            return Ok(None);
+        };
+        let subject_key = decision.subject_key();
+        if let Some(hit) = cache.get(subject_key) {
+            return Ok(Some(hit));
+        }
+        let writes = *self.writes_lock();
+        let mut events: Vec<Event> = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM events WHERE subject = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT $2",
+            event_select(EventFields::ALL)
+        )))
+        .bind(subject_key)
+        .bind(to_i64(RECENT_EVENTS as u64 + 1))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| event_of(r, EventFields::ALL))
+        .collect::<Result<_, _>>()?;
+        let complete = events.len() <= RECENT_EVENTS;
+        events.truncate(RECENT_EVENTS);
+        let data = Arc::new(RecentEvents { events, complete });
+        let now = self.writes_lock();
+        if *now == writes {
+            // As in `zero_party`: nothing was written while we read.
+            cache.insert(subject_key.to_owned(), data.clone());
+        }
+        drop(now);
+        Ok(Some(data))
+    }
+
+    /// The write counter (a poisoned lock still counts: it holds a plain number).
     fn writes_lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.zero_party_writes
+        self.held_writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -468,7 +578,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         tx.commit().await?;
         let subjects: Vec<&str> = items.iter().map(|(d, _)| d.subject_key()).collect();
-        self.zero_party_changed(Some(&subjects));
+        self.held_changed(Some(&subjects));
         Ok(())
     }
 
@@ -508,6 +618,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        self.held_changed(Some(&[decision.subject_key()]));
         Ok(())
     }
 
@@ -533,7 +644,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .await?;
         }
         tx.commit().await?;
-        self.zero_party_changed(Some(&[decision.subject_key()]));
+        self.held_changed(Some(&[decision.subject_key()]));
         Ok(())
     }
 
@@ -595,15 +706,34 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         query: &EventQuery,
     ) -> Result<Vec<Event>, StoreError> {
         let allowed: Vec<&str> = decision.allowed_categories();
-        let kinds: Vec<&str> = EventKind::ALL
+        let kinds: Vec<EventKind> = EventKind::ALL
             .into_iter()
             .filter(|k| query.kinds.is_empty() || query.kinds.contains(k))
             .filter(|k| allowed.contains(&k.category()))
-            .map(EventKind::as_str)
             .collect();
         if kinds.is_empty() {
             return Ok(Vec::new());
         }
+        let newest = query.since.is_none() && query.until.is_none() && query.after.is_none();
+        if newest
+            && query.limit as usize <= RECENT_EVENTS
+            && let Some(recent) = self.recent_events(decision).await?
+        {
+            // Events of kinds the decision denies never leave this function.
+            let limit = query.limit as usize;
+            let found: Vec<Event> = recent
+                .events
+                .iter()
+                .filter(|e| kinds.contains(&e.kind))
+                .take(limit)
+                .map(|e| project(e, query.fields))
+                .collect();
+            // Unless the newest events held too few of these kinds and older ones exist.
+            if found.len() == limit || recent.complete {
+                return Ok(found);
+            }
+        }
+        let kinds: Vec<&str> = kinds.into_iter().map(EventKind::as_str).collect();
         let mut sql = format!(
             "SELECT {} FROM events WHERE subject = $1 AND kind IN ({})",
             event_select(query.fields),
@@ -733,7 +863,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.zero_party_changed(Some(&[decision.subject_key()]));
+        self.held_changed(Some(&[decision.subject_key()]));
         Ok(Some(attribute))
     }
 
@@ -754,7 +884,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         tx.commit().await?;
         self.secrets.invalidate(subject_key);
-        self.zero_party_changed(Some(&[subject_key]));
+        self.held_changed(Some(&[subject_key]));
         Ok(deleted)
     }
 
@@ -775,7 +905,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         tx.commit().await?;
         if deleted > 0 {
-            self.zero_party_changed(None);
+            self.held_changed(None);
         }
         Ok(deleted)
     }
