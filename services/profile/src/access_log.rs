@@ -1,8 +1,7 @@
 //! The access log ("who read my data"): every gated read becomes an entry in a hash chain,
 //! `h_n = SHA-256(h_{n-1} ‖ canonical(entry_n))`, written by one task that records whatever reads
 //! are waiting in one go (group commit): committed to the table, or, on a SQLite file, appended to
-//! the store's journal and chained into the table every 100 ms by a task of its own, so that reads
-//! never wait behind a flush (see `store::journal`). A read's
+//! the store's journal and chained into the table every 100 ms (see `store::journal`). A read's
 //! data is returned only after its entry is durable: if the log cannot be written, the read fails.
 //!
 //! Entries name the subject by a pseudonym under a per-subject key; erasing the key
@@ -128,27 +127,26 @@ impl AccessLog {
     /// Starts the writer task over `store`.
     pub fn start(store: Arc<dyn ProfileStore>) -> AccessLog {
         let (queue, mut incoming) = mpsc::channel::<Pending>(8192);
-        // Chaining journaled entries is a task of its own: a flush takes milliseconds (a
-        // transaction of hundreds of rows), and reads arriving meanwhile must not queue behind
-        // it. The journal lets appends go on while a flush commits (see `journal`). It stops
-        // when the last handle to the writer is dropped.
-        let alive = queue.downgrade();
-        let flusher = store.clone();
         tokio::spawn(async move {
             let mut flush = tokio::time::interval(FLUSH_EVERY);
             flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                flush.tick().await;
-                if alive.upgrade().is_none() {
-                    return;
-                }
-                if let Err(e) = flusher.flush_access().await {
-                    tracing::error!(error = %e.log_safe(), "chaining the access journal failed; retrying");
-                }
-            }
-        });
-        tokio::spawn(async move {
-            while let Some(first) = incoming.recv().await {
+                let first = tokio::select! {
+                    next = incoming.recv() => match next {
+                        Some(first) => first,
+                        None => break,
+                    },
+                    // The flush runs here, between groups of reads, not in a task of its own:
+                    // run concurrently, it slowed every read that overlapped it (GetProfile p99
+                    // ~2.9x the health floor instead of ~1.7x on 2 cores, BENCHMARKS.md);
+                    // inline, a few reads wait for it once per interval.
+                    _ = flush.tick() => {
+                        if let Err(e) = store.flush_access().await {
+                            tracing::error!(error = %e.log_safe(), "chaining the access journal failed; retrying");
+                        }
+                        continue;
+                    }
+                };
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match incoming.try_recv() {

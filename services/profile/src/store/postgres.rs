@@ -34,5 +34,6 @@ impl Dialect for Postgres {
     /// Conflicts with INSERT: other replicas' appends wait until this one commits.
     const CHAIN_LOCK: Option<&'static str> =
         Some("LOCK TABLE access_log IN SHARE ROW EXCLUSIVE MODE");
+    const NUMBERED_PARAMETERS: bool = true;
     const SINGLE_WRITER: bool = false;
 }

@@ -33,6 +33,11 @@ pub trait Dialect: Send + Sync + 'static {
     /// to one service process). PostgreSQL is shared by replicas, whose writes this process
     /// would not see, so it reads through.
     const SINGLE_WRITER: bool;
+    /// Whether parameters are numbered (`$1`, PostgreSQL) rather than positional (`?`, SQLite)
+    /// in multi-row INSERTs. sqlx resolves each numbered SQLite parameter by scanning the
+    /// statement's parameter names, which is quadratic in a multi-row INSERT's parameters (a
+    /// 32-row access-log INSERT spent ~10 µs per row there); positional ones bind directly.
+    const NUMBERED_PARAMETERS: bool;
 }
 
 /// The pools a store works through.
@@ -49,10 +54,11 @@ pub struct Pools {
     pub journal: Option<std::path::PathBuf>,
 }
 
-/// The most access-log rows in one INSERT statement. sqlx looks every parameter up by position
-/// (`sqlite3_bind_parameter_name`, linear in the statement's parameters), so one statement of
-/// hundreds of rows costs quadratic time: a 300-row flush stalled the process for ~100 ms.
-/// Bigger batches are several statements in one transaction.
+/// The most access-log rows in one INSERT statement; bigger batches are several statements in
+/// one transaction. With numbered parameters on SQLite, sqlx looked each one up by a scan of the
+/// statement's parameter names, so a 300-row statement stalled the process for ~100 ms; SQLite
+/// now binds positional parameters (see [`Dialect::NUMBERED_PARAMETERS`]), and the cap keeps
+/// statements of a size SQLite's statement cache and PostgreSQL's parameter limit handle well.
 const ROWS_PER_INSERT: usize = 32;
 
 /// Subjects whose zero-party data an exclusive store keeps in memory.
@@ -302,6 +308,21 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `rows` rows of `columns` parameters for a multi-row INSERT's `VALUES`, numbered or
+/// positional as the dialect binds them best (see [`Dialect::NUMBERED_PARAMETERS`]).
+fn values<D: Dialect>(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            if D::NUMBERED_PARAMETERS {
+                format!("({})", placeholders(row * columns + 1, columns))
+            } else {
+                format!("({})", vec!["?"; columns].join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl<D: Dialect> SqlStore<D> {
     /// Connects and migrates.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -442,7 +463,7 @@ impl<D: Dialect> SqlStore<D> {
             && let Some((seq, prev)) = head.take()
         {
             let (records, last) = chain(entries, seq, prev);
-            match insert_records(&records).execute(&self.log_pool).await {
+            match insert_records::<D>(&records).execute(&self.log_pool).await {
                 Ok(_) => {
                     *head = Some(last);
                     return Ok(());
@@ -463,9 +484,14 @@ impl<D: Dialect> SqlStore<D> {
                 Some(r) => (to_u64(r.get(0)), r.get(1)),
                 None => (0, access_log::GENESIS.to_owned()),
             };
-        let (records, last) = chain(entries, seq, prev);
-        for rows in records.chunks(ROWS_PER_INSERT) {
-            insert_records(rows).execute(&mut *tx).await?;
+        // Chained and inserted a statement's worth at a time: hashing a whole flush at once
+        // (hundreds of entries) would hold the runtime's thread for a millisecond, in front of
+        // the reads waiting for it.
+        let mut last = (seq, prev);
+        for part in entries.chunks(ROWS_PER_INSERT) {
+            let (records, next) = chain(part, last.0, std::mem::take(&mut last.1));
+            insert_records::<D>(&records).execute(&mut *tx).await?;
+            last = next;
         }
         tx.commit().await?;
         *head = Some(last);
@@ -590,10 +616,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         let mut tx = self.begin_write().await?;
         // Multi-row inserts: one statement per 50 events keeps ingest fast on both databases.
         for chunk in events.chunks(50) {
-            let rows = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 14 + 1, 14)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let rows = values::<D>(chunk.len(), 14);
             let sql = format!(
                 "INSERT INTO events (event_id, subject, kind, category, occurred_at, item_id, query, page, amount_minor, currency, quantity, purpose, notice_version, recorded_at) VALUES {rows}"
             );
@@ -1083,13 +1106,10 @@ fn journal_error(e: std::io::Error) -> StoreError {
 }
 
 /// One multi-row INSERT of chained records.
-fn insert_records(
+fn insert_records<D: Dialect>(
     records: &[AccessRecord],
 ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-    let rows = (0..records.len())
-        .map(|i| format!("({})", placeholders(i * 12 + 1, 12)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rows = values::<D>(records.len(), 12);
     let mut q = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO access_log ({ACCESS_COLUMNS}) VALUES {rows}"
     )));

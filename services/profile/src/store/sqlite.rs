@@ -78,6 +78,7 @@ impl Dialect for Sqlite {
 
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     const CHAIN_LOCK: Option<&'static str> = None;
+    const NUMBERED_PARAMETERS: bool = false;
     const SINGLE_WRITER: bool = true;
 }
 
