@@ -113,10 +113,9 @@ pub struct SqlStore<D> {
     /// query and no hand-off to SQLite's worker thread. Bounded by events held, not subjects.
     recent_events_cache: Option<moka::sync::Cache<String, Arc<RecentEvents>>>,
     /// Counts committed writes of what the caches hold; see `zero_party_cache`. A lock rather
-    /// than an atomic:
-    /// a read's "nothing was written since I started, so cache what I read" and a write's "count
-    /// me and invalidate" must not interleave, or a stale read could be cached for an instant
-    /// after the write returned.
+    /// than an atomic: a read's "nothing was written since I started, so cache what I read" and
+    /// a write's "count me and invalidate" must not interleave, or a stale read could be cached
+    /// for an instant after the write returned.
     held_writes: std::sync::Mutex<u64>,
     dialect: PhantomData<D>,
 }
