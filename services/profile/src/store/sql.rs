@@ -393,22 +393,36 @@ impl<D: Dialect> SqlStore<D> {
             return Ok(None);
         };
         let subject_key = decision.subject_key();
+        self.held(cache, subject_key, async {
+            Ok(ZeroParty {
+                attributes: self.attribute_rows(subject_key).await?,
+                answers: self.answer_rows(subject_key, None).await?,
+            })
+        })
+        .await
+        .map(Some)
+    }
+
+    /// `cache`'s entry for `subject_key`, or what `load` reads, kept only if no write committed
+    /// while it read: what was read is then current until the next write, whose invalidation
+    /// (see [`SqlStore::held_changed`]) waits for the counter's lock.
+    async fn held<T: Send + Sync + 'static>(
+        &self,
+        cache: &moka::sync::Cache<String, Arc<T>>,
+        subject_key: &str,
+        load: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<Arc<T>, StoreError> {
         if let Some(hit) = cache.get(subject_key) {
-            return Ok(Some(hit));
+            return Ok(hit);
         }
         let writes = *self.writes_lock();
-        let data = Arc::new(ZeroParty {
-            attributes: self.attribute_rows(subject_key).await?,
-            answers: self.answer_rows(subject_key, None).await?,
-        });
+        let data = Arc::new(load.await?);
         let now = self.writes_lock();
         if *now == writes {
-            // No write committed while we read: what we read is current until the next one,
-            // whose invalidation waits for this lock.
             cache.insert(subject_key.to_owned(), data.clone());
         }
         drop(now);
-        Ok(Some(data))
+        Ok(data)
     }
 
     /// Every attribute row of a subject, all categories, ordered by name.
@@ -500,20 +514,20 @@ impl<D: Dialect> SqlStore<D> {
     /// After a write of subjects' data committed (attributes, answers, events, erasure,
     /// retention): forget what memory holds about `subjects` (`None`: everyone).
     fn held_changed(&self, subjects: Option<&[&str]>) {
+        fn forget<T: Send + Sync + 'static>(
+            cache: Option<&moka::sync::Cache<String, Arc<T>>>,
+            subjects: Option<&[&str]>,
+        ) {
+            match (cache, subjects) {
+                (Some(cache), Some(keys)) => keys.iter().for_each(|k| cache.invalidate(*k)),
+                (Some(cache), None) => cache.invalidate_all(),
+                (None, _) => {}
+            }
+        }
         let mut writes = self.writes_lock();
         *writes += 1;
-        if let Some(cache) = &self.zero_party_cache {
-            match subjects {
-                Some(keys) => keys.iter().for_each(|k| cache.invalidate(*k)),
-                None => cache.invalidate_all(),
-            }
-        }
-        if let Some(cache) = &self.recent_events_cache {
-            match subjects {
-                Some(keys) => keys.iter().for_each(|k| cache.invalidate(*k)),
-                None => cache.invalidate_all(),
-            }
-        }
+        forget(self.zero_party_cache.as_ref(), subjects);
+        forget(self.recent_events_cache.as_ref(), subjects);
     }
 
     /// The decision's subject's newest events as held in memory (read and kept on a miss), or
@@ -527,31 +541,24 @@ impl<D: Dialect> SqlStore<D> {
             return Ok(None);
         };
         let subject_key = decision.subject_key();
-        if let Some(hit) = cache.get(subject_key) {
-            return Ok(Some(hit));
-        }
-        let writes = *self.writes_lock();
-        let mut events: Vec<Event> = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {} FROM events WHERE subject = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT $2",
-            event_select(EventFields::ALL)
-        )))
-        .bind(subject_key)
-        .bind(to_i64(RECENT_EVENTS as u64 + 1))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| event_of(r, EventFields::ALL))
-        .collect::<Result<_, _>>()?;
-        let complete = events.len() <= RECENT_EVENTS;
-        events.truncate(RECENT_EVENTS);
-        let data = Arc::new(RecentEvents { events, complete });
-        let now = self.writes_lock();
-        if *now == writes {
-            // As in `zero_party`: nothing was written while we read.
-            cache.insert(subject_key.to_owned(), data.clone());
-        }
-        drop(now);
-        Ok(Some(data))
+        self.held(cache, subject_key, async {
+            let mut events: Vec<Event> = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {} FROM events WHERE subject = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT $2",
+                event_select(EventFields::ALL)
+            )))
+            .bind(subject_key)
+            .bind(to_i64(RECENT_EVENTS as u64 + 1))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| event_of(r, EventFields::ALL))
+            .collect::<Result<_, _>>()?;
+            let complete = events.len() <= RECENT_EVENTS;
+            events.truncate(RECENT_EVENTS);
+            Ok(RecentEvents { events, complete })
+        })
+        .await
+        .map(Some)
     }
 
     /// The write counter (a poisoned lock still counts: it holds a plain number).
