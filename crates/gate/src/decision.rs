@@ -24,6 +24,7 @@
 use consentgate_proto::common::v1::{PersonalizationLevel, SubjectRef, subject_ref};
 use consentgate_proto::consent::v1::{CategoryDecision, CheckResponse, Obligation, Verdict};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// A consent decision for one subject, purpose and caller, as the gate obtained it.
 #[derive(Debug, Clone)]
@@ -45,6 +46,18 @@ pub fn subject_key(subject: &SubjectRef) -> Option<String> {
     }
 }
 
+/// The subject reference behind a storage key made by [`subject_key`] (`s:<id>` → a person,
+/// `d:<id>` → a device), for services that keep derived data by key and must ask about it again
+/// later (the recommendation service re-checks the training consent of subjects it learned).
+pub fn subject_of_key(key: &str) -> Option<SubjectRef> {
+    let id = match (key.strip_prefix("s:"), key.strip_prefix("d:")) {
+        (Some(id), _) if !id.is_empty() => subject_ref::Id::SubjectId(id.to_owned()),
+        (_, Some(id)) if !id.is_empty() => subject_ref::Id::DeviceId(id.to_owned()),
+        _ => return None,
+    };
+    Some(SubjectRef { id: Some(id) })
+}
+
 impl Decision {
     /// The subject the decision is about (`s:<id>` or `d:<id>`): stores read only this subject.
     pub fn subject_key(&self) -> &str {
@@ -64,6 +77,23 @@ impl Decision {
     /// The subject's revision the decision was computed from.
     pub fn revision(&self) -> u64 {
         self.response.revision
+    }
+
+    /// Until when the decision may be relied on: the consent service's `valid_until`, the
+    /// earliest of the policy's TTL and the expiry of every record behind any part of the answer
+    /// (each category, the personalization level). Anything derived from the decision and kept
+    /// (a tier, a model's contribution) must be re-checked or dropped by then, as the gate's own
+    /// cache is. A response without one is valid for no time at all (`UNIX_EPOCH`): fail closed.
+    pub fn valid_until(&self) -> SystemTime {
+        self.response
+            .valid_until
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// Whether the decision still holds at `now` (see [`Decision::valid_until`]).
+    pub fn holds_at(&self, now: SystemTime) -> bool {
+        now < self.valid_until()
     }
 
     /// Whether the answer came from the gate's cache.

@@ -13,7 +13,7 @@
 mod decision;
 mod watch;
 
-pub use decision::{Decision, subject_key};
+pub use decision::{Decision, subject_key, subject_of_key};
 pub use watch::ChangeNotice;
 
 use consentgate_proto::consent::v1::CheckRequest;
@@ -415,6 +415,9 @@ impl Gate {
     /// A cached answer, if one exists that is provably fresh enough to serve.
     fn cached(&self, key: &[u8], subject: &str, min_revision: u64) -> Option<Arc<CheckResponse>> {
         let entry = self.inner.cache.as_ref()?.get(key)?;
+        // Past `valid_until` a record behind the answer (a category's, the personalization
+        // level's) may have expired without any change event: only the consent service knows.
+        // This holds for denials too: an expired denial may hide a level that has since dropped.
         if SystemTime::now() >= entry.valid_until {
             return None;
         }

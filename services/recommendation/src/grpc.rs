@@ -1,21 +1,30 @@
 //! The gRPC adapter of `consentgate.recommendation.v1.RecommendationService`: asks the gate which
 //! tier the subject's consents allow, reads the profile service only for the tiers that need it,
 //! ranks, and keeps per-tier effectiveness statistics without subject ids.
+//!
+//! Nothing here keeps a consent decision past its `valid_until`: the tier is picked per request
+//! from the gate (whose cache honors `valid_until`), and what the model learned from a subject is
+//! held under a [`Lease`] that a background sweep re-checks when it lapses
+//! ([`Recommender::sweep_training`]).
 
 use crate::catalog::Catalog;
-use crate::model::CoOccurrence;
+use crate::model::{CoOccurrence, Lapsed, Lease};
 use crate::profile_reader::ProfileReader;
 use crate::ranking::{self, Moment, Pick};
 use crate::store::RecommendationStore;
 use crate::tier::{Ladder, Tier, tier_for};
-use consentgate_gate::{Gate, subject_key};
-use consentgate_proto::common::v1::{PersonalizationLevel, SubjectRef, subject_ref};
-use consentgate_proto::consent::v1::CheckRequest;
+use consentgate_gate::{Gate, subject_key, subject_of_key};
+use consentgate_proto::common::v1::{
+    PersonalizationLevel, RequestContext, SubjectRef, subject_ref,
+};
+use consentgate_proto::consent::v1::{CheckRequest, Verdict};
 use consentgate_proto::profile::v1::EventKind;
 use consentgate_proto::recommendation::v1 as pb;
 use consentgate_runtime::errors::{Violations, invalid_argument, status};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 use tonic::{Code, Request, Response, Status};
 
 /// The purpose whose decision names the personalization rung.
@@ -31,6 +40,20 @@ const HISTORY: u32 = 500;
 /// History read to rank when the model already holds the subject at this revision: ranking
 /// anchors on the most recent events only.
 const RECENT: u32 = 40;
+/// How often lapsed training leases are re-checked unless set otherwise
+/// ([`Recommender::set_training_sweep`]): the gate's default heartbeat lease, so that an expired
+/// training consent leaves the model about as soon as a withdrawal does under a partition.
+pub const TRAINING_SWEEP: Duration = Duration::from_secs(1);
+/// The most re-checks in one `BatchCheck` (the consent service's limit).
+const SWEEP_BATCH: usize = 1000;
+/// The most batches one sweep sends: a backlog larger than this waits for the next sweep rather
+/// than keeping one sweep busy for ever.
+const SWEEP_BATCHES: usize = 100;
+/// The data categories the model learns from, as the training check names them.
+const TRAINING_CATEGORIES: [&str; 2] = [
+    "user.behavior.browsing_history",
+    "user.behavior.purchase_history",
+];
 
 /// Shared state of the service.
 pub struct Recommender {
@@ -49,6 +72,46 @@ pub struct Recommender {
     /// Which tier each recent recommendation id was, for outcomes that arrive before the store's
     /// batch is written.
     issued: moka::sync::Cache<String, Tier>,
+    /// The training sweep's period; a watch so that a change applies at once and the sweep ends
+    /// when the recommender is dropped (the sender goes with it).
+    sweep_every: tokio::sync::watch::Sender<Duration>,
+    /// What training sweeps did so far.
+    sweeps: SweepCounters,
+}
+
+/// Counters of the training sweep (no subject ids).
+#[derive(Default)]
+struct SweepCounters {
+    renewed: AtomicU64,
+    unlearned: AtomicU64,
+}
+
+/// What training sweeps have done, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepTotals {
+    /// Lapsed subjects the consent service allowed again: held under a new lease.
+    pub renewed: u64,
+    /// Lapsed subjects unlearned: denied, or no decision could be had (fail closed).
+    pub unlearned: u64,
+}
+
+/// The training check for `subject`: whether the model may learn from (and keep) its history.
+fn training_check(
+    subject: SubjectRef,
+    context: Option<RequestContext>,
+    at_least_as_fresh: String,
+) -> CheckRequest {
+    CheckRequest {
+        subject: Some(subject),
+        purpose: TRAINING.into(),
+        data_categories: TRAINING_CATEGORIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
+        context,
+        at_least_as_fresh,
+        ..Default::default()
+    }
 }
 
 fn tier_pb(t: Tier) -> pb::Tier {
@@ -91,7 +154,139 @@ impl Recommender {
                 .max_capacity(1_000_000)
                 .time_to_live(std::time::Duration::from_secs(7 * 86_400))
                 .build(),
+            sweep_every: tokio::sync::watch::Sender::new(TRAINING_SWEEP),
+            sweeps: SweepCounters::default(),
         })
+    }
+
+    /// Sets how often lapsed training leases are re-checked (default [`TRAINING_SWEEP`]); applies
+    /// from now on, also to a sweep that is waiting. An expired training consent leaves the model
+    /// within about this long after its expiry.
+    pub fn set_training_sweep(&self, every: Duration) {
+        self.sweep_every
+            .send_replace(every.max(Duration::from_millis(10)));
+    }
+
+    /// What training sweeps have done so far.
+    pub fn sweep_totals(&self) -> SweepTotals {
+        SweepTotals {
+            renewed: self.sweeps.renewed.load(Ordering::Relaxed),
+            unlearned: self.sweeps.unlearned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts the training sweep: every period, the subjects whose training lease has lapsed
+    /// are asked about again ([`Recommender::sweep_lapsed_training`]). Runs until the recommender
+    /// is dropped.
+    ///
+    /// Why a sweep: a consent that reaches its `expires_at` produces no change event, so
+    /// [`Recommender::follow_changes`] never hears of it, and the model would keep the subject's
+    /// contribution for ever. Why not on the request path: a Recommend already holds the
+    /// decision it learns under (its `valid_until` becomes the lease at no cost), but checking
+    /// every learned subject's consent per request would add a call to the consent service to
+    /// the hot path; lapsed leases are few at any moment and go in batches of up to 1,000.
+    pub fn sweep_training(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let mut every = self.sweep_every.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let period = *every.borrow_and_update();
+                tokio::select! {
+                    () = tokio::time::sleep(period) => {}
+                    changed = every.changed() => match changed {
+                        // A new period: wait that long from now.
+                        Ok(()) => continue,
+                        // The recommender is gone.
+                        Err(_) => return,
+                    },
+                }
+                let Some(me) = me.upgrade() else {
+                    return;
+                };
+                me.sweep_lapsed_training().await;
+            }
+        });
+    }
+
+    /// Asks the consent service again about every learned subject whose training lease has
+    /// lapsed, in batches through the gate: still allowed → held until the new `valid_until`;
+    /// denied, or no decision could be had → unlearned (fail closed), exactly as at a
+    /// withdrawal. The re-check is the service's own (no `on_behalf_of`): the model is this
+    /// service's, whoever's request first taught it the subject. Returns what it did.
+    pub async fn sweep_lapsed_training(&self) -> SweepTotals {
+        let mut done = SweepTotals::default();
+        for _ in 0..SWEEP_BATCHES {
+            let lapsed = self
+                .model
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .lapsed(SystemTime::now(), SWEEP_BATCH);
+            if lapsed.is_empty() {
+                break;
+            }
+            let full = lapsed.len() == SWEEP_BATCH;
+            // Each lapsed subject with what to do: `Some(until)` renew, `None` unlearn. A key
+            // that names no subject cannot be asked about, so it is unlearned (fail closed).
+            let mut askable = Vec::with_capacity(lapsed.len());
+            let mut outcome: Vec<(Lapsed, Option<SystemTime>)> = Vec::new();
+            for l in lapsed {
+                match subject_of_key(&l.subject) {
+                    Some(s) => askable.push((l, s)),
+                    None => outcome.push((l, None)),
+                }
+            }
+            if !askable.is_empty() {
+                let checks = askable
+                    .iter()
+                    .map(|(l, s)| training_check(s.clone(), l.lease.context.clone(), String::new()))
+                    .collect();
+                match self.gate.check_many(checks, None).await {
+                    Ok(decisions) => {
+                        let now = SystemTime::now();
+                        for ((l, _), d) in askable.into_iter().zip(&decisions) {
+                            // Never hold a subject on a decision that no longer holds itself.
+                            let allowed = d.verdict() == Verdict::Allow && d.holds_at(now);
+                            outcome.push((l, allowed.then(|| d.valid_until())));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            subjects = askable.len(),
+                            "no training decision for lapsed subjects; unlearning them (fail closed)"
+                        );
+                        outcome.extend(askable.into_iter().map(|(l, _)| (l, None)));
+                    }
+                }
+            }
+            let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+            for (l, renew) in &outcome {
+                match renew {
+                    Some(until) if model.renew(l, *until) => done.renewed += 1,
+                    None if model.unlearn_lapsed(l) => done.unlearned += 1,
+                    // Re-learned or unlearned meanwhile: it rests on something newer.
+                    _ => {}
+                }
+            }
+            drop(model);
+            if !full {
+                break;
+            }
+        }
+        self.sweeps
+            .renewed
+            .fetch_add(done.renewed, Ordering::Relaxed);
+        self.sweeps
+            .unlearned
+            .fetch_add(done.unlearned, Ordering::Relaxed);
+        if done.unlearned > 0 {
+            tracing::info!(
+                renewed = done.renewed,
+                unlearned = done.unlearned,
+                "training sweep: lapsed training consents unlearned"
+            );
+        }
+        done
     }
 
     /// Drops what was derived from a subject whenever its consent changes (a later profiled
@@ -212,7 +407,7 @@ impl Recommender {
 
         // The tier comes from the consent decision. No answer: context only (fail closed).
         let (allowed, revision, trains, mut tier_reason) = match &subject {
-            None => (None, 0, false, "anonymous session: context only".to_owned()),
+            None => (None, 0, None, "anonymous session: context only".to_owned()),
             Some(s) => {
                 let checks = vec![
                     CheckRequest {
@@ -222,24 +417,21 @@ impl Recommender {
                         at_least_as_fresh: r.at_least_as_fresh.clone(),
                         ..Default::default()
                     },
-                    CheckRequest {
-                        subject: Some(s.clone()),
-                        purpose: TRAINING.into(),
-                        data_categories: vec![
-                            "user.behavior.browsing_history".into(),
-                            "user.behavior.purchase_history".into(),
-                        ],
-                        context: consent_context.clone(),
-                        at_least_as_fresh: r.at_least_as_fresh.clone(),
-                        ..Default::default()
-                    },
+                    training_check(
+                        s.clone(),
+                        consent_context.clone(),
+                        r.at_least_as_fresh.clone(),
+                    ),
                 ];
                 let on_behalf_of = (caller != self.name).then_some(caller);
                 match self.gate.check_many(checks, on_behalf_of).await {
                     Ok(d) => {
                         let ladder = ladder_of(d[0].personalization_level());
-                        let trains =
-                            d[1].verdict() == consentgate_proto::consent::v1::Verdict::Allow;
+                        // Learning rests on the training decision until its `valid_until`
+                        // (which covers the training record's expiry): that becomes the lease.
+                        let trains = (d[1].verdict() == Verdict::Allow
+                            && d[1].holds_at(SystemTime::now()))
+                        .then(|| d[1].valid_until());
                         (
                             Some(ladder),
                             d[0].revision(),
@@ -252,7 +444,7 @@ impl Recommender {
                         (
                             Some(Ladder::Contextual),
                             0,
-                            false,
+                            None,
                             "consent service unavailable: context only".to_owned(),
                         )
                     }
@@ -269,7 +461,7 @@ impl Recommender {
             (Tier::Profiled, Some(s)) => {
                 let key = subject_key(s).unwrap_or_default();
                 // Read the whole history only when the model must (re)learn the subject.
-                let learn = trains
+                let learn = trains.is_some()
                     && self
                         .model
                         .lock()
@@ -292,11 +484,20 @@ impl Recommender {
                     .await
                     .map_err(profile_unavailable)?;
                 let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-                if learn && model.learned_revision(&key) != Some(revision) {
-                    model.learn(
+                // The profile read took time: the training decision must still hold now.
+                if let Some(until) = trains
+                    && learn
+                    && model.learned_revision(&key) != Some(revision)
+                    && SystemTime::now() < until
+                {
+                    model.learn_leased(
                         &key,
                         read.history.iter().map(|h| h.item_id.as_str()),
                         revision,
+                        Lease {
+                            until,
+                            context: consent_context.clone(),
+                        },
                     );
                 }
                 model.prepare(

@@ -6,10 +6,19 @@
 //!
 //! The contribution is derived data about the subject: it is dropped by `unlearn`, which the
 //! service calls on every withdrawal or erasure change event.
+//!
+//! A consent can also lapse without any event (its `expires_at` passes), so a contribution may
+//! carry a [`Lease`]: until when the training decision that allowed it holds. The model keeps the
+//! leases in time order so that the service can find the lapsed ones without scanning every
+//! subject ([`CoOccurrence::lapsed`]), ask again, and renew or unlearn each. Leases are not counts:
+//! they never change what the model recommends, and unlearning a leased subject is exactly as
+//! exact as any other.
 
 use crate::catalog::Catalog;
+use consentgate_proto::common::v1::RequestContext;
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
 /// The most distinct items one subject contributes (the first ones given, usually the most
 /// recent): bounds a subject's pairs at 200 × 199 / 2.
@@ -20,6 +29,34 @@ pub const MAX_ITEMS_PER_SUBJECT: usize = 200;
 struct Contribution {
     items: BTreeSet<u32>,
     revision: u64,
+    /// Until when the decision that allowed learning holds; `None`: held until unlearned.
+    lease: Option<Lease>,
+}
+
+/// Until when the consent decision that allowed learning a subject holds, and how it was asked,
+/// so that it can be asked again when it lapses. A consent that expires produces no change
+/// event; without a lease its subject would stay in the model for ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The training decision's `valid_until`: the earliest of the policy's TTL and the expiry of
+    /// every record behind it. Past it the contribution rests on nothing until re-checked.
+    pub until: SystemTime,
+    /// The request context (jurisdiction, GPC) the decision was made under: the re-check asks
+    /// the same question, so that a subject is not unlearned merely for being asked differently.
+    pub context: Option<RequestContext>,
+}
+
+/// A learned subject whose lease has lapsed, as [`CoOccurrence::lapsed`] found it. Renewing or
+/// unlearning it applies only while the subject is still held exactly so (same revision, same
+/// lease): a subject re-learned meanwhile rests on a newer decision and is left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lapsed {
+    /// The subject's key.
+    pub subject: String,
+    /// The consent revision it was learned under.
+    pub revision: u64,
+    /// The lease that lapsed.
+    pub lease: Lease,
 }
 
 /// The co-occurrence model.
@@ -34,6 +71,9 @@ pub struct CoOccurrence {
     /// ranking reads it once per neighbor.
     items: Vec<u32>,
     contributions: HashMap<String, Contribution>,
+    /// The leased subjects by lease end, earliest first: finding the lapsed ones reads only
+    /// them, however many subjects the model holds.
+    leases: BTreeSet<(SystemTime, String)>,
     /// Each interned item's position in one catalog (see [`CoOccurrence::align`]).
     alignment: Alignment,
 }
@@ -136,8 +176,30 @@ impl CoOccurrence {
             items.insert(i);
         }
         self.apply(&items, true);
-        self.contributions
-            .insert(subject.to_owned(), Contribution { items, revision });
+        self.contributions.insert(
+            subject.to_owned(),
+            Contribution {
+                items,
+                revision,
+                lease: None,
+            },
+        );
+    }
+
+    /// [`CoOccurrence::learn`], held only under `lease`: once `lease.until` passes, the subject
+    /// is among [`CoOccurrence::lapsed`] until renewed or unlearned.
+    pub fn learn_leased<'a>(
+        &mut self,
+        subject: &str,
+        history: impl IntoIterator<Item = &'a str>,
+        revision: u64,
+        lease: Lease,
+    ) {
+        self.learn(subject, history, revision);
+        self.leases.insert((lease.until, subject.to_owned()));
+        if let Some(c) = self.contributions.get_mut(subject) {
+            c.lease = Some(lease);
+        }
     }
 
     /// Removes everything `subject` contributed; whether it had contributed anything.
@@ -145,10 +207,67 @@ impl CoOccurrence {
         match self.contributions.remove(subject) {
             Some(c) => {
                 self.apply(&c.items, false);
+                if let Some(lease) = c.lease {
+                    self.leases.remove(&(lease.until, subject.to_owned()));
+                }
                 true
             }
             None => false,
         }
+    }
+
+    /// Up to `limit` learned subjects whose lease ended at or before `now`, earliest first.
+    pub fn lapsed(&self, now: SystemTime, limit: usize) -> Vec<Lapsed> {
+        self.leases
+            .iter()
+            .take_while(|(until, _)| *until <= now)
+            .take(limit)
+            .filter_map(|(_, subject)| {
+                let c = self.contributions.get(subject)?;
+                Some(Lapsed {
+                    subject: subject.clone(),
+                    revision: c.revision,
+                    lease: c.lease.clone()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The lease `subject` is held under, if it is learned and leased.
+    pub fn lease(&self, subject: &str) -> Option<&Lease> {
+        self.contributions.get(subject)?.lease.as_ref()
+    }
+
+    /// Whether the subject is still held exactly as `lapsed` found it.
+    fn still(&self, lapsed: &Lapsed) -> bool {
+        self.contributions.get(&lapsed.subject).is_some_and(|c| {
+            c.revision == lapsed.revision && c.lease.as_ref() == Some(&lapsed.lease)
+        })
+    }
+
+    /// A re-check allowed the subject again: it is held until `until`. Whether the lease was
+    /// renewed (not when the subject changed meanwhile, see [`Lapsed`]).
+    pub fn renew(&mut self, lapsed: &Lapsed, until: SystemTime) -> bool {
+        if !self.still(lapsed) {
+            return false;
+        }
+        self.leases
+            .remove(&(lapsed.lease.until, lapsed.subject.clone()));
+        self.leases.insert((until, lapsed.subject.clone()));
+        if let Some(lease) = self
+            .contributions
+            .get_mut(&lapsed.subject)
+            .and_then(|c| c.lease.as_mut())
+        {
+            lease.until = until;
+        }
+        true
+    }
+
+    /// A re-check denied the subject (or could not be made): unlearns it, exactly. Whether it
+    /// was unlearned (not when the subject changed meanwhile, see [`Lapsed`]).
+    pub fn unlearn_lapsed(&mut self, lapsed: &Lapsed) -> bool {
+        self.still(lapsed) && self.unlearn(&lapsed.subject)
     }
 
     fn apply(&mut self, items: &BTreeSet<u32>, add: bool) {
@@ -411,5 +530,40 @@ mod tests {
         assert_eq!(m.similar("tent", 1)[0].0, "headlamp");
         assert_eq!(m.learned_revision("a"), Some(1));
         assert_eq!(m.learned_revision("b"), None);
+    }
+
+    #[test]
+    fn lapsed_leases_are_found_in_time_order_and_renewed_or_unlearned() {
+        use std::time::Duration;
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let lease = |s: u64| Lease {
+            until: t(s),
+            context: None,
+        };
+        let mut m = CoOccurrence::new();
+        m.learn_leased("late", ["tent", "stove"], 1, lease(30));
+        m.learn_leased("early", ["tent", "headlamp"], 2, lease(10));
+        m.learn("unleased", ["tent", "novel"], 3);
+        assert!(m.lapsed(t(9), 10).is_empty());
+        let lapsed = m.lapsed(t(30), 10);
+        let names: Vec<&str> = lapsed.iter().map(|l| l.subject.as_str()).collect();
+        assert_eq!(names, ["early", "late"], "earliest first, unleased never");
+        assert_eq!(m.lapsed(t(30), 1).len(), 1);
+        // Renewed: no longer lapsed until the new end; a second renewal of the same find is stale.
+        assert!(m.renew(&lapsed[0], t(50)));
+        assert!(!m.renew(&lapsed[0], t(60)));
+        assert_eq!(m.lease("early").map(|l| l.until), Some(t(50)));
+        // Re-learned meanwhile: the lapsed find no longer applies.
+        m.learn_leased("late", ["tent", "stove"], 4, lease(40));
+        assert!(!m.unlearn_lapsed(&lapsed[1]));
+        assert_eq!(m.learned_revision("late"), Some(4));
+        let now_lapsed = m.lapsed(t(45), 10);
+        assert_eq!(now_lapsed.len(), 1);
+        assert!(m.unlearn_lapsed(&now_lapsed[0]));
+        assert_eq!(m.learned_revision("late"), None);
+        // Unlearning drops the lease too: nothing lapses for a subject that is gone.
+        assert!(m.unlearn("early"));
+        assert!(m.lapsed(t(1000), 10).is_empty());
+        assert_eq!(m.subjects(), 1);
     }
 }

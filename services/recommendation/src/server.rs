@@ -1,5 +1,5 @@
 //! Wires the recommendation service onto a listener: the gate, the profile reader, the change
-//! follower that unlearns, the auth layer, health, reflection, message limits, graceful shutdown.
+//! follower and the training sweep that unlearn, the auth layer, health, reflection, message limits, graceful shutdown.
 
 use crate::authz;
 use crate::catalog::Catalog;
@@ -49,7 +49,9 @@ pub struct RecommendationConfig {
     pub database_url: String,
 }
 
-/// Opens the store, builds the recommender and starts following consent changes.
+/// Opens the store, builds the recommender, starts following consent changes and sweeping lapsed
+/// training consents (every [`crate::grpc::TRAINING_SWEEP`]; see
+/// [`Recommender::set_training_sweep`]).
 pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, StartError> {
     let store = RecommendationStore::open(&config.database_url).await?;
     let gate = Gate::start(config.gate, config.name.clone())?;
@@ -57,6 +59,7 @@ pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, Star
         .map_err(StartError::Profile)?;
     let recommender = Recommender::new(config.catalog, gate, profile, config.name, store);
     recommender.follow_changes();
+    recommender.sweep_training();
     Ok(recommender)
 }
 

@@ -1,8 +1,10 @@
 //! Exact unlearning: on random data, the model after a withdrawal (or an update) equals, count for
-//! count, the model trained from scratch without that subject (or with its new history).
+//! count, the model trained from scratch without that subject (or with its new history); and the
+//! same when subjects leave because their training lease lapsed and the re-check denied them.
 
-use consentgate_recommendation::model::CoOccurrence;
+use consentgate_recommendation::model::{CoOccurrence, Lease};
 use proptest::prelude::*;
+use std::time::{Duration, SystemTime};
 
 fn histories() -> impl Strategy<Value = Vec<(String, Vec<String>)>> {
     prop::collection::vec((0..12u8, prop::collection::vec(0..40u8, 0..25)), 1..30).prop_map(|raw| {
@@ -71,5 +73,44 @@ proptest! {
         }
         prop_assert_eq!(forward.snapshot(), backward.snapshot());
         prop_assert_eq!(train(&events).snapshot(), forward.snapshot());
+    }
+
+    #[test]
+    fn unlearning_lapsed_leases_equals_training_without_them(
+        events in histories(),
+        ends in prop::collection::vec(0..20u64, 30),
+        renewed in prop::collection::vec(any::<bool>(), 30),
+        sweep_at in 0..20u64,
+    ) {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        // Each learn holds under its own lease; a subject seen again replaces its lease too.
+        let mut model = CoOccurrence::new();
+        let mut last = std::collections::BTreeMap::new();
+        for (n, (s, items)) in events.iter().enumerate() {
+            let lease = Lease { until: t(ends[n]), context: None };
+            model.learn_leased(s, items.iter().map(String::as_str), n as u64, lease);
+            last.insert(s.clone(), (items.clone(), n as u64, ends[n]));
+        }
+        // The sweep: some lapsed subjects are allowed again (renewed past the sweep), the rest
+        // denied and unlearned.
+        let lapsed = model.lapsed(t(sweep_at), usize::MAX);
+        let mut kept_by_renewal = std::collections::BTreeSet::new();
+        for (n, l) in lapsed.iter().enumerate() {
+            prop_assert!(l.lease.until <= t(sweep_at));
+            if renewed[n % renewed.len()] {
+                prop_assert!(model.renew(l, t(sweep_at + 1)));
+                kept_by_renewal.insert(l.subject.clone());
+            } else {
+                prop_assert!(model.unlearn_lapsed(l));
+            }
+        }
+        prop_assert!(model.lapsed(t(sweep_at), usize::MAX).is_empty());
+        let mut scratch = CoOccurrence::new();
+        for (s, (items, revision, end)) in &last {
+            if t(*end) > t(sweep_at) || kept_by_renewal.contains(s) {
+                scratch.learn(s, items.iter().map(String::as_str), *revision);
+            }
+        }
+        prop_assert_eq!(model.snapshot(), scratch.snapshot());
     }
 }
