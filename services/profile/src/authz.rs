@@ -22,5 +22,6 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "RectifyAttribute", &[OPS])
         .allow(SERVICE, "EraseSubject", &[OPS])
         .allow(SERVICE, "GetErasureStatus", &[OPS, "auditor"])
+        .allow(SERVICE, "GetRequestStatus", &[OPS, "auditor"])
         .allow(SERVICE, "VerifyAccessLog", &["auditor"])
 }

@@ -351,12 +351,62 @@ impl Shared {
     }
 }
 
-fn read_decision(decision: &Decision, applied: Vec<String>) -> pb::ReadDecision {
+/// Denial reasons from the most significant to the least, in the decision rules' order (DESIGN
+/// §3): who may ask, then the subject's own state, then its consents, with data minimization
+/// last. `NOT_NEEDED_FOR_PURPOSE` is decided first but says the least about the person's
+/// choices, so it names a read only when nothing else denied: a read of several categories whose
+/// purpose does not need some and whose person withdrew the others must say `WITHDRAWN`.
+const SIGNIFICANCE: [&str; 12] = [
+    "CALLER_NOT_PERMITTED",
+    "SUBJECT_ERASED",
+    "PROCESSING_RESTRICTED",
+    "WITHDRAWN",
+    "REFUSED",
+    "EXPIRED",
+    "NOTICE_OUTDATED",
+    "NO_CONSENT",
+    "GPC_OPT_OUT",
+    "MINOR_REQUIRES_GUARDIAN",
+    "SENSITIVE_REQUIRES_EXPLICIT_CONSENT",
+    "NOT_NEEDED_FOR_PURPOSE",
+];
+
+/// A reason's rank in [`SIGNIFICANCE`] (lower: more significant). A code this service does not
+/// know yet ranks after every known denial except minimization: it is still a denial about the
+/// person, which says more than "not needed".
+fn significance(reason: &str) -> usize {
+    // Known codes at even ranks, an unknown one just before minimization (the last).
+    SIGNIFICANCE
+        .iter()
+        .position(|r| *r == reason)
+        .map_or(2 * SIGNIFICANCE.len() - 3, |rank| 2 * rank)
+}
+
+/// The reason a gated read names at the top: empty when the decision allowed everything asked
+/// about; otherwise the most significant denial among the `asked` categories it denied (the
+/// consent service's own top-level reason when it denied none of them by category). Computed
+/// here rather than taken from the decision: a PARTIAL carries no top-level reason, and a
+/// consent service that named its first denied category's would hide the one that decided.
+pub(crate) fn summary_reason(decision: &Decision, asked: &[String]) -> String {
+    if decision.verdict() == consentgate_proto::consent::v1::Verdict::Allow {
+        return String::new();
+    }
+    asked
+        .iter()
+        .filter_map(|c| decision.category(c))
+        .filter(|c| !c.allowed && !c.reason.is_empty())
+        .map(|c| c.reason.as_str())
+        .min_by_key(|reason| significance(reason))
+        .map_or_else(|| decision.reason().to_owned(), str::to_owned)
+}
+
+/// What a read was decided on; `asked` are the categories the read asked the gate about.
+fn read_decision(decision: &Decision, asked: &[String], applied: Vec<String>) -> pb::ReadDecision {
     pb::ReadDecision {
         revision: decision.revision(),
         personalization_level: decision.personalization_level() as i32,
         obligations_applied: applied,
-        reason: decision.reason().to_owned(),
+        reason: summary_reason(decision, asked),
     }
 }
 
@@ -860,7 +910,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         Ok(Response::new(pb::GetProfileResponse {
             attributes: part.items.iter().map(attribute_pb).collect(),
             redactions: part.redactions,
-            decision: Some(read_decision(&decision, part.applied)),
+            decision: Some(read_decision(&decision, &wanted, part.applied)),
         }))
     }
 
@@ -925,7 +975,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             events: part.items.iter().map(|e| event_pb(e, fields)).collect(),
             redactions: part.redactions,
             next_page_token,
-            decision: Some(read_decision(&decision, part.applied)),
+            decision: Some(read_decision(&decision, &wanted, part.applied)),
         }))
     }
 
@@ -961,7 +1011,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         Ok(Response::new(pb::GetAnswersResponse {
             answers: part.items.iter().map(answer_pb).collect(),
             redactions: part.redactions,
-            decision: Some(read_decision(&decision, part.applied)),
+            decision: Some(read_decision(&decision, &wanted, part.applied)),
         }))
     }
 
@@ -1008,7 +1058,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
                 &caller,
                 r.subject.unwrap_or_default(),
                 &r.purpose,
-                categories,
+                categories.clone(),
                 r.context,
                 &r.at_least_as_fresh,
             )
@@ -1074,7 +1124,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
             .log_read(&decision, "ReadSubject", returned, items)
             .await?;
         response.redactions = reads::merge_redactions(redactions);
-        response.decision = Some(read_decision(&decision, applied));
+        response.decision = Some(read_decision(&decision, &categories, applied));
         Ok(Response::new(response))
     }
 
@@ -1134,6 +1184,13 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         Ok(Response::new(pb::GetErasureStatusResponse {
             status: Some(crate::rights::erasure_status(&found)),
         }))
+    }
+
+    async fn get_request_status(
+        &self,
+        request: Request<pb::GetRequestStatusRequest>,
+    ) -> Result<Response<pb::GetRequestStatusResponse>, Status> {
+        crate::rights::request_status(&self.shared, request).await
     }
 
     async fn verify_access_log(

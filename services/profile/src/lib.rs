@@ -11,3 +11,4 @@ pub mod retention;
 pub mod rights;
 pub mod server;
 pub mod store;
+pub mod withdrawals;

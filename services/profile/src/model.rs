@@ -412,8 +412,25 @@ pub struct DsarRequest {
     pub requested_at: i64,
     /// When it completed (µs; 0 while in progress).
     pub completed_at: i64,
-    /// Outcome details as JSON (counts, steps); never subject ids.
+    /// Outcome details as JSON (counts, steps; a rectification's attribute name and category);
+    /// never subject ids, never a value of the subject's data.
     pub detail: String,
+    /// The caller identity that made the request (empty for requests recorded before callers
+    /// were kept).
+    pub requested_by: String,
+    /// The free-text reason given with the request (a rectification's); cleared at erasure,
+    /// since it may describe the person.
+    pub note: String,
+}
+
+/// Who asks for a data-subject request, and why: kept with it, so that the subject's access
+/// report and the request's status can say by whom and for what a correction was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// The authenticated caller identity (never a value from the request body).
+    pub caller: String,
+    /// The reason given with the request (free text; see [`DsarRequest::note`]).
+    pub note: String,
 }
 
 /// Microseconds since the Unix epoch, now.

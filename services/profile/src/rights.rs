@@ -1,5 +1,5 @@
-//! Data-subject rights, the front door for the privacy team: access report, export, rectification
-//! and erasure. Reads pass the gate like any other, under the essential purpose
+//! Data-subject rights, the front door for the privacy team: access report, export, rectification,
+//! erasure, and the status of any of these requests by its id. Reads pass the gate like any other, under the essential purpose
 //! `essential.legal_obligation` on behalf of the privacy team's caller; calls to the consent
 //! service forward the caller's own credentials, so the profile service holds no standing right
 //! to read consent histories or erase subjects there.
@@ -7,14 +7,15 @@
 use crate::grpc::{
     DSAR_PURPOSE, Shared, attribute_pb, caller_of, check_subject, key_of, store_status, timestamp,
 };
-use crate::model::{AccessRecord, DsarRequest, now_micros};
+use crate::model::{AccessRecord, DsarRequest, Requester, now_micros};
 use crate::store::EventQuery;
+use crate::withdrawals::phrase;
 use consentgate_gate::Decision;
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as consent_pb;
 use consentgate_proto::profile::v1 as pb;
 use consentgate_runtime::CallerIdentity;
-use consentgate_runtime::errors::{Violations, status};
+use consentgate_runtime::errors::{Violations, invalid_argument, status};
 use serde_json::{Value, json};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -105,16 +106,6 @@ fn ts_json(t: Option<&prost_types::Timestamp>) -> Value {
     }
 }
 
-/// A description for a sentence: "Your e-mail address." → "your e-mail address".
-fn phrase(description: &str) -> String {
-    let text = description.trim().trim_end_matches('.');
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().collect::<String>() + chars.as_str(),
-        None => String::new(),
-    }
-}
-
 fn entry_pb(shared: &Shared, e: &AccessRecord) -> pb::AccessEntry {
     let categories: Vec<String> = e
         .categories
@@ -139,15 +130,7 @@ fn entry_pb(shared: &Shared, e: &AccessRecord) -> pb::AccessEntry {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.read_at) * 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(time::macros::format_description!(
-                "[year]-[month]-[day] at [hour]:[minute] UTC"
-            ))
-            .ok()
-        })
-        .unwrap_or_default();
+    let when = when(e.read_at);
     let statement = format!(
         "On {when}, {} read {} item(s) of your data ({what}) for this purpose: {}. {} checked your consent first (consent revision {}).",
         e.caller,
@@ -170,12 +153,85 @@ fn entry_pb(shared: &Shared, e: &AccessRecord) -> pb::AccessEntry {
     }
 }
 
-/// `GetAccessReport`: who read the subject's data, in plain language.
+/// A date and time for a sentence: `2026-11-29 at 10:04 UTC`.
+fn when(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] at [hour]:[minute] UTC"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// What a rectification request's detail names: the attribute and its category, never a value.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RectificationDetail {
+    #[serde(default)]
+    attribute: String,
+    #[serde(default)]
+    data_category: String,
+}
+
+/// A rectification as the access report lists it.
+fn rectification_pb(shared: &Shared, request: &DsarRequest) -> pb::Rectification {
+    let detail: RectificationDetail = serde_json::from_str(&request.detail).unwrap_or_default();
+    let category = shared
+        .policy
+        .categories
+        .get(&detail.data_category)
+        .map_or_else(|| detail.data_category.clone(), |c| phrase(&c.description));
+    let by = if request.requested_by.is_empty() {
+        "the privacy team".to_owned()
+    } else {
+        request.requested_by.clone()
+    };
+    let mut statement = format!(
+        "On {}, {by} corrected your \"{}\" ({category}) at your request (request {}).",
+        when(request.completed_at),
+        detail.attribute,
+        request.request_id
+    );
+    if !request.note.is_empty() {
+        statement.push_str(&format!(" Reason given: {}", request.note));
+    }
+    pb::Rectification {
+        request_id: request.request_id.clone(),
+        rectified_at: Some(timestamp(request.completed_at)),
+        rectified_by: request.requested_by.clone(),
+        attribute: detail.attribute,
+        data_category: detail.data_category,
+        reason: request.note.clone(),
+        statement,
+    }
+}
+
+/// The subject's rectifications, oldest first.
+async fn rectifications(
+    shared: &Shared,
+    decision: &Decision,
+) -> Result<Vec<pb::Rectification>, Status> {
+    Ok(shared
+        .store
+        .subject_requests(decision)
+        .await
+        .map_err(store_status)?
+        .iter()
+        .filter(|r| r.kind == "rectify")
+        .map(|r| rectification_pb(shared, r))
+        .collect())
+}
+
+/// `GetAccessReport`: who read the subject's data, what was corrected at its request, and the
+/// withdrawals and refusals in force, in plain language.
 pub async fn access_report(
     shared: &Shared,
     request: Request<pb::GetAccessReportRequest>,
 ) -> Result<Response<pb::GetAccessReportResponse>, Status> {
     let caller = caller_of(&request)?;
+    let auth = credentials(&request)?;
     let subject = validated_subject(request.into_inner().subject)?;
     let decision = dsar_decision(shared, &caller, &subject).await?;
     let records = shared
@@ -184,10 +240,18 @@ pub async fn access_report(
         .await
         .map_err(store_status)?;
     let entries: Vec<pb::AccessEntry> = records.iter().map(|e| entry_pb(shared, e)).collect();
+    let rectifications = rectifications(shared, &decision).await?;
+    let consent_statements = if decision.subject_erased() {
+        // The consent service erased the subject: it holds no consents to report.
+        Vec::new()
+    } else {
+        let consents = consent_part(shared, &subject, &auth).await?;
+        crate::withdrawals::statements(&shared.policy, &consents.history)
+    };
     let mut callers: Vec<&str> = entries.iter().map(|e| e.caller.as_str()).collect();
     callers.sort_unstable();
     callers.dedup();
-    let summary = if entries.is_empty() {
+    let mut summary = if entries.is_empty() {
         "Nobody has read your data through the profile service.".to_owned()
     } else {
         format!(
@@ -196,9 +260,17 @@ pub async fn access_report(
             callers.join(", ")
         )
     };
+    if !rectifications.is_empty() {
+        summary.push_str(&format!(
+            " Your data was corrected at your request {} time(s); each correction is listed with its request id.",
+            rectifications.len()
+        ));
+    }
     Ok(Response::new(pb::GetAccessReportResponse {
         entries,
         summary,
+        rectifications,
+        consent_statements,
     }))
 }
 
@@ -223,12 +295,48 @@ fn record_json(r: &consent_pb::ConsentRecord) -> Value {
     })
 }
 
+/// The subject's consents as the consent service holds them.
+struct Consents {
+    /// The records in force, signals, links.
+    current: consent_pb::GetConsentsResponse,
+    /// Every record, oldest first.
+    history: Vec<consent_pb::ConsentRecord>,
+}
+
+impl Consents {
+    /// The export's `consents` and `consent_history` parts.
+    fn json(&self) -> (Value, Value) {
+        let current = &self.current;
+        let signals: Vec<Value> = current
+            .signals
+            .iter()
+            .map(|s| {
+                json!({
+                    "kind": consent_pb::SignalKind::try_from(s.kind).map_or("UNSPECIFIED", |k| k.as_str_name()),
+                    "value": s.value,
+                    "recorded_at": ts_json(s.recorded_at.as_ref()),
+                })
+            })
+            .collect();
+        (
+            json!({
+                "current": current.consents.iter().map(record_json).collect::<Vec<_>>(),
+                "signals": signals,
+                "linked_device_ids": current.linked_device_ids,
+                "processing_restricted": current.processing_restricted,
+                "revision": current.revision,
+            }),
+            Value::Array(self.history.iter().map(record_json).collect()),
+        )
+    }
+}
+
 /// The subject's consents and their history from the consent service.
 async fn consent_part(
     shared: &Shared,
     subject: &SubjectRef,
     auth: &MetadataValue<Ascii>,
-) -> Result<(Value, Value), Status> {
+) -> Result<Consents, Status> {
     let mut client = shared.gate.consent_client();
     let current = client
         .get_consents(forwarded(
@@ -255,33 +363,29 @@ async fn consent_part(
             .await
             .map_err(|s| consent_unavailable(&s))?
             .into_inner();
-        history.extend(page.records.iter().map(record_json));
+        history.extend(page.records);
         if page.next_page_token.is_empty() {
             break;
         }
         page_token = page.next_page_token;
     }
-    let signals: Vec<Value> = current
-        .signals
-        .iter()
-        .map(|s| {
-            json!({
-                "kind": consent_pb::SignalKind::try_from(s.kind).map_or("UNSPECIFIED", |k| k.as_str_name()),
-                "value": s.value,
-                "recorded_at": ts_json(s.recorded_at.as_ref()),
-            })
-        })
-        .collect();
-    Ok((
-        json!({
-            "current": current.consents.iter().map(record_json).collect::<Vec<_>>(),
-            "signals": signals,
-            "linked_device_ids": current.linked_device_ids,
-            "processing_restricted": current.processing_restricted,
-            "revision": current.revision,
-        }),
-        Value::Array(history),
-    ))
+    Ok(Consents { current, history })
+}
+
+/// A consent statement in the export.
+fn statement_json(s: &pb::ConsentStatement) -> Value {
+    json!({
+        "record_id": s.record_id,
+        "purpose": s.purpose,
+        "channel": s.channel,
+        "data_category": s.data_category,
+        "state": s.state,
+        "recorded_at": ts_json(s.recorded_at.as_ref()),
+        "consent_revision": s.revision,
+        "covers": s.covers,
+        "given_again": s.given_again,
+        "statement": s.statement,
+    })
 }
 
 /// `ExportSubjectData`: everything held about the subject, as one JSON document.
@@ -313,17 +417,44 @@ pub async fn export(
             break;
         }
     }
-    let (consents, consent_history) = if decision.subject_erased() {
+    let (consents, consent_history, consent_statements) = if decision.subject_erased() {
         // The consent service erased the subject: it holds no consents to report.
         (
             json!({ "current": [], "signals": [], "linked_device_ids": [], "processing_restricted": false, "subject_erased": true }),
             json!([]),
+            json!([]),
         )
     } else {
-        consent_part(shared, &subject, &auth).await?
+        let part = consent_part(shared, &subject, &auth).await?;
+        let (current, history) = part.json();
+        let said = crate::withdrawals::statements(&shared.policy, &part.history);
+        (
+            current,
+            history,
+            Value::Array(said.iter().map(statement_json).collect()),
+        )
+    };
+    let rectifications: Vec<Value> = rectifications(shared, &decision)
+        .await?
+        .iter()
+        .map(|r| {
+            json!({
+                "request_id": r.request_id,
+                "rectified_at": ts_json(r.rectified_at.as_ref()),
+                "rectified_by": r.rectified_by,
+                "attribute": r.attribute,
+                "data_category": r.data_category,
+                "reason": r.reason,
+                "statement": r.statement,
+            })
+        })
+        .collect();
+    let requester = Requester {
+        caller: caller.name.clone(),
+        note: String::new(),
     };
     let (request_record, _) = store
-        .begin_request("export", None)
+        .begin_request("export", None, &requester)
         .await
         .map_err(store_status)?;
     let items = attributes.len() + answers.len() + events.len();
@@ -390,6 +521,8 @@ pub async fn export(
         })).collect::<Vec<_>>(),
         "consents": consents,
         "consent_history": consent_history,
+        "consent_statements": consent_statements,
+        "rectifications": rectifications,
         "access_log": access,
         "recommendations": {
             "derived_data": [],
@@ -431,9 +564,15 @@ pub async fn rectify(
     v.finish()?;
     let subject = r.subject.unwrap_or_default();
     let decision = dsar_decision(shared, &caller, &subject).await?;
-    let attribute = shared
+    let requester = Requester {
+        caller: caller.name.clone(),
+        note: r.reason,
+    };
+    // The correction and its request are one transaction; the request names the attribute and
+    // its category, never a value (nor does anything logged here).
+    let (attribute, record) = shared
         .store
-        .rectify(&decision, &r.name, &r.value)
+        .rectify(&decision, &r.name, &r.value, &requester)
         .await
         .map_err(store_status)?
         .ok_or_else(|| {
@@ -443,20 +582,6 @@ pub async fn rectify(
                 "the subject has no attribute with this name",
             )
         })?;
-    let (mut record, _) = shared
-        .store
-        .begin_request("rectify", None)
-        .await
-        .map_err(store_status)?;
-    record.state = "completed".into();
-    record.completed_at = now_micros();
-    record.detail =
-        json!({ "attribute": attribute.name, "data_category": attribute.category }).to_string();
-    shared
-        .store
-        .update_request(&record)
-        .await
-        .map_err(store_status)?;
     Ok(Response::new(pb::RectifyAttributeResponse {
         attribute: Some(attribute_pb(&attribute)),
         request_id: record.request_id,
@@ -498,6 +623,7 @@ pub async fn erase(
     shared: &Shared,
     request: Request<pb::EraseSubjectRequest>,
 ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+    let caller = caller_of(&request)?;
     let auth = credentials(&request)?;
     let r = request.into_inner();
     let mut v = Violations::default();
@@ -521,7 +647,14 @@ pub async fn erase(
         consentgate_runtime::telemetry::pseudonymize(b"erasure-idempotency", &r.idempotency_key);
     let (mut record, _) = shared
         .store
-        .begin_request("erase", Some(&idempotency))
+        .begin_request(
+            "erase",
+            Some(&idempotency),
+            &Requester {
+                caller: caller.name.clone(),
+                note: String::new(),
+            },
+        )
         .await
         .map_err(store_status)?;
     if record.state == "completed" {
@@ -620,4 +753,121 @@ pub async fn erase(
     Ok(Response::new(pb::EraseSubjectResponse {
         status: Some(erasure_status(&record)),
     }))
+}
+
+/// What an export's detail holds.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ExportDetail {
+    #[serde(default)]
+    items_exported: u64,
+}
+
+/// `GetRequestStatus`: any data-subject request by its id, whatever its kind. The id alone
+/// resolves it, as for erasures: the privacy team and auditors prove a request's completion
+/// from the id the subject was given, without naming the subject.
+pub async fn request_status(
+    shared: &Shared,
+    request: Request<pb::GetRequestStatusRequest>,
+) -> Result<Response<pb::GetRequestStatusResponse>, Status> {
+    let r = request.into_inner();
+    if uuid::Uuid::parse_str(&r.request_id).is_err() {
+        return Err(invalid_argument(
+            "request_id",
+            "not a request id from EraseSubject, ExportSubjectData or RectifyAttribute",
+        ));
+    }
+    let found = shared
+        .store
+        .request(&r.request_id)
+        .await
+        .map_err(store_status)?
+        .ok_or_else(|| {
+            status(
+                Code::NotFound,
+                "REQUEST_NOT_FOUND",
+                "no data-subject request has this id",
+            )
+        })?;
+    Ok(Response::new(pb::GetRequestStatusResponse {
+        status: Some(request_status_pb(shared, &found)),
+    }))
+}
+
+/// A request of any kind as `GetRequestStatus` shows it.
+fn request_status_pb(shared: &Shared, request: &DsarRequest) -> pb::RequestStatus {
+    use pb::request_status::Outcome;
+    let completed = request.state == "completed";
+    let by = if request.requested_by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", request.requested_by)
+    };
+    let at = when(request.requested_at);
+    let (kind, outcome, summary) = match request.kind.as_str() {
+        "erase" => {
+            let erasure = erasure_status(request);
+            let summary = format!(
+                "Erasure requested{by} on {at}: {}",
+                if erasure.steps.is_empty() {
+                    "started.".to_owned()
+                } else {
+                    erasure.steps.join("; ")
+                }
+            );
+            (
+                pb::RequestKind::Erasure,
+                Some(Outcome::Erasure(erasure)),
+                summary,
+            )
+        }
+        "export" => {
+            let detail: ExportDetail = serde_json::from_str(&request.detail).unwrap_or_default();
+            let summary = format!(
+                "Export requested{by} on {at}: {} item(s) of profile data exported, with the consents, corrections and access log.",
+                detail.items_exported
+            );
+            (
+                pb::RequestKind::Export,
+                Some(Outcome::Export(pb::ExportOutcome {
+                    items_exported: detail.items_exported,
+                })),
+                summary,
+            )
+        }
+        "rectify" => {
+            let r = rectification_pb(shared, request);
+            let summary = format!(
+                "Correction{by} on {at} of the attribute \"{}\" (data category {}).",
+                r.attribute, r.data_category
+            );
+            (
+                pb::RequestKind::Rectification,
+                Some(Outcome::Rectification(pb::RectificationOutcome {
+                    attribute: r.attribute,
+                    data_category: r.data_category,
+                    reason: r.reason,
+                })),
+                summary,
+            )
+        }
+        _ => (pb::RequestKind::Unspecified, None, String::new()),
+    };
+    pb::RequestStatus {
+        request_id: request.request_id.clone(),
+        kind: kind as i32,
+        state: if completed {
+            pb::RequestState::Completed
+        } else {
+            pb::RequestState::InProgress
+        } as i32,
+        requested_at: Some(timestamp(request.requested_at)),
+        completed_at: (request.completed_at > 0).then(|| timestamp(request.completed_at)),
+        requested_by: request.requested_by.clone(),
+        summary: if completed {
+            summary
+        } else {
+            format!("{summary} (in progress)")
+        },
+        outcome,
+    }
 }

@@ -10,7 +10,7 @@ use consentgate_policy::Policy;
 use consentgate_profile::access_log;
 use consentgate_profile::model::{
     AccessDraft, Answer, AnswerKind, Attribute, Collection, Event, EventField, EventFields,
-    EventKind, Source, Table, now_micros,
+    EventKind, Requester, Source, Table, now_micros,
 };
 use consentgate_profile::store::{EventQuery, ProfileStore, SqlStore, StoreError};
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
@@ -579,13 +579,49 @@ async fn answers_rectify_erase_and_retention() {
             values(f.store.attributes(&d).await.expect("read")),
             ["padel"]
         );
-        let fixed = f
+        let ops = Requester {
+            caller: "privacy-ops".into(),
+            note: "customer reported a typo".into(),
+        };
+        let (fixed, request) = f
             .store
-            .rectify(&d, "sport", "tennis")
+            .rectify(&d, "sport", "tennis", &ops)
             .await
             .expect("rectify")
             .expect("exists");
         assert_eq!(fixed.value, "tennis");
+        // The correction's request: completed, by whom, what, linked to the subject alone, and
+        // never the value (old or new).
+        assert_eq!(
+            (request.kind.as_str(), request.state.as_str()),
+            ("rectify", "completed")
+        );
+        assert_eq!(request.requested_by, "privacy-ops");
+        assert_eq!(request.note, "customer reported a typo");
+        assert!(
+            request.detail.contains("\"sport\"")
+                && request.detail.contains("user.preferences.stated")
+                && !request.detail.contains("tennis")
+                && !request.detail.contains("padel"),
+            "{}",
+            request.detail
+        );
+        assert_eq!(
+            f.store.request(&request.request_id).await.expect("get"),
+            Some(request.clone())
+        );
+        assert_eq!(
+            f.store.subject_requests(&d).await.expect("requests"),
+            [request.clone()]
+        );
+        let dee = f.decide("dee", "marketing", &MARKETING_CATEGORIES).await;
+        assert!(
+            f.store
+                .subject_requests(&dee)
+                .await
+                .expect("requests")
+                .is_empty()
+        );
         // Every read after the correction sees it.
         assert_eq!(
             values(f.store.attributes(&d).await.expect("read")),
@@ -597,10 +633,15 @@ async fn answers_rectify_erase_and_retention() {
         );
         assert!(
             f.store
-                .rectify(&d, "nope", "x")
+                .rectify(&d, "nope", "x", &ops)
                 .await
                 .expect("rectify")
                 .is_none()
+        );
+        assert_eq!(
+            f.store.subject_requests(&d).await.expect("requests").len(),
+            1,
+            "{backend:?}: a correction of nothing records no request"
         );
         // Retention: browsing history is kept 180 days; the event at t=5µs is long gone.
         let purged = consentgate_profile::retention::sweep(f.store.as_ref(), &policy, now_micros())
@@ -627,8 +668,27 @@ async fn answers_rectify_erase_and_retention() {
         let survey = f.decide("dan", "research", &["user.survey.answers"]).await;
         assert_eq!(f.store.answers(&survey).await.expect("answers").len(), 1);
         let deleted = f.store.erase_subject("s:dan").await.expect("erase");
-        assert_eq!(deleted, 3, "{backend:?}: attribute, event, answer");
+        assert_eq!(
+            deleted, 4,
+            "{backend:?}: attribute, event, answer, and the pseudonym key the correction made"
+        );
         assert!(f.store.attributes(&d).await.expect("read").is_empty());
+        // The correction stays provable by its id, no longer linked to the subject, without
+        // the reason given (it may describe the person).
+        let kept = f
+            .store
+            .request(&request.request_id)
+            .await
+            .expect("get")
+            .expect("kept");
+        assert_eq!((kept.detail, kept.note), (request.detail, String::new()));
+        assert!(
+            f.store
+                .subject_requests(&d)
+                .await
+                .expect("requests")
+                .is_empty()
+        );
         assert!(f.store.answers(&survey).await.expect("answers").is_empty());
         let dee = f.decide("dee", "marketing", &MARKETING_CATEGORIES).await;
         assert_eq!(f.store.attributes(&dee).await.expect("read").len(), 1);
@@ -709,15 +769,20 @@ async fn the_access_log_chains_detects_tampering_and_shreds_pseudonyms() {
 async fn data_subject_requests_are_idempotent_by_key() {
     for backend in backends() {
         let f = Fixture::new(backend).await;
+        let ops = Requester {
+            caller: "privacy-ops".into(),
+            note: String::new(),
+        };
         let (first, created) = f
             .store
-            .begin_request("erase", Some("k1"))
+            .begin_request("erase", Some("k1"), &ops)
             .await
             .expect("begin");
         assert!(created);
+        assert_eq!(first.requested_by, "privacy-ops");
         let (again, created) = f
             .store
-            .begin_request("erase", Some("k1"))
+            .begin_request("erase", Some("k1"), &Requester::default())
             .await
             .expect("begin");
         assert!(!created);
@@ -855,7 +920,7 @@ async fn corrections_win_over_racing_reads() {
         for i in 1..=40 {
             let value = format!("v{i}");
             f.store
-                .rectify(&d, "sport", &value)
+                .rectify(&d, "sport", &value, &Requester::default())
                 .await
                 .expect("rectify")
                 .expect("exists");

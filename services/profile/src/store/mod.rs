@@ -16,7 +16,7 @@ pub use sqlite::{Sqlite as SqliteDialect, SqliteStore};
 
 use crate::model::{
     AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventFields, EventKind,
-    Holding, Table,
+    Holding, Requester, Table,
 };
 use consentgate_gate::Decision;
 use std::sync::Arc;
@@ -110,16 +110,21 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// only, no values): what redactions summarize.
     async fn holdings(&self, decision: &Decision, table: Table)
     -> Result<Vec<Holding>, StoreError>;
-    /// Replaces an attribute's value if the decision allows its category; the updated attribute.
+    /// Replaces an attribute's value if the decision allows its category, and records the
+    /// completed `rectify` request, linked to the subject by its pseudonym, in the same
+    /// transaction: a correction that happened is always provable. The request's detail names
+    /// the attribute and its category, never a value. The updated attribute and the request;
+    /// `None` (nothing written) when the subject has no attribute of that name.
     async fn rectify(
         &self,
         decision: &Decision,
         name: &str,
         value: &str,
-    ) -> Result<Option<Attribute>, StoreError>;
+        requester: &Requester,
+    ) -> Result<Option<(Attribute, DsarRequest)>, StoreError>;
 
-    /// Deletes everything held about a subject (attributes, events, answers, its pseudonym key);
-    /// how many rows.
+    /// Deletes everything held about a subject (attributes, events, answers, its pseudonym key,
+    /// which leaves its requests anonymous, and their notes); how many rows.
     async fn erase_subject(&self, subject_key: &str) -> Result<u64, StoreError>;
     /// Deletes data of `category` collected before `cutoff` (µs); how many rows.
     async fn purge_before(&self, category: &str, cutoff: i64) -> Result<u64, StoreError>;
@@ -142,17 +147,21 @@ pub trait ProfileStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<AccessRecord>, StoreError>;
 
-    /// Starts a data-subject request, or returns the one started with the same idempotency key.
-    /// `(request, created)`.
+    /// Starts a data-subject request on behalf of `requester`, or returns the one started with
+    /// the same idempotency key. `(request, created)`.
     async fn begin_request(
         &self,
         kind: &str,
         idempotency: Option<&str>,
+        requester: &Requester,
     ) -> Result<(DsarRequest, bool), StoreError>;
     /// Records a request's new state and details.
     async fn update_request(&self, request: &DsarRequest) -> Result<(), StoreError>;
     /// A request by id.
     async fn request(&self, request_id: &str) -> Result<Option<DsarRequest>, StoreError>;
+    /// The requests linked to the decision's subject (its rectifications), oldest first; none
+    /// once its key is erased.
+    async fn subject_requests(&self, decision: &Decision) -> Result<Vec<DsarRequest>, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`), migrating it.

@@ -6,7 +6,7 @@ use super::{EventQuery, ProfileStore, StoreError};
 use crate::access_log;
 use crate::model::{
     AccessDraft, AccessRecord, Answer, AnswerKind, Attribute, Collection, DsarRequest, Event,
-    EventField, EventFields, EventKind, Holding, Source, Table, now_micros,
+    EventField, EventFields, EventKind, Holding, Requester, Source, Table, now_micros,
 };
 use consentgate_gate::Decision;
 use sqlx::any::AnyRow;
@@ -288,6 +288,10 @@ fn access_of(r: &AnyRow) -> AccessRecord {
 
 const ACCESS_COLUMNS: &str = "seq, read_at, pseudonym, caller, enforced_by, purpose, categories, revision, operation, items, prev_hash, hash";
 
+/// The `dsar_requests` columns [`request_of`] reads, in its order.
+const REQUEST_COLUMNS: &str =
+    "request_id, kind, state, requested_at, completed_at, detail, requested_by, note";
+
 fn request_of(r: &AnyRow) -> DsarRequest {
     DsarRequest {
         request_id: r.get(0),
@@ -296,7 +300,32 @@ fn request_of(r: &AnyRow) -> DsarRequest {
         requested_at: r.get(3),
         completed_at: r.get(4),
         detail: r.get(5),
+        requested_by: r.get(6),
+        note: r.get(7),
     }
+}
+
+/// Inserts a request row; `pseudonym` links it to the subject it is about.
+async fn insert_request(
+    tx: &mut Tx<'_>,
+    request: &DsarRequest,
+    idempotency: Option<&str>,
+    pseudonym: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO dsar_requests (request_id, kind, idempotency, state, requested_at, completed_at, detail, requested_by, note, pseudonym) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        .bind(&request.request_id)
+        .bind(&request.kind)
+        .bind(idempotency.map(str::to_owned))
+        .bind(&request.state)
+        .bind(request.requested_at)
+        .bind(request.completed_at)
+        .bind(&request.detail)
+        .bind(&request.requested_by)
+        .bind(&request.note)
+        .bind(pseudonym.map(str::to_owned))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// `$first, $first+1, …` for `count` values.
@@ -866,7 +895,8 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         decision: &Decision,
         name: &str,
         value: &str,
-    ) -> Result<Option<Attribute>, StoreError> {
+        requester: &Requester,
+    ) -> Result<Option<(Attribute, DsarRequest)>, StoreError> {
         let mut tx = self.begin_write().await?;
         let Some(row) = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ATTRIBUTE_COLUMNS} FROM attributes WHERE subject = $1 AND name = $2"
@@ -891,13 +921,59 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         .bind(name)
         .execute(&mut *tx)
         .await?;
+        // The subject's pseudonym key, created here if the subject has none yet (in the
+        // transaction, so that a correction of nothing creates no key).
+        sqlx::query("INSERT INTO subject_keys (subject, secret) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
+            .bind(decision.subject_key())
+            .bind(access_log::new_secret()?)
+            .execute(&mut *tx)
+            .await?;
+        let secret: String = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+            .bind(decision.subject_key())
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let request = DsarRequest {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            kind: "rectify".into(),
+            state: "completed".into(),
+            requested_at: attribute.updated_at,
+            completed_at: attribute.updated_at,
+            // What was corrected, never the value (old or new).
+            detail: serde_json::json!({
+                "attribute": attribute.name,
+                "data_category": attribute.category,
+            })
+            .to_string(),
+            requested_by: requester.caller.clone(),
+            note: requester.note.clone(),
+        };
+        let pseudonym = access_log::pseudonym(&secret, decision.subject_key());
+        insert_request(&mut tx, &request, None, Some(&pseudonym)).await?;
         tx.commit().await?;
+        self.secrets
+            .insert(decision.subject_key().to_owned(), secret);
         self.held_changed(Some(&[decision.subject_key()]));
-        Ok(Some(attribute))
+        Ok(Some((attribute, request)))
     }
 
     async fn erase_subject(&self, subject_key: &str) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
+        // The subject's requests stay (their completion is provable) but lose their link to the
+        // subject and the free-text reasons that might describe it.
+        if let Some(row) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+            .bind(subject_key)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            let pseudonym = access_log::pseudonym(&row.get::<String, _>(0), subject_key);
+            sqlx::query(
+                "UPDATE dsar_requests SET note = '', pseudonym = NULL WHERE pseudonym = $1",
+            )
+            .bind(pseudonym)
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut deleted = 0;
         for sql in [
             "DELETE FROM attributes WHERE subject = $1",
@@ -1024,13 +1100,18 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         &self,
         kind: &str,
         idempotency: Option<&str>,
+        requester: &Requester,
     ) -> Result<(DsarRequest, bool), StoreError> {
         let mut tx = self.begin_write().await?;
         let existing = match idempotency {
-            Some(key) => sqlx::query("SELECT request_id, kind, state, requested_at, completed_at, detail FROM dsar_requests WHERE idempotency = $1")
+            Some(key) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {REQUEST_COLUMNS} FROM dsar_requests WHERE idempotency = $1"
+                )))
                 .bind(key)
                 .fetch_optional(&mut *tx)
-                .await?,
+                .await?
+            }
             None => None,
         };
         if let Some(r) = existing {
@@ -1044,17 +1125,10 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             requested_at: now_micros(),
             completed_at: 0,
             detail: "{}".into(),
+            requested_by: requester.caller.clone(),
+            note: requester.note.clone(),
         };
-        sqlx::query("INSERT INTO dsar_requests (request_id, kind, idempotency, state, requested_at, completed_at, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(&request.request_id)
-            .bind(&request.kind)
-            .bind(idempotency.map(str::to_owned))
-            .bind(&request.state)
-            .bind(request.requested_at)
-            .bind(request.completed_at)
-            .bind(&request.detail)
-            .execute(&mut *tx)
-            .await?;
+        insert_request(&mut tx, &request, idempotency, None).await?;
         tx.commit().await?;
         Ok((request, true))
     }
@@ -1071,12 +1145,35 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
     }
 
     async fn request(&self, request_id: &str) -> Result<Option<DsarRequest>, StoreError> {
-        Ok(sqlx::query("SELECT request_id, kind, state, requested_at, completed_at, detail FROM dsar_requests WHERE request_id = $1")
-            .bind(request_id)
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM dsar_requests WHERE request_id = $1"
+        )))
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(request_of))
+    }
+
+    async fn subject_requests(&self, decision: &Decision) -> Result<Vec<DsarRequest>, StoreError> {
+        let subject_key = decision.subject_key();
+        let Some(row) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+            .bind(subject_key)
             .fetch_optional(&self.pool)
             .await?
-            .as_ref()
-            .map(request_of))
+        else {
+            return Ok(Vec::new());
+        };
+        let pseudonym = access_log::pseudonym(&row.get::<String, _>(0), subject_key);
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM dsar_requests WHERE pseudonym = $1 ORDER BY requested_at, request_id"
+        )))
+        .bind(pseudonym)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(request_of)
+        .collect())
     }
 }
 
