@@ -40,10 +40,13 @@ const HISTORY: u32 = 500;
 /// History read to rank when the model already holds the subject at this revision: ranking
 /// anchors on the most recent events only.
 const RECENT: u32 = 40;
-/// How often lapsed training leases are re-checked unless set otherwise
-/// ([`Recommender::set_training_sweep`]): the gate's default heartbeat lease, so that an expired
-/// training consent leaves the model about as soon as a withdrawal does under a partition.
+/// The longest the training sweep waits between looks unless set otherwise
+/// ([`Recommender::set_training_sweep`]): the gate's default heartbeat lease. The sweep also
+/// wakes when the earliest lease it knows of ends, so this bounds only leases taken while it
+/// waits.
 pub const TRAINING_SWEEP: Duration = Duration::from_secs(1);
+/// The shortest wait between sweeps, so that a lease that keeps lapsing cannot make it spin.
+const SWEEP_MIN_WAIT: Duration = Duration::from_millis(10);
 /// The most re-checks in one `BatchCheck` (the consent service's limit).
 const SWEEP_BATCH: usize = 1000;
 /// The most batches one sweep sends: a backlog larger than this waits for the next sweep rather
@@ -159,9 +162,10 @@ impl Recommender {
         })
     }
 
-    /// Sets how often lapsed training leases are re-checked (default [`TRAINING_SWEEP`]); applies
-    /// from now on, also to a sweep that is waiting. An expired training consent leaves the model
-    /// within about this long after its expiry.
+    /// Sets the longest the training sweep waits between looks (default [`TRAINING_SWEEP`]);
+    /// applies from now on, also to a sweep that is waiting. An expired training consent leaves
+    /// the model at most about this long after its expiry (usually at once: the sweep wakes
+    /// when the earliest lease ends).
     pub fn set_training_sweep(&self, every: Duration) {
         self.sweep_every
             .send_replace(every.max(Duration::from_millis(10)));
@@ -175,9 +179,9 @@ impl Recommender {
         }
     }
 
-    /// Starts the training sweep: every period, the subjects whose training lease has lapsed
-    /// are asked about again ([`Recommender::sweep_lapsed_training`]). Runs until the recommender
-    /// is dropped.
+    /// Starts the training sweep: when the earliest training lease ends (and at least every
+    /// period), the subjects whose lease has lapsed are asked about again
+    /// ([`Recommender::sweep_lapsed_training`]). Runs until the recommender is dropped.
     ///
     /// Why a sweep: a consent that reaches its `expires_at` produces no change event, so
     /// [`Recommender::follow_changes`] never hears of it, and the model would keep the subject's
@@ -191,8 +195,11 @@ impl Recommender {
         tokio::spawn(async move {
             loop {
                 let period = *every.borrow_and_update();
+                let Some(wait) = me.upgrade().map(|me| me.next_sweep_in(period)) else {
+                    return;
+                };
                 tokio::select! {
-                    () = tokio::time::sleep(period) => {}
+                    () = tokio::time::sleep(wait) => {}
                     changed = every.changed() => match changed {
                         // A new period: wait that long from now.
                         Ok(()) => continue,
@@ -206,6 +213,23 @@ impl Recommender {
                 me.sweep_lapsed_training().await;
             }
         });
+    }
+
+    /// How long the sweep may wait: until just past the earliest lease's end, at most `period`.
+    fn next_sweep_in(&self, period: Duration) -> Duration {
+        let next = self
+            .model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_lapse();
+        next.map_or(period, |until| {
+            until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .saturating_add(Duration::from_millis(1))
+                .min(period)
+        })
+        .max(SWEEP_MIN_WAIT)
     }
 
     /// Asks the consent service again about every learned subject whose training lease has

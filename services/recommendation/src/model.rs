@@ -233,6 +233,11 @@ impl CoOccurrence {
             .collect()
     }
 
+    /// When the earliest lease ends, if any subject is leased.
+    pub fn next_lapse(&self) -> Option<SystemTime> {
+        self.leases.first().map(|(until, _)| *until)
+    }
+
     /// The lease `subject` is held under, if it is learned and leased.
     pub fn lease(&self, subject: &str) -> Option<&Lease> {
         self.contributions.get(subject)?.lease.as_ref()
@@ -545,6 +550,7 @@ mod tests {
         m.learn_leased("early", ["tent", "headlamp"], 2, lease(10));
         m.learn("unleased", ["tent", "novel"], 3);
         assert!(m.lapsed(t(9), 10).is_empty());
+        assert_eq!(m.next_lapse(), Some(t(10)));
         let lapsed = m.lapsed(t(30), 10);
         let names: Vec<&str> = lapsed.iter().map(|l| l.subject.as_str()).collect();
         assert_eq!(names, ["early", "late"], "earliest first, unleased never");
@@ -564,6 +570,7 @@ mod tests {
         // Unlearning drops the lease too: nothing lapses for a subject that is gone.
         assert!(m.unlearn("early"));
         assert!(m.lapsed(t(1000), 10).is_empty());
+        assert_eq!(m.next_lapse(), None);
         assert_eq!(m.subjects(), 1);
     }
 }
