@@ -158,3 +158,100 @@ async fn an_unreachable_consent_service_fails_closed() {
     assert_eq!(gate.counters().allows, 0);
     assert_eq!(gate.counters().failures, 2);
 }
+
+/// A grant of `purpose` to `who` that expires at `expires`; the new revision.
+async fn grant_until(
+    url: &str,
+    who: &str,
+    purpose: &str,
+    key: &str,
+    expires: std::time::SystemTime,
+) -> u64 {
+    let mut client = ConsentServiceClient::connect(url.to_owned())
+        .await
+        .expect("connect");
+    let mut r = tonic::Request::new(pb::GrantRequest {
+        target: Some(pb::ConsentTarget {
+            subject: Some(SubjectRef {
+                id: Some(subject_ref::Id::SubjectId(who.to_owned())),
+            }),
+            purpose: purpose.into(),
+            ..Default::default()
+        }),
+        consent_type: pb::ConsentType::Explicit as i32,
+        notice_version: "2.0".into(),
+        expires_at: Some(expires.into()),
+        idempotency_key: key.into(),
+        ..Default::default()
+    });
+    r.metadata_mut().insert(
+        "authorization",
+        "Bearer t-preference-center".parse().expect("header"),
+    );
+    client.grant(r).await.expect("grant").into_inner().revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_decision_is_not_served_past_the_expiry_of_any_record_behind_it() {
+    use consentgate_proto::common::v1::PersonalizationLevel;
+    let (url, _db) = consent_service().await;
+    let gate = Gate::start(
+        GateConfig::new(url.clone(), "t-recommendation-service"),
+        "recommendation-service",
+    )
+    .expect("gate");
+    assert!(gate.wait_live(Duration::from_secs(10)).await);
+    let expires = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let revision = grant_until(&url, "eve", PURPOSE, "g-eve", expires).await;
+    // Two questions: the limited purpose's category (its verdict rests on the record) and the
+    // profiled purpose alone (denied, but its personalization level rests on the record).
+    let level_check = || pb::CheckRequest {
+        purpose: "personalize.content.profiled".into(),
+        data_categories: Vec::new(),
+        ..check("eve")
+    };
+    let mut first = vec![check("eve"), level_check()];
+    for c in &mut first {
+        c.at_least_as_fresh = revision.to_string();
+    }
+    let before = gate.check_many(first, None).await.expect("batch");
+    assert!(before[0].is_allowed("user.preferences.stated"));
+    assert_eq!(
+        before[1].personalization_level(),
+        PersonalizationLevel::Limited
+    );
+    for d in &before {
+        assert!(
+            d.valid_until() <= expires,
+            "{}: valid until {:?}, past the record's expiry {expires:?}",
+            d.purpose(),
+            d.valid_until()
+        );
+        assert!(d.holds_at(std::time::SystemTime::now()));
+    }
+    let cached = gate
+        .check_many(vec![check("eve"), level_check()], None)
+        .await
+        .expect("batch");
+    assert!(
+        cached.iter().all(|d| d.from_cache()),
+        "warm before the expiry"
+    );
+    // Past the expiry, with no change event: neither answer comes from the cache.
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(left + Duration::from_millis(20)).await;
+    let after = gate
+        .check_many(vec![check("eve"), level_check()], None)
+        .await
+        .expect("batch");
+    assert!(after.iter().all(|d| !d.from_cache()));
+    assert!(!after[0].is_allowed("user.preferences.stated"));
+    assert_eq!(after[0].reason(), "EXPIRED");
+    assert!(
+        after[1].personalization_level() < PersonalizationLevel::Limited,
+        "{:?}",
+        after[1].personalization_level()
+    );
+}
