@@ -1,7 +1,7 @@
 //! The decision function: DESIGN §3 "Decision rules", evaluated in order, with reasons and a trace.
 
 use crate::model::{Channel, Jurisdiction, LegalBasis, Personalization, Policy, Purpose};
-use crate::pattern::{is_ancestor_or_self, parent_key};
+use crate::pattern::is_ancestor_or_self;
 use crate::state::{ConsentType, Record, RecordState, SubjectState};
 use std::fmt;
 use time::{Duration, OffsetDateTime};
@@ -52,6 +52,36 @@ impl Reason {
             Reason::MinorRequiresGuardian => "MINOR_REQUIRES_GUARDIAN",
             Reason::SensitiveRequiresExplicitConsent => "SENSITIVE_REQUIRES_EXPLICIT_CONSENT",
         }
+    }
+}
+
+impl Reason {
+    /// Where the reason stands in rule order (DESIGN §3), most significant first: the reason a
+    /// person is shown when several categories are denied for different reasons is the one with
+    /// the lowest rank. Minimization comes last: a category the purpose never needed explains
+    /// nothing about the ones it does need, so `NOT_NEEDED_FOR_PURPOSE` is the top-level reason
+    /// only when nothing else denied. Within the legal-basis rule, what the person said (withdrew,
+    /// refused) ranks before what lapsed or was never said.
+    pub fn significance(self) -> u8 {
+        match self {
+            Reason::CallerNotPermitted => 0,
+            Reason::SubjectErased => 1,
+            Reason::ProcessingRestricted => 2,
+            Reason::Withdrawn => 3,
+            Reason::Refused => 4,
+            Reason::Expired => 5,
+            Reason::NoticeOutdated => 6,
+            Reason::NoConsent => 7,
+            Reason::GpcOptOut => 8,
+            Reason::MinorRequiresGuardian => 9,
+            Reason::SensitiveRequiresExplicitConsent => 10,
+            Reason::NotNeededForPurpose => 11,
+        }
+    }
+
+    /// The most significant of `reasons` in rule order (see [`Reason::significance`]).
+    pub fn most_significant(reasons: impl IntoIterator<Item = Reason>) -> Option<Reason> {
+        reasons.into_iter().min_by_key(|r| r.significance())
     }
 }
 
@@ -167,7 +197,9 @@ pub struct Step {
 pub struct Decision {
     /// The overall verdict.
     pub verdict: Verdict,
-    /// The first denial's reason when nothing is allowed.
+    /// When nothing is allowed: the most significant denial in rule order
+    /// ([`Reason::most_significant`]), so that a category the purpose does not need never hides
+    /// the withdrawal that decided the ones it does.
     pub reason: Option<Reason>,
     /// One verdict per requested category (or one purpose-level verdict).
     pub categories: Vec<CategoryVerdict>,
@@ -177,8 +209,14 @@ pub struct Decision {
     pub obligations: Vec<Obligation>,
     /// The subject state's revision.
     pub revision: u64,
-    /// How long a cache may keep this decision.
+    /// How long a cache may keep this decision: the earliest of the policy's TTL and the expiry
+    /// of every record behind any part of it (each category's verdict and the personalization
+    /// level), so that no cache serves an allow or a level past a consent's expiry.
     pub valid_until: OffsetDateTime,
+    /// Conflicts between the person's choices and signals that the decision resolved, in plain
+    /// language, e.g. an explicit opt-in recorded after a GPC signal (CCPA regs §7025(c)(3)).
+    /// Empty on the common path.
+    pub conflicts: Vec<String>,
     /// The trace.
     pub explanation: Vec<Step>,
 }
@@ -189,6 +227,20 @@ struct Outcome<'s> {
     detail: String,
     rule: &'static str,
     record: Option<&'s Record>,
+    /// Set when an explicit grant recorded after a GPC signal decided (the conflict to name).
+    gpc_overridden: bool,
+}
+
+impl Outcome<'_> {
+    /// For an allow, the expiry of the record behind it: the moment the allow may turn into
+    /// `EXPIRED` (one already past, behind an opt-out allow, makes the decision uncacheable).
+    /// A denial never turns into an allow when a record lapses (the lapsed record stays the
+    /// deciding one), and cached denials are harmless, so denials give none.
+    fn lapses_at(&self) -> Option<OffsetDateTime> {
+        self.record
+            .filter(|_| self.denied.is_none())
+            .and_then(|r| r.expires_at)
+    }
 }
 
 impl<'s> Outcome<'s> {
@@ -198,6 +250,7 @@ impl<'s> Outcome<'s> {
             detail,
             rule,
             record,
+            gpc_overridden: false,
         }
     }
     fn deny(
@@ -211,6 +264,7 @@ impl<'s> Outcome<'s> {
             detail,
             rule,
             record,
+            gpc_overridden: false,
         }
     }
 }
@@ -263,6 +317,7 @@ pub fn decide(
         input.categories.iter().map(|c| Some(c.as_str())).collect()
     };
     let mut verdicts = Vec::with_capacity(targets.len());
+    let mut conflicts = Vec::new();
     let mut valid_until = input.now + Duration::seconds(i64::from(policy.decision_ttl_seconds));
     for target in targets {
         let outcome = if !permitted {
@@ -278,10 +333,25 @@ pub fn decide(
         } else {
             ctx.evaluate(purpose, target)
         };
-        if outcome.denied.is_none()
-            && let Some(expiry) = outcome.record.and_then(|r| r.expires_at)
-        {
+        if let Some(expiry) = outcome.lapses_at() {
             valid_until = valid_until.min(expiry);
+        }
+        if outcome.gpc_overridden
+            && let Some(line) = ctx.gpc_conflict(outcome.record)
+            && !conflicts.contains(&line)
+        {
+            if input.explain {
+                explanation.push(Step {
+                    rule: "gpc",
+                    outcome: "overridden".into(),
+                    detail: line.clone(),
+                    record_ids: outcome
+                        .record
+                        .map(|r| vec![r.id.clone()])
+                        .unwrap_or_default(),
+                });
+            }
+            conflicts.push(line);
         }
         if input.explain {
             explanation.push(Step {
@@ -313,7 +383,7 @@ pub fn decide(
         _ => Verdict::Partial,
     };
     let reason = if verdict == Verdict::Deny {
-        verdicts.iter().find_map(|v| v.denied)
+        Reason::most_significant(verdicts.iter().filter_map(|v| v.denied))
     } else {
         None
     };
@@ -339,7 +409,10 @@ pub fn decide(
         }));
     }
 
-    let personalization = ctx.personalization(input.caller);
+    let (personalization, level_lapses_at) = ctx.personalization(input.caller);
+    if let Some(expiry) = level_lapses_at {
+        valid_until = valid_until.min(expiry);
+    }
     if valid_until < input.now {
         valid_until = input.now;
     }
@@ -351,8 +424,46 @@ pub fn decide(
         obligations,
         revision: state.revision,
         valid_until,
+        conflicts,
         explanation,
     })
+}
+
+/// The conflicts between a subject's choices and its GPC signal, for a person-facing listing
+/// (GetConsents): every current explicit, unexpired grant of a GPC-scoped purpose recorded after
+/// the GPC signal that is on, in the words a decision uses for the same conflict.
+pub fn gpc_conflicts(policy: &Policy, state: &SubjectState, now: OffsetDateTime) -> Vec<String> {
+    let (Some(signal_revision), Some(signal_at)) = (state.gpc_signal_revision, state.gpc_signal_at)
+    else {
+        return Vec::new();
+    };
+    if !policy.rules.honor_gpc {
+        return Vec::new();
+    }
+    state
+        .records
+        .iter()
+        .filter(|r| {
+            r.state == RecordState::Given
+                && r.consent_type == ConsentType::Explicit
+                && r.revision > signal_revision
+                && r.expires_at.is_none_or(|e| e > now)
+                && policy
+                    .purposes
+                    .get(&r.purpose)
+                    .is_some_and(|p| p.gpc_scoped)
+        })
+        .map(|r| gpc_conflict_line(r, signal_at))
+        .collect()
+}
+
+fn gpc_conflict_line(record: &Record, signal_at: OffsetDateTime) -> String {
+    format!(
+        "opted in to {} on {} after a GPC signal on {}",
+        record.purpose,
+        day_and_minute(record.collected_at),
+        day_and_minute(signal_at)
+    )
 }
 
 /// Rule 1 alone: checks that the purpose, categories, jurisdiction and channel exist, without
@@ -472,7 +583,7 @@ impl<'a> Evaluation<'a> {
                 None,
             );
         }
-        let record = self.most_specific(purpose, category);
+        let record = self.deciding_record(purpose, category);
         // Rule 5: the legal basis.
         match basis {
             LegalBasis::Essential | LegalBasis::Contract => {}
@@ -556,6 +667,7 @@ impl<'a> Evaluation<'a> {
             }
         }
         // Rule 6: Global Privacy Control.
+        let mut gpc_overridden = false;
         if self.policy.rules.honor_gpc && purpose.gpc_scoped && self.jurisdiction.honors_gpc {
             let signal = match (state.gpc_signal_revision, self.gpc) {
                 (Some(rev), _) => Some(rev),
@@ -579,6 +691,7 @@ impl<'a> Evaluation<'a> {
                         record,
                     );
                 }
+                gpc_overridden = true;
             }
         }
         // Rule 7: minors.
@@ -644,7 +757,16 @@ impl<'a> Evaluation<'a> {
             }
             _ => format!("legal basis {} and no opt-out recorded", basis.as_str()),
         };
-        Outcome::allow("legal_basis", detail, record)
+        Outcome {
+            gpc_overridden,
+            ..Outcome::allow("legal_basis", detail, record)
+        }
+    }
+
+    /// The plain-language line for an explicit grant that overrides the recorded GPC signal:
+    /// "opted in to <purpose> on <date> after a GPC signal on <date>".
+    fn gpc_conflict(&self, record: Option<&Record>) -> Option<String> {
+        Some(gpc_conflict_line(record?, self.state.gpc_signal_at?))
     }
 
     fn no_consent_detail(&self, purpose: &Purpose) -> String {
@@ -654,43 +776,59 @@ impl<'a> Evaluation<'a> {
         }
     }
 
-    /// The record that decides: the most specific purpose first (the purpose, then its ancestors),
-    /// then the most specific category scope, then the latest event.
-    fn most_specific(&self, purpose: &Purpose, category: Option<&str>) -> Option<&'a Record> {
-        let mut level = Some(purpose.key.as_str());
-        while let Some(key) = level {
-            let best = self
-                .state
-                .records
-                .iter()
-                .filter(|r| r.purpose == key)
-                .filter(|r| match r.channel {
-                    None => true,
-                    Some(ch) => self.channel == Some(ch),
-                })
-                .filter(|r| match (&r.scope, category) {
+    /// The record that decides one question (the purpose, the asked channel, one category or
+    /// none). DESIGN §3 rule 5, precisely:
+    ///
+    /// 1. A record *applies* when its purpose is the asked purpose or an ancestor of it, its
+    ///    channel is none or the asked one, and its scope is none or covers the asked category (a
+    ///    purpose-level question, without a category, sees only unscoped records).
+    /// 2. A `refused` or `withdrawn` record that applies overrides every applying `given` record
+    ///    on its purpose or beneath it that is *older* (a lower revision): withdrawing
+    ///    `marketing` withdraws an earlier grant of `marketing.communications.email`, on every
+    ///    channel and every category scope the withdrawal itself covers.
+    /// 3. Of the records left (every refusal and withdrawal, and the grants nobody overrode), the
+    ///    most specific decides: the deepest purpose, then the deepest scope, then the latest
+    ///    revision. So a grant of `marketing.communications.email` made *after* withdrawing
+    ///    `marketing` applies again (the person opted back in to that one thing), and a
+    ///    withdrawal of `marketing.communications.sms` beats a grant of `marketing` whenever it
+    ///    was made: a broad yes never reopens a specific no.
+    fn deciding_record(&self, purpose: &Purpose, category: Option<&str>) -> Option<&'a Record> {
+        let channel = self.channel;
+        let applies = move |r: &&'a Record| {
+            is_ancestor_or_self(&r.purpose, &purpose.key)
+                && r.channel.is_none_or(|ch| channel == Some(ch))
+                && match (&r.scope, category) {
                     (None, _) => true,
                     (Some(scope), Some(c)) => is_ancestor_or_self(scope, c),
                     (Some(_), None) => false,
-                })
-                .max_by_key(|r| {
-                    (
-                        r.scope.as_ref().map_or(0, |s| s.split('.').count()),
-                        r.revision,
-                    )
-                });
-            if best.is_some() {
-                return best;
-            }
-            level = parent_key(key);
-        }
-        None
+                }
+        };
+        let records = &self.state.records;
+        let overridden = |given: &Record| {
+            records.iter().filter(applies).any(|n| {
+                n.state != RecordState::Given
+                    && n.revision > given.revision
+                    && is_ancestor_or_self(&n.purpose, &given.purpose)
+            })
+        };
+        records
+            .iter()
+            .filter(applies)
+            .filter(|r| r.state != RecordState::Given || !overridden(r))
+            .max_by_key(|r| {
+                (
+                    key_depth(&r.purpose),
+                    r.scope.as_deref().map_or(0, key_depth),
+                    r.revision,
+                )
+            })
     }
 
-    /// The highest rung of the ladder whose purpose is allowed for this caller.
-    fn personalization(&self, caller: &str) -> Personalization {
+    /// The highest rung of the ladder whose purpose is allowed for this caller, and when the
+    /// record behind that rung lapses (the level may drop then).
+    fn personalization(&self, caller: &str) -> (Personalization, Option<OffsetDateTime>) {
         if self.state.erased || self.state.restricted {
-            return Personalization::Anonymous;
+            return (Personalization::Anonymous, None);
         }
         for (rung, key) in &self.policy.ladder {
             let Some(purpose) = self.policy.purposes.get(key) else {
@@ -706,11 +844,12 @@ impl<'a> Evaluation<'a> {
             if !purpose.channels.is_empty() {
                 continue;
             }
-            if ctx.evaluate(purpose, None).denied.is_none() {
-                return *rung;
+            let outcome = ctx.evaluate(purpose, None);
+            if outcome.denied.is_none() {
+                return (*rung, outcome.lapses_at());
             }
         }
-        Personalization::Contextual
+        (Personalization::Contextual, None)
     }
 }
 
@@ -720,6 +859,24 @@ impl Clone for Evaluation<'_> {
     }
 }
 impl Copy for Evaluation<'_> {}
+
+/// The depth of a dotted key: `a` is 1, `a.b.c` is 3.
+fn key_depth(key: &str) -> usize {
+    key.bytes().filter(|b| *b == b'.').count() + 1
+}
+
+/// A moment as people read it in an explanation: `2026-11-29 20:31 UTC`.
+fn day_and_minute(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
 
 /// The major part of a stored notice version string.
 fn notice_major(text: &str) -> Option<u32> {

@@ -80,6 +80,9 @@ pub struct Record {
     pub consent_type: ConsentType,
     /// The notice version the person saw.
     pub notice_version: String,
+    /// When the event was collected: people are told when they chose what (e.g. the date of an
+    /// opt-in that overrides a GPC signal).
+    pub collected_at: OffsetDateTime,
     /// When a given consent lapses.
     pub expires_at: Option<OffsetDateTime>,
     /// The guardian who backs a minor's consent.
@@ -101,6 +104,8 @@ pub struct SubjectState {
     pub records: Vec<Record>,
     /// The revision of the latest GPC signal that is on (None when off or never recorded).
     pub gpc_signal_revision: Option<u64>,
+    /// When that signal was recorded, to name it when a later opt-in overrides it.
+    pub gpc_signal_at: Option<OffsetDateTime>,
     /// The recorded age band, if any.
     pub age_band: Option<AgeBand>,
     /// Verified guardian references.

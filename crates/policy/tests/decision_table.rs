@@ -40,6 +40,9 @@ fn record(state: RecordState, purpose: &str, revision: u64) -> Record {
         state,
         consent_type: ConsentType::Explicit,
         notice_version: notice,
+        // One minute per revision before NOW, so that later revisions were collected later.
+        collected_at: NOW
+            - Duration::minutes(i64::try_from(1000 - revision.min(1000)).unwrap_or(0)),
         expires_at: None,
         guardian_ref: None,
         revision,
@@ -123,6 +126,8 @@ impl StateExt for SubjectState {
     }
     fn gpc_at(mut self, revision: u64) -> Self {
         self.gpc_signal_revision = Some(revision);
+        self.gpc_signal_at =
+            Some(NOW - Duration::minutes(i64::try_from(1000 - revision.min(1000)).unwrap_or(0)));
         self.revision = self.revision.max(revision);
         self
     }
@@ -300,8 +305,13 @@ impl Case {
                 d.verdict
             ));
         }
+        // The top-level reason of a DENY is the most significant denial in rule order, with
+        // minimization last (written out here, independently of `Reason::significance`).
         let want_reason = if want_verdict == Verdict::Deny {
-            want[0]
+            want.iter()
+                .flatten()
+                .copied()
+                .min_by_key(|r| RULE_ORDER.iter().position(|o| o == r))
         } else {
             None
         };
@@ -341,7 +351,27 @@ use Reason::{
     SensitiveRequiresExplicitConsent as Sensitive, SubjectErased as Erased, Withdrawn,
 };
 
+/// Denial reasons, most significant first: the rules in DESIGN §3 order, what the person said
+/// before what lapsed or was never said, and minimization last (it says nothing about the
+/// categories the purpose does need).
+const RULE_ORDER: [Reason; 12] = [
+    CNP,
+    Erased,
+    Restricted,
+    Withdrawn,
+    Refused,
+    Expired,
+    NoticeOutdated,
+    NoConsent,
+    GpcOptOut,
+    Minor,
+    Sensitive,
+    NotNeeded,
+];
+
 const SALE: &str = "third_party_sharing.sale";
+const PUSH: &str = "marketing.communications.push";
+const COMMUNICATIONS: &str = "marketing.communications";
 const PROFILED: &str = "personalize.content.profiled";
 const EMAIL: &str = "marketing.communications.email";
 const SMS: &str = "marketing.communications.sms";
@@ -672,13 +702,160 @@ fn table() -> Vec<Case> {
         )
         .state(subject(vec![withdrawn(SMS, 2), given("marketing", 5)]))
         .allow(),
+        // ---------------------------------------------------------------- withdrawal over the subtree, in time order
         case(
-            "most specific wins: given on a child beats a later withdrawal on the ancestor",
+            "parent withdrawal over an older child grant: stop all marketing stops e-mail",
             EMAIL,
             &["user.contact.email"],
         )
         .state(subject(vec![given(EMAIL, 1), withdrawn("marketing", 9)]))
+        .deny(Withdrawn),
+        case(
+            "parent withdrawal over an older channel-scoped child grant (the issue's story)",
+            EMAIL,
+            &["user.contact.email"],
+        )
+        .channel("email")
+        .state(subject(vec![
+            given(EMAIL, 1).channel(Channel::Email),
+            withdrawn("marketing", 2),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "a newer child grant over an older parent withdrawal applies again",
+            EMAIL,
+            &["user.contact.email"],
+        )
+        .state(subject(vec![withdrawn("marketing", 1), given(EMAIL, 9)]))
         .allow(),
+        case(
+            "the re-grant covers only the child: its sibling stays withdrawn",
+            SMS,
+            &[],
+        )
+        .state(subject(vec![withdrawn("marketing", 1), given(EMAIL, 9)]))
+        .deny(Withdrawn),
+        case("parent refusal over an older child grant", EMAIL, &[])
+            .state(subject(vec![given(EMAIL, 1), refused("marketing", 3)]))
+            .deny(Refused),
+        case(
+            "a newer child grant over an older parent refusal applies",
+            EMAIL,
+            &[],
+        )
+        .state(subject(vec![refused("marketing", 1), given(EMAIL, 3)]))
+        .allow(),
+        case(
+            "a middle-level re-grant after a root withdrawal covers its subtree",
+            EMAIL,
+            &[],
+        )
+        .state(subject(vec![
+            given(EMAIL, 1),
+            withdrawn("marketing", 2),
+            given(COMMUNICATIONS, 3),
+        ]))
+        .allow(),
+        case(
+            "a root withdrawal overrides older grants at every level beneath it",
+            PUSH,
+            &[],
+        )
+        .state(subject(vec![
+            given("marketing", 1),
+            given(COMMUNICATIONS, 2),
+            given(PUSH, 3),
+            withdrawn("marketing", 4),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "a channel-less withdrawal over an older channel grant",
+            COMMUNICATIONS,
+            &[],
+        )
+        .channel("sms")
+        .state(subject(vec![
+            given(COMMUNICATIONS, 1).channel(Channel::Sms),
+            withdrawn(COMMUNICATIONS, 2),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "a withdrawal on one channel leaves another channel's older grant",
+            COMMUNICATIONS,
+            &[],
+        )
+        .channel("email")
+        .state(subject(vec![
+            given(COMMUNICATIONS, 1).channel(Channel::Email),
+            withdrawn(COMMUNICATIONS, 2).channel(Channel::Sms),
+        ]))
+        .allow(),
+        case(
+            "a channel withdrawal on the parent covers the child on that channel",
+            EMAIL,
+            &[],
+        )
+        .state(subject(vec![
+            given(EMAIL, 1),
+            withdrawn(COMMUNICATIONS, 2).channel(Channel::Email),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "a scoped withdrawal on an ancestor covers only its categories",
+            PROFILED,
+            &["user.behavior.browsing_history", "user.preferences.stated"],
+        )
+        .state(subject(vec![
+            given(PROFILED, 1),
+            withdrawn("personalize", 2).scope("user.behavior"),
+        ]))
+        .each(&[no(Withdrawn), OK]),
+        case(
+            "a scope re-grant after a root withdrawal applies to its category",
+            EMAIL,
+            &["user.contact.email"],
+        )
+        .state(subject(vec![
+            given(EMAIL, 1),
+            withdrawn("marketing", 2),
+            given("marketing", 3).scope("user.contact"),
+        ]))
+        .allow(),
+        case(
+            "ties at the same specificity: the later revision decides (grant last)",
+            COMMUNICATIONS,
+            &[],
+        )
+        .channel("push")
+        .state(subject(vec![
+            withdrawn(COMMUNICATIONS, 2),
+            given(COMMUNICATIONS, 3).channel(Channel::Push),
+        ]))
+        .allow(),
+        case(
+            "ties at the same specificity: the later revision decides (withdrawal last)",
+            COMMUNICATIONS,
+            &[],
+        )
+        .channel("push")
+        .state(subject(vec![
+            given(COMMUNICATIONS, 2).channel(Channel::Push),
+            withdrawn(COMMUNICATIONS, 3),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "ties between grants: the later one decides, expired or not",
+            COMMUNICATIONS,
+            &[],
+        )
+        .channel("push")
+        .state(subject(vec![
+            given(COMMUNICATIONS, 2),
+            given(COMMUNICATIONS, 3)
+                .channel(Channel::Push)
+                .expires(NOW - Duration::hours(1)),
+        ]))
+        .deny(Expired),
         case(
             "most specific wins: the ancestor's withdrawal still covers the sibling",
             SMS,
@@ -698,13 +875,23 @@ fn table() -> Vec<Case> {
         .deny(Refused),
         // scope specificity
         case(
-            "a scoped grant beats a later unscoped withdrawal for its category",
+            "a scope-less withdrawal over an older category-scoped grant",
             PROFILED,
             &["user.behavior.browsing_history", "user.preferences.stated"],
         )
         .state(subject(vec![
             given(PROFILED, 2).scope("user.behavior"),
             withdrawn(PROFILED, 5),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "a scoped grant newer than a scope-less withdrawal applies to its category",
+            PROFILED,
+            &["user.behavior.browsing_history", "user.preferences.stated"],
+        )
+        .state(subject(vec![
+            withdrawn(PROFILED, 2),
+            given(PROFILED, 5).scope("user.behavior"),
         ]))
         .each(&[OK, no(Withdrawn)]),
         case(
@@ -1337,11 +1524,20 @@ fn table() -> Vec<Case> {
         ]))
         .each(&[OK, no(NotNeeded), no(NoConsent)]),
         case(
-            "DENY reports the first denial's reason",
+            "DENY reports the most significant reason, never minimization over a real denial",
             "analytics.reporting",
             &["user.health", "user.behavior"],
         )
         .each(&[no(NotNeeded), no(NoConsent)]),
+        case(
+            "DENY: a withdrawal outranks minimization and missing consent (the gated read)",
+            EMAIL,
+            &["user.health", "user.contact.phone", "user.contact.email"],
+        )
+        .state(subject(vec![
+            withdrawn(EMAIL, 2).scope("user.contact.email"),
+        ]))
+        .each(&[no(NotNeeded), no(NotNeeded), no(Withdrawn)]),
         case(
             "ALLOW for several categories",
             "analytics.reporting",
@@ -1805,6 +2001,36 @@ fn valid_until_is_capped_by_record_expiry() {
             NOW + Duration::seconds(42),
         ),
         (
+            "the personalization level's consent caps a denied check (Recommend's question)",
+            PROFILED,
+            &[],
+            subject(vec![
+                given("personalize.content.limited", 1).expires(NOW + Duration::seconds(2)),
+            ]),
+            NOW + Duration::seconds(2),
+        ),
+        (
+            "the personalization level's consent caps an allow on another purpose",
+            "analytics.reporting",
+            &[],
+            subject(vec![
+                given("analytics", 1),
+                given("personalize.content.limited", 2).expires(NOW + Duration::seconds(30)),
+            ]),
+            NOW + Duration::seconds(30),
+        ),
+        (
+            "the record behind the highest rung caps it, not the rungs beneath",
+            "analytics.reporting",
+            &[],
+            subject(vec![
+                given("analytics", 1),
+                given(PROFILED, 2).expires(NOW + Duration::seconds(20)),
+                given("personalize.content.limited", 3).expires(NOW + Duration::seconds(60)),
+            ]),
+            NOW + Duration::seconds(20),
+        ),
+        (
             "an opt-out allow behind an already expired grant is not cached",
             SALE,
             &[],
@@ -1823,6 +2049,53 @@ fn valid_until_is_capped_by_record_expiry() {
         ));
         assert_eq!(d.valid_until, want, "{name}: verdict {:?}", d.verdict);
     }
+}
+
+/// An explicit opt-in recorded after a GPC signal overrides it, and the decision says so in
+/// plain language (with both dates) in `conflicts` and in the trace; a grant from before the
+/// signal does not override it and names no conflict.
+#[test]
+fn an_opt_in_after_a_gpc_signal_is_named_as_a_conflict() {
+    let after = subject(vec![given(SALE, 3)]).gpc_at(2);
+    let d = ok(check("profile-service", SALE, &[], "US-CA", &after));
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(
+        d.conflicts,
+        vec![
+            "opted in to third_party_sharing.sale on 2026-05-31 19:23 UTC after a GPC signal on 2026-05-31 19:22 UTC"
+                .to_owned()
+        ]
+    );
+    let step = d
+        .explanation
+        .iter()
+        .find(|s| s.rule == "gpc")
+        .unwrap_or_else(|| panic!("no gpc step in {:?}", d.explanation));
+    assert_eq!(step.outcome, "overridden");
+    assert_eq!(step.detail, d.conflicts[0]);
+    assert_eq!(step.record_ids, vec!["rec-3".to_owned()]);
+
+    let before = subject(vec![given(SALE, 1)]).gpc_at(2);
+    let d = ok(check("profile-service", SALE, &[], "US-CA", &before));
+    assert_eq!(d.reason, Some(GpcOptOut));
+    assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+
+    let expressed = subject(vec![given(SALE, 3).expressed()]).gpc_at(2);
+    let d = ok(check("profile-service", SALE, &[], "US-CA", &expressed));
+    assert_eq!(
+        d.reason,
+        Some(GpcOptOut),
+        "only an explicit opt-in overrides GPC"
+    );
+    assert!(d.conflicts.is_empty());
+
+    // Without a GPC signal nothing conflicts.
+    let plain = subject(vec![given(SALE, 3)]);
+    assert!(
+        ok(check("profile-service", SALE, &[], "US-CA", &plain))
+            .conflicts
+            .is_empty()
+    );
 }
 
 /// The explanation names the rule and the record that decided.

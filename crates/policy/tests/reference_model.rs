@@ -2,6 +2,9 @@
 //! guardian, restriction, erasure, check) are applied both to a store-shaped `SubjectState` fed to
 //! `decide` and to an independent reference model kept in this file (an append-only event log that is
 //! searched on every check); every check must give the same per-category allow/deny and reasons.
+//!
+//! A GPC flag on a check, for a subject with no GPC signal on, is recorded as a signal first (as
+//! the consent service does) and both sides then decide from the recorded signal.
 
 use consentgate_policy::{
     AgeBand, Channel, CheckInput, ConsentType, Decision, LegalBasis, Pattern, Personalization,
@@ -308,6 +311,7 @@ impl Store {
                         ConsentType::Expressed
                     },
                     notice_version: notice_text(c.purpose, c.notice),
+                    collected_at: NOW - Duration::minutes(100) + Duration::seconds(revision as i64),
                     expires_at: expiry_time(c.expiry),
                     guardian_ref: c.guardian.map(str::to_owned),
                     revision,
@@ -319,7 +323,10 @@ impl Store {
                 });
                 s.records.push(record);
             }
-            Op::Gpc(on) => s.gpc_signal_revision = on.then_some(revision),
+            Op::Gpc(on) => {
+                s.gpc_signal_revision = on.then_some(revision);
+                s.gpc_signal_at = on.then(|| NOW - Duration::minutes(100));
+            }
             Op::Age(band) => s.age_band = Some(*band),
             Op::Guardian(g) => {
                 if !s.guardians.iter().any(|x| x == g) {
@@ -378,6 +385,11 @@ struct Prediction {
     obligations: Vec<(String, Vec<String>)>,
     revision: u64,
     valid_until: OffsetDateTime,
+}
+
+thread_local! {
+    /// How often the model's replay struck a grant that would otherwise have decided.
+    static SUBTREE_OVERRIDES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// `a` is `b` or a dotted prefix of `b`.
@@ -535,9 +547,12 @@ impl Ask<'_> {
             .map_or(POLICY.purposes[purpose].default_basis, |(_, b)| *b)
     }
 
-    /// The record that decides: among current records that apply (purpose is the asked one or an
-    /// ancestor; no channel or the asked channel; no scope or a scope covering the category), the
-    /// one with the deepest purpose, then the deepest scope, then the highest revision.
+    /// The record that decides, found by replaying history: take the current records that apply
+    /// (purpose is the asked one or an ancestor; no channel or the asked channel; no scope or a
+    /// scope covering the category) oldest first; each refusal or withdrawal strikes every
+    /// standing grant on its own purpose or beneath it; every record then stands. Of what stands
+    /// at the end, the one with the deepest purpose, then the deepest scope, then the highest
+    /// revision decides.
     fn deciding(&self, purpose: &str, category: Option<&str>) -> Option<&Current> {
         let mut applicable: Vec<&Current> = self
             .snap
@@ -551,8 +566,27 @@ impl Ask<'_> {
                 (Some(_), None) => false,
             })
             .collect();
-        applicable.sort_by_key(|r| (depth(r.op.purpose), r.op.scope.map_or(0, depth), r.revision));
-        applicable.pop()
+        applicable.sort_by_key(|r| r.revision);
+        let most_specific = |rs: &[&Current]| {
+            rs.iter()
+                .max_by_key(|r| (depth(r.op.purpose), r.op.scope.map_or(0, depth), r.revision))
+                .map(|r| r.revision)
+        };
+        let without_striking = most_specific(&applicable);
+        let mut standing: Vec<&Current> = Vec::new();
+        for r in applicable {
+            if r.op.state != RecordState::Given {
+                standing.retain(|g| {
+                    !(g.op.state == RecordState::Given && covers(r.op.purpose, g.op.purpose))
+                });
+            }
+            standing.push(r);
+        }
+        if most_specific(&standing) != without_striking {
+            SUBTREE_OVERRIDES.with(|n| n.set(n.get() + 1));
+        }
+        standing.sort_by_key(|r| (depth(r.op.purpose), r.op.scope.map_or(0, depth), r.revision));
+        standing.pop()
     }
 
     /// DESIGN §3 rules 3 to 8 for one target. Returns the denial (None: allowed) and, for an allow,
@@ -641,9 +675,10 @@ impl Ask<'_> {
         (None, record.and_then(|r| expiry_time(r.op.expiry)))
     }
 
-    fn personalization(&self) -> Personalization {
+    /// The highest rung allowed, and the expiry of the record behind it.
+    fn personalization(&self) -> (Personalization, Option<OffsetDateTime>) {
         if self.snap.erased || self.snap.restricted {
-            return Personalization::Anonymous;
+            return (Personalization::Anonymous, None);
         }
         let plain = Ask {
             channel: None,
@@ -654,10 +689,12 @@ impl Ask<'_> {
             .values()
             .filter_map(|p| p.personalization.map(|rung| (rung, p)))
             .filter(|(_, p)| may_ask(self.caller, &p.key) && p.channels.is_empty())
-            .filter(|(_, p)| plain.judge(&p.key, None).0.is_none())
-            .map(|(rung, _)| rung)
-            .max()
-            .unwrap_or(Personalization::Contextual)
+            .filter_map(|(rung, p)| match plain.judge(&p.key, None) {
+                (None, expiry) => Some((rung, expiry)),
+                (Some(_), _) => None,
+            })
+            .max_by_key(|(rung, _)| *rung)
+            .unwrap_or((Personalization::Contextual, None))
     }
 }
 
@@ -720,6 +757,10 @@ impl Model {
             }
             targets.push((category.map(str::to_owned), denied));
         }
+        let (personalization, level_expiry) = ask.personalization();
+        if let Some(t) = level_expiry {
+            valid_until = valid_until.min(t);
+        }
         let valid_until = valid_until.max(NOW);
         let denials: Vec<Reason> = targets.iter().filter_map(|(_, d)| *d).collect();
         let verdict = if denials.is_empty() {
@@ -729,7 +770,25 @@ impl Model {
         } else {
             Verdict::Partial
         };
-        let reason = (verdict == Verdict::Deny).then(|| denials[0]);
+        // The reason people see: the denial of the earliest rule, minimization only when nothing
+        // else denied; within the legal basis, what the person said before what lapsed.
+        let rank = |r: &Reason| match r {
+            Reason::CallerNotPermitted => 0,
+            Reason::SubjectErased => 1,
+            Reason::ProcessingRestricted => 2,
+            Reason::Withdrawn => 3,
+            Reason::Refused => 4,
+            Reason::Expired => 5,
+            Reason::NoticeOutdated => 6,
+            Reason::NoConsent => 7,
+            Reason::GpcOptOut => 8,
+            Reason::MinorRequiresGuardian => 9,
+            Reason::SensitiveRequiresExplicitConsent => 10,
+            Reason::NotNeededForPurpose => 11,
+        };
+        let reason = (verdict == Verdict::Deny)
+            .then(|| denials.iter().copied().min_by_key(rank))
+            .flatten();
         let drops_third_party = POLICY
             .rules
             .exclude_third_party_sources_for
@@ -744,7 +803,7 @@ impl Model {
             targets,
             verdict,
             reason,
-            personalization: ask.personalization(),
+            personalization,
             obligations,
             revision: snap.revision,
             valid_until,
@@ -825,6 +884,10 @@ fn sweep() -> Vec<CheckOp> {
 struct Coverage {
     outcomes: BTreeMap<String, usize>,
     checks: usize,
+    /// GPC flags on checks that were recorded as signals.
+    gpc_flags_recorded: usize,
+    /// Allowed checks decided by an explicit grant recorded after a GPC signal.
+    gpc_overrides: usize,
 }
 
 fn compare(
@@ -851,6 +914,9 @@ fn compare(
                     .map(|c| c.denied.map_or("allow".to_owned(), |r| r.code().to_owned()))
                     .collect();
                 k.push(format!("verdict {:?}", d.verdict));
+                if !d.conflicts.is_empty() {
+                    cov.gpc_overrides += 1;
+                }
                 k.push(format!("level {:?}", d.personalization));
                 k
             }
@@ -875,6 +941,27 @@ fn compare(
     }
 }
 
+/// One check as the consent service makes it: a valid check carrying a GPC flag, for a subject
+/// with no GPC signal on (and not erased), first records the flag as a signal at a new revision;
+/// repeated flags record nothing more. Then both sides decide.
+fn check_step(
+    store: &mut Store,
+    model: &mut Model,
+    revision: &mut u64,
+    check: &CheckOp,
+    coverage: &RefCell<Coverage>,
+) -> Result<(), String> {
+    let snap = model.snapshot();
+    if check.gpc && snap.gpc_signal.is_none() && !snap.erased && model.check(&snap, check).is_ok() {
+        *revision += 1;
+        store.apply(&Op::Gpc(true), *revision);
+        model.apply(&Op::Gpc(true), *revision);
+        coverage.borrow_mut().gpc_flags_recorded += 1;
+    }
+    let snap = model.snapshot();
+    compare(store, model, &snap, check, coverage)
+}
+
 fn run_sequence(ops: &[Op], coverage: &RefCell<Coverage>) -> Result<(), TestCaseError> {
     let mut store = Store::default();
     let mut model = Model::default();
@@ -882,8 +969,7 @@ fn run_sequence(ops: &[Op], coverage: &RefCell<Coverage>) -> Result<(), TestCase
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Check(check) => {
-                let snap = model.snapshot();
-                compare(&store, &model, &snap, check, coverage)
+                check_step(&mut store, &mut model, &mut revision, check, coverage)
                     .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
             }
             other => {
@@ -893,9 +979,8 @@ fn run_sequence(ops: &[Op], coverage: &RefCell<Coverage>) -> Result<(), TestCase
             }
         }
     }
-    let snap = model.snapshot();
     for check in sweep() {
-        compare(&store, &model, &snap, &check, coverage)
+        check_step(&mut store, &mut model, &mut revision, &check, coverage)
             .map_err(|e| TestCaseError::fail(format!("final sweep: {e}")))?;
     }
     Ok(())
@@ -948,6 +1033,14 @@ fn decide_agrees_with_the_reference_model() {
     .map(str::to_owned)
     .to_vec();
     wanted.retain(|k| cov.outcomes.get(k).copied().unwrap_or(0) < 5);
+    let subtree_overrides = SUBTREE_OVERRIDES.with(std::cell::Cell::get);
+    assert!(
+        subtree_overrides >= 100 && cov.gpc_flags_recorded >= 100 && cov.gpc_overrides >= 5,
+        "the time-ordered subtree rule decided {subtree_overrides} targets, {} GPC flags were \
+         recorded and {} allows overrode a GPC signal: too few for agreement to mean much",
+        cov.gpc_flags_recorded,
+        cov.gpc_overrides
+    );
     assert!(
         wanted.is_empty(),
         "outcomes seen fewer than 5 times in {} checks: {wanted:?}\nall outcomes: {:?}",

@@ -8,7 +8,9 @@
 //! at load time and is bypassed when it is older than the token.
 
 use crate::ledger::LedgerKeys;
-use crate::model::{StoredRecord, SubjectKey, SubjectRows, Write, WriteOutcome};
+use crate::model::{
+    Change, StoredRecord, StoredSignal, SubjectKey, SubjectRows, Write, WriteOutcome,
+};
 use crate::store::{ConsentStore, StoreError};
 use consentgate_policy::{
     AgeBand, CheckInput, Decision, DecisionError, Policy, SubjectState, decide, validate,
@@ -18,6 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
+
+/// The idempotency scope of GPC flags recorded by the engine itself (not a caller's name: every
+/// enforcer's flags for one subject share it, so they record one signal between them).
+pub const GPC_FLAG_RECORDER: &str = "consentgate:gpc-flag";
 
 /// Why an engine call failed.
 #[derive(Debug, thiserror::Error)]
@@ -277,9 +283,52 @@ impl Engine {
     }
 
     /// Decides a check for `caller` (the original caller under delegation).
+    ///
+    /// A GPC flag on the request, for a subject (or device) with no GPC signal on, is first
+    /// recorded as a signal (DESIGN §3 rule 6): from then on the recorded signal rules, so an
+    /// explicit opt-in made *after* it can override it, which a flag counted as "now" on every
+    /// request never could. Repeated flags find the signal on and write nothing.
     pub async fn check(&self, caller: &str, query: &CheckQuery) -> Result<Decision, EngineError> {
-        let state = self.state(&query.subject, query.at_least_as_fresh).await?;
+        let mut state = self.state(&query.subject, query.at_least_as_fresh).await?;
+        if query.gpc && state.state.gpc_signal_revision.is_none() && !state.state.erased {
+            let revision = self
+                .record_gpc_flag(&query.subject, state.state.revision)
+                .await?;
+            state = self.state(&query.subject, revision).await?;
+        }
         Ok(self.decide(caller, query, &state.state)?)
+    }
+
+    /// Records a request's GPC flag as a signal (collection method `gpc_signal`, in the ledger
+    /// like any change) and returns its revision. The idempotency key names the subject (by
+    /// digest) and the revision its state was read at, so concurrent checks that saw the same
+    /// state, on this replica or another, record one signal between them; after the person
+    /// clears the signal, the next flag (at a later revision) records it again.
+    async fn record_gpc_flag(
+        &self,
+        subject: &SubjectKey,
+        seen_at_revision: u64,
+    ) -> Result<u64, EngineError> {
+        use sha2::{Digest, Sha256};
+        let digest = hex::encode(Sha256::digest(subject.storage().as_bytes()));
+        let write = Write {
+            caller: GPC_FLAG_RECORDER.to_owned(),
+            idempotency_key: format!("gpc-flag:{}:{seen_at_revision}", &digest[..32]),
+            fingerprint: Sha256::digest(b"consentgate-gpc-flag-v1").into(),
+            change: Change::Signal {
+                subject: subject.clone(),
+                kind: "gpc".to_owned(),
+                value: "1".to_owned(),
+                collection_method: "gpc_signal".to_owned(),
+            },
+        };
+        let outcome = self.record(write).await?;
+        tracing::debug!(
+            revision = outcome.revision,
+            replayed = outcome.replayed,
+            "recorded a request's GPC flag as a signal"
+        );
+        Ok(outcome.revision)
     }
 
     /// Validates a check against the policy without touching state (cheap; run before any I/O).
@@ -340,12 +389,12 @@ pub fn to_state(rows: &SubjectRows) -> SubjectState {
     let mut records: Vec<_> = latest.values().map(|r| r.to_policy_record()).collect();
     records.sort_by_key(|r| r.revision);
 
-    let mut gpc_on: Option<u64> = None;
+    let mut gpc_on: Option<&StoredSignal> = None;
     let mut age_band = None;
     let mut guardians = Vec::new();
     for s in &rows.signals {
         match s.kind.as_str() {
-            "gpc" => gpc_on = (s.value == "1").then_some(s.revision),
+            "gpc" => gpc_on = (s.value == "1").then_some(s),
             "age_band" => age_band = AgeBand::parse(&s.value),
             "guardian" => guardians.push(s.value.clone()),
             _ => {}
@@ -356,7 +405,8 @@ pub fn to_state(rows: &SubjectRows) -> SubjectState {
         erased: rows.erased,
         restricted: rows.restricted,
         records,
-        gpc_signal_revision: gpc_on,
+        gpc_signal_revision: gpc_on.map(|s| s.revision),
+        gpc_signal_at: gpc_on.map(|s| s.recorded_at),
         age_band,
         guardians,
     }

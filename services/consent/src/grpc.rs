@@ -443,6 +443,7 @@ pub fn decision_pb(d: &Decision, include_explanation: bool) -> pb::CheckResponse
             .collect(),
         revision: d.revision,
         valid_until: Some(timestamp(d.valid_until)),
+        conflicts: d.conflicts.clone(),
         explanation: d
             .explanation
             .iter()
@@ -809,6 +810,11 @@ impl ConsentService for ConsentApi {
                 ""
             }
         };
+        v.check(
+            pb::CollectionMethod::try_from(r.collection_method).is_err(),
+            "collection_method",
+            "unknown collection method",
+        );
         v.finish()?;
         let subject = subject.ok_or_else(|| Status::internal("validated subject"))?;
         let fp = fingerprint(&r, |m| m.idempotency_key.clear());
@@ -821,6 +827,7 @@ impl ConsentService for ConsentApi {
                     subject,
                     kind: kind.to_owned(),
                     value: r.value.clone(),
+                    collection_method: collection_method(r.collection_method).to_owned(),
                 },
             )
             .await?;
@@ -894,6 +901,7 @@ impl ConsentService for ConsentApi {
                 value: s.value.clone(),
                 recorded_at: Some(timestamp(s.recorded_at)),
                 revision: s.revision,
+                collection_method: collection_method_pb(&s.collection_method),
             });
         }
         let linked_device_ids = rows
@@ -910,6 +918,7 @@ impl ConsentService for ConsentApi {
             linked_device_ids,
             processing_restricted: rows.restricted,
             revision: rows.revision,
+            conflicts: consentgate_policy::gpc_conflicts(self.engine.policy(), &current, now),
         }))
     }
 
@@ -1061,6 +1070,9 @@ impl ConsentService for ConsentApi {
                 "{}: {} — {}{}",
                 step.rule, step.outcome, step.detail, records
             ));
+        }
+        for conflict in &decision.conflicts {
+            narrative.push(format!("Conflict resolved: the person {conflict}."));
         }
         narrative.push(format!(
             "Verdict: {:?}; personalization level: {:?}.",

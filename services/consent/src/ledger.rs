@@ -168,6 +168,9 @@ struct CanonicalEvent<'a> {
     consent: Option<CanonicalConsent<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     signal: Option<(&'a str, String)>,
+    /// How a signal was collected (absent from entries written before it was recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal_method: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restricted: Option<bool>,
 }
@@ -236,6 +239,12 @@ pub fn canonical_event(
                 Some((kind.as_str(), digest(value)))
             }
             Change::Signal { kind, value, .. } => Some((kind.as_str(), value.clone())),
+            _ => None,
+        },
+        signal_method: match change {
+            Change::Signal {
+                collection_method, ..
+            } => Some(collection_method.as_str()),
             _ => None,
         },
         restricted: match change {

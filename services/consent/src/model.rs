@@ -96,6 +96,7 @@ impl StoredRecord {
             state: RecordState::parse(&c.state).unwrap_or(RecordState::Withdrawn),
             consent_type: ConsentType::parse(&c.consent_type).unwrap_or(ConsentType::Expressed),
             notice_version: c.notice_version.clone(),
+            collected_at: c.collected_at,
             expires_at: c.expires_at,
             guardian_ref: c.guardian_ref.clone(),
             revision: self.revision,
@@ -114,6 +115,8 @@ pub struct StoredSignal {
     pub revision: u64,
     /// When it was recorded.
     pub recorded_at: OffsetDateTime,
+    /// How it was collected: `api`, `preference_center`, `gpc_signal` (a request's GPC flag)…
+    pub collection_method: String,
 }
 
 /// One change to record atomically.
@@ -131,6 +134,8 @@ pub enum Change {
         kind: String,
         /// Its value.
         value: String,
+        /// How it was collected (`gpc_signal` for a GPC flag first seen on a Check).
+        collection_method: String,
     },
     /// A device linked to a known subject.
     Link {

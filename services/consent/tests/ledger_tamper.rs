@@ -67,6 +67,7 @@ fn nth_change(n: u64) -> Change {
             subject: who,
             kind: "gpc".into(),
             value: "1".into(),
+            collection_method: "gpc_signal".into(),
         },
         n if n % 17 == 0 => Change::Restrict {
             subject: who,

@@ -149,6 +149,7 @@ fn signal(subject: &SubjectKey, kind: &str, value: &str) -> Change {
         subject: subject.clone(),
         kind: kind.to_owned(),
         value: value.to_owned(),
+        collection_method: "api".to_owned(),
     }
 }
 

@@ -176,9 +176,14 @@ impl<D: Dialect> SqlStore<D> {
                     revision: seq,
                 });
             }
-            Change::Signal { kind, value, .. } => {
-                sqlx::query("INSERT INTO signals (subject, revision, kind, value, recorded_at) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now))
+            Change::Signal {
+                kind,
+                value,
+                collection_method,
+                ..
+            } => {
+                sqlx::query("INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now)).bind(collection_method)
                     .execute(&mut *tx).await?;
                 bump(&mut tx, &subject_s, rev, None).await?;
             }
@@ -332,8 +337,8 @@ impl<D: Dialect> SqlStore<D> {
                     rows.restricted = r.get::<i64, _>(1) != 0;
                 }
             }
-            for r in sqlx::query("SELECT revision, kind, value, recorded_at FROM signals WHERE subject = $1 ORDER BY revision").bind(&m).fetch_all(&mut *tx).await? {
-                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))? });
+            for r in sqlx::query("SELECT revision, kind, value, recorded_at, collection_method FROM signals WHERE subject = $1 ORDER BY revision").bind(&m).fetch_all(&mut *tx).await? {
+                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))?, collection_method: r.get(4) });
             }
         }
         rows.signals.sort_by_key(|s| s.revision);
