@@ -60,6 +60,7 @@ pub async fn demo_consents(address: &str, token: &str) -> anyhow::Result<()> {
             kind: kind as i32,
             value: value.into(),
             idempotency_key: format!("demo-seed-signal-{i}"),
+            collection_method: pb::CollectionMethod::PreferenceCenter as i32,
         };
         client.record_signal(authorized(signal, token)?).await?;
     }

@@ -226,6 +226,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_stores_nothing() {
                 kind: pb::SignalKind::AgeBand as i32,
                 value: "twelve".into(),
                 idempotency_key: "s1".into(),
+                ..Default::default()
             })
             .await
             .expect_err("bad age band");
@@ -236,6 +237,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_stores_nothing() {
                 kind: 0,
                 value: "1".into(),
                 idempotency_key: "s2".into(),
+                ..Default::default()
             })
             .await
             .expect_err("no kind");

@@ -85,6 +85,7 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
                 kind: pb::SignalKind::Gpc as i32,
                 value: "1".into(),
                 idempotency_key: key(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),

@@ -311,6 +311,7 @@ async fn every_read_returns_exactly_what_the_consent_state_allows() {
             kind: pb::SignalKind::Gpc as i32,
             value: "1".into(),
             idempotency_key: "g-s".into(),
+            ..Default::default()
         })
         .await
         .expect("gpc");
