@@ -612,7 +612,7 @@ async fn answers_rectify_erase_and_retention() {
         );
         assert_eq!(
             f.store.subject_requests(&d).await.expect("requests"),
-            [request.clone()]
+            std::slice::from_ref(&request)
         );
         let dee = f.decide("dee", "marketing", &MARKETING_CATEGORIES).await;
         assert!(
