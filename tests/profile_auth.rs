@@ -9,7 +9,7 @@ use consentgate_proto::profile::v1 as ppb;
 use prost::Message;
 use tonic::Code;
 
-const RPCS: [&str; 13] = [
+const RPCS: [&str; 14] = [
     "SetAttributes",
     "SubmitAnswers",
     "RecordEvents",
@@ -22,6 +22,7 @@ const RPCS: [&str; 13] = [
     "RectifyAttribute",
     "EraseSubject",
     "GetErasureStatus",
+    "GetRequestStatus",
     "VerifyAccessLog",
 ];
 
@@ -44,7 +45,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
         "GetAccessReport" | "ExportSubjectData" | "RectifyAttribute" | "EraseSubject" => {
             &["privacy_ops"]
         }
-        "GetErasureStatus" => &["privacy_ops", "auditor"],
+        "GetErasureStatus" | "GetRequestStatus" => &["privacy_ops", "auditor"],
         "VerifyAccessLog" => &["auditor"],
         other => panic!("unexpected rpc {other}"),
     };
@@ -154,6 +155,15 @@ async fn call(profile: &ProfileServer, header: Option<&str>, rpc: &str) -> Code 
             .map(|_| ()),
         "GetErasureStatus" => match c
             .get_erasure_status(ppb::GetErasureStatusRequest {
+                request_id: "01900000-0000-7000-8000-000000000000".into(),
+            })
+            .await
+        {
+            Err(e) if e.code() == Code::NotFound => Ok(()),
+            other => other.map(|_| ()),
+        },
+        "GetRequestStatus" => match c
+            .get_request_status(ppb::GetRequestStatusRequest {
                 request_id: "01900000-0000-7000-8000-000000000000".into(),
             })
             .await
