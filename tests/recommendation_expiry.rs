@@ -4,8 +4,9 @@
 //!   expiry and a non-personal tier from the first request after it, although both the gate's and
 //!   the consent service's caches were warm and nothing was written in between;
 //! - the model stops learning from a subject at the expiry of its training consent: the training
-//!   sweep unlearns it, and the model then equals one trained without it; with the consent
-//!   service unreachable, the sweep unlearns too (fail closed).
+//!   sweep unlearns it, and the model then equals one trained without it; a lapsed lease whose
+//!   consent still stands is renewed; with the consent service unreachable, the sweep unlearns
+//!   (fail closed).
 
 mod common;
 
@@ -13,7 +14,7 @@ use common::*;
 use consentgate_consent::testing::backends;
 use consentgate_proto::profile::v1 as ppb;
 use consentgate_proto::recommendation::v1 as rpb;
-use consentgate_recommendation::model::CoOccurrence;
+use consentgate_recommendation::model::{CoOccurrence, Lease};
 use rpb::Tier;
 use std::time::{Duration, SystemTime};
 
@@ -261,6 +262,38 @@ async fn an_expired_training_consent_is_unlearned_by_the_sweep() {
             "{backend:?}: the model equals one trained without the leaver"
         );
         assert!(recommender.sweep_totals().unlearned >= 1);
+        // A lapsed lease whose consent still stands is renewed, and the model is left as it is.
+        {
+            let mut m = recommender.model.lock().expect("model");
+            let revision = m.learned_revision("s:t-stayer").expect("learned");
+            let context = m.lease("s:t-stayer").expect("leased").context.clone();
+            m.learn_leased(
+                "s:t-stayer",
+                STAYER.iter().copied(),
+                revision,
+                Lease {
+                    until: SystemTime::now(),
+                    context,
+                },
+            );
+        }
+        let started = std::time::Instant::now();
+        while model()
+            .lease("s:t-stayer")
+            .is_none_or(|l| l.until <= SystemTime::now())
+        {
+            assert!(
+                started.elapsed() < EVENTUALLY,
+                "{backend:?}: a lapsed lease of a consenting subject was never renewed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            model().snapshot(),
+            after.snapshot(),
+            "{backend:?}: renewed as it was"
+        );
+        assert!(recommender.sweep_totals().renewed >= 1);
         // Profiling still stands, so the tier stays profiled, but nothing is learned again.
         let r = suite
             .recommendation

@@ -217,6 +217,17 @@ impl Gate {
         self.inner.freshness.notices.subscribe()
     }
 
+    /// Whether the change stream has since reported a change to the decision's subject (a
+    /// person) newer than the state it was computed from. Services that keep something derived
+    /// under a decision check this while holding the lock their change follower takes: the
+    /// stream raises the floor before it announces the change ([`Gate::subscribe`]), so
+    /// either the check sees the change, or the follower runs afterwards and drops what was
+    /// kept. Devices are never reported superseded here (their changes are not kept per device).
+    pub fn superseded(&self, decision: &Decision) -> bool {
+        decision.subject_key.starts_with("s:")
+            && self.inner.freshness.floor(&decision.subject_key) > decision.revision()
+    }
+
     /// What the gate has done so far.
     pub fn counters(&self) -> GateCounters {
         let c = &self.inner.counters;

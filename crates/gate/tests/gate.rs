@@ -124,8 +124,19 @@ async fn batched_checks_share_the_cache_and_follow_changes() {
         .await
         .expect("batch");
     assert!(again.iter().all(|d| d.from_cache()));
-    // A withdrawal: with its token the next batch is fresh, and denied.
+    // A withdrawal: decisions held from before are superseded once the stream reports it, and
+    // with its token the next batch is fresh, and denied.
+    let held = gate.check(check("ann"), None).await.expect("check");
+    assert!(!gate.superseded(&held));
     let revision = write(&url, true, "ann", "w-ann").await;
+    let started = std::time::Instant::now();
+    while !gate.superseded(&held) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the withdrawal never superseded the decision"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut fresh = check("ann");
     fresh.at_least_as_fresh = revision.to_string();
     let after = gate.check_many(vec![fresh], None).await.expect("batch");

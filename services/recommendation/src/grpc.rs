@@ -449,16 +449,20 @@ impl Recommender {
                 ];
                 let on_behalf_of = (caller != self.name).then_some(caller);
                 match self.gate.check_many(checks, on_behalf_of).await {
-                    Ok(d) => {
+                    Ok(mut d) => {
                         let ladder = ladder_of(d[0].personalization_level());
+                        let revision = d[0].revision();
                         // Learning rests on the training decision until its `valid_until`
                         // (which covers the training record's expiry): that becomes the lease.
-                        let trains = (d[1].verdict() == Verdict::Allow
-                            && d[1].holds_at(SystemTime::now()))
-                        .then(|| d[1].valid_until());
+                        let trains = d
+                            .pop()
+                            .filter(|t| {
+                                t.verdict() == Verdict::Allow && t.holds_at(SystemTime::now())
+                            })
+                            .map(|t| (t.valid_until(), t));
                         (
                             Some(ladder),
-                            d[0].revision(),
+                            revision,
                             trains,
                             format!("consent allows {ladder:?} personalization").to_lowercase(),
                         )
@@ -508,18 +512,21 @@ impl Recommender {
                     .await
                     .map_err(profile_unavailable)?;
                 let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-                // The profile read took time: the training decision must still hold now.
-                if let Some(until) = trains
+                // The profile read took time: the training decision must still hold now, and
+                // no change may have overtaken it (a withdrawal announced meanwhile has already
+                // been applied to the model; checked under its lock, see `Gate::superseded`).
+                if let Some((until, training)) = &trains
                     && learn
                     && model.learned_revision(&key) != Some(revision)
-                    && SystemTime::now() < until
+                    && SystemTime::now() < *until
+                    && !self.gate.superseded(training)
                 {
                     model.learn_leased(
                         &key,
                         read.history.iter().map(|h| h.item_id.as_str()),
                         revision,
                         Lease {
-                            until,
+                            until: *until,
                             context: consent_context.clone(),
                         },
                     );
