@@ -488,14 +488,18 @@ impl Recommender {
         let picks: Vec<Pick> = match (tier, &subject) {
             (Tier::Profiled, Some(s)) => {
                 let key = subject_key(s).unwrap_or_default();
+                // Learned under the older of the two decisions' revisions: a change after
+                // either one (announced on the stream) then unlearns it (`forget_older_than`),
+                // even when one came from the cache and the other was just asked.
+                let learned_at = trains.as_ref().map(|(_, t)| revision.min(t.revision()));
                 // Read the whole history only when the model must (re)learn the subject.
-                let learn = trains.is_some()
+                let learn = learned_at.is_some()
                     && self
                         .model
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .learned_revision(&key)
-                        != Some(revision);
+                        != learned_at;
                 let read = self
                     .profile
                     .read(
@@ -516,15 +520,16 @@ impl Recommender {
                 // no change may have overtaken it (a withdrawal announced meanwhile has already
                 // been applied to the model; checked under its lock, see `Gate::superseded`).
                 if let Some((until, training)) = &trains
+                    && let Some(learned_at) = learned_at
                     && learn
-                    && model.learned_revision(&key) != Some(revision)
+                    && model.learned_revision(&key) != Some(learned_at)
                     && SystemTime::now() < *until
                     && !self.gate.superseded(training)
                 {
                     model.learn_leased(
                         &key,
                         read.history.iter().map(|h| h.item_id.as_str()),
-                        revision,
+                        learned_at,
                         Lease {
                             until: *until,
                             context: consent_context.clone(),
