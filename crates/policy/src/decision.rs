@@ -35,6 +35,22 @@ pub enum Reason {
     SensitiveRequiresExplicitConsent,
 }
 
+/// Every reason, for parsing wire codes.
+const ALL_REASONS: [Reason; 12] = [
+    Reason::CallerNotPermitted,
+    Reason::NotNeededForPurpose,
+    Reason::SubjectErased,
+    Reason::ProcessingRestricted,
+    Reason::NoConsent,
+    Reason::Refused,
+    Reason::Withdrawn,
+    Reason::Expired,
+    Reason::NoticeOutdated,
+    Reason::GpcOptOut,
+    Reason::MinorRequiresGuardian,
+    Reason::SensitiveRequiresExplicitConsent,
+];
+
 impl Reason {
     /// The wire code.
     pub fn code(self) -> &'static str {
@@ -77,6 +93,11 @@ impl Reason {
             Reason::SensitiveRequiresExplicitConsent => 10,
             Reason::NotNeededForPurpose => 11,
         }
+    }
+
+    /// Parses a wire code (`WITHDRAWN`…); None for a code this version does not know.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        ALL_REASONS.into_iter().find(|r| r.code() == code)
     }
 
     /// The most significant of `reasons` in rule order (see [`Reason::significance`]).
@@ -881,4 +902,27 @@ fn day_and_minute(t: OffsetDateTime) -> String {
 /// The major part of a stored notice version string.
 fn notice_major(text: &str) -> Option<u32> {
     text.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_parses_from_its_code_and_ranks_uniquely() {
+        let mut ranks = std::collections::BTreeSet::new();
+        for reason in ALL_REASONS {
+            assert_eq!(Reason::from_code(reason.code()), Some(reason));
+            assert!(
+                ranks.insert(reason.significance()),
+                "{reason} shares a rank"
+            );
+        }
+        assert_eq!(Reason::from_code("NOT_A_REASON"), None);
+        assert_eq!(
+            Reason::NotNeededForPurpose.significance(),
+            *ranks.last().unwrap_or(&0),
+            "minimization ranks last"
+        );
+    }
 }

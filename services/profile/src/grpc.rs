@@ -10,7 +10,7 @@ use crate::model::{
 use crate::reads;
 use crate::store::{EventQuery, ProfileStore, StoreError};
 use consentgate_gate::{Decision, Gate, subject_key};
-use consentgate_policy::Policy;
+use consentgate_policy::{Policy, Reason};
 use consentgate_proto::common::v1::{DataSource, RequestContext, SubjectRef, subject_ref};
 use consentgate_proto::consent::v1::CheckRequest;
 use consentgate_proto::profile::v1 as pb;
@@ -351,35 +351,14 @@ impl Shared {
     }
 }
 
-/// Denial reasons from the most significant to the least, in the decision rules' order (DESIGN
-/// §3): who may ask, then the subject's own state, then its consents, with data minimization
-/// last. `NOT_NEEDED_FOR_PURPOSE` is decided first but says the least about the person's
-/// choices, so it names a read only when nothing else denied: a read of several categories whose
-/// purpose does not need some and whose person withdrew the others must say `WITHDRAWN`.
-const SIGNIFICANCE: [&str; 12] = [
-    "CALLER_NOT_PERMITTED",
-    "SUBJECT_ERASED",
-    "PROCESSING_RESTRICTED",
-    "WITHDRAWN",
-    "REFUSED",
-    "EXPIRED",
-    "NOTICE_OUTDATED",
-    "NO_CONSENT",
-    "GPC_OPT_OUT",
-    "MINOR_REQUIRES_GUARDIAN",
-    "SENSITIVE_REQUIRES_EXPLICIT_CONSENT",
-    "NOT_NEEDED_FOR_PURPOSE",
-];
-
-/// A reason's rank in [`SIGNIFICANCE`] (lower: more significant). A code this service does not
-/// know yet ranks after every known denial except minimization: it is still a denial about the
-/// person, which says more than "not needed".
-fn significance(reason: &str) -> usize {
-    // Known codes at even ranks, an unknown one just before minimization (the last).
-    SIGNIFICANCE
-        .iter()
-        .position(|r| *r == reason)
-        .map_or(2 * SIGNIFICANCE.len() - 3, |rank| 2 * rank)
+/// A reason code's rank in rule order (lower: more significant), as the decision function ranks
+/// a DENY's top-level reason ([`Reason::significance`]): minimization last, so a read of several
+/// categories whose purpose does not need some and whose person withdrew the others says
+/// `WITHDRAWN`. A code this version does not know ranks just before minimization: it is still a
+/// denial about the person, which says more than "not needed".
+fn significance(reason: &str) -> u16 {
+    let last = u16::from(Reason::NotNeededForPurpose.significance());
+    Reason::from_code(reason).map_or(2 * last - 1, |r| 2 * u16::from(r.significance()))
 }
 
 /// The reason a gated read names at the top: empty when the decision allowed everything asked
