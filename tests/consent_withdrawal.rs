@@ -189,6 +189,26 @@ async fn a_request_gpc_flag_is_recorded_once_and_a_later_opt_in_overrides_it() {
 
         // Sale is opt-out in California: allowed without GPC, and no signal is written.
         let start = server.ledger_len().await;
+        // Explain never writes: an auditor's question with the flag is answered as if the
+        // signal were recorded now, and records nothing.
+        let hypothetical = auditor
+            .explain(pb::ExplainRequest {
+                check: Some(sale_check("gp", true)),
+                as_caller: "profile-service".into(),
+            })
+            .await
+            .expect("explain")
+            .into_inner();
+        assert_eq!(
+            hypothetical.decision.expect("decision").reason,
+            "GPC_OPT_OUT",
+            "{backend:?}"
+        );
+        assert_eq!(
+            server.ledger_len().await,
+            start,
+            "{backend:?}: Explain wrote"
+        );
         let plain = enforcer
             .check(sale_check("gp", false))
             .await
@@ -215,7 +235,7 @@ async fn a_request_gpc_flag_is_recorded_once_and_a_later_opt_in_overrides_it() {
         );
         assert!(flagged.revision > plain.revision);
 
-        // Repeated flags (Check, BatchCheck, Explain) find the signal on and write nothing.
+        // Repeated flags (Check, BatchCheck) find the signal on and write nothing.
         for _ in 0..3 {
             let again = enforcer
                 .check(sale_check("gp", true))

@@ -299,6 +299,14 @@ impl Engine {
         Ok(self.decide(caller, query, &state.state)?)
     }
 
+    /// Decides like [`Engine::check`] but writes nothing, for `Explain`: an audit of a question
+    /// (perhaps a hypothetical one) must not record facts about a person's browser. A GPC flag
+    /// with no signal recorded counts as a signal as of now, which no earlier grant overrides.
+    pub async fn explain(&self, caller: &str, query: &CheckQuery) -> Result<Decision, EngineError> {
+        let state = self.state(&query.subject, query.at_least_as_fresh).await?;
+        Ok(self.decide(caller, query, &state.state)?)
+    }
+
     /// Records a request's GPC flag as a signal (collection method `gpc_signal`, in the ledger
     /// like any change) and returns its revision. The idempotency key names the subject (by
     /// digest) and the revision its state was read at, so concurrent checks that saw the same

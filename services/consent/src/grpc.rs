@@ -1050,7 +1050,7 @@ impl ConsentService for ConsentApi {
         query.explain = true;
         let decision = self
             .engine
-            .check(&r.as_caller, &query)
+            .explain(&r.as_caller, &query)
             .await
             .map_err(status_of)?;
         let mut narrative = vec![format!(
