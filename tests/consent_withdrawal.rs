@@ -113,6 +113,27 @@ async fn withdrawing_all_marketing_stops_an_earlier_email_grant() {
             "{backend:?}: {explained:?}"
         );
 
+        // The preference center sees the e-mail grant as overridden by the withdrawal.
+        let consents = pc
+            .get_consents(pb::GetConsentsRequest {
+                subject: subject("pw2"),
+            })
+            .await
+            .expect("consents")
+            .into_inner();
+        let email = consents
+            .consents
+            .iter()
+            .find(|c| c.purpose == EMAIL)
+            .expect("the e-mail grant is listed");
+        assert_eq!(email.overridden_by_record_id, withdrawal_id, "{backend:?}");
+        let parent = consents
+            .consents
+            .iter()
+            .find(|c| c.purpose == "marketing")
+            .expect("the withdrawal is listed");
+        assert!(parent.overridden_by_record_id.is_empty());
+
         // Opting back in to e-mail alone, after the withdrawal, applies; SMS stays withdrawn.
         pc.grant(email_grant("pw2", "g2"))
             .await
@@ -136,6 +157,20 @@ async fn withdrawing_all_marketing_stops_an_earlier_email_grant() {
             .expect("check")
             .into_inner();
         assert_eq!(sms.reason, "WITHDRAWN", "{backend:?}: {sms:?}");
+        let consents = pc
+            .get_consents(pb::GetConsentsRequest {
+                subject: subject("pw2"),
+            })
+            .await
+            .expect("consents")
+            .into_inner();
+        assert!(
+            consents
+                .consents
+                .iter()
+                .all(|c| c.overridden_by_record_id.is_empty()),
+            "{backend:?}: the newer e-mail grant stands: {consents:?}"
+        );
         server.stop().await;
     }
 }

@@ -487,6 +487,33 @@ fn gpc_conflict_line(record: &Record, signal_at: OffsetDateTime) -> String {
     )
 }
 
+/// The refusal or withdrawal that overrides a `given` record entirely (DESIGN §3 rule 5): the
+/// latest one recorded after it, on its purpose or an ancestor, on no channel or the same channel,
+/// with no scope or a scope covering the grant's own. For person-facing listings (GetConsents),
+/// which show the latest record per key and must not present a grant as standing when "withdraw
+/// all marketing" came after it. (A narrower refusal, e.g. of one category under an unscoped
+/// grant, overrides the grant only for that category, and is listed on its own.)
+pub fn overriding_record<'s>(state: &'s SubjectState, given: &Record) -> Option<&'s Record> {
+    if given.state != RecordState::Given {
+        return None;
+    }
+    state
+        .records
+        .iter()
+        .filter(|n| {
+            n.state != RecordState::Given
+                && n.revision > given.revision
+                && is_ancestor_or_self(&n.purpose, &given.purpose)
+                && n.channel.is_none_or(|ch| given.channel == Some(ch))
+                && match (&n.scope, &given.scope) {
+                    (None, _) => true,
+                    (Some(n), Some(g)) => is_ancestor_or_self(n, g),
+                    (Some(_), None) => false,
+                }
+        })
+        .max_by_key(|n| n.revision)
+}
+
 /// Rule 1 alone: checks that the purpose, categories, jurisdiction and channel exist, without
 /// deciding. Lets a batch be validated whole before any state is read.
 pub fn validate(policy: &Policy, input: &CheckInput<'_>) -> Result<(), DecisionError> {

@@ -12,7 +12,7 @@ mod state;
 
 pub use decision::{
     CategoryVerdict, CheckInput, Decision, DecisionError, Obligation, Reason, Step, Verdict,
-    decide, gpc_conflicts, validate,
+    decide, gpc_conflicts, overriding_record, validate,
 };
 pub use file::{PolicyError, PolicyIssue};
 pub use model::{

@@ -2098,6 +2098,38 @@ fn an_opt_in_after_a_gpc_signal_is_named_as_a_conflict() {
     );
 }
 
+/// `overriding_record` names the refusal or withdrawal that fully covers a grant: later, on its
+/// purpose or an ancestor, on its channel (or none), on its scope (or wider).
+#[test]
+fn the_record_that_overrides_a_grant_is_named() {
+    let state = subject(vec![
+        given(EMAIL, 1).channel(Channel::Email),
+        given(SMS, 2),
+        given(PROFILED, 3).scope("user.behavior"),
+        given("personalize.content.limited", 4),
+        withdrawn("marketing", 5),
+        withdrawn(COMMUNICATIONS, 6).channel(Channel::Push),
+        withdrawn("personalize", 7).scope("user.behavior.browsing_history"),
+        given(SMS, 8).channel(Channel::Sms),
+    ]);
+    let by = |r: &Record| consentgate_policy::overriding_record(&state, r).map(|n| n.id.clone());
+    let r = |i: usize| &state.records[i];
+    assert_eq!(
+        by(r(0)),
+        Some("rec-5".into()),
+        "parent withdrawal, no channel"
+    );
+    assert_eq!(by(r(1)), Some("rec-5".into()));
+    assert_eq!(
+        by(r(2)),
+        None,
+        "a narrower scope covers only part of the grant"
+    );
+    assert_eq!(by(r(3)), None, "no withdrawal above it");
+    assert_eq!(by(r(4)), None, "a withdrawal is never overridden");
+    assert_eq!(by(r(7)), None, "a grant after the withdrawal stands");
+}
+
 /// The explanation names the rule and the record that decided.
 #[test]
 fn the_explanation_cites_the_deciding_record() {

@@ -404,6 +404,7 @@ fn record_pb(r: &StoredRecord, now: OffsetDateTime) -> pb::ConsentRecord {
         }),
         guardian_ref: c.guardian_ref.clone().unwrap_or_default(),
         revision: r.revision,
+        overridden_by_record_id: String::new(),
     }
 }
 
@@ -883,7 +884,15 @@ impl ConsentService for ConsentApi {
             .records
             .iter()
             .filter(|r| current_ids.contains(r.consent.record_id.as_str()))
-            .map(|r| record_pb(r, now))
+            .map(|r| pb::ConsentRecord {
+                overridden_by_record_id: consentgate_policy::overriding_record(
+                    &current,
+                    &r.to_policy_record(),
+                )
+                .map(|n| n.id.clone())
+                .unwrap_or_default(),
+                ..record_pb(r, now)
+            })
             .collect();
         let mut signals: Vec<pb::Signal> = Vec::new();
         for s in &rows.signals {
