@@ -13,6 +13,15 @@ pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// The `ErrorInfo` reason code of a consentgate error (another service's answer, say), if any:
+/// what a caller branches on, never the message text.
+pub fn reason_of(status: &Status) -> Option<String> {
+    status
+        .get_details_error_info()
+        .filter(|info| info.domain == ERROR_DOMAIN)
+        .map(|info| info.reason)
+}
+
 /// `INVALID_ARGUMENT` naming one field.
 pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
     invalid_arguments(vec![(field.to_owned(), description.into())])

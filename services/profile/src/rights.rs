@@ -15,7 +15,7 @@ use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as consent_pb;
 use consentgate_proto::profile::v1 as pb;
 use consentgate_runtime::CallerIdentity;
-use consentgate_runtime::errors::{Violations, invalid_argument, status};
+use consentgate_runtime::errors::{Violations, invalid_argument, reason_of, status};
 use serde_json::{Value, json};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -241,13 +241,11 @@ pub async fn access_report(
         .map_err(store_status)?;
     let entries: Vec<pb::AccessEntry> = records.iter().map(|e| entry_pb(shared, e)).collect();
     let rectifications = rectifications(shared, &decision).await?;
-    let consent_statements = if decision.subject_erased() {
-        // The consent service erased the subject: it holds no consents to report.
-        Vec::new()
-    } else {
-        let consents = consent_part(shared, &subject, &auth).await?;
-        crate::withdrawals::statements(&shared.policy, &consents.history)
-    };
+    // None: the consent service erased the subject and holds no consents to report.
+    let consent_statements = consent_part(shared, &decision, &subject, &auth)
+        .await?
+        .map(|consents| crate::withdrawals::statements(&shared.policy, &consents.history))
+        .unwrap_or_default();
     let mut callers: Vec<&str> = entries.iter().map(|e| e.caller.as_str()).collect();
     callers.sort_unstable();
     callers.dedup();
@@ -331,14 +329,27 @@ impl Consents {
     }
 }
 
-/// The subject's consents and their history from the consent service.
+/// Whether the consent service answered that the subject was erased.
+fn says_erased(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && reason_of(status).is_some_and(|reason| reason == "SUBJECT_ERASED")
+}
+
+/// The subject's consents and their history from the consent service; `None` when it was erased
+/// there. The decision's `subject_erased()` usually says so first, but a decision the gate cached
+/// just before an erasure can still allow until the erasure's change event arrives: the consent
+/// service's own answer settles it.
 async fn consent_part(
     shared: &Shared,
+    decision: &Decision,
     subject: &SubjectRef,
     auth: &MetadataValue<Ascii>,
-) -> Result<Consents, Status> {
+) -> Result<Option<Consents>, Status> {
+    if decision.subject_erased() {
+        return Ok(None);
+    }
     let mut client = shared.gate.consent_client();
-    let current = client
+    let current = match client
         .get_consents(forwarded(
             consent_pb::GetConsentsRequest {
                 subject: Some(subject.clone()),
@@ -346,8 +357,11 @@ async fn consent_part(
             auth,
         ))
         .await
-        .map_err(|s| consent_unavailable(&s))?
-        .into_inner();
+    {
+        Ok(response) => response.into_inner(),
+        Err(s) if says_erased(&s) => return Ok(None),
+        Err(s) => return Err(consent_unavailable(&s)),
+    };
     let mut history = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -360,16 +374,19 @@ async fn consent_part(
                 },
                 auth,
             ))
-            .await
-            .map_err(|s| consent_unavailable(&s))?
-            .into_inner();
+            .await;
+        let page = match page {
+            Ok(response) => response.into_inner(),
+            Err(s) if says_erased(&s) => return Ok(None),
+            Err(s) => return Err(consent_unavailable(&s)),
+        };
         history.extend(page.records);
         if page.next_page_token.is_empty() {
             break;
         }
         page_token = page.next_page_token;
     }
-    Ok(Consents { current, history })
+    Ok(Some(Consents { current, history }))
 }
 
 /// A consent statement in the export.
@@ -417,22 +434,26 @@ pub async fn export(
             break;
         }
     }
-    let (consents, consent_history, consent_statements) = if decision.subject_erased() {
+    let (consents, consent_history, consent_statements) = match consent_part(
+        shared, &decision, &subject, &auth,
+    )
+    .await?
+    {
         // The consent service erased the subject: it holds no consents to report.
-        (
+        None => (
             json!({ "current": [], "signals": [], "linked_device_ids": [], "processing_restricted": false, "subject_erased": true }),
             json!([]),
             json!([]),
-        )
-    } else {
-        let part = consent_part(shared, &subject, &auth).await?;
-        let (current, history) = part.json();
-        let said = crate::withdrawals::statements(&shared.policy, &part.history);
-        (
-            current,
-            history,
-            Value::Array(said.iter().map(statement_json).collect()),
-        )
+        ),
+        Some(part) => {
+            let (current, history) = part.json();
+            let said = crate::withdrawals::statements(&shared.policy, &part.history);
+            (
+                current,
+                history,
+                Value::Array(said.iter().map(statement_json).collect()),
+            )
+        }
     };
     let rectifications: Vec<Value> = rectifications(shared, &decision)
         .await?
