@@ -28,7 +28,7 @@ const RPCS: [&str; 15] = [
     "RestrictProcessing",
 ];
 
-/// Who may call what, written out independently of `authz.rs` (DESIGN §3 roles).
+/// Who may call what, written out independently of `authz.rs` (docs/architecture.md §3 roles).
 fn allowed(rpc: &str, caller: &str) -> bool {
     let roles: &[&str] = match caller {
         "preference-center" => &["preference_center"],

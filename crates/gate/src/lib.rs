@@ -1,7 +1,7 @@
 //! The gate: the enforcement client the profile and recommendation services share.
 //!
 //! It asks the consent service (`Check`), caches decisions, and keeps the cache honest with a
-//! `WatchChanges` subscription (DESIGN §3 "Consistency"):
+//! `WatchChanges` subscription (docs/architecture.md §3 "Consistency"):
 //! - a change event for a person makes that person's older cached decisions stale at once;
 //! - cached *allows* are served only while the stream's heartbeat lease runs; once it lapses the
 //!   gate asks synchronously until the stream is back and caught up (cached denials are harmless);
@@ -36,7 +36,7 @@ pub struct GateConfig {
     pub watch_endpoint: Option<String>,
     /// This service's bearer token at the consent service (a caller with the `enforcer` role).
     pub token: String,
-    /// Cached allows are served only this long after the last heartbeat (DESIGN: 1 s).
+    /// Cached allows are served only this long after the last heartbeat (docs/architecture.md §3: 1 s).
     pub lease: Duration,
     /// The heartbeat interval asked of the consent service; well under the lease.
     pub heartbeat: Duration,

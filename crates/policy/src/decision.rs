@@ -1,4 +1,4 @@
-//! The decision function: DESIGN §3 "Decision rules", evaluated in order, with reasons and a trace.
+//! The decision function: docs/architecture.md §3 "Decision rules", evaluated in order, with reasons and a trace.
 
 use crate::model::{Channel, Jurisdiction, LegalBasis, Personalization, Policy, Purpose};
 use crate::pattern::is_ancestor_or_self;
@@ -72,7 +72,7 @@ impl Reason {
 }
 
 impl Reason {
-    /// Where the reason stands in rule order (DESIGN §3), most significant first: the reason a
+    /// Where the reason stands in rule order (docs/architecture.md §3), most significant first: the reason a
     /// person is shown when several categories are denied for different reasons is the one with
     /// the lowest rank. Minimization comes last: a category the purpose never needed explains
     /// nothing about the ones it does need, so `NOT_NEEDED_FOR_PURPOSE` is the top-level reason
@@ -487,7 +487,7 @@ fn gpc_conflict_line(record: &Record, signal_at: OffsetDateTime) -> String {
     )
 }
 
-/// The refusal or withdrawal that overrides a `given` record entirely (DESIGN §3 rule 5): the
+/// The refusal or withdrawal that overrides a `given` record entirely (docs/architecture.md §3 rule 5): the
 /// latest one recorded after it, on its purpose or an ancestor, on no channel or the same channel,
 /// with no scope or a scope covering the grant's own. For person-facing listings (GetConsents),
 /// which show the latest record per key and must not present a grant as standing when "withdraw
@@ -724,7 +724,7 @@ impl<'a> Evaluation<'a> {
                 (None, false) => None,
             };
             if let Some(signal_revision) = signal {
-                // An expired grant is `expired`, not `given` (DESIGN §3): it does not opt back in.
+                // An expired grant is `expired`, not `given` (docs/architecture.md §3): it does not opt back in.
                 let overridden = record.is_some_and(|r| {
                     r.state == RecordState::Given
                         && r.expires_at.is_none_or(|e| e > self.now)
@@ -825,7 +825,7 @@ impl<'a> Evaluation<'a> {
     }
 
     /// The record that decides one question (the purpose, the asked channel, one category or
-    /// none). DESIGN §3 rule 5, precisely:
+    /// none). docs/architecture.md §3 rule 5, precisely:
     ///
     /// 1. A record *applies* when its purpose is the asked purpose or an ancestor of it, its
     ///    channel is none or the asked one, and its scope is none or covers the asked category (a

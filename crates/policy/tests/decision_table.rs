@@ -1,5 +1,5 @@
 //! Table-driven tests of `decide` against the shipped default policy: every reason code, the order of
-//! the decision rules (DESIGN §3), purpose/scope/channel specificity, expiry, notice versions, GPC,
+//! the decision rules (docs/architecture.md §3), purpose/scope/channel specificity, expiry, notice versions, GPC,
 //! minors, sensitive categories, verdicts, obligations, personalization levels and `valid_until`.
 
 use consentgate_policy::{
@@ -351,7 +351,7 @@ use Reason::{
     SensitiveRequiresExplicitConsent as Sensitive, SubjectErased as Erased, Withdrawn,
 };
 
-/// Denial reasons, most significant first: the rules in DESIGN §3 order, what the person said
+/// Denial reasons, most significant first: the rules in docs/architecture.md §3 order, what the person said
 /// before what lapsed or was never said, and minimization last (it says nothing about the
 /// categories the purpose does need).
 const RULE_ORDER: [Reason; 12] = [

@@ -357,7 +357,7 @@ impl Store {
 }
 
 // ------------------------------------------------------------------------------------------------
-// (b) The reference model: the full event log, and DESIGN §3's rules written out plainly.
+// (b) The reference model: the full event log, and docs/architecture.md §3's rules written out plainly.
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -589,7 +589,7 @@ impl Ask<'_> {
         standing.pop()
     }
 
-    /// DESIGN §3 rules 3 to 8 for one target. Returns the denial (None: allowed) and, for an allow,
+    /// docs/architecture.md §3 rules 3 to 8 for one target. Returns the denial (None: allowed) and, for an allow,
     /// the expiry of the record behind it.
     fn judge(
         &self,

@@ -285,7 +285,7 @@ impl Engine {
     /// Decides a check for `caller` (the original caller under delegation).
     ///
     /// A GPC flag on the request, for a subject (or device) with no GPC signal on, is first
-    /// recorded as a signal (DESIGN §3 rule 6): from then on the recorded signal rules, so an
+    /// recorded as a signal (docs/architecture.md §3 rule 6): from then on the recorded signal rules, so an
     /// explicit opt-in made *after* it can override it, which a flag counted as "now" on every
     /// request never could. Repeated flags find the signal on and write nothing.
     pub async fn check(&self, caller: &str, query: &CheckQuery) -> Result<Decision, EngineError> {

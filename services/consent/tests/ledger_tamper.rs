@@ -1,4 +1,4 @@
-//! Ledger tamper-evidence (DESIGN §3 "Audit, proof and transparency"): on every backend, a real ledger of
+//! Ledger tamper-evidence (docs/architecture.md §3 "Audit, proof and transparency"): on every backend, a real ledger of
 //! 150 entries (checkpoints at 64 and 128) verifies, and every single-entry tampering done with SQL
 //! behind the store's back (edit, edit-and-rehash, consistent suffix rewrite, deletion, reorder,
 //! truncation, forged checkpoints) is detected at the right seq, each on a fresh database.

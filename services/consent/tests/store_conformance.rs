@@ -1,6 +1,6 @@
 //! Store conformance suite: every test runs against every configured backend (SQLite always,
 //! PostgreSQL when `CONSENTGATE_TEST_POSTGRES_URL` is set) and asserts the `ConsentStore` contract of
-//! DESIGN §3: gap-free revisions, snapshot loads with links and signals, idempotency, history and
+//! docs/architecture.md §3: gap-free revisions, snapshot loads with links and signals, idempotency, history and
 //! change-feed paging, receipts, erasure (crypto-shredding, tombstones), restriction and checkpoints.
 
 use consentgate_consent::ledger::{self, CHECKPOINT_EVERY, GENESIS_HASH, LedgerKeys};
@@ -889,7 +889,7 @@ async fn linked_devices_share_their_subjects_records_and_signals() {
 
 #[tokio::test]
 async fn a_linked_groups_revision_never_goes_backwards() {
-    // A subject's revision is a consistency token (DESIGN §3 "Every change increments the subject's
+    // A subject's revision is a consistency token (docs/architecture.md §3 "Every change increments the subject's
     // revision"). Moving a device out of a group, or erasing it, changes what the group's load
     // returns, so the remaining members' revision must not drop below what was already reported.
     let mut failures = Vec::new();
@@ -1639,7 +1639,7 @@ async fn erasing_a_device_erases_only_that_device() {
 
 #[tokio::test]
 async fn erasure_leaves_no_identifier_of_the_subject_in_any_table() {
-    // DESIGN §3: after erasure the chain "no longer identifies the person"; the change feed's
+    // docs/architecture.md §3: after erasure the chain "no longer identifies the person"; the change feed's
     // rows are un-named and the idempotency rows of the subject are deleted. No text column of
     // any table may still hold the subject's or its devices' identifiers.
     let mut failures = Vec::new();

@@ -5,7 +5,7 @@ use consentgate_runtime::RpcRules;
 /// The fully qualified service name.
 pub const SERVICE: &str = "consentgate.profile.v1.ProfileService";
 
-/// The profile service's rules (DESIGN §3 "Callers, roles and delegation").
+/// The profile service's rules (docs/architecture.md §3 "Callers, roles and delegation").
 pub fn rules() -> RpcRules {
     const PC: &str = "preference_center";
     const OPS: &str = "privacy_ops";

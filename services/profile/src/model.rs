@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// Where an attribute came from (DESIGN §4).
+/// Where an attribute came from (docs/architecture.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {

@@ -1,5 +1,5 @@
 //! Retention: a background task deletes data older than its category's retention period in the
-//! policy (DESIGN §4). Attributes age from their last update, events from when they happened,
+//! policy (docs/architecture.md §4). Attributes age from their last update, events from when they happened,
 //! answers from when they were given.
 
 use crate::store::{ProfileStore, StoreError};

@@ -1,5 +1,5 @@
 //! The withdrawals and refusals in force, said plainly for the subject's access report and export
-//! (DESIGN §3 "Decision rules", §4 data-subject rights).
+//! (docs/architecture.md §3 "Decision rules", §4 data-subject rights).
 //!
 //! A withdrawal or refusal of a purpose covers every purpose beneath it in the policy's tree, on
 //! every channel and for every data category, over any `given` record older than it; a `given`

@@ -1,4 +1,4 @@
-//! The personalization tiers and how a consent decision picks one (DESIGN §5): profiled →
+//! The personalization tiers and how a consent decision picks one (docs/architecture.md §5): profiled →
 //! limited → segment → contextual → popular. The tier only ever goes *down* from what the consent
 //! decision allows; no tier reads data the decision does not cover.
 
