@@ -25,10 +25,30 @@ pub struct CallerIdentity {
 }
 
 impl CallerIdentity {
+    /// The caller the auth layer authenticated for `request`. The layer always sets it before a
+    /// handler runs; if it did not (a server assembled without it), the handler fails closed
+    /// with the layer's own answer for a missing credential, so that one case has one code.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Arc<CallerIdentity>, tonic::Status> {
+        request
+            .extensions()
+            .get::<Arc<CallerIdentity>>()
+            .cloned()
+            .ok_or_else(missing_credentials)
+    }
+
     /// Whether the caller has `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
+}
+
+/// The answer to a request without a credential, from the layer or a handler alike.
+fn missing_credentials() -> tonic::Status {
+    status(
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+        "missing `authorization: Bearer <token>` metadata",
+    )
 }
 
 /// Maps bearer tokens to callers. Tokens are kept only as SHA-256 digests.

@@ -75,18 +75,7 @@ pub fn status_of(error: EngineError) -> Status {
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Arc<CallerIdentity>, Status> {
-    // The auth layer always sets it; if it did not run, fail closed.
-    request
-        .extensions()
-        .get::<Arc<CallerIdentity>>()
-        .cloned()
-        .ok_or_else(|| {
-            status(
-                Code::Unauthenticated,
-                "MISSING_CREDENTIALS",
-                "no authenticated caller",
-            )
-        })
+    CallerIdentity::of(request)
 }
 
 fn valid_id(id: &str) -> Option<&'static str> {

@@ -161,17 +161,7 @@ fn answer_categories(kinds: &[AnswerKind]) -> Vec<String> {
 
 /// The authenticated caller the auth layer put in the request's extensions.
 pub(crate) fn caller_of<T>(request: &Request<T>) -> Result<Arc<CallerIdentity>, Status> {
-    request
-        .extensions()
-        .get::<Arc<CallerIdentity>>()
-        .cloned()
-        .ok_or_else(|| {
-            status(
-                Code::Unauthenticated,
-                "UNAUTHENTICATED",
-                "no caller identity",
-            )
-        })
+    CallerIdentity::of(request)
 }
 
 /// Maps a store error to a status without leaking row values.

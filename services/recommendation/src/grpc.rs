@@ -664,17 +664,9 @@ impl pb::recommendation_service_server::RecommendationService for Recommendation
         &self,
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<Arc<consentgate_runtime::CallerIdentity>>()
-            .map(|c| c.name.clone())
-            .ok_or_else(|| {
-                status(
-                    Code::Unauthenticated,
-                    "UNAUTHENTICATED",
-                    "no caller identity",
-                )
-            })?;
+        let caller = consentgate_runtime::CallerIdentity::of(&request)?
+            .name
+            .clone();
         Ok(Response::new(
             self.recommender
                 .recommend(&caller, request.into_inner())
