@@ -21,6 +21,7 @@
 //! let forged = consentgate_gate::Decision::default();
 //! ```
 
+use consentgate_policy::SubjectKey;
 use consentgate_proto::common::v1::{PersonalizationLevel, SubjectRef, subject_ref};
 use consentgate_proto::consent::v1::{CategoryDecision, CheckResponse, Obligation, Verdict};
 use std::sync::Arc;
@@ -39,20 +40,21 @@ pub struct Decision {
 /// The storage key of a subject reference: `s:<id>` for a person, `d:<id>` for a device.
 /// The prefixes keep a person and a device with the same id apart.
 pub fn subject_key(subject: &SubjectRef) -> Option<String> {
-    match subject.id.as_ref()? {
-        subject_ref::Id::SubjectId(id) if !id.is_empty() => Some(format!("s:{id}")),
-        subject_ref::Id::DeviceId(id) if !id.is_empty() => Some(format!("d:{id}")),
-        _ => None,
-    }
+    let key = match subject.id.as_ref()? {
+        subject_ref::Id::SubjectId(id) if !id.is_empty() => SubjectKey::Subject(id.clone()),
+        subject_ref::Id::DeviceId(id) if !id.is_empty() => SubjectKey::Device(id.clone()),
+        _ => return None,
+    };
+    Some(key.storage())
 }
 
 /// The subject reference behind a storage key made by [`subject_key`] (`s:<id>` → a person,
 /// `d:<id>` → a device), for services that keep derived data by key and must ask about it again
 /// later (the recommendation service re-checks the training consent of subjects it learned).
 pub fn subject_of_key(key: &str) -> Option<SubjectRef> {
-    let id = match (key.strip_prefix("s:"), key.strip_prefix("d:")) {
-        (Some(id), _) if !id.is_empty() => subject_ref::Id::SubjectId(id.to_owned()),
-        (_, Some(id)) if !id.is_empty() => subject_ref::Id::DeviceId(id.to_owned()),
+    let id = match SubjectKey::from_storage(key)? {
+        SubjectKey::Subject(id) if !id.is_empty() => subject_ref::Id::SubjectId(id),
+        SubjectKey::Device(id) if !id.is_empty() => subject_ref::Id::DeviceId(id),
         _ => return None,
     };
     Some(SubjectRef { id: Some(id) })

@@ -9,6 +9,7 @@ mod file;
 mod model;
 mod pattern;
 mod state;
+mod subject;
 
 pub use decision::{
     CategoryVerdict, CheckInput, Decision, DecisionError, Obligation, Reason, Step, Verdict,
@@ -21,6 +22,7 @@ pub use model::{
 };
 pub use pattern::{Pattern, is_ancestor_or_self, parent_key};
 pub use state::{ConsentType, Record, RecordState, SubjectState};
+pub use subject::SubjectKey;
 
 /// The default policy shipped with consentgate: strict opt-in for everything not essential.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../policy/default.toml");

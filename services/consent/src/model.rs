@@ -4,35 +4,8 @@ use consentgate_policy::{Channel, ConsentType, RecordState};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// A subject: a known person or an anonymous device. Stored as `s:<id>` or `d:<id>` so the
-/// two namespaces never collide.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum SubjectKey {
-    /// A known person.
-    Subject(String),
-    /// An anonymous device.
-    Device(String),
-}
-
-impl SubjectKey {
-    /// The storage form.
-    pub fn storage(&self) -> String {
-        match self {
-            SubjectKey::Subject(id) => format!("s:{id}"),
-            SubjectKey::Device(id) => format!("d:{id}"),
-        }
-    }
-
-    /// Parses the storage form.
-    pub fn from_storage(text: &str) -> Option<SubjectKey> {
-        if let Some(id) = text.strip_prefix("s:") {
-            Some(SubjectKey::Subject(id.to_owned()))
-        } else {
-            text.strip_prefix("d:")
-                .map(|id| SubjectKey::Device(id.to_owned()))
-        }
-    }
-}
+/// Whom a consent is about; defined once, in the policy crate, for every service and store.
+pub use consentgate_policy::SubjectKey;
 
 /// A consent event to record (Grant, Refuse or Withdraw), already validated against the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
