@@ -599,201 +599,222 @@ struct Evaluation<'a> {
 }
 
 impl<'a> Evaluation<'a> {
-    /// Rules 3–8 for one (purpose, category).
+    /// Rules 3–8 for one (purpose, category), in the order of the rule list: the first rule that
+    /// denies decides; an allow carries the record it rests on.
     fn evaluate(&self, purpose: &Purpose, category: Option<&str>) -> Outcome<'a> {
-        let state = self.state;
-        // Rule 3: minimization.
-        if let Some(c) = category
-            && !purpose.needs(c)
-        {
-            return Outcome::deny(
+        let basis = self.policy.legal_basis(purpose, self.jurisdiction);
+        if let Some(denied) = self.minimization(purpose, category) {
+            return denied;
+        }
+        if let Some(denied) = self.erasure_or_restriction(basis) {
+            return denied;
+        }
+        let record = self.deciding_record(purpose, category);
+        if let Some(denied) = self.legal_basis(purpose, basis, record) {
+            return denied;
+        }
+        let gpc_overridden = match self.gpc(purpose, record) {
+            Ok(overridden) => overridden,
+            Err(denied) => return denied,
+        };
+        if let Some(denied) = self.minors(basis, record) {
+            return denied;
+        }
+        if let Some(denied) = self.sensitive(category, basis, record) {
+            return denied;
+        }
+        Outcome {
+            gpc_overridden,
+            ..self.allowed(basis, record)
+        }
+    }
+
+    /// Rule 3: a category the purpose does not need is never released for it.
+    fn minimization(&self, purpose: &Purpose, category: Option<&str>) -> Option<Outcome<'a>> {
+        let c = category?;
+        (!purpose.needs(c)).then(|| {
+            Outcome::deny(
                 "minimization",
                 Reason::NotNeededForPurpose,
                 format!("purpose {:?} does not need this category", purpose.key),
                 None,
-            );
-        }
-        let basis = self.policy.legal_basis(purpose, self.jurisdiction);
-        // Rule 4: erasure, then restriction.
-        if state.erased {
-            return Outcome::deny(
+            )
+        })
+    }
+
+    /// Rule 4: an erased subject gets nothing; a restricted one only what is essential.
+    fn erasure_or_restriction(&self, basis: LegalBasis) -> Option<Outcome<'a>> {
+        if self.state.erased {
+            return Some(Outcome::deny(
                 "erasure",
                 Reason::SubjectErased,
                 "the subject was erased".into(),
                 None,
-            );
+            ));
         }
-        if state.restricted && basis != LegalBasis::Essential {
-            return Outcome::deny(
+        (self.state.restricted && basis != LegalBasis::Essential).then(|| {
+            Outcome::deny(
                 "restriction",
                 Reason::ProcessingRestricted,
                 "processing is restricted to essential purposes".into(),
                 None,
-            );
+            )
+        })
+    }
+
+    /// Rule 5: the legal basis. Essential and contract purposes need nothing; under `opt_out` only
+    /// a deciding refusal or withdrawal denies; under `consent` the deciding record must be a live
+    /// `given` under the current major notice version.
+    fn legal_basis(
+        &self,
+        purpose: &Purpose,
+        basis: LegalBasis,
+        record: Option<&'a Record>,
+    ) -> Option<Outcome<'a>> {
+        if basis.needs_no_consent() {
+            return None;
         }
-        let record = self.deciding_record(purpose, category);
-        // Rule 5: the legal basis.
-        match basis {
-            LegalBasis::Essential | LegalBasis::Contract => {}
-            LegalBasis::Consent => match record {
-                None => {
-                    return Outcome::deny(
+        let opted_out = |said: &str| match basis {
+            LegalBasis::OptOut => "the person opted out".to_owned(),
+            _ => format!("consent was {said}"),
+        };
+        let deny = |reason, detail| Some(Outcome::deny("legal_basis", reason, detail, record));
+        match record {
+            Some(r) if r.state == RecordState::Refused => {
+                deny(Reason::Refused, opted_out("refused"))
+            }
+            Some(r) if r.state == RecordState::Withdrawn => {
+                deny(Reason::Withdrawn, opted_out("withdrawn"))
+            }
+            _ if basis == LegalBasis::OptOut => None,
+            None => Some(Outcome::deny(
+                "legal_basis",
+                Reason::NoConsent,
+                self.no_consent_detail(purpose),
+                None,
+            )),
+            Some(r) if r.expires_at.is_some_and(|e| e <= self.now) => {
+                deny(Reason::Expired, "consent has expired".into())
+            }
+            Some(r) => {
+                let current = &self.policy.purposes.get(&r.purpose)?.notice_version;
+                (notice_major(&r.notice_version) != Some(current.major)).then(|| {
+                    Outcome::deny(
                         "legal_basis",
-                        Reason::NoConsent,
-                        self.no_consent_detail(purpose),
-                        None,
-                    );
-                }
-                Some(r) => match r.state {
-                    RecordState::Refused => {
-                        return Outcome::deny(
-                            "legal_basis",
-                            Reason::Refused,
-                            "consent was refused".into(),
-                            Some(r),
-                        );
-                    }
-                    RecordState::Withdrawn => {
-                        return Outcome::deny(
-                            "legal_basis",
-                            Reason::Withdrawn,
-                            "consent was withdrawn".into(),
-                            Some(r),
-                        );
-                    }
-                    RecordState::Given => {
-                        if r.expires_at.is_some_and(|e| e <= self.now) {
-                            return Outcome::deny(
-                                "legal_basis",
-                                Reason::Expired,
-                                "consent has expired".into(),
-                                Some(r),
-                            );
-                        }
-                        if let Some(current) = self
-                            .policy
-                            .purposes
-                            .get(&r.purpose)
-                            .map(|p| &p.notice_version)
-                            && notice_major(&r.notice_version) != Some(current.major)
-                        {
-                            return Outcome::deny(
-                                "legal_basis",
-                                Reason::NoticeOutdated,
-                                format!(
-                                    "consent was given under notice {:?}; the current notice is {:?}",
-                                    r.notice_version, current.text
-                                ),
-                                Some(r),
-                            );
-                        }
-                    }
-                },
-            },
-            LegalBasis::OptOut => {
-                if let Some(r) = record {
-                    match r.state {
-                        RecordState::Refused => {
-                            return Outcome::deny(
-                                "legal_basis",
-                                Reason::Refused,
-                                "the person opted out".into(),
-                                Some(r),
-                            );
-                        }
-                        RecordState::Withdrawn => {
-                            return Outcome::deny(
-                                "legal_basis",
-                                Reason::Withdrawn,
-                                "the person opted out".into(),
-                                Some(r),
-                            );
-                        }
-                        RecordState::Given => {}
-                    }
-                }
+                        Reason::NoticeOutdated,
+                        format!(
+                            "consent was given under notice {:?}; the current notice is {:?}",
+                            r.notice_version, current.text
+                        ),
+                        Some(r),
+                    )
+                })
             }
         }
-        // Rule 6: Global Privacy Control.
-        let mut gpc_overridden = false;
-        if self.policy.rules.honor_gpc && purpose.gpc_scoped && self.jurisdiction.honors_gpc {
-            let signal = match (state.gpc_signal_revision, self.gpc) {
-                (Some(rev), _) => Some(rev),
-                // A flag on the request with nothing recorded: a signal as of now, which no earlier grant overrides.
-                (None, true) => Some(u64::MAX),
-                (None, false) => None,
-            };
-            if let Some(signal_revision) = signal {
-                // An expired grant is `expired`, not `given` (docs/architecture.md §3): it does not opt back in.
-                let overridden = record.is_some_and(|r| {
-                    r.state == RecordState::Given
-                        && r.expires_at.is_none_or(|e| e > self.now)
-                        && r.consent_type == ConsentType::Explicit
-                        && r.revision > signal_revision
-                });
-                if !overridden {
-                    return Outcome::deny(
-                        "gpc",
-                        Reason::GpcOptOut,
-                        "a Global Privacy Control signal opts out of this purpose".into(),
-                        record,
-                    );
-                }
-                gpc_overridden = true;
-            }
+    }
+
+    /// Rule 6: Global Privacy Control. A recorded signal (or, unrecorded, a flag on the request
+    /// as of now) opts out of GPC-scoped purposes unless an explicit, live grant recorded after
+    /// it decides: `Ok(true)` then, the conflict to name.
+    fn gpc(&self, purpose: &Purpose, record: Option<&'a Record>) -> Result<bool, Outcome<'a>> {
+        if !(self.policy.rules.honor_gpc && purpose.gpc_scoped && self.jurisdiction.honors_gpc) {
+            return Ok(false);
         }
-        // Rule 7: minors.
-        if self.policy.rules.minors_require_guardian
-            && !basis.needs_no_consent()
-            && state
-                .age_band
-                .is_some_and(|band| band.youngest() < self.jurisdiction.consent_age)
-        {
-            let backed = record.is_some_and(|r| {
-                r.state == RecordState::Given
-                    && r.expires_at.is_none_or(|e| e > self.now)
-                    && r.guardian_ref
-                        .as_ref()
-                        .is_some_and(|g| state.guardians.contains(g))
-            });
-            if !backed {
-                return Outcome::deny(
-                    "minors",
-                    Reason::MinorRequiresGuardian,
-                    format!(
-                        "the subject is under the consent age ({}) of {}",
-                        self.jurisdiction.consent_age, self.jurisdiction.code
-                    ),
-                    record,
-                );
-            }
+        let signal = match (self.state.gpc_signal_revision, self.gpc) {
+            (Some(rev), _) => rev,
+            // A flag on the request with nothing recorded: a signal as of now, which no earlier
+            // grant overrides (the consent service records it first; `Explain` does not).
+            (None, true) => u64::MAX,
+            (None, false) => return Ok(false),
+        };
+        // An expired grant is `expired`, not `given` (docs/architecture.md §3): it does not opt
+        // back in.
+        let overridden = record.is_some_and(|r| {
+            r.state == RecordState::Given
+                && r.expires_at.is_none_or(|e| e > self.now)
+                && r.consent_type == ConsentType::Explicit
+                && r.revision > signal
+        });
+        if overridden {
+            Ok(true)
+        } else {
+            Err(Outcome::deny(
+                "gpc",
+                Reason::GpcOptOut,
+                "a Global Privacy Control signal opts out of this purpose".into(),
+                record,
+            ))
         }
-        // Rule 8: sensitive categories.
-        if let Some(c) = category
-            && self.policy.rules.sensitive_requires_explicit_consent
+    }
+
+    /// Rule 7: a subject under the jurisdiction's consent age needs consent backed by a verified
+    /// guardian.
+    fn minors(&self, basis: LegalBasis, record: Option<&'a Record>) -> Option<Outcome<'a>> {
+        let minor = self
+            .state
+            .age_band
+            .is_some_and(|band| band.youngest() < self.jurisdiction.consent_age);
+        if !(self.policy.rules.minors_require_guardian && !basis.needs_no_consent() && minor) {
+            return None;
+        }
+        let backed = record.is_some_and(|r| {
+            r.state == RecordState::Given
+                && r.expires_at.is_none_or(|e| e > self.now)
+                && r.guardian_ref
+                    .as_ref()
+                    .is_some_and(|g| self.state.guardians.contains(g))
+        });
+        (!backed).then(|| {
+            Outcome::deny(
+                "minors",
+                Reason::MinorRequiresGuardian,
+                format!(
+                    "the subject is under the consent age ({}) of {}",
+                    self.jurisdiction.consent_age, self.jurisdiction.code
+                ),
+                record,
+            )
+        })
+    }
+
+    /// Rule 8: a sensitive category needs an explicit grant whose scope names it.
+    fn sensitive(
+        &self,
+        category: Option<&str>,
+        basis: LegalBasis,
+        record: Option<&'a Record>,
+    ) -> Option<Outcome<'a>> {
+        let c = category?;
+        let sensitive = self
+            .policy
+            .categories
+            .get(c)
+            .is_some_and(|cat| cat.sensitive);
+        if !(self.policy.rules.sensitive_requires_explicit_consent
             && basis != LegalBasis::Essential
-            && self
-                .policy
-                .categories
-                .get(c)
-                .is_some_and(|cat| cat.sensitive)
+            && sensitive)
         {
-            let explicit = record.is_some_and(|r| {
-                r.state == RecordState::Given
-                    && r.consent_type == ConsentType::Explicit
-                    && r.scope
-                        .as_deref()
-                        .is_some_and(|s| is_ancestor_or_self(s, c))
-            });
-            if !explicit {
-                return Outcome::deny(
-                    "sensitive",
-                    Reason::SensitiveRequiresExplicitConsent,
-                    "a sensitive category needs explicit consent naming it".into(),
-                    record,
-                );
-            }
+            return None;
         }
+        let explicit = record.is_some_and(|r| {
+            r.state == RecordState::Given
+                && r.consent_type == ConsentType::Explicit
+                && r.scope
+                    .as_deref()
+                    .is_some_and(|s| is_ancestor_or_self(s, c))
+        });
+        (!explicit).then(|| {
+            Outcome::deny(
+                "sensitive",
+                Reason::SensitiveRequiresExplicitConsent,
+                "a sensitive category needs explicit consent naming it".into(),
+                record,
+            )
+        })
+    }
+
+    /// Every rule passed: the allow, with why in words only when the trace was asked for.
+    fn allowed(&self, basis: LegalBasis, record: Option<&'a Record>) -> Outcome<'a> {
         let detail = match (basis, record) {
             // Why an allow holds is part of the explanation, built only when asked for.
             _ if !self.explain => String::new(),
@@ -805,10 +826,7 @@ impl<'a> Evaluation<'a> {
             }
             _ => format!("legal basis {} and no opt-out recorded", basis.as_str()),
         };
-        Outcome {
-            gpc_overridden,
-            ..Outcome::allow("legal_basis", detail, record)
-        }
+        Outcome::allow("legal_basis", detail, record)
     }
 
     /// The plain-language line for an explicit grant that overrides the recorded GPC signal:
