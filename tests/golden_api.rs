@@ -489,19 +489,10 @@ async fn script(suite: &Suite) -> String {
         "profile.RecordEvents",
         "consentgate.profile.v1.RecordEventsResponse",
         collector
-            .record_events(ppb::RecordEventsRequest {
-                subject: subject("ana"),
-                purpose: "personalize.content.profiled".into(),
-                events: ["sku-00001", "sku-00002", "sku-00003"]
-                    .iter()
-                    .map(|item| ppb::EventInput {
-                        kind: ppb::EventKind::ProductView as i32,
-                        item_id: (*item).into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            })
+            .record_events(product_views(
+                "ana",
+                &["sku-00001", "sku-00002", "sku-00003"],
+            ))
             .await,
     );
     g.call(

@@ -12,7 +12,6 @@ mod common;
 
 use common::*;
 use consentgate_consent::testing::backends;
-use consentgate_proto::profile::v1 as ppb;
 use consentgate_proto::recommendation::v1 as rpb;
 use consentgate_recommendation::model::{CoOccurrence, Lease};
 use rpb::Tier;
@@ -145,19 +144,7 @@ async fn views(suite: &Suite, who: &str, items: &[&str]) {
         .profile
         .as_caller("collector")
         .await
-        .record_events(ppb::RecordEventsRequest {
-            subject: subject(who),
-            purpose: "personalize.content.profiled".into(),
-            events: items
-                .iter()
-                .map(|i| ppb::EventInput {
-                    kind: ppb::EventKind::ProductView as i32,
-                    item_id: (*i).into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
+        .record_events(product_views(who, items))
         .await
         .expect("events");
 }

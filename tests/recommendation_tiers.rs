@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use consentgate_consent::testing::Backend;
 use consentgate_proto::consent::v1 as pb;
-use consentgate_proto::profile::v1 as ppb;
 use consentgate_proto::recommendation::v1 as rpb;
 use rpb::Tier;
 use std::time::Duration;
@@ -145,19 +144,7 @@ async fn training_consent_is_learned_and_its_withdrawal_unlearned() {
         .profile
         .as_caller("collector")
         .await
-        .record_events(ppb::RecordEventsRequest {
-            subject: subject("learner"),
-            purpose: "personalize.content.profiled".into(),
-            events: ["sku-00001", "sku-00002"]
-                .iter()
-                .map(|i| ppb::EventInput {
-                    kind: ppb::EventKind::ProductView as i32,
-                    item_id: (*i).into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
+        .record_events(product_views("learner", &["sku-00001", "sku-00002"]))
         .await
         .expect("events");
     let mut client = suite

@@ -526,6 +526,23 @@ pub fn attribute(
     }
 }
 
+/// A RecordEvents request: `who` viewed `items`, collected under profiled personalization.
+pub fn product_views(who: &str, items: &[&str]) -> profile_pb::RecordEventsRequest {
+    profile_pb::RecordEventsRequest {
+        subject: subject(who),
+        purpose: "personalize.content.profiled".into(),
+        events: items
+            .iter()
+            .map(|item| profile_pb::EventInput {
+                kind: profile_pb::EventKind::ProductView as i32,
+                item_id: (*item).into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// A GetProfile request.
 pub fn get_profile(who: &str, purpose: &str) -> profile_pb::GetProfileRequest {
     profile_pb::GetProfileRequest {
