@@ -1,4 +1,6 @@
-//! `google.rpc.Status` construction: every error carries an `ErrorInfo` reason code, and
+//! The one error map: every domain error implements [`ErrorCode`] (a gRPC code, an `ErrorInfo`
+//! reason, the fields it names), and [`to_status`] turns it into a `google.rpc.Status`. Handlers
+//! never build a `Status` themselves, so every error a caller sees carries a reason code, and
 //! `INVALID_ARGUMENT` carries `BadRequest` field violations naming the field.
 
 use tonic::{Code, Status};
@@ -6,6 +8,30 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 /// The `ErrorInfo.domain` of every consentgate error.
 pub const ERROR_DOMAIN: &str = "consentgate.dev";
+
+/// What a domain error tells a caller. Each service's error enum implements it, one arm per
+/// variant, so the code a caller branches on is decided next to the variant, not in a handler.
+pub trait ErrorCode: std::fmt::Display {
+    /// The gRPC status code.
+    fn code(&self) -> Code;
+    /// The `ErrorInfo` reason: a stable, machine-readable code such as `SUBJECT_ERASED`.
+    fn reason(&self) -> &str;
+    /// For bad input: each offending field and what is wrong with it (empty otherwise).
+    fn field_violations(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The one function from a domain error to the `Status` a caller receives: the error's code, its
+/// message, an `ErrorInfo` with its reason and, when it names fields, a `BadRequest`.
+pub fn to_status(error: &(impl ErrorCode + ?Sized)) -> Status {
+    let violations = error.field_violations();
+    if violations.is_empty() {
+        status(error.code(), error.reason(), error.to_string())
+    } else {
+        invalid_arguments(violations)
+    }
+}
 
 /// A status with an `ErrorInfo` reason code.
 pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
