@@ -17,7 +17,7 @@ use consentgate_proto::recommendation::v1::recommendation_service_client::Recomm
 use tonic::transport::Channel;
 
 /// Where the three services listen, and the token of each caller (`caller` → token).
-pub struct Suite {
+pub struct Endpoints {
     /// `http://host:port` of the consent service.
     pub consent: String,
     /// `http://host:port` of the profile service.
@@ -81,7 +81,7 @@ fn context(session: &[&str]) -> rpb::RecommendContext {
 
 /// Plays the story; `say` prints each step. `run_id` makes subject ids unique per run.
 pub async fn run(
-    suite: &Suite,
+    suite: &Endpoints,
     run_id: &str,
     mut say: impl FnMut(&str),
 ) -> anyhow::Result<Observed> {

@@ -1,4 +1,6 @@
-//! The `consentgate` binary's library half: the demo story, shared by `consentgate demo` and the
-//! end-to-end tests that assert on it.
+//! The `consentgate` binary's library half: the suite's wiring (shared by `consentgate up`, the
+//! load generators and the end-to-end tests) and the demo story (shared by `consentgate demo` and
+//! the tests that assert on it).
 
 pub mod demo;
+pub mod suite;

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use consentgate::suite::{self, ConsentSettings, SuiteConfig};
 use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::server as consent_server;
 use consentgate_gate::GateConfig;
@@ -10,6 +11,7 @@ use consentgate_policy::Policy;
 use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
+use consentgate_runtime::Authenticator;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -299,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
             let policy = load_policy(args.policy.as_deref())?;
             let tokens = load_tokens(&args.tokens_file)?;
             let keys = Arc::new(LedgerKeys::load_or_create(&args.key_file)?);
-            let auth = consent_server::authenticator(&policy, &tokens)?;
+            let auth = Authenticator::from_policy(&policy, &tokens)?;
             let engine =
                 consent_server::open_engine(policy, &args.database_url, keys, args.cache_capacity)
                     .await?;
@@ -322,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
             consentgate_runtime::telemetry::init("consentgate-profile", cli.log_json);
             let policy = load_policy(args.policy.as_deref())?;
             let tokens = load_tokens(&args.tokens_file)?;
-            let auth = consent_server::authenticator(&policy, &tokens)?;
+            let auth = Authenticator::from_policy(&policy, &tokens)?;
             let mut gate = GateConfig::new(args.consent_url, args.consent_token);
             gate.lease = std::time::Duration::from_millis(args.lease_ms);
             gate.cache_capacity = args.decision_cache;
@@ -354,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
             consentgate_runtime::telemetry::init("consentgate-recommendation", cli.log_json);
             let policy = load_policy(args.policy.as_deref())?;
             let tokens = load_tokens(&args.tokens_file)?;
-            let auth = consent_server::authenticator(&policy, &tokens)?;
+            let auth = Authenticator::from_policy(&policy, &tokens)?;
             let catalog = match &args.catalog {
                 Some(path) => Catalog::from_jsonl(
                     &std::fs::read_to_string(path)
@@ -390,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
             profile,
             recommendation,
         } => {
-            let suite = consentgate::demo::Suite {
+            let suite = consentgate::demo::Endpoints {
                 consent,
                 profile,
                 recommendation,
@@ -425,57 +427,34 @@ async fn main() -> anyhow::Result<()> {
                 .keys()
                 .map(|name| (name.clone(), format!("dev-{name}")))
                 .collect();
-            let auth = consent_server::authenticator(&policy, &tokens)?;
-            let url = format!("sqlite://{}", data_dir.join("consent.db").display());
-            let engine = consent_server::open_engine(policy.clone(), &url, keys, 100_000).await?;
-            let listener = tokio::net::TcpListener::bind(&consent_listen)
-                .await
-                .with_context(|| format!("binding {consent_listen}"))?;
-            let address = listener.local_addr()?.to_string();
-            let server = tokio::spawn(consent_server::serve(
-                engine,
-                auth.clone(),
-                listener,
-                consentgate_runtime::server::shutdown_signal(),
-            ));
-            let profile = Profile::open(ProfileConfig {
+            let bind = |address: String| async move {
+                tokio::net::TcpListener::bind(&address)
+                    .await
+                    .with_context(|| format!("binding {address}"))
+            };
+            let suite = suite::start(SuiteConfig {
                 policy: policy.clone(),
-                database_url: format!("sqlite://{}", data_dir.join("profile.db").display()),
-                gate: GateConfig::new(format!("http://{address}"), "dev-profile-service"),
-                name: "profile-service".into(),
+                tokens: tokens.clone(),
+                consent: ConsentSettings {
+                    database_url: format!("sqlite://{}", data_dir.join("consent.db").display()),
+                    keys,
+                    cache_capacity: 100_000,
+                },
+                consent_listener: bind(consent_listen.clone()).await?,
+                profile_database_url: format!("sqlite://{}", data_dir.join("profile.db").display()),
+                profile_listener: bind(profile_listen.clone()).await?,
+                profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
                 retention_every: std::time::Duration::from_secs(3600),
-                recommendation_url: Some(format!("http://{recommendation_listen}")),
-            })
-            .await?;
-            let profile_listener = tokio::net::TcpListener::bind(&profile_listen)
-                .await
-                .with_context(|| format!("binding {profile_listen}"))?;
-            let profile_address = profile_listener.local_addr()?.to_string();
-            let auth_for_recommendation = auth.clone();
-            let profile_task = tokio::spawn(profile_server::serve(
-                profile,
-                auth,
-                profile_listener,
-                consentgate_runtime::server::shutdown_signal(),
-            ));
-            let recommender = recommendation_server::open(RecommendationConfig {
+                recommendation_database_url: format!(
+                    "sqlite://{}",
+                    data_dir.join("recommendation.db").display()
+                ),
+                recommendation_listener: bind(recommendation_listen.clone()).await?,
                 catalog: Catalog::demo(5000),
-                gate: GateConfig::new(format!("http://{address}"), "dev-recommendation-service"),
-                name: "recommendation-service".into(),
-                profile_url: format!("http://{profile_address}"),
-                profile_token: "dev-recommendation-service".into(),
-                database_url: format!("sqlite://{}", data_dir.join("recommendation.db").display()),
             })
             .await?;
-            let recommendation_listener = tokio::net::TcpListener::bind(&recommendation_listen)
-                .await
-                .with_context(|| format!("binding {recommendation_listen}"))?;
-            let recommendation_task = tokio::spawn(recommendation_server::serve(
-                recommender,
-                auth_for_recommendation,
-                recommendation_listener,
-                consentgate_runtime::server::shutdown_signal(),
-            ));
+            let address = suite.consent.address().to_string();
+            let profile_address = suite.profile.address().to_string();
             seed::demo_consents(&address, "dev-preference-center")
                 .await
                 .context("seeding demo consents")?;
@@ -494,9 +473,9 @@ async fn main() -> anyhow::Result<()> {
                 &tokens,
                 &policy,
             );
-            server.await??;
-            profile_task.await??;
-            recommendation_task.await??;
+            suite
+                .run_until(consentgate_runtime::server::shutdown_signal())
+                .await?;
             Ok(())
         }
     }

@@ -13,7 +13,7 @@ use consentgate_proto::recommendation::v1::Tier;
 async fn the_demo_story_holds_on_every_backend() {
     for backend in backends() {
         let suite = Suite::start(backend).await;
-        let urls = consentgate::demo::Suite {
+        let urls = consentgate::demo::Endpoints {
             consent: format!("http://{}", suite.consent.addr),
             profile: format!("http://{}", suite.profile.addr),
             recommendation: format!("http://{}", suite.recommendation.addr),

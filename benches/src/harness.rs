@@ -1,20 +1,20 @@
-//! The consent service under test, started in-process exactly as `consentgate serve consent`
-//! starts it (`open_engine`, `authenticator`, `serve`) on 127.0.0.1:0, on its own Tokio runtime
-//! so that its worker threads are not shared with the load generator's.
+//! The consent service under test, started in-process as the suite starts it
+//! (`consentgate::suite::start_consent`) on 127.0.0.1:0, on its own Tokio runtime so that its
+//! worker threads are not shared with the load generator's.
 
 use crate::workload::Tokens;
 use anyhow::Context;
+use consentgate::suite::{self, ConsentSettings};
 use consentgate_consent::engine::Engine;
 use consentgate_consent::ledger::{LedgerKeys, random_key};
-use consentgate_consent::server::{self, StartError};
+use consentgate_consent::server::StartError;
 use consentgate_policy::Policy;
+use consentgate_runtime::{Authenticator, Running};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A running server and what the benchmark needs to drive and observe it.
 pub struct Harness {
@@ -29,8 +29,7 @@ pub struct Harness {
     /// What database it runs on, for the report (no credentials).
     pub database: String,
     runtime: Option<Runtime>,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), StartError>>>,
+    server: Option<Running<StartError>>,
     dir: Option<PathBuf>,
 }
 
@@ -85,7 +84,7 @@ impl Harness {
             preference_center: format!("bench-pc-{}", hex(&random_key())),
             enforcer: format!("bench-rec-{}", hex(&random_key())),
         };
-        let auth = server::authenticator(
+        let auth = Authenticator::from_policy(
             &policy,
             &[
                 (
@@ -95,28 +94,25 @@ impl Harness {
                 ("recommendation-service".to_owned(), tokens.enforcer.clone()),
             ],
         )?;
-        let keys = Arc::new(LedgerKeys::generate());
-        let (engine, listener) = runtime.block_on(async {
-            let engine = server::open_engine(policy, &url, keys, cache_capacity)
-                .await
-                .context("opening the consent store")?;
+        let settings = ConsentSettings {
+            database_url: url,
+            keys: Arc::new(LedgerKeys::generate()),
+            cache_capacity,
+        };
+        let started = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            anyhow::Ok((engine, listener))
+            suite::start_consent(policy, auth, settings, listener)
+                .await
+                .context("starting the consent service")
         })?;
-        let addr = listener.local_addr()?;
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let server = runtime.spawn(server::serve(engine.clone(), auth, listener, async move {
-            let _ = stop.await;
-        }));
         Ok(Harness {
-            addr,
-            engine,
+            addr: started.address(),
+            engine: started.service,
             tokens,
             run_id,
             database,
             runtime: Some(runtime),
-            shutdown: Some(shutdown),
-            server: Some(server),
+            server: Some(started.server),
             dir,
         })
     }
@@ -128,16 +124,12 @@ impl Harness {
 
     fn shutdown_inner(&mut self) -> anyhow::Result<()> {
         let mut result = Ok(());
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
         if let (Some(runtime), Some(server)) = (self.runtime.as_ref(), self.server.take()) {
-            result = match runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await })
-            {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(e))) => Err(anyhow::anyhow!("server failed: {e}")),
-                Ok(Err(e)) => Err(anyhow::anyhow!("server task failed: {e}")),
+            result = match runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), server.stop()).await
+            }) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("server failed: {e}")),
                 Err(_) => Err(anyhow::anyhow!("server did not shut down within 10 s")),
             };
         }

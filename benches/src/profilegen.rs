@@ -15,16 +15,17 @@ mod pacer;
 
 use anyhow::Context;
 use clap::Parser;
+use consentgate::suite::{self, ConsentService, ConsentSettings, ProfileService};
 use consentgate_consent::ledger::LedgerKeys;
-use consentgate_consent::server as consent_server;
 use consentgate_gate::GateConfig;
 use consentgate_policy::Policy;
-use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
+use consentgate_profile::server::ProfileConfig;
 use consentgate_proto::common::v1::{DataSource, SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as cpb;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use consentgate_proto::profile::v1 as ppb;
 use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
+use consentgate_runtime::Authenticator;
 use cores::half_the_cores;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -225,6 +226,8 @@ struct Services {
     consent: SocketAddr,
     cached: SocketAddr,
     uncached: SocketAddr,
+    /// Kept so the servers run until the benchmark ends (dropped before the runtime).
+    _servers: (ConsentService, ProfileService, ProfileService),
     _runtime: tokio::runtime::Runtime,
     dir: PathBuf,
 }
@@ -241,58 +244,44 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
         .keys()
         .map(|c| (c.clone(), format!("bench-{c}")))
         .collect();
-    let auth = consent_server::authenticator(&policy, &tokens)?;
+    let auth = Authenticator::from_policy(&policy, &tokens)?;
     let (consent, cached, uncached) = runtime.block_on(async {
-        let engine = consent_server::open_engine(
+        let consent = suite::start_consent(
             policy.clone(),
-            &format!("sqlite://{}", dir.join("consent.db").display()),
-            Arc::new(LedgerKeys::generate()),
-            100_000,
+            auth.clone(),
+            ConsentSettings {
+                database_url: format!("sqlite://{}", dir.join("consent.db").display()),
+                keys: Arc::new(LedgerKeys::generate()),
+                cache_capacity: 100_000,
+            },
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         )
         .await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let consent = listener.local_addr()?;
-        tokio::spawn(consent_server::serve(
-            engine,
-            auth.clone(),
-            listener,
-            std::future::pending(),
-        ));
-        let mut addrs = Vec::new();
+        let mut profiles = Vec::new();
         for (name, capacity) in [("cached", 100_000), ("uncached", 0)] {
-            let mut gate = GateConfig::new(format!("http://{consent}"), "bench-profile-service");
+            let mut gate = GateConfig::new(consent.url(), "bench-profile-service");
             gate.cache_capacity = capacity;
-            let profile = Profile::open(ProfileConfig {
+            let config = ProfileConfig {
                 policy: policy.clone(),
                 database_url: format!(
                     "sqlite://{}",
                     dir.join(format!("profile-{name}.db")).display()
                 ),
                 gate,
-                name: "profile-service".into(),
+                name: suite::PROFILE_CALLER.into(),
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: None,
-            })
-            .await?;
-            anyhow::ensure!(
-                profile.gate().wait_live(Duration::from_secs(10)).await,
-                "gate not live"
-            );
+            };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            addrs.push(listener.local_addr()?);
-            tokio::spawn(profile_server::serve(
-                profile,
-                auth.clone(),
-                listener,
-                std::future::pending(),
-            ));
+            profiles.push(suite::start_profile(config, auth.clone(), listener).await?);
         }
-        anyhow::Ok((consent, addrs[0], addrs[1]))
+        anyhow::Ok((consent, profiles.remove(0), profiles.remove(0)))
     })?;
     Ok(Services {
-        consent,
-        cached,
-        uncached,
+        consent: consent.address(),
+        cached: cached.address(),
+        uncached: uncached.address(),
+        _servers: (consent, cached, uncached),
         _runtime: runtime,
         dir: dir.to_owned(),
     })

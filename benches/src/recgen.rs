@@ -13,11 +13,9 @@ mod pacer;
 
 use anyhow::Context;
 use clap::Parser;
+use consentgate::suite::{self, ConsentSettings, Suite, SuiteConfig};
 use consentgate_consent::ledger::LedgerKeys;
-use consentgate_consent::server as consent_server;
-use consentgate_gate::GateConfig;
 use consentgate_policy::Policy;
-use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as cpb;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
@@ -26,7 +24,6 @@ use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient
 use consentgate_proto::recommendation::v1 as rpb;
 use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use consentgate_recommendation::catalog::Catalog;
-use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use cores::half_the_cores;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -98,77 +95,45 @@ struct Addrs {
     recommendation: SocketAddr,
 }
 
-fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Addrs> {
+impl Addrs {
+    fn of(suite: &Suite) -> Addrs {
+        Addrs {
+            consent: suite.consent.address(),
+            profile: suite.profile.address(),
+            recommendation: suite.recommendation.address(),
+        }
+    }
+}
+
+fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Suite> {
     let policy = Arc::new(Policy::default_policy().map_err(|e| anyhow::anyhow!("{e}"))?);
     let tokens: Vec<(String, String)> = policy
         .callers
         .keys()
         .map(|c| (c.clone(), format!("bench-{c}")))
         .collect();
-    let auth = consent_server::authenticator(&policy, &tokens)?;
+    let database = |name: &str| format!("sqlite://{}", dir.join(name).display());
     runtime.block_on(async {
-        let engine = consent_server::open_engine(
-            policy.clone(),
-            &format!("sqlite://{}", dir.join("consent.db").display()),
-            Arc::new(LedgerKeys::generate()),
-            100_000,
-        )
-        .await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let consent = listener.local_addr()?;
-        tokio::spawn(consent_server::serve(
-            engine,
-            auth.clone(),
-            listener,
-            std::future::pending(),
-        ));
-        let profile = Profile::open(ProfileConfig {
-            policy: policy.clone(),
-            database_url: format!("sqlite://{}", dir.join("profile.db").display()),
-            gate: GateConfig::new(format!("http://{consent}"), "bench-profile-service"),
-            name: "profile-service".into(),
+        let listener = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let suite = suite::start(SuiteConfig {
+            policy,
+            tokens,
+            consent: ConsentSettings {
+                database_url: database("consent.db"),
+                keys: Arc::new(LedgerKeys::generate()),
+                cache_capacity: 100_000,
+            },
+            consent_listener: listener().await?,
+            profile_database_url: database("profile.db"),
+            profile_listener: listener().await?,
+            profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
             retention_every: Duration::from_secs(3600),
-            recommendation_url: None,
-        })
-        .await?;
-        anyhow::ensure!(
-            profile.gate().wait_live(Duration::from_secs(10)).await,
-            "gate not live"
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let profile_addr = listener.local_addr()?;
-        tokio::spawn(profile_server::serve(
-            profile,
-            auth.clone(),
-            listener,
-            std::future::pending(),
-        ));
-        let recommender = recommendation_server::open(RecommendationConfig {
+            recommendation_database_url: database("recommendation.db"),
+            recommendation_listener: listener().await?,
             catalog: Catalog::demo(5000),
-            gate: GateConfig::new(format!("http://{consent}"), "bench-recommendation-service"),
-            name: "recommendation-service".into(),
-            profile_url: format!("http://{profile_addr}"),
-            profile_token: "bench-recommendation-service".into(),
-            database_url: format!("sqlite://{}", dir.join("recommendation.db").display()),
         })
         .await?;
-        anyhow::ensure!(
-            recommender.gate.wait_live(Duration::from_secs(10)).await,
-            "gate not live"
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let recommendation = listener.local_addr()?;
-        tokio::spawn(recommendation_server::serve(
-            recommender,
-            auth,
-            listener,
-            std::future::pending(),
-        ));
-        Ok(Addrs {
-            consent,
-            profile: profile_addr,
-            recommendation,
-        })
+        anyhow::Ok(suite)
     })
 }
 
@@ -250,7 +215,8 @@ fn main() -> anyhow::Result<()> {
         .thread_name("servers")
         .enable_all()
         .build()?;
-    let addrs = start(&dir, &servers)?;
+    let suite = start(&dir, &servers)?;
+    let addrs = Addrs::of(&suite);
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.unwrap_or_else(half_the_cores))
         .thread_name("loadgen")

@@ -2,6 +2,7 @@
 //! private database, and authenticated clients.
 #![allow(dead_code)]
 
+use consentgate::suite::{self, ConsentSettings, SuiteConfig};
 use consentgate_consent::engine::Engine;
 use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::server;
@@ -10,6 +11,7 @@ use consentgate_policy::Policy;
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as pb;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use consentgate_runtime::{Authenticator, Running};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tonic::metadata::MetadataValue;
@@ -23,13 +25,47 @@ pub struct TestServer {
     /// The database, when this server created it (a second replica shares the first one's).
     pub db: Option<TestDb>,
     pub url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: Running<server::StartError>,
 }
 
 /// The token each policy caller gets in tests.
 pub fn token(caller: &str) -> String {
     format!("test-token-{caller}")
+}
+
+/// The default policy, as every test service runs it.
+pub fn policy() -> Arc<Policy> {
+    Arc::new(Policy::default_policy().expect("default policy"))
+}
+
+/// Every policy caller with its test token.
+pub fn tokens() -> Vec<(String, String)> {
+    policy()
+        .callers
+        .keys()
+        .map(|c| (c.clone(), token(c)))
+        .collect()
+}
+
+/// The authenticator every test service runs.
+pub fn authenticator() -> Authenticator {
+    Authenticator::from_policy(&policy(), &tokens()).expect("tokens")
+}
+
+/// A listener on an ephemeral loopback port.
+pub async fn ephemeral() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
+/// Consent settings as tests use them: a small state cache and fresh keys unless given.
+fn consent_settings(url: &str, keys: Arc<LedgerKeys>) -> ConsentSettings {
+    ConsentSettings {
+        database_url: url.to_owned(),
+        keys,
+        cache_capacity: 10_000,
+    }
 }
 
 impl TestServer {
@@ -45,34 +81,25 @@ impl TestServer {
     }
 
     async fn start_on(url: &str, db: Option<TestDb>, keys: Arc<LedgerKeys>) -> TestServer {
-        let policy = Arc::new(Policy::default_policy().expect("default policy"));
-        let tokens: Vec<(String, String)> = policy
-            .callers
-            .keys()
-            .map(|c| (c.clone(), token(c)))
-            .collect();
-        let auth = server::authenticator(&policy, &tokens).expect("tokens");
-        let engine = server::open_engine(policy, url, keys, 10_000)
-            .await
-            .expect("engine");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(
-            server::serve(engine.clone(), auth, listener, async {
-                let _ = stopped.await;
-            })
-            .map_ok(),
-        );
+        let started = suite::start_consent(
+            policy(),
+            authenticator(),
+            consent_settings(url, keys),
+            ephemeral().await,
+        )
+        .await
+        .expect("consent service");
+        TestServer::around(started, db, url)
+    }
+
+    /// The harness around a consent service the suite started.
+    fn around(started: suite::ConsentService, db: Option<TestDb>, url: &str) -> TestServer {
         TestServer {
-            addr,
-            engine,
+            addr: started.address(),
+            engine: started.service,
             db,
             url: url.to_owned(),
-            stop: Some(stop),
-            task: Some(task),
+            server: started.server,
         }
     }
 
@@ -116,25 +143,8 @@ impl TestServer {
             .len()
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-trait MapOk {
-    fn map_ok(self) -> impl std::future::Future<Output = ()> + Send;
-}
-
-impl<F: std::future::Future<Output = Result<(), server::StartError>> + Send> MapOk for F {
-    async fn map_ok(self) {
-        if let Err(e) = self.await {
-            panic!("server failed: {e}");
-        }
+    pub async fn stop(self) {
+        self.server.stop().await.expect("consent server");
     }
 }
 
@@ -268,8 +278,7 @@ pub struct ProfileServer {
     pool: sqlx::AnyPool,
     /// The service's store, to chain its journaled access-log entries before counting rows.
     store: Arc<dyn consentgate_profile::store::ProfileStore>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: Running<consentgate_profile::server::StartError>,
 }
 
 impl ProfileServer {
@@ -292,13 +301,6 @@ impl ProfileServer {
         cascade: Cascade,
     ) -> ProfileServer {
         let db = TestDb::new(backend).await;
-        let policy = Arc::new(Policy::default_policy().expect("default policy"));
-        let tokens: Vec<(String, String)> = policy
-            .callers
-            .keys()
-            .map(|c| (c.clone(), token(c)))
-            .collect();
-        let auth = server::authenticator(&policy, &tokens).expect("tokens");
         let mut gate =
             GateConfig::new(format!("http://{}", consent.addr), token("profile-service"));
         gate.cache_capacity = options.cache_capacity;
@@ -311,36 +313,29 @@ impl ProfileServer {
         } else {
             None
         };
-        let profile = consentgate_profile::server::Profile::open(
+        let started = suite::start_profile(
             consentgate_profile::server::ProfileConfig {
-                policy,
+                policy: policy(),
                 database_url: db.url.clone(),
                 gate,
-                name: "profile-service".into(),
+                name: suite::PROFILE_CALLER.into(),
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: cascade.0,
             },
+            authenticator(),
+            ephemeral().await,
         )
         .await
         .expect("profile service");
-        let gate = profile.gate().clone();
-        let store = profile.shared.store.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            consentgate_profile::server::serve(profile, auth, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("profile server");
-        });
-        assert!(
-            gate.wait_live(Duration::from_secs(10)).await,
-            "the gate's change stream never became live"
-        );
+        ProfileServer::around(started, db, proxy).await
+    }
+
+    /// The harness around a profile service the suite started.
+    async fn around(
+        started: suite::ProfileService,
+        db: TestDb,
+        proxy: Option<CutProxy>,
+    ) -> ProfileServer {
         sqlx::any::install_default_drivers();
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(2)
@@ -348,14 +343,13 @@ impl ProfileServer {
             .await
             .expect("test pool");
         ProfileServer {
-            addr,
+            addr: started.address(),
             db,
-            gate,
+            gate: started.service.gate().clone(),
             proxy,
             pool,
-            store,
-            stop: Some(stop),
-            task: Some(task),
+            store: started.service.shared.store.clone(),
+            server: started.server,
         }
     }
 
@@ -453,13 +447,8 @@ impl ProfileServer {
         out
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    pub async fn stop(self) {
+        self.server.stop().await.expect("profile server");
     }
 }
 
@@ -565,8 +554,7 @@ pub type RecommendationClient =
 pub struct RecommendationServer {
     pub addr: SocketAddr,
     pub recommender: Arc<Recommender>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: Running<consentgate_recommendation::server::StartError>,
 }
 
 impl RecommendationServer {
@@ -577,47 +565,32 @@ impl RecommendationServer {
         profile: &ProfileServer,
         database_url: &str,
     ) -> RecommendationServer {
-        let policy = Policy::default_policy().expect("default policy");
-        let tokens: Vec<(String, String)> = policy
-            .callers
-            .keys()
-            .map(|c| (c.clone(), token(c)))
-            .collect();
-        let auth = server::authenticator(&policy, &tokens).expect("tokens");
-        let recommender = consentgate_recommendation::server::open(
+        let started = suite::start_recommendation(
             consentgate_recommendation::server::RecommendationConfig {
                 catalog: consentgate_recommendation::catalog::Catalog::demo(5000),
                 gate: GateConfig::new(
                     format!("http://{}", consent.addr),
-                    token("recommendation-service"),
+                    token(suite::RECOMMENDATION_CALLER),
                 ),
-                name: "recommendation-service".into(),
+                name: suite::RECOMMENDATION_CALLER.into(),
                 profile_url: format!("http://{}", profile.addr),
-                profile_token: token("recommendation-service"),
+                profile_token: token(suite::RECOMMENDATION_CALLER),
                 database_url: database_url.to_owned(),
             },
+            authenticator(),
+            listener,
         )
         .await
         .expect("recommendation service");
-        assert!(
-            recommender.gate.wait_live(Duration::from_secs(10)).await,
-            "the recommendation gate never became live"
-        );
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = recommender.clone();
-        let task = tokio::spawn(async move {
-            consentgate_recommendation::server::serve(served, auth, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("recommendation server");
-        });
+        RecommendationServer::around(started)
+    }
+
+    /// The harness around a recommendation service the suite started.
+    fn around(started: suite::RecommendationService) -> RecommendationServer {
         RecommendationServer {
-            addr,
-            recommender,
-            stop: Some(stop),
-            task: Some(task),
+            addr: started.address(),
+            recommender: started.service,
+            server: started.server,
         }
     }
 
@@ -634,13 +607,8 @@ impl RecommendationServer {
         )
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    pub async fn stop(self) {
+        self.server.stop().await.expect("recommendation server");
     }
 }
 
@@ -654,37 +622,40 @@ pub struct Suite {
 }
 
 impl Suite {
+    /// The suite as `consentgate up` wires it ([`suite::start`]), each service on its own
+    /// database of `backend`.
     pub async fn start(backend: Backend) -> Suite {
-        let consent = TestServer::start(backend).await;
-        // The recommendation service's port first: the profile service's erasure cascade needs it.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let cascade = Cascade(Some(format!(
-            "http://{}",
-            listener.local_addr().expect("addr")
-        )));
-        let profile =
-            ProfileServer::start_full(&consent, backend, ProfileOptions::default(), cascade).await;
+        let consent_db = TestDb::new(backend).await;
+        let profile_db = TestDb::new(backend).await;
         let recommendation_db = TestDb::new(backend).await;
-        let recommendation =
-            RecommendationServer::start_on(listener, &consent, &profile, &recommendation_db.url)
-                .await;
+        let consent_url = consent_db.url.clone();
+        let started = suite::start(SuiteConfig {
+            policy: policy(),
+            tokens: tokens(),
+            consent: consent_settings(&consent_url, Arc::new(LedgerKeys::generate())),
+            consent_listener: ephemeral().await,
+            profile_database_url: profile_db.url.clone(),
+            profile_listener: ephemeral().await,
+            profile_decision_cache: ProfileOptions::default().cache_capacity,
+            retention_every: Duration::from_secs(3600),
+            recommendation_database_url: recommendation_db.url.clone(),
+            recommendation_listener: ephemeral().await,
+            catalog: consentgate_recommendation::catalog::Catalog::demo(5000),
+        })
+        .await
+        .expect("suite");
         Suite {
-            consent,
-            profile,
-            recommendation,
+            consent: TestServer::around(started.consent, Some(consent_db), &consent_url),
+            profile: ProfileServer::around(started.profile, profile_db, None).await,
+            recommendation: RecommendationServer::around(started.recommendation),
             recommendation_db,
         }
     }
 
     /// Stops the recommendation service and starts a new one on the same database.
     pub async fn restart_recommendation(&mut self) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let fresh = RecommendationServer::start_on(
-            listener,
+            ephemeral().await,
             &self.consent,
             &self.profile,
             &self.recommendation_db.url,

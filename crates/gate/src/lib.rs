@@ -26,6 +26,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use watch::Freshness;
 
+/// Decisions a gate caches unless told otherwise: enough for a busy service's active subjects.
+pub const DEFAULT_DECISION_CACHE: u64 = 100_000;
+
 /// How the gate reaches the consent service and how long it trusts what it heard.
 #[derive(Debug, Clone)]
 pub struct GateConfig {
@@ -57,7 +60,7 @@ impl GateConfig {
             lease: Duration::from_secs(1),
             heartbeat: Duration::from_millis(250),
             check_timeout: Duration::from_secs(2),
-            cache_capacity: 100_000,
+            cache_capacity: DEFAULT_DECISION_CACHE,
         }
     }
 }

@@ -33,7 +33,7 @@ async fn consent_service() -> (String, TestDb) {
         .keys()
         .map(|c| (c.clone(), format!("t-{c}")))
         .collect();
-    let auth = consent_server::authenticator(&policy, &tokens).expect("auth");
+    let auth = consentgate_runtime::Authenticator::from_policy(&policy, &tokens).expect("auth");
     let engine =
         consent_server::open_engine(policy, &db.url, Arc::new(LedgerKeys::generate()), 100)
             .await

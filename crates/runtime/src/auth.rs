@@ -6,6 +6,7 @@
 //! reflection stay open so that probes and `grpcurl` work without credentials.
 
 use crate::errors::status;
+use consentgate_policy::Policy;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,6 +52,17 @@ fn missing_credentials() -> tonic::Status {
     )
 }
 
+/// Why the configured tokens cannot authenticate anyone.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// A token names a caller the policy does not define.
+    #[error("caller token for {0:?}, which the policy does not define under [callers]")]
+    UnknownCaller(String),
+    /// Two callers share a token.
+    #[error("callers {0:?} and {1:?} share a token; every caller needs its own")]
+    SharedToken(String, String),
+}
+
 /// Maps bearer tokens to callers. Tokens are kept only as SHA-256 digests.
 #[derive(Debug, Default, Clone)]
 pub struct Authenticator {
@@ -58,6 +70,31 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// The authenticator every service runs: each (caller, token) pair, with the caller's roles
+    /// from the policy's `[callers]`. A token for an unknown caller, or one shared by two
+    /// callers, is refused at start: either would let one caller pass for another.
+    pub fn from_policy(policy: &Policy, tokens: &[(String, String)]) -> Result<Self, TokenError> {
+        let mut auth = Authenticator::default();
+        for (i, (name, token)) in tokens.iter().enumerate() {
+            let caller = policy
+                .callers
+                .get(name)
+                .ok_or_else(|| TokenError::UnknownCaller(name.clone()))?;
+            if let Some((other, _)) = tokens[..i].iter().find(|(_, t)| t == token) {
+                return Err(TokenError::SharedToken(other.clone(), name.clone()));
+            }
+            let roles = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
+            auth.insert(
+                token,
+                CallerIdentity {
+                    name: name.clone(),
+                    roles,
+                },
+            );
+        }
+        Ok(auth)
+    }
+
     /// Registers a caller's token.
     pub fn insert(&mut self, token: &str, identity: CallerIdentity) {
         self.by_digest
@@ -177,13 +214,7 @@ where
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let token = match header {
-            None => {
-                return ready(refuse(
-                    Code::Unauthenticated,
-                    "MISSING_CREDENTIALS",
-                    "missing `authorization: Bearer <token>` metadata",
-                ));
-            }
+            None => return ready(missing_credentials().into_http()),
             Some(value) => match value.strip_prefix("Bearer ").map(str::trim) {
                 Some(t) if !t.is_empty() => t,
                 _ => {

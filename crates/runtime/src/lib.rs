@@ -6,4 +6,6 @@ pub mod errors;
 pub mod server;
 pub mod telemetry;
 
-pub use auth::{AuthLayer, Authenticator, CallerIdentity, RpcRules};
+pub use auth::{AuthLayer, Authenticator, CallerIdentity, RpcRules, TokenError};
+pub use errors::ErrorCode;
+pub use server::{Running, serve};

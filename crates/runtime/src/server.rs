@@ -1,8 +1,127 @@
-//! What every consentgate server needs besides its own service: health, reflection (v1 and
-//! v1alpha, with `google.rpc` detail types registered so `grpcurl` decodes errors), message
-//! size limits and graceful shutdown on SIGINT or SIGTERM.
+//! What every consentgate server needs besides its own service, written once: [`serve`] puts a
+//! service's routes behind the auth layer, next to health and reflection (v1 and v1alpha, with
+//! `google.rpc` detail types registered so `grpcurl` decodes errors), with TCP_NODELAY and
+//! graceful shutdown; [`Running`] is a server spawned in the background, for the suite and tests.
 
+use crate::auth::{AuthLayer, Authenticator, RpcRules};
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+/// Serves `api` (one service's gRPC routes, message limits already set) on `listener` until
+/// `shutdown` resolves, then reports `health_name` NOT_SERVING and drains in-flight calls.
+///
+/// Every request passes the auth layer first (`auth` says who the caller is, `rules` which roles
+/// may call which RPC); health and reflection stay open so probes and `grpcurl` work without
+/// credentials.
+pub async fn serve(
+    api: Routes,
+    health_name: &'static str,
+    auth: Authenticator,
+    rules: RpcRules,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health_service) = health();
+    reporter
+        .set_service_status(health_name, ServingStatus::Serving)
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection();
+    // Small request/response pairs: Nagle's algorithm would add tens of milliseconds.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
+    tonic::transport::Server::builder()
+        .layer(AuthLayer::new(auth, rules))
+        .add_routes(api)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            reporter
+                .set_service_status(health_name, ServingStatus::NotServing)
+                .await;
+        })
+        .await
+}
+
+/// A server running in the background: its address, and a way to stop it and wait for the drain.
+#[derive(Debug)]
+pub struct Running<E> {
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), E>>,
+}
+
+impl<E: Send + 'static> Running<E> {
+    /// Spawns `serve(listener, shutdown)` on the current runtime. It stops when [`Running::stop`]
+    /// is called or the handle is dropped.
+    pub fn spawn<F>(
+        listener: TcpListener,
+        serve: impl FnOnce(TcpListener, ShutdownSignal) -> F,
+    ) -> std::io::Result<Running<E>>
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let address = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, ShutdownSignal(stopped)));
+        Ok(Running {
+            address,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Asks it to shut down and waits until in-flight calls have drained.
+    pub async fn stop(mut self) -> Result<(), E> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.finished().await
+    }
+
+    /// Waits until it ends by itself (a server error, or its shutdown signal).
+    pub async fn finished(self) -> Result<(), E> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            // Cancelled: the runtime is shutting down, which is an end like any other.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Resolves when a [`Running`] server is asked to stop (or its handle is dropped).
+#[derive(Debug)]
+pub struct ShutdownSignal(oneshot::Receiver<()>);
+
+impl Future for ShutdownSignal {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
 
 /// The largest message a server accepts or sends (4 MiB): bounds memory per request.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

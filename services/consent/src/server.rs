@@ -1,5 +1,6 @@
-//! Wires the consent service onto a listener: auth layer, health, reflection, message limits,
-//! TCP_NODELAY, graceful shutdown. `main` only parses configuration and calls [`serve`].
+//! Wires the consent service onto a listener: opens the store and engine, follows the change feed
+//! between replicas, and hands its routes to the shared [`consentgate_runtime::serve`]. `main`
+//! only parses configuration and calls [`open_engine`] and [`serve`].
 
 use crate::authz;
 use crate::engine::Engine;
@@ -8,55 +9,27 @@ use crate::ledger::LedgerKeys;
 use crate::store::{self, StoreError};
 use consentgate_policy::Policy;
 use consentgate_proto::consent::v1::consent_service_server::ConsentServiceServer;
-use consentgate_runtime::server::{MAX_MESSAGE_BYTES, health, reflection};
-use consentgate_runtime::{AuthLayer, Authenticator, CallerIdentity};
+use consentgate_runtime::Authenticator;
+use consentgate_runtime::server::MAX_MESSAGE_BYTES;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+/// How often a replica polls the shared change feed for other replicas' writes.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A token names a caller the policy does not define.
-    #[error("caller token for {0:?}, which the policy does not define under [callers]")]
-    UnknownCaller(String),
-    /// Two callers share a token.
-    #[error("callers {0:?} and {1:?} share a token; every caller needs its own")]
-    SharedToken(String, String),
     /// The store could not be opened.
     #[error("cannot open the consent store: {0}")]
     Store(#[from] StoreError),
     /// The server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Builds the authenticator: each (caller, token) pair, with the caller's roles from the policy.
-pub fn authenticator(
-    policy: &Policy,
-    tokens: &[(String, String)],
-) -> Result<Authenticator, StartError> {
-    let mut auth = Authenticator::default();
-    for (i, (name, token)) in tokens.iter().enumerate() {
-        let caller = policy
-            .callers
-            .get(name)
-            .ok_or_else(|| StartError::UnknownCaller(name.clone()))?;
-        if let Some((other, _)) = tokens[..i].iter().find(|(_, t)| t == token) {
-            return Err(StartError::SharedToken(other.clone(), name.clone()));
-        }
-        let roles = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
-        auth.insert(
-            token,
-            CallerIdentity {
-                name: name.clone(),
-                roles,
-            },
-        );
-    }
-    Ok(auth)
 }
 
 /// Opens the store named by `database_url` (migrating it) and builds the engine.
@@ -79,40 +52,23 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let (reporter, health_service) = health();
-    reporter
-        .set_serving::<ConsentServiceServer<ConsentApi>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = reflection();
+    tokio::spawn(engine.clone().follow_changes(FOLLOW_EVERY));
     let closing = engine.clone();
-    tokio::spawn(
-        engine
-            .clone()
-            .follow_changes(std::time::Duration::from_millis(200)),
-    );
-    let consent = ConsentServiceServer::new(ConsentApi::new(engine))
+    let api = ConsentServiceServer::new(ConsentApi::new(engine))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    // Small request/response pairs: Nagle's algorithm would add tens of milliseconds.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
-    tonic::transport::Server::builder()
-        .layer(AuthLayer::new(auth, authz::rules()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(consent)
-        .serve_with_incoming_shutdown(incoming, async move {
+    consentgate_runtime::serve(
+        Routes::new(api),
+        ConsentServiceServer::<ConsentApi>::NAME,
+        auth,
+        authz::rules(),
+        listener,
+        async move {
             shutdown.await;
+            // Watch streams end first, so that gates reconnect to another replica.
             closing.begin_shutdown();
-            reporter
-                .set_not_serving::<ConsentServiceServer<ConsentApi>>()
-                .await;
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(())
 }

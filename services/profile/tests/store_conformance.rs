@@ -76,7 +76,7 @@ impl Fixture {
             .keys()
             .map(|c| (c.clone(), format!("t-{c}")))
             .collect();
-        let auth = consent_server::authenticator(&policy, &tokens).expect("auth");
+        let auth = consentgate_runtime::Authenticator::from_policy(&policy, &tokens).expect("auth");
         let engine = consent_server::open_engine(
             policy,
             &consent_db.url,

@@ -8,13 +8,13 @@ use crate::profile_reader::ProfileReader;
 use crate::store::RecommendationStore;
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
-use consentgate_runtime::server::{MAX_MESSAGE_BYTES, health, reflection};
-use consentgate_runtime::{AuthLayer, Authenticator};
+use consentgate_runtime::Authenticator;
+use consentgate_runtime::server::MAX_MESSAGE_BYTES;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,32 +70,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    let (reporter, health_service) = health();
-    reporter
-        .set_serving::<RecommendationServiceServer<RecommendationApi>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = reflection();
     let api = RecommendationServiceServer::new(RecommendationApi::new(recommender))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
-    tonic::transport::Server::builder()
-        .layer(AuthLayer::new(auth, authz::rules()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(api)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            reporter
-                .set_not_serving::<RecommendationServiceServer<RecommendationApi>>()
-                .await;
-        })
-        .await?;
+    consentgate_runtime::serve(
+        Routes::new(api),
+        RecommendationServiceServer::<RecommendationApi>::NAME,
+        auth,
+        authz::rules(),
+        listener,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }

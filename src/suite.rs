@@ -1,0 +1,273 @@
+//! The three services wired together the one way the product runs them (see
+//! `docs/architecture.md` §2): the consent service first, the profile service behind its gate,
+//! then the recommendation service reading through the profile service. `consentgate up`, the
+//! demo's tests, the load generators and the end-to-end tests all start services here, so a
+//! change to the wiring lands once.
+
+use consentgate_consent::engine::Engine;
+use consentgate_consent::ledger::LedgerKeys;
+use consentgate_consent::server as consent_server;
+use consentgate_gate::GateConfig;
+use consentgate_policy::Policy;
+use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
+use consentgate_recommendation::catalog::Catalog;
+use consentgate_recommendation::grpc::Recommender;
+use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
+use consentgate_runtime::{Authenticator, Running, TokenError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The profile service's caller name at the consent service (an enforcer in the policy).
+pub const PROFILE_CALLER: &str = "profile-service";
+/// The recommendation service's caller name at the consent and profile services.
+pub const RECOMMENDATION_CALLER: &str = "recommendation-service";
+
+/// How long a starting service waits for its gate's change stream before giving up: a gate that
+/// is not live serves nothing from cache, so "started" means "following consent changes".
+const GATE_LIVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why the suite (or one of its services) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    /// The callers' tokens are unusable.
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    /// A service needs a token for a caller that has none.
+    #[error("no token for caller {0:?}: the services call each other with their own tokens")]
+    MissingToken(&'static str),
+    /// A listener has no local address.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The consent service could not start.
+    #[error(transparent)]
+    Consent(#[from] consent_server::StartError),
+    /// The profile service could not start.
+    #[error(transparent)]
+    Profile(#[from] profile_server::StartError),
+    /// The recommendation service could not start.
+    #[error(transparent)]
+    Recommendation(#[from] recommendation_server::StartError),
+    /// A gate's change stream did not become live in time.
+    #[error("the {0}'s gate did not follow consent changes within {GATE_LIVE_WITHIN:?}")]
+    GateNotLive(&'static str),
+}
+
+/// A service started in the background: its own handle (for counters and tests) and its server.
+pub struct Started<T, E> {
+    /// The service's state: the consent engine, the profile service, the recommender.
+    pub service: T,
+    /// The gRPC server, for its address and to stop it.
+    pub server: Running<E>,
+}
+
+impl<T, E: Send + 'static> Started<T, E> {
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.server.address()
+    }
+
+    /// `http://host:port`, for clients and the other services.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.address())
+    }
+}
+
+/// A running consent service.
+pub type ConsentService = Started<Arc<Engine>, consent_server::StartError>;
+/// A running profile service.
+pub type ProfileService = Started<Profile, profile_server::StartError>;
+/// A running recommendation service.
+pub type RecommendationService = Started<Arc<Recommender>, recommendation_server::StartError>;
+
+/// What the consent service needs.
+pub struct ConsentSettings {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database_url: String,
+    /// The ledger's signing key and the per-subject pseudonym keys' root.
+    pub keys: Arc<LedgerKeys>,
+    /// Subject states the engine keeps in memory.
+    pub cache_capacity: u64,
+}
+
+/// Starts the consent service on `listener`.
+pub async fn start_consent(
+    policy: Arc<Policy>,
+    auth: Authenticator,
+    settings: ConsentSettings,
+    listener: TcpListener,
+) -> Result<ConsentService, SuiteError> {
+    let engine = consent_server::open_engine(
+        policy,
+        &settings.database_url,
+        settings.keys,
+        settings.cache_capacity,
+    )
+    .await?;
+    let served = engine.clone();
+    let server = Running::spawn(listener, move |listener, shutdown| {
+        consent_server::serve(served, auth, listener, shutdown)
+    })?;
+    Ok(Started {
+        service: engine,
+        server,
+    })
+}
+
+/// Starts the profile service on `listener`, once its gate follows consent changes.
+pub async fn start_profile(
+    config: ProfileConfig,
+    auth: Authenticator,
+    listener: TcpListener,
+) -> Result<ProfileService, SuiteError> {
+    let profile = Profile::open(config).await?;
+    if !profile.gate().wait_live(GATE_LIVE_WITHIN).await {
+        return Err(SuiteError::GateNotLive("profile service"));
+    }
+    let served = profile.shared.clone();
+    let server = Running::spawn(listener, move |listener, shutdown| {
+        profile_server::serve(Profile { shared: served }, auth, listener, shutdown)
+    })?;
+    Ok(Started {
+        service: profile,
+        server,
+    })
+}
+
+/// Starts the recommendation service on `listener`, once its gate follows consent changes.
+pub async fn start_recommendation(
+    config: RecommendationConfig,
+    auth: Authenticator,
+    listener: TcpListener,
+) -> Result<RecommendationService, SuiteError> {
+    let recommender = recommendation_server::open(config).await?;
+    if !recommender.gate.wait_live(GATE_LIVE_WITHIN).await {
+        return Err(SuiteError::GateNotLive("recommendation service"));
+    }
+    let served = recommender.clone();
+    let server = Running::spawn(listener, move |listener, shutdown| {
+        recommendation_server::serve(served, auth, listener, shutdown)
+    })?;
+    Ok(Started {
+        service: recommender,
+        server,
+    })
+}
+
+/// Everything the suite needs: the policy, the callers' tokens, three listeners and three
+/// databases. Binding is the caller's job, so tests pass `127.0.0.1:0` and `up` fixed ports.
+pub struct SuiteConfig {
+    /// The policy all three services run.
+    pub policy: Arc<Policy>,
+    /// `(caller, token)` for every caller; the services use [`PROFILE_CALLER`]'s and
+    /// [`RECOMMENDATION_CALLER`]'s tokens with each other.
+    pub tokens: Vec<(String, String)>,
+    /// The consent service.
+    pub consent: ConsentSettings,
+    /// The consent service's listener.
+    pub consent_listener: TcpListener,
+    /// The profile service's database.
+    pub profile_database_url: String,
+    /// The profile service's listener.
+    pub profile_listener: TcpListener,
+    /// Decisions the profile service's gate caches (0: every read asks the consent service).
+    pub profile_decision_cache: u64,
+    /// How often the profile service's retention sweep runs.
+    pub retention_every: Duration,
+    /// The recommendation service's database (tiers and outcomes, no subject ids).
+    pub recommendation_database_url: String,
+    /// The recommendation service's listener.
+    pub recommendation_listener: TcpListener,
+    /// The catalog to recommend from.
+    pub catalog: Catalog,
+}
+
+/// The three services, running.
+pub struct Suite {
+    /// The consent service.
+    pub consent: ConsentService,
+    /// The profile service.
+    pub profile: ProfileService,
+    /// The recommendation service.
+    pub recommendation: RecommendationService,
+}
+
+/// Starts the three services, each wired to the others as in production: the profile gate and
+/// the recommendation gate ask the consent service, the recommendation service reads through the
+/// profile service, and the profile service's erasure cascade reaches the recommendation service.
+pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
+    let auth = Authenticator::from_policy(&config.policy, &config.tokens)?;
+    let token_of = |caller: &'static str| {
+        config
+            .tokens
+            .iter()
+            .find(|(name, _)| name == caller)
+            .map(|(_, token)| token.clone())
+            .ok_or(SuiteError::MissingToken(caller))
+    };
+    let profile_token = token_of(PROFILE_CALLER)?;
+    let recommendation_token = token_of(RECOMMENDATION_CALLER)?;
+    let recommendation_url = format!("http://{}", config.recommendation_listener.local_addr()?);
+
+    let consent = start_consent(
+        config.policy.clone(),
+        auth.clone(),
+        config.consent,
+        config.consent_listener,
+    )
+    .await?;
+    let mut gate = GateConfig::new(consent.url(), profile_token);
+    gate.cache_capacity = config.profile_decision_cache;
+    let profile = start_profile(
+        ProfileConfig {
+            policy: config.policy.clone(),
+            database_url: config.profile_database_url,
+            gate,
+            name: PROFILE_CALLER.into(),
+            retention_every: config.retention_every,
+            recommendation_url: Some(recommendation_url),
+        },
+        auth.clone(),
+        config.profile_listener,
+    )
+    .await?;
+    let recommendation = start_recommendation(
+        RecommendationConfig {
+            catalog: config.catalog,
+            gate: GateConfig::new(consent.url(), recommendation_token.clone()),
+            name: RECOMMENDATION_CALLER.into(),
+            profile_url: profile.url(),
+            profile_token: recommendation_token,
+            database_url: config.recommendation_database_url,
+        },
+        auth,
+        config.recommendation_listener,
+    )
+    .await?;
+    Ok(Suite {
+        consent,
+        profile,
+        recommendation,
+    })
+}
+
+impl Suite {
+    /// Stops the services in the reverse order of their start (callers before callees), each
+    /// after draining its in-flight calls.
+    pub async fn stop(self) -> Result<(), SuiteError> {
+        self.recommendation.server.stop().await?;
+        self.profile.server.stop().await?;
+        self.consent.server.stop().await?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown` resolves, then stops everything.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), SuiteError> {
+        shutdown.await;
+        self.stop().await
+    }
+}
