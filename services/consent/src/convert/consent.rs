@@ -23,6 +23,20 @@ struct ConsentFields<'a> {
     source: Option<&'a pb::ConsentSource>,
 }
 
+/// The [`ConsentFields`] of a Grant, Refuse or Withdraw request (three message types, one shape).
+macro_rules! consent_fields {
+    ($r:expr, jurisdiction: $jurisdiction:expr, notice_version: $notice_version:expr) => {
+        ConsentFields {
+            idempotency: idempotency($r, &$r.idempotency_key, |m| m.idempotency_key.clear()),
+            target: $r.target.as_ref(),
+            jurisdiction: $jurisdiction,
+            notice_version: $notice_version,
+            collection_method: $r.collection_method,
+            source: $r.source.as_ref(),
+        }
+    };
+}
+
 /// Validates a Grant.
 pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> {
     let mut v = Violations::default();
@@ -64,14 +78,7 @@ pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> 
     if r.guardian_ref.len() > super::MAX_ID_LEN {
         v.add("guardian_ref", "must be at most 256 bytes");
     }
-    let fields = ConsentFields {
-        idempotency: idempotency(r, &r.idempotency_key, |m| m.idempotency_key.clear()),
-        target: r.target.as_ref(),
-        jurisdiction: &jurisdiction,
-        notice_version: &r.notice_version,
-        collection_method: r.collection_method,
-        source: r.source.as_ref(),
-    };
+    let fields = consent_fields!(r, jurisdiction: &jurisdiction, notice_version: &r.notice_version);
     let consent = consent_ask(v, target, fields)?;
     Ok(GrantAsk {
         consent,
@@ -84,27 +91,14 @@ pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> 
 
 /// Validates a Refuse.
 pub fn refuse(policy: &Policy, r: &pb::RefuseRequest) -> Result<ConsentAsk, Status> {
-    let fields = ConsentFields {
-        idempotency: idempotency(r, &r.idempotency_key, |m| m.idempotency_key.clear()),
-        target: r.target.as_ref(),
-        jurisdiction: &r.jurisdiction,
-        notice_version: &r.notice_version,
-        collection_method: r.collection_method,
-        source: r.source.as_ref(),
-    };
+    let fields =
+        consent_fields!(r, jurisdiction: &r.jurisdiction, notice_version: &r.notice_version);
     refusal_or_withdrawal(policy, fields)
 }
 
 /// Validates a Withdraw.
 pub fn withdraw(policy: &Policy, r: &pb::WithdrawRequest) -> Result<ConsentAsk, Status> {
-    let fields = ConsentFields {
-        idempotency: idempotency(r, &r.idempotency_key, |m| m.idempotency_key.clear()),
-        target: r.target.as_ref(),
-        jurisdiction: &r.jurisdiction,
-        notice_version: "",
-        collection_method: r.collection_method,
-        source: r.source.as_ref(),
-    };
+    let fields = consent_fields!(r, jurisdiction: &r.jurisdiction, notice_version: "");
     refusal_or_withdrawal(policy, fields)
 }
 

@@ -243,3 +243,18 @@ fn truncate_ip(ip: IpAddr) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_ip;
+
+    #[test]
+    fn addresses_are_truncated_before_they_are_stored() {
+        let v4 = "203.0.113.77".parse().expect("an IPv4 address");
+        let v6 = "2001:db8:85a3:8d3:1319:8a2e:370:7348"
+            .parse()
+            .expect("an IPv6 address");
+        assert_eq!(truncate_ip(v4), "203.0.113.0/24");
+        assert_eq!(truncate_ip(v6), "2001:db8:85a3::/48");
+    }
+}

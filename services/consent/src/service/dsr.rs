@@ -108,7 +108,10 @@ impl Service {
         after: u64,
         limit: u32,
     ) -> Result<HistoryPage, ServiceError> {
-        let mut records = self.engine.history(subject, after, limit + 1).await?;
+        let mut records = self
+            .engine
+            .history(subject, after, limit.saturating_add(1))
+            .await?;
         let more = records.len() > limit as usize;
         records.truncate(limit as usize);
         let next_after = records.last().filter(|_| more).map(|last| last.revision);
@@ -181,4 +184,33 @@ fn latest_signals(signals: Vec<StoredSignal>) -> Vec<StoredSignal> {
         latest.push(s);
     }
     latest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal(kind: &str, value: &str, revision: u64) -> StoredSignal {
+        StoredSignal {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+            revision,
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+            collection_method: "api".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_latest_gpc_and_age_band_win_and_guardians_accumulate() {
+        let folded = latest_signals(vec![
+            signal("gpc", "1", 1),
+            signal("guardian", "g1", 2),
+            signal("age_band", "13_15", 3),
+            signal("gpc", "0", 4),
+            signal("guardian", "g2", 5),
+            signal("age_band", "adult", 6),
+        ]);
+        let revisions: Vec<u64> = folded.iter().map(|s| s.revision).collect();
+        assert_eq!(revisions, [2, 4, 5, 6]);
+    }
 }
