@@ -629,7 +629,10 @@ async fn receipts_verify_and_erasure_leaves_a_verifiable_ledger() {
         assert!(report.ok, "{backend:?}: {report:?}");
         assert_eq!(report.entries_checked, 3);
         // Nothing in the ledger names erin any more.
-        for entry in server.engine.store().ledger(0, 100).await.expect("ledger") {
+        for entry in consentgate_consent::testing::ledger(&server.engine)
+            .await
+            .expect("ledger")
+        {
             assert!(
                 !entry.event.contains("erin"),
                 "{backend:?}: {}",

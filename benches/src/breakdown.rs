@@ -3,8 +3,9 @@
 //! protobuf conversion and encoding, the whole handler — and how large the answers are.
 
 use crate::workload::{Rng, Subjects, random_batch, random_check};
+use consentgate_consent::convert::decision_pb;
 use consentgate_consent::engine::{CheckQuery, Engine};
-use consentgate_consent::grpc::{ConsentApi, decision_pb};
+use consentgate_consent::grpc::ConsentApi;
 use consentgate_consent::model::SubjectKey;
 use consentgate_proto::common::v1::subject_ref::Id;
 use consentgate_proto::consent::v1 as pb;

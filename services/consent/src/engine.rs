@@ -1,5 +1,5 @@
 //! The consent engine: records changes, answers decisions from a cache of subject states, and
-//! feeds the change stream. Protocol-free: the gRPC adapter converts to and from it.
+//! feeds the change stream. Protocol-free; [`crate::service`] builds the RPCs' meaning on it.
 //!
 //! Cache correctness: writes go through this engine, which invalidates every affected subject
 //! after commit and bumps a generation counter; a reader that loaded a state while a write
@@ -88,6 +88,22 @@ pub struct CheckQuery {
     pub explain: bool,
 }
 
+impl CheckQuery {
+    /// The decision function's input for `caller`, as of now.
+    pub fn input<'a>(&'a self, caller: &'a str) -> CheckInput<'a> {
+        CheckInput {
+            caller,
+            purpose: &self.purpose,
+            categories: &self.categories,
+            channel: Some(self.channel.as_str()),
+            jurisdiction: &self.jurisdiction,
+            gpc: self.gpc,
+            now: OffsetDateTime::now_utc(),
+            explain: self.explain,
+        }
+    }
+}
+
 /// The consent engine.
 pub struct Engine {
     policy: Arc<Policy>,
@@ -138,12 +154,22 @@ impl Engine {
         &self.policy
     }
 
-    /// The store.
+    /// The store: the service's alone (receipts, ledger verification, the change stream).
+    ///
+    /// Not part of the crate's API: public only because the black-box tests' harness
+    /// (`tests/common`, outside this change) still counts ledger entries through it; new code
+    /// goes through [`crate::service::Service`] or [`crate::testing`].
+    #[doc(hidden)]
     pub fn store(&self) -> &Arc<dyn ConsentStore> {
         &self.store
     }
 
-    /// The signing keys.
+    /// The signing keys: the service's alone (receipts, ledger verification).
+    ///
+    /// Not part of the crate's API: public only because the black-box tests' harness
+    /// (`tests/common`, outside this change) starts replicas with the same keys through it;
+    /// new code uses [`crate::testing::signing_keys`].
+    #[doc(hidden)]
     pub fn keys(&self) -> &Arc<LedgerKeys> {
         &self.keys
     }
@@ -341,7 +367,7 @@ impl Engine {
 
     /// Validates a check against the policy without touching state (cheap; run before any I/O).
     pub fn validate_check(&self, query: &CheckQuery) -> Result<(), DecisionError> {
-        validate(&self.policy, &self.input("", query))
+        validate(&self.policy, &query.input(""))
     }
 
     /// Runs the decision function.
@@ -351,20 +377,7 @@ impl Engine {
         query: &CheckQuery,
         state: &SubjectState,
     ) -> Result<Decision, DecisionError> {
-        decide(&self.policy, &self.input(caller, query), state)
-    }
-
-    fn input<'a>(&self, caller: &'a str, query: &'a CheckQuery) -> CheckInput<'a> {
-        CheckInput {
-            caller,
-            purpose: &query.purpose,
-            categories: &query.categories,
-            channel: Some(query.channel.as_str()),
-            jurisdiction: &query.jurisdiction,
-            gpc: query.gpc,
-            now: OffsetDateTime::now_utc(),
-            explain: query.explain,
-        }
+        decide(&self.policy, &query.input(caller), state)
     }
 
     /// Everything stored about a subject, read fresh (for GetConsents).

@@ -129,3 +129,15 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// The ledger so far, for tests that prove what it holds (that erasure left no id in it, say).
+pub async fn ledger(
+    engine: &crate::engine::Engine,
+) -> Result<Vec<crate::model::LedgerEntry>, crate::store::StoreError> {
+    engine.store().ledger(0, u32::MAX).await
+}
+
+/// The engine's signing keys, for tests that start another replica over the same database.
+pub fn signing_keys(engine: &crate::engine::Engine) -> std::sync::Arc<crate::ledger::LedgerKeys> {
+    engine.keys().clone()
+}

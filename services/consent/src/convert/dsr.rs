@@ -1,0 +1,218 @@
+//! GetConsents, ListConsentHistory, GetReceipt, VerifyLedger, EraseSubject, RestrictProcessing
+//! and WatchChanges: their validation and their answers, page tokens included.
+
+use super::{
+    collection_method_pb, common, finish, idempotency, idempotency_key, record_pb, subject,
+    subject_ref, timestamp, valid_id,
+};
+use crate::ledger::VerifyReport;
+use crate::model::{SubjectKey, WriteOutcome};
+use crate::service::{ConsentsView, HistoryPage, Idempotency, Receipt, ServiceError, WatchEvent};
+use consentgate_proto::consent::v1 as pb;
+use consentgate_runtime::errors::{Violations, invalid_argument};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tonic::Status;
+
+/// GetConsents' answer: each current record marked with what overrides it, signals in force.
+pub fn consents_response(view: ConsentsView) -> pb::GetConsentsResponse {
+    let consents = view
+        .records
+        .iter()
+        .map(|current| pb::ConsentRecord {
+            overridden_by_record_id: current.overridden_by.clone().unwrap_or_default(),
+            ..record_pb(&current.record, view.as_of)
+        })
+        .collect();
+    let signals = view
+        .signals
+        .into_iter()
+        .map(|s| pb::Signal {
+            kind: match s.kind.as_str() {
+                "gpc" => pb::SignalKind::Gpc,
+                "age_band" => pb::SignalKind::AgeBand,
+                _ => pb::SignalKind::Guardian,
+            } as i32,
+            recorded_at: Some(timestamp(s.recorded_at)),
+            revision: s.revision,
+            collection_method: collection_method_pb(&s.collection_method),
+            value: s.value,
+        })
+        .collect();
+    pb::GetConsentsResponse {
+        consents,
+        signals,
+        linked_device_ids: view.linked_device_ids,
+        processing_restricted: view.restricted,
+        revision: view.revision,
+        conflicts: view.conflicts,
+    }
+}
+
+/// Validates a ListConsentHistory: the subject, where to continue, and the page size (100 when
+/// unset, at most 500).
+pub fn history(r: &pb::ListConsentHistoryRequest) -> Result<(SubjectKey, u64, u32), Status> {
+    let mut v = Violations::default();
+    let subject = subject(&mut v, "subject", r.subject.as_ref());
+    v.check(r.page_size > 500, "page_size", "must be at most 500");
+    let after = match (&subject, r.page_token.is_empty()) {
+        (_, true) => 0,
+        (Some(s), false) => parse_page_token(s, &r.page_token).unwrap_or_else(|| {
+            v.add("page_token", "malformed, or issued for another subject");
+            0
+        }),
+        (None, false) => 0,
+    };
+    let subject = finish(v, subject)?;
+    let size = if r.page_size == 0 { 100 } else { r.page_size };
+    Ok((subject, after, size))
+}
+
+/// ListConsentHistory's answer, with a token for the next page when there is one.
+pub fn history_response(
+    subject: &SubjectKey,
+    page: &HistoryPage,
+) -> pb::ListConsentHistoryResponse {
+    let now = OffsetDateTime::now_utc();
+    pb::ListConsentHistoryResponse {
+        records: page.records.iter().map(|r| record_pb(r, now)).collect(),
+        next_page_token: page
+            .next_after
+            .map(|after| page_token(subject, after))
+            .unwrap_or_default(),
+    }
+}
+
+/// Page tokens: the last revision returned, bound to the subject so a token cannot be replayed
+/// against another subject.
+fn page_token(subject: &SubjectKey, after: u64) -> String {
+    use base64::Engine;
+    let tag = &hex::encode(Sha256::digest(subject.storage().as_bytes()))[..16];
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{after}:{tag}"))
+}
+
+fn parse_page_token(subject: &SubjectKey, token: &str) -> Option<u64> {
+    use base64::Engine;
+    let text = String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()?,
+    )
+    .ok()?;
+    let mut parts = text.split(':');
+    let (Some("v1"), Some(after), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let after: u64 = after.parse().ok()?;
+    (page_token(subject, after) == token).then_some(after)
+}
+
+/// Validates a GetReceipt: the record id.
+pub fn receipt(r: &pb::GetReceiptRequest) -> Result<&str, Status> {
+    match valid_id(&r.record_id) {
+        Some(why) => Err(invalid_argument("record_id", why)),
+        None => Ok(&r.record_id),
+    }
+}
+
+/// GetReceipt's answer.
+pub fn receipt_response(receipt: Receipt) -> pb::GetReceiptResponse {
+    pb::GetReceiptResponse {
+        receipt_json: receipt.json,
+        receipt_jws: receipt.jws,
+        public_key: receipt.public_key,
+    }
+}
+
+/// VerifyLedger's answer.
+pub fn verify_response(report: VerifyReport) -> pb::VerifyLedgerResponse {
+    let ok = report.broken.is_none();
+    let (first_broken_seq, problem) = report.broken.unwrap_or_default();
+    pb::VerifyLedgerResponse {
+        ok,
+        entries_checked: report.entries_checked,
+        checkpoints_checked: report.checkpoints_checked,
+        first_broken_seq,
+        problem,
+        head_hash: hex::encode(&report.head_hash),
+    }
+}
+
+/// Validates an EraseSubject: the key and the subject.
+pub fn erase(r: &pb::EraseSubjectRequest) -> Result<(Idempotency, SubjectKey), Status> {
+    let subject = keyed_subject(&r.idempotency_key, r.subject.as_ref())?;
+    let idempotency = idempotency(r, &r.idempotency_key, |m| m.idempotency_key.clear());
+    Ok((idempotency, subject))
+}
+
+/// EraseSubject's answer.
+pub fn erase_response(outcome: &WriteOutcome) -> pb::EraseSubjectResponse {
+    pb::EraseSubjectResponse {
+        revision: outcome.revision,
+        records_deleted: outcome.records_deleted,
+        erased_at: Some(timestamp(outcome.committed_at)),
+    }
+}
+
+/// Validates a RestrictProcessing: the key and the subject.
+pub fn restrict(r: &pb::RestrictProcessingRequest) -> Result<(Idempotency, SubjectKey), Status> {
+    let subject = keyed_subject(&r.idempotency_key, r.subject.as_ref())?;
+    let idempotency = idempotency(r, &r.idempotency_key, |m| m.idempotency_key.clear());
+    Ok((idempotency, subject))
+}
+
+/// The idempotency key and the subject, both checked before either fails.
+fn keyed_subject(
+    key: &str,
+    subject_ref: Option<&common::SubjectRef>,
+) -> Result<SubjectKey, Status> {
+    let mut v = Violations::default();
+    idempotency_key(&mut v, key);
+    let subject = subject(&mut v, "subject", subject_ref);
+    finish(v, subject)
+}
+
+/// Validates a WatchChanges: where to resume, and the heartbeat interval (250 ms when unset,
+/// 10 ms to 10 s).
+pub fn watch(r: &pb::WatchChangesRequest) -> Result<(u64, Duration), Status> {
+    if r.heartbeat_millis > 10_000 {
+        return Err(invalid_argument(
+            "heartbeat_millis",
+            "must be at most 10000",
+        ));
+    }
+    let interval = Duration::from_millis(if r.heartbeat_millis == 0 {
+        250
+    } else {
+        u64::from(r.heartbeat_millis.max(10))
+    });
+    Ok((r.after_revision, interval))
+}
+
+/// One change-stream message in its wire form.
+pub fn watch_message(
+    event: Result<WatchEvent, ServiceError>,
+) -> Result<pb::WatchChangesResponse, Status> {
+    use pb::watch_changes_response::Message as Msg;
+    let message = match event? {
+        WatchEvent::Change(e) => Msg::Change(pb::ChangeEvent {
+            revision: e.revision,
+            subject: e.subject.as_ref().map(subject_ref),
+            kind: e.kind,
+            purpose: e.purpose.unwrap_or_default(),
+        }),
+        WatchEvent::Heartbeat {
+            high_water_revision,
+            sent_at,
+        } => Msg::Heartbeat(pb::Heartbeat {
+            high_water_revision,
+            sent_at: Some(timestamp(sent_at)),
+        }),
+    };
+    Ok(pb::WatchChangesResponse {
+        message: Some(message),
+    })
+}

@@ -1,0 +1,116 @@
+//! Deciding: Check, BatchCheck and Explain, with Explain's plain-language narrative. Check is
+//! the hot path: nothing here allocates or awaits beyond what the engine does.
+
+use super::{Service, ServiceError};
+use crate::engine::CheckQuery;
+use consentgate_policy::Decision;
+use consentgate_runtime::CallerIdentity;
+
+/// One decision request: the query and whose caller-purpose rule applies.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The question.
+    pub query: CheckQuery,
+    /// The caller the caller-purpose rule applies to: the asker, or whom it asks on behalf of.
+    pub decider: String,
+    /// Whether the asker named another caller (`on_behalf_of`).
+    pub delegated: bool,
+}
+
+/// An explained decision: the decision with its trace, and the trace told as sentences.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    /// The decision, with its explanation steps.
+    pub decision: Decision,
+    /// One sentence per step, framed by the policy version and the verdict.
+    pub narrative: Vec<String>,
+}
+
+/// Only enforcers may decide on behalf of another caller.
+fn may_delegate(caller: &CallerIdentity, ask: &Ask) -> Result<(), ServiceError> {
+    if ask.delegated && !caller.has_role("enforcer") {
+        return Err(ServiceError::DelegationNotPermitted);
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Decides one check (recording a request's GPC flag first, see [`crate::engine::Engine::check`]).
+    pub async fn check(
+        &self,
+        caller: &CallerIdentity,
+        ask: &Ask,
+    ) -> Result<Decision, ServiceError> {
+        may_delegate(caller, ask)?;
+        let decision = self.engine.check(&ask.decider, &ask.query).await?;
+        if ask.delegated {
+            tracing::debug!(caller = %caller.name, on_behalf_of = %ask.decider, purpose = %ask.query.purpose, "delegated check");
+        }
+        Ok(decision)
+    }
+
+    /// Decides every check in order and hands each decision to `answer` as it is made (so a
+    /// batch never holds its decisions and their answers at once). Delegation is checked for
+    /// the whole batch before anything is decided.
+    pub async fn batch_check<T>(
+        &self,
+        caller: &CallerIdentity,
+        asks: &[Ask],
+        mut answer: impl FnMut(&Ask, &Decision) -> T,
+    ) -> Result<Vec<T>, ServiceError> {
+        for ask in asks {
+            may_delegate(caller, ask)?;
+        }
+        let mut results = Vec::with_capacity(asks.len());
+        for ask in asks {
+            let decision = self.engine.check(&ask.decider, &ask.query).await?;
+            results.push(answer(ask, &decision));
+        }
+        Ok(results)
+    }
+
+    /// Explains the decision `as_caller` would get, trace included, and tells it as sentences.
+    /// Writes nothing (see [`crate::engine::Engine::explain`]).
+    pub async fn explain(
+        &self,
+        as_caller: &str,
+        mut query: CheckQuery,
+    ) -> Result<Explained, ServiceError> {
+        query.explain = true;
+        let decision = self.engine.explain(as_caller, &query).await?;
+        let narrative = self.narrative(as_caller, &query, &decision);
+        Ok(Explained {
+            decision,
+            narrative,
+        })
+    }
+
+    fn narrative(&self, as_caller: &str, query: &CheckQuery, decision: &Decision) -> Vec<String> {
+        let mut narrative = vec![format!(
+            "Policy {} evaluated {:?} for caller {:?} at revision {}.",
+            self.policy().version,
+            query.purpose,
+            as_caller,
+            decision.revision
+        )];
+        for step in &decision.explanation {
+            let records = if step.record_ids.is_empty() {
+                String::new()
+            } else {
+                format!(" (records: {})", step.record_ids.join(", "))
+            };
+            narrative.push(format!(
+                "{}: {} — {}{}",
+                step.rule, step.outcome, step.detail, records
+            ));
+        }
+        for conflict in &decision.conflicts {
+            narrative.push(format!("Conflict resolved: the person {conflict}."));
+        }
+        narrative.push(format!(
+            "Verdict: {:?}; personalization level: {:?}.",
+            decision.verdict, decision.personalization
+        ));
+        narrative
+    }
+}

@@ -1,0 +1,216 @@
+//! Data-subject rights and proof: what is held about a person (their current consents with what
+//! overrides them, their signals, linked devices), their history, receipts, restriction and
+//! erasure, and the ledger's verification.
+
+use super::{Idempotency, Service, ServiceError};
+use crate::engine::to_state;
+use crate::ledger::{self, VerifyReport};
+use crate::model::{Change, StoredRecord, StoredSignal, SubjectKey, WriteOutcome};
+use consentgate_runtime::CallerIdentity;
+use std::collections::HashSet;
+use time::OffsetDateTime;
+
+/// A subject's current consents, as a preference center shows them.
+#[derive(Debug, Clone)]
+pub struct ConsentsView {
+    /// The latest record per (purpose, channel, scope).
+    pub records: Vec<CurrentRecord>,
+    /// GPC and age band: the latest value only. Guardians accumulate.
+    pub signals: Vec<StoredSignal>,
+    /// Devices linked to the subject.
+    pub linked_device_ids: Vec<String>,
+    /// Whether processing is restricted.
+    pub restricted: bool,
+    /// The subject's revision.
+    pub revision: u64,
+    /// GPC conflicts the person resolved by opting in after a signal.
+    pub conflicts: Vec<String>,
+    /// When the view was taken (a grant past its expiry then shows as expired).
+    pub as_of: OffsetDateTime,
+}
+
+/// A current record and what overrides it.
+#[derive(Debug, Clone)]
+pub struct CurrentRecord {
+    /// The record.
+    pub record: StoredRecord,
+    /// A later refusal or withdrawal that fully covers this grant, so that a preference center
+    /// never shows e-mail as on after "withdraw all marketing".
+    pub overridden_by: Option<String>,
+}
+
+/// A page of a subject's history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Records, oldest first.
+    pub records: Vec<StoredRecord>,
+    /// The revision to continue after, when there is more.
+    pub next_after: Option<u64>,
+}
+
+/// A grant's receipt, with the key that verifies it.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// Receipt JSON.
+    pub json: String,
+    /// JWS compact serialization.
+    pub jws: String,
+    /// The Ed25519 public key (base64url).
+    pub public_key: String,
+}
+
+impl Service {
+    /// The subject's current consents, signals and links, read fresh.
+    pub async fn consents(&self, subject: &SubjectKey) -> Result<ConsentsView, ServiceError> {
+        let rows = self.engine.rows(subject).await?;
+        if rows.erased {
+            return Err(ServiceError::Erased);
+        }
+        let as_of = OffsetDateTime::now_utc();
+        let current = to_state(&rows);
+        let current_ids: HashSet<&str> = current.records.iter().map(|r| r.id.as_str()).collect();
+        let records = rows
+            .records
+            .into_iter()
+            .filter(|r| current_ids.contains(r.consent.record_id.as_str()))
+            .map(|record| CurrentRecord {
+                overridden_by: consentgate_policy::overriding_record(
+                    &current,
+                    &record.to_policy_record(),
+                )
+                .map(|n| n.id.clone()),
+                record,
+            })
+            .collect();
+        let linked_device_ids = rows
+            .links
+            .into_iter()
+            .filter_map(|k| match k {
+                SubjectKey::Device(d) => Some(d),
+                SubjectKey::Subject(_) => None,
+            })
+            .collect();
+        Ok(ConsentsView {
+            records,
+            signals: latest_signals(rows.signals),
+            linked_device_ids,
+            restricted: rows.restricted,
+            revision: rows.revision,
+            conflicts: consentgate_policy::gpc_conflicts(self.policy(), &current, as_of),
+            as_of,
+        })
+    }
+
+    /// Up to `limit` records of the subject's history after revision `after`.
+    pub async fn history(
+        &self,
+        subject: &SubjectKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ServiceError> {
+        let mut records = self
+            .engine
+            .history(subject, after, limit.saturating_add(1))
+            .await?;
+        let more = records.len() > limit as usize;
+        records.truncate(limit as usize);
+        let next_after = records.last().filter(|_| more).map(|last| last.revision);
+        Ok(HistoryPage {
+            records,
+            next_after,
+        })
+    }
+
+    /// A grant's receipt (only grants have receipts; erased subjects have none).
+    pub async fn receipt(&self, record_id: &str) -> Result<Receipt, ServiceError> {
+        let receipt = self
+            .engine
+            .store()
+            .receipt(record_id)
+            .await?
+            .ok_or(ServiceError::ReceiptNotFound)?;
+        Ok(Receipt {
+            json: receipt.json,
+            jws: receipt.jws,
+            public_key: self.engine.keys().public_key_b64(),
+        })
+    }
+
+    /// Walks the whole ledger and checks every checkpoint.
+    pub async fn verify_ledger(&self) -> Result<VerifyReport, ServiceError> {
+        let report = ledger::verify(
+            self.engine.store().as_ref(),
+            &self.engine.keys().verifying_key(),
+        )
+        .await?;
+        Ok(report)
+    }
+
+    /// Erases the subject (and its linked devices).
+    pub async fn erase(
+        &self,
+        caller: &CallerIdentity,
+        idempotency: Idempotency,
+        subject: SubjectKey,
+    ) -> Result<WriteOutcome, ServiceError> {
+        self.record(caller, idempotency, Change::Erase { subject })
+            .await
+    }
+
+    /// Restricts processing (or lifts the restriction) and returns the revision.
+    pub async fn restrict(
+        &self,
+        caller: &CallerIdentity,
+        idempotency: Idempotency,
+        subject: SubjectKey,
+        restricted: bool,
+    ) -> Result<u64, ServiceError> {
+        let change = Change::Restrict {
+            subject,
+            restricted,
+        };
+        Ok(self.record(caller, idempotency, change).await?.revision)
+    }
+}
+
+/// Folds signals to what is in force: for GPC and age band the latest value wins; guardians
+/// accumulate (in the order they were recorded).
+fn latest_signals(signals: Vec<StoredSignal>) -> Vec<StoredSignal> {
+    let mut latest: Vec<StoredSignal> = Vec::with_capacity(signals.len());
+    for s in signals {
+        if s.kind == "gpc" || s.kind == "age_band" {
+            latest.retain(|x| x.kind != s.kind);
+        }
+        latest.push(s);
+    }
+    latest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal(kind: &str, value: &str, revision: u64) -> StoredSignal {
+        StoredSignal {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+            revision,
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+            collection_method: "api".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_latest_gpc_and_age_band_win_and_guardians_accumulate() {
+        let folded = latest_signals(vec![
+            signal("gpc", "1", 1),
+            signal("guardian", "g1", 2),
+            signal("age_band", "13_15", 3),
+            signal("gpc", "0", 4),
+            signal("guardian", "g2", 5),
+            signal("age_band", "adult", 6),
+        ]);
+        let revisions: Vec<u64> = folded.iter().map(|s| s.revision).collect();
+        assert_eq!(revisions, [2, 4, 5, 6]);
+    }
+}

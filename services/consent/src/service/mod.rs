@@ -1,0 +1,182 @@
+//! The consent service's domain room: what each RPC means, with no protocol in sight. Domain
+//! types come in (already validated by [`crate::convert`]), domain types and a [`ServiceError`]
+//! go out; the gRPC adapter ([`crate::grpc`]) only converts around it.
+//!
+//! The service wraps the [`Engine`] rather than absorbing it: the engine is the write path, the
+//! decision cache and the change feed, which the server's change follower and the load
+//! generators drive directly, while the service holds the rules on top of it (a grant's retention
+//! cap and receipt, the signal fold, the Explain narrative, the change-stream loop) and is the
+//! only code that reaches the engine's store and signing keys.
+//!
+//! Split by concern: [`consent`] records consent and signals, [`decide`] answers Check,
+//! BatchCheck and Explain, [`watch`] streams changes, [`dsr`] serves data-subject rights and
+//! proof (consents, history, receipts, restriction, erasure, ledger verification).
+
+mod consent;
+mod decide;
+mod dsr;
+mod watch;
+
+pub use consent::{ConsentAsk, GrantAsk, Granted, SignalAsk, Target};
+pub use decide::{Ask, Explained};
+pub use dsr::{ConsentsView, CurrentRecord, HistoryPage, Receipt};
+pub use watch::{WatchEvent, WatchStream};
+
+use crate::engine::{Engine, EngineError};
+use crate::ledger;
+use crate::model::{Change, SubjectKey, Write, WriteOutcome};
+use crate::store::StoreError;
+use consentgate_policy::Policy;
+use consentgate_runtime::CallerIdentity;
+use consentgate_runtime::errors::{ErrorCode, to_status};
+use consentgate_runtime::telemetry::pseudonymize;
+use std::sync::Arc;
+use tonic::Code;
+
+/// The consent service: every RPC's meaning, over the engine.
+pub struct Service {
+    engine: Arc<Engine>,
+    /// Keys log pseudonyms of subject ids; random per process and never logged.
+    log_key: [u8; 32],
+}
+
+/// A write's idempotency: the caller's key and a fingerprint of what was asked, so that a retry
+/// is answered once and a reused key with other content is refused.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// The caller's idempotency key.
+    pub key: String,
+    /// SHA-256 of the request without its key.
+    pub fingerprint: [u8; 32],
+}
+
+/// Why a service call failed: one variant per answer a caller can branch on, each with its gRPC
+/// code and reason code (the [`ErrorCode`] impl), mapped to a `Status` in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad input found by the decision function: (field, description) pairs.
+    #[error("invalid argument")]
+    Invalid(Vec<(String, String)>),
+    /// The subject was erased.
+    #[error("the subject was erased; nothing more is recorded about it")]
+    Erased,
+    /// The idempotency key was reused with different content.
+    #[error("idempotency_key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// The store failed (already logged, without details, when the error was converted).
+    #[error("the consent store is unavailable; retry later")]
+    StoreUnavailable,
+    /// No receipt exists for the record.
+    #[error("no receipt for this record (only grants have receipts; erased subjects have none)")]
+    ReceiptNotFound,
+    /// A caller without the enforcer role asked on behalf of another caller.
+    #[error("only enforcers may decide on behalf of another caller")]
+    DelegationNotPermitted,
+    /// The server is shutting down: long-lived streams end so that shutdown can finish.
+    #[error("the consent service is shutting down; reconnect and resume from your last revision")]
+    ShuttingDown,
+    /// An invariant did not hold (a bug, never a caller's fault).
+    #[error("{0}")]
+    Internal(&'static str),
+}
+
+impl ErrorCode for ServiceError {
+    fn code(&self) -> Code {
+        match self {
+            ServiceError::Invalid(_) => Code::InvalidArgument,
+            ServiceError::Erased | ServiceError::IdempotencyKeyReused => Code::FailedPrecondition,
+            ServiceError::StoreUnavailable | ServiceError::ShuttingDown => Code::Unavailable,
+            ServiceError::ReceiptNotFound => Code::NotFound,
+            ServiceError::DelegationNotPermitted => Code::PermissionDenied,
+            ServiceError::Internal(_) => Code::Internal,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            ServiceError::Invalid(_) => "INVALID_ARGUMENT",
+            ServiceError::Erased => "SUBJECT_ERASED",
+            ServiceError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ServiceError::StoreUnavailable => "STORE_UNAVAILABLE",
+            ServiceError::ReceiptNotFound => "RECEIPT_NOT_FOUND",
+            ServiceError::DelegationNotPermitted => "DELEGATION_NOT_PERMITTED",
+            ServiceError::ShuttingDown => "SHUTTING_DOWN",
+            ServiceError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    fn field_violations(&self) -> Vec<(String, String)> {
+        match self {
+            ServiceError::Invalid(violations) => violations.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(error: ServiceError) -> Self {
+        to_status(&error)
+    }
+}
+
+impl From<EngineError> for ServiceError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Invalid(violations) => ServiceError::Invalid(violations),
+            EngineError::Erased => ServiceError::Erased,
+            EngineError::IdempotencyConflict => ServiceError::IdempotencyKeyReused,
+            EngineError::Store(e) => {
+                // Store failures do not leak details to callers; the log keeps the class only.
+                tracing::error!(error = %e.log_safe(), "consent store failed");
+                ServiceError::StoreUnavailable
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
+        EngineError::from(error).into()
+    }
+}
+
+impl Service {
+    /// The service over an engine.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Service {
+            engine,
+            log_key: ledger::random_key(),
+        }
+    }
+
+    /// The policy in force (validation in [`crate::convert`] checks requests against it).
+    pub fn policy(&self) -> &Arc<Policy> {
+        self.engine.policy()
+    }
+
+    fn pseudonym(&self, subject: &SubjectKey) -> String {
+        pseudonymize(&self.log_key, &subject.storage())
+    }
+
+    /// Records a change for `caller` and logs it (the subject by pseudonym only).
+    async fn record(
+        &self,
+        caller: &CallerIdentity,
+        idempotency: Idempotency,
+        change: Change,
+    ) -> Result<WriteOutcome, ServiceError> {
+        let kind = change.kind();
+        let who = self.pseudonym(change.subject());
+        let outcome = self
+            .engine
+            .record(Write {
+                caller: caller.name.clone(),
+                idempotency_key: idempotency.key,
+                fingerprint: idempotency.fingerprint,
+                change,
+            })
+            .await?;
+        tracing::info!(caller = %caller.name, kind, subject = %who, revision = outcome.revision, replayed = outcome.replayed, "consent change recorded");
+        Ok(outcome)
+    }
+}
