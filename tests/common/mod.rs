@@ -6,7 +6,7 @@ use consentgate::suite::{self, ConsentSettings, SuiteConfig};
 use consentgate_consent::engine::Engine;
 use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::server;
-use consentgate_consent::testing::{Backend, TestDb};
+use consentgate_consent::testing::{self, Backend, TestDb};
 use consentgate_policy::Policy;
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as pb;
@@ -77,7 +77,7 @@ impl TestServer {
 
     /// Another replica of this server: same database, same keys.
     pub async fn replica(&self) -> TestServer {
-        TestServer::start_on(&self.url, None, self.engine.keys().clone()).await
+        TestServer::start_on(&self.url, None, testing::signing_keys(&self.engine)).await
     }
 
     async fn start_on(url: &str, db: Option<TestDb>, keys: Arc<LedgerKeys>) -> TestServer {
@@ -135,12 +135,7 @@ impl TestServer {
 
     /// Ledger entries so far (every accepted write appends exactly one).
     pub async fn ledger_len(&self) -> usize {
-        self.engine
-            .store()
-            .ledger(0, u32::MAX)
-            .await
-            .expect("ledger")
-            .len()
+        testing::ledger(&self.engine).await.expect("ledger").len()
     }
 
     pub async fn stop(self) {

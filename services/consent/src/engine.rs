@@ -154,23 +154,14 @@ impl Engine {
         &self.policy
     }
 
-    /// The store: the service's alone (receipts, ledger verification, the change stream).
-    ///
-    /// Not part of the crate's API: public only because the black-box tests' harness
-    /// (`tests/common`, outside this change) still counts ledger entries through it; new code
-    /// goes through [`crate::service::Service`] or [`crate::testing`].
-    #[doc(hidden)]
-    pub fn store(&self) -> &Arc<dyn ConsentStore> {
+    /// The store: the service's alone (receipts, ledger verification, the change stream); tests
+    /// read it through [`crate::testing`].
+    pub(crate) fn store(&self) -> &Arc<dyn ConsentStore> {
         &self.store
     }
 
     /// The signing keys: the service's alone (receipts, ledger verification).
-    ///
-    /// Not part of the crate's API: public only because the black-box tests' harness
-    /// (`tests/common`, outside this change) starts replicas with the same keys through it;
-    /// new code uses [`crate::testing::signing_keys`].
-    #[doc(hidden)]
-    pub fn keys(&self) -> &Arc<LedgerKeys> {
+    pub(crate) fn keys(&self) -> &Arc<LedgerKeys> {
         &self.keys
     }
 
