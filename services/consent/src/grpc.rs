@@ -11,7 +11,6 @@ use consentgate_proto::consent::v1 as pb;
 use consentgate_proto::consent::v1::consent_service_server::ConsentService;
 use consentgate_runtime::CallerIdentity;
 use consentgate_runtime::errors::{Violations, invalid_arguments, status};
-use consentgate_runtime::telemetry::pseudonymize;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -45,7 +44,7 @@ impl ConsentApi {
     }
 
     fn pseudonym(&self, subject: &SubjectKey) -> String {
-        pseudonymize(&self.log_key, &subject.storage())
+        consentgate_chain::log_pseudonym(&self.log_key, &subject.storage())
     }
 }
 
