@@ -3,8 +3,6 @@
 //! Logs never carry personal data: handlers log pseudonymized subject ids only
 //! (see [`pseudonymize`]), never request bodies.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `json` selects machine-readable output.
@@ -26,7 +24,5 @@ pub fn init(service: &str, json: bool) {
 /// A stable, keyed pseudonym for log lines: lets operators correlate one subject's requests
 /// without the logs identifying the person. The key is per process and never logged.
 pub fn pseudonymize(key: &[u8], subject: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(subject.as_bytes());
-    hex::encode(&mac.finalize().into_bytes()[..8])
+    consentgate_chain::log_pseudonym(key, subject)
 }

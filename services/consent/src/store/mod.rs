@@ -15,7 +15,7 @@ pub use postgres::PostgresStore;
 pub use sql::{Dialect, SqlStore};
 pub use sqlite::SqliteStore;
 
-use crate::ledger::LedgerKeys;
+use crate::ledger::keys::LedgerKeys;
 use crate::model::{
     ChangeEvent, Checkpoint, LedgerEntry, StoredReceipt, StoredRecord, SubjectKey, SubjectRows,
     Write, WriteOutcome,

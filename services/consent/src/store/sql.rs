@@ -3,11 +3,13 @@
 //! snapshot reads) is a [`Dialect`].
 
 use super::StoreError;
-use crate::ledger::{self, CHECKPOINT_EVERY, GENESIS_HASH, LedgerKeys};
+use crate::ledger::entry::{self, CHECKPOINT_EVERY};
+use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{
     Change, ChangeEvent, Checkpoint, LedgerEntry, StoredReceipt, StoredRecord, StoredSignal,
     SubjectKey, SubjectRows, Write, WriteOutcome,
 };
+use consentgate_chain::{GENESIS_HASH, checkpoint_message};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row, Transaction};
 use std::marker::PhantomData;
@@ -142,7 +144,7 @@ impl<D: Dialect> SqlStore<D> {
         let rev = to_i64(seq);
 
         let subject_pseudonym =
-            ledger::pseudonym(&subject_key(&mut tx, &subject_s).await?, &subject);
+            entry::pseudonym(&subject_key(&mut tx, &subject_s).await?, &subject);
         let mut device_pseudonym = None;
         let mut affected = link_group(&mut tx, &subject_s).await?;
         let mut record = None;
@@ -189,7 +191,7 @@ impl<D: Dialect> SqlStore<D> {
             }
             Change::Link { device, .. } => {
                 let device_s = device.storage();
-                device_pseudonym = Some(ledger::pseudonym(
+                device_pseudonym = Some(entry::pseudonym(
                     &subject_key(&mut tx, &device_s).await?,
                     device,
                 ));
@@ -219,14 +221,14 @@ impl<D: Dialect> SqlStore<D> {
             }
         }
 
-        let event = ledger::canonical_event(
+        let event = entry::canonical_event(
             seq,
             now,
             &write.change,
             &subject_pseudonym,
             device_pseudonym.as_deref(),
         );
-        let hash = ledger::chain_hash(&prev_hash, &event);
+        let hash = entry::chain_hash(&prev_hash, &event);
         sqlx::query("INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ($1, $2, $3, $4)")
             .bind(rev)
             .bind(&prev_hash)
@@ -235,7 +237,7 @@ impl<D: Dialect> SqlStore<D> {
             .execute(&mut *tx)
             .await?;
         if seq.is_multiple_of(CHECKPOINT_EVERY) {
-            let signature = self.keys.sign(&ledger::checkpoint_message(seq, &hash));
+            let signature = self.keys.sign(&checkpoint_message(seq, &hash));
             sqlx::query("INSERT INTO checkpoints (seq, hash, signature) VALUES ($1, $2, $3)")
                 .bind(rev)
                 .bind(&hash)
@@ -518,7 +520,7 @@ async fn subject_key(tx: &mut Tx<'_>, subject: &str) -> Result<Vec<u8>, StoreErr
     {
         return Ok(r.get(0));
     }
-    let key = ledger::random_key().to_vec();
+    let key = random_key().to_vec();
     sqlx::query("INSERT INTO subject_keys (subject, key) VALUES ($1, $2)")
         .bind(subject)
         .bind(&key)

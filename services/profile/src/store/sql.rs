@@ -3,7 +3,7 @@
 
 use super::journal::{Entry, Journal};
 use super::{EventQuery, ProfileStore, StoreError};
-use crate::access_log;
+use crate::access_log::entry as access_log;
 use crate::model::{
     AccessDraft, AccessRecord, Answer, AnswerKind, Attribute, Collection, DsarRequest, Event,
     EventField, EventFields, EventKind, Holding, Requester, Source, Table, now_micros,
@@ -401,7 +401,7 @@ impl<D: Dialect> SqlStore<D> {
         }
         sqlx::query("INSERT INTO subject_keys (subject, secret) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
             .bind(subject_key)
-            .bind(access_log::new_secret()?)
+            .bind(new_secret()?)
             .execute(&self.pool)
             .await?;
         let secret: String = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
@@ -925,7 +925,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         // transaction, so that a correction of nothing creates no key).
         sqlx::query("INSERT INTO subject_keys (subject, secret) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
             .bind(decision.subject_key())
-            .bind(access_log::new_secret()?)
+            .bind(new_secret()?)
             .execute(&mut *tx)
             .await?;
         let secret: String = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
@@ -1201,6 +1201,12 @@ fn chain(entries: &[Entry], mut seq: u64, mut prev: String) -> (Vec<AccessRecord
         records.push(record);
     }
     (records, (seq, prev))
+}
+
+/// A fresh per-subject key; a store error when the system has no randomness to make one.
+fn new_secret() -> Result<String, StoreError> {
+    access_log::new_secret()
+        .map_err(|e| StoreError::Corrupt(format!("no randomness for a key: {e}")))
 }
 
 /// A journal failure as a store error (no personal data: paths and OS errors only).

@@ -1,0 +1,126 @@
+//! Ledgers written before `consentgate-chain` existed keep verifying, byte for byte: a SQLite
+//! database written by the version-1 code (70 entries of every kind, a signed checkpoint at 64,
+//! an erased subject) and its seed (`tests/fixtures/v1/`) are opened with today's code and walked
+//! end to end; a one-byte edit in a copy is named at its entry.
+
+use consentgate_consent::ledger::{self, LedgerKeys};
+use consentgate_consent::model::SubjectKey;
+use consentgate_consent::store::{ConsentStore, SqliteStore};
+use sqlx::Row;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The head hash the version-1 code reported for the fixture ledger.
+const V1_HEAD: &str = "b2c1839d497ee7208ef1a5ecf536e9a71b06a99e9752fda2d3f6a0303938a179";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+/// A private copy of the fixture database (opening a store migrates and writes to it), and the
+/// fixture's keys.
+struct Copy {
+    store: SqliteStore,
+    keys: Arc<LedgerKeys>,
+    dir: PathBuf,
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn open_copy() -> Copy {
+    let dir = std::env::temp_dir().join(format!("cg_v1_consent_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    std::fs::copy(fixtures().join("consent.db"), dir.join("consent.db")).expect("copy fixture");
+    let keys = Arc::new(LedgerKeys::load_or_create(&fixtures().join("ledger.key")).expect("seed"));
+    let url = format!("sqlite://{}", dir.join("consent.db").display());
+    let store = SqliteStore::connect(&url, keys.clone())
+        .await
+        .expect("open the v1 database");
+    Copy { store, keys, dir }
+}
+
+#[tokio::test]
+async fn a_v1_ledger_verifies_end_to_end() {
+    let copy = open_copy().await;
+    let report = ledger::verify(&copy.store, &copy.keys.verifying_key())
+        .await
+        .expect("verify");
+    assert_eq!(report.broken, None);
+    assert_eq!(
+        (report.entries_checked, report.checkpoints_checked),
+        (70, 1)
+    );
+    assert_eq!(hex::encode(&report.head_hash), V1_HEAD);
+    // Today's pseudonym of a subject under its stored key is the one its v1 entries carry.
+    let key: Vec<u8> =
+        sqlx::query("SELECT key FROM subject_keys WHERE subject = 's:fixture-subject-1'")
+            .fetch_one(copy.store.pool())
+            .await
+            .expect("the subject's key")
+            .get(0);
+    let pseudonym = ledger::pseudonym(&key, &SubjectKey::Subject("fixture-subject-1".into()));
+    let first = ConsentStore::ledger(&copy.store, 0, 1)
+        .await
+        .expect("ledger")
+        .remove(0);
+    assert!(
+        first
+            .event
+            .contains(&format!("\"subject\":\"{pseudonym}\"")),
+        "{}",
+        first.event
+    );
+}
+
+#[tokio::test]
+async fn a_one_byte_edit_in_a_v1_ledger_is_named_at_its_entry() {
+    let copy = open_copy().await;
+    let entry = ConsentStore::ledger(&copy.store, 9, 1)
+        .await
+        .expect("ledger")
+        .remove(0);
+    assert_eq!(entry.seq, 10);
+    // One byte: the first digit of the entry's timestamp year, 2 → 3.
+    let edited = entry.event.replacen("\"at\":\"2", "\"at\":\"3", 1);
+    assert_eq!(edited.len(), entry.event.len());
+    assert_ne!(edited, entry.event);
+    sqlx::query("UPDATE ledger SET event = $1 WHERE seq = 10")
+        .bind(edited)
+        .execute(copy.store.pool())
+        .await
+        .expect("edit");
+    let report = ledger::verify(&copy.store, &copy.keys.verifying_key())
+        .await
+        .expect("verify");
+    assert_eq!(
+        report.broken,
+        Some((10, "hash mismatch: the entry was altered".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_one_byte_edit_in_a_v1_checkpoint_signature_is_detected() {
+    let copy = open_copy().await;
+    let mut signature: Vec<u8> = sqlx::query("SELECT signature FROM checkpoints WHERE seq = 64")
+        .fetch_one(copy.store.pool())
+        .await
+        .expect("the checkpoint")
+        .get(0);
+    signature[0] ^= 1;
+    sqlx::query("UPDATE checkpoints SET signature = $1 WHERE seq = 64")
+        .bind(signature)
+        .execute(copy.store.pool())
+        .await
+        .expect("edit");
+    let report = ledger::verify(&copy.store, &copy.keys.verifying_key())
+        .await
+        .expect("verify");
+    assert_eq!(
+        report.broken,
+        Some((64, "checkpoint signature does not verify".to_owned()))
+    );
+}
