@@ -27,7 +27,7 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 pub fn new_secret() -> Result<String, StoreError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
-        .map_err(|e| StoreError::Corrupt(format!("no randomness for a key: {e}")))?;
+        .map_err(|e| StoreError::corrupt(format!("no randomness for a key: {e}")))?;
     Ok(hex::encode(bytes))
 }
 
