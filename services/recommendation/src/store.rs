@@ -6,24 +6,53 @@
 //! the database); an outcome is written before `RecordOutcome` answers.
 
 use crate::tier::Tier;
-use sqlx::any::AnyPoolOptions;
+use consentgate_store::{
+    Backend, Dialect, Migrations, Postgres, Setup, Sqlite, SqliteSynchronous, to_u64, values,
+};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
-use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
+/// The recommendation schema, for both backends.
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
+
+/// Statistics, not promises: SQLite migrates under `synchronous=NORMAL` and pooled connections
+/// keep SQLite's defaults. Writes come from one batching task, so a few connections serve.
+static SETUP: Setup = Setup {
+    synchronous: SqliteSynchronous::Normal,
+    sqlite_pragmas: &[],
+    sqlite_connections: 4,
+    postgres_connections: 8,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migration error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database or its URL failed.
+    #[error(transparent)]
+    Store(#[from] consentgate_store::Error),
     /// The background writer stopped.
     #[error("the recommendation writer stopped")]
     WriterStopped,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Store(e.into())
+    }
+}
+
+impl StoreError {
+    /// A description safe for logs (see [`consentgate_store::Error::log_safe`]).
+    pub fn log_safe(&self) -> String {
+        match self {
+            StoreError::Store(e) => e.log_safe(),
+            StoreError::WriterStopped => self.to_string(),
+        }
+    }
 }
 
 /// Counts of one tier.
@@ -72,37 +101,19 @@ fn now_micros() -> i64 {
 impl RecommendationStore {
     /// Opens (and migrates) the database a URL names: `sqlite://…` or `postgres://…`.
     pub async fn open(url: &str) -> Result<RecommendationStore, StoreError> {
-        sqlx::any::install_default_drivers();
-        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        if postgres {
-            let native = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(url)
-                .await?;
-            sqlx::migrate!("./migrations/postgres").run(&native).await?;
-            native.close().await;
-        } else {
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10));
-            let native = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options)
-                .await?;
-            sqlx::migrate!("./migrations/sqlite").run(&native).await?;
-            native.close().await;
+        match consentgate_store::backend(url).map_err(consentgate_store::Error::from)? {
+            Backend::Sqlite => Self::start::<Sqlite>(url).await,
+            Backend::Postgres => Self::start::<Postgres>(url).await,
         }
-        let pool = AnyPoolOptions::new()
-            .max_connections(if postgres { 8 } else { 4 })
-            // A local SQLite file does not go stale: skip the ping before each acquire (a second
-            // round trip to sqlx's worker thread). PostgreSQL connections keep the check.
-            .test_before_acquire(postgres)
-            .connect(url)
-            .await?;
+    }
+
+    /// Opens the database on `D` and starts the batching writer.
+    async fn start<D: Dialect>(url: &str) -> Result<RecommendationStore, StoreError> {
+        let pool = consentgate_store::open::<D>(url, &MIGRATIONS, &SETUP)
+            .await?
+            .into_pool();
         let (jobs, incoming) = mpsc::channel(65_536);
-        tokio::spawn(write_batches(pool.clone(), incoming));
+        tokio::spawn(write_batches::<D>(pool.clone(), incoming));
         Ok(RecommendationStore { pool, jobs })
     }
 
@@ -169,7 +180,6 @@ impl RecommendationStore {
         .into_iter()
         .map(|t| (t, TierTotals::default()))
         .collect();
-        let count = |v: i64| u64::try_from(v).unwrap_or(0);
         for r in sqlx::query("SELECT tier, COUNT(*) FROM recommendations GROUP BY tier")
             .fetch_all(&self.pool)
             .await?
@@ -177,7 +187,7 @@ impl RecommendationStore {
             if let Some(t) = tier_of(&r.get::<String, _>(0))
                 && let Some(entry) = totals.iter_mut().find(|(x, _)| *x == t)
             {
-                entry.1.recommendations = count(r.get(1));
+                entry.1.recommendations = to_u64(r.get(1));
             }
         }
         for r in sqlx::query("SELECT r.tier, o.kind, COUNT(*), CAST(COALESCE(SUM(o.value_minor), 0) AS BIGINT) FROM outcomes o JOIN recommendations r ON r.recommendation_id = o.recommendation_id GROUP BY r.tier, o.kind")
@@ -190,7 +200,7 @@ impl RecommendationStore {
             let Some(entry) = totals.iter_mut().find(|(x, _)| *x == t) else {
                 continue;
             };
-            let n = count(r.get(2));
+            let n = to_u64(r.get(2));
             match r.get::<String, _>(1).as_str() {
                 "impression" => entry.1.impressions = n,
                 "click" => entry.1.clicks = n,
@@ -206,7 +216,7 @@ impl RecommendationStore {
 }
 
 /// Writes queued recommendations in multi-row batches.
-async fn write_batches(pool: AnyPool, mut incoming: mpsc::Receiver<Job>) {
+async fn write_batches<D: Dialect>(pool: AnyPool, mut incoming: mpsc::Receiver<Job>) {
     while let Some(first) = incoming.recv().await {
         let mut records = Vec::new();
         let mut flushes = Vec::new();
@@ -241,10 +251,7 @@ async fn write_batches(pool: AnyPool, mut incoming: mpsc::Receiver<Job>) {
         }
         let now = now_micros();
         for chunk in records.chunks(300) {
-            let rows = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let rows = values::<D>(chunk.len(), 3);
             let mut q = sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO recommendations (recommendation_id, tier, created_at) VALUES {rows}"
             )));

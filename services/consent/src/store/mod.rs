@@ -7,20 +7,39 @@
 //! serialized (SQLite's single writer; a PostgreSQL advisory lock), which both the hash chain and
 //! the gap-free revision sequence rely on.
 
-mod postgres;
 mod sql;
-mod sqlite;
 
-pub use postgres::PostgresStore;
-pub use sql::{Dialect, SqlStore};
-pub use sqlite::SqliteStore;
+pub use consentgate_store::{Dialect, Postgres as PostgresDialect, Sqlite as SqliteDialect};
+pub use sql::SqlStore;
 
 use crate::ledger::keys::LedgerKeys;
 use crate::model::{
     ChangeEvent, Checkpoint, LedgerEntry, StoredReceipt, StoredRecord, SubjectKey, SubjectRows,
     Write, WriteOutcome,
 };
+use consentgate_store::{Backend, Migrations, Setup, SqliteSynchronous};
 use std::sync::Arc;
+
+/// The consent store on SQLite.
+pub type SqliteStore = SqlStore<SqliteDialect>;
+
+/// The consent store on PostgreSQL.
+pub type PostgresStore = SqlStore<PostgresDialect>;
+
+/// The consent schema, for both backends.
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
+
+/// SQLite runs `synchronous=FULL`, so a returned revision survives power loss: a revision is a
+/// promise to every enforcer that caches by it.
+static SETUP: Setup = Setup {
+    synchronous: SqliteSynchronous::Full,
+    sqlite_pragmas: &["PRAGMA synchronous = FULL", "PRAGMA busy_timeout = 10000"],
+    sqlite_connections: 8,
+    postgres_connections: 16,
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -31,38 +50,29 @@ pub enum StoreError {
     /// The subject was erased; nothing more may be recorded about it.
     #[error("the subject was erased")]
     SubjectErased,
-    /// The database failed.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migration error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// Stored data could not be decoded.
-    #[error("corrupt stored data: {0}")]
-    Corrupt(String),
+    /// The database, its URL, or the stored data failed.
+    #[error(transparent)]
+    Store(#[from] consentgate_store::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Store(e.into())
+    }
 }
 
 impl StoreError {
+    /// Stored data that could not be decoded.
+    pub(crate) fn corrupt(detail: String) -> Self {
+        StoreError::Store(consentgate_store::Error::Corrupt(detail))
+    }
+
     /// A description safe for logs: database messages can quote row values (subject ids), so
-    /// only the error's class and SQLSTATE code are kept.
+    /// only the error's class and SQLSTATE code are kept (see
+    /// [`consentgate_store::Error::log_safe`]).
     pub fn log_safe(&self) -> String {
         match self {
-            StoreError::Database(sqlx::Error::Database(db)) => {
-                format!(
-                    "database error (code {})",
-                    db.code().as_deref().unwrap_or("unknown")
-                )
-            }
-            StoreError::Database(e) => match e {
-                sqlx::Error::PoolTimedOut => "database pool timed out".into(),
-                sqlx::Error::PoolClosed => "database pool closed".into(),
-                sqlx::Error::Io(_) => "database I/O error".into(),
-                sqlx::Error::Tls(_) => "database TLS error".into(),
-                sqlx::Error::Protocol(_) => "database protocol error".into(),
-                _ => "database error".into(),
-            },
-            StoreError::Migrate(_) => "migration error".into(),
-            StoreError::Corrupt(_) => "corrupt stored data".into(),
+            StoreError::Store(e) => e.log_safe(),
             StoreError::IdempotencyConflict | StoreError::SubjectErased => self.to_string(),
         }
     }
@@ -98,11 +108,12 @@ pub trait ConsentStore: Send + Sync + 'static {
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`) and runs its migrations.
 pub async fn open(url: &str, keys: Arc<LedgerKeys>) -> Result<Arc<dyn ConsentStore>, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, keys).await?))
-    } else {
-        Ok(Arc::new(SqliteStore::connect(url, keys).await?))
-    }
+    Ok(
+        match consentgate_store::backend(url).map_err(consentgate_store::Error::from)? {
+            Backend::Sqlite => Arc::new(SqliteStore::connect(url, keys).await?),
+            Backend::Postgres => Arc::new(PostgresStore::connect(url, keys).await?),
+        },
+    )
 }
 
 #[async_trait::async_trait]

@@ -1,8 +1,8 @@
 //! The SQL both stores share. Statements use `$N` placeholders, which SQLite and PostgreSQL both
-//! accept, and run over `sqlx::Any`; what differs (connection setup, migrations, the write lock,
-//! snapshot reads) is a [`Dialect`].
+//! accept, and run over `sqlx::Any`; what differs (connection setup, the write lock, snapshot
+//! reads) is a [`Dialect`] from `consentgate-store`.
 
-use super::StoreError;
+use super::{MIGRATIONS, SETUP, StoreError};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{
@@ -10,27 +10,16 @@ use crate::model::{
     SubjectKey, SubjectRows, Write, WriteOutcome,
 };
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
+use consentgate_store::{Dialect, Tx, begin_serialized, begin_snapshot, to_i64, to_u64};
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row, Transaction};
+use sqlx::{AnyPool, Row};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
-type Tx<'c> = Transaction<'c, sqlx::Any>;
-
-/// What differs between the databases.
-#[async_trait::async_trait]
-pub trait Dialect: Send + Sync + 'static {
-    /// Opens a pool and migrates the schema.
-    async fn connect(url: &str) -> Result<AnyPool, StoreError>;
-    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`, so a second process waits for the
-    /// write lock instead of failing to upgrade a read transaction).
-    const BEGIN_WRITE: &'static str;
-    /// Run first in every write transaction: serializes writers across processes.
-    const WRITE_LOCK: Option<&'static str>;
-    /// Run first in a read transaction that must see one snapshot.
-    const SNAPSHOT: Option<&'static str>;
-}
+/// Key 0x636f6e73 ("cons"): one ledger writer at a time across every replica, where `BEGIN`
+/// does not already serialize writers (PostgreSQL).
+const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1668247155)";
 
 /// A consent store over a dialect.
 pub struct SqlStore<D> {
@@ -41,14 +30,6 @@ pub struct SqlStore<D> {
     dialect: PhantomData<D>,
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -56,19 +37,20 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| StoreError::Corrupt(format!("bad stored timestamp: {e}")))
+        .map_err(|e| StoreError::corrupt(format!("bad stored timestamp: {e}")))
 }
 
 fn subject_of(text: &str) -> Result<SubjectKey, StoreError> {
     SubjectKey::from_storage(text)
-        .ok_or_else(|| StoreError::Corrupt("a stored subject key has no s:/d: prefix".into()))
+        .ok_or_else(|| StoreError::corrupt("a stored subject key has no s:/d: prefix".into()))
 }
 
 impl<D: Dialect> SqlStore<D> {
     /// Connects, migrates, and keeps `keys` for pseudonyms, tombstones and checkpoints.
     pub async fn connect(url: &str, keys: Arc<LedgerKeys>) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
-        let pool = D::connect(url).await?;
+        let pool = consentgate_store::open::<D>(url, &MIGRATIONS, &SETUP)
+            .await?
+            .into_pool();
         Ok(SqlStore {
             pool,
             keys,
@@ -82,25 +64,9 @@ impl<D: Dialect> SqlStore<D> {
         &self.pool
     }
 
-    async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
-        let mut tx = self.pool.begin_with(D::BEGIN_WRITE).await?;
-        if let Some(sql) = D::WRITE_LOCK {
-            sqlx::query(sql).execute(&mut *tx).await?;
-        }
-        Ok(tx)
-    }
-
-    async fn begin_snapshot(&self) -> Result<Tx<'_>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(sql) = D::SNAPSHOT {
-            sqlx::query(sql).execute(&mut *tx).await?;
-        }
-        Ok(tx)
-    }
-
     pub(super) async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
         let _serialized = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
+        let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
         if let Some(outcome) = replay(&mut tx, &write).await? {
             return Ok(outcome);
         }
@@ -154,7 +120,7 @@ impl<D: Dialect> SqlStore<D> {
         match &write.change {
             Change::Consent(c) => {
                 let body =
-                    serde_json::to_string(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    serde_json::to_string(c).map_err(|e| StoreError::corrupt(e.to_string()))?;
                 sqlx::query("INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ($1, $2, $3, $4, $5)")
                     .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(&body)
                     .execute(&mut *tx).await?;
@@ -282,7 +248,7 @@ impl<D: Dialect> SqlStore<D> {
             subject_s
         };
         let stored =
-            serde_json::to_string(&outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            serde_json::to_string(&outcome).map_err(|e| StoreError::corrupt(e.to_string()))?;
         sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome) VALUES ($1, $2, $3, $4, $5)")
             .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(stored)
             .execute(&mut *tx).await?;
@@ -291,7 +257,7 @@ impl<D: Dialect> SqlStore<D> {
     }
 
     pub(super) async fn load_subject(&self, key: &SubjectKey) -> Result<SubjectRows, StoreError> {
-        let mut tx = self.begin_snapshot().await?;
+        let mut tx = begin_snapshot::<D>(&self.pool).await?;
         let as_of: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ledger")
             .fetch_one(&mut *tx)
             .await?
@@ -374,7 +340,7 @@ impl<D: Dialect> SqlStore<D> {
         after: u64,
         limit: u32,
     ) -> Result<(Vec<ChangeEvent>, u64), StoreError> {
-        let mut tx = self.begin_snapshot().await?;
+        let mut tx = begin_snapshot::<D>(&self.pool).await?;
         let high: i64 = sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM changes")
             .fetch_one(&mut *tx)
             .await?
@@ -466,7 +432,7 @@ impl<D: Dialect> SqlStore<D> {
 fn record_from(r: &AnyRow) -> Result<StoredRecord, StoreError> {
     let body: String = r.get(1);
     let consent = serde_json::from_str(&body)
-        .map_err(|e| StoreError::Corrupt(format!("consent record: {e}")))?;
+        .map_err(|e| StoreError::corrupt(format!("consent record: {e}")))?;
     Ok(StoredRecord {
         consent,
         revision: to_u64(r.get(0)),
@@ -496,7 +462,7 @@ async fn replay(tx: &mut Tx<'_>, write: &Write) -> Result<Option<WriteOutcome>, 
         return Err(StoreError::IdempotencyConflict);
     }
     let mut outcome: WriteOutcome = serde_json::from_str(&row.get::<String, _>(1))
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        .map_err(|e| StoreError::corrupt(e.to_string()))?;
     outcome.replayed = true;
     Ok(Some(outcome))
 }

@@ -1,7 +1,9 @@
 //! The SQL both profile stores share, over `sqlx::Any` with `$N` placeholders; what differs
-//! (connection setup, migrations, how a write transaction begins) is a [`Dialect`].
+//! (connection setup, how a write transaction begins, parameter style) is a [`Dialect`] from
+//! `consentgate-store`.
 
 use super::journal::{Entry, Journal};
+use super::pools::Pools;
 use super::{EventQuery, ProfileStore, StoreError};
 use crate::access_log::entry as access_log;
 use crate::model::{
@@ -9,50 +11,18 @@ use crate::model::{
     EventField, EventFields, EventKind, Holding, Requester, Source, Table, now_micros,
 };
 use consentgate_gate::Decision;
+use consentgate_store::{
+    Dialect, Tx, begin_serialized, begin_write, placeholders, to_i64, to_u64, values,
+};
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, AssertSqlSafe, Row, Transaction};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-type Tx<'c> = Transaction<'c, sqlx::Any>;
-
-/// What differs between the databases.
-#[async_trait::async_trait]
-pub trait Dialect: Send + Sync + 'static {
-    /// Opens the pools and migrates the schema.
-    async fn connect(url: &str) -> Result<Pools, StoreError>;
-    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`, which also holds off every other
-    /// writer until commit).
-    const BEGIN_WRITE: &'static str;
-    /// Run first in the access log's locked append, to hold off other writers' inserts until
-    /// commit (PostgreSQL: a table lock that conflicts with INSERT); `None` when `BEGIN_WRITE`
-    /// already does.
-    const CHAIN_LOCK: Option<&'static str>;
-    /// Whether this process is the database's only writer, so that it can keep subjects'
-    /// zero-party data (attributes, answers) in memory and know exactly when they change (SQLite: the embedded file belongs
-    /// to one service process). PostgreSQL is shared by replicas, whose writes this process
-    /// would not see, so it reads through.
-    const SINGLE_WRITER: bool;
-    /// Whether parameters are numbered (`$1`, PostgreSQL) rather than positional (`?`, SQLite)
-    /// in multi-row INSERTs. sqlx resolves each numbered SQLite parameter by scanning the
-    /// statement's parameter names, which is quadratic in a multi-row INSERT's parameters (a
-    /// 32-row access-log INSERT spent ~10 µs per row there); positional ones bind directly.
-    const NUMBERED_PARAMETERS: bool;
-}
-
-/// The pools a store works through.
-pub struct Pools {
-    /// Profile data, requests, keys.
-    pub main: AnyPool,
-    /// Access-log appends. SQLite gives them a connection of their own, whose page cache then
-    /// stays valid from one append to the next (a connection whose file another connection
-    /// wrote re-reads its pages); PostgreSQL shares the main pool.
-    pub log: AnyPool,
-    /// The database file, where reads are journaled before they are chained (see
-    /// [`super::journal`]): a SQLite file this process owns; `None` for PostgreSQL and in-memory
-    /// databases, where every read's entry is committed to the table directly.
-    pub journal: Option<std::path::PathBuf>,
-}
+/// Conflicts with INSERT, so other replicas' appends wait until this one commits: taken where
+/// `BEGIN` does not already hold off every other writer (PostgreSQL; SQLite's `BEGIN IMMEDIATE`
+/// does).
+const CHAIN_LOCK: &str = "LOCK TABLE access_log IN SHARE ROW EXCLUSIVE MODE";
 
 /// The most access-log rows in one INSERT statement; bigger batches are several statements in
 /// one transaction. With numbered parameters on SQLite, sqlx looked each one up by a scan of the
@@ -120,16 +90,8 @@ pub struct SqlStore<D> {
     dialect: PhantomData<D>,
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("unknown stored {what}"))
+    StoreError::corrupt(format!("unknown stored {what}"))
 }
 
 fn attribute_of(r: &AnyRow) -> Result<Attribute, StoreError> {
@@ -328,34 +290,10 @@ async fn insert_request(
     Ok(())
 }
 
-/// `$first, $first+1, …` for `count` values.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `rows` rows of `columns` parameters for a multi-row INSERT's `VALUES`, numbered or
-/// positional as the dialect binds them best (see [`Dialect::NUMBERED_PARAMETERS`]).
-fn values<D: Dialect>(rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            if D::NUMBERED_PARAMETERS {
-                format!("({})", placeholders(row * columns + 1, columns))
-            } else {
-                format!("({})", vec!["?"; columns].join(", "))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl<D: Dialect> SqlStore<D> {
     /// Connects and migrates.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
-        let pools = D::connect(url).await?;
+        let pools = Pools::open::<D>(url).await?;
         let database = pools.journal.clone();
         let mut store = SqlStore {
             journal: None,
@@ -514,10 +452,7 @@ impl<D: Dialect> SqlStore<D> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut tx = self.log_pool.begin_with(D::BEGIN_WRITE).await?;
-        if let Some(lock) = D::CHAIN_LOCK {
-            sqlx::query(lock).execute(&mut *tx).await?;
-        }
+        let mut tx = begin_serialized::<D>(&self.log_pool, CHAIN_LOCK).await?;
         let (seq, prev) =
             match sqlx::query("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
@@ -597,8 +532,8 @@ impl<D: Dialect> SqlStore<D> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn begin_write(&self) -> Result<Tx<'_>, StoreError> {
-        Ok(self.pool.begin_with(D::BEGIN_WRITE).await?)
+    async fn begin_write(&self) -> Result<Tx<'static>, StoreError> {
+        Ok(begin_write::<D>(&self.pool).await?)
     }
 }
 
@@ -1206,12 +1141,12 @@ fn chain(entries: &[Entry], mut seq: u64, mut prev: String) -> (Vec<AccessRecord
 /// A fresh per-subject key; a store error when the system has no randomness to make one.
 fn new_secret() -> Result<String, StoreError> {
     access_log::new_secret()
-        .map_err(|e| StoreError::Corrupt(format!("no randomness for a key: {e}")))
+        .map_err(|e| StoreError::corrupt(format!("no randomness for a key: {e}")))
 }
 
 /// A journal failure as a store error (no personal data: paths and OS errors only).
 fn journal_error(e: std::io::Error) -> StoreError {
-    StoreError::Corrupt(format!("access journal: {e}"))
+    StoreError::corrupt(format!("access journal: {e}"))
 }
 
 /// One multi-row INSERT of chained records.
