@@ -21,7 +21,7 @@ pub use model::{
     Policy, Purpose, Role, Rules,
 };
 pub use pattern::{Pattern, is_ancestor_or_self, parent_key};
-pub use state::{ConsentType, Record, RecordState, SubjectState};
+pub use state::{CollectionMethod, ConsentType, Record, RecordState, SubjectState};
 pub use subject::SubjectKey;
 
 /// The default policy shipped with consentgate: strict opt-in for everything not essential.

@@ -4,8 +4,10 @@ use crate::pattern::{Pattern, is_ancestor_or_self, parent_key};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The legal basis a purpose relies on in a jurisdiction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The legal basis a purpose relies on in a jurisdiction (recorded on every consent event,
+/// serialized as its policy-file spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LegalBasis {
     /// Opt-in: needs a current `given` record.
     Consent,

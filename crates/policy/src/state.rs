@@ -1,10 +1,13 @@
 //! A subject's consent state as the decision function sees it: current records and signals.
 
 use crate::model::{AgeBand, Channel};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// What a consent event recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a consent event recorded. Stored (and serialized) as its snake_case spelling; an unknown
+/// spelling in a database is an error, never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RecordState {
     /// Consent given.
     Given,
@@ -36,7 +39,8 @@ impl RecordState {
 }
 
 /// How consent was expressed (ISO/IEC TS 27560).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConsentType {
     /// An explicit statement; required for sensitive categories.
     Explicit,
@@ -58,6 +62,51 @@ impl ConsentType {
         Some(match text {
             "explicit" => ConsentType::Explicit,
             "expressed" => ConsentType::Expressed,
+            _ => return None,
+        })
+    }
+}
+
+/// How a consent event or signal was collected (ISO/IEC TS 27560's collection method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectionMethod {
+    /// A preference center the person used.
+    PreferenceCenter,
+    /// A consent banner.
+    Banner,
+    /// A survey or quiz.
+    Survey,
+    /// Another system, over the API.
+    Api,
+    /// A browser's Global Privacy Control signal (a request's GPC flag, first seen on a Check).
+    GpcSignal,
+    /// Imported from another consent platform.
+    Import,
+}
+
+impl CollectionMethod {
+    /// The storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CollectionMethod::PreferenceCenter => "preference_center",
+            CollectionMethod::Banner => "banner",
+            CollectionMethod::Survey => "survey",
+            CollectionMethod::Api => "api",
+            CollectionMethod::GpcSignal => "gpc_signal",
+            CollectionMethod::Import => "import",
+        }
+    }
+
+    /// Parses the storage spelling.
+    pub fn parse(text: &str) -> Option<CollectionMethod> {
+        Some(match text {
+            "preference_center" => CollectionMethod::PreferenceCenter,
+            "banner" => CollectionMethod::Banner,
+            "survey" => CollectionMethod::Survey,
+            "api" => CollectionMethod::Api,
+            "gpc_signal" => CollectionMethod::GpcSignal,
+            "import" => CollectionMethod::Import,
             _ => return None,
         })
     }

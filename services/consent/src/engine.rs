@@ -13,7 +13,8 @@ use crate::model::{
 };
 use crate::store::{ConsentStore, StoreError};
 use consentgate_policy::{
-    AgeBand, CheckInput, Decision, DecisionError, Policy, SubjectState, decide, validate,
+    AgeBand, CheckInput, CollectionMethod, Decision, DecisionError, Policy, SubjectState, decide,
+    validate,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -344,7 +345,7 @@ impl Engine {
                 subject: subject.clone(),
                 kind: "gpc".to_owned(),
                 value: "1".to_owned(),
-                collection_method: "gpc_signal".to_owned(),
+                collection_method: CollectionMethod::GpcSignal,
             },
         };
         let outcome = self.record(write).await?;

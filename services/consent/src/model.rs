@@ -1,6 +1,6 @@
 //! The consent service's domain types: subjects, changes to record, stored records and events.
 
-use consentgate_policy::{Channel, ConsentType, RecordState};
+use consentgate_policy::{Channel, CollectionMethod, ConsentType, LegalBasis, RecordState};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -20,20 +20,20 @@ pub struct NewConsent {
     pub scope: Option<String>,
     /// Optional channel.
     pub channel: Option<String>,
-    /// given / refused / withdrawn.
-    pub state: String,
-    /// explicit / expressed.
-    pub consent_type: String,
-    /// consent / opt_out / contract / essential, in the jurisdiction.
-    pub legal_basis: String,
+    /// Given, refused or withdrawn.
+    pub state: RecordState,
+    /// Explicit or expressed.
+    pub consent_type: ConsentType,
+    /// The purpose's legal basis in the jurisdiction, when it was recorded.
+    pub legal_basis: LegalBasis,
     /// Jurisdiction code.
     pub jurisdiction: String,
     /// The notice the person saw.
     pub notice_id: String,
     /// Its version.
     pub notice_version: String,
-    /// preference_center, banner, survey, api, gpc_signal, import.
-    pub collection_method: String,
+    /// How it was collected.
+    pub collection_method: CollectionMethod,
     /// When it was collected (server time).
     pub collected_at: OffsetDateTime,
     /// When a given consent lapses.
@@ -66,8 +66,8 @@ impl StoredRecord {
             purpose: c.purpose.clone(),
             scope: c.scope.clone(),
             channel: c.channel.as_deref().and_then(Channel::parse),
-            state: RecordState::parse(&c.state).unwrap_or(RecordState::Withdrawn),
-            consent_type: ConsentType::parse(&c.consent_type).unwrap_or(ConsentType::Expressed),
+            state: c.state,
+            consent_type: c.consent_type,
             notice_version: c.notice_version.clone(),
             collected_at: c.collected_at,
             expires_at: c.expires_at,
@@ -88,8 +88,8 @@ pub struct StoredSignal {
     pub revision: u64,
     /// When it was recorded.
     pub recorded_at: OffsetDateTime,
-    /// How it was collected: `api`, `preference_center`, `gpc_signal` (a request's GPC flag)…
-    pub collection_method: String,
+    /// How it was collected (`GpcSignal` for a request's GPC flag).
+    pub collection_method: CollectionMethod,
 }
 
 /// One change to record atomically.
@@ -107,8 +107,8 @@ pub enum Change {
         kind: String,
         /// Its value.
         value: String,
-        /// How it was collected (`gpc_signal` for a GPC flag first seen on a Check).
-        collection_method: String,
+        /// How it was collected (`GpcSignal` for a GPC flag first seen on a Check).
+        collection_method: CollectionMethod,
     },
     /// A device linked to a known subject.
     Link {
@@ -146,10 +146,10 @@ impl Change {
     /// The event kind on the change stream.
     pub fn kind(&self) -> &'static str {
         match self {
-            Change::Consent(c) => match c.state.as_str() {
-                "given" => "grant",
-                "refused" => "refuse",
-                _ => "withdraw",
+            Change::Consent(c) => match c.state {
+                RecordState::Given => "grant",
+                RecordState::Refused => "refuse",
+                RecordState::Withdrawn => "withdraw",
             },
             Change::Signal { .. } => "signal",
             Change::Link { .. } => "link",

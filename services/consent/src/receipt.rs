@@ -36,7 +36,7 @@ pub fn issue(
         "version": "KI-CR-v1.1.0",
         "jurisdiction": consent.jurisdiction,
         "consentTimestamp": consent.collected_at.unix_timestamp(),
-        "collectionMethod": consent.collection_method,
+        "collectionMethod": consent.collection_method.as_str(),
         "consentReceiptID": consent.record_id,
         "publicKey": keys.public_key_b64(),
         "language": language,
@@ -48,7 +48,7 @@ pub fn issue(
             "purposes": [{
                 "purpose": purpose.map(|p| p.description.as_str()).unwrap_or_default(),
                 "purposeCategory": [consent.purpose],
-                "consentType": consent.consent_type.to_uppercase(),
+                "consentType": consent.consent_type.as_str().to_uppercase(),
                 "piiCategory": categories,
                 "primaryPurpose": true,
                 "termination": match consent.expires_at {

@@ -8,6 +8,7 @@ use consentgate_consent::ledger::{self, CHECKPOINT_EVERY, LedgerKeys, VerifyRepo
 use consentgate_consent::model::{Change, LedgerEntry, NewConsent, SubjectKey, Write};
 use consentgate_consent::store::{ConsentStore, PostgresStore, SqliteStore};
 use consentgate_consent::testing::{Backend, POSTGRES_ENV, TestDb, backends};
+use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
 use sqlx::{AnyPool, Connection};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -38,13 +39,13 @@ fn consent(n: u64, subject: SubjectKey, purpose: &str, state: &str) -> NewConsen
         purpose: purpose.to_owned(),
         scope: None,
         channel: None,
-        state: state.to_owned(),
-        consent_type: "explicit".to_owned(),
-        legal_basis: "consent".to_owned(),
+        state: RecordState::parse(state).expect("a record state"),
+        consent_type: ConsentType::Explicit,
+        legal_basis: LegalBasis::Consent,
         jurisdiction: "EU".to_owned(),
         notice_id: "privacy-notice".to_owned(),
         notice_version: "3.0".to_owned(),
-        collection_method: "preference_center".to_owned(),
+        collection_method: CollectionMethod::PreferenceCenter,
         collected_at: OffsetDateTime::now_utc(),
         expires_at: None,
         source_ip: "198.51.100.0".to_owned(),
@@ -67,7 +68,7 @@ fn nth_change(n: u64) -> Change {
             subject: who,
             kind: "gpc".into(),
             value: "1".into(),
-            collection_method: "gpc_signal".into(),
+            collection_method: CollectionMethod::GpcSignal,
         },
         n if n % 17 == 0 => Change::Restrict {
             subject: who,

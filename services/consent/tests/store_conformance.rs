@@ -10,6 +10,7 @@ use consentgate_consent::model::{
 };
 use consentgate_consent::store::{self, ConsentStore, PostgresStore, SqliteStore, StoreError};
 use consentgate_consent::testing::{Backend, TestDb, backends};
+use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
 use ed25519_dalek::Verifier;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
@@ -103,13 +104,13 @@ fn consent(subject: &SubjectKey, purpose: &str, state: &str) -> NewConsent {
         purpose: purpose.to_owned(),
         scope: None,
         channel: None,
-        state: state.to_owned(),
-        consent_type: "explicit".to_owned(),
-        legal_basis: "consent".to_owned(),
+        state: RecordState::parse(state).expect("a record state"),
+        consent_type: ConsentType::Explicit,
+        legal_basis: LegalBasis::Consent,
         jurisdiction: "EU".to_owned(),
         notice_id: "privacy-notice".to_owned(),
         notice_version: "2.1".to_owned(),
-        collection_method: "preference_center".to_owned(),
+        collection_method: CollectionMethod::PreferenceCenter,
         collected_at: OffsetDateTime::now_utc(),
         expires_at: None,
         source_ip: "203.0.113.0".to_owned(),
@@ -149,7 +150,7 @@ fn signal(subject: &SubjectKey, kind: &str, value: &str) -> Change {
         subject: subject.clone(),
         kind: kind.to_owned(),
         value: value.to_owned(),
-        collection_method: "api".to_owned(),
+        collection_method: CollectionMethod::Api,
     }
 }
 
@@ -593,7 +594,7 @@ async fn load_subject_returns_current_records_oldest_first_with_signals_and_flag
         let mut full = consent(&alice, "marketing.communications.sms", "given");
         full.scope = Some("user.contact.phone".into());
         full.channel = Some("sms".into());
-        full.consent_type = "expressed".into();
+        full.consent_type = ConsentType::Expressed;
         full.expires_at = Some(full.collected_at + Duration::days(365));
         full.guardian_ref = Some("guardian-42".into());
         full.receipt = Some(("{}".into(), "a.b.c".into()));
@@ -1843,6 +1844,90 @@ async fn checkpoints_are_signed_every_checkpoint_every_entries() {
             report.broken.map(|(seq, _)| seq),
             Some(every),
             "[{b}] another key rejects the first checkpoint"
+        );
+    }
+}
+
+/// State, consent type, legal basis and collection method are enums end to end: a spelling the
+/// code does not know, found in the database, fails the load as corruption. It is never read as
+/// some other value (an unknown state used to become `withdrawn`, an unknown method `api`).
+#[tokio::test]
+async fn an_unknown_spelling_in_the_database_is_an_error_not_a_guess() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("enum-alice");
+        h.write(grant(&alice, "personalize.content.profiled")).await;
+        h.write(signal(&alice, "gpc", "1")).await;
+        let subject = alice.storage();
+        let loaded = h.load(&alice).await;
+        assert_eq!(loaded.records.len(), 1, "[{b}] the grant loads");
+
+        for (table, from, to) in [
+            (
+                "consent_current",
+                r#""state":"given""#,
+                r#""state":"maybe""#,
+            ),
+            (
+                "consent_current",
+                r#""consent_type":"explicit""#,
+                r#""consent_type":"implied""#,
+            ),
+            (
+                "consent_current",
+                r#""legal_basis":"consent""#,
+                r#""legal_basis":"vibes""#,
+            ),
+            (
+                "consent_current",
+                r#""collection_method":"preference_center""#,
+                r#""collection_method":"carrier_pigeon""#,
+            ),
+        ] {
+            let sql = format!("UPDATE {table} SET body = REPLACE(body, $1, $2) WHERE subject = $3");
+            let changed = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(from)
+                .bind(to)
+                .bind(&subject)
+                .execute(&h.pool)
+                .await
+                .unwrap_or_else(|e| panic!("[{b}] {sql}: {e}"))
+                .rows_affected();
+            assert_eq!(changed, 1, "[{b}] {from} is stored as written");
+            let err = h
+                .store
+                .load_subject(&alice)
+                .await
+                .expect_err("an unknown spelling must not load");
+            assert!(
+                matches!(err, StoreError::Store(consentgate_store::Error::Corrupt(_))),
+                "[{b}] {to}: {err:?}"
+            );
+            // Put it back, so the next field is the only unknown one.
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(to)
+                .bind(from)
+                .bind(&subject)
+                .execute(&h.pool)
+                .await
+                .expect("restore");
+            assert_eq!(h.load(&alice).await.records.len(), 1, "[{b}] restored");
+        }
+
+        sqlx::query("UPDATE signals SET collection_method = 'carrier_pigeon' WHERE subject = $1")
+            .bind(&subject)
+            .execute(&h.pool)
+            .await
+            .expect("corrupt the signal");
+        let err = h
+            .store
+            .load_subject(&alice)
+            .await
+            .expect_err("an unknown signal collection method must not load");
+        assert!(
+            matches!(err, StoreError::Store(consentgate_store::Error::Corrupt(_))),
+            "[{b}] signal: {err:?}"
         );
     }
 }

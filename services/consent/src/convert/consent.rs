@@ -6,7 +6,7 @@ use super::{
 };
 use crate::model::WriteOutcome;
 use crate::service::{ConsentAsk, GrantAsk, Granted, Idempotency, SignalAsk, Target};
-use consentgate_policy::{Channel, NoticeVersion, Policy};
+use consentgate_policy::{Channel, ConsentType, NoticeVersion, Policy};
 use consentgate_proto::consent::v1 as pb;
 use consentgate_runtime::errors::Violations;
 use std::net::IpAddr;
@@ -44,14 +44,15 @@ pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> 
     let target = target(policy, &mut v, r.target.as_ref(), true);
     let jurisdiction = jurisdiction(policy, &mut v, &r.jurisdiction);
     let consent_type = match pb::ConsentType::try_from(r.consent_type) {
-        Ok(pb::ConsentType::Explicit) => "explicit",
-        Ok(pb::ConsentType::Expressed) => "expressed",
+        Ok(pb::ConsentType::Explicit) => ConsentType::Explicit,
+        Ok(pb::ConsentType::Expressed) => ConsentType::Expressed,
         _ => {
             v.add(
                 "consent_type",
                 "required: CONSENT_TYPE_EXPLICIT or CONSENT_TYPE_EXPRESSED",
             );
-            ""
+            // Never recorded: the violation fails the request before anything is built.
+            ConsentType::Expressed
         }
     };
     if r.notice_version.is_empty() {

@@ -36,7 +36,7 @@ pub fn consents_response(view: ConsentsView) -> pb::GetConsentsResponse {
             } as i32,
             recorded_at: Some(timestamp(s.recorded_at)),
             revision: s.revision,
-            collection_method: collection_method_pb(&s.collection_method),
+            collection_method: collection_method_pb(s.collection_method),
             value: s.value,
         })
         .collect();

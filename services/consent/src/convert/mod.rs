@@ -20,6 +20,7 @@ pub use dsr::{
 
 use crate::model::{StoredRecord, SubjectKey};
 use crate::service::Idempotency;
+use consentgate_policy::{CollectionMethod, ConsentType, RecordState};
 use consentgate_proto::common::v1 as common;
 use consentgate_proto::consent::v1 as pb;
 use consentgate_runtime::errors::Violations;
@@ -137,36 +138,37 @@ fn from_timestamp(t: &prost_types::Timestamp) -> Option<OffsetDateTime> {
         .ok()
 }
 
-fn collection_method(m: i32) -> &'static str {
+/// The collection method a request names; unspecified means another system over the API.
+fn collection_method(m: i32) -> CollectionMethod {
     match pb::CollectionMethod::try_from(m).unwrap_or(pb::CollectionMethod::Unspecified) {
-        pb::CollectionMethod::PreferenceCenter => "preference_center",
-        pb::CollectionMethod::Banner => "banner",
-        pb::CollectionMethod::Survey => "survey",
-        pb::CollectionMethod::GpcSignal => "gpc_signal",
-        pb::CollectionMethod::Import => "import",
-        pb::CollectionMethod::Api | pb::CollectionMethod::Unspecified => "api",
+        pb::CollectionMethod::PreferenceCenter => CollectionMethod::PreferenceCenter,
+        pb::CollectionMethod::Banner => CollectionMethod::Banner,
+        pb::CollectionMethod::Survey => CollectionMethod::Survey,
+        pb::CollectionMethod::GpcSignal => CollectionMethod::GpcSignal,
+        pb::CollectionMethod::Import => CollectionMethod::Import,
+        pb::CollectionMethod::Api | pb::CollectionMethod::Unspecified => CollectionMethod::Api,
     }
 }
 
-fn collection_method_pb(m: &str) -> i32 {
+fn collection_method_pb(m: CollectionMethod) -> i32 {
     (match m {
-        "preference_center" => pb::CollectionMethod::PreferenceCenter,
-        "banner" => pb::CollectionMethod::Banner,
-        "survey" => pb::CollectionMethod::Survey,
-        "gpc_signal" => pb::CollectionMethod::GpcSignal,
-        "import" => pb::CollectionMethod::Import,
-        _ => pb::CollectionMethod::Api,
+        CollectionMethod::PreferenceCenter => pb::CollectionMethod::PreferenceCenter,
+        CollectionMethod::Banner => pb::CollectionMethod::Banner,
+        CollectionMethod::Survey => pb::CollectionMethod::Survey,
+        CollectionMethod::GpcSignal => pb::CollectionMethod::GpcSignal,
+        CollectionMethod::Import => pb::CollectionMethod::Import,
+        CollectionMethod::Api => pb::CollectionMethod::Api,
     }) as i32
 }
 
 /// A stored record in its wire form; a grant past its expiry at `now` shows as expired.
 fn record_pb(r: &StoredRecord, now: OffsetDateTime) -> pb::ConsentRecord {
     let c = &r.consent;
-    let state = match c.state.as_str() {
-        "given" if c.expires_at.is_some_and(|e| e <= now) => pb::ConsentState::Expired,
-        "given" => pb::ConsentState::Given,
-        "refused" => pb::ConsentState::Refused,
-        _ => pb::ConsentState::Withdrawn,
+    let state = match c.state {
+        RecordState::Given if c.expires_at.is_some_and(|e| e <= now) => pb::ConsentState::Expired,
+        RecordState::Given => pb::ConsentState::Given,
+        RecordState::Refused => pb::ConsentState::Refused,
+        RecordState::Withdrawn => pb::ConsentState::Withdrawn,
     };
     pb::ConsentRecord {
         record_id: c.record_id.clone(),
@@ -175,16 +177,15 @@ fn record_pb(r: &StoredRecord, now: OffsetDateTime) -> pb::ConsentRecord {
         data_category: c.scope.clone().unwrap_or_default(),
         channel: c.channel.clone().unwrap_or_default(),
         state: state as i32,
-        consent_type: (if c.consent_type == "explicit" {
-            pb::ConsentType::Explicit
-        } else {
-            pb::ConsentType::Expressed
+        consent_type: (match c.consent_type {
+            ConsentType::Explicit => pb::ConsentType::Explicit,
+            ConsentType::Expressed => pb::ConsentType::Expressed,
         }) as i32,
-        legal_basis: c.legal_basis.clone(),
+        legal_basis: c.legal_basis.as_str().to_owned(),
         jurisdiction: c.jurisdiction.clone(),
         notice_id: c.notice_id.clone(),
         notice_version: c.notice_version.clone(),
-        collection_method: collection_method_pb(&c.collection_method),
+        collection_method: collection_method_pb(c.collection_method),
         collected_at: Some(timestamp(c.collected_at)),
         expires_at: c.expires_at.map(timestamp),
         source: Some(pb::ConsentSource {

@@ -4,7 +4,7 @@
 use super::{Idempotency, Service, ServiceError};
 use crate::model::{Change, NewConsent, StoredRecord, SubjectKey, WriteOutcome};
 use crate::receipt;
-use consentgate_policy::LegalBasis;
+use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
 use consentgate_runtime::CallerIdentity;
 use std::net::IpAddr;
 use time::OffsetDateTime;
@@ -33,8 +33,8 @@ pub struct ConsentAsk {
     pub jurisdiction: String,
     /// The notice version the person saw; empty means the purpose's current one.
     pub notice_version: String,
-    /// How it was collected (`api` when unspecified).
-    pub collection_method: &'static str,
+    /// How it was collected (`Api` when unspecified).
+    pub collection_method: CollectionMethod,
     /// The source address, truncated here before anything is stored.
     pub source_ip: Option<IpAddr>,
     /// The user agent as sent; control characters are dropped before it is stored.
@@ -46,8 +46,8 @@ pub struct ConsentAsk {
 pub struct GrantAsk {
     /// The shared parts.
     pub consent: ConsentAsk,
-    /// explicit / expressed.
-    pub consent_type: &'static str,
+    /// Explicit or expressed.
+    pub consent_type: ConsentType,
     /// The receipt's language (a BCP 47 tag).
     pub language: String,
     /// When the person asked the grant to lapse (the policy's retention may cap it sooner).
@@ -77,7 +77,7 @@ pub struct SignalAsk {
     /// The value, already checked for its kind.
     pub value: String,
     /// How it was collected.
-    pub collection_method: &'static str,
+    pub collection_method: CollectionMethod,
 }
 
 impl Service {
@@ -90,7 +90,7 @@ impl Service {
     ) -> Result<Granted, ServiceError> {
         let now = OffsetDateTime::now_utc();
         let (idempotency, mut consent, retention) =
-            self.new_consent(ask.consent, "given", ask.consent_type)?;
+            self.new_consent(ask.consent, RecordState::Given, ask.consent_type)?;
         let cap = (retention > 0).then(|| now + time::Duration::days(i64::from(retention)));
         consent.expires_at = match (ask.expires_at, cap) {
             (Some(e), Some(c)) => Some(e.min(c)),
@@ -121,7 +121,8 @@ impl Service {
         caller: &CallerIdentity,
         ask: ConsentAsk,
     ) -> Result<WriteOutcome, ServiceError> {
-        self.record_expressed(caller, ask, "refused").await
+        self.record_expressed(caller, ask, RecordState::Refused)
+            .await
     }
 
     /// Records a withdrawal (no channel needed: without one it covers every channel).
@@ -130,16 +131,17 @@ impl Service {
         caller: &CallerIdentity,
         ask: ConsentAsk,
     ) -> Result<WriteOutcome, ServiceError> {
-        self.record_expressed(caller, ask, "withdrawn").await
+        self.record_expressed(caller, ask, RecordState::Withdrawn)
+            .await
     }
 
     async fn record_expressed(
         &self,
         caller: &CallerIdentity,
         ask: ConsentAsk,
-        state: &str,
+        state: RecordState,
     ) -> Result<WriteOutcome, ServiceError> {
-        let (idempotency, consent, _) = self.new_consent(ask, state, "expressed")?;
+        let (idempotency, consent, _) = self.new_consent(ask, state, ConsentType::Expressed)?;
         self.record(caller, idempotency, Change::Consent(consent))
             .await
     }
@@ -150,8 +152,8 @@ impl Service {
     fn new_consent(
         &self,
         ask: ConsentAsk,
-        state: &str,
-        consent_type: &str,
+        state: RecordState,
+        consent_type: ConsentType,
     ) -> Result<(Idempotency, NewConsent, u32), ServiceError> {
         let policy = self.policy();
         let target = ask.target;
@@ -176,9 +178,9 @@ impl Service {
             purpose: target.purpose,
             scope: target.scope,
             channel: target.channel,
-            state: state.to_owned(),
-            consent_type: consent_type.to_owned(),
-            legal_basis: basis.as_str().to_owned(),
+            state,
+            consent_type,
+            legal_basis: basis,
             jurisdiction: ask.jurisdiction,
             notice_id: purpose.notice_id.clone(),
             notice_version: if ask.notice_version.is_empty() {
@@ -186,7 +188,7 @@ impl Service {
             } else {
                 ask.notice_version
             },
-            collection_method: ask.collection_method.to_owned(),
+            collection_method: ask.collection_method,
             collected_at: OffsetDateTime::now_utc(),
             expires_at: None,
             source_ip: ask.source_ip.map(truncate_ip).unwrap_or_default(),
@@ -207,7 +209,7 @@ impl Service {
             subject: ask.subject,
             kind: ask.kind.to_owned(),
             value: ask.value,
-            collection_method: ask.collection_method.to_owned(),
+            collection_method: ask.collection_method,
         };
         let outcome = self.record(caller, ask.idempotency, change).await?;
         Ok(outcome.revision)

@@ -189,6 +189,7 @@ fn latest_signals(signals: Vec<StoredSignal>) -> Vec<StoredSignal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use consentgate_policy::CollectionMethod;
 
     fn signal(kind: &str, value: &str, revision: u64) -> StoredSignal {
         StoredSignal {
@@ -196,7 +197,7 @@ mod tests {
             value: value.to_owned(),
             revision,
             recorded_at: OffsetDateTime::UNIX_EPOCH,
-            collection_method: "api".to_owned(),
+            collection_method: CollectionMethod::Api,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::model::{
     SubjectKey, SubjectRows, Write, WriteOutcome,
 };
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
+use consentgate_policy::CollectionMethod;
 use consentgate_store::{Dialect, Tx, begin_serialized, begin_snapshot, to_i64, to_u64};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
@@ -28,6 +29,16 @@ pub struct SqlStore<D> {
     /// Serializes writers in this process, so they never contend for the database's write lock.
     write_lock: tokio::sync::Mutex<()>,
     dialect: PhantomData<D>,
+}
+
+/// A stored collection method; an unknown spelling is corruption, never a guess.
+fn collection_method(text: &str) -> Result<CollectionMethod, StoreError> {
+    CollectionMethod::parse(text).ok_or_else(|| {
+        StoreError::corrupt(format!(
+            "unknown collection method {:?}",
+            text.chars().take(32).collect::<String>()
+        ))
+    })
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -151,7 +162,7 @@ impl<D: Dialect> SqlStore<D> {
                 ..
             } => {
                 sqlx::query("INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now)).bind(collection_method)
+                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now)).bind(collection_method.as_str())
                     .execute(&mut *tx).await?;
                 bump(&mut tx, &subject_s, rev, None).await?;
             }
@@ -306,7 +317,7 @@ impl<D: Dialect> SqlStore<D> {
                 }
             }
             for r in sqlx::query("SELECT revision, kind, value, recorded_at, collection_method FROM signals WHERE subject = $1 ORDER BY revision").bind(&m).fetch_all(&mut *tx).await? {
-                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))?, collection_method: r.get(4) });
+                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))?, collection_method: collection_method(&r.get::<String, _>(4))? });
             }
         }
         rows.signals.sort_by_key(|s| s.revision);
