@@ -204,3 +204,95 @@ fn tier_pb(t: Tier) -> pb::Tier {
         Tier::Popular => pb::Tier::Popular,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consentgate_proto::common::v1::{SubjectRef, subject_ref};
+    use tonic::Code;
+
+    fn subject(id: &str) -> Option<SubjectRef> {
+        Some(SubjectRef {
+            id: Some(subject_ref::Id::SubjectId(id.to_owned())),
+        })
+    }
+
+    #[test]
+    fn a_bad_count_is_answered_alone() {
+        let e = recommend(pb::RecommendRequest {
+            n: 101,
+            subject: subject(""),
+            at_least_as_fresh: "x".into(),
+            ..Default::default()
+        })
+        .expect_err("n is over the limit");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(e.message(), "n: at most 100 items");
+    }
+
+    #[test]
+    fn every_other_bad_field_is_named_at_once() {
+        let e = recommend(pb::RecommendRequest {
+            n: 100,
+            subject: subject(""),
+            context: Some(pb::RecommendContext {
+                device: "d".repeat(257),
+                session_item_ids: vec![String::new(); 101],
+                ..Default::default()
+            }),
+            at_least_as_fresh: "x".into(),
+        })
+        .expect_err("several fields are bad");
+        assert_eq!(
+            e.message(),
+            "subject: subject_id or device_id must not be empty; \
+             context.device: must be at most 256 bytes; \
+             at_least_as_fresh: must be a revision returned by a consent write (a decimal number); \
+             context.session_item_ids: at most 100 items"
+        );
+    }
+
+    #[test]
+    fn an_anonymous_request_with_no_count_asks_for_ten() {
+        let ask = recommend(pb::RecommendRequest {
+            context: Some(pb::RecommendContext {
+                weather: " Rainy ".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(ask.n, 10);
+        assert!(ask.subject.is_none());
+        assert_eq!(ask.moment.weather, "rainy");
+    }
+
+    #[test]
+    fn an_outcome_names_every_bad_field() {
+        let e = record_outcome(pb::RecordOutcomeRequest {
+            recommendation_id: "nope".into(),
+            kind: pb::OutcomeKind::Unspecified as i32,
+            value_minor: -1,
+        })
+        .expect_err("all three are bad");
+        assert_eq!(
+            e.message(),
+            "recommendation_id: not a recommendation id from Recommend; \
+             kind: an outcome kind is required; value_minor: must not be negative"
+        );
+    }
+
+    #[test]
+    fn unlearn_needs_a_subject() {
+        let e = unlearn(&pb::UnlearnRequest { subject: None }).expect_err("no subject");
+        assert_eq!(
+            e.message(),
+            "subject: a subject_id or device_id is required"
+        );
+        let key = unlearn(&pb::UnlearnRequest {
+            subject: subject("ann"),
+        })
+        .expect("a subject");
+        assert_eq!(key, "s:ann");
+    }
+}

@@ -146,3 +146,41 @@ impl Recommender {
         counts
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_keeps_the_code_reason_and_message_callers_branch_on() {
+        let cases = [
+            (
+                ServiceError::ProfileUnavailable(Code::DeadlineExceeded),
+                Code::Unavailable,
+                "PROFILE_UNAVAILABLE",
+                "the profile service could not answer: DeadlineExceeded",
+            ),
+            (
+                ServiceError::StoreUnavailable,
+                Code::Unavailable,
+                "STORE_UNAVAILABLE",
+                "the recommendation store failed",
+            ),
+            (
+                ServiceError::RecommendationNotFound,
+                Code::NotFound,
+                "RECOMMENDATION_NOT_FOUND",
+                "no recommendation has this id",
+            ),
+        ];
+        for (error, code, reason, message) in cases {
+            assert_eq!((error.code(), error.reason()), (code, reason));
+            let status = tonic::Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+            assert_eq!(
+                consentgate_runtime::errors::reason_of(&status).as_deref(),
+                Some(reason)
+            );
+        }
+    }
+}
