@@ -539,7 +539,7 @@ pub fn get_profile(who: &str, purpose: &str) -> profile_pb::GetProfileRequest {
 // ------------------------------------------------------------------ the recommendation service
 
 use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
-use consentgate_recommendation::grpc::Recommender;
+use consentgate_recommendation::service::Recommender;
 
 /// A recommendation-service client with a bearer token.
 pub type RecommendationClient =

@@ -3,8 +3,9 @@
 
 use crate::authz;
 use crate::catalog::Catalog;
-use crate::grpc::{RecommendationApi, Recommender};
+use crate::grpc::RecommendationApi;
 use crate::profile_reader::ProfileReader;
+use crate::service::Recommender;
 use crate::store::RecommendationStore;
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
@@ -50,7 +51,7 @@ pub struct RecommendationConfig {
 }
 
 /// Opens the store, builds the recommender, starts following consent changes and sweeping lapsed
-/// training consents (every [`crate::grpc::TRAINING_SWEEP`]; see
+/// training consents (every [`crate::service::TRAINING_SWEEP`]; see
 /// [`Recommender::set_training_sweep`]).
 pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, StartError> {
     let store = RecommendationStore::open(&config.database_url).await?;
