@@ -246,6 +246,29 @@ fn load_tokens(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(map.into_iter().collect())
 }
 
+/// What every `serve` subcommand does first: telemetry under the service's name, the policy, and
+/// the authenticator built from the policy's callers and the tokens file.
+fn serving(
+    service: &str,
+    log_json: bool,
+    policy: Option<&Path>,
+    tokens_file: &Path,
+) -> anyhow::Result<(Arc<Policy>, Authenticator)> {
+    consentgate_runtime::telemetry::init(service, log_json);
+    let policy = load_policy(policy)?;
+    let auth = Authenticator::from_policy(&policy, &load_tokens(tokens_file)?)?;
+    Ok((policy, auth))
+}
+
+/// Binds a service's listener and says where it listens.
+async fn listen(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "{service} listening");
+    Ok(listener)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -297,18 +320,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             service: Service::Consent(args),
         } => {
-            consentgate_runtime::telemetry::init("consentgate-consent", cli.log_json);
-            let policy = load_policy(args.policy.as_deref())?;
-            let tokens = load_tokens(&args.tokens_file)?;
+            let (policy, auth) = serving(
+                "consentgate-consent",
+                cli.log_json,
+                args.policy.as_deref(),
+                &args.tokens_file,
+            )?;
             let keys = Arc::new(LedgerKeys::load_or_create(&args.key_file)?);
-            let auth = Authenticator::from_policy(&policy, &tokens)?;
             let engine =
                 consent_server::open_engine(policy, &args.database_url, keys, args.cache_capacity)
                     .await?;
-            let listener = tokio::net::TcpListener::bind(&args.listen)
-                .await
-                .with_context(|| format!("binding {}", args.listen))?;
-            tracing::info!(address = %listener.local_addr()?, "consent service listening");
+            let listener = listen(&args.listen, "consent service").await?;
             consent_server::serve(
                 engine,
                 auth,
@@ -321,10 +343,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             service: Service::Profile(args),
         } => {
-            consentgate_runtime::telemetry::init("consentgate-profile", cli.log_json);
-            let policy = load_policy(args.policy.as_deref())?;
-            let tokens = load_tokens(&args.tokens_file)?;
-            let auth = Authenticator::from_policy(&policy, &tokens)?;
+            let (policy, auth) = serving(
+                "consentgate-profile",
+                cli.log_json,
+                args.policy.as_deref(),
+                &args.tokens_file,
+            )?;
             let mut gate = GateConfig::new(args.consent_url, args.consent_token);
             gate.lease = std::time::Duration::from_millis(args.lease_ms);
             gate.cache_capacity = args.decision_cache;
@@ -337,10 +361,7 @@ async fn main() -> anyhow::Result<()> {
                 recommendation_url: args.recommendation_url.clone(),
             })
             .await?;
-            let listener = tokio::net::TcpListener::bind(&args.listen)
-                .await
-                .with_context(|| format!("binding {}", args.listen))?;
-            tracing::info!(address = %listener.local_addr()?, "profile service listening");
+            let listener = listen(&args.listen, "profile service").await?;
             profile_server::serve(
                 profile,
                 auth,
@@ -353,10 +374,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             service: Service::Recommendation(args),
         } => {
-            consentgate_runtime::telemetry::init("consentgate-recommendation", cli.log_json);
-            let policy = load_policy(args.policy.as_deref())?;
-            let tokens = load_tokens(&args.tokens_file)?;
-            let auth = Authenticator::from_policy(&policy, &tokens)?;
+            let (_, auth) = serving(
+                "consentgate-recommendation",
+                cli.log_json,
+                args.policy.as_deref(),
+                &args.tokens_file,
+            )?;
             let catalog = match &args.catalog {
                 Some(path) => Catalog::from_jsonl(
                     &std::fs::read_to_string(path)
@@ -374,10 +397,7 @@ async fn main() -> anyhow::Result<()> {
                 database_url: args.database_url,
             })
             .await?;
-            let listener = tokio::net::TcpListener::bind(&args.listen)
-                .await
-                .with_context(|| format!("binding {}", args.listen))?;
-            tracing::info!(address = %listener.local_addr()?, "recommendation service listening");
+            let listener = listen(&args.listen, "recommendation service").await?;
             recommendation_server::serve(
                 recommender,
                 auth,
@@ -427,11 +447,6 @@ async fn main() -> anyhow::Result<()> {
                 .keys()
                 .map(|name| (name.clone(), format!("dev-{name}")))
                 .collect();
-            let bind = |address: String| async move {
-                tokio::net::TcpListener::bind(&address)
-                    .await
-                    .with_context(|| format!("binding {address}"))
-            };
             let suite = suite::start(SuiteConfig {
                 policy: policy.clone(),
                 tokens: tokens.clone(),
@@ -440,16 +455,17 @@ async fn main() -> anyhow::Result<()> {
                     keys,
                     cache_capacity: 100_000,
                 },
-                consent_listener: bind(consent_listen.clone()).await?,
+                consent_listener: listen(&consent_listen, "consent service").await?,
                 profile_database_url: format!("sqlite://{}", data_dir.join("profile.db").display()),
-                profile_listener: bind(profile_listen.clone()).await?,
+                profile_listener: listen(&profile_listen, "profile service").await?,
                 profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
                 retention_every: std::time::Duration::from_secs(3600),
                 recommendation_database_url: format!(
                     "sqlite://{}",
                     data_dir.join("recommendation.db").display()
                 ),
-                recommendation_listener: bind(recommendation_listen.clone()).await?,
+                recommendation_listener: listen(&recommendation_listen, "recommendation service")
+                    .await?,
                 catalog: Catalog::demo(5000),
             })
             .await?;

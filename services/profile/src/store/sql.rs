@@ -291,6 +291,17 @@ async fn insert_request(
 }
 
 impl<D: Dialect> SqlStore<D> {
+    /// The pseudonym a subject's access-log entries and requests are filed under, from its stored
+    /// key (`None`: no key, so nothing was ever filed, or it was erased).
+    async fn pseudonym_of(&self, decision: &Decision) -> Result<Option<String>, StoreError> {
+        let subject_key = decision.subject_key();
+        let row = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+            .bind(subject_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| access_log::pseudonym(&row.get::<String, _>(0), subject_key)))
+    }
+
     /// Connects and migrates.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pools = Pools::open::<D>(url).await?;
@@ -993,15 +1004,9 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
     }
     async fn access_entries(&self, decision: &Decision) -> Result<Vec<AccessRecord>, StoreError> {
         self.flush_access().await?;
-        let subject_key = decision.subject_key();
-        let Some(row) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
-            .bind(subject_key)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
+        let Some(pseudonym) = self.pseudonym_of(decision).await? else {
             return Ok(Vec::new());
         };
-        let pseudonym = access_log::pseudonym(&row.get::<String, _>(0), subject_key);
         Ok(sqlx::query(AssertSqlSafe(format!(
             "SELECT {ACCESS_COLUMNS} FROM access_log WHERE pseudonym = $1 ORDER BY seq"
         )))
@@ -1091,15 +1096,9 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
     }
 
     async fn subject_requests(&self, decision: &Decision) -> Result<Vec<DsarRequest>, StoreError> {
-        let subject_key = decision.subject_key();
-        let Some(row) = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
-            .bind(subject_key)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
+        let Some(pseudonym) = self.pseudonym_of(decision).await? else {
             return Ok(Vec::new());
         };
-        let pseudonym = access_log::pseudonym(&row.get::<String, _>(0), subject_key);
         Ok(sqlx::query(AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM dsar_requests WHERE pseudonym = $1 ORDER BY requested_at, request_id"
         )))
