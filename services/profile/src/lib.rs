@@ -4,11 +4,11 @@
 
 pub mod access_log;
 pub mod authz;
+pub mod convert;
 pub mod grpc;
 pub mod model;
-mod reads;
 pub mod retention;
-pub mod rights;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod withdrawals;
