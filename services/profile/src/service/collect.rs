@@ -120,7 +120,7 @@ fn verdict(decision: &Decision, category: &str) -> Verdict {
 /// stores that write one decision's items at a time. A call's answers or events share its
 /// purpose, so this is one group; grouping anyway means no item is ever stored under another
 /// item's decision.
-fn by_decision<'a, T>(accepted: Vec<(&'a Decision, T)>) -> Vec<(&'a Decision, Vec<T>)> {
+fn by_decision<T>(accepted: Vec<(&Decision, T)>) -> Vec<(&Decision, Vec<T>)> {
     let mut groups: Vec<(&Decision, Vec<T>)> = Vec::new();
     for (decision, item) in accepted {
         match groups.iter_mut().find(|(d, _)| std::ptr::eq(*d, decision)) {
@@ -143,11 +143,11 @@ impl Collectable for Attribute {
     /// The store sets an attribute's times (an update keeps its first collection time).
     fn stamp(&mut self, _now: i64) {}
 
-    fn put<'a>(
-        store: &'a dyn ProfileStore,
-        accepted: Vec<(&'a Decision, Self)>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
-        async move { store.put_attributes(&accepted).await }
+    async fn put(
+        store: &dyn ProfileStore,
+        accepted: Vec<(&Decision, Self)>,
+    ) -> Result<(), StoreError> {
+        store.put_attributes(&accepted).await
     }
 }
 
@@ -165,16 +165,14 @@ impl Collectable for Answer {
         self.collected_at = now;
     }
 
-    fn put<'a>(
-        store: &'a dyn ProfileStore,
-        accepted: Vec<(&'a Decision, Self)>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
-        async move {
-            for (decision, answers) in by_decision(accepted) {
-                store.put_answers(decision, &answers).await?;
-            }
-            Ok(())
+    async fn put(
+        store: &dyn ProfileStore,
+        accepted: Vec<(&Decision, Self)>,
+    ) -> Result<(), StoreError> {
+        for (decision, answers) in by_decision(accepted) {
+            store.put_answers(decision, &answers).await?;
         }
+        Ok(())
     }
 }
 
@@ -192,15 +190,13 @@ impl Collectable for Event {
         self.event_id = uuid::Uuid::now_v7().to_string();
     }
 
-    fn put<'a>(
-        store: &'a dyn ProfileStore,
-        accepted: Vec<(&'a Decision, Self)>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
-        async move {
-            for (decision, events) in by_decision(accepted) {
-                store.put_events(decision, &events).await?;
-            }
-            Ok(())
+    async fn put(
+        store: &dyn ProfileStore,
+        accepted: Vec<(&Decision, Self)>,
+    ) -> Result<(), StoreError> {
+        for (decision, events) in by_decision(accepted) {
+            store.put_events(decision, &events).await?;
         }
+        Ok(())
     }
 }
