@@ -31,12 +31,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let caller = CallerIdentity::of(&request)?;
         let ask = convert::set_attributes(&self.service.policy, request.into_inner())?;
         let verdicts = self.service.collect(&caller, ask).await?;
-        let (results, accepted, rejected) = convert::item_results(verdicts);
-        Ok(Response::new(pb::SetAttributesResponse {
-            results,
-            accepted,
-            rejected,
-        }))
+        Ok(Response::new(convert::collect_response(verdicts)))
     }
 
     async fn submit_answers(
@@ -46,12 +41,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let caller = CallerIdentity::of(&request)?;
         let ask = convert::submit_answers(&self.service.policy, request.into_inner())?;
         let verdicts = self.service.collect(&caller, ask).await?;
-        let (results, accepted, rejected) = convert::item_results(verdicts);
-        Ok(Response::new(pb::SubmitAnswersResponse {
-            results,
-            accepted,
-            rejected,
-        }))
+        Ok(Response::new(convert::collect_response(verdicts)))
     }
 
     async fn record_events(
@@ -61,12 +51,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         let caller = CallerIdentity::of(&request)?;
         let ask = convert::record_events(&self.service.policy, request.into_inner())?;
         let verdicts = self.service.collect(&caller, ask).await?;
-        let (results, accepted, rejected) = convert::item_results(verdicts);
-        Ok(Response::new(pb::RecordEventsResponse {
-            results,
-            accepted,
-            rejected,
-        }))
+        Ok(Response::new(convert::collect_response(verdicts)))
     }
 
     async fn get_profile(

@@ -220,8 +220,31 @@ pub fn record_events(
     })
 }
 
-/// Per-item results of a gated write, with the accepted and rejected counts.
-pub fn item_results(verdicts: Vec<Verdict>) -> (Vec<pb::ItemResult>, u32, u32) {
+/// The answer of a collection call: SetAttributes, SubmitAnswers and RecordEvents answer alike,
+/// a result per item and the counts.
+pub trait CollectResponse {
+    /// The answer from its parts.
+    fn of(results: Vec<pb::ItemResult>, accepted: u32, rejected: u32) -> Self;
+}
+
+macro_rules! collect_response {
+    ($($response:ty),*) => {$(
+        impl CollectResponse for $response {
+            fn of(results: Vec<pb::ItemResult>, accepted: u32, rejected: u32) -> Self {
+                Self { results, accepted, rejected }
+            }
+        }
+    )*};
+}
+
+collect_response!(
+    pb::SetAttributesResponse,
+    pb::SubmitAnswersResponse,
+    pb::RecordEventsResponse
+);
+
+/// A collection call's answer from the per-item verdicts, in the caller's order.
+pub fn collect_response<R: CollectResponse>(verdicts: Vec<Verdict>) -> R {
     let total = u32::try_from(verdicts.len()).unwrap_or(u32::MAX);
     let mut accepted = 0;
     let mut results = Vec::with_capacity(verdicts.len());
@@ -238,7 +261,7 @@ pub fn item_results(verdicts: Vec<Verdict>) -> (Vec<pb::ItemResult>, u32, u32) {
             detail,
         });
     }
-    (results, accepted, total - accepted)
+    R::of(results, accepted, total - accepted)
 }
 
 /// An event kind from the wire (`None` when unspecified).

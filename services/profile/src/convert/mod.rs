@@ -12,7 +12,8 @@ mod read;
 mod rights;
 
 pub use collect::{
-    MAX_EVENTS, MAX_ITEMS, item_results, record_events, set_attributes, submit_answers,
+    CollectResponse, MAX_EVENTS, MAX_ITEMS, collect_response, record_events, set_attributes,
+    submit_answers,
 };
 pub use read::{
     get_answers, get_answers_response, get_profile, get_profile_response, list_events,

@@ -74,28 +74,32 @@ fn named_categories(
         .collect()
 }
 
-/// Event kinds from the wire; an unknown one is a violation at `field[i]`.
-fn event_kinds(v: &mut Violations, field: &str, kinds: &[i32]) -> Vec<EventKind> {
+/// Kinds from the wire; an unknown one is a violation at `field[i]` (`what` names the kind).
+fn kinds<W: TryFrom<i32>, K>(
+    v: &mut Violations,
+    field: &str,
+    kinds: &[i32],
+    of: fn(W) -> Option<K>,
+    what: &str,
+) -> Vec<K> {
     let mut out = Vec::new();
     for (i, k) in kinds.iter().enumerate() {
-        match pb::EventKind::try_from(*k).ok().and_then(event_kind_of) {
+        match W::try_from(*k).ok().and_then(of) {
             Some(kind) => out.push(kind),
-            None => v.add(format!("{field}[{i}]"), "unknown event kind"),
+            None => v.add(format!("{field}[{i}]"), format!("unknown {what} kind")),
         }
     }
     out
 }
 
+/// Event kinds from the wire; an unknown one is a violation at `field[i]`.
+fn event_kinds(v: &mut Violations, field: &str, wire: &[i32]) -> Vec<EventKind> {
+    kinds(v, field, wire, event_kind_of, "event")
+}
+
 /// Answer kinds from the wire; an unknown one is a violation at `field[i]`.
-fn answer_kinds(v: &mut Violations, field: &str, kinds: &[i32]) -> Vec<AnswerKind> {
-    let mut out = Vec::new();
-    for (i, k) in kinds.iter().enumerate() {
-        match pb::AnswerKind::try_from(*k).ok().and_then(answer_kind_of) {
-            Some(kind) => out.push(kind),
-            None => v.add(format!("{field}[{i}]"), "unknown answer kind"),
-        }
-    }
-    out
+fn answer_kinds(v: &mut Violations, field: &str, wire: &[i32]) -> Vec<AnswerKind> {
+    kinds(v, field, wire, answer_kind_of, "answer")
 }
 
 /// The event fields a read mask names (empty mask: every field); an unknown path is a violation

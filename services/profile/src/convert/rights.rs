@@ -5,10 +5,10 @@
 use super::read::attribute_pb;
 use super::{check_subject, timestamp};
 use crate::access_log::Verification;
-use crate::model::Attribute;
+use crate::model::{Attribute, DsarRequest};
 use crate::service::{
-    AccessEntry, AccessReport, Credentials, EraseAsk, Erasure, Export, Outcome, Rectification,
-    RectifyAsk, RequestReport, ServiceError,
+    AccessEntry, AccessReport, Credentials, EraseAsk, Erasure, ErasureDetail, Export, Outcome,
+    Rectification, RectifyAsk, RequestReport, ServiceError,
 };
 use consentgate_proto::common::v1::SubjectRef;
 use consentgate_proto::profile::v1 as pb;
@@ -160,20 +160,39 @@ pub fn rectify_response(
 
 /// An erasure's status as EraseSubject and GetErasureStatus show it.
 pub fn erasure_response(erasure: Erasure) -> pb::ErasureStatus {
-    let request = erasure.request;
+    erasure_pb(&erasure.request, erasure.detail)
+}
+
+/// Whether a request is done, and when it was asked and done, as both status messages say it.
+struct Times {
+    completed: bool,
+    requested_at: Option<prost_types::Timestamp>,
+    completed_at: Option<prost_types::Timestamp>,
+}
+
+fn times(request: &DsarRequest) -> Times {
+    Times {
+        completed: request.state == "completed",
+        requested_at: Some(timestamp(request.requested_at)),
+        completed_at: (request.completed_at > 0).then(|| timestamp(request.completed_at)),
+    }
+}
+
+fn erasure_pb(request: &DsarRequest, detail: ErasureDetail) -> pb::ErasureStatus {
+    let t = times(request);
     pb::ErasureStatus {
-        state: if request.state == "completed" {
+        request_id: request.request_id.clone(),
+        state: if t.completed {
             pb::ErasureState::Completed
         } else {
             pb::ErasureState::InProgress
         } as i32,
-        requested_at: Some(timestamp(request.requested_at)),
-        completed_at: (request.completed_at > 0).then(|| timestamp(request.completed_at)),
-        request_id: request.request_id,
-        profile_rows_deleted: erasure.detail.profile_rows_deleted,
-        consent_records_deleted: erasure.detail.consent_records_deleted,
-        consent_revision: erasure.detail.consent_revision,
-        steps: erasure.detail.steps,
+        requested_at: t.requested_at,
+        completed_at: t.completed_at,
+        profile_rows_deleted: detail.profile_rows_deleted,
+        consent_records_deleted: detail.consent_records_deleted,
+        consent_revision: detail.consent_revision,
+        steps: detail.steps,
     }
 }
 
@@ -184,10 +203,7 @@ pub fn request_status_response(report: RequestReport) -> pb::RequestStatus {
     let (kind, outcome) = match report.outcome {
         Outcome::Erasure(detail) => (
             pb::RequestKind::Erasure,
-            Some(Wire::Erasure(erasure_response(Erasure {
-                request: request.clone(),
-                detail,
-            }))),
+            Some(Wire::Erasure(erasure_pb(&request, detail))),
         ),
         Outcome::Export { items_exported } => (
             pb::RequestKind::Export,
@@ -203,15 +219,16 @@ pub fn request_status_response(report: RequestReport) -> pb::RequestStatus {
         ),
         Outcome::Unknown => (pb::RequestKind::Unspecified, None),
     };
+    let t = times(&request);
     pb::RequestStatus {
         kind: kind as i32,
-        state: if request.state == "completed" {
+        state: if t.completed {
             pb::RequestState::Completed
         } else {
             pb::RequestState::InProgress
         } as i32,
-        requested_at: Some(timestamp(request.requested_at)),
-        completed_at: (request.completed_at > 0).then(|| timestamp(request.completed_at)),
+        requested_at: t.requested_at,
+        completed_at: t.completed_at,
         request_id: request.request_id,
         requested_by: request.requested_by,
         summary: report.summary,

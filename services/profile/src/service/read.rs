@@ -354,22 +354,24 @@ impl Service {
 
 /// The categories of events of `kinds` (empty: every kind), sorted.
 fn event_categories(kinds: &[EventKind]) -> Vec<String> {
-    let mut categories: Vec<String> = EventKind::ALL
-        .iter()
-        .filter(|k| kinds.is_empty() || kinds.contains(k))
-        .map(|k| k.category().to_owned())
-        .collect();
-    categories.sort();
-    categories.dedup();
-    categories
+    categories_of(&EventKind::ALL, kinds, EventKind::category)
 }
 
 /// The categories of answers of `kinds` (empty: every kind), sorted.
 fn answer_categories(kinds: &[AnswerKind]) -> Vec<String> {
-    let mut categories: Vec<String> = AnswerKind::ALL
+    categories_of(&AnswerKind::ALL, kinds, AnswerKind::category)
+}
+
+/// The distinct categories of the kinds of `all` in `asked` (empty: every kind), sorted.
+fn categories_of<K: Copy + PartialEq>(
+    all: &[K],
+    asked: &[K],
+    category: fn(K) -> &'static str,
+) -> Vec<String> {
+    let mut categories: Vec<String> = all
         .iter()
-        .filter(|k| kinds.is_empty() || kinds.contains(k))
-        .map(|k| k.category().to_owned())
+        .filter(|k| asked.is_empty() || asked.contains(k))
+        .map(|k| category(*k).to_owned())
         .collect();
     categories.sort();
     categories.dedup();
