@@ -97,8 +97,10 @@ pub enum ServiceError {
     /// A read could not be recorded in the access log, so its data is not returned.
     #[error("the read could not be recorded, so nothing is returned: {0}")]
     AccessLogUnavailable(String),
-    /// The request carried no credentials to forward to the consent service.
-    #[error("no credentials")]
+    /// The request carried no credentials to forward to the consent service. Answered as the
+    /// auth layer answers a request without them (`MISSING_CREDENTIALS`), not with a reason of
+    /// its own: one situation, one reason code.
+    #[error("missing `authorization: Bearer <token>` metadata")]
     NoCredentials,
     /// Rectification named an attribute the subject does not have.
     #[error("the subject has no attribute with this name")]
@@ -138,7 +140,7 @@ impl ErrorCode for ServiceError {
             ServiceError::StoreUnavailable => "STORE_UNAVAILABLE",
             ServiceError::GateViolation => "GATE_VIOLATION",
             ServiceError::AccessLogUnavailable(_) => "ACCESS_LOG_UNAVAILABLE",
-            ServiceError::NoCredentials => "UNAUTHENTICATED",
+            ServiceError::NoCredentials => "MISSING_CREDENTIALS",
             ServiceError::AttributeNotFound => "ATTRIBUTE_NOT_FOUND",
             ServiceError::ErasureNotFound | ServiceError::RequestNotFound => "REQUEST_NOT_FOUND",
         }
