@@ -3,7 +3,8 @@
 
 use crate::access_log::AccessLog;
 use crate::authz;
-use crate::grpc::{ProfileApi, Shared};
+use crate::grpc::ProfileApi;
+use crate::service::Service;
 use crate::store::{self, ProfileStore, StoreError};
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_policy::Policy;
@@ -50,8 +51,8 @@ pub struct ProfileConfig {
 
 /// A running profile service's parts, opened and ready to serve.
 pub struct Profile {
-    /// Shared state of the handlers.
-    pub shared: Arc<Shared>,
+    /// The service the handlers call.
+    pub shared: Arc<Service>,
 }
 
 impl Profile {
@@ -80,7 +81,7 @@ impl Profile {
         let log = AccessLog::start(store.clone());
         crate::retention::spawn(store.clone(), config.policy.clone(), config.retention_every);
         Ok(Profile {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Service {
                 all_categories: config.policy.categories.keys().cloned().collect(),
                 policy: config.policy,
                 store,

@@ -1,0 +1,263 @@
+//! Acting on a data-subject request: RectifyAttribute, EraseSubject (with its cascade to the
+//! consent and recommendation services), and the status of any request by its id.
+
+use super::report::rectification;
+use super::{
+    Credentials, EraseAsk, Erasure, Outcome, RectifyAsk, RequestReport, forwarded, key_of, when,
+};
+use crate::access_log::{self, Verification};
+use crate::model::{Attribute, DsarRequest, Requester, now_micros};
+use crate::service::{Service, ServiceError};
+use consentgate_policy::Policy;
+use consentgate_proto::consent::v1 as consent_pb;
+use consentgate_runtime::CallerIdentity;
+
+impl Service {
+    /// `RectifyAttribute`: corrects a value; the corrected attribute and the request's id.
+    pub async fn rectify(
+        &self,
+        caller: &CallerIdentity,
+        ask: RectifyAsk,
+    ) -> Result<(Attribute, String), ServiceError> {
+        let decision = self.dsar_decision(caller, &ask.subject).await?;
+        let requester = Requester {
+            caller: caller.name.clone(),
+            note: ask.reason,
+        };
+        // The correction and its request are one transaction; the request names the attribute and
+        // its category, never a value (nor does anything logged here).
+        let (attribute, record) = self
+            .store
+            .rectify(&decision, &ask.name, &ask.value, &requester)
+            .await?
+            .ok_or(ServiceError::AttributeNotFound)?;
+        Ok((attribute, record.request_id))
+    }
+}
+
+/// The stored details of an erasure.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ErasureDetail {
+    /// Profile rows deleted, over every sweep.
+    pub profile_rows_deleted: u64,
+    /// Consent records the consent service deleted.
+    pub consent_records_deleted: u64,
+    /// The consent service's revision after the erasure.
+    pub consent_revision: u64,
+    /// What was done, step by step, in words.
+    pub steps: Vec<String>,
+}
+
+impl Erasure {
+    /// An erasure request with its stored details.
+    fn of(request: DsarRequest) -> Erasure {
+        let detail = serde_json::from_str(&request.detail).unwrap_or_default();
+        Erasure { request, detail }
+    }
+}
+
+impl Service {
+    /// `EraseSubject`: deletes the subject's profile data, erases it in the consent service, then
+    /// sweeps once more (a write that raced the first delete was still allowed then, and is refused
+    /// after). Idempotent by key; a retry resumes an unfinished request.
+    pub async fn erase(
+        &self,
+        caller: &CallerIdentity,
+        auth: &Credentials,
+        ask: EraseAsk,
+    ) -> Result<Erasure, ServiceError> {
+        let subject = ask.subject;
+        let key = key_of(&subject);
+        // Only a digest of the key is kept: callers sometimes build keys from subject ids.
+        let idempotency = consentgate_runtime::telemetry::pseudonymize(
+            b"erasure-idempotency",
+            &ask.idempotency_key,
+        );
+        let (mut record, _) = self
+            .store
+            .begin_request(
+                "erase",
+                Some(&idempotency),
+                &Requester {
+                    caller: caller.name.clone(),
+                    note: String::new(),
+                },
+            )
+            .await?;
+        if record.state == "completed" {
+            return Ok(Erasure::of(record));
+        }
+        let mut detail: ErasureDetail = serde_json::from_str(&record.detail).unwrap_or_default();
+        let deleted = self.store.erase_subject(&key).await?;
+        detail.profile_rows_deleted += deleted;
+        detail.steps.push(format!(
+            "profile service: deleted {deleted} rows (attributes, events, answers, access-log key)"
+        ));
+        let mut client = self.gate.consent_client();
+        let consent = client
+            .erase_subject(forwarded(
+                consent_pb::EraseSubjectRequest {
+                    subject: Some(subject.clone()),
+                    idempotency_key: format!("profile-erasure-{}", record.request_id),
+                },
+                auth,
+            ))
+            .await;
+        match consent {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                detail.consent_records_deleted = reply.records_deleted;
+                detail.consent_revision = reply.revision;
+                detail.steps.push(format!(
+                "consent service: erased {} consent records, ledger pseudonym key destroyed (revision {})",
+                reply.records_deleted, reply.revision
+            ));
+                let swept = self.store.erase_subject(&key).await?;
+                detail.profile_rows_deleted += swept;
+                detail
+                    .steps
+                    .push(format!("profile service: final sweep deleted {swept} rows"));
+                let unlearned = match &self.recommendation {
+                None => Ok("recommendation service: not connected".to_owned()),
+                Some(client) => client
+                    .clone()
+                    .unlearn(forwarded(
+                        consentgate_proto::recommendation::v1::UnlearnRequest {
+                            subject: Some(subject.clone()),
+                        },
+                        auth,
+                    ))
+                    .await
+                    .map(|r| {
+                        if r.into_inner().forgotten {
+                            "recommendation service: the subject's model contribution was unlearned"
+                                .to_owned()
+                        } else {
+                            "recommendation service: held nothing derived from the subject"
+                                .to_owned()
+                        }
+                    }),
+            };
+                match unlearned {
+                    Ok(step) => {
+                        detail.steps.push(step);
+                        record.state = "completed".into();
+                        record.completed_at = now_micros();
+                    }
+                    Err(s) => {
+                        tracing::warn!(code = ?s.code(), "erasure could not reach the recommendation service; the request stays in progress");
+                        detail.steps.push(format!(
+                        "recommendation service: not reached ({:?}); retry with the same idempotency key",
+                        s.code()
+                    ));
+                    }
+                }
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "erasure could not reach the consent service; the request stays in progress");
+                detail.steps.push(format!(
+                    "consent service: not reached ({:?}); retry with the same idempotency key",
+                    s.code()
+                ));
+            }
+        }
+        record.detail = serde_json::to_string(&detail).unwrap_or_else(|_| "{}".into());
+        self.store.update_request(&record).await?;
+        Ok(Erasure {
+            request: record,
+            detail,
+        })
+    }
+}
+
+/// What an export's detail holds.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ExportDetail {
+    #[serde(default)]
+    items_exported: u64,
+}
+
+impl Service {
+    /// `GetErasureStatus`: an erasure request by its id.
+    pub async fn erasure_status(&self, request_id: &str) -> Result<Erasure, ServiceError> {
+        self.store
+            .request(request_id)
+            .await?
+            .filter(|q| q.kind == "erase")
+            .map(Erasure::of)
+            .ok_or(ServiceError::ErasureNotFound)
+    }
+
+    /// `GetRequestStatus`: any data-subject request by its id, whatever its kind. The id alone
+    /// resolves it, as for erasures: the privacy team and auditors prove a request's completion
+    /// from the id the subject was given, without naming the subject.
+    pub async fn request_status(&self, request_id: &str) -> Result<RequestReport, ServiceError> {
+        let found = self
+            .store
+            .request(request_id)
+            .await?
+            .ok_or(ServiceError::RequestNotFound)?;
+        Ok(request_report(&self.policy, found))
+    }
+
+    /// `VerifyAccessLog`: walks the access log's hash chain.
+    pub async fn verify_access_log(&self) -> Result<Verification, ServiceError> {
+        Ok(access_log::verify(self.store.as_ref()).await?)
+    }
+}
+
+/// A request of any kind as `GetRequestStatus` tells it.
+fn request_report(policy: &Policy, request: DsarRequest) -> RequestReport {
+    let by = if request.requested_by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", request.requested_by)
+    };
+    let at = when(request.requested_at);
+    let (outcome, summary) = match request.kind.as_str() {
+        "erase" => {
+            let detail: ErasureDetail = serde_json::from_str(&request.detail).unwrap_or_default();
+            let summary = format!(
+                "Erasure requested{by} on {at}: {}",
+                if detail.steps.is_empty() {
+                    "started.".to_owned()
+                } else {
+                    detail.steps.join("; ")
+                }
+            );
+            (Outcome::Erasure(detail), summary)
+        }
+        "export" => {
+            let detail: ExportDetail = serde_json::from_str(&request.detail).unwrap_or_default();
+            let summary = format!(
+                "Export requested{by} on {at}: {} item(s) of profile data exported, with the consents, corrections and access log.",
+                detail.items_exported
+            );
+            (
+                Outcome::Export {
+                    items_exported: detail.items_exported,
+                },
+                summary,
+            )
+        }
+        "rectify" => {
+            let r = rectification(policy, &request);
+            let summary = format!(
+                "Correction{by} on {at} of the attribute \"{}\" (data category {}).",
+                r.attribute, r.data_category
+            );
+            (Outcome::Rectification(r), summary)
+        }
+        _ => (Outcome::Unknown, String::new()),
+    };
+    let summary = if request.state == "completed" {
+        summary
+    } else {
+        format!("{summary} (in progress)")
+    };
+    RequestReport {
+        request,
+        summary,
+        outcome,
+    }
+}
