@@ -8,12 +8,12 @@
 //! - an `at_least_as_fresh` token the cache cannot prove it satisfies goes to the consent service;
 //! - any error or deadline fails closed: the caller gets [`GateError::Unavailable`], never an allow.
 //!
-//! What it hands back is a [`Decision`], which only this crate can construct.
+//! What it hands back is a [`Clearance`], which only this crate can construct.
 
-mod decision;
+mod clearance;
 mod watch;
 
-pub use decision::{Decision, subject_key, subject_of_key};
+pub use clearance::{Clearance, subject_key, subject_of_key};
 pub use watch::ChangeNotice;
 
 use consentgate_proto::consent::v1::CheckRequest;
@@ -226,7 +226,7 @@ impl Gate {
     /// stream raises the floor before it announces the change ([`Gate::subscribe`]), so
     /// either the check sees the change, or the follower runs afterwards and drops what was
     /// kept. Devices are never reported superseded here (their changes are not kept per device).
-    pub fn superseded(&self, decision: &Decision) -> bool {
+    pub fn superseded(&self, decision: &Clearance) -> bool {
         decision.subject_key.starts_with("s:")
             && self.inner.freshness.floor(&decision.subject_key) > decision.revision()
     }
@@ -257,7 +257,7 @@ impl Gate {
         &self,
         request: CheckRequest,
         on_behalf_of: Option<&str>,
-    ) -> Result<Decision, GateError> {
+    ) -> Result<Clearance, GateError> {
         let caller = on_behalf_of.unwrap_or(&self.inner.name).to_owned();
         let Prepared {
             request,
@@ -283,7 +283,7 @@ impl Gate {
         &self,
         requests: Vec<CheckRequest>,
         on_behalf_of: Option<&str>,
-    ) -> Result<Vec<Decision>, GateError> {
+    ) -> Result<Vec<Clearance>, GateError> {
         if requests.len() > 1000 {
             return Err(GateError::Rejected(
                 consentgate_runtime::errors::invalid_argument(
@@ -409,8 +409,8 @@ impl Gate {
         caller: String,
         response: Arc<CheckResponse>,
         from_cache: bool,
-    ) -> Decision {
-        let decision = Decision {
+    ) -> Clearance {
+        let decision = Clearance {
             subject_key,
             purpose,
             caller,

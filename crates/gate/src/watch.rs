@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use crate::decision::subject_key;
+use crate::clearance::subject_key;
 
 /// A consent change as the stream reported it, for services that drop derived data on change.
 #[derive(Debug, Clone, PartialEq, Eq)]

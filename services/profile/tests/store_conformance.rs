@@ -5,7 +5,7 @@
 use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::server as consent_server;
 use consentgate_consent::testing::{Backend, TestDb, backends};
-use consentgate_gate::{Decision, Gate, GateConfig};
+use consentgate_gate::{Clearance, Gate, GateConfig};
 use consentgate_policy::Policy;
 use consentgate_profile::access_log;
 use consentgate_profile::model::{
@@ -151,7 +151,7 @@ impl Fixture {
         client.grant(request).await.expect("grant");
     }
 
-    async fn decide(&self, subject: &str, purpose: &str, categories: &[&str]) -> Decision {
+    async fn decide(&self, subject: &str, purpose: &str, categories: &[&str]) -> Clearance {
         self.gate
             .check(
                 pb::CheckRequest {

@@ -7,7 +7,7 @@
 use super::{Service, ServiceError};
 use crate::model::{Answer, Attribute, Event, now_micros};
 use crate::store::{ProfileStore, StoreError};
-use consentgate_gate::Decision;
+use consentgate_gate::Clearance;
 use consentgate_proto::common::v1::{RequestContext, SubjectRef};
 use consentgate_runtime::CallerIdentity;
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ pub trait Collectable: Sized + Send + Sync {
     /// Stores the accepted items, each with the decision that allowed it, in one transaction.
     fn put<'a>(
         store: &'a dyn ProfileStore,
-        accepted: Vec<(&'a Decision, Self)>,
+        accepted: Vec<(&'a Clearance, Self)>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
 }
 
@@ -68,7 +68,7 @@ impl Service {
                 categories.push(item.category().to_owned());
             }
         }
-        let mut decisions: BTreeMap<String, Decision> = BTreeMap::new();
+        let mut decisions: BTreeMap<String, Clearance> = BTreeMap::new();
         for (purpose, categories) in by_purpose {
             let decision = self
                 .decide(
@@ -102,7 +102,7 @@ impl Service {
 }
 
 /// Whether the decision lets `category` be collected; the reason when not.
-fn verdict(decision: &Decision, category: &str) -> Verdict {
+fn verdict(decision: &Clearance, category: &str) -> Verdict {
     match decision.category(category) {
         Some(c) if c.allowed => Ok(()),
         Some(c) => Err(Refusal {
@@ -120,8 +120,8 @@ fn verdict(decision: &Decision, category: &str) -> Verdict {
 /// stores that write one decision's items at a time. A call's answers or events share its
 /// purpose, so this is one group; grouping anyway means no item is ever stored under another
 /// item's decision.
-fn by_decision<T>(accepted: Vec<(&Decision, T)>) -> Vec<(&Decision, Vec<T>)> {
-    let mut groups: Vec<(&Decision, Vec<T>)> = Vec::new();
+fn by_decision<T>(accepted: Vec<(&Clearance, T)>) -> Vec<(&Clearance, Vec<T>)> {
+    let mut groups: Vec<(&Clearance, Vec<T>)> = Vec::new();
     for (decision, item) in accepted {
         match groups.iter_mut().find(|(d, _)| std::ptr::eq(*d, decision)) {
             Some((_, items)) => items.push(item),
@@ -145,7 +145,7 @@ impl Collectable for Attribute {
 
     async fn put(
         store: &dyn ProfileStore,
-        accepted: Vec<(&Decision, Self)>,
+        accepted: Vec<(&Clearance, Self)>,
     ) -> Result<(), StoreError> {
         store.put_attributes(&accepted).await
     }
@@ -167,7 +167,7 @@ impl Collectable for Answer {
 
     async fn put(
         store: &dyn ProfileStore,
-        accepted: Vec<(&Decision, Self)>,
+        accepted: Vec<(&Clearance, Self)>,
     ) -> Result<(), StoreError> {
         for (decision, answers) in by_decision(accepted) {
             store.put_answers(decision, &answers).await?;
@@ -192,7 +192,7 @@ impl Collectable for Event {
 
     async fn put(
         store: &dyn ProfileStore,
-        accepted: Vec<(&Decision, Self)>,
+        accepted: Vec<(&Clearance, Self)>,
     ) -> Result<(), StoreError> {
         for (decision, events) in by_decision(accepted) {
             store.put_events(decision, &events).await?;

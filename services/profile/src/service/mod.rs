@@ -28,7 +28,7 @@ pub use rights::{
 use crate::access_log::AccessLog;
 use crate::model::{AccessDraft, now_micros};
 use crate::store::{ProfileStore, StoreError};
-use consentgate_gate::{Decision, Gate, GateError};
+use consentgate_gate::{Clearance, Gate, GateError};
 use consentgate_policy::Policy;
 use consentgate_proto::common::v1::{RequestContext, SubjectRef};
 use consentgate_proto::consent::v1::CheckRequest;
@@ -205,7 +205,7 @@ impl Service {
         categories: Vec<String>,
         context: Option<RequestContext>,
         at_least_as_fresh: &str,
-    ) -> Result<Decision, ServiceError> {
+    ) -> Result<Clearance, ServiceError> {
         let request = CheckRequest {
             subject: Some(subject),
             purpose: purpose.to_owned(),
@@ -222,7 +222,7 @@ impl Service {
     /// Records a read that returned data; the read fails if the log cannot be written.
     async fn log_read(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
         operation: &str,
         categories: Vec<String>,
         items: usize,

@@ -11,7 +11,7 @@ use super::{Service, ServiceError};
 use crate::model::{Answer, AnswerKind, Attribute, Event, EventField, EventFields, EventKind};
 use crate::model::{Holding, Table};
 use crate::store::{EventQuery, ProfileStore};
-use consentgate_gate::Decision;
+use consentgate_gate::Clearance;
 use consentgate_policy::Reason;
 use consentgate_proto::common::v1::{PersonalizationLevel, RequestContext, SubjectRef};
 use consentgate_proto::consent::v1::Verdict;
@@ -174,7 +174,7 @@ impl Service {
         caller: &CallerIdentity,
         read: ReadAsk,
         categories: Vec<String>,
-    ) -> Result<Decision, ServiceError> {
+    ) -> Result<Clearance, ServiceError> {
         self.decide(
             caller,
             read.subject,
@@ -379,7 +379,7 @@ fn categories_of<K: Copy + PartialEq>(
 }
 
 /// What a read was decided on; `asked` are the categories the read asked the gate about.
-fn decided(decision: &Decision, asked: &[String], applied: Vec<String>) -> Decided {
+fn decided(decision: &Clearance, asked: &[String], applied: Vec<String>) -> Decided {
     Decided {
         revision: decision.revision(),
         personalization_level: decision.personalization_level(),
@@ -403,7 +403,7 @@ fn significance(reason: &str) -> u16 {
 /// consent service's own top-level reason when it denied none of them by category). Computed
 /// here rather than taken from the decision: a PARTIAL carries no top-level reason, and a
 /// consent service that named its first denied category's would hide the one that decided.
-fn summary_reason(decision: &Decision, asked: &[String]) -> String {
+fn summary_reason(decision: &Clearance, asked: &[String]) -> String {
     if decision.verdict() == Verdict::Allow {
         return String::new();
     }
@@ -420,7 +420,7 @@ fn summary_reason(decision: &Decision, asked: &[String]) -> String {
 /// exclude.
 async fn attributes_part(
     store: &dyn ProfileStore,
-    decision: &Decision,
+    decision: &Clearance,
     wanted: &[String],
 ) -> Result<Part<Attribute>, ServiceError> {
     let wants = |category: &str| wanted.iter().any(|w| w == category);
@@ -466,7 +466,7 @@ async fn attributes_part(
 /// `wanted` categories (those of the kinds asked for).
 async fn events_part(
     store: &dyn ProfileStore,
-    decision: &Decision,
+    decision: &Clearance,
     query: &EventQuery,
     wanted: &[String],
 ) -> Result<Part<Event>, ServiceError> {
@@ -483,7 +483,7 @@ async fn events_part(
 /// the `wanted` categories (those of the kinds asked for).
 async fn answers_part(
     store: &dyn ProfileStore,
-    decision: &Decision,
+    decision: &Clearance,
     kinds: &[AnswerKind],
     wanted: &[String],
 ) -> Result<Part<Answer>, ServiceError> {
@@ -528,7 +528,7 @@ fn merge_redactions(parts: Vec<Redaction>) -> Vec<Redaction> {
 /// categories produce: a decision that allows everything it was asked about needs no count query.
 async fn held_where_denied(
     store: &dyn ProfileStore,
-    decision: &Decision,
+    decision: &Clearance,
     table: Table,
     wanted: &[String],
 ) -> Result<Vec<Holding>, ServiceError> {
@@ -541,7 +541,7 @@ async fn held_where_denied(
 }
 
 /// Redactions from holdings: categories held but denied, with the decision's reasons.
-fn redactions(decision: &Decision, holdings: &[Holding]) -> Vec<Redaction> {
+fn redactions(decision: &Clearance, holdings: &[Holding]) -> Vec<Redaction> {
     let mut by: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
     for h in holdings {
         let Some(verdict) = decision.category(&h.category) else {

@@ -1,7 +1,7 @@
 //! Where profile data lives, behind one trait with a SQLite and a PostgreSQL implementation
 //! that pass the same conformance suite (`tests/store_conformance.rs`).
 //!
-//! Every function that reads personal data takes a [`Decision`], which only the gate can make,
+//! Every function that reads personal data takes a [`Clearance`], which only the gate can make,
 //! and reads only the decision's subject and only the categories it allows. Writes take the
 //! decision that allowed the collection and refuse an item it does not cover.
 
@@ -16,7 +16,7 @@ use crate::model::{
     AccessDraft, AccessRecord, Answer, Attribute, DsarRequest, Event, EventFields, EventKind,
     Holding, Requester, Table,
 };
-use consentgate_gate::Decision;
+use consentgate_gate::Clearance;
 use consentgate_store::{Backend, Migrations, Setup, SqliteSynchronous};
 use std::sync::Arc;
 
@@ -110,32 +110,36 @@ pub struct EventQuery {
 #[async_trait::async_trait]
 pub trait ProfileStore: Send + Sync + 'static {
     /// Stores attributes, each under the decision that allowed its collection; one transaction.
-    async fn put_attributes(&self, items: &[(&Decision, Attribute)]) -> Result<(), StoreError>;
+    async fn put_attributes(&self, items: &[(&Clearance, Attribute)]) -> Result<(), StoreError>;
     /// Stores events the decision allowed; one transaction.
-    async fn put_events(&self, decision: &Decision, events: &[Event]) -> Result<(), StoreError>;
+    async fn put_events(&self, decision: &Clearance, events: &[Event]) -> Result<(), StoreError>;
     /// Stores answers the decision allowed; one transaction.
-    async fn put_answers(&self, decision: &Decision, answers: &[Answer]) -> Result<(), StoreError>;
+    async fn put_answers(&self, decision: &Clearance, answers: &[Answer])
+    -> Result<(), StoreError>;
 
     /// The decision's subject's attributes in the categories it allows.
-    async fn attributes(&self, decision: &Decision) -> Result<Vec<Attribute>, StoreError>;
+    async fn attributes(&self, decision: &Clearance) -> Result<Vec<Attribute>, StoreError>;
     /// One round trip for `GetProfile`: the attributes the decision allows, and the holdings of
     /// every attribute category (counts only) for the redaction list.
     async fn profile_view(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
     ) -> Result<(Vec<Attribute>, Vec<Holding>), StoreError>;
     /// The decision's subject's events in the categories it allows, newest first.
     async fn events(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
         query: &EventQuery,
     ) -> Result<Vec<Event>, StoreError>;
     /// The decision's subject's answers in the categories it allows, oldest first.
-    async fn answers(&self, decision: &Decision) -> Result<Vec<Answer>, StoreError>;
+    async fn answers(&self, decision: &Clearance) -> Result<Vec<Answer>, StoreError>;
     /// How much of one kind of data the decision's subject has per category and source (counts
     /// only, no values): what redactions summarize.
-    async fn holdings(&self, decision: &Decision, table: Table)
-    -> Result<Vec<Holding>, StoreError>;
+    async fn holdings(
+        &self,
+        decision: &Clearance,
+        table: Table,
+    ) -> Result<Vec<Holding>, StoreError>;
     /// Replaces an attribute's value if the decision allows its category, and records the
     /// completed `rectify` request, linked to the subject by its pseudonym, in the same
     /// transaction: a correction that happened is always provable. The request's detail names
@@ -143,7 +147,7 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// `None` (nothing written) when the subject has no attribute of that name.
     async fn rectify(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
         name: &str,
         value: &str,
         requester: &Requester,
@@ -165,7 +169,7 @@ pub trait ProfileStore: Send + Sync + 'static {
     async fn flush_access(&self) -> Result<(), StoreError>;
     /// The access-log entries of the decision's subject, oldest first (none once its key is
     /// erased).
-    async fn access_entries(&self, decision: &Decision) -> Result<Vec<AccessRecord>, StoreError>;
+    async fn access_entries(&self, decision: &Clearance) -> Result<Vec<AccessRecord>, StoreError>;
     /// Access-log entries with seq > `after`, oldest first, at most `limit` (for verification).
     async fn access_log_page(
         &self,
@@ -187,7 +191,7 @@ pub trait ProfileStore: Send + Sync + 'static {
     async fn request(&self, request_id: &str) -> Result<Option<DsarRequest>, StoreError>;
     /// The requests linked to the decision's subject (its rectifications), oldest first; none
     /// once its key is erased.
-    async fn subject_requests(&self, decision: &Decision) -> Result<Vec<DsarRequest>, StoreError>;
+    async fn subject_requests(&self, decision: &Clearance) -> Result<Vec<DsarRequest>, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`), migrating it.

@@ -10,7 +10,7 @@ use crate::model::{
     AccessDraft, AccessRecord, Answer, AnswerKind, Attribute, Collection, DsarRequest, Event,
     EventField, EventFields, EventKind, Holding, Requester, Source, Table, now_micros,
 };
-use consentgate_gate::Decision;
+use consentgate_gate::Clearance;
 use consentgate_store::{
     Dialect, Tx, begin_serialized, begin_write, placeholders, to_i64, to_u64, values,
 };
@@ -293,7 +293,7 @@ async fn insert_request(
 impl<D: Dialect> SqlStore<D> {
     /// The pseudonym a subject's access-log entries and requests are filed under, from its stored
     /// key (`None`: no key, so nothing was ever filed, or it was erased).
-    async fn pseudonym_of(&self, decision: &Decision) -> Result<Option<String>, StoreError> {
+    async fn pseudonym_of(&self, decision: &Clearance) -> Result<Option<String>, StoreError> {
         let subject_key = decision.subject_key();
         let row = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
             .bind(subject_key)
@@ -366,7 +366,7 @@ impl<D: Dialect> SqlStore<D> {
     /// this process does not own the store (then every read queries). Callers filter by the
     /// decision before anything leaves the store; taking the decision keeps this read behind the
     /// gate like every other.
-    async fn zero_party(&self, decision: &Decision) -> Result<Option<Arc<ZeroParty>>, StoreError> {
+    async fn zero_party(&self, decision: &Clearance) -> Result<Option<Arc<ZeroParty>>, StoreError> {
         let Some(cache) = &self.zero_party_cache else {
             return Ok(None);
         };
@@ -510,7 +510,7 @@ impl<D: Dialect> SqlStore<D> {
     /// filter by the decision before anything leaves the store.
     async fn recent_events(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
     ) -> Result<Option<Arc<RecentEvents>>, StoreError> {
         let Some(cache) = &self.recent_events_cache else {
             return Ok(None);
@@ -550,7 +550,7 @@ impl<D: Dialect> SqlStore<D> {
 
 /// Refuses an item whose category the decision does not allow (defense in depth: the service
 /// checked already).
-fn covered(decision: &Decision, category: &str) -> Result<(), StoreError> {
+fn covered(decision: &Clearance, category: &str) -> Result<(), StoreError> {
     if decision.is_allowed(category) {
         Ok(())
     } else {
@@ -563,7 +563,7 @@ fn covered(decision: &Decision, category: &str) -> Result<(), StoreError> {
 
 #[async_trait::async_trait]
 impl<D: Dialect> ProfileStore for SqlStore<D> {
-    async fn put_attributes(&self, items: &[(&Decision, Attribute)]) -> Result<(), StoreError> {
+    async fn put_attributes(&self, items: &[(&Clearance, Attribute)]) -> Result<(), StoreError> {
         for (decision, a) in items {
             covered(decision, &a.category)?;
         }
@@ -589,7 +589,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         Ok(())
     }
 
-    async fn put_events(&self, decision: &Decision, events: &[Event]) -> Result<(), StoreError> {
+    async fn put_events(&self, decision: &Clearance, events: &[Event]) -> Result<(), StoreError> {
         for e in events {
             covered(decision, e.kind.category())?;
         }
@@ -626,7 +626,11 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         Ok(())
     }
 
-    async fn put_answers(&self, decision: &Decision, answers: &[Answer]) -> Result<(), StoreError> {
+    async fn put_answers(
+        &self,
+        decision: &Clearance,
+        answers: &[Answer],
+    ) -> Result<(), StoreError> {
         for a in answers {
             covered(decision, a.kind.category())?;
         }
@@ -652,7 +656,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         Ok(())
     }
 
-    async fn attributes(&self, decision: &Decision) -> Result<Vec<Attribute>, StoreError> {
+    async fn attributes(&self, decision: &Clearance) -> Result<Vec<Attribute>, StoreError> {
         let allowed = decision.allowed_categories();
         if allowed.is_empty() {
             return Ok(Vec::new());
@@ -670,7 +674,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
 
     async fn profile_view(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
     ) -> Result<(Vec<Attribute>, Vec<Holding>), StoreError> {
         let cached = self.zero_party(decision).await?;
         let queried;
@@ -706,7 +710,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
 
     async fn events(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
         query: &EventQuery,
     ) -> Result<Vec<Event>, StoreError> {
         let allowed: Vec<&str> = decision.allowed_categories();
@@ -783,7 +787,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             .collect()
     }
 
-    async fn answers(&self, decision: &Decision) -> Result<Vec<Answer>, StoreError> {
+    async fn answers(&self, decision: &Clearance) -> Result<Vec<Answer>, StoreError> {
         let allowed = decision.allowed_categories();
         if allowed.is_empty() {
             return Ok(Vec::new());
@@ -805,7 +809,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
 
     async fn holdings(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
         table: Table,
     ) -> Result<Vec<Holding>, StoreError> {
         let sql = match table {
@@ -838,7 +842,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
 
     async fn rectify(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
         name: &str,
         value: &str,
         requester: &Requester,
@@ -1002,7 +1006,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         Ok(())
     }
-    async fn access_entries(&self, decision: &Decision) -> Result<Vec<AccessRecord>, StoreError> {
+    async fn access_entries(&self, decision: &Clearance) -> Result<Vec<AccessRecord>, StoreError> {
         self.flush_access().await?;
         let Some(pseudonym) = self.pseudonym_of(decision).await? else {
             return Ok(Vec::new());
@@ -1095,7 +1099,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         .map(request_of))
     }
 
-    async fn subject_requests(&self, decision: &Decision) -> Result<Vec<DsarRequest>, StoreError> {
+    async fn subject_requests(&self, decision: &Clearance) -> Result<Vec<DsarRequest>, StoreError> {
         let Some(pseudonym) = self.pseudonym_of(decision).await? else {
             return Ok(Vec::new());
         };

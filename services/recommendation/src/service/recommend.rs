@@ -11,7 +11,7 @@ use crate::model::Lease;
 use crate::profile_reader::ProfileRead;
 use crate::ranking::{self, Moment, Pick};
 use crate::tier::{Ladder, Tier, tier_for};
-use consentgate_gate::{Decision, subject_key};
+use consentgate_gate::{Clearance, subject_key};
 use consentgate_proto::common::v1::{PersonalizationLevel, RequestContext, SubjectRef};
 use consentgate_proto::consent::v1::{CheckRequest, Verdict};
 use consentgate_proto::profile::v1::EventKind;
@@ -65,7 +65,7 @@ struct Allowed {
     /// The profiled decision's revision.
     revision: u64,
     /// The training decision when it allows learning, with the lease it grants.
-    trains: Option<(SystemTime, Decision)>,
+    trains: Option<(SystemTime, Clearance)>,
     /// Why, for a person.
     reason: String,
 }
@@ -208,7 +208,7 @@ impl Recommender {
         s: &SubjectRef,
         ask: &RecommendAsk,
         revision: u64,
-        trains: Option<(SystemTime, Decision)>,
+        trains: Option<(SystemTime, Clearance)>,
     ) -> Result<Vec<Pick>, ServiceError> {
         let key = subject_key(s).unwrap_or_default();
         // Learned under the older of the two decisions' revisions: a change after either one

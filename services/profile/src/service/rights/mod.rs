@@ -16,7 +16,7 @@ pub use requests::ErasureDetail;
 
 use super::{DSAR_PURPOSE, Service, ServiceError};
 use crate::model::DsarRequest;
-use consentgate_gate::{Decision, subject_key};
+use consentgate_gate::{Clearance, subject_key};
 use consentgate_proto::common::v1::SubjectRef;
 use consentgate_proto::profile::v1 as pb;
 use consentgate_runtime::CallerIdentity;
@@ -167,7 +167,7 @@ impl Service {
         &self,
         caller: &CallerIdentity,
         subject: &SubjectRef,
-    ) -> Result<Decision, ServiceError> {
+    ) -> Result<Clearance, ServiceError> {
         let decision = self
             .decide(
                 caller,

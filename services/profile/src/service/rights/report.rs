@@ -11,7 +11,7 @@ use crate::service::read::returned_categories;
 use crate::service::{Service, ServiceError};
 use crate::store::EventQuery;
 use crate::withdrawals::phrase;
-use consentgate_gate::Decision;
+use consentgate_gate::Clearance;
 use consentgate_policy::Policy;
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as consent_pb;
@@ -112,7 +112,7 @@ impl Service {
     /// The subject's rectifications, oldest first.
     async fn rectifications(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
     ) -> Result<Vec<Rectification>, ServiceError> {
         Ok(self
             .store
@@ -242,7 +242,7 @@ impl Service {
     /// arrives: the consent service's own answer settles it.
     async fn consent_part(
         &self,
-        decision: &Decision,
+        decision: &Clearance,
         subject: &SubjectRef,
         auth: &Credentials,
     ) -> Result<Option<Consents>, ServiceError> {

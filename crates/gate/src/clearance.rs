@@ -1,14 +1,15 @@
-//! The [`Decision`] value: proof that the consent service was asked. Its fields are private and
+//! The [`Clearance`] value: proof that the consent service was asked (named apart from the policy
+//! crate's `Decision`, the decision function's verdict, which it carries). Its fields are private and
 //! it has no public constructor, so only [`crate::Gate`] can make one; every store function that
 //! reads personal data takes one, which makes a read that skips the gate a compile error.
 //!
 //! A store function asks for one:
 //! ```
-//! fn read_profile(_proof: &consentgate_gate::Decision) {}
+//! fn read_profile(_proof: &consentgate_gate::Clearance) {}
 //! ```
 //! and outside this crate one cannot be forged, neither by a struct literal…
 //! ```compile_fail
-//! let forged = consentgate_gate::Decision {
+//! let forged = consentgate_gate::Clearance {
 //!     subject_key: "s:alice".into(),
 //!     purpose: "marketing".into(),
 //!     caller: "me".into(),
@@ -18,7 +19,7 @@
 //! ```
 //! …nor by a default.
 //! ```compile_fail
-//! let forged = consentgate_gate::Decision::default();
+//! let forged = consentgate_gate::Clearance::default();
 //! ```
 
 use consentgate_policy::SubjectKey;
@@ -27,9 +28,10 @@ use consentgate_proto::consent::v1::{CategoryDecision, CheckResponse, Obligation
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// A consent decision for one subject, purpose and caller, as the gate obtained it.
+/// The consent service's decision for one subject, purpose and caller, as the gate obtained it:
+/// the capability a store read requires.
 #[derive(Debug, Clone)]
-pub struct Decision {
+pub struct Clearance {
     pub(crate) subject_key: String,
     pub(crate) purpose: String,
     pub(crate) caller: String,
@@ -60,7 +62,7 @@ pub fn subject_of_key(key: &str) -> Option<SubjectRef> {
     Some(SubjectRef { id: Some(id) })
 }
 
-impl Decision {
+impl Clearance {
     /// The subject the decision is about (`s:<id>` or `d:<id>`): stores read only this subject.
     pub fn subject_key(&self) -> &str {
         &self.subject_key
@@ -93,7 +95,7 @@ impl Decision {
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
-    /// Whether the decision still holds at `now` (see [`Decision::valid_until`]).
+    /// Whether the decision still holds at `now` (see [`Clearance::valid_until`]).
     pub fn holds_at(&self, now: SystemTime) -> bool {
         now < self.valid_until()
     }
