@@ -51,6 +51,21 @@ fn person(id: &str) -> Option<SubjectRef> {
     })
 }
 
+/// An explicit grant of `purpose` to `subject` under notice `notice`.
+fn explicit_grant(subject: &str, purpose: &str, notice: &str, key: String) -> cpb::GrantRequest {
+    cpb::GrantRequest {
+        target: Some(cpb::ConsentTarget {
+            subject: person(subject),
+            purpose: purpose.into(),
+            ..Default::default()
+        }),
+        consent_type: cpb::ConsentType::Explicit as i32,
+        notice_version: notice.into(),
+        idempotency_key: key,
+        ..Default::default()
+    }
+}
+
 fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request
@@ -150,17 +165,7 @@ pub async fn run(
         {
             consent
                 .grant(authorized(
-                    cpb::GrantRequest {
-                        target: Some(cpb::ConsentTarget {
-                            subject: person(&shopper),
-                            purpose: (*purpose).into(),
-                            ..Default::default()
-                        }),
-                        consent_type: cpb::ConsentType::Explicit as i32,
-                        notice_version: (*notice).into(),
-                        idempotency_key: format!("{shopper}-g{k}"),
-                        ..Default::default()
-                    },
+                    explicit_grant(&shopper, purpose, notice, format!("{shopper}-g{k}")),
                     &pc,
                 )?)
                 .await?;
@@ -194,16 +199,13 @@ pub async fn run(
     consent
         .grant(authorized(
             cpb::GrantRequest {
-                target: Some(cpb::ConsentTarget {
-                    subject: person(&zoe),
-                    purpose: "personalize.content.limited".into(),
-                    ..Default::default()
-                }),
-                consent_type: cpb::ConsentType::Explicit as i32,
-                notice_version: "2.0".into(),
                 collection_method: cpb::CollectionMethod::PreferenceCenter as i32,
-                idempotency_key: format!("{zoe}-limited"),
-                ..Default::default()
+                ..explicit_grant(
+                    &zoe,
+                    "personalize.content.limited",
+                    "2.0",
+                    format!("{zoe}-limited"),
+                )
             },
             &pc,
         )?)
@@ -242,17 +244,7 @@ pub async fn run(
     {
         revision = consent
             .grant(authorized(
-                cpb::GrantRequest {
-                    target: Some(cpb::ConsentTarget {
-                        subject: person(&zoe),
-                        purpose: (*purpose).into(),
-                        ..Default::default()
-                    }),
-                    consent_type: cpb::ConsentType::Explicit as i32,
-                    notice_version: (*notice).into(),
-                    idempotency_key: format!("{zoe}-p{k}"),
-                    ..Default::default()
-                },
+                explicit_grant(&zoe, purpose, notice, format!("{zoe}-p{k}")),
                 &pc,
             )?)
             .await?

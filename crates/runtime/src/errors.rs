@@ -96,6 +96,14 @@ impl Violations {
         }
     }
 
+    /// The value validation produced when nothing was recorded, else the `INVALID_ARGUMENT`
+    /// status. Validators build the value only from valid parts, so a missing value with no
+    /// violation is a bug in the validator: `INTERNAL`, never a half-built request.
+    pub fn finish_with<T>(self, value: Option<T>) -> Result<T, Status> {
+        self.finish()?;
+        value.ok_or_else(|| status(Code::Internal, "INTERNAL", "validation produced no value"))
+    }
+
     /// `Ok` when nothing was recorded, else the `INVALID_ARGUMENT` status.
     pub fn finish(self) -> Result<(), Status> {
         if self.0.is_empty() {

@@ -11,24 +11,37 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// Serves `api` (one service's gRPC routes, message limits already set) on `listener` until
-/// `shutdown` resolves, then reports `health_name` NOT_SERVING and drains in-flight calls.
+/// Serves `api` (one service's generated gRPC server, message limits already set) on `listener`
+/// until `shutdown` resolves, then reports it NOT_SERVING and drains in-flight calls.
 ///
 /// Every request passes the auth layer first (`auth` says who the caller is, `rules` which roles
 /// may call which RPC); health and reflection stay open so probes and `grpcurl` work without
 /// credentials.
-pub async fn serve(
-    api: Routes,
-    health_name: &'static str,
+pub async fn serve<S>(
+    api: S,
     auth: Authenticator,
     rules: RpcRules,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let health_name = S::NAME;
     let (reporter, health_service) = health();
     reporter
         .set_service_status(health_name, ServingStatus::Serving)
@@ -43,7 +56,7 @@ pub async fn serve(
     });
     tonic::transport::Server::builder()
         .layer(AuthLayer::new(auth, rules))
-        .add_routes(api)
+        .add_routes(Routes::new(api))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

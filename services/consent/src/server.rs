@@ -15,8 +15,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::server::NamedService;
-use tonic::service::Routes;
 
 /// How often a replica polls the shared change feed for other replicas' writes.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
@@ -57,18 +55,11 @@ pub async fn serve(
     let api = ConsentServiceServer::new(ConsentApi::new(engine))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(
-        Routes::new(api),
-        ConsentServiceServer::<ConsentApi>::NAME,
-        auth,
-        authz::rules(),
-        listener,
-        async move {
-            shutdown.await;
-            // Watch streams end first, so that gates reconnect to another replica.
-            closing.begin_shutdown();
-        },
-    )
+    consentgate_runtime::serve(api, auth, authz::rules(), listener, async move {
+        shutdown.await;
+        // Watch streams end first, so that gates reconnect to another replica.
+        closing.begin_shutdown();
+    })
     .await?;
     Ok(())
 }

@@ -16,8 +16,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::server::NamedService;
-use tonic::service::Routes;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -109,14 +107,6 @@ pub async fn serve(
     let api = ProfileServiceServer::new(ProfileApi::new(profile.shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(
-        Routes::new(api),
-        ProfileServiceServer::<ProfileApi>::NAME,
-        auth,
-        authz::rules(),
-        listener,
-        shutdown,
-    )
-    .await?;
+    consentgate_runtime::serve(api, auth, authz::rules(), listener, shutdown).await?;
     Ok(())
 }

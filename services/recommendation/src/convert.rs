@@ -188,11 +188,9 @@ pub fn unlearn(r: &pb::UnlearnRequest) -> Result<String, Status> {
     finish(v, key)
 }
 
-/// Fails with every violation recorded; otherwise the value validation produced (present
-/// whenever nothing was recorded).
+/// Fails with every violation recorded; otherwise the value validation produced.
 fn finish<T>(v: Violations, value: Option<T>) -> Result<T, Status> {
-    v.finish()?;
-    value.ok_or_else(|| Status::internal("validation produced no value"))
+    v.finish_with(value)
 }
 
 fn tier_pb(t: Tier) -> pb::Tier {

@@ -14,8 +14,6 @@ use consentgate_runtime::server::MAX_MESSAGE_BYTES;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tonic::server::NamedService;
-use tonic::service::Routes;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,14 +72,6 @@ pub async fn serve(
     let api = RecommendationServiceServer::new(RecommendationApi::new(recommender))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(
-        Routes::new(api),
-        RecommendationServiceServer::<RecommendationApi>::NAME,
-        auth,
-        authz::rules(),
-        listener,
-        shutdown,
-    )
-    .await?;
+    consentgate_runtime::serve(api, auth, authz::rules(), listener, shutdown).await?;
     Ok(())
 }

@@ -34,11 +34,9 @@ const MAX_ID_LEN: usize = 256;
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 128;
 
-/// Fails with every violation recorded; otherwise the value validation produced (present
-/// whenever nothing was recorded).
+/// Fails with every violation recorded; otherwise the value validation produced.
 fn finish<T>(v: Violations, value: Option<T>) -> Result<T, Status> {
-    v.finish()?;
-    value.ok_or_else(|| Status::internal("validation produced no value"))
+    v.finish_with(value)
 }
 
 fn valid_id(id: &str) -> Option<&'static str> {

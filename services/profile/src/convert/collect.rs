@@ -6,7 +6,7 @@ use super::{MAX_ID_LEN, MAX_NAME_LEN, MAX_VALUE_LEN, micros_of};
 use super::{check_category, check_purpose, check_subject, check_text};
 use crate::model::now_micros;
 use crate::model::{Answer, AnswerKind, Attribute, Collection, Event, EventKind, Source};
-use crate::service::{CollectAsk, Verdict};
+use crate::service::{CollectAsk, ItemVerdict};
 use consentgate_policy::Policy;
 use consentgate_proto::common::v1::DataSource;
 use consentgate_proto::profile::v1 as pb;
@@ -244,7 +244,7 @@ collect_response!(
 );
 
 /// A collection call's answer from the per-item verdicts, in the caller's order.
-pub fn collect_response<R: CollectResponse>(verdicts: Vec<Verdict>) -> R {
+pub fn collect_response<R: CollectResponse>(verdicts: Vec<ItemVerdict>) -> R {
     let total = u32::try_from(verdicts.len()).unwrap_or(u32::MAX);
     let mut accepted = 0;
     let mut results = Vec::with_capacity(verdicts.len());

@@ -51,7 +51,7 @@ pub struct Refusal {
 }
 
 /// One item's outcome: stored, or refused with its reason.
-pub type Verdict = Result<(), Refusal>;
+pub type ItemVerdict = Result<(), Refusal>;
 
 impl Service {
     /// Collects what the decisions allow and answers a verdict per item, in order.
@@ -59,7 +59,7 @@ impl Service {
         &self,
         caller: &CallerIdentity,
         ask: CollectAsk<T>,
-    ) -> Result<Vec<Verdict>, ServiceError> {
+    ) -> Result<Vec<ItemVerdict>, ServiceError> {
         // One decision per purpose, covering the categories collected under it.
         let mut by_purpose: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for item in &ask.items {
@@ -102,7 +102,7 @@ impl Service {
 }
 
 /// Whether the decision lets `category` be collected; the reason when not.
-fn verdict(decision: &Clearance, category: &str) -> Verdict {
+fn verdict(decision: &Clearance, category: &str) -> ItemVerdict {
     match decision.category(category) {
         Some(c) if c.allowed => Ok(()),
         Some(c) => Err(Refusal {

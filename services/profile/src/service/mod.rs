@@ -15,7 +15,7 @@ mod collect;
 mod read;
 mod rights;
 
-pub use collect::{CollectAsk, Collectable, Refusal, Verdict};
+pub use collect::{CollectAsk, Collectable, ItemVerdict, Refusal};
 pub use read::{
     AnswersAsk, Decided, EventsAsk, EventsPage, EventsPart, ProfileAsk, Read, ReadAsk, Redaction,
     SubjectAsk, SubjectRead,
