@@ -108,7 +108,7 @@ impl From<ServiceError> for tonic::Status {
 
 impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
-        tracing::error!(error = %error, "recommendation store failed");
+        tracing::error!(error = %error.log_safe(), "recommendation store failed");
         ServiceError::StoreUnavailable
     }
 }
