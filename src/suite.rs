@@ -262,12 +262,19 @@ impl Suite {
         Ok(())
     }
 
-    /// Runs until `shutdown` resolves, then stops everything.
+    /// Runs until `shutdown` resolves or one of the services ends by itself (a server error),
+    /// then stops the others; a service's failure is the answer, so `up` exits with it.
     pub async fn run_until(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), SuiteError> {
-        shutdown.await;
-        self.stop().await
+        let outcome = tokio::select! {
+            () = shutdown => Ok(()),
+            ended = self.consent.server.ended() => ended.map_err(SuiteError::from),
+            ended = self.profile.server.ended() => ended.map_err(SuiteError::from),
+            ended = self.recommendation.server.ended() => ended.map_err(SuiteError::from),
+        };
+        let stopped = self.stop().await;
+        outcome.and(stopped)
     }
 }

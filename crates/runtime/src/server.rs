@@ -74,7 +74,8 @@ where
 pub struct Running<E> {
     address: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), E>>,
+    /// `None` once [`Running::ended`] has seen it end.
+    task: Option<JoinHandle<Result<(), E>>>,
 }
 
 impl<E: Send + 'static> Running<E> {
@@ -93,7 +94,7 @@ impl<E: Send + 'static> Running<E> {
         Ok(Running {
             address,
             stop: Some(stop),
-            task,
+            task: Some(task),
         })
     }
 
@@ -111,8 +112,20 @@ impl<E: Send + 'static> Running<E> {
     }
 
     /// Waits until it ends by itself (a server error, or its shutdown signal).
-    pub async fn finished(self) -> Result<(), E> {
-        match self.task.await {
+    pub async fn finished(mut self) -> Result<(), E> {
+        self.ended().await
+    }
+
+    /// Resolves when it has ended (by itself, or stopped), keeping the handle: what a supervisor
+    /// selects on to notice one of several servers failing. Its outcome is told once; asked
+    /// again (say by [`Running::stop`] afterwards), an ended server answers `Ok` at once.
+    pub async fn ended(&mut self) -> Result<(), E> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(());
+        };
+        let outcome = task.await;
+        self.task = None;
+        match outcome {
             Ok(result) => result,
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             // Cancelled: the runtime is shutting down, which is an end like any other.
@@ -190,5 +203,34 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
         _ = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn listener() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").await.expect("bind")
+    }
+
+    #[tokio::test]
+    async fn a_server_that_fails_is_seen_once_and_then_stops_at_once() {
+        let mut failing = Running::spawn(listener().await, |_, _| async {
+            Err::<(), _>("the port went away")
+        })
+        .expect("spawn");
+        assert_eq!(failing.ended().await, Err("the port went away"));
+        assert_eq!(failing.stop().await, Ok(()), "already ended: told once");
+    }
+
+    #[tokio::test]
+    async fn stop_ends_a_server_waiting_for_its_signal() {
+        let running = Running::spawn(listener().await, |_, shutdown| async move {
+            shutdown.await;
+            Ok::<(), &str>(())
+        })
+        .expect("spawn");
+        assert_eq!(running.stop().await, Ok(()));
     }
 }
