@@ -68,6 +68,27 @@ enum Command {
         /// The policy file; the shipped default when absent.
         #[arg(long, env = "CONSENTGATE_POLICY")]
         policy: Option<PathBuf>,
+        /// The consent service's Prometheus `/metrics` address (`off`: no metrics).
+        #[arg(
+            long,
+            env = "CONSENTGATE_CONSENT_METRICS_LISTEN",
+            default_value = "127.0.0.1:9464"
+        )]
+        consent_metrics_listen: String,
+        /// The profile service's Prometheus `/metrics` address (`off`: no metrics).
+        #[arg(
+            long,
+            env = "CONSENTGATE_PROFILE_METRICS_LISTEN",
+            default_value = "127.0.0.1:9465"
+        )]
+        profile_metrics_listen: String,
+        /// The recommendation service's Prometheus `/metrics` address (`off`: no metrics).
+        #[arg(
+            long,
+            env = "CONSENTGATE_RECOMMENDATION_METRICS_LISTEN",
+            default_value = "127.0.0.1:9466"
+        )]
+        recommendation_metrics_listen: String,
     },
     /// Run one service, configured by flags or environment variables (production).
     Serve {
@@ -108,8 +129,23 @@ enum Service {
     Recommendation(RecommendationArgs),
 }
 
+/// Where a served service exposes its metrics.
+#[derive(clap::Args)]
+struct MetricsArgs {
+    /// The Prometheus `/metrics` address, apart from the gRPC port so that a NetworkPolicy can
+    /// open it to the monitoring namespace only (`off`: no metrics are collected).
+    #[arg(
+        long = "metrics-listen",
+        env = "CONSENTGATE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9464"
+    )]
+    listen: String,
+}
+
 #[derive(clap::Args)]
 struct RecommendationArgs {
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Address to listen on.
     #[arg(long, env = "CONSENTGATE_LISTEN", default_value = "0.0.0.0:50053")]
     listen: String,
@@ -145,6 +181,8 @@ struct RecommendationArgs {
 
 #[derive(clap::Args)]
 struct ProfileArgs {
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Address to listen on.
     #[arg(long, env = "CONSENTGATE_LISTEN", default_value = "0.0.0.0:50052")]
     listen: String,
@@ -186,6 +224,8 @@ struct ProfileArgs {
 
 #[derive(clap::Args)]
 struct ConsentArgs {
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Address to listen on.
     #[arg(long, env = "CONSENTGATE_LISTEN", default_value = "0.0.0.0:50051")]
     listen: String,
@@ -260,6 +300,33 @@ fn serving(
     Ok((policy, auth))
 }
 
+/// Binds a service's metrics listener, unless `address` is `off`.
+async fn listen_metrics(
+    address: &str,
+    service: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    if address == "off" {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the metrics address {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "{service} metrics at /metrics");
+    Ok(Some(listener))
+}
+
+/// A served service's listeners: gRPC, and metrics unless they are off.
+async fn listeners(
+    grpc: &str,
+    metrics: &MetricsArgs,
+    service: &str,
+) -> anyhow::Result<suite::Listeners> {
+    Ok(suite::Listeners {
+        grpc: listen(grpc, service).await?,
+        metrics: listen_metrics(&metrics.listen, service).await?,
+    })
+}
+
 /// Binds a service's listener and says where it listens.
 async fn listen(address: &str, service: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(address)
@@ -330,15 +397,17 @@ async fn main() -> anyhow::Result<()> {
             let engine =
                 consent_server::open_engine(policy, &args.database_url, keys, args.cache_capacity)
                     .await?;
-            let listener = listen(&args.listen, "consent service").await?;
+            let listeners = listeners(&args.listen, &args.metrics, "consent service").await?;
+            let (metrics, endpoint) = consentgate_runtime::metrics::served(listeners.metrics)?;
             consent_server::serve(
                 engine,
                 auth,
-                listener,
+                metrics,
+                listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
             )
             .await?;
-            Ok(())
+            stop_metrics(endpoint).await
         }
         Command::Serve {
             service: Service::Profile(args),
@@ -352,6 +421,8 @@ async fn main() -> anyhow::Result<()> {
             let mut gate = GateConfig::new(args.consent_url, args.consent_token);
             gate.lease = std::time::Duration::from_millis(args.lease_ms);
             gate.cache_capacity = args.decision_cache;
+            let listeners = listeners(&args.listen, &args.metrics, "profile service").await?;
+            let (metrics, endpoint) = consentgate_runtime::metrics::served(listeners.metrics)?;
             let profile = Profile::open(ProfileConfig {
                 policy,
                 database_url: args.database_url,
@@ -359,17 +430,18 @@ async fn main() -> anyhow::Result<()> {
                 name: args.caller_name,
                 retention_every: std::time::Duration::from_secs(args.retention_every_secs),
                 recommendation_url: args.recommendation_url.clone(),
+                metrics: metrics.clone(),
             })
             .await?;
-            let listener = listen(&args.listen, "profile service").await?;
             profile_server::serve(
                 profile,
                 auth,
-                listener,
+                metrics,
+                listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
             )
             .await?;
-            Ok(())
+            stop_metrics(endpoint).await
         }
         Command::Serve {
             service: Service::Recommendation(args),
@@ -388,6 +460,9 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
                 None => Catalog::demo(5000),
             };
+            let listeners =
+                listeners(&args.listen, &args.metrics, "recommendation service").await?;
+            let (metrics, endpoint) = consentgate_runtime::metrics::served(listeners.metrics)?;
             let recommender = recommendation_server::open(RecommendationConfig {
                 catalog,
                 gate: GateConfig::new(args.consent_url, args.service_token.clone()),
@@ -395,17 +470,18 @@ async fn main() -> anyhow::Result<()> {
                 profile_url: args.profile_url,
                 profile_token: args.service_token,
                 database_url: args.database_url,
+                metrics: metrics.clone(),
             })
             .await?;
-            let listener = listen(&args.listen, "recommendation service").await?;
             recommendation_server::serve(
                 recommender,
                 auth,
-                listener,
+                metrics,
+                listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
             )
             .await?;
-            Ok(())
+            stop_metrics(endpoint).await
         }
         Command::Demo {
             consent,
@@ -433,6 +509,9 @@ async fn main() -> anyhow::Result<()> {
             profile_listen,
             recommendation_listen,
             policy,
+            consent_metrics_listen,
+            profile_metrics_listen,
+            recommendation_metrics_listen,
         } => {
             consentgate_runtime::telemetry::init("consentgate", cli.log_json);
             let policy = load_policy(policy.as_deref())?;
@@ -455,17 +534,29 @@ async fn main() -> anyhow::Result<()> {
                     keys,
                     cache_capacity: 100_000,
                 },
-                consent_listener: listen(&consent_listen, "consent service").await?,
+                consent_listeners: suite::Listeners {
+                    grpc: listen(&consent_listen, "consent service").await?,
+                    metrics: listen_metrics(&consent_metrics_listen, "consent service").await?,
+                },
                 profile_database_url: format!("sqlite://{}", data_dir.join("profile.db").display()),
-                profile_listener: listen(&profile_listen, "profile service").await?,
+                profile_listeners: suite::Listeners {
+                    grpc: listen(&profile_listen, "profile service").await?,
+                    metrics: listen_metrics(&profile_metrics_listen, "profile service").await?,
+                },
                 profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
                 retention_every: std::time::Duration::from_secs(3600),
                 recommendation_database_url: format!(
                     "sqlite://{}",
                     data_dir.join("recommendation.db").display()
                 ),
-                recommendation_listener: listen(&recommendation_listen, "recommendation service")
+                recommendation_listeners: suite::Listeners {
+                    grpc: listen(&recommendation_listen, "recommendation service").await?,
+                    metrics: listen_metrics(
+                        &recommendation_metrics_listen,
+                        "recommendation service",
+                    )
                     .await?,
+                },
                 catalog: Catalog::demo(5000),
             })
             .await?;
@@ -482,13 +573,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("seeding demo profiles")?;
                 std::fs::write(&seeded, "demo profiles seeded\n")?;
             }
-            print_banner(
-                &consent_listen,
-                &profile_listen,
-                &recommendation_listen,
-                &tokens,
-                &policy,
-            );
+            print_banner(&suite, &tokens, &policy);
             suite
                 .run_until(consentgate_runtime::server::shutdown_signal())
                 .await?;
@@ -497,17 +582,24 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Stops a served service's metrics endpoint after the service itself has drained.
+async fn stop_metrics(
+    endpoint: Option<consentgate_runtime::Running<std::io::Error>>,
+) -> anyhow::Result<()> {
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await.context("metrics endpoint")?;
+    }
+    Ok(())
+}
+
 fn hex_head(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn print_banner(
-    consent: &str,
-    profile: &str,
-    recommendation: &str,
-    tokens: &[(String, String)],
-    policy: &Policy,
-) {
+fn print_banner(suite: &suite::Suite, tokens: &[(String, String)], policy: &Policy) {
+    let consent = suite.consent.address().to_string();
+    let profile = suite.profile.address().to_string();
+    let recommendation = suite.recommendation.address().to_string();
     println!("consentgate is up (development mode: SQLite, development tokens, loopback only)");
     println!(
         "  consent service   {consent}   (policy {}, {} purposes)",
@@ -519,6 +611,20 @@ fn print_banner(
         "  recommendation    {recommendation}   (5,000-item demo catalog; tiers follow consent)"
     );
     println!();
+    let metrics = [
+        ("consent service", suite.consent.metrics_address()),
+        ("profile service", suite.profile.metrics_address()),
+        ("recommendation", suite.recommendation.metrics_address()),
+    ];
+    if metrics.iter().any(|(_, address)| address.is_some()) {
+        println!("Prometheus metrics (scrape each; the gRPC ports do not serve them):");
+        for (service, address) in metrics {
+            if let Some(address) = address {
+                println!("  {service:<17} http://{address}/metrics");
+            }
+        }
+        println!();
+    }
     println!("Development caller tokens (send as `authorization: Bearer <token>`):");
     for (name, token) in tokens {
         let roles: Vec<&str> = policy.callers[name]

@@ -13,7 +13,7 @@ use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use consentgate_recommendation::service::Recommender;
-use consentgate_runtime::{Authenticator, Running, TokenError};
+use consentgate_runtime::{Authenticator, Metrics, Running, TokenError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +40,9 @@ pub enum SuiteError {
     /// A listener has no local address.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    /// The `/metrics` endpoint failed.
+    #[error("metrics endpoint: {0}")]
+    MetricsEndpoint(std::io::Error),
     /// The consent service could not start.
     #[error(transparent)]
     Consent(#[from] consent_server::StartError),
@@ -54,18 +57,40 @@ pub enum SuiteError {
     GateNotLive(&'static str),
 }
 
-/// A service started in the background: its own handle (for counters and tests) and its server.
+/// A service started in the background: its own handle (for counters and tests), its server
+/// and, when metrics are on, its metrics endpoint.
 pub struct Started<T, E> {
     /// The service's state: the consent engine, the profile service, the recommender.
     pub service: T,
     /// The gRPC server, for its address and to stop it.
     pub server: Running<E>,
+    /// What the service counts (disabled when no metrics listener was given).
+    pub metrics: Metrics,
+    /// The `/metrics` endpoint, when metrics are on.
+    pub metrics_server: Option<Running<std::io::Error>>,
 }
 
 impl<T, E: Send + 'static> Started<T, E> {
     /// Where it listens.
     pub fn address(&self) -> SocketAddr {
         self.server.address()
+    }
+
+    /// Where its `/metrics` endpoint listens, when metrics are on.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(Running::address)
+    }
+
+    /// Stops the gRPC server (draining in-flight calls), then the metrics endpoint.
+    pub async fn stop(self) -> Result<(), SuiteError>
+    where
+        SuiteError: From<E>,
+    {
+        self.server.stop().await?;
+        if let Some(metrics) = self.metrics_server {
+            metrics.stop().await.map_err(SuiteError::MetricsEndpoint)?;
+        }
+        Ok(())
     }
 
     /// `http://host:port`, for clients and the other services.
@@ -91,13 +116,33 @@ pub struct ConsentSettings {
     pub cache_capacity: u64,
 }
 
-/// Starts the consent service on `listener`.
+/// A service's listeners: its gRPC port, and its metrics port (`None`: metrics off).
+pub struct Listeners {
+    /// The gRPC port.
+    pub grpc: TcpListener,
+    /// The `/metrics` port, apart from the gRPC port so that a NetworkPolicy can open it to the
+    /// monitoring namespace only.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    /// A gRPC listener with metrics off.
+    fn from(grpc: TcpListener) -> Self {
+        Listeners {
+            grpc,
+            metrics: None,
+        }
+    }
+}
+
+/// Starts the consent service on `listeners`.
 pub async fn start_consent(
     policy: Arc<Policy>,
     auth: Authenticator,
     settings: ConsentSettings,
-    listener: TcpListener,
+    listeners: Listeners,
 ) -> Result<ConsentService, SuiteError> {
+    let (metrics, metrics_server) = consentgate_runtime::metrics::served(listeners.metrics)?;
     let engine = consent_server::open_engine(
         policy,
         &settings.database_url,
@@ -106,52 +151,75 @@ pub async fn start_consent(
     )
     .await?;
     let served = engine.clone();
-    let server = Running::spawn(listener, move |listener, shutdown| {
-        consent_server::serve(served, auth, listener, shutdown)
+    let measured = metrics.clone();
+    let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
+        consent_server::serve(served, auth, measured, listener, shutdown)
     })?;
     Ok(Started {
         service: engine,
         server,
+        metrics,
+        metrics_server,
     })
 }
 
-/// Starts the profile service on `listener`, once its gate follows consent changes.
+/// Starts the profile service on `listeners`, once its gate follows consent changes. Its
+/// metrics (and its gate's) are collected when `listeners` has a metrics port.
 pub async fn start_profile(
     config: ProfileConfig,
     auth: Authenticator,
-    listener: TcpListener,
+    listeners: Listeners,
 ) -> Result<ProfileService, SuiteError> {
+    let (metrics, metrics_server) = consentgate_runtime::metrics::served(listeners.metrics)?;
+    let mut config = config;
+    config.metrics = metrics.clone();
     let profile = Profile::open(config).await?;
     if !profile.gate().wait_live(GATE_LIVE_WITHIN).await {
         return Err(SuiteError::GateNotLive("profile service"));
     }
     let served = profile.shared.clone();
-    let server = Running::spawn(listener, move |listener, shutdown| {
-        profile_server::serve(Profile { shared: served }, auth, listener, shutdown)
+    let measured = metrics.clone();
+    let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
+        profile_server::serve(
+            Profile { shared: served },
+            auth,
+            measured,
+            listener,
+            shutdown,
+        )
     })?;
     Ok(Started {
         service: profile,
         server,
+        metrics,
+        metrics_server,
     })
 }
 
-/// Starts the recommendation service on `listener`, once its gate follows consent changes.
+/// Starts the recommendation service on `listeners`, once its gate follows consent changes. Its
+/// metrics (and its gate's) are collected when `listeners` has a metrics port.
 pub async fn start_recommendation(
     config: RecommendationConfig,
     auth: Authenticator,
-    listener: TcpListener,
+    listeners: Listeners,
 ) -> Result<RecommendationService, SuiteError> {
+    let (metrics, metrics_server) = consentgate_runtime::metrics::served(listeners.metrics)?;
+    let mut config = config;
+    config.metrics = metrics.clone();
     let recommender = recommendation_server::open(config).await?;
     if !recommender.gate.wait_live(GATE_LIVE_WITHIN).await {
         return Err(SuiteError::GateNotLive("recommendation service"));
     }
     let served = recommender.clone();
-    let server = Running::spawn(listener, move |listener, shutdown| {
-        recommendation_server::serve(served, auth, listener, shutdown)
+    let measured = metrics.clone();
+    let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
+        recommendation_server::serve(served, auth, measured, listener, shutdown)
     })?;
     Ok(Started {
         service: recommender,
         server,
+        metrics,
+        metrics_server,
     })
 }
 
@@ -165,20 +233,20 @@ pub struct SuiteConfig {
     pub tokens: Vec<(String, String)>,
     /// The consent service.
     pub consent: ConsentSettings,
-    /// The consent service's listener.
-    pub consent_listener: TcpListener,
+    /// The consent service's listeners.
+    pub consent_listeners: Listeners,
     /// The profile service's database.
     pub profile_database_url: String,
-    /// The profile service's listener.
-    pub profile_listener: TcpListener,
+    /// The profile service's listeners.
+    pub profile_listeners: Listeners,
     /// Decisions the profile service's gate caches (0: every read asks the consent service).
     pub profile_decision_cache: u64,
     /// How often the profile service's retention sweep runs.
     pub retention_every: Duration,
     /// The recommendation service's database (tiers and outcomes, no subject ids).
     pub recommendation_database_url: String,
-    /// The recommendation service's listener.
-    pub recommendation_listener: TcpListener,
+    /// The recommendation service's listeners.
+    pub recommendation_listeners: Listeners,
     /// The catalog to recommend from.
     pub catalog: Catalog,
 }
@@ -208,13 +276,16 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
     };
     let profile_token = token_of(PROFILE_CALLER)?;
     let recommendation_token = token_of(RECOMMENDATION_CALLER)?;
-    let recommendation_url = format!("http://{}", config.recommendation_listener.local_addr()?);
+    let recommendation_url = format!(
+        "http://{}",
+        config.recommendation_listeners.grpc.local_addr()?
+    );
 
     let consent = start_consent(
         config.policy.clone(),
         auth.clone(),
         config.consent,
-        config.consent_listener,
+        config.consent_listeners,
     )
     .await?;
     let mut gate = GateConfig::new(consent.url(), profile_token);
@@ -227,9 +298,10 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
             name: PROFILE_CALLER.into(),
             retention_every: config.retention_every,
             recommendation_url: Some(recommendation_url),
+            metrics: Metrics::disabled(),
         },
         auth.clone(),
-        config.profile_listener,
+        config.profile_listeners,
     )
     .await?;
     let recommendation = start_recommendation(
@@ -240,9 +312,10 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
             profile_url: profile.url(),
             profile_token: recommendation_token,
             database_url: config.recommendation_database_url,
+            metrics: Metrics::disabled(),
         },
         auth,
-        config.recommendation_listener,
+        config.recommendation_listeners,
     )
     .await?;
     Ok(Suite {
@@ -256,10 +329,9 @@ impl Suite {
     /// Stops the services in the reverse order of their start (callers before callees), each
     /// after draining its in-flight calls.
     pub async fn stop(self) -> Result<(), SuiteError> {
-        self.recommendation.server.stop().await?;
-        self.profile.server.stop().await?;
-        self.consent.server.stop().await?;
-        Ok(())
+        self.recommendation.stop().await?;
+        self.profile.stop().await?;
+        self.consent.stop().await
     }
 
     /// Runs until `shutdown` resolves or one of the services ends by itself (a server error),

@@ -322,6 +322,7 @@ async fn a_lapsed_training_lease_is_unlearned_when_the_consent_service_is_unreac
             profile,
             recommendation,
             recommendation_db,
+            ..
         } = suite;
         consent.stop().await;
         sleep_past(expires).await;

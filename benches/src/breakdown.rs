@@ -127,7 +127,12 @@ pub async fn measure(
         name: CALLER.to_owned(),
         roles: vec!["enforcer".to_owned()],
     });
-    let api = ConsentApi::new(engine.clone());
+    let api = ConsentApi::new(
+        engine.clone(),
+        std::sync::Arc::new(consentgate_consent::observe::ConsentMetrics::new(
+            &consentgate_runtime::Metrics::disabled(),
+        )),
+    );
     let q = |i: usize| &queries[i % queries.len()];
     let mut fresh = Fresh {
         engine,

@@ -254,7 +254,7 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
                 keys: Arc::new(LedgerKeys::generate()),
                 cache_capacity: 100_000,
             },
-            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?.into(),
         )
         .await?;
         let mut profiles = Vec::new();
@@ -271,9 +271,10 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
                 name: suite::PROFILE_CALLER.into(),
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: None,
+                metrics: Default::default(),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            profiles.push(suite::start_profile(config, auth.clone(), listener).await?);
+            profiles.push(suite::start_profile(config, auth.clone(), listener.into()).await?);
         }
         anyhow::Ok((consent, profiles.remove(0), profiles.remove(0)))
     })?;

@@ -123,13 +123,13 @@ fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Re
                 keys: Arc::new(LedgerKeys::generate()),
                 cache_capacity: 100_000,
             },
-            consent_listener: listener().await?,
+            consent_listeners: listener().await?.into(),
             profile_database_url: database("profile.db"),
-            profile_listener: listener().await?,
+            profile_listeners: listener().await?.into(),
             profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
             retention_every: Duration::from_secs(3600),
             recommendation_database_url: database("recommendation.db"),
-            recommendation_listener: listener().await?,
+            recommendation_listeners: listener().await?.into(),
             catalog: Catalog::demo(5000),
         })
         .await?;

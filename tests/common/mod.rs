@@ -85,7 +85,7 @@ impl TestServer {
             policy(),
             authenticator(),
             consent_settings(url, keys),
-            ephemeral().await,
+            ephemeral().await.into(),
         )
         .await
         .expect("consent service");
@@ -316,9 +316,10 @@ impl ProfileServer {
                 name: suite::PROFILE_CALLER.into(),
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: cascade.0,
+                metrics: Default::default(),
             },
             authenticator(),
-            ephemeral().await,
+            ephemeral().await.into(),
         )
         .await
         .expect("profile service");
@@ -571,9 +572,10 @@ impl RecommendationServer {
                 profile_url: format!("http://{}", profile.addr),
                 profile_token: token(suite::RECOMMENDATION_CALLER),
                 database_url: database_url.to_owned(),
+                metrics: Default::default(),
             },
             authenticator(),
-            listener,
+            listener.into(),
         )
         .await
         .expect("recommendation service");
@@ -614,12 +616,42 @@ pub struct Suite {
     pub recommendation: RecommendationServer,
     /// The recommendation service's own database.
     pub recommendation_db: TestDb,
+    /// The services' `/metrics` endpoints, when started with [`Suite::start_with_metrics`].
+    pub metrics: Option<SuiteMetrics>,
+}
+
+/// Where each service of a suite serves `/metrics`, and the endpoints themselves (they stop
+/// when this is dropped).
+pub struct SuiteMetrics {
+    pub consent: std::net::SocketAddr,
+    pub profile: std::net::SocketAddr,
+    pub recommendation: std::net::SocketAddr,
+    _endpoints: Vec<consentgate_runtime::Running<std::io::Error>>,
 }
 
 impl Suite {
     /// The suite as `consentgate up` wires it ([`suite::start`]), each service on its own
     /// database of `backend`.
     pub async fn start(backend: Backend) -> Suite {
+        Suite::start_observed(backend, false).await
+    }
+
+    /// As [`Suite::start`], with each service's metrics collected and served on a port of its own.
+    pub async fn start_with_metrics(backend: Backend) -> Suite {
+        Suite::start_observed(backend, true).await
+    }
+
+    async fn start_observed(backend: Backend, metrics: bool) -> Suite {
+        let listeners = || async move {
+            suite::Listeners {
+                grpc: ephemeral().await,
+                metrics: if metrics {
+                    Some(ephemeral().await)
+                } else {
+                    None
+                },
+            }
+        };
         let consent_db = TestDb::new(backend).await;
         let profile_db = TestDb::new(backend).await;
         let recommendation_db = TestDb::new(backend).await;
@@ -628,18 +660,33 @@ impl Suite {
             policy: policy(),
             tokens: tokens(),
             consent: consent_settings(&consent_url, Arc::new(LedgerKeys::generate())),
-            consent_listener: ephemeral().await,
+            consent_listeners: listeners().await,
             profile_database_url: profile_db.url.clone(),
-            profile_listener: ephemeral().await,
+            profile_listeners: listeners().await,
             profile_decision_cache: ProfileOptions::default().cache_capacity,
             retention_every: Duration::from_secs(3600),
             recommendation_database_url: recommendation_db.url.clone(),
-            recommendation_listener: ephemeral().await,
+            recommendation_listeners: listeners().await,
             catalog: consentgate_recommendation::catalog::Catalog::demo(5000),
         })
         .await
         .expect("suite");
+        let mut started = started;
+        let metrics = match (
+            started.consent.metrics_server.take(),
+            started.profile.metrics_server.take(),
+            started.recommendation.metrics_server.take(),
+        ) {
+            (Some(consent), Some(profile), Some(recommendation)) => Some(SuiteMetrics {
+                consent: consent.address(),
+                profile: profile.address(),
+                recommendation: recommendation.address(),
+                _endpoints: vec![consent, profile, recommendation],
+            }),
+            _ => None,
+        };
         Suite {
+            metrics,
             consent: TestServer::around(started.consent, Some(consent_db), &consent_url),
             profile: ProfileServer::around(started.profile, profile_db, None).await,
             recommendation: RecommendationServer::around(started.recommendation),

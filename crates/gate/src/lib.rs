@@ -11,6 +11,7 @@
 //! What it hands back is a [`Clearance`], which only this crate can construct.
 
 mod clearance;
+mod observe;
 mod watch;
 
 pub use clearance::{Clearance, subject_key, subject_of_key};
@@ -19,6 +20,8 @@ pub use watch::ChangeNotice;
 use consentgate_proto::consent::v1::CheckRequest;
 use consentgate_proto::consent::v1::CheckResponse;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use consentgate_runtime::Metrics;
+use observe::GateMetrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -47,6 +50,9 @@ pub struct GateConfig {
     pub check_timeout: Duration,
     /// How many decisions to cache; 0 turns the cache off (every read asks).
     pub cache_capacity: u64,
+    /// The service's metrics, where the gate reports its cache, lease and stream (disabled by
+    /// default).
+    pub metrics: Metrics,
 }
 
 impl GateConfig {
@@ -61,6 +67,7 @@ impl GateConfig {
             heartbeat: Duration::from_millis(250),
             check_timeout: Duration::from_secs(2),
             cache_capacity: DEFAULT_DECISION_CACHE,
+            metrics: Metrics::disabled(),
         }
     }
 }
@@ -145,6 +152,7 @@ struct Inner {
     cache: Option<moka::sync::Cache<Vec<u8>, Arc<Cached>>>,
     freshness: Arc<Freshness>,
     counters: Counters,
+    metrics: Arc<GateMetrics>,
     check_timeout: Duration,
 }
 
@@ -171,12 +179,23 @@ impl Gate {
         let auth: MetadataValue<Ascii> = format!("Bearer {}", config.token)
             .parse()
             .map_err(|_| GateError::Config("the token is not valid header text".into()))?;
-        let freshness = Arc::new(Freshness::new(config.lease, config.cache_capacity));
+        let metrics = Arc::new(GateMetrics::new(&config.metrics));
+        let freshness = Arc::new(Freshness::new(
+            config.lease,
+            config.cache_capacity,
+            metrics.lapses.clone(),
+        ));
+        let (live, age) = (Arc::downgrade(&freshness), Arc::downgrade(&freshness));
+        metrics.on_scrape(
+            move || live.upgrade().is_some_and(|f| f.live()),
+            move || age.upgrade().and_then(|f| f.heartbeat_age()),
+        );
         tokio::spawn(watch::follow(
             watch_client,
             auth.clone(),
             config.heartbeat,
             Arc::downgrade(&freshness),
+            metrics.clone(),
         ));
         let cache = (config.cache_capacity > 0).then(|| {
             moka::sync::Cache::builder()
@@ -192,6 +211,7 @@ impl Gate {
                 cache,
                 freshness,
                 counters: Counters::default(),
+                metrics,
                 check_timeout: config.check_timeout,
             }),
         })
@@ -267,9 +287,11 @@ impl Gate {
         } = prepare(request, on_behalf_of)?;
         if let Some(response) = self.cached(&key, &subject, min_revision) {
             self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.hits.increment(1);
             return Ok(self.hand_out(subject, request.purpose, caller, response, true));
         }
         self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.misses.increment(1);
         let issued_high_water = self.issued_high_water();
         let response = Arc::new(self.ask(request.clone()).await?);
         self.remember(key, response.clone(), issued_high_water);
@@ -315,10 +337,12 @@ impl Gate {
             let (response, from_cache) = match hit {
                 Some(response) => {
                     self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    self.inner.metrics.hits.increment(1);
                     (response, true)
                 }
                 None => {
                     self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    self.inner.metrics.misses.increment(1);
                     let response = Arc::new(answers.next().ok_or_else(|| {
                         GateError::Unavailable("BatchCheck answered fewer checks than asked".into())
                     })?);
@@ -399,6 +423,7 @@ impl Gate {
     /// Counts a failure and fails closed.
     fn unavailable(&self, why: String) -> GateError {
         self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.fail_closed.increment(1);
         GateError::Unavailable(why)
     }
 
@@ -467,6 +492,7 @@ impl Gate {
                 .counters
                 .lease_lapses
                 .fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.withheld.increment(1);
             return None;
         }
         Some(entry.response.clone())

@@ -2,10 +2,13 @@
 //! per-subject floors (cached decisions older than a floor are stale) and renews a heartbeat
 //! lease (cached *allows* are served only while the lease runs).
 
+use crate::observe::GateMetrics;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use consentgate_proto::consent::v1::{WatchChangesRequest, watch_changes_response};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use metrics::Counter;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
@@ -37,20 +40,41 @@ pub(crate) struct Freshness {
     last_device_change: AtomicU64,
     /// The lease runs until this many nanoseconds after `epoch`.
     live_until: AtomicU64,
+    /// The last heartbeat arrived this many nanoseconds after `epoch` (0: none yet).
+    last_heartbeat: AtomicU64,
     epoch: Instant,
     lease: Duration,
+    /// Counts each lapse of the lease once: when the stream breaks, or, for a lease that ran out
+    /// silently and came back before the stream was declared broken, at its renewal.
+    lapses: Counter,
+    /// Whether the lease ever ran (a gate that never had a live stream has not lapsed).
+    ever_live: AtomicBool,
+    /// Whether the current lapse was already counted.
+    lapse_counted: AtomicBool,
 }
 
 impl Freshness {
-    pub(crate) fn new(lease: Duration, capacity: u64) -> Self {
+    pub(crate) fn new(lease: Duration, capacity: u64, lapses: Counter) -> Self {
         Freshness {
             notices: tokio::sync::broadcast::channel(4096).0,
             floors: moka::sync::Cache::new(capacity.max(1024)),
             high_water: AtomicU64::new(0),
             last_device_change: AtomicU64::new(0),
             live_until: AtomicU64::new(0),
+            last_heartbeat: AtomicU64::new(0),
             epoch: Instant::now(),
             lease,
+            lapses,
+            ever_live: AtomicBool::new(false),
+            lapse_counted: AtomicBool::new(false),
+        }
+    }
+
+    /// How long ago the last heartbeat arrived (`None`: never).
+    pub(crate) fn heartbeat_age(&self) -> Option<Duration> {
+        match self.last_heartbeat.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Duration::from_nanos(self.now_nanos().saturating_sub(at))),
         }
     }
 
@@ -64,13 +88,29 @@ impl Freshness {
     }
 
     fn renew(&self) {
-        let until = self.now_nanos() + u64::try_from(self.lease.as_nanos()).unwrap_or(u64::MAX);
+        if self.ever_live.load(Ordering::Acquire)
+            && !self.live()
+            && !self.lapse_counted.load(Ordering::Acquire)
+        {
+            // It ran out between two heartbeats, unnoticed by the stream: a lapse all the same.
+            self.lapses.increment(1);
+        }
+        self.lapse_counted.store(false, Ordering::Release);
+        self.ever_live.store(true, Ordering::Release);
+        let now = self.now_nanos();
+        self.last_heartbeat.store(now.max(1), Ordering::Release);
+        let until = now + u64::try_from(self.lease.as_nanos()).unwrap_or(u64::MAX);
         self.live_until.store(until, Ordering::Release);
     }
 
     /// Ends the lease at once (the stream broke).
     pub(crate) fn lapse(&self) {
         self.live_until.store(0, Ordering::Release);
+        if self.ever_live.load(Ordering::Acquire)
+            && !self.lapse_counted.swap(true, Ordering::AcqRel)
+        {
+            self.lapses.increment(1);
+        }
     }
 
     pub(crate) fn high_water(&self) -> u64 {
@@ -101,9 +141,12 @@ impl Freshness {
         self.high_water.fetch_max(revision, Ordering::AcqRel);
     }
 
-    fn apply_heartbeat(&self, high_water: u64) {
-        self.high_water.fetch_max(high_water, Ordering::AcqRel);
+    /// Applies a heartbeat; returns how many revisions behind the announced high water the
+    /// gate was when it arrived.
+    fn apply_heartbeat(&self, high_water: u64) -> u64 {
+        let before = self.high_water.fetch_max(high_water, Ordering::AcqRel);
         self.renew();
+        high_water.saturating_sub(before)
     }
 }
 
@@ -114,12 +157,17 @@ pub(crate) async fn follow(
     auth: MetadataValue<Ascii>,
     heartbeat: Duration,
     freshness: std::sync::Weak<Freshness>,
+    metrics: Arc<GateMetrics>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut first = true;
     loop {
         let Some(state) = freshness.upgrade() else {
             return;
         };
+        if !std::mem::replace(&mut first, false) {
+            metrics.reconnects.increment(1);
+        }
         let mut request = tonic::Request::new(WatchChangesRequest {
             after_revision: state.high_water(),
             heartbeat_millis: u32::try_from(heartbeat.as_millis()).unwrap_or(250),
@@ -142,6 +190,13 @@ pub(crate) async fn follow(
                                 Some(watch_changes_response::Message::Change(change)) => {
                                     let key = change.subject.as_ref().and_then(subject_key);
                                     state.apply_change(key.clone(), change.revision);
+                                    metrics.propagated(
+                                        &change.kind,
+                                        change
+                                            .committed_at
+                                            .and_then(|t| SystemTime::try_from(t).ok()),
+                                    );
+                                    metrics.high_water.set(state.high_water() as f64);
                                     // Nobody listening is fine.
                                     let _ = state.notices.send(ChangeNotice {
                                         subject_key: key,
@@ -150,7 +205,9 @@ pub(crate) async fn follow(
                                     });
                                 }
                                 Some(watch_changes_response::Message::Heartbeat(beat)) => {
-                                    state.apply_heartbeat(beat.high_water_revision);
+                                    let lag = state.apply_heartbeat(beat.high_water_revision);
+                                    metrics.lag.set(lag as f64);
+                                    metrics.high_water.set(state.high_water() as f64);
                                 }
                                 None => {}
                             }

@@ -45,6 +45,7 @@ async fn consent_service() -> (String, TestDb) {
     tokio::spawn(consent_server::serve(
         engine,
         auth,
+        Default::default(),
         listener,
         std::future::pending(),
     ));

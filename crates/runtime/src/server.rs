@@ -4,6 +4,8 @@
 //! graceful shutdown; [`Running`] is a server spawned in the background, for the suite and tests.
 
 use crate::auth::{AuthLayer, Authenticator, RpcRules};
+use crate::metrics::Metrics;
+use crate::rpc_metrics::RpcMetricsLayer;
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -19,13 +21,14 @@ use tonic_health::server::HealthReporter;
 /// Serves `api` (one service's generated gRPC server, message limits already set) on `listener`
 /// until `shutdown` resolves, then reports it NOT_SERVING and drains in-flight calls.
 ///
-/// Every request passes the auth layer first (`auth` says who the caller is, `rules` which roles
-/// may call which RPC); health and reflection stay open so probes and `grpcurl` work without
-/// credentials.
+/// Every request is measured (`metrics`: duration by method and status, calls in flight), then
+/// passes the auth layer (`auth` says who the caller is, `rules` which roles may call which
+/// RPC); health and reflection stay open so probes and `grpcurl` work without credentials.
 pub async fn serve<S>(
     api: S,
     auth: Authenticator,
     rules: RpcRules,
+    metrics: &Metrics,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
@@ -54,8 +57,19 @@ where
             Ok(stream)
         })
     });
+    let measured = rules
+        .methods()
+        .map(str::to_owned)
+        .chain(OPEN_METHODS.iter().map(|m| (*m).to_owned()))
+        .collect::<Vec<_>>();
+    let layers = tower::ServiceBuilder::new()
+        .layer(RpcMetricsLayer::new(
+            metrics,
+            measured.iter().map(String::as_str),
+        ))
+        .layer(AuthLayer::new(auth, rules));
     tonic::transport::Server::builder()
-        .layer(AuthLayer::new(auth, rules))
+        .layer(layers)
         .add_routes(Routes::new(api))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -68,6 +82,14 @@ where
         })
         .await
 }
+
+/// The methods every server has besides its own: health and reflection (v1 and v1alpha).
+const OPEN_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 /// A server running in the background: its address, and a way to stop it and wait for the drain.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 
 use crate::convert;
 use crate::engine::Engine;
+use crate::observe::ConsentMetrics;
 use crate::service::{Service, ServiceError, WatchEvent};
 use consentgate_proto::consent::v1 as pb;
 use consentgate_proto::consent::v1::consent_service_server::ConsentService;
@@ -20,10 +21,10 @@ pub struct ConsentApi {
 }
 
 impl ConsentApi {
-    /// The service over an engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
+    /// The service over an engine, counting into `metrics`.
+    pub fn new(engine: Arc<Engine>, metrics: Arc<ConsentMetrics>) -> Self {
         ConsentApi {
-            service: Service::new(engine),
+            service: Service::new(engine, metrics),
         }
     }
 }

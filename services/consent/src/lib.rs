@@ -13,6 +13,7 @@ pub mod engine;
 pub mod grpc;
 pub mod ledger;
 pub mod model;
+pub mod observe;
 pub mod receipt;
 pub mod server;
 pub mod service;

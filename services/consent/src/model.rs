@@ -211,6 +211,9 @@ pub struct ChangeEvent {
     pub kind: String,
     /// The purpose, for consent changes.
     pub purpose: Option<String>,
+    /// When it was written (in its transaction): gates measure propagation from it. `None` for
+    /// changes written before commit times were kept.
+    pub committed_at: Option<OffsetDateTime>,
 }
 
 /// Everything stored about a subject that decisions need, read in one snapshot.

@@ -1178,11 +1178,15 @@ async fn changes_after_lists_events_in_order_with_a_high_water() {
         let mut expected = Vec::new();
         for (change, kind, purpose, subject) in script {
             let o = h.write(change).await;
+            // Each change carries its commit time (to the microsecond), for gates to measure
+            // how long it took to reach them.
+            let micros = o.committed_at.unix_timestamp_nanos() / 1_000;
             expected.push(ChangeEvent {
                 revision: o.revision,
                 subject,
                 kind: kind.to_owned(),
                 purpose: purpose.map(str::to_owned),
+                committed_at: time::OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).ok(),
             });
         }
         let last = expected.last().expect("events").revision;

@@ -15,6 +15,7 @@ pub mod authz;
 pub mod convert;
 pub mod grpc;
 pub mod model;
+pub mod observe;
 pub mod retention;
 pub mod server;
 pub mod service;

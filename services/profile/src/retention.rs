@@ -2,6 +2,7 @@
 //! policy (docs/architecture.md §4). Attributes age from their last update, events from when they happened,
 //! answers from when they were given.
 
+use crate::observe::ProfileMetrics;
 use crate::store::{ProfileStore, StoreError};
 use consentgate_policy::Policy;
 use std::sync::Arc;
@@ -23,14 +24,22 @@ pub async fn sweep(store: &dyn ProfileStore, policy: &Policy, now: i64) -> Resul
 }
 
 /// Runs [`sweep`] every `every`, for as long as the process lives.
-pub fn spawn(store: Arc<dyn ProfileStore>, policy: Arc<Policy>, every: Duration) {
+pub fn spawn(
+    store: Arc<dyn ProfileStore>,
+    policy: Arc<Policy>,
+    every: Duration,
+    metrics: Arc<ProfileMetrics>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             match sweep(store.as_ref(), &policy, crate::model::now_micros()).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "retention sweep deleted expired data"),
+                Ok(n) => {
+                    metrics.retained(n);
+                    tracing::info!(rows = n, "retention sweep deleted expired data");
+                }
                 Err(e) => tracing::error!(error = %e.log_safe(), "retention sweep failed"),
             }
         }

@@ -4,14 +4,15 @@
 use crate::access_log::AccessLog;
 use crate::authz;
 use crate::grpc::ProfileApi;
+use crate::observe::ProfileMetrics;
 use crate::service::Service;
 use crate::store::{self, ProfileStore, StoreError};
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_policy::Policy;
 use consentgate_proto::profile::v1::profile_service_server::ProfileServiceServer;
 use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
-use consentgate_runtime::Authenticator;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
+use consentgate_runtime::{Authenticator, Metrics};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,8 @@ pub struct ProfileConfig {
     pub retention_every: Duration,
     /// The recommendation service, for the erasure cascade (`None`: not deployed).
     pub recommendation_url: Option<String>,
+    /// Where the service (and its gate, through `gate.metrics`) counts; disabled by default.
+    pub metrics: Metrics,
 }
 
 /// A running profile service's parts, opened and ready to serve.
@@ -65,7 +68,10 @@ impl Profile {
         config: ProfileConfig,
         store: Arc<dyn ProfileStore>,
     ) -> Result<Profile, StartError> {
-        let gate = Gate::start(config.gate, config.name.clone())?;
+        // The gate reports into the service's registry, as part of the service.
+        let mut gate_config = config.gate;
+        gate_config.metrics = config.metrics.clone();
+        let gate = Gate::start(gate_config, config.name.clone())?;
         let recommendation = match &config.recommendation_url {
             Some(url) => Some(RecommendationServiceClient::new(
                 tonic::transport::Endpoint::from_shared(url.clone())
@@ -76,8 +82,14 @@ impl Profile {
             )),
             None => None,
         };
-        let log = AccessLog::start(store.clone());
-        crate::retention::spawn(store.clone(), config.policy.clone(), config.retention_every);
+        let metrics = Arc::new(ProfileMetrics::new(&config.metrics));
+        let log = AccessLog::start(store.clone(), metrics.clone());
+        crate::retention::spawn(
+            store.clone(),
+            config.policy.clone(),
+            config.retention_every,
+            metrics.clone(),
+        );
         Ok(Profile {
             shared: Arc::new(Service {
                 all_categories: config.policy.categories.keys().cloned().collect(),
@@ -87,6 +99,7 @@ impl Profile {
                 log,
                 name: config.name,
                 recommendation,
+                metrics,
             }),
         })
     }
@@ -101,12 +114,13 @@ impl Profile {
 pub async fn serve(
     profile: Profile,
     auth: Authenticator,
+    metrics: Metrics,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let api = ProfileServiceServer::new(ProfileApi::new(profile.shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(api, auth, authz::rules(), listener, shutdown).await?;
+    consentgate_runtime::serve(api, auth, authz::rules(), &metrics, listener, shutdown).await?;
     Ok(())
 }

@@ -92,6 +92,7 @@ impl Fixture {
         tokio::spawn(consent_server::serve(
             engine,
             auth,
+            Default::default(),
             listener,
             std::future::pending(),
         ));

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod convert;
 pub mod grpc;
 pub mod model;
+pub mod observe;
 pub mod profile_reader;
 pub mod ranking;
 pub mod server;

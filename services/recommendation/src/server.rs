@@ -4,13 +4,14 @@
 use crate::authz;
 use crate::catalog::Catalog;
 use crate::grpc::RecommendationApi;
+use crate::observe::RecommendationMetrics;
 use crate::profile_reader::ProfileReader;
 use crate::service::Recommender;
 use crate::store::RecommendationStore;
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
-use consentgate_runtime::Authenticator;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
+use consentgate_runtime::{Authenticator, Metrics};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -46,6 +47,8 @@ pub struct RecommendationConfig {
     pub profile_token: String,
     /// Its own database: `sqlite://PATH` or `postgres://…` (tiers and outcomes, no subject ids).
     pub database_url: String,
+    /// Where the service (and its gate) counts; disabled by default.
+    pub metrics: Metrics,
 }
 
 /// Opens the store, builds the recommender, starts following consent changes and sweeping lapsed
@@ -53,10 +56,23 @@ pub struct RecommendationConfig {
 /// [`Recommender::set_training_sweep`]).
 pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, StartError> {
     let store = RecommendationStore::open(&config.database_url).await?;
-    let gate = Gate::start(config.gate, config.name.clone())?;
+    // The gate reports into the service's registry, as part of the service.
+    let mut gate_config = config.gate;
+    gate_config.metrics = config.metrics.clone();
+    let gate = Gate::start(gate_config, config.name.clone())?;
     let profile = ProfileReader::new(&config.profile_url, &config.profile_token)
         .map_err(StartError::Profile)?;
-    let recommender = Recommender::new(config.catalog, gate, profile, config.name, store);
+    let metrics = Arc::new(RecommendationMetrics::new(&config.metrics));
+    let recommender = Recommender::new(
+        config.catalog,
+        gate,
+        profile,
+        config.name,
+        store,
+        metrics.clone(),
+    );
+    let observed = Arc::downgrade(&recommender);
+    metrics.model_size(move || observed.upgrade().map_or(0, |r| r.learned_subjects()));
     recommender.follow_changes();
     recommender.sweep_training();
     Ok(recommender)
@@ -66,12 +82,13 @@ pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, Star
 pub async fn serve(
     recommender: Arc<Recommender>,
     auth: Authenticator,
+    metrics: Metrics,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let api = RecommendationServiceServer::new(RecommendationApi::new(recommender))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(api, auth, authz::rules(), listener, shutdown).await?;
+    consentgate_runtime::serve(api, auth, authz::rules(), &metrics, listener, shutdown).await?;
     Ok(())
 }

@@ -203,6 +203,7 @@ pub fn watch_message(
             subject: e.subject.as_ref().map(subject_ref),
             kind: e.kind,
             purpose: e.purpose.unwrap_or_default(),
+            committed_at: e.committed_at.map(timestamp),
         }),
         WatchEvent::Heartbeat {
             high_water_revision,

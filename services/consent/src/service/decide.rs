@@ -43,6 +43,7 @@ impl Service {
     ) -> Result<Decision, ServiceError> {
         may_delegate(caller, ask)?;
         let decision = self.engine.check(&ask.decider, &ask.query).await?;
+        self.metrics.decided(&ask.query.purpose, &decision);
         if ask.delegated {
             tracing::debug!(caller = %caller.name, on_behalf_of = %ask.decider, purpose = %ask.query.purpose, "delegated check");
         }
@@ -64,6 +65,7 @@ impl Service {
         let mut results = Vec::with_capacity(asks.len());
         for ask in asks {
             let decision = self.engine.check(&ask.decider, &ask.query).await?;
+            self.metrics.decided(&ask.query.purpose, &decision);
             results.push(answer(ask, &decision));
         }
         Ok(results)

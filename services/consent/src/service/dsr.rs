@@ -143,6 +143,7 @@ impl Service {
             &self.engine.keys().verifying_key(),
         )
         .await?;
+        self.metrics.verified(report.broken.is_none());
         Ok(report)
     }
 

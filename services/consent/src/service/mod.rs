@@ -25,6 +25,7 @@ pub use watch::{WatchEvent, WatchStream};
 use crate::engine::{Engine, EngineError};
 use crate::ledger;
 use crate::model::{Change, SubjectKey, Write, WriteOutcome};
+use crate::observe::ConsentMetrics;
 use crate::store::StoreError;
 use consentgate_policy::Policy;
 use consentgate_runtime::CallerIdentity;
@@ -36,6 +37,7 @@ use tonic::Code;
 /// The consent service: every RPC's meaning, over the engine.
 pub struct Service {
     engine: Arc<Engine>,
+    metrics: Arc<ConsentMetrics>,
     /// Keys log pseudonyms of subject ids; random per process and never logged.
     log_key: [u8; 32],
 }
@@ -141,10 +143,11 @@ impl From<StoreError> for ServiceError {
 }
 
 impl Service {
-    /// The service over an engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
+    /// The service over an engine, counting decisions and writes into `metrics`.
+    pub fn new(engine: Arc<Engine>, metrics: Arc<ConsentMetrics>) -> Self {
         Service {
             engine,
+            metrics,
             log_key: ledger::random_key(),
         }
     }
@@ -167,6 +170,7 @@ impl Service {
     ) -> Result<WriteOutcome, ServiceError> {
         let kind = change.kind();
         let who = self.pseudonym(change.subject());
+        let started = std::time::Instant::now();
         let outcome = self
             .engine
             .record(Write {
@@ -176,6 +180,8 @@ impl Service {
                 change,
             })
             .await?;
+        self.metrics
+            .wrote(kind, outcome.replayed, started.elapsed());
         tracing::info!(caller = %caller.name, kind, subject = %who, revision = outcome.revision, replayed = outcome.replayed, "consent change recorded");
         Ok(outcome)
     }

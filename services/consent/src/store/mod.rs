@@ -104,6 +104,17 @@ pub trait ConsentStore: Send + Sync + 'static {
     async fn ledger(&self, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError>;
     /// Every checkpoint, by seq.
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// How far the ledger and its signed checkpoints reach (for metrics: two indexed lookups).
+    async fn ledger_extent(&self) -> Result<LedgerExtent, StoreError>;
+}
+
+/// The ledger's last entry and last signed checkpoint, by seq (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LedgerExtent {
+    /// The seq of the last entry (entries are never deleted, so also their number).
+    pub last_entry: u64,
+    /// The seq of the last signed checkpoint.
+    pub last_checkpoint: u64,
 }
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`) and runs its migrations.
@@ -147,5 +158,8 @@ impl<D: Dialect> ConsentStore for SqlStore<D> {
     }
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         SqlStore::checkpoints(self).await
+    }
+    async fn ledger_extent(&self) -> Result<LedgerExtent, StoreError> {
+        SqlStore::ledger_extent(self).await
     }
 }

@@ -229,12 +229,13 @@ impl<D: Dialect> SqlStore<D> {
             Some(subject_s.clone())
         };
         sqlx::query(
-            "INSERT INTO changes (revision, subject, kind, purpose) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO changes (revision, subject, kind, purpose, committed_micros) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(rev)
         .bind(change_subject)
         .bind(write.change.kind())
         .bind(write.change.purpose())
+        .bind(unix_micros(now))
         .execute(&mut *tx)
         .await?;
 
@@ -356,7 +357,7 @@ impl<D: Dialect> SqlStore<D> {
             .fetch_one(&mut *tx)
             .await?
             .get(0);
-        let rows = sqlx::query("SELECT revision, subject, kind, purpose FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2")
+        let rows = sqlx::query("SELECT revision, subject, kind, purpose, committed_micros FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2")
             .bind(to_i64(after)).bind(i64::from(limit))
             .fetch_all(&mut *tx).await?;
         tx.commit().await?;
@@ -372,6 +373,7 @@ impl<D: Dialect> SqlStore<D> {
                         .transpose()?,
                     kind: r.get(2),
                     purpose: r.get(3),
+                    committed_at: r.get::<Option<i64>, _>(4).and_then(from_unix_micros),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -422,6 +424,17 @@ impl<D: Dialect> SqlStore<D> {
             event: r.get(3),
         })
         .collect())
+    }
+
+    pub(super) async fn ledger_extent(&self) -> Result<super::LedgerExtent, StoreError> {
+        let last = |sql: &'static str| async move {
+            let seq: i64 = sqlx::query(sql).fetch_one(&self.pool).await?.get(0);
+            Ok::<u64, StoreError>(to_u64(seq))
+        };
+        Ok(super::LedgerExtent {
+            last_entry: last("SELECT COALESCE(MAX(seq), 0) FROM ledger").await?,
+            last_checkpoint: last("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").await?,
+        })
     }
 
     pub(super) async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
@@ -578,4 +591,15 @@ async fn erase_key(
         .execute(&mut **tx)
         .await?;
     Ok(deleted)
+}
+
+/// Microseconds since the Unix epoch: how a change's commit time is stored (an integer compares
+/// and converts the same on both backends).
+fn unix_micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// The inverse of [`unix_micros`]; `None` for a value no timestamp has.
+fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
 }

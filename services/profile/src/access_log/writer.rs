@@ -4,8 +4,10 @@
 //! after its entry is durable: if the log cannot be written, the read fails.
 
 use crate::model::AccessDraft;
+use crate::observe::ProfileMetrics;
 use crate::store::ProfileStore;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most entries committed in one transaction.
@@ -26,9 +28,15 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer task over `store`.
-    pub fn start(store: Arc<dyn ProfileStore>) -> AccessLog {
+    /// Starts the writer task over `store`, timing its commits and flushes into `metrics`.
+    pub fn start(store: Arc<dyn ProfileStore>, metrics: Arc<ProfileMetrics>) -> AccessLog {
         let (queue, mut incoming) = mpsc::channel::<Pending>(8192);
+        let waiting = queue.downgrade();
+        metrics.queue_depth(move || {
+            waiting
+                .upgrade()
+                .map_or(0, |q| q.max_capacity() - q.capacity())
+        });
         tokio::spawn(async move {
             let mut flush = tokio::time::interval(FLUSH_EVERY);
             flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -43,7 +51,10 @@ impl AccessLog {
                     // ~2.9x the health floor instead of ~1.7x on 2 cores, BENCHMARKS.md);
                     // inline, a few reads wait for it once per interval.
                     _ = flush.tick() => {
-                        if let Err(e) = store.flush_access().await {
+                        let started = Instant::now();
+                        let flushed = store.flush_access().await;
+                        metrics.flushed(started.elapsed(), flushed.is_ok());
+                        if let Err(e) = flushed {
                             tracing::error!(error = %e.log_safe(), "chaining the access journal failed; retrying");
                         }
                         continue;
@@ -57,7 +68,9 @@ impl AccessLog {
                     }
                 }
                 let drafts: Vec<AccessDraft> = batch.iter().map(|p| p.draft.clone()).collect();
+                let started = Instant::now();
                 let outcome = store.append_access(&drafts).await.map_err(|e| e.log_safe());
+                metrics.appended(started.elapsed(), outcome.is_ok());
                 if let Err(why) = &outcome {
                     tracing::error!(error = %why, entries = batch.len(), "access log write failed; the reads fail");
                 }

@@ -88,6 +88,9 @@ impl Service {
         for mut item in ask.items {
             let decision = &decisions[item.purpose()];
             let verdict = verdict(decision, item.category());
+            if let Err(refusal) = &verdict {
+                self.metrics.refused(&refusal.reason);
+            }
             if verdict.is_ok() {
                 item.stamp(now);
                 accepted.push((decision, item));

@@ -27,6 +27,7 @@ pub use rights::{
 
 use crate::access_log::AccessLog;
 use crate::model::{AccessDraft, now_micros};
+use crate::observe::ProfileMetrics;
 use crate::store::{ProfileStore, StoreError};
 use consentgate_gate::{Clearance, Gate, GateError};
 use consentgate_policy::Policy;
@@ -59,6 +60,8 @@ pub struct Service {
     pub all_categories: Vec<String>,
     /// The recommendation service, for the erasure cascade.
     pub recommendation: Option<RecommendationServiceClient<tonic::transport::Channel>>,
+    /// What the service counts.
+    pub metrics: Arc<ProfileMetrics>,
 }
 
 /// Why a service call failed: one variant per answer a caller can branch on, each with its gRPC

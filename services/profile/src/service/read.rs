@@ -10,6 +10,7 @@
 use super::{Service, ServiceError};
 use crate::model::{Answer, AnswerKind, Attribute, Event, EventField, EventFields, EventKind};
 use crate::model::{Holding, Table};
+use crate::observe::ReadOutcome;
 use crate::store::{EventQuery, ProfileStore};
 use consentgate_gate::Clearance;
 use consentgate_policy::Reason;
@@ -168,22 +169,38 @@ impl Service {
         }
     }
 
-    /// Asks the gate about a read.
+    /// Asks the gate about a read, and counts how it was decided.
     async fn decide_read(
         &self,
         caller: &CallerIdentity,
         read: ReadAsk,
         categories: Vec<String>,
     ) -> Result<Clearance, ServiceError> {
-        self.decide(
-            caller,
-            read.subject,
-            &read.purpose,
-            categories,
-            read.context,
-            &read.at_least_as_fresh,
-        )
-        .await
+        let decided = self
+            .decide(
+                caller,
+                read.subject,
+                &read.purpose,
+                categories,
+                read.context,
+                &read.at_least_as_fresh,
+            )
+            .await;
+        match &decided {
+            Ok(decision) => self.metrics.read(&read.purpose, ReadOutcome::of(decision)),
+            Err(ServiceError::ConsentUnavailable(_)) => {
+                self.metrics.read(&read.purpose, ReadOutcome::Unavailable);
+            }
+            Err(_) => {}
+        }
+        decided
+    }
+
+    /// Counts what a read withheld, by reason.
+    fn count_withheld(&self, redactions: &[Redaction]) {
+        for r in redactions {
+            self.metrics.redacted(&r.reason, r.items);
+        }
     }
 
     /// GetProfile: the attributes of the asked categories that the decision allows.
@@ -198,6 +215,7 @@ impl Service {
         let returned = returned_categories(part.items.iter().map(|a| a.category.as_str()));
         self.log_read(&decision, "GetProfile", returned, part.items.len())
             .await?;
+        self.count_withheld(&part.redactions);
         Ok(Read {
             items: part.items,
             redactions: part.redactions,
@@ -229,6 +247,7 @@ impl Service {
         let returned = returned_categories(part.items.iter().map(|e| e.kind.category()));
         self.log_read(&decision, "ListEvents", returned, part.items.len())
             .await?;
+        self.count_withheld(&part.redactions);
         Ok(EventsPage {
             read: Read {
                 items: part.items,
@@ -252,6 +271,7 @@ impl Service {
         let returned = returned_categories(part.items.iter().map(|a| a.kind.category()));
         self.log_read(&decision, "GetAnswers", returned, part.items.len())
             .await?;
+        self.count_withheld(&part.redactions);
         Ok(Read {
             items: part.items,
             redactions: part.redactions,
@@ -348,6 +368,7 @@ impl Service {
         self.log_read(&decision, "ReadSubject", returned, items)
             .await?;
         read.redactions = merge_redactions(redactions);
+        self.count_withheld(&read.redactions);
         Ok(read)
     }
 }

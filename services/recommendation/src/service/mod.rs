@@ -23,6 +23,7 @@ pub use training::{SweepTotals, TRAINING_SWEEP};
 
 use crate::catalog::Catalog;
 use crate::model::CoOccurrence;
+use crate::observe::RecommendationMetrics;
 use crate::profile_reader::ProfileReader;
 use crate::store::{RecommendationStore, StoreError};
 use crate::tier::Tier;
@@ -63,6 +64,8 @@ pub struct Recommender {
     sweep_every: tokio::sync::watch::Sender<Duration>,
     /// What training sweeps did so far.
     sweeps: training::SweepCounters,
+    /// What the service counts.
+    metrics: Arc<RecommendationMetrics>,
 }
 
 /// Why a service call failed: one variant per answer a caller can branch on, each with its gRPC
@@ -114,15 +117,18 @@ impl From<StoreError> for ServiceError {
 }
 
 impl Recommender {
-    /// A recommender over `catalog`, asking `gate`, reading through `profile`.
+    /// A recommender over `catalog`, asking `gate`, reading through `profile`, counting into
+    /// `metrics`.
     pub fn new(
         catalog: Catalog,
         gate: Gate,
         profile: ProfileReader,
         name: String,
         store: RecommendationStore,
+        metrics: Arc<RecommendationMetrics>,
     ) -> Arc<Recommender> {
         Arc::new(Recommender {
+            metrics,
             name,
             store,
             catalog: RwLock::new(Arc::new(catalog)),

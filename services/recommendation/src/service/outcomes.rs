@@ -47,12 +47,13 @@ impl Recommender {
             Some(t) => Some(t),
             None => self.store.tier(id).await?,
         };
-        if issued.is_none() {
+        let Some(tier) = issued else {
             return Err(ServiceError::RecommendationNotFound);
-        }
+        };
         self.store
             .record_outcome(id, outcome.kind.as_str(), outcome.value_minor)
             .await?;
+        self.metrics.outcome(tier, outcome.kind.as_str());
         Ok(())
     }
 

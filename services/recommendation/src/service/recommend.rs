@@ -134,6 +134,7 @@ impl Recommender {
         let id = uuid::Uuid::now_v7().to_string();
         self.issued.insert(id.clone(), tier);
         self.store.record(id.clone(), tier);
+        self.metrics.answered(tier);
         Ok(Recommendation {
             id,
             tier,

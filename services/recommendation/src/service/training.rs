@@ -5,6 +5,7 @@
 
 use super::{Recommender, TRAINING};
 use crate::model::{CoOccurrence, Lapsed};
+use crate::observe::Unlearning;
 use consentgate_gate::subject_of_key;
 use consentgate_proto::common::v1::{RequestContext, SubjectRef};
 use consentgate_proto::consent::v1::{CheckRequest, Verdict};
@@ -207,6 +208,8 @@ impl Recommender {
         self.sweeps
             .unlearned
             .fetch_add(done.unlearned, Ordering::Relaxed);
+        self.metrics
+            .unlearned(Unlearning::LapsedLease, done.unlearned);
         if done.unlearned > 0 {
             tracing::info!(
                 renewed = done.renewed,
@@ -230,8 +233,10 @@ impl Recommender {
                 };
                 match notice {
                     Ok(n) => {
-                        if let Some(key) = n.subject_key {
-                            me.forget_older_than(&key, n.revision);
+                        if let Some(key) = n.subject_key
+                            && me.forget_older_than(&key, n.revision)
+                        {
+                            me.metrics.unlearned(Unlearning::ConsentChange, 1);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -257,12 +262,18 @@ impl Recommender {
         }
     }
 
-    /// Forgets everything derived from the subject key; whether there was anything.
+    /// Forgets everything derived from the subject key (an erasure's request); whether there
+    /// was anything.
     pub fn forget(&self, key: &str) -> bool {
-        self.model
+        let forgot = self
+            .model
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .unlearn(key)
+            .unlearn(key);
+        if forgot {
+            self.metrics.unlearned(Unlearning::Request, 1);
+        }
+        forgot
     }
 
     /// How many subjects the model has learned from.

@@ -85,6 +85,7 @@ impl Service {
             )
             .await?;
         if record.state == "completed" {
+            self.metrics.erasure("replayed");
             return Ok(Erasure::of(record));
         }
         let mut detail: ErasureDetail = serde_json::from_str(&record.detail).unwrap_or_default();
@@ -163,6 +164,11 @@ impl Service {
         }
         record.detail = serde_json::to_string(&detail).unwrap_or_else(|_| "{}".into());
         self.store.update_request(&record).await?;
+        self.metrics.erasure(if record.state == "completed" {
+            "completed"
+        } else {
+            "in_progress"
+        });
         Ok(Erasure {
             request: record,
             detail,

@@ -1,0 +1,174 @@
+//! What the consent service tells Prometheus: decisions by purpose, verdict and reason; the
+//! personalization level served; consent writes by kind with their durable-commit latency; the
+//! ledger's length, how many entries await a signed checkpoint, and ledger verifications.
+//!
+//! Label values come from the policy (purposes) and the decision rules (verdicts, reasons,
+//! levels), never from a request's subject.
+
+use crate::engine::Engine;
+use crate::store::LedgerExtent;
+use consentgate_policy::{Decision, Personalization, Verdict};
+use consentgate_runtime::Metrics;
+use consentgate_runtime::metrics::Kind;
+use metrics::{Counter, Gauge, Histogram, Unit};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DECISIONS: &str = "consentgate_consent_decisions_total";
+const LEVELS: &str = "consentgate_consent_personalization_levels_total";
+const WRITES: &str = "consentgate_consent_writes_total";
+const COMMIT: &str = "consentgate_consent_commit_duration_seconds";
+const LEDGER_ENTRIES: &str = "consentgate_consent_ledger_entries";
+const UNSIGNED: &str = "consentgate_consent_ledger_unsigned_entries";
+const VERIFICATIONS: &str = "consentgate_consent_ledger_verifications_total";
+
+/// How often the ledger's extent is read for the gauges.
+pub const LEDGER_EVERY: Duration = Duration::from_secs(10);
+
+/// The consent service's instruments.
+pub struct ConsentMetrics {
+    registry: Metrics,
+    commit: Histogram,
+    ledger_entries: Gauge,
+    unsigned: Gauge,
+    verified_ok: Counter,
+    verified_broken: Counter,
+}
+
+impl ConsentMetrics {
+    /// Registers the instruments in `metrics`.
+    pub fn new(metrics: &Metrics) -> ConsentMetrics {
+        describe(metrics);
+        ConsentMetrics {
+            registry: metrics.clone(),
+            commit: metrics.histogram(COMMIT, &[]),
+            ledger_entries: metrics.gauge(LEDGER_ENTRIES, &[]),
+            unsigned: metrics.gauge(UNSIGNED, &[]),
+            verified_ok: metrics.counter(VERIFICATIONS, &[("result", "ok")]),
+            verified_broken: metrics.counter(VERIFICATIONS, &[("result", "broken")]),
+        }
+    }
+
+    /// A decision was answered (Check or one item of BatchCheck).
+    pub fn decided(&self, purpose: &str, decision: &Decision) {
+        let verdict = match decision.verdict {
+            Verdict::Allow => "allow",
+            Verdict::Partial => "partial",
+            Verdict::Deny => "deny",
+        };
+        let reason = decision.reason.map_or("NONE", |r| r.code());
+        self.registry
+            .counter(
+                DECISIONS,
+                &[
+                    ("purpose", purpose),
+                    ("verdict", verdict),
+                    ("reason", reason),
+                ],
+            )
+            .increment(1);
+        self.registry
+            .counter(LEVELS, &[("level", level(decision.personalization))])
+            .increment(1);
+    }
+
+    /// A consent write was answered: recorded (after its durable commit, which took `took`) or
+    /// replayed from its idempotency record.
+    pub fn wrote(&self, kind: &str, replayed: bool, took: Duration) {
+        let outcome = if replayed { "replayed" } else { "recorded" };
+        self.registry
+            .counter(WRITES, &[("kind", kind), ("outcome", outcome)])
+            .increment(1);
+        if !replayed {
+            self.commit.record(took.as_secs_f64());
+        }
+    }
+
+    /// `VerifyLedger` walked the chain.
+    pub fn verified(&self, ok: bool) {
+        if ok {
+            self.verified_ok.increment(1);
+        } else {
+            self.verified_broken.increment(1);
+        }
+    }
+
+    fn ledger(&self, extent: LedgerExtent) {
+        self.ledger_entries.set(extent.last_entry as f64);
+        self.unsigned
+            .set(extent.last_entry.saturating_sub(extent.last_checkpoint) as f64);
+    }
+}
+
+/// Reads the ledger's extent every [`LEDGER_EVERY`] into the gauges, until the engine closes.
+pub async fn follow_ledger(engine: Arc<Engine>, metrics: Arc<ConsentMetrics>) {
+    let mut ticker = tokio::time::interval(LEDGER_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = engine.closed() => return,
+        }
+        match engine.store().ledger_extent().await {
+            Ok(extent) => metrics.ledger(extent),
+            Err(e) => {
+                tracing::warn!(error = %e.log_safe(), "cannot read the ledger's extent for metrics")
+            }
+        }
+    }
+}
+
+/// The ladder rung's name, as the policy spells it.
+fn level(personalization: Personalization) -> &'static str {
+    match personalization {
+        Personalization::Anonymous => "anonymous",
+        Personalization::Contextual => "contextual",
+        Personalization::Segment => "segment",
+        Personalization::Limited => "limited",
+        Personalization::Profiled => "profiled",
+    }
+}
+
+fn describe(m: &Metrics) {
+    m.describe(
+        DECISIONS,
+        Kind::Counter,
+        None,
+        "Decisions answered (Check and BatchCheck items) by purpose, verdict and top-level reason code (NONE for an allow).",
+    );
+    m.describe(
+        LEVELS,
+        Kind::Counter,
+        None,
+        "Decisions answered by the personalization level they allowed.",
+    );
+    m.describe(
+        WRITES,
+        Kind::Counter,
+        None,
+        "Consent writes answered, by kind (grant, refuse, withdraw, signal, link, restrict, erase) and outcome (recorded, or replayed from an idempotency key).",
+    );
+    m.describe(
+        COMMIT,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time to record a consent write, durable commit included (replays excluded).",
+    );
+    m.describe(
+        LEDGER_ENTRIES,
+        Kind::Gauge,
+        None,
+        "Entries in the consent ledger (hash chain).",
+    );
+    m.describe(
+        UNSIGNED,
+        Kind::Gauge,
+        None,
+        "Ledger entries after the last signed checkpoint (stays below the checkpoint interval unless signing fails).",
+    );
+    m.describe(
+        VERIFICATIONS,
+        Kind::Counter,
+        None,
+        "VerifyLedger walks by result (ok, broken).",
+    );
+}
