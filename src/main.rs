@@ -11,7 +11,7 @@ use consentgate_policy::Policy;
 use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
-use consentgate_runtime::Authenticator;
+use consentgate_runtime::{Authenticator, Running, Telemetry, TraceExport, Tracing};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -139,7 +139,7 @@ struct MetricsArgs {
         env = "CONSENTGATE_METRICS_LISTEN",
         default_value = "0.0.0.0:9464"
     )]
-    listen: String,
+    metrics_listen: String,
 }
 
 #[derive(clap::Args)]
@@ -323,7 +323,7 @@ async fn listeners(
 ) -> anyhow::Result<suite::Listeners> {
     Ok(suite::Listeners {
         grpc: listen(grpc, service).await?,
-        metrics: listen_metrics(&metrics.listen, service).await?,
+        metrics: listen_metrics(&metrics.metrics_listen, service).await?,
     })
 }
 
@@ -398,16 +398,17 @@ async fn main() -> anyhow::Result<()> {
                 consent_server::open_engine(policy, &args.database_url, keys, args.cache_capacity)
                     .await?;
             let listeners = listeners(&args.listen, &args.metrics, "consent service").await?;
-            let (metrics, endpoint) = consentgate_runtime::metrics::served(listeners.metrics)?;
+            let (telemetry, endpoint) =
+                served_telemetry(listeners.metrics, suite::CONSENT_SERVICE_NAME)?;
             consent_server::serve(
                 engine,
                 auth,
-                metrics,
+                telemetry.clone(),
                 listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
             )
             .await?;
-            stop_metrics(endpoint).await
+            finish_telemetry(telemetry, endpoint).await
         }
         Command::Serve {
             service: Service::Profile(args),
@@ -422,7 +423,8 @@ async fn main() -> anyhow::Result<()> {
             gate.lease = std::time::Duration::from_millis(args.lease_ms);
             gate.cache_capacity = args.decision_cache;
             let listeners = listeners(&args.listen, &args.metrics, "profile service").await?;
-            let (metrics, endpoint) = consentgate_runtime::metrics::served(listeners.metrics)?;
+            let (telemetry, endpoint) =
+                served_telemetry(listeners.metrics, suite::PROFILE_SERVICE_NAME)?;
             let profile = Profile::open(ProfileConfig {
                 policy,
                 database_url: args.database_url,
@@ -430,18 +432,18 @@ async fn main() -> anyhow::Result<()> {
                 name: args.caller_name,
                 retention_every: std::time::Duration::from_secs(args.retention_every_secs),
                 recommendation_url: args.recommendation_url.clone(),
-                metrics: metrics.clone(),
+                metrics: telemetry.metrics.clone(),
             })
             .await?;
             profile_server::serve(
                 profile,
                 auth,
-                metrics,
+                telemetry.clone(),
                 listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
             )
             .await?;
-            stop_metrics(endpoint).await
+            finish_telemetry(telemetry, endpoint).await
         }
         Command::Serve {
             service: Service::Recommendation(args),
@@ -462,7 +464,8 @@ async fn main() -> anyhow::Result<()> {
             };
             let listeners =
                 listeners(&args.listen, &args.metrics, "recommendation service").await?;
-            let (metrics, endpoint) = consentgate_runtime::metrics::served(listeners.metrics)?;
+            let (telemetry, endpoint) =
+                served_telemetry(listeners.metrics, suite::RECOMMENDATION_SERVICE_NAME)?;
             let recommender = recommendation_server::open(RecommendationConfig {
                 catalog,
                 gate: GateConfig::new(args.consent_url, args.service_token.clone()),
@@ -470,18 +473,18 @@ async fn main() -> anyhow::Result<()> {
                 profile_url: args.profile_url,
                 profile_token: args.service_token,
                 database_url: args.database_url,
-                metrics: metrics.clone(),
+                metrics: telemetry.metrics.clone(),
             })
             .await?;
             recommendation_server::serve(
                 recommender,
                 auth,
-                metrics,
+                telemetry.clone(),
                 listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
             )
             .await?;
-            stop_metrics(endpoint).await
+            finish_telemetry(telemetry, endpoint).await
         }
         Command::Demo {
             consent,
@@ -558,6 +561,7 @@ async fn main() -> anyhow::Result<()> {
                     .await?,
                 },
                 catalog: Catalog::demo(5000),
+                traces: TraceExport::FromEnv,
             })
             .await?;
             let address = suite.consent.address().to_string();
@@ -582,10 +586,32 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Stops a served service's metrics endpoint after the service itself has drained.
-async fn stop_metrics(
-    endpoint: Option<consentgate_runtime::Running<std::io::Error>>,
+/// A served service's telemetry: metrics collected and served on `listener` (when there is
+/// one), spans exported as the standard `OTEL_*` variables say, under `OTEL_SERVICE_NAME` or
+/// `default_name`.
+fn served_telemetry(
+    listener: Option<tokio::net::TcpListener>,
+    default_name: &str,
+) -> anyhow::Result<(Telemetry, Option<Running<std::io::Error>>)> {
+    let (metrics, endpoint) = consentgate_runtime::metrics::served(listener)?;
+    let name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| default_name.to_owned());
+    let tracing = Tracing::start(&TraceExport::FromEnv, &name, &metrics)?;
+    if tracing.is_enabled() {
+        tracing::info!(service = %name, "exporting traces over OTLP");
+    }
+    Ok((Telemetry { metrics, tracing }, endpoint))
+}
+
+/// After the service has drained: exports the spans still queued, stops the metrics endpoint.
+async fn finish_telemetry(
+    telemetry: Telemetry,
+    endpoint: Option<Running<std::io::Error>>,
 ) -> anyhow::Result<()> {
+    let tracing = telemetry.tracing;
+    tokio::task::spawn_blocking(move || tracing.shutdown()).await?;
     if let Some(endpoint) = endpoint {
         endpoint.stop().await.context("metrics endpoint")?;
     }
@@ -655,4 +681,35 @@ fn print_banner(suite: &suite::Suite, tokens: &[(String, String)], policy: &Poli
     println!();
     println!("Then play the story in another terminal: cargo run --release -- demo");
     println!("Press Ctrl-C to stop.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags are well-formed (clap checks names, ids and defaults only when
+    /// a command is parsed: a clash would otherwise surface at `serve` time in production).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_served_service_takes_its_own_and_the_metrics_address() {
+        for service in ["consent", "profile", "recommendation"] {
+            let parsed = Cli::try_parse_from([
+                "consentgate",
+                "serve",
+                service,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--help",
+            ]);
+            let help = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(help.contains("--metrics-listen"), "{service}: {help}");
+        }
+    }
 }

@@ -13,7 +13,10 @@ use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use consentgate_recommendation::service::Recommender;
-use consentgate_runtime::{Authenticator, Metrics, Running, TokenError};
+use consentgate_runtime::traces::TracingError;
+use consentgate_runtime::{
+    Authenticator, Metrics, Running, Telemetry, TokenError, TraceExport, Tracing,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,9 @@ pub enum SuiteError {
     /// The `/metrics` endpoint failed.
     #[error("metrics endpoint: {0}")]
     MetricsEndpoint(std::io::Error),
+    /// Traces could not be set up.
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
     /// The consent service could not start.
     #[error(transparent)]
     Consent(#[from] consent_server::StartError),
@@ -64,8 +70,8 @@ pub struct Started<T, E> {
     pub service: T,
     /// The gRPC server, for its address and to stop it.
     pub server: Running<E>,
-    /// What the service counts (disabled when no metrics listener was given).
-    pub metrics: Metrics,
+    /// What the service counts (metrics disabled when no metrics listener was given) and traces.
+    pub telemetry: Telemetry,
     /// The `/metrics` endpoint, when metrics are on.
     pub metrics_server: Option<Running<std::io::Error>>,
 }
@@ -81,12 +87,16 @@ impl<T, E: Send + 'static> Started<T, E> {
         self.metrics_server.as_ref().map(Running::address)
     }
 
-    /// Stops the gRPC server (draining in-flight calls), then the metrics endpoint.
+    /// Stops the gRPC server (draining in-flight calls), exports the spans still queued, then
+    /// stops the metrics endpoint.
     pub async fn stop(self) -> Result<(), SuiteError>
     where
         SuiteError: From<E>,
     {
         self.server.stop().await?;
+        let tracing = self.telemetry.tracing.clone();
+        // Waits for the exporter (up to a few seconds): off the async threads.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         if let Some(metrics) = self.metrics_server {
             metrics.stop().await.map_err(SuiteError::MetricsEndpoint)?;
         }
@@ -135,14 +145,34 @@ impl From<TcpListener> for Listeners {
     }
 }
 
-/// Starts the consent service on `listeners`.
+/// The `service.name` of each service's spans.
+pub const CONSENT_SERVICE_NAME: &str = "consentgate-consent";
+/// The profile service's `service.name`.
+pub const PROFILE_SERVICE_NAME: &str = "consentgate-profile";
+/// The recommendation service's `service.name`.
+pub const RECOMMENDATION_SERVICE_NAME: &str = "consentgate-recommendation";
+
+/// A service's telemetry: metrics collected and served when it has a metrics listener, spans
+/// exported as `traces` says under the service's own name.
+fn telemetry(
+    service: &str,
+    metrics: Option<TcpListener>,
+    traces: &TraceExport,
+) -> Result<(Telemetry, Option<Running<std::io::Error>>), SuiteError> {
+    let (metrics, endpoint) = consentgate_runtime::metrics::served(metrics)?;
+    let tracing = Tracing::start(traces, service, &metrics)?;
+    Ok((Telemetry { metrics, tracing }, endpoint))
+}
+
+/// Starts the consent service on `listeners`, its spans exported as `traces` says.
 pub async fn start_consent(
     policy: Arc<Policy>,
     auth: Authenticator,
     settings: ConsentSettings,
     listeners: Listeners,
+    traces: &TraceExport,
 ) -> Result<ConsentService, SuiteError> {
-    let (metrics, metrics_server) = consentgate_runtime::metrics::served(listeners.metrics)?;
+    let (telemetry, metrics_server) = telemetry(CONSENT_SERVICE_NAME, listeners.metrics, traces)?;
     let engine = consent_server::open_engine(
         policy,
         &settings.database_url,
@@ -151,14 +181,14 @@ pub async fn start_consent(
     )
     .await?;
     let served = engine.clone();
-    let measured = metrics.clone();
+    let observed = telemetry.clone();
     let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
-        consent_server::serve(served, auth, measured, listener, shutdown)
+        consent_server::serve(served, auth, observed, listener, shutdown)
     })?;
     Ok(Started {
         service: engine,
         server,
-        metrics,
+        telemetry,
         metrics_server,
     })
 }
@@ -169,21 +199,22 @@ pub async fn start_profile(
     config: ProfileConfig,
     auth: Authenticator,
     listeners: Listeners,
+    traces: &TraceExport,
 ) -> Result<ProfileService, SuiteError> {
-    let (metrics, metrics_server) = consentgate_runtime::metrics::served(listeners.metrics)?;
+    let (telemetry, metrics_server) = telemetry(PROFILE_SERVICE_NAME, listeners.metrics, traces)?;
     let mut config = config;
-    config.metrics = metrics.clone();
+    config.metrics = telemetry.metrics.clone();
     let profile = Profile::open(config).await?;
     if !profile.gate().wait_live(GATE_LIVE_WITHIN).await {
         return Err(SuiteError::GateNotLive("profile service"));
     }
     let served = profile.shared.clone();
-    let measured = metrics.clone();
+    let observed = telemetry.clone();
     let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
         profile_server::serve(
             Profile { shared: served },
             auth,
-            measured,
+            observed,
             listener,
             shutdown,
         )
@@ -191,7 +222,7 @@ pub async fn start_profile(
     Ok(Started {
         service: profile,
         server,
-        metrics,
+        telemetry,
         metrics_server,
     })
 }
@@ -202,23 +233,25 @@ pub async fn start_recommendation(
     config: RecommendationConfig,
     auth: Authenticator,
     listeners: Listeners,
+    traces: &TraceExport,
 ) -> Result<RecommendationService, SuiteError> {
-    let (metrics, metrics_server) = consentgate_runtime::metrics::served(listeners.metrics)?;
+    let (telemetry, metrics_server) =
+        telemetry(RECOMMENDATION_SERVICE_NAME, listeners.metrics, traces)?;
     let mut config = config;
-    config.metrics = metrics.clone();
+    config.metrics = telemetry.metrics.clone();
     let recommender = recommendation_server::open(config).await?;
     if !recommender.gate.wait_live(GATE_LIVE_WITHIN).await {
         return Err(SuiteError::GateNotLive("recommendation service"));
     }
     let served = recommender.clone();
-    let measured = metrics.clone();
+    let observed = telemetry.clone();
     let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
-        recommendation_server::serve(served, auth, measured, listener, shutdown)
+        recommendation_server::serve(served, auth, observed, listener, shutdown)
     })?;
     Ok(Started {
         service: recommender,
         server,
-        metrics,
+        telemetry,
         metrics_server,
     })
 }
@@ -249,6 +282,8 @@ pub struct SuiteConfig {
     pub recommendation_listeners: Listeners,
     /// The catalog to recommend from.
     pub catalog: Catalog,
+    /// Where the services' spans go (each under its own `service.name`).
+    pub traces: TraceExport,
 }
 
 /// The three services, running.
@@ -286,6 +321,7 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
         auth.clone(),
         config.consent,
         config.consent_listeners,
+        &config.traces,
     )
     .await?;
     let mut gate = GateConfig::new(consent.url(), profile_token);
@@ -302,6 +338,7 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
         },
         auth.clone(),
         config.profile_listeners,
+        &config.traces,
     )
     .await?;
     let recommendation = start_recommendation(
@@ -316,6 +353,7 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
         },
         auth,
         config.recommendation_listeners,
+        &config.traces,
     )
     .await?;
     Ok(Suite {

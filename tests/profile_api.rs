@@ -1027,6 +1027,8 @@ async fn events_page_newest_first_and_filter_by_kind_and_time() {
             .grant(grant("pager", READ_PURPOSE, "pg"))
             .await
             .expect("grant");
+        // Recent enough that the retention sweep (which also runs at start) keeps them.
+        let an_hour_ago_at_start = an_hour_ago();
         let events: Vec<ppb::EventInput> = (0..25)
             .map(|i| ppb::EventInput {
                 kind: if i % 5 == 0 {
@@ -1035,7 +1037,7 @@ async fn events_page_newest_first_and_filter_by_kind_and_time() {
                     ppb::EventKind::ProductView
                 } as i32,
                 occurred_at: Some(prost_types::Timestamp {
-                    seconds: 1_700_000_000 + i,
+                    seconds: an_hour_ago_at_start + i,
                     nanos: 0,
                 }),
                 item_id: format!("sku-{i}"),
@@ -1063,7 +1065,7 @@ async fn events_page_newest_first_and_filter_by_kind_and_time() {
                     purpose: READ_PURPOSE.into(),
                     kinds: vec![ppb::EventKind::ProductView as i32],
                     since: Some(prost_types::Timestamp {
-                        seconds: 1_700_000_003,
+                        seconds: an_hour_ago_at_start + 3,
                         nanos: 0,
                     }),
                     page_size: 7,
@@ -1132,7 +1134,7 @@ async fn one_read_of_several_parts_returns_only_what_was_selected_and_logs_once(
                     ppb::EventKind::Search
                 } as i32,
                 occurred_at: Some(prost_types::Timestamp {
-                    seconds: 1_700_000_000 + i,
+                    seconds: an_hour_ago() + i,
                     nanos: 0,
                 }),
                 item_id: format!("sku-{i}"),
@@ -1705,4 +1707,14 @@ async fn withdrawing_all_marketing_withholds_the_email_and_says_withdrawn() {
         profile.stop().await;
         consent.stop().await;
     }
+}
+
+/// A time well inside every category's retention period, in seconds since the epoch: events
+/// older than their retention may be deleted by the sweep at any moment of a test.
+fn an_hour_ago() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    i64::try_from(now).expect("seconds") - 3600
 }

@@ -101,7 +101,7 @@ impl Harness {
         };
         let started = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            suite::start_consent(policy, auth, settings, listener.into())
+            suite::start_consent(policy, auth, settings, listener.into(), &Default::default())
                 .await
                 .context("starting the consent service")
         })?;

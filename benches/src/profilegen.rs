@@ -255,6 +255,7 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
                 cache_capacity: 100_000,
             },
             tokio::net::TcpListener::bind("127.0.0.1:0").await?.into(),
+            &Default::default(),
         )
         .await?;
         let mut profiles = Vec::new();
@@ -274,7 +275,10 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
                 metrics: Default::default(),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            profiles.push(suite::start_profile(config, auth.clone(), listener.into()).await?);
+            profiles.push(
+                suite::start_profile(config, auth.clone(), listener.into(), &Default::default())
+                    .await?,
+            );
         }
         anyhow::Ok((consent, profiles.remove(0), profiles.remove(0)))
     })?;

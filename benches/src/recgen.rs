@@ -131,6 +131,7 @@ fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Re
             recommendation_database_url: database("recommendation.db"),
             recommendation_listeners: listener().await?.into(),
             catalog: Catalog::demo(5000),
+            traces: Default::default(),
         })
         .await?;
         anyhow::Ok(suite)

@@ -86,6 +86,7 @@ impl TestServer {
             authenticator(),
             consent_settings(url, keys),
             ephemeral().await.into(),
+            &Default::default(),
         )
         .await
         .expect("consent service");
@@ -320,6 +321,7 @@ impl ProfileServer {
             },
             authenticator(),
             ephemeral().await.into(),
+            &Default::default(),
         )
         .await
         .expect("profile service");
@@ -576,6 +578,7 @@ impl RecommendationServer {
             },
             authenticator(),
             listener.into(),
+            &Default::default(),
         )
         .await
         .expect("recommendation service");
@@ -668,6 +671,7 @@ impl Suite {
             recommendation_database_url: recommendation_db.url.clone(),
             recommendation_listeners: listeners().await,
             catalog: consentgate_recommendation::catalog::Catalog::demo(5000),
+            traces: Default::default(),
         })
         .await
         .expect("suite");

@@ -20,8 +20,9 @@ pub use watch::ChangeNotice;
 use consentgate_proto::consent::v1::CheckRequest;
 use consentgate_proto::consent::v1::CheckResponse;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
-use consentgate_runtime::Metrics;
+use consentgate_runtime::{Metrics, traces};
 use observe::GateMetrics;
+use opentelemetry::KeyValue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -278,6 +279,22 @@ impl Gate {
         request: CheckRequest,
         on_behalf_of: Option<&str>,
     ) -> Result<Clearance, GateError> {
+        let purpose = KeyValue::new("consentgate.purpose", request.purpose.clone());
+        traces::in_span("consentgate.gate.check", [purpose], async {
+            let decided = self.decide(request, on_behalf_of).await;
+            if let Ok(clearance) = &decided {
+                annotate_decision(clearance);
+            }
+            decided
+        })
+        .await
+    }
+
+    async fn decide(
+        &self,
+        request: CheckRequest,
+        on_behalf_of: Option<&str>,
+    ) -> Result<Clearance, GateError> {
         let caller = on_behalf_of.unwrap_or(&self.inner.name).to_owned();
         let Prepared {
             request,
@@ -288,8 +305,10 @@ impl Gate {
         if let Some(response) = self.cached(&key, &subject, min_revision) {
             self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
             self.inner.metrics.hits.increment(1);
+            traces::annotate([KeyValue::new("consentgate.gate.cache", "hit")]);
             return Ok(self.hand_out(subject, request.purpose, caller, response, true));
         }
+        traces::annotate([KeyValue::new("consentgate.gate.cache", "miss")]);
         self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.misses.increment(1);
         let issued_high_water = self.issued_high_water();
@@ -302,6 +321,23 @@ impl Gate {
     /// would, and every miss goes to the consent service in one `BatchCheck` call (up to 1,000).
     /// All fail closed together: one error, and no decision is handed out.
     pub async fn check_many(
+        &self,
+        requests: Vec<CheckRequest>,
+        on_behalf_of: Option<&str>,
+    ) -> Result<Vec<Clearance>, GateError> {
+        let checks = KeyValue::new(
+            "consentgate.checks",
+            i64::try_from(requests.len()).unwrap_or(i64::MAX),
+        );
+        traces::in_span(
+            "consentgate.gate.check_many",
+            [checks],
+            self.decide_many(requests, on_behalf_of),
+        )
+        .await
+    }
+
+    async fn decide_many(
         &self,
         requests: Vec<CheckRequest>,
         on_behalf_of: Option<&str>,
@@ -384,6 +420,7 @@ impl Gate {
             tonic::Request::new(consentgate_proto::consent::v1::BatchCheckRequest { checks });
         call.metadata_mut()
             .insert("authorization", self.inner.auth.clone());
+        traces::inject(call.metadata_mut());
         call.set_timeout(self.inner.check_timeout);
         let mut client = self.inner.client.clone();
         match tokio::time::timeout(self.inner.check_timeout, client.batch_check(call)).await {
@@ -493,6 +530,7 @@ impl Gate {
                 .lease_lapses
                 .fetch_add(1, Ordering::Relaxed);
             self.inner.metrics.withheld.increment(1);
+            traces::annotate([KeyValue::new("consentgate.gate.lease", "lapsed")]);
             return None;
         }
         Some(entry.response.clone())
@@ -502,6 +540,7 @@ impl Gate {
         let mut call = tonic::Request::new(request);
         call.metadata_mut()
             .insert("authorization", self.inner.auth.clone());
+        traces::inject(call.metadata_mut());
         call.set_timeout(self.inner.check_timeout);
         let mut client = self.inner.client.clone();
         let answer = tokio::time::timeout(self.inner.check_timeout, client.check(call)).await;
@@ -511,6 +550,27 @@ impl Gate {
             Err(_) => Err(self.unavailable("the check deadline passed".into())),
         }
     }
+}
+
+/// What an operator debugs a decision by (never whom it is about): verdict, reason, level,
+/// revision, purpose and the categories allowed.
+fn annotate_decision(clearance: &Clearance) {
+    traces::annotate([
+        KeyValue::new("consentgate.verdict", format!("{:?}", clearance.verdict())),
+        KeyValue::new("consentgate.reason", clearance.reason().to_owned()),
+        KeyValue::new(
+            "consentgate.personalization_level",
+            format!("{:?}", clearance.personalization_level()),
+        ),
+        KeyValue::new(
+            "consentgate.revision",
+            i64::try_from(clearance.revision()).unwrap_or(i64::MAX),
+        ),
+        KeyValue::new(
+            "consentgate.categories_allowed",
+            clearance.allowed_categories().join(","),
+        ),
+    ]);
 }
 
 /// A request made ready to check: delegation set, its subject's key, its freshness token, and

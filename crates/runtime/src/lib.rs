@@ -4,11 +4,22 @@
 pub mod auth;
 pub mod errors;
 pub mod metrics;
-pub mod rpc_metrics;
+pub mod rpc_telemetry;
 pub mod server;
 pub mod telemetry;
+pub mod traces;
 
 pub use auth::{AuthLayer, Authenticator, CallerIdentity, RpcRules, TokenError};
 pub use errors::ErrorCode;
 pub use metrics::Metrics;
+pub use traces::{TraceExport, Tracing};
+
+/// What a service reports about itself: its metrics and its traces (each off by default).
+#[derive(Clone, Debug, Default)]
+pub struct Telemetry {
+    /// Its Prometheus registry.
+    pub metrics: Metrics,
+    /// Its tracer provider.
+    pub tracing: Tracing,
+}
 pub use server::{Running, serve};

@@ -3,9 +3,9 @@
 //! `google.rpc` detail types registered so `grpcurl` decodes errors), with TCP_NODELAY and
 //! graceful shutdown; [`Running`] is a server spawned in the background, for the suite and tests.
 
+use crate::Telemetry;
 use crate::auth::{AuthLayer, Authenticator, RpcRules};
-use crate::metrics::Metrics;
-use crate::rpc_metrics::RpcMetricsLayer;
+use crate::rpc_telemetry::RpcTelemetryLayer;
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -21,14 +21,14 @@ use tonic_health::server::HealthReporter;
 /// Serves `api` (one service's generated gRPC server, message limits already set) on `listener`
 /// until `shutdown` resolves, then reports it NOT_SERVING and drains in-flight calls.
 ///
-/// Every request is measured (`metrics`: duration by method and status, calls in flight), then
-/// passes the auth layer (`auth` says who the caller is, `rules` which roles may call which
+/// Every request is traced and measured (`telemetry`: a server span continuing the caller's
+/// trace; duration by method and status, calls in flight), then passes the auth layer (`auth` says who the caller is, `rules` which roles may call which
 /// RPC); health and reflection stay open so probes and `grpcurl` work without credentials.
 pub async fn serve<S>(
     api: S,
     auth: Authenticator,
     rules: RpcRules,
-    metrics: &Metrics,
+    telemetry: &Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error>
@@ -63,8 +63,9 @@ where
         .chain(OPEN_METHODS.iter().map(|m| (*m).to_owned()))
         .collect::<Vec<_>>();
     let layers = tower::ServiceBuilder::new()
-        .layer(RpcMetricsLayer::new(
-            metrics,
+        .layer(RpcTelemetryLayer::new(
+            &telemetry.metrics,
+            &telemetry.tracing,
             measured.iter().map(String::as_str),
         ))
         .layer(AuthLayer::new(auth, rules));

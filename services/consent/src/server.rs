@@ -11,7 +11,7 @@ use crate::store::{self, StoreError};
 use consentgate_policy::Policy;
 use consentgate_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
-use consentgate_runtime::{Authenticator, Metrics};
+use consentgate_runtime::{Authenticator, Telemetry};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,24 +48,31 @@ pub async fn open_engine(
 pub async fn serve(
     engine: Arc<Engine>,
     auth: Authenticator,
-    metrics: Metrics,
+    telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     tokio::spawn(engine.clone().follow_changes(FOLLOW_EVERY));
-    let observed = Arc::new(ConsentMetrics::new(&metrics));
-    if metrics.is_enabled() {
+    let observed = Arc::new(ConsentMetrics::new(&telemetry.metrics));
+    if telemetry.metrics.is_enabled() {
         tokio::spawn(observe::follow_ledger(engine.clone(), observed.clone()));
     }
     let closing = engine.clone();
     let api = ConsentServiceServer::new(ConsentApi::new(engine, observed))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(api, auth, authz::rules(), &metrics, listener, async move {
-        shutdown.await;
-        // Watch streams end first, so that gates reconnect to another replica.
-        closing.begin_shutdown();
-    })
+    consentgate_runtime::serve(
+        api,
+        auth,
+        authz::rules(),
+        &telemetry,
+        listener,
+        async move {
+            shutdown.await;
+            // Watch streams end first, so that gates reconnect to another replica.
+            closing.begin_shutdown();
+        },
+    )
     .await?;
     Ok(())
 }

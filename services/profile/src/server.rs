@@ -12,7 +12,7 @@ use consentgate_policy::Policy;
 use consentgate_proto::profile::v1::profile_service_server::ProfileServiceServer;
 use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
-use consentgate_runtime::{Authenticator, Metrics};
+use consentgate_runtime::{Authenticator, Metrics, Telemetry};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,13 +114,13 @@ impl Profile {
 pub async fn serve(
     profile: Profile,
     auth: Authenticator,
-    metrics: Metrics,
+    telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let api = ProfileServiceServer::new(ProfileApi::new(profile.shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(api, auth, authz::rules(), &metrics, listener, shutdown).await?;
+    consentgate_runtime::serve(api, auth, authz::rules(), &telemetry, listener, shutdown).await?;
     Ok(())
 }

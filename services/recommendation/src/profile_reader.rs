@@ -69,6 +69,7 @@ impl ProfileReader {
         request
             .metadata_mut()
             .insert("authorization", self.auth.clone());
+        consentgate_runtime::traces::inject(request.metadata_mut());
         request.set_timeout(std::time::Duration::from_secs(2));
         request
     }

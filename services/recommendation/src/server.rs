@@ -11,7 +11,7 @@ use crate::store::RecommendationStore;
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
-use consentgate_runtime::{Authenticator, Metrics};
+use consentgate_runtime::{Authenticator, Metrics, Telemetry};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -82,13 +82,13 @@ pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, Star
 pub async fn serve(
     recommender: Arc<Recommender>,
     auth: Authenticator,
-    metrics: Metrics,
+    telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let api = RecommendationServiceServer::new(RecommendationApi::new(recommender))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(api, auth, authz::rules(), &metrics, listener, shutdown).await?;
+    consentgate_runtime::serve(api, auth, authz::rules(), &telemetry, listener, shutdown).await?;
     Ok(())
 }

@@ -4,7 +4,8 @@
 use super::{Service, ServiceError};
 use crate::engine::CheckQuery;
 use consentgate_policy::Decision;
-use consentgate_runtime::CallerIdentity;
+use consentgate_runtime::{CallerIdentity, traces};
+use opentelemetry::KeyValue;
 
 /// One decision request: the query and whose caller-purpose rule applies.
 #[derive(Debug, Clone)]
@@ -26,6 +27,34 @@ pub struct Explained {
     pub narrative: Vec<String>,
 }
 
+/// Records on the current span what an operator debugs a decision by: purpose, categories,
+/// verdict, reason codes, level and revision. Never whom it is about.
+fn annotate(query: &CheckQuery, decision: &Decision) {
+    let reasons: Vec<&str> = decision
+        .categories
+        .iter()
+        .filter_map(|c| c.denied.map(|r| r.code()))
+        .collect();
+    traces::annotate([
+        KeyValue::new("consentgate.purpose", query.purpose.clone()),
+        KeyValue::new("consentgate.categories", query.categories.join(",")),
+        KeyValue::new("consentgate.verdict", format!("{:?}", decision.verdict)),
+        KeyValue::new(
+            "consentgate.reason",
+            decision.reason.map_or("", |r| r.code()),
+        ),
+        KeyValue::new("consentgate.reasons", reasons.join(",")),
+        KeyValue::new(
+            "consentgate.personalization_level",
+            format!("{:?}", decision.personalization),
+        ),
+        KeyValue::new(
+            "consentgate.revision",
+            i64::try_from(decision.revision).unwrap_or(i64::MAX),
+        ),
+    ]);
+}
+
 /// Only enforcers may decide on behalf of another caller.
 fn may_delegate(caller: &CallerIdentity, ask: &Ask) -> Result<(), ServiceError> {
     if ask.delegated && !caller.has_role("enforcer") {
@@ -42,8 +71,14 @@ impl Service {
         ask: &Ask,
     ) -> Result<Decision, ServiceError> {
         may_delegate(caller, ask)?;
-        let decision = self.engine.check(&ask.decider, &ask.query).await?;
+        let decision = traces::in_span(
+            "consentgate.consent.decide",
+            [],
+            self.engine.check(&ask.decider, &ask.query),
+        )
+        .await?;
         self.metrics.decided(&ask.query.purpose, &decision);
+        annotate(&ask.query, &decision);
         if ask.delegated {
             tracing::debug!(caller = %caller.name, on_behalf_of = %ask.decider, purpose = %ask.query.purpose, "delegated check");
         }

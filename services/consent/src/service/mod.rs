@@ -171,15 +171,19 @@ impl Service {
         let kind = change.kind();
         let who = self.pseudonym(change.subject());
         let started = std::time::Instant::now();
-        let outcome = self
-            .engine
-            .record(Write {
-                caller: caller.name.clone(),
-                idempotency_key: idempotency.key,
-                fingerprint: idempotency.fingerprint,
-                change,
-            })
-            .await?;
+        let write = self.engine.record(Write {
+            caller: caller.name.clone(),
+            idempotency_key: idempotency.key,
+            fingerprint: idempotency.fingerprint,
+            change,
+        });
+        // The write, its ledger append and its durable commit.
+        let outcome = consentgate_runtime::traces::in_span(
+            "consentgate.consent.record",
+            [opentelemetry::KeyValue::new("consentgate.change", kind)],
+            write,
+        )
+        .await?;
         self.metrics
             .wrote(kind, outcome.replayed, started.elapsed());
         tracing::info!(caller = %caller.name, kind, subject = %who, revision = outcome.revision, replayed = outcome.replayed, "consent change recorded");

@@ -235,18 +235,19 @@ impl Service {
             // pseudonym key is created for a subject we hold nothing about).
             return Ok(());
         }
-        self.log
-            .record(AccessDraft {
-                subject_key: decision.subject_key().to_owned(),
-                read_at: now_micros(),
-                caller: decision.caller().to_owned(),
-                enforced_by: self.name.clone(),
-                purpose: decision.purpose().to_owned(),
-                categories,
-                revision: decision.revision(),
-                operation: operation.to_owned(),
-                items: u64::try_from(items).unwrap_or(u64::MAX),
-            })
+        let entry = self.log.record(AccessDraft {
+            subject_key: decision.subject_key().to_owned(),
+            read_at: now_micros(),
+            caller: decision.caller().to_owned(),
+            enforced_by: self.name.clone(),
+            purpose: decision.purpose().to_owned(),
+            categories,
+            revision: decision.revision(),
+            operation: operation.to_owned(),
+            items: u64::try_from(items).unwrap_or(u64::MAX),
+        });
+        // The read's entry made durable by the group commit (the read answers only after it).
+        consentgate_runtime::traces::in_span("consentgate.profile.access_log.append", [], entry)
             .await
             .map_err(|why| ServiceError::AccessLogUnavailable(why.to_string()))
     }

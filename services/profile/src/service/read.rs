@@ -17,6 +17,8 @@ use consentgate_policy::Reason;
 use consentgate_proto::common::v1::{PersonalizationLevel, RequestContext, SubjectRef};
 use consentgate_proto::consent::v1::Verdict;
 use consentgate_runtime::CallerIdentity;
+use consentgate_runtime::traces::in_span;
+use opentelemetry::KeyValue;
 use std::collections::BTreeMap;
 
 /// What every gated read names: whose data, for which purpose, in which context, and how fresh
@@ -445,7 +447,12 @@ async fn attributes_part(
     wanted: &[String],
 ) -> Result<Part<Attribute>, ServiceError> {
     let wants = |category: &str| wanted.iter().any(|w| w == category);
-    let (mut items, holdings) = store.profile_view(decision).await?;
+    let (mut items, holdings) = in_span(
+        "consentgate.profile.store.read",
+        [KeyValue::new("consentgate.table", "attributes")],
+        store.profile_view(decision),
+    )
+    .await?;
     items.retain(|a| wants(&a.category));
     let holdings: Vec<Holding> = holdings
         .into_iter()
@@ -491,8 +498,15 @@ async fn events_part(
     query: &EventQuery,
     wanted: &[String],
 ) -> Result<Part<Event>, ServiceError> {
-    let holdings = held_where_denied(store, decision, Table::Events, wanted).await?;
-    let items = store.events(decision, query).await?;
+    let (holdings, items) = in_span(
+        "consentgate.profile.store.read",
+        [KeyValue::new("consentgate.table", "events")],
+        async {
+            let holdings = held_where_denied(store, decision, Table::Events, wanted).await?;
+            Ok::<_, ServiceError>((holdings, store.events(decision, query).await?))
+        },
+    )
+    .await?;
     Ok(Part {
         items,
         redactions: redactions(decision, &holdings),
@@ -508,8 +522,15 @@ async fn answers_part(
     kinds: &[AnswerKind],
     wanted: &[String],
 ) -> Result<Part<Answer>, ServiceError> {
-    let holdings = held_where_denied(store, decision, Table::Answers, wanted).await?;
-    let mut items = store.answers(decision).await?;
+    let (holdings, mut items) = in_span(
+        "consentgate.profile.store.read",
+        [KeyValue::new("consentgate.table", "answers")],
+        async {
+            let holdings = held_where_denied(store, decision, Table::Answers, wanted).await?;
+            Ok::<_, ServiceError>((holdings, store.answers(decision).await?))
+        },
+    )
+    .await?;
     if !kinds.is_empty() {
         items.retain(|a| kinds.contains(&a.kind));
     }

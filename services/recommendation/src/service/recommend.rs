@@ -16,6 +16,8 @@ use consentgate_proto::common::v1::{PersonalizationLevel, RequestContext, Subjec
 use consentgate_proto::consent::v1::{CheckRequest, Verdict};
 use consentgate_proto::profile::v1::EventKind;
 use consentgate_runtime::CallerIdentity;
+use consentgate_runtime::traces;
+use opentelemetry::KeyValue;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -100,37 +102,48 @@ impl Recommender {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut tier_reason = allowed.reason;
-        let picks = match (tier, &ask.subject) {
-            (Tier::Profiled, Some(s)) => {
-                self.profiled(&catalog, s, &ask, allowed.revision, allowed.trains)
-                    .await?
-            }
-            (Tier::Limited, Some(s)) => {
-                let read = self.read(s, LIMITED, None, true, &ask).await?;
-                if read.preferences.is_empty() {
-                    tier_reason.push_str("; nothing shared yet, so popular picks");
+        traces::annotate([
+            KeyValue::new("consentgate.tier", tier.as_str()),
+            KeyValue::new(
+                "consentgate.revision",
+                i64::try_from(allowed.revision).unwrap_or(i64::MAX),
+            ),
+        ]);
+        let span = [KeyValue::new("consentgate.tier", tier.as_str())];
+        let picks = traces::in_span("consentgate.recommendation.rank", span, async {
+            Ok::<_, ServiceError>(match (tier, &ask.subject) {
+                (Tier::Profiled, Some(s)) => {
+                    self.profiled(&catalog, s, &ask, allowed.revision, allowed.trains)
+                        .await?
                 }
-                ranking::limited(&catalog, &read.preferences, &ask.moment, ask.n)
-            }
-            (Tier::Segment, Some(s)) => {
-                let history = Some((&[EventKind::Purchase][..], HISTORY));
-                let read = self.read(s, SEGMENT, history, false, &ask).await?;
-                let segment = ranking::segment_of(&read.history, now_micros());
-                tier_reason.push_str(&format!("; segment: {}", segment.as_str()));
-                ranking::segment(&catalog, segment, &ask.moment, ask.n)
-            }
-            (Tier::Contextual, _) => {
-                let moment = &ask.moment;
-                let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-                model.prepare(
-                    &catalog,
-                    std::iter::once(moment.current_item.as_str())
-                        .chain(moment.session_items.iter().map(String::as_str)),
-                );
-                ranking::contextual(&catalog, &model, moment, ask.n)
-            }
-            _ => ranking::popular(&catalog, ask.n),
-        };
+                (Tier::Limited, Some(s)) => {
+                    let read = self.read(s, LIMITED, None, true, &ask).await?;
+                    if read.preferences.is_empty() {
+                        tier_reason.push_str("; nothing shared yet, so popular picks");
+                    }
+                    ranking::limited(&catalog, &read.preferences, &ask.moment, ask.n)
+                }
+                (Tier::Segment, Some(s)) => {
+                    let history = Some((&[EventKind::Purchase][..], HISTORY));
+                    let read = self.read(s, SEGMENT, history, false, &ask).await?;
+                    let segment = ranking::segment_of(&read.history, now_micros());
+                    tier_reason.push_str(&format!("; segment: {}", segment.as_str()));
+                    ranking::segment(&catalog, segment, &ask.moment, ask.n)
+                }
+                (Tier::Contextual, _) => {
+                    let moment = &ask.moment;
+                    let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+                    model.prepare(
+                        &catalog,
+                        std::iter::once(moment.current_item.as_str())
+                            .chain(moment.session_items.iter().map(String::as_str)),
+                    );
+                    ranking::contextual(&catalog, &model, moment, ask.n)
+                }
+                _ => ranking::popular(&catalog, ask.n),
+            })
+        })
+        .await?;
         let id = uuid::Uuid::now_v7().to_string();
         self.issued.insert(id.clone(), tier);
         self.store.record(id.clone(), tier);

@@ -191,6 +191,7 @@ fn forwarded<T>(message: T, auth: &Credentials) -> Request<T> {
     request
         .metadata_mut()
         .insert("authorization", auth.0.clone());
+    consentgate_runtime::traces::inject(request.metadata_mut());
     request.set_timeout(std::time::Duration::from_secs(10));
     request
 }

@@ -1,15 +1,21 @@
-//! The server's RPC metrics, after the OpenTelemetry RPC semantic conventions:
-//! `rpc.server.call.duration` (exposed as `rpc_server_call_duration_seconds`, a histogram) by
-//! `rpc.method` and `rpc.response.status_code`, and the calls in flight by method.
+//! Every call's telemetry, after the OpenTelemetry RPC semantic conventions: the server span
+//! (continuing the caller's W3C trace context, named by the fully qualified method, ended with
+//! the status code), `rpc.server.call.duration` (exposed as `rpc_server_call_duration_seconds`,
+//! a histogram) by `rpc.method` and `rpc.response.status_code`, and the calls in flight.
 //!
-//! The layer sits outside the auth layer, so refused calls are counted with their codes too. A
+//! The layer sits outside the auth layer, so refused calls are measured with their codes too. A
 //! call ends when its response body ends (or is dropped: a client that went away), which is
 //! when its gRPC status is known: in the trailers, or in the headers of a trailers-only answer.
+//! While the handler runs, the span is the current OpenTelemetry context (child spans and
+//! outgoing calls find it there) and log lines carry its `trace_id` and `span_id`.
 
 use crate::metrics::{Kind, Metrics};
+use crate::traces::Tracing;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use metrics::{Gauge, Histogram, Unit};
+use opentelemetry::trace::{FutureExt, Status as SpanStatus, TraceContextExt};
+use opentelemetry::{Context as TraceContext, KeyValue};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -32,18 +38,23 @@ struct MethodMetrics {
     by_code: [OnceLock<Histogram>; 17],
 }
 
-/// The layer that measures every call of a server.
+/// The layer that traces and measures every call of a server.
 #[derive(Clone)]
-pub struct RpcMetricsLayer {
+pub struct RpcTelemetryLayer {
     metrics: Metrics,
+    tracing: Tracing,
     methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
     other: Arc<MethodMetrics>,
 }
 
-impl RpcMetricsLayer {
-    /// Measures calls to `methods` (paths `/pkg.Service/Method`); any other path counts as
-    /// `_OTHER`.
-    pub fn new<'a>(metrics: &Metrics, methods: impl IntoIterator<Item = &'a str>) -> Self {
+impl RpcTelemetryLayer {
+    /// Traces and measures calls to `methods` (paths `/pkg.Service/Method`); any other path
+    /// counts as `_OTHER`.
+    pub fn new<'a>(
+        metrics: &Metrics,
+        tracing: &Tracing,
+        methods: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
         metrics.describe(
             DURATION,
             Kind::Histogram,
@@ -67,36 +78,38 @@ impl RpcMetricsLayer {
             .into_iter()
             .map(|path| (path.to_owned(), instruments(path.trim_start_matches('/'))))
             .collect();
-        RpcMetricsLayer {
+        RpcTelemetryLayer {
             metrics: metrics.clone(),
+            tracing: tracing.clone(),
             methods: Arc::new(methods),
             other: instruments(OTHER),
         }
     }
 }
 
-impl<S> Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetricsService<S>;
+impl<S> Layer<S> for RpcTelemetryLayer {
+    type Service = RpcTelemetryService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetricsService {
+        RpcTelemetryService {
             inner,
             layer: self.clone(),
         }
     }
 }
 
-/// The service [`RpcMetricsLayer`] wraps around the server.
+/// The service [`RpcTelemetryLayer`] wraps around the server.
 #[derive(Clone)]
-pub struct RpcMetricsService<S> {
+pub struct RpcTelemetryService<S> {
     inner: S,
-    layer: RpcMetricsLayer,
+    layer: RpcTelemetryLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for RpcMetricsService<S>
+impl<S, B> Service<http::Request<B>> for RpcTelemetryService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
+    S::Error: 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -113,34 +126,59 @@ where
             .get(request.uri().path())
             .unwrap_or(&self.layer.other)
             .clone();
-        let call = Call::start(method, self.layer.metrics.clone());
+        let trace = self
+            .layer
+            .tracing
+            .server_context(request.headers(), &method.name);
+        let call = Call::start(method, self.layer.metrics.clone(), trace.clone());
+        let Some(trace) = trace else {
+            return Box::pin(finish(self.inner.call(request), call));
+        };
+        // The handler runs inside the span: child spans and outgoing calls find it, and log
+        // lines name it (only ids: no request content).
+        let _entered = trace.clone().attach();
         let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            let mut call = call;
-            call.code = grpc_status(response.headers());
-            let body = std::mem::replace(response.body_mut(), tonic::body::Body::empty());
-            *response.body_mut() = tonic::body::Body::new(MeteredBody { inner: body, call });
-            Ok(response)
-        })
+        let logged = match crate::traces::current_ids() {
+            Some((trace_id, span_id)) => tracing::info_span!("rpc", %trace_id, %span_id),
+            None => tracing::Span::none(),
+        };
+        Box::pin(tracing::Instrument::instrument(
+            finish(response, call).with_context(trace),
+            logged,
+        ))
     }
 }
 
-/// One call being measured; recorded once, when its status is known or it is abandoned.
+/// Waits for the response and hands its body the call, to be recorded when the status is sent.
+async fn finish<F, E>(response: F, mut call: Call) -> Result<http::Response<tonic::body::Body>, E>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    let mut response = response.await?;
+    call.code = grpc_status(response.headers());
+    let body = std::mem::replace(response.body_mut(), tonic::body::Body::empty());
+    *response.body_mut() = tonic::body::Body::new(MeteredBody { inner: body, call });
+    Ok(response)
+}
+
+/// One call being measured (and traced, when `trace` holds its span); recorded once, when its
+/// status is known or it is abandoned.
 struct Call {
     method: Arc<MethodMetrics>,
     metrics: Metrics,
+    trace: Option<TraceContext>,
     started: Instant,
     code: Option<Code>,
     recorded: bool,
 }
 
 impl Call {
-    fn start(method: Arc<MethodMetrics>, metrics: Metrics) -> Call {
+    fn start(method: Arc<MethodMetrics>, metrics: Metrics, trace: Option<TraceContext>) -> Call {
         method.active.increment(1.0);
         Call {
             method,
             metrics,
+            trace,
             started: Instant::now(),
             code: None,
             recorded: false,
@@ -164,7 +202,32 @@ impl Call {
             )
         });
         histogram.record(self.started.elapsed().as_secs_f64());
+        if let Some(trace) = &self.trace {
+            let span = trace.span();
+            span.set_attributes([
+                KeyValue::new("rpc.grpc.status_code", code as i64),
+                KeyValue::new("rpc.response.status_code", code_name(code)),
+            ]);
+            if is_server_error(code) {
+                span.set_status(SpanStatus::error(code_name(code)));
+            }
+            span.end();
+        }
     }
+}
+
+/// Codes that say the server failed (the semantic conventions' error status for server spans);
+/// a caller's bad request or a refusal is the caller's outcome, not the server's error.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 impl Drop for Call {
