@@ -11,6 +11,7 @@ use consentgate_policy::Policy;
 use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
+use consentgate_runtime::metrics_otlp::{OtlpPush, spawn_push};
 use consentgate_runtime::{Authenticator, Running, Telemetry, TraceExport, Tracing};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -593,7 +594,9 @@ fn served_telemetry(
     listener: Option<tokio::net::TcpListener>,
     default_name: &str,
 ) -> anyhow::Result<(Telemetry, Option<Running<std::io::Error>>)> {
-    let (metrics, endpoint) = consentgate_runtime::metrics::served(listener)?;
+    let push = OtlpPush::from_env();
+    let (metrics, endpoint) =
+        consentgate_runtime::metrics::served_or_pushed(listener, push.is_some())?;
     let name = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
@@ -601,6 +604,11 @@ fn served_telemetry(
     let tracing = Tracing::start(&TraceExport::FromEnv, &name, &metrics)?;
     if tracing.is_enabled() {
         tracing::info!(service = %name, "exporting traces over OTLP");
+    }
+    if let Some(push) = push {
+        tracing::info!(service = %name, every = ?push.every, "pushing metrics over OTLP");
+        // Runs for the life of the process.
+        drop(spawn_push(metrics.clone(), name, push)?);
     }
     Ok((Telemetry { metrics, tracing }, endpoint))
 }

@@ -13,6 +13,7 @@ use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use consentgate_recommendation::service::Recommender;
+use consentgate_runtime::metrics_otlp::{OtlpPush, spawn_push};
 use consentgate_runtime::traces::TracingError;
 use consentgate_runtime::{
     Authenticator, Metrics, Running, Telemetry, TokenError, TraceExport, Tracing,
@@ -159,8 +160,20 @@ fn telemetry(
     metrics: Option<TcpListener>,
     traces: &TraceExport,
 ) -> Result<(Telemetry, Option<Running<std::io::Error>>), SuiteError> {
-    let (metrics, endpoint) = consentgate_runtime::metrics::served(metrics)?;
+    // Metrics over OTLP follow the standard variables where traces do (`up`).
+    let push = (*traces == TraceExport::FromEnv)
+        .then(OtlpPush::from_env)
+        .flatten();
+    let (metrics, endpoint) =
+        consentgate_runtime::metrics::served_or_pushed(metrics, push.is_some())?;
     let tracing = Tracing::start(traces, service, &metrics)?;
+    if let Some(push) = push {
+        // Runs for the life of the process (`up` is one process for all three).
+        drop(
+            spawn_push(metrics.clone(), service.to_owned(), push)
+                .map_err(|e| SuiteError::Tracing(TracingError::from(e.to_string())))?,
+        );
+    }
     Ok((Telemetry { metrics, tracing }, endpoint))
 }
 

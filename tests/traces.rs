@@ -1,4 +1,5 @@
-//! Traces across process boundaries: the three services run as separate processes
+//! Telemetry across process boundaries (and metrics pushed over OTLP when asked).
+//! Traces: the three services run as separate processes
 //! (`consentgate serve …`), each exporting over OTLP to a collector in this test, so trace
 //! context really crosses the wire:
 //! - one `Recommend` for a consenting subject is one trace with spans from all three services,
@@ -113,6 +114,16 @@ struct Process {
 /// Starts `consentgate serve <service> <args>` exporting spans to `collector`, with every span
 /// sampled and logging at TRACE as JSON; returns once it says where it listens.
 async fn serve(service: &str, args: &[String], collector: SocketAddr) -> Process {
+    serve_with(service, args, collector, &[]).await
+}
+
+/// As [`serve`], with more environment variables.
+async fn serve_with(
+    service: &str,
+    args: &[String],
+    collector: SocketAddr,
+    env: &[(&str, &str)],
+) -> Process {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_consentgate"))
         .arg("serve")
         .arg(service)
@@ -123,6 +134,7 @@ async fn serve(service: &str, args: &[String], collector: SocketAddr) -> Process
         .env_remove("OTEL_SERVICE_NAME")
         .env("RUST_LOG", "trace")
         .env("CONSENTGATE_LOG_JSON", "true")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -702,4 +714,115 @@ async fn a_stalled_or_absent_collector_never_holds_a_request_and_dropped_spans_a
             .await
             .expect("shutdown");
     }
+}
+
+/// Every metrics export request a collector received.
+#[derive(Clone, Default)]
+struct MetricsCollected(
+    Arc<
+        Mutex<Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>>,
+    >,
+);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService
+    for MetricsCollected
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        self.0.lock().expect("collector").push(request.into_inner());
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_are_pushed_over_otlp_when_asked() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let listener = ephemeral().await;
+    let collector_at = listener.local_addr().expect("addr");
+    let collected = MetricsCollected::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(collected.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempdir("otlp-metrics");
+    let tokens: String = tokens_list()
+        .iter()
+        .map(|(caller, token)| format!("{caller:?} = {token:?}\n"))
+        .collect();
+    std::fs::write(dir.join("tokens.toml"), tokens).expect("tokens");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let args = vec![
+        "--tokens-file".to_owned(),
+        path("tokens.toml"),
+        "--database-url".into(),
+        format!("sqlite://{}", path("consent.db")),
+        "--key-file".into(),
+        path("signing.key"),
+    ];
+    let consent = serve_with(
+        "consent",
+        &args,
+        collector_at,
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ],
+    )
+    .await;
+    wait_serving(consent.address).await;
+    let mut client =
+        consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient::new(
+            channel(consent.address).await,
+        );
+    client
+        .check(bearer(
+            check("m-1", "personalize.content.profiled", &[]),
+            "recommendation-service",
+        ))
+        .await
+        .expect("check");
+    // A push after the call carries it: the RPC histogram for Check, under the service's name.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = collected.0.lock().expect("collector").iter().any(|request| {
+            request.resource_metrics.iter().any(|rm| {
+                let named = rm.resource.as_ref().is_some_and(|r| {
+                    format!("{:?}", r.attributes).contains("consentgate-consent")
+                });
+                named
+                    && rm.scope_metrics.iter().flat_map(|s| &s.metrics).any(|m| {
+                        m.name == "rpc_server_call_duration"
+                            && m.unit == "s"
+                            && matches!(&m.data, Some(Data::Histogram(h)) if h.data_points.iter().any(|p| {
+                                p.count >= 1
+                                    && format!("{:?}", p.attributes).contains("ConsentService/Check")
+                            }))
+                    })
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pushed Check histogram: {} requests",
+            collected.0.lock().expect("collector").len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(consent);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use consentgate_consent::engine::Engine;
 use consentgate_consent::ledger::{LedgerKeys, random_key};
 use consentgate_consent::server::StartError;
 use consentgate_policy::Policy;
-use consentgate_runtime::{Authenticator, Running};
+use consentgate_runtime::{Authenticator, Running, TraceExport};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,11 +51,14 @@ fn redact(url: &str) -> String {
 
 impl Harness {
     /// Starts the service with `threads` worker threads: on a fresh SQLite file in a new temporary
-    /// directory, or on `database_url` (PostgreSQL) when given.
+    /// directory, or on `database_url` (PostgreSQL) when given. With `telemetry`, as production
+    /// runs it observed: metrics collected (and served), spans exported over OTLP to a sink in
+    /// this process, sampled as `OTEL_TRACES_SAMPLER`/`_ARG` say.
     pub fn start(
         database_url: Option<&str>,
         threads: usize,
         cache_capacity: u64,
+        telemetry: bool,
     ) -> anyhow::Result<Harness> {
         let run_id = hex(&random_key()[..6]);
         let (url, dir, database) = match database_url {
@@ -100,11 +103,34 @@ impl Harness {
             cache_capacity,
         };
         let started = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            suite::start_consent(policy, auth, settings, listener.into(), &Default::default())
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let (listeners, traces) = if telemetry {
+                let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let sink = sink::start().await?;
+                (
+                    suite::Listeners {
+                        grpc,
+                        metrics: Some(metrics),
+                    },
+                    TraceExport::Endpoint(format!("http://{sink}")),
+                )
+            } else {
+                (grpc.into(), TraceExport::Off)
+            };
+            suite::start_consent(policy, auth, settings, listeners, &traces)
                 .await
                 .context("starting the consent service")
         })?;
+        let database = if telemetry {
+            let sampler = |v: &str| std::env::var(v).unwrap_or_else(|_| "unset".into());
+            format!(
+                "{database}; telemetry on: metrics collected and served, spans exported over OTLP to an in-process sink (OTEL_TRACES_SAMPLER={}, OTEL_TRACES_SAMPLER_ARG={})",
+                sampler("OTEL_TRACES_SAMPLER"),
+                sampler("OTEL_TRACES_SAMPLER_ARG")
+            )
+        } else {
+            database
+        };
         Ok(Harness {
             addr: started.address(),
             engine: started.service,
@@ -146,5 +172,41 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = self.shutdown_inner();
+    }
+}
+
+/// An OTLP trace collector that accepts and discards: where the benchmark's spans go, so that
+/// their cost (recording, batching, encoding, sending) is paid as in production.
+mod sink {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use std::net::SocketAddr;
+
+    struct Discard;
+
+    #[tonic::async_trait]
+    impl TraceService for Discard {
+        async fn export(
+            &self,
+            _request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Starts the sink on the current runtime; where it listens.
+    pub async fn start() -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Discard))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Ok(address)
     }
 }

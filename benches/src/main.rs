@@ -68,6 +68,11 @@ struct Args {
     /// Skip the in-process breakdown.
     #[arg(long)]
     no_breakdown: bool,
+    /// Run the service observed as in production: metrics on, spans exported over OTLP to an
+    /// in-process sink, sampled as `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` say (e.g.
+    /// `parentbased_traceidratio` and `0.01`). Compare with a run without it, interleaved.
+    #[arg(long)]
+    telemetry: bool,
     /// Rows 1 and 2 run as this many interleaved rounds (1a, 1b, 1a, 1b, …), each a share of
     /// `--duration-secs`, so that drifting load from other tenants of the machine hits the floor
     /// and the Check row alike; the rows add the rounds up.
@@ -118,7 +123,12 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let cache_capacity = (args.subjects as u64 * 2).max(100_000);
     eprintln!("loadgen: starting the consent service in-process…");
-    let harness = Harness::start(args.database_url.as_deref(), threads.0, cache_capacity)?;
+    let harness = Harness::start(
+        args.database_url.as_deref(),
+        threads.0,
+        cache_capacity,
+        args.telemetry,
+    )?;
     eprintln!(
         "loadgen: listening on {} ({})",
         harness.addr, harness.database

@@ -187,8 +187,22 @@ async fn upkeep(registry: Weak<Registry>) {
 pub fn served(
     listener: Option<TcpListener>,
 ) -> std::io::Result<(Metrics, Option<Running<std::io::Error>>)> {
+    served_or_pushed(listener, false)
+}
+
+/// As [`served`]; with `pushed`, metrics are collected even without a listener (they are
+/// pushed over OTLP, see [`crate::metrics_otlp`]).
+pub fn served_or_pushed(
+    listener: Option<TcpListener>,
+    pushed: bool,
+) -> std::io::Result<(Metrics, Option<Running<std::io::Error>>)> {
     let Some(listener) = listener else {
-        return Ok((Metrics::disabled(), None));
+        let metrics = if pushed {
+            Metrics::enabled()
+        } else {
+            Metrics::disabled()
+        };
+        return Ok((metrics, None));
     };
     let metrics = Metrics::enabled();
     let scraped = metrics.clone();

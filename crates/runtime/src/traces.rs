@@ -63,8 +63,14 @@ impl std::fmt::Debug for Tracing {
 
 /// Why traces could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the OTLP trace exporter: {0}")]
+#[error("cannot set up OTLP export: {0}")]
 pub struct TracingError(String);
+
+impl From<String> for TracingError {
+    fn from(why: String) -> Self {
+        TracingError(why)
+    }
+}
 
 /// Where a service's spans go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
