@@ -47,14 +47,17 @@ def loadgen(text):
     }
     p50, p99 = 8, 9
     cpu = lambda r: float(r[13].split()[0])
-    return {
-        "Check p50 ÷ health p50 (1 in flight)": (micros(rows["1b"][p50]) / micros(rows["1a"][p50]), "lower"),
-        "Check p99 ÷ health p99 (1 in flight)": (micros(rows["1b"][p99]) / micros(rows["1a"][p99]), "lower"),
-        "Check server CPU/req ÷ health's (1 in flight)": (cpu(rows["1b"]) / cpu(rows["1a"]), "lower"),
-        "saturated Check req/s ÷ health req/s": (number(rows["2b"][6]) / number(rows["2a"][6]), "higher"),
-        "open-loop Check p99 ÷ health p99": (micros(rows["3b"][p99]) / micros(rows["3a"][p99]), "lower"),
-        "BatchCheck decisions/s ÷ saturated health req/s": (number(rows["4"][7]) / number(rows["2a"][6]), "higher"),
+    ratios = {
+        # name: (rows it needs, ratio, direction); a run with --only has the rows it ran.
+        "Check p50 ÷ health p50 (1 in flight)": (("1a", "1b"), lambda: micros(rows["1b"][p50]) / micros(rows["1a"][p50]), "lower"),
+        "Check p99 ÷ health p99 (1 in flight)": (("1a", "1b"), lambda: micros(rows["1b"][p99]) / micros(rows["1a"][p99]), "lower"),
+        "Check server CPU/req ÷ health's (1 in flight)": (("1a", "1b"), lambda: cpu(rows["1b"]) / cpu(rows["1a"]), "lower"),
+        "saturated Check req/s ÷ health req/s": (("2a", "2b"), lambda: number(rows["2b"][6]) / number(rows["2a"][6]), "higher"),
+        "open-loop Check p99 ÷ health p99": (("3a", "3b"), lambda: micros(rows["3b"][p99]) / micros(rows["3a"][p99]), "lower"),
+        "BatchCheck decisions/s ÷ saturated health req/s": (("2a", "4"), lambda: number(rows["4"][7]) / number(rows["2a"][6]), "higher"),
     }
+    return {name: (ratio(), better) for name, (needs, ratio, better) in ratios.items()
+            if all(r in rows for r in needs)}
 
 
 def phase_table(text, p50_col, p99_col):
