@@ -194,12 +194,7 @@ struct Processes {
 }
 
 async fn start_processes(dir: &std::path::Path, collector: SocketAddr) -> Processes {
-    let tokens = dir.join("tokens.toml");
-    let toml: String = tokens_list()
-        .iter()
-        .map(|(caller, token)| format!("{caller:?} = {token:?}\n"))
-        .collect();
-    std::fs::write(&tokens, toml).expect("tokens file");
+    write_tokens(dir);
     let path = |name: &str| dir.join(name).display().to_string();
     let sqlite = |name: &str| format!("sqlite://{}", path(name));
     let common = |db: &str| {
@@ -240,10 +235,6 @@ async fn start_processes(dir: &std::path::Path, collector: SocketAddr) -> Proces
         profile,
         recommendation,
     }
-}
-
-fn tokens_list() -> Vec<(String, String)> {
-    tokens()
 }
 
 async fn wait_serving(address: SocketAddr) {
@@ -289,6 +280,31 @@ fn bearer<T>(message: T, caller: &str) -> tonic::Request<T> {
     request
 }
 
+/// Grants `who` profiled personalization and model training through `consent` (keys prefixed
+/// with `key`), as the preference center would.
+async fn grant_personalization(consent: SocketAddr, who: &str, key: &str) {
+    let mut pc = consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient::new(
+        channel(consent).await,
+    );
+    for purpose in ["personalize.content.profiled", "train_ai_system"] {
+        pc.grant(bearer(
+            grant(who, purpose, &format!("{key}-{purpose}")),
+            "preference-center",
+        ))
+        .await
+        .expect("grant");
+    }
+}
+
+/// Writes the callers' tokens as a `--tokens-file` into `dir`.
+fn write_tokens(dir: &std::path::Path) {
+    let toml: String = tokens()
+        .iter()
+        .map(|(caller, token)| format!("{caller:?} = {token:?}\n"))
+        .collect();
+    std::fs::write(dir.join("tokens.toml"), toml).expect("tokens file");
+}
+
 /// Waits until the collector holds spans of every one of `services` in `trace_id`.
 async fn spans_of(collected: &Collected, trace_id: &[u8], services: &[&str]) -> Vec<SpanSeen> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -323,17 +339,7 @@ async fn one_recommend_is_one_trace_across_three_processes_continuing_the_caller
     let dir = tempdir("traces");
     let p = start_processes(&dir, collector_at).await;
     let who = "trace-ann";
-    let consent = channel(p.consent.address).await;
-    let mut pc =
-        consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient::new(consent);
-    for (purpose, key) in [
-        ("personalize.content.profiled", "t-p"),
-        ("train_ai_system", "t-t"),
-    ] {
-        pc.grant(bearer(grant(who, purpose, key), "preference-center"))
-            .await
-            .expect("grant");
-    }
+    grant_personalization(p.consent.address, who, "t").await;
     let mut collector_client =
         ppb::profile_service_client::ProfileServiceClient::new(channel(p.profile.address).await);
     collector_client
@@ -459,14 +465,7 @@ async fn no_canary_of_personal_data_reaches_a_span_or_a_log_line() {
     let mut pc = consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient::new(
         channel(p.consent.address).await,
     );
-    for (purpose, key) in [
-        ("personalize.content.profiled", "c-p"),
-        ("train_ai_system", "c-t"),
-    ] {
-        pc.grant(bearer(grant(who, purpose, key), "preference-center"))
-            .await
-            .expect("grant");
-    }
+    grant_personalization(p.consent.address, who, "c").await;
     let mut profile =
         ppb::profile_service_client::ProfileServiceClient::new(channel(p.profile.address).await);
     profile
@@ -757,11 +756,7 @@ async fn metrics_are_pushed_over_otlp_when_asked() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let dir = tempdir("otlp-metrics");
-    let tokens: String = tokens_list()
-        .iter()
-        .map(|(caller, token)| format!("{caller:?} = {token:?}\n"))
-        .collect();
-    std::fs::write(dir.join("tokens.toml"), tokens).expect("tokens");
+    write_tokens(&dir);
     let path = |name: &str| dir.join(name).display().to_string();
     let args = vec![
         "--tokens-file".to_owned(),

@@ -308,12 +308,13 @@ pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
     });
 }
 
-/// The current span's ids, for log lines (`None` outside a traced request).
+/// The current span's ids, for log lines (`None` outside a sampled request: an unsampled call,
+/// most of them in production, formats nothing and opens no log span).
 pub fn current_ids() -> Option<(String, String)> {
     Context::map_current(|cx| {
         let span = cx.span();
         let ids = span.span_context();
-        ids.is_valid()
+        ids.is_sampled()
             .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
     })
 }
