@@ -279,8 +279,13 @@ impl Gate {
         request: CheckRequest,
         on_behalf_of: Option<&str>,
     ) -> Result<Clearance, GateError> {
-        let purpose = KeyValue::new("consentgate.purpose", request.purpose.clone());
-        traces::in_span("consentgate.gate.check", [purpose], async {
+        traces::in_span("consentgate.gate.check", || [], async {
+            traces::annotate(|| {
+                [KeyValue::new(
+                    "consentgate.purpose",
+                    request.purpose.clone(),
+                )]
+            });
             let decided = self.decide(request, on_behalf_of).await;
             if let Ok(clearance) = &decided {
                 annotate_decision(clearance);
@@ -305,10 +310,10 @@ impl Gate {
         if let Some(response) = self.cached(&key, &subject, min_revision) {
             self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
             self.inner.metrics.hits.increment(1);
-            traces::annotate([KeyValue::new("consentgate.gate.cache", "hit")]);
+            traces::annotate(|| [KeyValue::new("consentgate.gate.cache", "hit")]);
             return Ok(self.hand_out(subject, request.purpose, caller, response, true));
         }
-        traces::annotate([KeyValue::new("consentgate.gate.cache", "miss")]);
+        traces::annotate(|| [KeyValue::new("consentgate.gate.cache", "miss")]);
         self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.misses.increment(1);
         let issued_high_water = self.issued_high_water();
@@ -325,13 +330,16 @@ impl Gate {
         requests: Vec<CheckRequest>,
         on_behalf_of: Option<&str>,
     ) -> Result<Vec<Clearance>, GateError> {
-        let checks = KeyValue::new(
-            "consentgate.checks",
-            i64::try_from(requests.len()).unwrap_or(i64::MAX),
-        );
+        let count = requests.len();
+        let checks = move || {
+            [KeyValue::new(
+                "consentgate.checks",
+                i64::try_from(count).unwrap_or(i64::MAX),
+            )]
+        };
         traces::in_span(
             "consentgate.gate.check_many",
-            [checks],
+            checks,
             self.decide_many(requests, on_behalf_of),
         )
         .await
@@ -530,7 +538,7 @@ impl Gate {
                 .lease_lapses
                 .fetch_add(1, Ordering::Relaxed);
             self.inner.metrics.withheld.increment(1);
-            traces::annotate([KeyValue::new("consentgate.gate.lease", "lapsed")]);
+            traces::annotate(|| [KeyValue::new("consentgate.gate.lease", "lapsed")]);
             return None;
         }
         Some(entry.response.clone())
@@ -555,22 +563,24 @@ impl Gate {
 /// What an operator debugs a decision by (never whom it is about): verdict, reason, level,
 /// revision, purpose and the categories allowed.
 fn annotate_decision(clearance: &Clearance) {
-    traces::annotate([
-        KeyValue::new("consentgate.verdict", format!("{:?}", clearance.verdict())),
-        KeyValue::new("consentgate.reason", clearance.reason().to_owned()),
-        KeyValue::new(
-            "consentgate.personalization_level",
-            format!("{:?}", clearance.personalization_level()),
-        ),
-        KeyValue::new(
-            "consentgate.revision",
-            i64::try_from(clearance.revision()).unwrap_or(i64::MAX),
-        ),
-        KeyValue::new(
-            "consentgate.categories_allowed",
-            clearance.allowed_categories().join(","),
-        ),
-    ]);
+    traces::annotate(|| {
+        [
+            KeyValue::new("consentgate.verdict", format!("{:?}", clearance.verdict())),
+            KeyValue::new("consentgate.reason", clearance.reason().to_owned()),
+            KeyValue::new(
+                "consentgate.personalization_level",
+                format!("{:?}", clearance.personalization_level()),
+            ),
+            KeyValue::new(
+                "consentgate.revision",
+                i64::try_from(clearance.revision()).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new(
+                "consentgate.categories_allowed",
+                clearance.allowed_categories().join(","),
+            ),
+        ]
+    });
 }
 
 /// A request made ready to check: delegation set, its subject's key, its freshness token, and

@@ -13,9 +13,11 @@ use crate::server::Running;
 use axum::routing::get;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -162,6 +164,92 @@ impl Metrics {
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
+/// Counters of one name told apart by `N` label values, whose handles are kept after first use,
+/// so that a hot path counts with one hash of borrowed strings instead of a registry lookup that
+/// builds owned labels on every call. For label values from a bounded set (purposes from the
+/// policy, reason codes, tiers); past [`CounterFamily::KEPT`] distinct value sets it stops
+/// keeping handles and asks the registry each time, so a mistake cannot grow it without bound.
+pub struct CounterFamily<const N: usize> {
+    metrics: Metrics,
+    name: &'static str,
+    label_names: [&'static str; N],
+    hasher: RandomState,
+    kept: RwLock<Kept<N>>,
+}
+
+/// The handles a [`CounterFamily`] keeps, by the hash of their label values (values whose
+/// hashes collide share a bucket).
+struct Kept<const N: usize> {
+    by_hash: HashMap<u64, Vec<KeptCounter<N>>>,
+    len: usize,
+}
+
+/// One kept handle and the label values it counts.
+type KeptCounter<const N: usize> = ([Box<str>; N], Counter);
+
+impl<const N: usize> Default for Kept<N> {
+    fn default() -> Self {
+        Kept {
+            by_hash: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> Kept<N> {
+    fn find(&self, hash: u64, values: &[&str; N]) -> Option<&Counter> {
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .find(|(kept, _)| kept.iter().zip(values).all(|(k, v)| **k == **v))
+            .map(|(_, counter)| counter)
+    }
+}
+
+impl<const N: usize> CounterFamily<N> {
+    /// How many distinct label value sets a family keeps handles for.
+    pub const KEPT: usize = 4096;
+
+    /// The family `name`, labelled `label_names` (values are given in the same order).
+    pub fn new(metrics: &Metrics, name: &'static str, label_names: [&'static str; N]) -> Self {
+        CounterFamily {
+            metrics: metrics.clone(),
+            name,
+            label_names,
+            hasher: RandomState::new(),
+            kept: RwLock::new(Kept::default()),
+        }
+    }
+
+    /// The counter for `values` (a no-op when metrics are off).
+    pub fn get(&self, values: [&str; N]) -> Counter {
+        if self.metrics.registry.is_none() {
+            return Counter::noop();
+        }
+        let hash = self.hasher.hash_one(values);
+        let kept = self.kept.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = kept.find(hash, &values) {
+            return counter.clone();
+        }
+        let full = kept.len >= Self::KEPT;
+        drop(kept);
+        let labels: [(&'static str, &str); N] =
+            std::array::from_fn(|i| (self.label_names[i], values[i]));
+        let counter = self.metrics.counter(self.name, &labels);
+        if !full {
+            let mut kept = self.kept.write().unwrap_or_else(|p| p.into_inner());
+            if kept.find(hash, &values).is_none() {
+                kept.by_hash
+                    .entry(hash)
+                    .or_default()
+                    .push((values.map(Box::from), counter.clone()));
+                kept.len += 1;
+            }
+        }
+        counter
+    }
+}
+
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     let labels: Vec<Label> = labels
         .iter()
@@ -273,5 +361,50 @@ mod tests {
         let metrics = Metrics::disabled();
         metrics.counter("jobs_total", &[]).increment(1);
         assert_eq!(metrics.render(), "");
+    }
+
+    #[test]
+    fn a_counter_family_counts_each_value_set_apart_and_keeps_a_bounded_number() {
+        let metrics = Metrics::enabled();
+        let family = CounterFamily::new(&metrics, "answers_total", ["tier", "kind"]);
+        family.get(["limited", "click"]).increment(1);
+        family.get(["limited", "click"]).increment(2);
+        family.get(["limited", "view"]).increment(1);
+        family.get(["profiled", "click"]).increment(5);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"answers_total{tier="limited",kind="click"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"answers_total{tier="limited",kind="view"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"answers_total{tier="profiled",kind="click"} 5"#),
+            "{text}"
+        );
+
+        for i in 0..CounterFamily::<2>::KEPT + 10 {
+            family.get(["many", &i.to_string()]).increment(1);
+        }
+        let kept = family.kept.read().unwrap();
+        assert_eq!(kept.len, CounterFamily::<2>::KEPT);
+        drop(kept);
+        // Past the bound it still counts, through the registry.
+        let last = (CounterFamily::<2>::KEPT + 9).to_string();
+        family.get(["many", &last]).increment(1);
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!("answers_total{{tier=\"many\",kind=\"{last}\"}} 2")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_disabled_family_keeps_nothing() {
+        let family = CounterFamily::new(&Metrics::disabled(), "answers_total", ["tier"]);
+        family.get(["limited"]).increment(1);
+        assert_eq!(family.kept.read().unwrap().len, 0);
     }
 }

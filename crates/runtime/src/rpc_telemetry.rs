@@ -10,7 +10,7 @@
 //! outgoing calls find it there) and log lines carry its `trace_id` and `span_id`.
 
 use crate::metrics::{Kind, Metrics};
-use crate::traces::Tracing;
+use crate::traces::{MethodNames, Tracing};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use metrics::{Gauge, Histogram, Unit};
@@ -33,7 +33,7 @@ const OTHER: &str = "_OTHER";
 /// Per-method instruments: the in-flight gauge, and one duration histogram per status code,
 /// registered on first use so that codes never seen add no series.
 struct MethodMetrics {
-    name: String,
+    name: MethodNames,
     active: Gauge,
     by_code: [OnceLock<Histogram>; 17],
 }
@@ -69,7 +69,7 @@ impl RpcTelemetryLayer {
         );
         let instruments = |name: &str| {
             Arc::new(MethodMetrics {
-                name: name.to_owned(),
+                name: MethodNames::of(name),
                 active: metrics.gauge(ACTIVE, &[("rpc_method", name)]),
                 by_code: Default::default(),
             })
@@ -195,7 +195,7 @@ impl Call {
             self.metrics.histogram(
                 DURATION,
                 &[
-                    ("rpc_method", &self.method.name),
+                    ("rpc_method", self.method.name.full),
                     ("rpc_response_status_code", code_name(code)),
                     ("rpc_system", "grpc"),
                 ],

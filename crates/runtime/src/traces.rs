@@ -22,7 +22,7 @@ use crate::metrics::{Kind, Metrics};
 use metrics::Counter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    FutureExt, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+    FutureExt, Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
@@ -208,7 +208,7 @@ impl Tracing {
     pub(crate) fn server_context(
         &self,
         headers: &http::HeaderMap,
-        method: &str,
+        method: &MethodNames,
     ) -> Option<Context> {
         let parent = if headers.contains_key("traceparent") {
             TraceContextPropagator::new().extract(&HeaderExtractor(headers))
@@ -219,17 +219,20 @@ impl Tracing {
             // Off: no span, but an incoming trace still reaches the calls this one makes.
             return parent.has_active_span().then_some(parent);
         };
-        let (service, name) = method.rsplit_once('/').unwrap_or((method, method));
-        let span = p
+        // Attributes only for a span the sampler kept: an unsampled call (most of them, at a
+        // production ratio) builds nothing but the non-recording span itself.
+        let mut span = p
             .tracer
-            .span_builder(method.to_owned())
+            .span_builder(method.full)
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", service.to_owned()),
-                KeyValue::new("rpc.method", name.to_owned()),
-            ])
             .start_with_context(&p.tracer, &parent);
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", method.service),
+                KeyValue::new("rpc.method", method.method),
+            ]);
+        }
         Some(
             parent
                 .with_span(span)
@@ -238,12 +241,45 @@ impl Tracing {
     }
 }
 
+/// A method's names as its server span carries them, `'static` so that no call allocates them:
+/// each distinct method path is leaked once for the life of the process (a fixed set: the
+/// methods of the services this binary serves, and `_OTHER`).
+#[derive(Debug, Clone, Copy)]
+pub struct MethodNames {
+    /// `pkg.Service/Method`: the span's name.
+    pub full: &'static str,
+    /// `pkg.Service`: `rpc.service`.
+    pub service: &'static str,
+    /// `Method`: `rpc.method`.
+    pub method: &'static str,
+}
+
+impl MethodNames {
+    /// The names of `full` (`pkg.Service/Method`, without the leading slash).
+    pub fn of(full: &str) -> MethodNames {
+        static INTERNED: std::sync::Mutex<Vec<MethodNames>> = std::sync::Mutex::new(Vec::new());
+        let mut interned = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = interned.iter().find(|m| m.full == full) {
+            return *known;
+        }
+        let leaked: &'static str = Box::leak(full.to_owned().into_boxed_str());
+        let (service, method) = leaked.rsplit_once('/').unwrap_or((leaked, leaked));
+        let names = MethodNames {
+            full: leaked,
+            service,
+            method,
+        };
+        interned.push(names);
+        names
+    }
+}
+
 /// Runs `work` as a child span `name` of the current span (with `attributes`), when the current
 /// request is traced; else just runs it. For the work that costs: store calls, the ledger, the
 /// access log, the gate's decisions, ranking.
-pub async fn in_span<F: Future>(
+pub async fn in_span<F: Future, A: IntoIterator<Item = KeyValue>>(
     name: &'static str,
-    attributes: impl IntoIterator<Item = KeyValue>,
+    attributes: impl FnOnce() -> A,
     work: F,
 ) -> F::Output {
     match child(name, attributes) {
@@ -257,9 +293,9 @@ pub async fn in_span<F: Future>(
 }
 
 /// As [`in_span`], for work that does not wait.
-pub fn in_span_sync<T>(
+pub fn in_span_sync<T, A: IntoIterator<Item = KeyValue>>(
     name: &'static str,
-    attributes: impl IntoIterator<Item = KeyValue>,
+    attributes: impl FnOnce() -> A,
     work: impl FnOnce() -> T,
 ) -> T {
     match child(name, attributes) {
@@ -274,7 +310,11 @@ pub fn in_span_sync<T>(
     }
 }
 
-fn child(name: &'static str, attributes: impl IntoIterator<Item = KeyValue>) -> Option<Context> {
+/// `attributes` is called only for a sampled span: an unsampled request formats nothing.
+fn child<A: IntoIterator<Item = KeyValue>>(
+    name: &'static str,
+    attributes: impl FnOnce() -> A,
+) -> Option<Context> {
     let current = Context::current();
     let tracer = current.get::<ServiceTracer>()?.0.clone();
     if !current.span().span_context().is_sampled() {
@@ -283,17 +323,19 @@ fn child(name: &'static str, attributes: impl IntoIterator<Item = KeyValue>) -> 
     let span = tracer
         .span_builder(name)
         .with_kind(SpanKind::Internal)
-        .with_attributes(attributes)
+        .with_attributes(attributes())
         .start_with_context(&tracer, &current);
     Some(current.with_span(span))
 }
 
 /// Records `attributes` on the current span (e.g. a decision's verdict once it is known).
-pub fn annotate(attributes: impl IntoIterator<Item = KeyValue>) {
+/// `attributes` is called only when the span records (a sampled request), so the values an
+/// operator debugs by are formatted for the requests that are kept, and no others.
+pub fn annotate<A: IntoIterator<Item = KeyValue>>(attributes: impl FnOnce() -> A) {
     Context::map_current(|cx| {
         let span = cx.span();
         if span.is_recording() {
-            span.set_attributes(attributes);
+            span.set_attributes(attributes());
         }
     });
 }

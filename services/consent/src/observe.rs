@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::store::LedgerExtent;
 use consentgate_policy::{Decision, Personalization, Verdict};
 use consentgate_runtime::Metrics;
-use consentgate_runtime::metrics::Kind;
+use consentgate_runtime::metrics::{CounterFamily, Kind};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,10 @@ pub const LEDGER_EVERY: Duration = Duration::from_secs(10);
 
 /// The consent service's instruments.
 pub struct ConsentMetrics {
-    registry: Metrics,
+    decisions: CounterFamily<3>,
+    /// By [`Personalization`] rung, in ladder order (see [`LADDER`]).
+    levels: [Counter; 5],
+    writes: CounterFamily<2>,
     commit: Histogram,
     ledger_entries: Gauge,
     unsigned: Gauge,
@@ -40,7 +43,9 @@ impl ConsentMetrics {
     pub fn new(metrics: &Metrics) -> ConsentMetrics {
         describe(metrics);
         ConsentMetrics {
-            registry: metrics.clone(),
+            decisions: CounterFamily::new(metrics, DECISIONS, ["purpose", "verdict", "reason"]),
+            levels: LADDER.map(|rung| metrics.counter(LEVELS, &[("level", level(rung))])),
+            writes: CounterFamily::new(metrics, WRITES, ["kind", "outcome"]),
             commit: metrics.histogram(COMMIT, &[]),
             ledger_entries: metrics.gauge(LEDGER_ENTRIES, &[]),
             unsigned: metrics.gauge(UNSIGNED, &[]),
@@ -57,28 +62,19 @@ impl ConsentMetrics {
             Verdict::Deny => "deny",
         };
         let reason = decision.reason.map_or("NONE", |r| r.code());
-        self.registry
-            .counter(
-                DECISIONS,
-                &[
-                    ("purpose", purpose),
-                    ("verdict", verdict),
-                    ("reason", reason),
-                ],
-            )
-            .increment(1);
-        self.registry
-            .counter(LEVELS, &[("level", level(decision.personalization))])
-            .increment(1);
+        self.decisions.get([purpose, verdict, reason]).increment(1);
+        let rung = LADDER
+            .iter()
+            .position(|r| *r == decision.personalization)
+            .unwrap_or(0);
+        self.levels[rung].increment(1);
     }
 
     /// A consent write was answered: recorded (after its durable commit, which took `took`) or
     /// replayed from its idempotency record.
     pub fn wrote(&self, kind: &str, replayed: bool, took: Duration) {
         let outcome = if replayed { "replayed" } else { "recorded" };
-        self.registry
-            .counter(WRITES, &[("kind", kind), ("outcome", outcome)])
-            .increment(1);
+        self.writes.get([kind, outcome]).increment(1);
         if !replayed {
             self.commit.record(took.as_secs_f64());
         }
@@ -116,6 +112,15 @@ pub async fn follow_ledger(engine: Arc<Engine>, metrics: Arc<ConsentMetrics>) {
         }
     }
 }
+
+/// The personalization ladder, lowest rung first.
+const LADDER: [Personalization; 5] = [
+    Personalization::Anonymous,
+    Personalization::Contextual,
+    Personalization::Segment,
+    Personalization::Limited,
+    Personalization::Profiled,
+];
 
 /// The ladder rung's name, as the policy spells it.
 fn level(personalization: Personalization) -> &'static str {

@@ -8,7 +8,7 @@
 use consentgate_gate::Clearance;
 use consentgate_proto::consent::v1::Verdict;
 use consentgate_runtime::Metrics;
-use consentgate_runtime::metrics::Kind;
+use consentgate_runtime::metrics::{CounterFamily, Kind};
 use metrics::{Counter, Histogram, Unit};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ const RETENTION: &str = "consentgate_profile_retention_deleted_rows_total";
 /// The profile service's instruments.
 pub struct ProfileMetrics {
     registry: Metrics,
+    reads: CounterFamily<2>,
+    redactions: CounterFamily<1>,
     append: Histogram,
     flush: Histogram,
     append_failures: Counter,
@@ -51,6 +53,8 @@ impl ProfileMetrics {
         describe(metrics);
         ProfileMetrics {
             registry: metrics.clone(),
+            reads: CounterFamily::new(metrics, READS, ["purpose", "outcome"]),
+            redactions: CounterFamily::new(metrics, REDACTIONS, ["reason"]),
             append: metrics.histogram(APPEND, &[]),
             flush: metrics.histogram(FLUSH, &[]),
             append_failures: metrics.counter(LOG_FAILURES, &[("stage", "append")]),
@@ -72,16 +76,12 @@ impl ProfileMetrics {
             ReadOutcome::Denied => "denied",
             ReadOutcome::Unavailable => "unavailable",
         };
-        self.registry
-            .counter(READS, &[("purpose", purpose), ("outcome", outcome)])
-            .increment(1);
+        self.reads.get([purpose, outcome]).increment(1);
     }
 
     /// A read withheld `items` items for `reason`.
     pub fn redacted(&self, reason: &str, items: u32) {
-        self.registry
-            .counter(REDACTIONS, &[("reason", reason)])
-            .increment(u64::from(items));
+        self.redactions.get([reason]).increment(u64::from(items));
     }
 
     /// A collection item was refused for `reason`.

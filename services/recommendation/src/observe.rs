@@ -4,7 +4,7 @@
 
 use crate::tier::Tier;
 use consentgate_runtime::Metrics;
-use consentgate_runtime::metrics::Kind;
+use consentgate_runtime::metrics::{CounterFamily, Kind};
 
 const ANSWERS: &str = "consentgate_recommendation_answers_total";
 const MODEL: &str = "consentgate_recommendation_model_subjects";
@@ -25,6 +25,8 @@ pub enum Unlearning {
 /// The recommendation service's instruments.
 pub struct RecommendationMetrics {
     registry: Metrics,
+    answers: CounterFamily<1>,
+    outcomes: CounterFamily<2>,
 }
 
 impl RecommendationMetrics {
@@ -33,6 +35,8 @@ impl RecommendationMetrics {
         describe(metrics);
         RecommendationMetrics {
             registry: metrics.clone(),
+            answers: CounterFamily::new(metrics, ANSWERS, ["tier"]),
+            outcomes: CounterFamily::new(metrics, OUTCOMES, ["tier", "kind"]),
         }
     }
 
@@ -43,9 +47,7 @@ impl RecommendationMetrics {
 
     /// A recommendation was answered from `tier`.
     pub fn answered(&self, tier: Tier) {
-        self.registry
-            .counter(ANSWERS, &[("tier", tier.as_str())])
-            .increment(1);
+        self.answers.get([tier.as_str()]).increment(1);
     }
 
     /// The model forgot `subjects` subjects for `cause`.
@@ -65,9 +67,7 @@ impl RecommendationMetrics {
 
     /// An outcome of `kind` arrived for a recommendation from `tier`.
     pub fn outcome(&self, tier: Tier, kind: &str) {
-        self.registry
-            .counter(OUTCOMES, &[("tier", tier.as_str()), ("kind", kind)])
-            .increment(1);
+        self.outcomes.get([tier.as_str(), kind]).increment(1);
     }
 
     /// The model's size (subjects learned from), read at each scrape.

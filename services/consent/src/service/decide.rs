@@ -30,29 +30,31 @@ pub struct Explained {
 /// Records on the current span what an operator debugs a decision by: purpose, categories,
 /// verdict, reason codes, level and revision. Never whom it is about.
 fn annotate(query: &CheckQuery, decision: &Decision) {
-    let reasons: Vec<&str> = decision
-        .categories
-        .iter()
-        .filter_map(|c| c.denied.map(|r| r.code()))
-        .collect();
-    traces::annotate([
-        KeyValue::new("consentgate.purpose", query.purpose.clone()),
-        KeyValue::new("consentgate.categories", query.categories.join(",")),
-        KeyValue::new("consentgate.verdict", format!("{:?}", decision.verdict)),
-        KeyValue::new(
-            "consentgate.reason",
-            decision.reason.map_or("", |r| r.code()),
-        ),
-        KeyValue::new("consentgate.reasons", reasons.join(",")),
-        KeyValue::new(
-            "consentgate.personalization_level",
-            format!("{:?}", decision.personalization),
-        ),
-        KeyValue::new(
-            "consentgate.revision",
-            i64::try_from(decision.revision).unwrap_or(i64::MAX),
-        ),
-    ]);
+    traces::annotate(|| {
+        let reasons: Vec<&str> = decision
+            .categories
+            .iter()
+            .filter_map(|c| c.denied.map(|r| r.code()))
+            .collect();
+        [
+            KeyValue::new("consentgate.purpose", query.purpose.clone()),
+            KeyValue::new("consentgate.categories", query.categories.join(",")),
+            KeyValue::new("consentgate.verdict", format!("{:?}", decision.verdict)),
+            KeyValue::new(
+                "consentgate.reason",
+                decision.reason.map_or("", |r| r.code()),
+            ),
+            KeyValue::new("consentgate.reasons", reasons.join(",")),
+            KeyValue::new(
+                "consentgate.personalization_level",
+                format!("{:?}", decision.personalization),
+            ),
+            KeyValue::new(
+                "consentgate.revision",
+                i64::try_from(decision.revision).unwrap_or(i64::MAX),
+            ),
+        ]
+    });
 }
 
 /// Only enforcers may decide on behalf of another caller.
@@ -73,7 +75,7 @@ impl Service {
         may_delegate(caller, ask)?;
         let decision = traces::in_span(
             "consentgate.consent.decide",
-            [],
+            || [],
             self.engine.check(&ask.decider, &ask.query),
         )
         .await?;

@@ -180,7 +180,7 @@ impl Service {
         // The write, its ledger append and its durable commit.
         let outcome = consentgate_runtime::traces::in_span(
             "consentgate.consent.record",
-            [opentelemetry::KeyValue::new("consentgate.change", kind)],
+            || [opentelemetry::KeyValue::new("consentgate.change", kind)],
             write,
         )
         .await?;

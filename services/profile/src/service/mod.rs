@@ -247,7 +247,7 @@ impl Service {
             items: u64::try_from(items).unwrap_or(u64::MAX),
         });
         // The read's entry made durable by the group commit (the read answers only after it).
-        consentgate_runtime::traces::in_span("consentgate.profile.access_log.append", [], entry)
+        consentgate_runtime::traces::in_span("consentgate.profile.access_log.append", || [], entry)
             .await
             .map_err(|why| ServiceError::AccessLogUnavailable(why.to_string()))
     }

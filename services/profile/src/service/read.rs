@@ -449,7 +449,7 @@ async fn attributes_part(
     let wants = |category: &str| wanted.iter().any(|w| w == category);
     let (mut items, holdings) = in_span(
         "consentgate.profile.store.read",
-        [KeyValue::new("consentgate.table", "attributes")],
+        || [KeyValue::new("consentgate.table", "attributes")],
         store.profile_view(decision),
     )
     .await?;
@@ -500,7 +500,7 @@ async fn events_part(
 ) -> Result<Part<Event>, ServiceError> {
     let (holdings, items) = in_span(
         "consentgate.profile.store.read",
-        [KeyValue::new("consentgate.table", "events")],
+        || [KeyValue::new("consentgate.table", "events")],
         async {
             let holdings = held_where_denied(store, decision, Table::Events, wanted).await?;
             Ok::<_, ServiceError>((holdings, store.events(decision, query).await?))
@@ -524,7 +524,7 @@ async fn answers_part(
 ) -> Result<Part<Answer>, ServiceError> {
     let (holdings, mut items) = in_span(
         "consentgate.profile.store.read",
-        [KeyValue::new("consentgate.table", "answers")],
+        || [KeyValue::new("consentgate.table", "answers")],
         async {
             let holdings = held_where_denied(store, decision, Table::Answers, wanted).await?;
             Ok::<_, ServiceError>((holdings, store.answers(decision).await?))

@@ -102,14 +102,16 @@ impl Recommender {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut tier_reason = allowed.reason;
-        traces::annotate([
-            KeyValue::new("consentgate.tier", tier.as_str()),
-            KeyValue::new(
-                "consentgate.revision",
-                i64::try_from(allowed.revision).unwrap_or(i64::MAX),
-            ),
-        ]);
-        let span = [KeyValue::new("consentgate.tier", tier.as_str())];
+        traces::annotate(|| {
+            [
+                KeyValue::new("consentgate.tier", tier.as_str()),
+                KeyValue::new(
+                    "consentgate.revision",
+                    i64::try_from(allowed.revision).unwrap_or(i64::MAX),
+                ),
+            ]
+        });
+        let span = || [KeyValue::new("consentgate.tier", tier.as_str())];
         let picks = traces::in_span("consentgate.recommendation.rank", span, async {
             Ok::<_, ServiceError>(match (tier, &ask.subject) {
                 (Tier::Profiled, Some(s)) => {
