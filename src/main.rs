@@ -15,6 +15,7 @@ use consentgate_runtime::metrics_otlp::{OtlpPush, spawn_push};
 use consentgate_runtime::{Authenticator, Running, Telemetry, TraceExport, Tracing};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 mod seed;
 
@@ -245,6 +246,11 @@ struct ConsentArgs {
     /// How many subjects' consent states to keep in memory.
     #[arg(long, env = "CONSENTGATE_CACHE_CAPACITY", default_value_t = 100_000)]
     cache_capacity: u64,
+    /// How often (ms) to read the shared change feed when no commit notice arrived: on
+    /// PostgreSQL replicas hear each other's commits at once (LISTEN/NOTIFY) and this is the
+    /// safety net; a replica that cannot read the feed for four polls stops heartbeating.
+    #[arg(long, env = "CONSENTGATE_FEED_POLL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    feed_poll_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -403,6 +409,7 @@ async fn main() -> anyhow::Result<()> {
                 served_telemetry(listeners.metrics, suite::CONSENT_SERVICE_NAME)?;
             consent_server::serve(
                 engine,
+                Duration::from_millis(args.feed_poll_ms),
                 auth,
                 telemetry.clone(),
                 listeners.grpc,
@@ -537,6 +544,7 @@ async fn main() -> anyhow::Result<()> {
                     database_url: format!("sqlite://{}", data_dir.join("consent.db").display()),
                     keys,
                     cache_capacity: 100_000,
+                    feed_poll: consent_server::FEED_POLL,
                 },
                 consent_listeners: suite::Listeners {
                     grpc: listen(&consent_listen, "consent service").await?,

@@ -125,6 +125,9 @@ pub struct ConsentSettings {
     pub keys: Arc<LedgerKeys>,
     /// Subject states the engine keeps in memory.
     pub cache_capacity: u64,
+    /// How often the engine reads the change feed when no commit notice woke it
+    /// ([`consent_server::FEED_POLL`] unless a test or an operator says otherwise).
+    pub feed_poll: Duration,
 }
 
 /// A service's listeners: its gRPC port, and its metrics port (`None`: metrics off).
@@ -195,8 +198,9 @@ pub async fn start_consent(
     .await?;
     let served = engine.clone();
     let observed = telemetry.clone();
+    let feed_poll = settings.feed_poll;
     let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
-        consent_server::serve(served, auth, observed, listener, shutdown)
+        consent_server::serve(served, feed_poll, auth, observed, listener, shutdown)
     })?;
     Ok(Started {
         service: engine,

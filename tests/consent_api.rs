@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use consentgate_consent::testing::backends;
+use consentgate_consent::testing::{Backend, backends};
 use consentgate_proto::consent::v1 as pb;
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -753,6 +753,90 @@ async fn next(s: &mut tonic::Streaming<pb::WatchChangesResponse>) -> pb::WatchCh
         .expect("stream stalled")
         .expect("stream ended")
         .expect("stream error")
+}
+
+/// On PostgreSQL, replicas hear each other's commits (LISTEN/NOTIFY) instead of waiting for a
+/// poll: a replica that reads the feed only once an hour unless notified still drops its cached
+/// allow after a withdrawal made through another replica, and its change stream carries the
+/// withdrawal, with heartbeats that move to the new high water. No poll could have told it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_hear_each_others_commits_without_polling() {
+    use pb::watch_changes_response::Message;
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let first = TestServer::start(Backend::Postgres).await;
+    let deaf = first.replica_polling_every(Duration::from_secs(3600)).await;
+    let mut pc = first.as_caller("preference-center").await;
+    let mut enforcer = deaf.as_caller("recommendation-service").await;
+    let purpose = "personalize.content.profiled";
+    let granted = pc
+        .grant(grant("heard", purpose, "g"))
+        .await
+        .expect("grant")
+        .into_inner();
+    // Read through for the token, so the replica caches the allow.
+    let allowed = enforcer
+        .check(pb::CheckRequest {
+            at_least_as_fresh: granted.revision.to_string(),
+            ..check("heard", purpose, &[])
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(allowed.verdict(), pb::Verdict::Allow);
+    let mut stream = enforcer
+        .watch_changes(pb::WatchChangesRequest {
+            after_revision: granted.revision,
+            heartbeat_millis: 20,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let withdrawn = pc
+        .withdraw(withdraw("heard", purpose, "w"))
+        .await
+        .expect("withdraw")
+        .into_inner();
+    // The stream on the other replica carries the withdrawal.
+    let waiting = std::time::Instant::now();
+    let change = loop {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the replica never heard of the withdrawal (only its hourly poll could have told it)"
+        );
+        match next(&mut stream).await.message {
+            Some(Message::Change(c)) => break c,
+            Some(Message::Heartbeat(h)) => assert!(
+                h.high_water_revision < withdrawn.revision,
+                "a heartbeat claimed {} before the change was sent",
+                h.high_water_revision
+            ),
+            None => panic!("an empty message"),
+        }
+    };
+    assert_eq!(
+        (change.revision, change.kind.as_str()),
+        (withdrawn.revision, "withdraw")
+    );
+    match next(&mut stream).await.message {
+        Some(Message::Heartbeat(h)) => assert_eq!(h.high_water_revision, withdrawn.revision),
+        other => panic!("expected a heartbeat at the new high water, got {other:?}"),
+    }
+    // And its cache no longer holds the allow, without a token: it was told, not polled.
+    let denied = enforcer
+        .check(check("heard", purpose, &[]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(
+        denied.verdict(),
+        pb::Verdict::Deny,
+        "the replica still served its cached allow after the withdrawal's change reached its stream"
+    );
+    deaf.stop().await;
+    first.stop().await;
 }
 
 /// Two replicas share one database: a withdrawal through one is enforced by the other at once

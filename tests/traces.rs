@@ -646,6 +646,7 @@ async fn a_stalled_or_absent_collector_never_holds_a_request_and_dropped_spans_a
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(consentgate_consent::server::serve(
             engine,
+            consentgate_consent::server::FEED_POLL,
             authenticator(),
             Telemetry {
                 metrics: metrics.clone(),

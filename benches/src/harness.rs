@@ -101,6 +101,7 @@ impl Harness {
             database_url: url,
             keys: Arc::new(LedgerKeys::generate()),
             cache_capacity,
+            feed_poll: consentgate_consent::server::FEED_POLL,
         };
         let started = runtime.block_on(async {
             let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

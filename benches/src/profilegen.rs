@@ -253,6 +253,7 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
                 database_url: format!("sqlite://{}", dir.join("consent.db").display()),
                 keys: Arc::new(LedgerKeys::generate()),
                 cache_capacity: 100_000,
+                feed_poll: consentgate_consent::server::FEED_POLL,
             },
             tokio::net::TcpListener::bind("127.0.0.1:0").await?.into(),
             &Default::default(),

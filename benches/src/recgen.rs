@@ -122,6 +122,7 @@ fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Re
                 database_url: database("consent.db"),
                 keys: Arc::new(LedgerKeys::generate()),
                 cache_capacity: 100_000,
+                feed_poll: consentgate_consent::server::FEED_POLL,
             },
             consent_listeners: listener().await?.into(),
             profile_database_url: database("profile.db"),

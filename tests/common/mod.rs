@@ -60,11 +60,12 @@ pub async fn ephemeral() -> tokio::net::TcpListener {
 }
 
 /// Consent settings as tests use them: a small state cache and fresh keys unless given.
-fn consent_settings(url: &str, keys: Arc<LedgerKeys>) -> ConsentSettings {
+fn consent_settings(url: &str, keys: Arc<LedgerKeys>, feed_poll: Duration) -> ConsentSettings {
     ConsentSettings {
         database_url: url.to_owned(),
         keys,
         cache_capacity: 10_000,
+        feed_poll,
     }
 }
 
@@ -72,19 +73,43 @@ impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
         let db = TestDb::new(backend).await;
         let url = db.url.clone();
-        TestServer::start_on(&url, Some(db), Arc::new(LedgerKeys::generate())).await
+        TestServer::start_on(
+            &url,
+            Some(db),
+            Arc::new(LedgerKeys::generate()),
+            consentgate_consent::server::FEED_POLL,
+        )
+        .await
     }
 
     /// Another replica of this server: same database, same keys.
     pub async fn replica(&self) -> TestServer {
-        TestServer::start_on(&self.url, None, testing::signing_keys(&self.engine)).await
+        self.replica_polling_every(consentgate_consent::server::FEED_POLL)
+            .await
     }
 
-    async fn start_on(url: &str, db: Option<TestDb>, keys: Arc<LedgerKeys>) -> TestServer {
+    /// Another replica that reads the change feed only every `feed_poll` unless a commit notice
+    /// wakes it: with an hour, only a notice can tell it of the first replica's writes.
+    pub async fn replica_polling_every(&self, feed_poll: Duration) -> TestServer {
+        TestServer::start_on(
+            &self.url,
+            None,
+            testing::signing_keys(&self.engine),
+            feed_poll,
+        )
+        .await
+    }
+
+    async fn start_on(
+        url: &str,
+        db: Option<TestDb>,
+        keys: Arc<LedgerKeys>,
+        feed_poll: Duration,
+    ) -> TestServer {
         let started = suite::start_consent(
             policy(),
             authenticator(),
-            consent_settings(url, keys),
+            consent_settings(url, keys, feed_poll),
             ephemeral().await.into(),
             &Default::default(),
         )
@@ -662,7 +687,11 @@ impl Suite {
         let started = suite::start(SuiteConfig {
             policy: policy(),
             tokens: tokens(),
-            consent: consent_settings(&consent_url, Arc::new(LedgerKeys::generate())),
+            consent: consent_settings(
+                &consent_url,
+                Arc::new(LedgerKeys::generate()),
+                consentgate_consent::server::FEED_POLL,
+            ),
             consent_listeners: listeners().await,
             profile_database_url: profile_db.url.clone(),
             profile_listeners: listeners().await,

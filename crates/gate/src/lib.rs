@@ -10,6 +10,7 @@
 //!
 //! What it hands back is a [`Clearance`], which only this crate can construct.
 
+mod breaker;
 mod clearance;
 mod observe;
 mod watch;
@@ -17,6 +18,7 @@ mod watch;
 pub use clearance::{Clearance, subject_key, subject_of_key};
 pub use watch::ChangeNotice;
 
+use breaker::{Admission, Breaker};
 use consentgate_proto::consent::v1::CheckRequest;
 use consentgate_proto::consent::v1::CheckResponse;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
@@ -49,6 +51,10 @@ pub struct GateConfig {
     pub heartbeat: Duration,
     /// Deadline of one Check; past it the read fails closed.
     pub check_timeout: Duration,
+    /// Once a Check finds the consent service unreachable (deadline, transport failure,
+    /// `UNAVAILABLE`), reads fail closed at once and only one Check per this interval tries it
+    /// again (see `breaker`).
+    pub probe_every: Duration,
     /// How many decisions to cache; 0 turns the cache off (every read asks).
     pub cache_capacity: u64,
     /// The service's metrics, where the gate reports its cache, lease and stream (disabled by
@@ -57,8 +63,8 @@ pub struct GateConfig {
 }
 
 impl GateConfig {
-    /// Defaults for `endpoint` and `token`: 1 s lease, 250 ms heartbeats, 2 s deadline, 100,000
-    /// cached decisions.
+    /// Defaults for `endpoint` and `token`: 1 s lease, 250 ms heartbeats, 2 s deadline, a probe
+    /// every 250 ms while the consent service is unreachable, 100,000 cached decisions.
     pub fn new(endpoint: impl Into<String>, token: impl Into<String>) -> Self {
         GateConfig {
             consent_endpoint: endpoint.into(),
@@ -67,6 +73,7 @@ impl GateConfig {
             lease: Duration::from_secs(1),
             heartbeat: Duration::from_millis(250),
             check_timeout: Duration::from_secs(2),
+            probe_every: Duration::from_millis(250),
             cache_capacity: DEFAULT_DECISION_CACHE,
             metrics: Metrics::disabled(),
         }
@@ -120,6 +127,8 @@ pub struct GateCounters {
     pub lease_lapses: u64,
     /// Checks that failed closed.
     pub failures: u64,
+    /// Of those, the ones failed at once by the breaker (no call made).
+    pub fast_failures: u64,
 }
 
 #[derive(Default)]
@@ -130,6 +139,7 @@ struct Counters {
     misses: AtomicU64,
     lease_lapses: AtomicU64,
     failures: AtomicU64,
+    fast_failures: AtomicU64,
 }
 
 /// A cached answer and what the gate knew when it asked.
@@ -147,7 +157,11 @@ pub struct Gate {
 }
 
 struct Inner {
-    client: ConsentServiceClient<Channel>,
+    /// Replaced by a new connection when a call hangs: behind a Service address, a new
+    /// connection may reach another replica.
+    client: std::sync::RwLock<ConsentServiceClient<Channel>>,
+    endpoint: Endpoint,
+    breaker: Breaker,
     auth: MetadataValue<Ascii>,
     name: String,
     cache: Option<moka::sync::Cache<Vec<u8>, Arc<Cached>>>,
@@ -162,20 +176,21 @@ impl Gate {
     /// service starts while the consent service is down (and fails closed until it is up).
     /// `name` is this service's caller name, recorded as the caller of its own checks.
     pub fn start(config: GateConfig, name: impl Into<String>) -> Result<Gate, GateError> {
-        let channel = |url: &str| -> Result<Channel, GateError> {
+        let endpoint = |url: &str| -> Result<Endpoint, GateError> {
             Ok(Endpoint::from_shared(url.to_owned())
                 .map_err(|e| GateError::Config(format!("consent endpoint {url:?}: {e}")))?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .connect_lazy())
+                .keep_alive_timeout(Duration::from_secs(5)))
         };
-        let client = ConsentServiceClient::new(channel(&config.consent_endpoint)?)
-            .max_decoding_message_size(consentgate_runtime::server::MAX_MESSAGE_BYTES);
-        let watch_client = match &config.watch_endpoint {
-            Some(url) => ConsentServiceClient::new(channel(url)?),
-            None => client.clone(),
+        let check_endpoint = endpoint(&config.consent_endpoint)?;
+        let client = connect(&check_endpoint);
+        // The stream has a connection of its own, so a replica that hangs the stream is left
+        // behind by reconnecting it alone (and the checks' connection likewise).
+        let watch_endpoint = match &config.watch_endpoint {
+            Some(url) => endpoint(url)?,
+            None => check_endpoint.clone(),
         };
         let auth: MetadataValue<Ascii> = format!("Bearer {}", config.token)
             .parse()
@@ -192,7 +207,7 @@ impl Gate {
             move || age.upgrade().and_then(|f| f.heartbeat_age()),
         );
         tokio::spawn(watch::follow(
-            watch_client,
+            move || connect(&watch_endpoint),
             auth.clone(),
             config.heartbeat,
             Arc::downgrade(&freshness),
@@ -206,7 +221,9 @@ impl Gate {
         });
         Ok(Gate {
             inner: Arc::new(Inner {
-                client,
+                client: std::sync::RwLock::new(client),
+                endpoint: check_endpoint,
+                breaker: Breaker::new(config.probe_every),
                 auth,
                 name: name.into(),
                 cache,
@@ -262,13 +279,77 @@ impl Gate {
             cache_misses: c.misses.load(Ordering::Relaxed),
             lease_lapses: c.lease_lapses.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
+            fast_failures: c.fast_failures.load(Ordering::Relaxed),
         }
     }
 
     /// A client of the consent service over the gate's connection, for calls that are not
     /// decisions (data-subject requests). The caller supplies the credentials.
     pub fn consent_client(&self) -> ConsentServiceClient<Channel> {
-        self.inner.client.clone()
+        self.inner
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether reads are failing fast because the consent service was found unreachable (they
+    /// fail closed either way; this one does not wait for a deadline).
+    pub fn breaker_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// Sends one call to the consent service through the breaker: fails closed at once while it
+    /// is open (but for the probe), and opens it when the service cannot be reached.
+    async fn call<T, F, Fut>(&self, send: F) -> Result<T, GateError>
+    where
+        F: FnOnce(ConsentServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if let Admission::Rejected(wait) = self.inner.breaker.admit() {
+            self.inner
+                .counters
+                .fast_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.fast_failures.increment(1);
+            return Err(self.unavailable(format!(
+                "it could not be reached moments ago; it is tried again within {} ms",
+                wait.as_millis().max(1)
+            )));
+        }
+        match tokio::time::timeout(self.inner.check_timeout, send(self.consent_client())).await {
+            Ok(Ok(response)) => {
+                self.inner.breaker.succeeded();
+                Ok(response.into_inner())
+            }
+            Ok(Err(status)) => {
+                if unreachable(status.code()) {
+                    self.trip();
+                } else {
+                    self.inner.breaker.succeeded();
+                }
+                Err(self.failed(status))
+            }
+            Err(_) => {
+                self.trip();
+                Err(self.unavailable("the check deadline passed".into()))
+            }
+        }
+    }
+
+    /// The consent service could not be reached: fail fast from now until a probe gets through,
+    /// which goes over a new connection (the old one may be stuck to a hung replica: a timeout
+    /// alone does not close it).
+    fn trip(&self) {
+        *self.inner.client.write().unwrap_or_else(|p| p.into_inner()) =
+            connect(&self.inner.endpoint);
+        if self.inner.breaker.unreachable() {
+            self.inner.metrics.breaker_opened.increment(1);
+            tracing::warn!(
+                probe_every_ms = self.inner.breaker.probe_every().as_millis() as u64,
+                "the consent service is unreachable: reads fail closed at once, one probe per interval"
+            );
+        }
     }
 
     /// Asks whether `request.purpose` may use `request.data_categories` of `request.subject`.
@@ -430,21 +511,17 @@ impl Gate {
             .insert("authorization", self.inner.auth.clone());
         traces::inject(call.metadata_mut());
         call.set_timeout(self.inner.check_timeout);
-        let mut client = self.inner.client.clone();
-        match tokio::time::timeout(self.inner.check_timeout, client.batch_check(call)).await {
-            Ok(Ok(response)) => {
-                let results = response.into_inner().results;
-                if results.len() == asked {
-                    Ok(results)
-                } else {
-                    Err(self.unavailable(format!(
-                        "BatchCheck answered {} of {asked} checks",
-                        results.len()
-                    )))
-                }
-            }
-            Ok(Err(status)) => Err(self.failed(status)),
-            Err(_) => Err(self.unavailable("the check deadline passed".into())),
+        let results = self
+            .call(|mut client| async move { client.batch_check(call).await })
+            .await?
+            .results;
+        if results.len() == asked {
+            Ok(results)
+        } else {
+            Err(self.unavailable(format!(
+                "BatchCheck answered {} of {asked} checks",
+                results.len()
+            )))
         }
     }
 
@@ -550,14 +627,28 @@ impl Gate {
             .insert("authorization", self.inner.auth.clone());
         traces::inject(call.metadata_mut());
         call.set_timeout(self.inner.check_timeout);
-        let mut client = self.inner.client.clone();
-        let answer = tokio::time::timeout(self.inner.check_timeout, client.check(call)).await;
-        match answer {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.failed(status)),
-            Err(_) => Err(self.unavailable("the check deadline passed".into())),
-        }
+        self.call(|mut client| async move { client.check(call).await })
+            .await
     }
+}
+
+/// A client over a new connection to `endpoint` (made lazily, so a gate starts while the consent
+/// service is down).
+fn connect(endpoint: &Endpoint) -> ConsentServiceClient<Channel> {
+    ConsentServiceClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(consentgate_runtime::server::MAX_MESSAGE_BYTES)
+}
+
+/// Codes that say the consent service could not be reached (rather than answered): these open
+/// the breaker. `RESOURCE_EXHAUSTED` is an answer (a limit on this caller), not an outage.
+fn unreachable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+    )
 }
 
 /// What an operator debugs a decision by (never whom it is about): verdict, reason, level,

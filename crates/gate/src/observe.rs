@@ -18,6 +18,8 @@ const HIGH_WATER: &str = "consentgate_gate_high_water_revision";
 const PROPAGATION: &str = "consentgate_gate_change_propagation_seconds";
 const RECONNECTS: &str = "consentgate_gate_stream_reconnects_total";
 const FAIL_CLOSED: &str = "consentgate_gate_fail_closed_total";
+const FAST_FAILURES: &str = "consentgate_gate_breaker_fast_failures_total";
+const BREAKER_OPENED: &str = "consentgate_gate_breaker_opened_total";
 
 /// The change kinds the stream reports (a label; anything else is `other`).
 const KINDS: [&str; 7] = [
@@ -34,6 +36,8 @@ pub(crate) struct GateMetrics {
     pub(crate) high_water: Gauge,
     pub(crate) reconnects: Counter,
     pub(crate) fail_closed: Counter,
+    pub(crate) fast_failures: Counter,
+    pub(crate) breaker_opened: Counter,
     propagation: [Histogram; KINDS.len() + 1],
     registry: Metrics,
 }
@@ -52,6 +56,8 @@ impl GateMetrics {
             high_water: metrics.gauge(HIGH_WATER, &[]),
             reconnects: metrics.counter(RECONNECTS, &[]),
             fail_closed: metrics.counter(FAIL_CLOSED, &[]),
+            fast_failures: metrics.counter(FAST_FAILURES, &[]),
+            breaker_opened: metrics.counter(BREAKER_OPENED, &[]),
             propagation: std::array::from_fn(|i| propagation(KINDS.get(i).unwrap_or(&"other"))),
             registry: metrics.clone(),
         }
@@ -87,6 +93,18 @@ impl GateMetrics {
 }
 
 fn describe(m: &Metrics) {
+    m.describe(
+        FAST_FAILURES,
+        Kind::Counter,
+        None,
+        "Reads failed closed at once because the consent service was found unreachable moments before (the breaker is open), instead of waiting out a deadline each.",
+    );
+    m.describe(
+        BREAKER_OPENED,
+        Kind::Counter,
+        None,
+        "Times the gate found the consent service unreachable and began failing fast (probing it every probe interval).",
+    );
     m.describe(
         LOOKUPS,
         Kind::Counter,

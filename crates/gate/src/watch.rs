@@ -151,9 +151,11 @@ impl Freshness {
 }
 
 /// Follows `WatchChanges` for as long as the gate lives, reconnecting with backoff and resuming
-/// after the last revision it applied.
+/// after the last revision it applied. A stream that falls silent past the lease, or cannot be
+/// opened within it, is left on a new connection (`connect`): behind a Service address the new
+/// connection may reach another replica, while the old one may be stuck to a hung one.
 pub(crate) async fn follow(
-    mut client: ConsentServiceClient<Channel>,
+    connect: impl Fn() -> ConsentServiceClient<Channel> + Send + 'static,
     auth: MetadataValue<Ascii>,
     heartbeat: Duration,
     freshness: std::sync::Weak<Freshness>,
@@ -161,6 +163,7 @@ pub(crate) async fn follow(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
+    let mut client = connect();
     loop {
         let Some(state) = freshness.upgrade() else {
             return;
@@ -173,8 +176,24 @@ pub(crate) async fn follow(
             heartbeat_millis: u32::try_from(heartbeat.as_millis()).unwrap_or(250),
         });
         request.metadata_mut().insert("authorization", auth.clone());
+        let lease = state.lease;
         drop(state);
-        match client.watch_changes(request).await {
+        let opened = match tokio::time::timeout(lease * 2, client.watch_changes(request)).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                tracing::warn!(
+                    "the consent change stream did not open within the lease; reconnecting"
+                );
+                if let Some(state) = freshness.upgrade() {
+                    state.lapse();
+                }
+                client = connect();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        match opened {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 loop {
@@ -224,9 +243,10 @@ pub(crate) async fn follow(
                         }
                         Err(_) => {
                             tracing::warn!(
-                                "consent change stream silent past the lease; reconnecting"
+                                "consent change stream silent past the lease; reconnecting on a new connection"
                             );
                             state.lapse();
+                            client = connect();
                             break;
                         }
                     }

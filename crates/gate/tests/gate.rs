@@ -44,6 +44,7 @@ async fn consent_service() -> (String, TestDb) {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(consent_server::serve(
         engine,
+        consent_server::FEED_POLL,
         auth,
         Default::default(),
         listener,
@@ -266,4 +267,111 @@ async fn a_cached_decision_is_not_served_past_the_expiry_of_any_record_behind_it
         "{:?}",
         after[1].personalization_level()
     );
+}
+
+/// A TCP front for the consent service that can hang: in hang mode it accepts connections and
+/// never answers (a replica stuck in a GC pause or a dead node behind a live socket); otherwise
+/// it forwards new connections to the consent service. Connections it hung stay hung.
+struct HangingFront {
+    url: String,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HangingFront {
+    async fn start(upstream: &str) -> HangingFront {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hanging = hang.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if hanging.load(std::sync::atomic::Ordering::SeqCst) {
+                    held.push(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        HangingFront { url, hang }
+    }
+
+    fn recover(&self) {
+        self.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A consent service that hangs costs one read its deadline; the reads after it fail closed at
+/// once (the breaker), instead of each waiting out the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_consent_service_costs_one_deadline_then_reads_fail_fast() {
+    let (url, _db) = consent_service().await;
+    let front = HangingFront::start(&url).await;
+    let mut config = GateConfig::new(front.url.clone(), "t-recommendation-service");
+    config.check_timeout = Duration::from_millis(300);
+    config.probe_every = Duration::from_secs(3600);
+    let gate = Gate::start(config, "recommendation-service").expect("gate");
+
+    let first = gate.check(check("hung"), None).await;
+    assert!(matches!(first, Err(GateError::Unavailable(_))), "{first:?}");
+    assert!(gate.breaker_open());
+    assert_eq!(
+        gate.counters().fast_failures,
+        0,
+        "the first read made the call"
+    );
+    for _ in 0..5 {
+        let err = gate
+            .check(check("hung"), None)
+            .await
+            .expect_err("fails closed");
+        assert_eq!(err.into_status().code(), tonic::Code::Unavailable);
+    }
+    let batch = gate.check_many(vec![check("hung")], None).await;
+    assert!(matches!(batch, Err(GateError::Unavailable(_))), "{batch:?}");
+    let counters = gate.counters();
+    assert_eq!(
+        counters.fast_failures, 6,
+        "every read after the first failed at once: {counters:?}"
+    );
+    assert_eq!(counters.failures, 7);
+    assert_eq!(counters.allows, 0);
+}
+
+/// After a read hangs, the gate leaves that connection: the next call (the probe) goes over a
+/// new one, which behind a Service address may reach a healthy replica; here the front has
+/// recovered for new connections only, so only a new connection can be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hang_the_probe_goes_over_a_new_connection_and_closes_the_breaker() {
+    let (url, _db) = consent_service().await;
+    write(&url, false, "moved", "g").await;
+    let front = HangingFront::start(&url).await;
+    let mut config = GateConfig::new(front.url.clone(), "t-recommendation-service");
+    config.check_timeout = Duration::from_millis(300);
+    // Every call after a failure may probe: no waiting in the test.
+    config.probe_every = Duration::ZERO;
+    let gate = Gate::start(config, "recommendation-service").expect("gate");
+
+    let hung = gate.check(check("moved"), None).await;
+    assert!(matches!(hung, Err(GateError::Unavailable(_))), "{hung:?}");
+    assert!(gate.breaker_open());
+    front.recover();
+    let answered = gate
+        .check(check("moved"), None)
+        .await
+        .expect("the probe, over a new connection, is answered");
+    assert_eq!(answered.verdict(), pb::Verdict::Allow);
+    assert!(
+        !gate.breaker_open(),
+        "a successful probe closes the breaker"
+    );
+    assert_eq!(gate.counters().fast_failures, 0);
 }

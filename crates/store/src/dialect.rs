@@ -46,6 +46,11 @@ pub trait Dialect: Send + Sync + 'static {
     /// directly. See [`values`].
     const NUMBERED_PARAMETERS: bool;
 
+    /// The statement a writing transaction runs before it commits to announce its commit to the
+    /// other replicas, with the channel as `$1` and the payload as `$2` (see [`crate::notify`]);
+    /// `None` where no other process writes the database (SQLite).
+    const NOTIFY: Option<&'static str>;
+
     /// Connects to `location` as `setup` asks, runs the service's migrations for this backend
     /// through a native connection, and opens the `sqlx::Any` pool the store works through.
     fn connect(

@@ -9,12 +9,14 @@
 //!   migrations ([`Migrations`]) with the service's [`Setup`].
 //! - [`Error`] is the failure core every service's `StoreError` wraps; [`Error::log_safe`] is
 //!   the only form of it that goes to logs.
+//! - [`notify`] carries commit notices between replicas on PostgreSQL (`LISTEN`/`NOTIFY`).
 //! - [`to_i64`] and [`to_u64`] convert between the databases' signed integers and the domain's
 //!   unsigned ones.
 
 mod dialect;
 mod error;
 mod int;
+pub mod notify;
 mod open;
 mod postgres;
 mod sqlite;

@@ -62,6 +62,18 @@ impl Database {
         self.file.as_deref()
     }
 
+    /// Commit notices from the other replicas sharing this database, heard on `channel`
+    /// ([`crate::notify`]); `None` for SQLite, whose file has no other writer to hear from.
+    pub async fn commit_notices(
+        &self,
+        channel: &'static str,
+    ) -> Result<Option<crate::notify::Notices>, Error> {
+        Ok(match self.backend {
+            crate::Backend::Sqlite => None,
+            crate::Backend::Postgres => Some(crate::notify::listen(&self.url, channel).await?),
+        })
+    }
+
     /// A further pool of at most `max` connections to the same database, set up like the
     /// first: for work that should not wait behind the main pool or share its page cache.
     pub async fn another_pool(&self, max: u32) -> Result<AnyPool, Error> {

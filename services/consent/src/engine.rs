@@ -16,6 +16,7 @@ use consentgate_policy::{
     AgeBand, CheckInput, CollectionMethod, Decision, DecisionError, Policy, SubjectState, decide,
     validate,
 };
+use consentgate_store::notify::{Notice, Notices};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +120,26 @@ pub struct Engine {
     closing: tokio::sync::watch::Sender<bool>,
     /// Revisions this replica committed (and already invalidated); the follower skips them.
     local_revisions: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// The clock [`Engine::feed_current`] reads.
+    epoch: std::time::Instant,
+    /// When the follower last read the change feed to its end, in µs since `epoch`.
+    feed_read_at_micros: AtomicU64,
+    /// How long a feed read stays proof of being current, in µs (set by the follower).
+    feed_stale_after_micros: AtomicU64,
+}
+
+/// How many missed polls make a replica's view of the change feed stale.
+pub const STALE_POLLS: u32 = 4;
+
+/// Changes are read from the feed in pages of this many.
+const FEED_PAGE: u32 = 1000;
+
+/// The next commit notice, or never when there is no listener (the poll alone follows).
+async fn next_notice(notices: &mut Option<Notices>) -> Option<Notice> {
+    match notices {
+        Some(n) => n.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Engine {
@@ -147,6 +168,11 @@ impl Engine {
             loads: AtomicU64::new(0),
             closing,
             local_revisions: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            epoch: std::time::Instant::now(),
+            // The high water was just read from the feed.
+            feed_read_at_micros: AtomicU64::new(0),
+            // Until a follower says how often it reads: one second.
+            feed_stale_after_micros: AtomicU64::new(1_000_000),
         })
     }
 
@@ -177,27 +203,87 @@ impl Engine {
     }
 
     /// Follows the store's change feed so that changes committed by *other* replicas sharing the
-    /// database invalidate this replica's cache within `every` (local writes invalidate at once),
-    /// and wake this replica's change watchers. Runs until shutdown.
-    pub async fn follow_changes(self: Arc<Self>, every: Duration) {
+    /// database invalidate this replica's cache (local writes invalidate at once) and wake this
+    /// replica's change watchers. Runs until shutdown.
+    ///
+    /// On PostgreSQL every committing transaction notifies the others (`LISTEN`/`NOTIFY`, see
+    /// `consentgate_store::notify`), and a notice makes this replica read the feed at once: a
+    /// change reaches it in milliseconds. The feed is also read every `poll`, as a safety net
+    /// (a notice lost on a connection that died silently is read within `poll`) and as proof
+    /// that this replica still sees the feed: [`Engine::feed_current`] turns false once no read
+    /// has succeeded for [`STALE_POLLS`] polls, and change streams stop heartbeating then, so
+    /// gates stop trusting a replica that has lost its database. SQLite has no other writer to
+    /// hear from: the poll only proves the file is readable.
+    pub async fn follow_changes(self: Arc<Self>, poll: Duration) {
+        self.feed_stale_after_micros.store(
+            u64::try_from((poll * STALE_POLLS).as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let mut notices = match self.store.commit_notices().await {
+            Ok(notices) => notices,
+            Err(e) => {
+                tracing::warn!(error = %e.log_safe(), every = ?poll, "cannot listen for commit notices; following the change feed by polling alone");
+                None
+            }
+        };
         let mut last = *self.high_water.borrow();
-        let mut ticker = tokio::time::interval(every);
+        let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = self.closed() => return,
-            }
-            let (events, high) = match self.store.changes_after(last, 1000).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e.log_safe(), "cannot follow the change feed; retrying");
-                    continue;
-                }
+            let heard = tokio::select! {
+                _ = ticker.tick() => None,
+                notice = next_notice(&mut notices) => match notice {
+                    Some(notice) => Some(notice),
+                    None => {
+                        notices = None;
+                        continue;
+                    }
+                },
+                () = self.closed() => return,
             };
-            if high < last {
+            if let Some(Notice::Committed(revision)) = heard
+                && self.only_local_up_to(&mut last, revision)
+            {
                 continue;
             }
+            match self.catch_up(&mut last).await {
+                Ok(()) => self.confirm_feed(),
+                Err(e) => {
+                    tracing::warn!(error = %e.log_safe(), "cannot follow the change feed; retrying")
+                }
+            }
+        }
+    }
+
+    /// Whether every revision after `last` up to `revision` was committed by this replica (and
+    /// so already invalidated): then nothing needs reading, and `last` moves to `revision`.
+    /// Revisions are dense (one per change, writers serialized), so the set says it exactly.
+    fn only_local_up_to(&self, last: &mut u64, revision: u64) -> bool {
+        if revision <= *last {
+            return true;
+        }
+        let mut local = self
+            .local_revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if (*last + 1..=revision).all(|r| local.contains(&r)) {
+            let later = local.split_off(&(revision + 1));
+            *local = later;
+            *last = revision;
+            return true;
+        }
+        false
+    }
+
+    /// Reads the feed after `last` to its end, invalidating what other replicas changed and
+    /// waking change watchers; advances `last`.
+    async fn catch_up(&self, last: &mut u64) -> Result<(), StoreError> {
+        loop {
+            let (events, high) = self.store.changes_after(*last, FEED_PAGE).await?;
+            if high < *last {
+                return Ok(());
+            }
+            let full = events.len() == FEED_PAGE as usize;
             let remote: Vec<_> = {
                 let mut local = self
                     .local_revisions
@@ -227,15 +313,34 @@ impl Engine {
             if !remote.is_empty() {
                 self.generation.fetch_add(1, Ordering::SeqCst);
             }
-            last = events.last().map_or(high, |e| e.revision).max(last);
+            *last = events.last().map_or(high, |e| e.revision).max(*last);
+            let reached = *last;
             self.high_water.send_if_modified(|h| {
-                let newer = last > *h;
+                let newer = reached > *h;
                 if newer {
-                    *h = last;
+                    *h = reached;
                 }
                 newer
             });
+            if !full {
+                return Ok(());
+            }
         }
+    }
+
+    /// Notes that the feed was just read to its end.
+    fn confirm_feed(&self) {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.feed_read_at_micros.store(micros, Ordering::Release);
+    }
+
+    /// Whether this replica read the change feed to its end recently enough (see
+    /// [`Engine::follow_changes`]) to promise a watcher that it has missed nothing: a heartbeat
+    /// is that promise.
+    pub fn feed_current(&self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let read_at = self.feed_read_at_micros.load(Ordering::Acquire);
+        now.saturating_sub(read_at) <= self.feed_stale_after_micros.load(Ordering::Relaxed)
     }
 
     /// Tells long-lived streams to end: the server is shutting down.
@@ -286,7 +391,12 @@ impl Engine {
             return Ok(hit);
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let rows = self.store.load_subject(subject).await?;
+        let rows = consentgate_runtime::traces::in_span(
+            "consentgate.consent.store.load",
+            || [],
+            self.store.load_subject(subject),
+        )
+        .await?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         let loaded = Arc::new(CachedState {
             as_of: rows.as_of,

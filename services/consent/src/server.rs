@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// How often a replica polls the shared change feed for other replicas' writes.
-const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How often a replica reads the shared change feed when no commit notice woke it: the safety
+/// net under `LISTEN`/`NOTIFY` on PostgreSQL, and the proof that the replica still sees its
+/// database (see [`Engine::follow_changes`]).
+pub const FEED_POLL: Duration = Duration::from_millis(250);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +47,16 @@ pub async fn open_engine(
 }
 
 /// Serves the consent service on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// The engine follows the change feed meanwhile, reading it every `feed_poll` at the least.
 pub async fn serve(
     engine: Arc<Engine>,
+    feed_poll: Duration,
     auth: Authenticator,
     telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
-    tokio::spawn(engine.clone().follow_changes(FOLLOW_EVERY));
+    tokio::spawn(engine.clone().follow_changes(feed_poll));
     let observed = Arc::new(ConsentMetrics::new(&telemetry.metrics));
     if telemetry.metrics.is_enabled() {
         tokio::spawn(observe::follow_ledger(engine.clone(), observed.clone()));

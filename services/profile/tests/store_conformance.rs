@@ -91,6 +91,7 @@ impl Fixture {
         let consent = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(consent_server::serve(
             engine,
+            consent_server::FEED_POLL,
             auth,
             Default::default(),
             listener,

@@ -40,8 +40,12 @@ impl Service {
     }
 }
 
-/// Serves one stream: replays from the store, then follows new commits (woken by the engine,
-/// and polling on every heartbeat so writes by other replicas are seen too).
+/// Serves one stream: replays from the store, then follows new commits. The engine wakes it
+/// whenever its high water moves (a local write, or another replica's commit that the engine's
+/// follower read), and only then does the stream read the store: a quiet stream costs the
+/// database nothing. A heartbeat is sent only while the engine's view of the feed is current
+/// ([`Engine::feed_current`]): a replica that lost its database falls silent, and the gates
+/// following it let their leases run out instead of trusting it.
 async fn follow(
     engine: Arc<Engine>,
     mut last: u64,
@@ -51,12 +55,15 @@ async fn follow(
     let mut woken = engine.subscribe();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(mut high) = replay(&engine, &mut last, &tx).await else {
+        return;
+    };
     loop {
-        let Some(high) = replay(&engine, &mut last, &tx).await else {
-            return;
-        };
         tokio::select! {
             _ = ticker.tick() => {
+                if !engine.feed_current() {
+                    continue;
+                }
                 let beat = WatchEvent::Heartbeat { high_water_revision: high, sent_at: OffsetDateTime::now_utc() };
                 if tx.send(Ok(beat)).await.is_err() {
                     return;
@@ -66,6 +73,10 @@ async fn follow(
                 if changed.is_err() {
                     return;
                 }
+                let Some(reached) = replay(&engine, &mut last, &tx).await else {
+                    return;
+                };
+                high = high.max(reached);
             }
             _ = tx.closed() => return,
             _ = engine.closed() => {

@@ -17,6 +17,7 @@ use crate::model::{
     ChangeEvent, Checkpoint, LedgerEntry, StoredReceipt, StoredRecord, SubjectKey, SubjectRows,
     Write, WriteOutcome,
 };
+use consentgate_store::notify::Notices;
 use consentgate_store::{Backend, Migrations, Setup, SqliteSynchronous};
 use std::sync::Arc;
 
@@ -106,6 +107,9 @@ pub trait ConsentStore: Send + Sync + 'static {
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
     /// How far the ledger and its signed checkpoints reach (for metrics: two indexed lookups).
     async fn ledger_extent(&self) -> Result<LedgerExtent, StoreError>;
+    /// Notices of commits through this database by any replica, on a connection of their own
+    /// (PostgreSQL `LISTEN`); `None` where this process is the only writer (SQLite).
+    async fn commit_notices(&self) -> Result<Option<Notices>, StoreError>;
 }
 
 /// The ledger's last entry and last signed checkpoint, by seq (0: none).
@@ -161,5 +165,8 @@ impl<D: Dialect> ConsentStore for SqlStore<D> {
     }
     async fn ledger_extent(&self) -> Result<LedgerExtent, StoreError> {
         SqlStore::ledger_extent(self).await
+    }
+    async fn commit_notices(&self) -> Result<Option<Notices>, StoreError> {
+        SqlStore::commit_notices(self).await
     }
 }

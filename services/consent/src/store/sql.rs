@@ -11,6 +11,7 @@ use crate::model::{
 };
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
 use consentgate_policy::CollectionMethod;
+use consentgate_store::notify::Notices;
 use consentgate_store::{Dialect, Tx, begin_serialized, begin_snapshot, to_i64, to_u64};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
@@ -22,9 +23,14 @@ use time::OffsetDateTime;
 /// does not already serialize writers (PostgreSQL).
 const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1668247155)";
 
+/// The channel consent writes announce their commits on (see `consentgate_store::notify`).
+pub const CHANGES_CHANNEL: &str = "consentgate_consent_changes";
+
 /// A consent store over a dialect.
 pub struct SqlStore<D> {
     pool: AnyPool,
+    /// Kept for the commit listener's own connection.
+    database: consentgate_store::Database,
     keys: Arc<LedgerKeys>,
     /// Serializes writers in this process, so they never contend for the database's write lock.
     write_lock: tokio::sync::Mutex<()>,
@@ -59,15 +65,19 @@ fn subject_of(text: &str) -> Result<SubjectKey, StoreError> {
 impl<D: Dialect> SqlStore<D> {
     /// Connects, migrates, and keeps `keys` for pseudonyms, tombstones and checkpoints.
     pub async fn connect(url: &str, keys: Arc<LedgerKeys>) -> Result<Self, StoreError> {
-        let pool = consentgate_store::open::<D>(url, &MIGRATIONS, &SETUP)
-            .await?
-            .into_pool();
+        let database = consentgate_store::open::<D>(url, &MIGRATIONS, &SETUP).await?;
         Ok(SqlStore {
-            pool,
+            pool: database.pool().clone(),
+            database,
             keys,
             write_lock: tokio::sync::Mutex::new(()),
             dialect: PhantomData,
         })
+    }
+
+    /// Commit notices from other replicas (PostgreSQL), on a connection of their own.
+    pub(super) async fn commit_notices(&self) -> Result<Option<Notices>, StoreError> {
+        Ok(self.database.commit_notices(CHANGES_CHANNEL).await?)
     }
 
     /// The underlying pool (tests count rows through it).
@@ -264,6 +274,14 @@ impl<D: Dialect> SqlStore<D> {
         sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome) VALUES ($1, $2, $3, $4, $5)")
             .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(stored)
             .execute(&mut *tx).await?;
+        // Other replicas hear of the commit at once (PostgreSQL delivers it on commit only).
+        if let Some(notify) = D::NOTIFY {
+            sqlx::query(notify)
+                .bind(CHANGES_CHANNEL)
+                .bind(seq.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
