@@ -441,6 +441,7 @@ async fn main() -> anyhow::Result<()> {
                 retention_every: std::time::Duration::from_secs(args.retention_every_secs),
                 recommendation_url: args.recommendation_url.clone(),
                 metrics: telemetry.metrics.clone(),
+                tracing: telemetry.tracing.clone(),
             })
             .await?;
             profile_server::serve(

@@ -221,6 +221,7 @@ pub async fn start_profile(
     let (telemetry, metrics_server) = telemetry(PROFILE_SERVICE_NAME, listeners.metrics, traces)?;
     let mut config = config;
     config.metrics = telemetry.metrics.clone();
+    config.tracing = telemetry.tracing.clone();
     let profile = Profile::open(config).await?;
     if !profile.gate().wait_live(GATE_LIVE_WITHIN).await {
         return Err(SuiteError::GateNotLive("profile service"));
@@ -352,6 +353,7 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
             retention_every: config.retention_every,
             recommendation_url: Some(recommendation_url),
             metrics: Metrics::disabled(),
+            tracing: Default::default(),
         },
         auth.clone(),
         config.profile_listeners,

@@ -432,6 +432,26 @@ async fn one_recommend_is_one_trace_across_three_processes_continuing_the_caller
         );
         assert!(check.text.contains("consentgate.verdict"), "{check:?}");
     }
+    // The access log's flush (background work, no request its parent) is a root span of the
+    // profile service, in a trace of its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let flush = loop {
+        if let Some(flush) = collected.spans().into_iter().find(|s| {
+            s.service == "consentgate-profile" && s.name == "consentgate.profile.access_log.flush"
+        }) {
+            break flush;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no access-log flush span from the profile service"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        flush.parent_span_id.is_empty(),
+        "the flush has no parent: {flush:?}"
+    );
+    assert_ne!(flush.trace_id, trace_id, "{flush:?}");
     // Log lines written inside the request carry its trace id.
     let logged = p.recommendation.output.lock().expect("output").clone();
     assert!(

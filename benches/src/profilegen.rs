@@ -274,6 +274,7 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: None,
                 metrics: Default::default(),
+                tracing: Default::default(),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             profiles.push(

@@ -343,6 +343,7 @@ impl ProfileServer {
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: cascade.0,
                 metrics: Default::default(),
+                tracing: Default::default(),
             },
             authenticator(),
             ephemeral().await.into(),

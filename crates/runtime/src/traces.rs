@@ -274,6 +274,27 @@ impl MethodNames {
     }
 }
 
+impl Tracing {
+    /// Runs `work` as a root span `name` of this service: for background work that no request
+    /// is the parent of (the access log's flush). Sampled by the ratio alone; off: just runs it.
+    pub async fn in_root_span<F: Future>(&self, name: &'static str, work: F) -> F::Output {
+        let Some(p) = &self.inner else {
+            return work.await;
+        };
+        let span = p
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .start_with_context(&p.tracer, &Context::new());
+        let cx = Context::new()
+            .with_span(span)
+            .with_value(ServiceTracer(p.tracer.clone()));
+        let out = work.with_context(cx.clone()).await;
+        cx.span().end();
+        out
+    }
+}
+
 /// Runs `work` as a child span `name` of the current span (with `attributes`), when the current
 /// request is traced; else just runs it. For the work that costs: store calls, the ledger, the
 /// access log, the gate's decisions, ranking.

@@ -12,6 +12,7 @@ use consentgate_runtime::Metrics;
 use consentgate_runtime::metrics::{CounterFamily, Kind};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 const DECISIONS: &str = "consentgate_consent_decisions_total";
@@ -20,6 +21,7 @@ const WRITES: &str = "consentgate_consent_writes_total";
 const COMMIT: &str = "consentgate_consent_commit_duration_seconds";
 const LEDGER_ENTRIES: &str = "consentgate_consent_ledger_entries";
 const UNSIGNED: &str = "consentgate_consent_ledger_unsigned_entries";
+const CHECKPOINT_AGE: &str = "consentgate_consent_ledger_last_checkpoint_age_seconds";
 const VERIFICATIONS: &str = "consentgate_consent_ledger_verifications_total";
 
 /// How often the ledger's extent is read for the gauges.
@@ -36,13 +38,29 @@ pub struct ConsentMetrics {
     unsigned: Gauge,
     verified_ok: Counter,
     verified_broken: Counter,
+    /// When the last checkpoint's entry was written, in Unix µs (0: none yet); the age gauge is
+    /// computed from it at each scrape, so it grows between the ledger reads.
+    last_checkpoint_micros: Arc<AtomicU64>,
 }
 
 impl ConsentMetrics {
     /// Registers the instruments in `metrics`.
     pub fn new(metrics: &Metrics) -> ConsentMetrics {
         describe(metrics);
+        let last_checkpoint_micros = Arc::new(AtomicU64::new(0));
+        let age = metrics.gauge(CHECKPOINT_AGE, &[]);
+        let at = last_checkpoint_micros.clone();
+        metrics.on_scrape(move || {
+            let at = at.load(Ordering::Relaxed);
+            if at > 0 {
+                let now =
+                    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+                        .unwrap_or(0);
+                age.set(now.saturating_sub(at) as f64 / 1e6);
+            }
+        });
         ConsentMetrics {
+            last_checkpoint_micros,
             decisions: CounterFamily::new(metrics, DECISIONS, ["purpose", "verdict", "reason"]),
             levels: LADDER.map(|rung| metrics.counter(LEVELS, &[("level", level(rung))])),
             writes: CounterFamily::new(metrics, WRITES, ["kind", "outcome"]),
@@ -93,6 +111,10 @@ impl ConsentMetrics {
         self.ledger_entries.set(extent.last_entry as f64);
         self.unsigned
             .set(extent.last_entry.saturating_sub(extent.last_checkpoint) as f64);
+        if let Some(at) = extent.last_checkpoint_at {
+            let micros = u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0);
+            self.last_checkpoint_micros.store(micros, Ordering::Relaxed);
+        }
     }
 }
 
@@ -169,6 +191,12 @@ fn describe(m: &Metrics) {
         Kind::Gauge,
         None,
         "Ledger entries after the last signed checkpoint (stays below the checkpoint interval unless signing fails).",
+    );
+    m.describe(
+        CHECKPOINT_AGE,
+        Kind::Gauge,
+        None,
+        "Seconds since the entry covered by the last signed checkpoint was written (absent before the first checkpoint). Checkpoints come every 64 entries, so this grows while writes are quiet: alert on unsigned entries, read this for how old the signed anchor is.",
     );
     m.describe(
         VERIFICATIONS,

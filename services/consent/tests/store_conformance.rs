@@ -1262,6 +1262,43 @@ async fn changes_after_a_cursor_past_the_head_reports_the_stores_high_water() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The ledger's extent (what the metrics report): its length, the last signed checkpoint, and
+/// when that checkpoint's entry was written.
+#[tokio::test]
+async fn the_ledger_extent_names_the_last_checkpoint_and_its_time() {
+    use consentgate_consent::ledger::CHECKPOINT_EVERY;
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let empty = h.store.ledger_extent().await.expect("extent");
+        assert_eq!(
+            (
+                empty.last_entry,
+                empty.last_checkpoint,
+                empty.last_checkpoint_at
+            ),
+            (0, 0, None),
+            "[{b}]"
+        );
+        let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        for _ in 0..CHECKPOINT_EVERY + 3 {
+            h.write(grant(&person("alice"), "analytics.reporting"))
+                .await;
+        }
+        let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+        let extent = h.store.ledger_extent().await.expect("extent");
+        assert_eq!(extent.last_entry, CHECKPOINT_EVERY + 3, "[{b}]");
+        assert_eq!(extent.last_checkpoint, CHECKPOINT_EVERY, "[{b}]");
+        let at = extent
+            .last_checkpoint_at
+            .unwrap_or_else(|| panic!("[{b}] the checkpointed entry's time"));
+        assert!(
+            before <= at && at <= after,
+            "[{b}] {at} not within the writes"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Receipts
 // ---------------------------------------------------------------------------------------------

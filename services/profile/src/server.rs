@@ -12,7 +12,7 @@ use consentgate_policy::Policy;
 use consentgate_proto::profile::v1::profile_service_server::ProfileServiceServer;
 use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
-use consentgate_runtime::{Authenticator, Metrics, Telemetry};
+use consentgate_runtime::{Authenticator, Metrics, Telemetry, Tracing};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,9 @@ pub struct ProfileConfig {
     pub recommendation_url: Option<String>,
     /// Where the service (and its gate, through `gate.metrics`) counts; disabled by default.
     pub metrics: Metrics,
+    /// The service's tracer, for spans of background work no request is the parent of (the
+    /// access log's flush); request spans come from the server's layer. Off by default.
+    pub tracing: Tracing,
 }
 
 /// A running profile service's parts, opened and ready to serve.
@@ -83,7 +86,7 @@ impl Profile {
             None => None,
         };
         let metrics = Arc::new(ProfileMetrics::new(&config.metrics));
-        let log = AccessLog::start(store.clone(), metrics.clone());
+        let log = AccessLog::start(store.clone(), metrics.clone(), config.tracing.clone());
         crate::retention::spawn(
             store.clone(),
             config.policy.clone(),

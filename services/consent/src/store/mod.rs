@@ -119,6 +119,8 @@ pub struct LedgerExtent {
     pub last_entry: u64,
     /// The seq of the last signed checkpoint.
     pub last_checkpoint: u64,
+    /// When the entry that checkpoint covers was written (`None`: no checkpoint yet).
+    pub last_checkpoint_at: Option<time::OffsetDateTime>,
 }
 
 /// Opens the store a URL names (`sqlite://…` or `postgres://…`) and runs its migrations.

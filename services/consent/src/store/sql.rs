@@ -449,9 +449,28 @@ impl<D: Dialect> SqlStore<D> {
             let seq: i64 = sqlx::query(sql).fetch_one(&self.pool).await?.get(0);
             Ok::<u64, StoreError>(to_u64(seq))
         };
+        let last_checkpoint = last("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").await?;
+        // The checkpointed entry's own time, from its canonical event (`at`).
+        let last_checkpoint_at = match sqlx::query("SELECT event FROM ledger WHERE seq = $1")
+            .bind(to_i64(last_checkpoint))
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            Some(row) => {
+                let event: serde_json::Value = serde_json::from_str(&row.get::<String, _>(0))
+                    .map_err(|e| StoreError::corrupt(format!("a ledger event: {e}")))?;
+                event
+                    .get("at")
+                    .and_then(serde_json::Value::as_str)
+                    .map(parse_time)
+                    .transpose()?
+            }
+            None => None,
+        };
         Ok(super::LedgerExtent {
             last_entry: last("SELECT COALESCE(MAX(seq), 0) FROM ledger").await?,
-            last_checkpoint: last("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").await?,
+            last_checkpoint,
+            last_checkpoint_at,
         })
     }
 

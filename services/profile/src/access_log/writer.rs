@@ -6,6 +6,7 @@
 use crate::model::AccessDraft;
 use crate::observe::ProfileMetrics;
 use crate::store::ProfileStore;
+use consentgate_runtime::Tracing;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -28,8 +29,14 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer task over `store`, timing its commits and flushes into `metrics`.
-    pub fn start(store: Arc<dyn ProfileStore>, metrics: Arc<ProfileMetrics>) -> AccessLog {
+    /// Starts the writer task over `store`, timing its commits and flushes into `metrics`; each
+    /// flush is a root span of `tracing` (no request is its parent: reads that wait for it show
+    /// the wait inside their own `access_log.append` span).
+    pub fn start(
+        store: Arc<dyn ProfileStore>,
+        metrics: Arc<ProfileMetrics>,
+        tracing: Tracing,
+    ) -> AccessLog {
         let (queue, mut incoming) = mpsc::channel::<Pending>(8192);
         let waiting = queue.downgrade();
         metrics.queue_depth(move || {
@@ -52,7 +59,9 @@ impl AccessLog {
                     // inline, a few reads wait for it once per interval.
                     _ = flush.tick() => {
                         let started = Instant::now();
-                        let flushed = store.flush_access().await;
+                        let flushed = tracing
+                            .in_root_span("consentgate.profile.access_log.flush", store.flush_access())
+                            .await;
                         metrics.flushed(started.elapsed(), flushed.is_ok());
                         if let Err(e) = flushed {
                             tracing::error!(error = %e.log_safe(), "chaining the access journal failed; retrying");
