@@ -2,8 +2,8 @@
 //! cache while the consent service hangs waits its full deadline (2 s) before failing closed:
 //! correct, but every caller of the profile service stalls. Once a call finds the service
 //! unreachable, the breaker opens: further calls fail closed at once, and one call every
-//! `probe_every` is let through to find out whether it is back. A successful call, or a live
-//! heartbeat on the change stream, closes it.
+//! `probe_every` is let through to find out whether it is back. A successful call closes it. A
+//! probe abandoned before it ends (its caller went away) frees the next one, one interval later.
 //!
 //! Only unreachability opens it (a deadline passed, the transport failed, `UNAVAILABLE`): a
 //! refused question or credentials is an answer, not an outage.
@@ -74,14 +74,22 @@ impl Breaker {
         self.probing.store(false, Ordering::Release);
     }
 
-    /// The service could not be reached: open (or stay open) until the next probe is due.
-    /// Returns whether this opened a closed breaker.
-    pub(crate) fn unreachable(&self) -> bool {
+    /// The service could not be reached (by the probe, when `probe`): open, or stay open, until
+    /// the next probe is due. Returns whether this opened a closed breaker. A late failure of a
+    /// call admitted before the breaker opened leaves a probe under way alone.
+    pub(crate) fn unreachable(&self, probe: bool) -> bool {
         let next =
             self.now_micros() + u64::try_from(self.probe_every.as_micros()).unwrap_or(u64::MAX / 2);
         let was = self.next_probe_micros.swap(next, Ordering::AcqRel);
-        self.probing.store(false, Ordering::Release);
+        if probe {
+            self.probing.store(false, Ordering::Release);
+        }
         was == 0
+    }
+
+    /// The probe was dropped before it ended: no news, so the next probe goes one interval on.
+    pub(crate) fn abandoned(&self) {
+        self.unreachable(true);
     }
 
     /// Whether it is open.
@@ -103,8 +111,8 @@ mod tests {
     fn an_open_breaker_rejects_until_its_probe_is_due() {
         let breaker = Breaker::new(Duration::from_secs(3600));
         assert_eq!(breaker.admit(), Admission::Closed);
-        assert!(breaker.unreachable(), "the first failure opens it");
-        assert!(!breaker.unreachable(), "a second one keeps it open");
+        assert!(breaker.unreachable(false), "the first failure opens it");
+        assert!(!breaker.unreachable(false), "a second one keeps it open");
         match breaker.admit() {
             Admission::Rejected(wait) => assert!(wait > Duration::from_secs(3000), "{wait:?}"),
             other => panic!("expected a rejection, got {other:?}"),
@@ -116,17 +124,28 @@ mod tests {
     fn one_probe_at_a_time_and_a_success_closes() {
         // Probes are due at once: no waiting in the test.
         let breaker = Breaker::new(Duration::ZERO);
-        breaker.unreachable();
+        breaker.unreachable(false);
         assert_eq!(breaker.admit(), Admission::Probe);
         assert!(
             matches!(breaker.admit(), Admission::Rejected(_)),
             "a second caller while the probe is under way"
         );
-        breaker.unreachable();
+        breaker.unreachable(false);
+        assert!(
+            matches!(breaker.admit(), Admission::Rejected(_)),
+            "a late failure of another call does not free a second probe"
+        );
+        breaker.unreachable(true);
         assert_eq!(
             breaker.admit(),
             Admission::Probe,
             "the failed probe frees the next"
+        );
+        breaker.abandoned();
+        assert_eq!(
+            breaker.admit(),
+            Admission::Probe,
+            "an abandoned probe frees the next"
         );
         breaker.succeeded();
         assert_eq!(breaker.admit(), Admission::Closed);

@@ -306,44 +306,76 @@ impl Gate {
         F: FnOnce(ConsentServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        if let Admission::Rejected(wait) = self.inner.breaker.admit() {
-            self.inner
-                .counters
-                .fast_failures
-                .fetch_add(1, Ordering::Relaxed);
-            self.inner.metrics.fast_failures.increment(1);
-            return Err(self.unavailable(format!(
-                "it could not be reached moments ago; it is tried again within {} ms",
-                wait.as_millis().max(1)
-            )));
-        }
-        match tokio::time::timeout(self.inner.check_timeout, send(self.consent_client())).await {
+        let probe = match self.inner.breaker.admit() {
+            Admission::Closed => None,
+            Admission::Probe => Some(ProbeGuard(&self.inner.breaker)),
+            Admission::Rejected(wait) => {
+                self.inner
+                    .counters
+                    .fast_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.inner.metrics.fast_failures.increment(1);
+                return Err(self.unavailable(format!(
+                    "it could not be reached moments ago; it is tried again within {} ms",
+                    wait.as_millis().max(1)
+                )));
+            }
+        };
+        let answer =
+            tokio::time::timeout(self.inner.check_timeout, send(self.consent_client())).await;
+        // The call ended: the probe (if this was it) is resolved below, not abandoned.
+        let probed = probe.map(std::mem::forget).is_some();
+        match answer {
             Ok(Ok(response)) => {
                 self.inner.breaker.succeeded();
                 Ok(response.into_inner())
             }
             Ok(Err(status)) => {
                 if unreachable(status.code()) {
-                    self.trip();
+                    self.trip(probed);
                 } else {
                     self.inner.breaker.succeeded();
                 }
                 Err(self.failed(status))
             }
             Err(_) => {
-                self.trip();
+                self.trip(probed);
                 Err(self.unavailable("the check deadline passed".into()))
             }
         }
     }
 
+    /// A question asked no older than what this gate already knows of its subject: a person's
+    /// cached decision went stale because the stream reported a change, and the replica asked
+    /// may not have applied that change to its own cache yet (its follower may lag its stream),
+    /// so the change's revision goes along as `at_least_as_fresh` and the replica reads through
+    /// if it is behind. (Devices carry no per-device floor: their questions go as they are.)
+    fn as_fresh_as_known(
+        &self,
+        mut request: CheckRequest,
+        subject: &str,
+        min_revision: u64,
+    ) -> CheckRequest {
+        if subject.starts_with("s:") {
+            let known = self.inner.freshness.floor(subject);
+            if known > min_revision {
+                request.at_least_as_fresh = known.to_string();
+            }
+        }
+        request
+    }
+
     /// The consent service could not be reached: fail fast from now until a probe gets through,
     /// which goes over a new connection (the old one may be stuck to a hung replica: a timeout
     /// alone does not close it).
-    fn trip(&self) {
-        *self.inner.client.write().unwrap_or_else(|p| p.into_inner()) =
-            connect(&self.inner.endpoint);
-        if self.inner.breaker.unreachable() {
+    fn trip(&self, probe: bool) {
+        let opened = self.inner.breaker.unreachable(probe);
+        // One new connection per outage and per failed probe, not one per failed call.
+        if opened || probe {
+            *self.inner.client.write().unwrap_or_else(|p| p.into_inner()) =
+                connect(&self.inner.endpoint);
+        }
+        if opened {
             self.inner.metrics.breaker_opened.increment(1);
             tracing::warn!(
                 probe_every_ms = self.inner.breaker.probe_every().as_millis() as u64,
@@ -398,7 +430,10 @@ impl Gate {
         self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.misses.increment(1);
         let issued_high_water = self.issued_high_water();
-        let response = Arc::new(self.ask(request.clone()).await?);
+        let response = Arc::new(
+            self.ask(self.as_fresh_as_known(request.clone(), &subject, min_revision))
+                .await?,
+        );
         self.remember(key, response.clone(), issued_high_water);
         Ok(self.hand_out(subject, request.purpose, caller, response, false))
     }
@@ -449,7 +484,10 @@ impl Gate {
         let misses: Vec<CheckRequest> = prepared
             .iter()
             .filter(|p| p.3.is_none())
-            .map(|p| p.0.clone())
+            .map(|p| {
+                let token = p.0.at_least_as_fresh.parse().unwrap_or(0);
+                self.as_fresh_as_known(p.0.clone(), &p.1, token)
+            })
             .collect();
         let issued_high_water = self.issued_high_water();
         let mut answers = if misses.is_empty() {
@@ -629,6 +667,16 @@ impl Gate {
         call.set_timeout(self.inner.check_timeout);
         self.call(|mut client| async move { client.check(call).await })
             .await
+    }
+}
+
+/// The breaker's probe while under way: dropped before the call ended (the caller went away),
+/// it frees the next probe, or every read would fail fast forever.
+struct ProbeGuard<'a>(&'a Breaker);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.abandoned();
     }
 }
 

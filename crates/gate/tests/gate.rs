@@ -375,3 +375,30 @@ async fn after_a_hang_the_probe_goes_over_a_new_connection_and_closes_the_breake
     );
     assert_eq!(gate.counters().fast_failures, 0);
 }
+
+/// A probe whose caller goes away before it ends (a client's own deadline) must not leave the
+/// breaker waiting for it forever: the next read probes again instead of failing fast for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_probe_frees_the_next() {
+    let (url, _db) = consent_service().await;
+    let front = HangingFront::start(&url).await;
+    let mut config = GateConfig::new(front.url.clone(), "t-recommendation-service");
+    config.check_timeout = Duration::from_millis(300);
+    config.probe_every = Duration::ZERO;
+    let gate = Gate::start(config, "recommendation-service").expect("gate");
+
+    assert!(gate.check(check("gone"), None).await.is_err());
+    assert!(gate.breaker_open());
+    // The probe: its caller gives up long before the check's deadline.
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(20), gate.check(check("gone"), None)).await;
+    assert!(abandoned.is_err(), "the hung probe was abandoned");
+    // The next read is a probe again (it waits for the hung service), not a fast failure.
+    assert!(gate.check(check("gone"), None).await.is_err());
+    assert_eq!(
+        gate.counters().fast_failures,
+        0,
+        "no read failed fast while no probe was under way"
+    );
+    drop(front);
+}

@@ -38,8 +38,8 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// own, and returns the notices as they arrive. Fails only if the first connection fails;
 /// afterwards it reconnects by itself, reporting each gap as [`Notice::Resumed`].
 pub(crate) async fn listen(url: &str, channel: &'static str) -> Result<Notices, Error> {
-    let mut listener = PgListener::connect(url).await?;
-    listener.listen(channel).await?;
+    let mut listener = connect(url, channel).await?;
+    let url = url.to_owned();
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
         loop {
@@ -56,10 +56,14 @@ pub(crate) async fn listen(url: &str, channel: &'static str) -> Result<Notices, 
                 // Reconnected (sqlx re-listens before answering): something may have been missed.
                 Ok(None) => Notice::Resumed,
                 Err(e) => {
-                    tracing::warn!(error = %Error::from(e).log_safe(), "commit notices: the listener lost its connection; reconnecting");
-                    if !reconnect(&mut listener, &tx).await {
-                        return;
+                    tracing::warn!(error = %Error::from(e).log_safe(), "commit notices: the listener failed; reconnecting");
+                    // sqlx keeps a connection it does not know to be dead (a reset, say): start
+                    // over on a new listener rather than retry on it.
+                    match reconnect(&url, channel, &tx).await {
+                        Some(fresh) => listener = fresh,
+                        None => return,
                     }
+                    tracing::info!("commit notices: listening again");
                     Notice::Resumed
                 }
             };
@@ -71,20 +75,27 @@ pub(crate) async fn listen(url: &str, channel: &'static str) -> Result<Notices, 
     Ok(rx)
 }
 
-/// Retries until the listener listens again (any statement through it reconnects and re-issues
-/// its `LISTEN`s); false when nobody wants notices any more.
-async fn reconnect(listener: &mut PgListener, tx: &mpsc::Sender<Notice>) -> bool {
+/// A listener on `channel` over a connection of its own.
+async fn connect(url: &str, channel: &'static str) -> Result<PgListener, Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
+/// A new listener, retried every [`RETRY_EVERY`] until one listens; `None` when nobody wants
+/// notices any more.
+async fn reconnect(
+    url: &str,
+    channel: &'static str,
+    tx: &mpsc::Sender<Notice>,
+) -> Option<PgListener> {
     loop {
         tokio::select! {
             () = tokio::time::sleep(RETRY_EVERY) => {}
-            () = tx.closed() => return false,
+            () = tx.closed() => return None,
         }
-        if sqlx::query("SELECT 1")
-            .execute(&mut *listener)
-            .await
-            .is_ok()
-        {
-            return true;
+        if let Ok(listener) = connect(url, channel).await {
+            return Some(listener);
         }
     }
 }

@@ -126,7 +126,13 @@ pub struct Engine {
     feed_read_at_micros: AtomicU64,
     /// How long a feed read stays proof of being current, in µs (set by the follower).
     feed_stale_after_micros: AtomicU64,
+    /// The feed's high water when the engine was built: where the follower starts, whatever
+    /// local writes raised the high water since.
+    started_at: u64,
 }
+
+/// How long the follower waits for its commit-notice listener before following by polls alone.
+const LISTEN_WITHIN: Duration = Duration::from_secs(5);
 
 /// How many missed polls make a replica's view of the change feed stale.
 pub const STALE_POLLS: u32 = 4;
@@ -173,6 +179,7 @@ impl Engine {
             feed_read_at_micros: AtomicU64::new(0),
             // Until a follower says how often it reads: one second.
             feed_stale_after_micros: AtomicU64::new(1_000_000),
+            started_at: high,
         })
     }
 
@@ -219,14 +226,21 @@ impl Engine {
             u64::try_from((poll * STALE_POLLS).as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        let mut notices = match self.store.commit_notices().await {
-            Ok(notices) => notices,
-            Err(e) => {
+        // Not waited for long: the replica serves meanwhile, and the poll follows the feed.
+        let mut notices = match tokio::time::timeout(LISTEN_WITHIN, self.store.commit_notices())
+            .await
+        {
+            Ok(Ok(notices)) => notices,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e.log_safe(), every = ?poll, "cannot listen for commit notices; following the change feed by polling alone");
                 None
             }
+            Err(_) => {
+                tracing::warn!(every = ?poll, "no commit-notice listener within 5 s; following the change feed by polling alone");
+                None
+            }
         };
-        let mut last = *self.high_water.borrow();
+        let mut last = self.started_at;
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -246,8 +260,10 @@ impl Engine {
             {
                 continue;
             }
+            // The read proves the feed as of when it began, not when it ended.
+            let began = self.epoch.elapsed();
             match self.catch_up(&mut last).await {
-                Ok(()) => self.confirm_feed(),
+                Ok(()) => self.confirm_feed(began),
                 Err(e) => {
                     tracing::warn!(error = %e.log_safe(), "cannot follow the change feed; retrying")
                 }
@@ -298,6 +314,12 @@ impl Engine {
                 *local = settled;
                 remote
             };
+            // Count the change before invalidating, as `record` does: a load that read older
+            // state and inserts after the invalidation then sees the generation move and drops
+            // what it inserted.
+            if !remote.is_empty() {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
             for event in &remote {
                 match &event.subject {
                     Some(subject) => self.cache.invalidate(subject).await,
@@ -309,9 +331,6 @@ impl Engine {
             // group is rare, so drop device entries wholesale rather than track group membership.
             if remote.iter().any(|e| e.kind == "link" || e.kind == "erase") {
                 self.cache.invalidate_all();
-            }
-            if !remote.is_empty() {
-                self.generation.fetch_add(1, Ordering::SeqCst);
             }
             *last = events.last().map_or(high, |e| e.revision).max(*last);
             let reached = *last;
@@ -328,9 +347,9 @@ impl Engine {
         }
     }
 
-    /// Notes that the feed was just read to its end.
-    fn confirm_feed(&self) {
-        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+    /// Notes that the feed was read to its end by a read that began at `began` (since `epoch`).
+    fn confirm_feed(&self, began: Duration) {
+        let micros = u64::try_from(began.as_micros()).unwrap_or(u64::MAX);
         self.feed_read_at_micros.store(micros, Ordering::Release);
     }
 
