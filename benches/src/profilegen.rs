@@ -11,9 +11,9 @@
 
 mod allocator;
 mod cores;
+mod marked;
 mod pacer;
 
-use anyhow::Context;
 use clap::Parser;
 use consentgate::suite::{self, ConsentService, ConsentSettings, ProfileService};
 use consentgate_consent::ledger::LedgerKeys;
@@ -326,19 +326,7 @@ fn main() -> anyhow::Result<()> {
     let markdown = report?;
     println!("{markdown}");
     if let Some(path) = &args.write {
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let block = format!("<!-- profilegen:start -->\n{markdown}\n<!-- profilegen:end -->\n");
-        let new = match (
-            old.find("<!-- profilegen:start -->"),
-            old.find("<!-- profilegen:end -->"),
-        ) {
-            (Some(a), Some(b)) if b > a => {
-                let end = b + "<!-- profilegen:end -->\n".len();
-                format!("{}{block}{}", &old[..a], old.get(end..).unwrap_or(""))
-            }
-            _ => format!("{old}\n{block}"),
-        };
-        std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+        marked::write_block(path, "profilegen", &markdown)?;
     }
     Ok(())
 }

@@ -9,9 +9,9 @@
 
 mod allocator;
 mod cores;
+mod marked;
 mod pacer;
 
-use anyhow::Context;
 use clap::Parser;
 use consentgate::suite::{self, ConsentSettings, Suite, SuiteConfig};
 use consentgate_consent::ledger::LedgerKeys;
@@ -230,19 +230,7 @@ fn main() -> anyhow::Result<()> {
     let markdown = report?;
     println!("{markdown}");
     if let Some(path) = &args.write {
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let block = format!("<!-- recgen:start -->\n{markdown}\n<!-- recgen:end -->\n");
-        let new = match (
-            old.find("<!-- recgen:start -->"),
-            old.find("<!-- recgen:end -->"),
-        ) {
-            (Some(a), Some(b)) if b > a => {
-                let end = b + "<!-- recgen:end -->\n".len();
-                format!("{}{block}{}", &old[..a], old.get(end..).unwrap_or(""))
-            }
-            _ => format!("{old}\n{block}"),
-        };
-        std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+        marked::write_block(path, "recgen", &markdown)?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@
 
 mod allocator;
 mod cores;
+mod marked;
 
 use anyhow::Context;
 use clap::Parser;
@@ -356,20 +357,7 @@ fn main() -> anyhow::Result<()> {
     let markdown = report(&args, &measured?);
     println!("{markdown}");
     if let Some(path) = &args.write {
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let block = format!("<!-- replicagen:start -->\n{markdown}<!-- replicagen:end -->\n");
-        let new = match (
-            old.find("<!-- replicagen:start -->"),
-            old.find("<!-- replicagen:end -->"),
-        ) {
-            (Some(s), Some(e)) if s < e => format!(
-                "{}{block}{}",
-                &old[..s],
-                &old[e + "<!-- replicagen:end -->\n".len().min(old.len() - e)..]
-            ),
-            _ => format!("{old}\n{block}"),
-        };
-        std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+        marked::write_block(path, "replicagen", &markdown)?;
     }
     Ok(())
 }
