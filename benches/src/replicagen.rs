@@ -11,6 +11,13 @@
 //! token, every Check must deny (counted over `--token-trials` withdrawals). The floor is the
 //! gRPC health round trip to B in the same run.
 //!
+//! Then the profile service's memory across replicas: two profile stores on one fresh database,
+//! A and B; each trial warms B's copy of a subject's attributes, corrects the attribute through
+//! A, and reads through B until the correction shows. The time from `rectify`'s return on A to
+//! that read is how far a replica's memory lags another's acknowledged write (A's `NOTIFY`, B's
+//! listener forgetting the subject, B's read from the database); its stated bound is 1 s
+//! whatever happens to the listener.
+//!
 //! ```sh
 //! CONSENTGATE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
 //!   cargo run --release -p consentgate-bench --bin replicagen -- --write BENCHMARKS.md
@@ -158,6 +165,11 @@ fn token_of(tokens: &[(String, String)], caller: &str) -> anyhow::Result<Metadat
 
 /// What one run measured.
 struct Measured {
+    /// Profile memory: `rectify` on A → first read through B that shows it (µs).
+    profile_lag: Histogram<u64>,
+    /// Trials in which B's memory was proven current when the correction was made (the others
+    /// read from the database and prove nothing about the memory).
+    profile_current: usize,
     propagation: Histogram<u64>,
     checks_per_trial: f64,
     floor: Histogram<u64>,
@@ -297,13 +309,121 @@ async fn measure(
             token_allows += 1;
         }
     }
+    eprintln!("replicagen: profile memory across replicas, {trials} corrections…");
+    let (profile_lag, profile_current) = profile_memory(&gate, &pc, &mut a, run, trials).await?;
     Ok(Measured {
+        profile_lag,
+        profile_current,
         propagation,
         checks_per_trial: checks as f64 / trials.max(1) as f64,
         floor,
         token_trials,
         token_allows,
     })
+}
+
+/// Two profile stores on one fresh PostgreSQL database: `rectify` through A, then read through B
+/// (whose copy was warm) until the correction shows. The lag and how many trials found B's
+/// memory current.
+async fn profile_memory(
+    gate: &Gate,
+    pc: &MetadataValue<Ascii>,
+    consent: &mut ConsentServiceClient<Channel>,
+    run: &str,
+    trials: usize,
+) -> anyhow::Result<(Histogram<u64>, usize)> {
+    use consentgate_profile::model::{Attribute, Collection, Requester, Source};
+    use consentgate_profile::store::{PostgresStore, ProfileStore};
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = PostgresStore::connect(&db.url).await?;
+    let b = PostgresStore::connect(&db.url).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.memory_current() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replica B's memory never became current"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let who = format!("mem-{run}");
+    let granted = consent
+        .grant(authorized(
+            cpb::GrantRequest {
+                target: Some(cpb::ConsentTarget {
+                    subject: subject(&who),
+                    purpose: PURPOSE.into(),
+                    ..Default::default()
+                }),
+                consent_type: cpb::ConsentType::Explicit as i32,
+                notice_version: "2.0".into(),
+                idempotency_key: format!("{who}-g"),
+                ..Default::default()
+            },
+            pc,
+        ))
+        .await?
+        .into_inner();
+    let d = gate
+        .check(
+            cpb::CheckRequest {
+                subject: subject(&who),
+                purpose: PURPOSE.into(),
+                data_categories: vec!["user.preferences.stated".into()],
+                at_least_as_fresh: granted.revision.to_string(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await?;
+    anyhow::ensure!(
+        d.verdict() == Verdict::Allow,
+        "no clearance for the profile trials"
+    );
+    a.put_attributes(&[(
+        &d,
+        Attribute {
+            name: "sport".into(),
+            value: "v0".into(),
+            category: "user.preferences.stated".into(),
+            source: Source::ZeroParty,
+            partner: String::new(),
+            collection: Collection {
+                purpose: PURPOSE.into(),
+                notice_version: "2.0".into(),
+            },
+            collected_at: 0,
+            updated_at: 0,
+        },
+    )])
+    .await?;
+    let value_on_b = async || -> anyhow::Result<String> {
+        let (seen, _) = b.profile_view(&d).await?;
+        Ok(seen.into_iter().next().map(|a| a.value).unwrap_or_default())
+    };
+    let mut lag = histogram()?;
+    let mut current = 0;
+    for t in 1..=trials {
+        let value = format!("v{t}");
+        // B holds the previous value (read until it does: the previous trial's lag).
+        while value_on_b().await? != format!("v{}", t - 1) {
+            tokio::task::yield_now().await;
+        }
+        current += usize::from(b.memory_current());
+        a.rectify(&d, "sport", &value, &Requester::default())
+            .await?
+            .context("the attribute vanished")?;
+        let replied = Instant::now();
+        while value_on_b().await? != value {
+            anyhow::ensure!(
+                replied.elapsed() < Duration::from_secs(10),
+                "replica B never showed a correction made through A"
+            );
+            std::thread::sleep(Duration::from_micros(100));
+            tokio::task::yield_now().await;
+        }
+        lag.record(replied.elapsed().as_micros() as u64)?;
+    }
+    Ok((lag, current))
 }
 
 fn report(args: &Args, m: &Measured) -> String {
@@ -317,7 +437,22 @@ fn report(args: &Args, m: &Measured) -> String {
          | Withdraw reply on A → first denial through B's gate, no token: p99 ≤ 10 ms | p50 {p50} µs, p99 {p99} µs, max {max} µs over {n} trials ({per:.1} checks per trial) | {ok99} |\n\
          | the same, max ≤ 50 ms | max {max} µs | {okmax} |\n\
          | with the withdrawal's token: 0 allows | {allows} allows in {tt} | {oktok} |\n\
-         | floor: gRPC health round trip to B, 1 in flight | p50 {f50} µs, p99 {f99} µs over {fc} calls | |\n",
+         | floor: gRPC health round trip to B, 1 in flight | p50 {f50} µs, p99 {f99} µs over {fc} calls | |\n\n\
+         ### Profile memory across replicas (replicagen, PostgreSQL)\n\n\
+         Two profile stores on one fresh database; B holds a subject's attributes in memory; a \
+         correction is made through A and read through B until it shows. Stated bound: 1 s \
+         whatever happens to B's listener; B's memory was proven current in {cur} of {ln} \
+         trials.\n\n\
+         | measure | measured | |\n|---|---|---|\n\
+         | `rectify` return on A → first read through B that shows it: within 1 s | p50 {l50} µs, p99 {l99} µs, max {lmax} µs over {ln} trials | {oklag} |\n",
+        cur = m.profile_current,
+        l50 = m.profile_lag.value_at_quantile(0.5),
+        l99 = m.profile_lag.value_at_quantile(0.99),
+        lmax = m.profile_lag.max(),
+        ln = m.profile_lag.len(),
+        oklag =
+            ok(m.profile_lag.max() <= 1_000_000
+                && m.profile_current == m.profile_lag.len() as usize),
         poll = args.feed_poll_ms,
         p50 = p.value_at_quantile(0.5),
         p99 = p.value_at_quantile(0.99),

@@ -3,13 +3,15 @@
 //!
 //! The writer sends one notice per committing transaction, *inside* the transaction
 //! ([`Dialect::NOTIFY`]): PostgreSQL delivers it on commit and drops it on rollback, so a notice
-//! never announces what did not commit. Its payload is the highest revision the transaction
-//! wrote; the listener reads what changed from the service's own revision-ordered feed.
+//! never announces what did not commit. The consent service's payload is the highest revision the
+//! transaction wrote, and its listener reads what changed from its revision-ordered feed
+//! ([`Notice`]); the profile service's names the subjects that changed ([`Heard`]).
 //!
 //! Notices are not a log: PostgreSQL forgets them for a listener whose connection drops. The
 //! listener reports such a gap ([`Notice::Resumed`], once it listens again), and whoever follows
 //! it must catch up from the feed then. A connection that dies silently (a partition, no reset)
-//! goes unnoticed until TCP gives up, which is why followers keep a slow poll as a safety net.
+//! goes unnoticed until TCP gives up, which is why followers keep a safety net (the consent
+//! service polls its feed; the profile service beats through the channel to itself).
 //!
 //! [`Dialect::NOTIFY`]: crate::Dialect::NOTIFY
 
@@ -31,6 +33,19 @@ pub enum Notice {
 /// The receiving end of a listener task; the task ends when this is dropped.
 pub type Notices = mpsc::Receiver<Notice>;
 
+/// What a listener hears, for services whose payloads are not revisions (the profile service
+/// announces which subjects changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A notification's payload, as sent.
+    Payload(String),
+    /// The listener lost its connection and listens again: whatever was sent meanwhile is lost.
+    Resumed,
+}
+
+/// The receiving end of a payload listener; the task ends when this is dropped.
+pub type Payloads = mpsc::Receiver<Heard>;
+
 /// How long the listener waits before trying again after failing to reconnect.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
@@ -38,6 +53,33 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// own, and returns the notices as they arrive. Fails only if the first connection fails;
 /// afterwards it reconnects by itself, reporting each gap as [`Notice::Resumed`].
 pub(crate) async fn listen(url: &str, channel: &'static str) -> Result<Notices, Error> {
+    spawn_listener(url, channel, |payload| match payload {
+        Some(payload) => match payload.parse::<u64>() {
+            Ok(revision) => Notice::Committed(revision),
+            // Not ours (someone else notifying on the channel): a wake-up all the same.
+            Err(_) => Notice::Resumed,
+        },
+        None => Notice::Resumed,
+    })
+    .await
+}
+
+/// Like [`listen`], handing over every payload as sent ([`Heard::Payload`]) and each gap as
+/// [`Heard::Resumed`].
+pub(crate) async fn listen_payloads(url: &str, channel: &'static str) -> Result<Payloads, Error> {
+    spawn_listener(url, channel, |payload| match payload {
+        Some(payload) => Heard::Payload(payload.to_owned()),
+        None => Heard::Resumed,
+    })
+    .await
+}
+
+/// The listener task: what it hears goes through `heard` (`None`: a gap, after reconnecting).
+async fn spawn_listener<T: Send + 'static>(
+    url: &str,
+    channel: &'static str,
+    heard: fn(Option<&str>) -> T,
+) -> Result<mpsc::Receiver<T>, Error> {
     let mut listener = connect(url, channel).await?;
     let url = url.to_owned();
     let (tx, rx) = mpsc::channel(1024);
@@ -48,23 +90,19 @@ pub(crate) async fn listen(url: &str, channel: &'static str) -> Result<Notices, 
                 () = tx.closed() => return,
             };
             let notice = match notice {
-                Ok(Some(n)) => match n.payload().parse::<u64>() {
-                    Ok(revision) => Notice::Committed(revision),
-                    // Not ours (someone else notifying on the channel): a wake-up all the same.
-                    Err(_) => Notice::Resumed,
-                },
+                Ok(Some(n)) => heard(Some(n.payload())),
                 // Reconnected (sqlx re-listens before answering): something may have been missed.
-                Ok(None) => Notice::Resumed,
+                Ok(None) => heard(None),
                 Err(e) => {
-                    tracing::warn!(error = %Error::from(e).log_safe(), "commit notices: the listener failed; reconnecting");
+                    tracing::warn!(error = %Error::from(e).log_safe(), channel, "notices: the listener failed; reconnecting");
                     // sqlx keeps a connection it does not know to be dead (a reset, say): start
                     // over on a new listener rather than retry on it.
                     match reconnect(&url, channel, &tx).await {
                         Some(fresh) => listener = fresh,
                         None => return,
                     }
-                    tracing::info!("commit notices: listening again");
-                    Notice::Resumed
+                    tracing::info!(channel, "notices: listening again");
+                    heard(None)
                 }
             };
             if tx.send(notice).await.is_err() {
@@ -84,10 +122,10 @@ async fn connect(url: &str, channel: &'static str) -> Result<PgListener, Error> 
 
 /// A new listener, retried every [`RETRY_EVERY`] until one listens; `None` when nobody wants
 /// notices any more.
-async fn reconnect(
+async fn reconnect<T>(
     url: &str,
     channel: &'static str,
-    tx: &mpsc::Sender<Notice>,
+    tx: &mpsc::Sender<T>,
 ) -> Option<PgListener> {
     loop {
         tokio::select! {

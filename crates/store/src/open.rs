@@ -74,6 +74,20 @@ impl Database {
         })
     }
 
+    /// Every notification sent on `channel` through this database, as sent
+    /// ([`crate::notify::Heard`]); `None` for SQLite, whose file has no other writer to hear from.
+    pub async fn notifications(
+        &self,
+        channel: &'static str,
+    ) -> Result<Option<crate::notify::Payloads>, Error> {
+        Ok(match self.backend {
+            crate::Backend::Sqlite => None,
+            crate::Backend::Postgres => {
+                Some(crate::notify::listen_payloads(&self.url, channel).await?)
+            }
+        })
+    }
+
     /// A further pool of at most `max` connections to the same database, set up like the
     /// first: for work that should not wait behind the main pool or share its page cache.
     pub async fn another_pool(&self, max: u32) -> Result<AnyPool, Error> {

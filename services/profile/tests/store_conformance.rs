@@ -939,3 +939,180 @@ async fn corrections_win_over_racing_reads() {
         }
     }
 }
+
+/// Reads the attribute values `store` returns for `d`.
+async fn values_of(store: &dyn ProfileStore, d: &Clearance) -> Vec<String> {
+    let (seen, _) = store.profile_view(d).await.expect("read");
+    seen.into_iter().map(|a| a.value).collect()
+}
+
+/// Waits (up to 10 s) until `done` holds; what it last saw otherwise.
+async fn eventually<T: std::fmt::Debug>(
+    mut probe: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, T> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = probe().await;
+        if done(&seen) {
+            return Ok(seen);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(seen);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Profile replicas on PostgreSQL serve warm reads from memory, and each hears the others'
+/// writes, corrections and erasures through the announcements (without them, the replica below
+/// would serve the first value until its memory evicted it); a gap in the listener's connection
+/// drops everything held, since what was announced meanwhile is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_keep_their_memory_true_through_announcements() {
+    for backend in backends() {
+        if backend != Backend::Postgres {
+            continue;
+        }
+        let f = Fixture::new(backend).await;
+        let other = Arc::new(
+            consentgate_profile::store::PostgresStore::connect(&f._profile_db.url)
+                .await
+                .expect("replica"),
+        );
+        assert!(
+            eventually(async || other.memory_current(), |c| *c)
+                .await
+                .is_ok(),
+            "the replica's first beat never came back"
+        );
+        f.grant("pia", "marketing", "1.2").await;
+        let d = f.decide("pia", "marketing", &MARKETING_CATEGORIES).await;
+        let sport = |v: &str| attr("sport", v, "user.preferences.stated", Source::ZeroParty);
+        f.store
+            .put_attributes(&[(&d, sport("run"))])
+            .await
+            .expect("put");
+        // Once the put's announcement has reached the replica, what it reads stays held.
+        assert!(
+            other
+                .memory_settled(std::time::Duration::from_secs(10))
+                .await
+        );
+        assert_eq!(values_of(other.as_ref(), &d).await, ["run"]);
+
+        // Memory serves: a change behind the stores' backs (no announcement) is not seen.
+        let tamper = |value: &'static str| {
+            sqlx::query("UPDATE attributes SET value = $1 WHERE name = 'sport'")
+                .bind(value)
+                .execute(f.raw.pool())
+        };
+        tamper("behind-their-backs").await.expect("tamper");
+        assert_eq!(
+            values_of(other.as_ref(), &d).await,
+            ["run"],
+            "the replica did not serve from memory"
+        );
+
+        // A correction on one replica reaches the other's memory.
+        f.store
+            .rectify(&d, "sport", "swim", &Requester::default())
+            .await
+            .expect("rectify")
+            .expect("exists");
+        let seen = eventually(
+            async || values_of(other.as_ref(), &d).await,
+            |v| v == &["swim"],
+        )
+        .await;
+        assert!(
+            seen.is_ok(),
+            "a correction never reached the replica: {seen:?}"
+        );
+
+        // New events too: the replica's newest events are forgotten.
+        let query = EventQuery {
+            limit: 40,
+            fields: EventFields::ALL,
+            ..Default::default()
+        };
+        assert!(other.events(&d, &query).await.expect("events").is_empty());
+        f.store
+            .put_events(&d, &[event(EventKind::ProductView, now_micros(), "sku-1")])
+            .await
+            .expect("events");
+        let seen = eventually(
+            async || other.events(&d, &query).await.expect("events").len(),
+            |n| *n == 1,
+        )
+        .await;
+        assert!(
+            seen.is_ok(),
+            "new events never reached the replica: {seen:?}"
+        );
+
+        // A gap in the listener: what is written meanwhile is never announced to it (here,
+        // nothing is announced at all), so everything held goes once it listens again.
+        assert_eq!(values_of(other.as_ref(), &d).await, ["swim"]);
+        let listeners = |pool: &sqlx::AnyPool| {
+            let pool = pool.clone();
+            async move {
+                use sqlx::Row;
+                sqlx::query("SELECT pid::BIGINT FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+                    .fetch_all(&pool)
+                    .await
+                    .expect("listeners")
+                    .iter()
+                    .map(|r| r.get::<i64, _>(0))
+                    .collect::<Vec<i64>>()
+            }
+        };
+        let before = listeners(f.raw.pool()).await;
+        assert_eq!(before.len(), 2, "one listener per replica: {before:?}");
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+            .execute(f.raw.pool())
+            .await
+            .expect("cut the listeners");
+        tamper("lost-in-the-gap").await.expect("tamper");
+        let gap = eventually(async || other.memory_gaps(), |n| *n == 1).await;
+        assert!(gap.is_ok(), "the replica never noticed the gap: {gap:?}");
+        assert_eq!(
+            values_of(other.as_ref(), &d).await,
+            ["lost-in-the-gap"],
+            "memory from before the gap was served after it"
+        );
+        // Once it listens again and a beat proves it, memory serves again: what it reloaded.
+        let relistened = eventually(
+            async || listeners(f.raw.pool()).await,
+            |now| now.len() == 2 && now.iter().all(|p| !before.contains(p)),
+        )
+        .await;
+        assert!(
+            relistened.is_ok(),
+            "the listeners never came back: {relistened:?}"
+        );
+        assert!(
+            eventually(async || other.memory_current(), |c| *c)
+                .await
+                .is_ok(),
+            "the replica's memory never became current again"
+        );
+        assert_eq!(
+            values_of(other.as_ref(), &d).await,
+            ["lost-in-the-gap"],
+            "memory from before the gap was served after it"
+        );
+
+        // An erasure on one replica empties the other's memory of the subject.
+        f.store.erase_subject(d.subject_key()).await.expect("erase");
+        let seen = eventually(
+            async || values_of(other.as_ref(), &d).await,
+            |v| v.is_empty(),
+        )
+        .await;
+        assert!(
+            seen.is_ok(),
+            "an erasure never reached the replica: {seen:?}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //! and reads only the decision's subject and only the categories it allows. Writes take the
 //! decision that allowed the collection and refuse an item it does not cover.
 
+mod held;
 mod journal;
 mod pools;
 mod sql;

@@ -3,6 +3,7 @@
 
 use super::{MIGRATIONS, SETUP, StoreError};
 use consentgate_store::Dialect;
+use consentgate_store::notify::Payloads;
 use sqlx::AnyPool;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub struct Pools {
     /// [`super::journal`]): a SQLite file this process owns; `None` for PostgreSQL and in-memory
     /// databases, where every read's entry is committed to the table directly.
     pub journal: Option<PathBuf>,
+    /// Changes announced by the replicas sharing the database (PostgreSQL; see
+    /// [`super::held`]); `None` where this process is the only writer.
+    pub notices: Option<Payloads>,
 }
 
 impl Pools {
@@ -36,7 +40,9 @@ impl Pools {
         if journal.is_some() {
             checkpoint_in_background(database.pool().clone());
         }
+        let notices = database.notifications(super::held::CHANNEL).await?;
         Ok(Pools {
+            notices,
             main: database.into_pool(),
             log,
             journal,

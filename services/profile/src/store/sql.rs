@@ -2,6 +2,7 @@
 //! (connection setup, how a write transaction begins, parameter style) is a [`Dialect`] from
 //! `consentgate-store`.
 
+use super::held::{self, Changed, Held, RecentEvents, ZeroParty};
 use super::journal::{Entry, Journal};
 use super::pools::Pools;
 use super::{EventQuery, ProfileStore, StoreError};
@@ -31,31 +32,6 @@ const CHAIN_LOCK: &str = "LOCK TABLE access_log IN SHARE ROW EXCLUSIVE MODE";
 /// statements of a size SQLite's statement cache and PostgreSQL's parameter limit handle well.
 const ROWS_PER_INSERT: usize = 32;
 
-/// Subjects whose zero-party data an exclusive store keeps in memory.
-const ZERO_PARTY_CACHE_SUBJECTS: u64 = 50_000;
-
-/// The newest events of a subject an exclusive store keeps in memory: what a history read asks
-/// for (the recommendation service reads 40, or 500 to learn a subject; pages hold up to 1,000).
-const RECENT_EVENTS: usize = 1000;
-
-/// Events held in memory across subjects (a few hundred bytes each: about 50 MB).
-const RECENT_EVENTS_CACHED: u64 = 200_000;
-
-/// A subject's newest events, all kinds and fields, newest first (the store's order), as held in
-/// memory.
-struct RecentEvents {
-    events: Vec<Event>,
-    /// Whether these are all of the subject's events (else older ones exist in the database).
-    complete: bool,
-}
-
-/// What a subject shared or was asked about itself: its attribute rows (by name) and answers
-/// (oldest first), all categories, as held in memory.
-struct ZeroParty {
-    attributes: Vec<Attribute>,
-    answers: Vec<Answer>,
-}
-
 /// A profile store over a dialect.
 pub struct SqlStore<D> {
     pool: AnyPool,
@@ -66,27 +42,9 @@ pub struct SqlStore<D> {
     head: tokio::sync::Mutex<Option<(u64, String)>>,
     /// Where reads are journaled before they are chained (SQLite files only).
     journal: Option<Journal>,
-    /// Per-subject pseudonym keys already read, so a read's log entry costs one statement.
-    /// Erasure here invalidates; a subject erased elsewhere is denied by the gate, so no entry
-    /// is written for it with a stale key.
-    secrets: moka::sync::Cache<String, String>,
-    /// A subject's zero-party data (attribute rows and answers, all categories), only where
-    /// `D::SINGLE_WRITER`: a warm gated `GetProfile` or preference read then costs no query.
-    /// Every write of attributes or answers invalidates the subject after committing
-    /// (retention: everyone), and `held_writes` moves, so a read that raced a write drops
-    /// what it cached. Denied categories are filtered out per read, as from the database.
-    zero_party_cache: Option<moka::sync::Cache<String, Arc<ZeroParty>>>,
-    /// A subject's newest events (up to [`RECENT_EVENTS`], all kinds and fields), on the same
-    /// terms as `zero_party_cache`: only where `D::SINGLE_WRITER`, invalidated after every
-    /// event write, erasure and retention sweep, kinds the decision denies filtered out per
-    /// read. A recommendation's history read (the newest 40 views and purchases) then costs no
-    /// query and no hand-off to SQLite's worker thread. Bounded by events held, not subjects.
-    recent_events_cache: Option<moka::sync::Cache<String, Arc<RecentEvents>>>,
-    /// Counts committed writes of what the caches hold; see `zero_party_cache`. A lock rather
-    /// than an atomic: a read's "nothing was written since I started, so cache what I read" and
-    /// a write's "count me and invalidate" must not interleave, or a stale read could be cached
-    /// for an instant after the write returned.
-    held_writes: std::sync::Mutex<u64>,
+    /// What this process keeps in memory about subjects (zero-party data, newest events,
+    /// pseudonym keys), and whether it may serve it now (see [`super::held`]).
+    held: Arc<Held>,
     dialect: PhantomData<D>,
 }
 
@@ -306,25 +264,16 @@ impl<D: Dialect> SqlStore<D> {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pools = Pools::open::<D>(url).await?;
         let database = pools.journal.clone();
+        let held = match pools.notices {
+            Some(heard) => Held::followed(heard, pools.main.clone()),
+            None => Held::exclusive(),
+        };
         let mut store = SqlStore {
             journal: None,
             pool: pools.main,
             log_pool: pools.log,
             head: tokio::sync::Mutex::new(None),
-            secrets: moka::sync::Cache::new(100_000),
-            zero_party_cache: D::SINGLE_WRITER
-                .then(|| moka::sync::Cache::new(ZERO_PARTY_CACHE_SUBJECTS)),
-            recent_events_cache: D::SINGLE_WRITER.then(|| {
-                moka::sync::Cache::builder()
-                    .weigher(|_, recent: &Arc<RecentEvents>| {
-                        u32::try_from(recent.events.len())
-                            .unwrap_or(u32::MAX)
-                            .max(1)
-                    })
-                    .max_capacity(RECENT_EVENTS_CACHED)
-                    .build()
-            }),
-            held_writes: std::sync::Mutex::new(0),
+            held,
             dialect: PhantomData,
         };
         if let Some(database) = database {
@@ -338,6 +287,25 @@ impl<D: Dialect> SqlStore<D> {
         Ok(store)
     }
 
+    /// Whether memory may serve reads now: always for the only writer; for a replica on
+    /// PostgreSQL, while its listener is proven current (see [`super::held`]).
+    pub fn memory_current(&self) -> bool {
+        self.held.current()
+    }
+
+    /// Waits until every write committed anywhere before this call is reflected in this
+    /// replica's memory, at most `within`; whether it is (for tests and benchmarks that must
+    /// know, and for a caller that wants read-your-writes across replicas).
+    pub async fn memory_settled(&self, within: std::time::Duration) -> bool {
+        self.held.settled(within).await
+    }
+
+    /// How many times this replica dropped its memory because its listener lost the
+    /// connection (announcements sent meanwhile are lost).
+    pub fn memory_gaps(&self) -> u64 {
+        self.held.gaps()
+    }
+
     /// The underlying pool (tests count rows through it).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
@@ -345,7 +313,17 @@ impl<D: Dialect> SqlStore<D> {
 
     /// The subject's pseudonym key, created on first use (a racing replica's key wins).
     async fn subject_secret(&self, subject_key: &str) -> Result<String, StoreError> {
-        if let Some(secret) = self.secrets.get(subject_key) {
+        let pool = &self.pool;
+        let read = move || async move {
+            Ok(
+                sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
+                    .bind(subject_key)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|row| row.get::<String, _>(0)),
+            )
+        };
+        if let Some(secret) = self.held.secret(subject_key, read()).await? {
             return Ok(secret);
         }
         sqlx::query("INSERT INTO subject_keys (subject, secret) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
@@ -353,54 +331,30 @@ impl<D: Dialect> SqlStore<D> {
             .bind(new_secret()?)
             .execute(&self.pool)
             .await?;
-        let secret: String = sqlx::query("SELECT secret FROM subject_keys WHERE subject = $1")
-            .bind(subject_key)
-            .fetch_one(&self.pool)
+        self.held
+            .secret(subject_key, read())
             .await?
-            .get(0);
-        self.secrets.insert(subject_key.to_owned(), secret.clone());
-        Ok(secret)
+            .ok_or_else(|| StoreError::corrupt("a pseudonym key vanished as it was made".into()))
     }
 
-    /// The decision's subject's zero-party data from memory (loaded on a miss), or `None` where
-    /// this process does not own the store (then every read queries). Callers filter by the
-    /// decision before anything leaves the store; taking the decision keeps this read behind the
-    /// gate like every other.
+    /// The decision's subject's zero-party data from memory (loaded and kept on a miss), or
+    /// `None` while memory may not serve (a replica whose listener is not proven current: then
+    /// every read queries just what it needs). Callers filter by the decision before anything
+    /// leaves the store; taking the decision keeps this read behind the gate like every other.
     async fn zero_party(&self, decision: &Clearance) -> Result<Option<Arc<ZeroParty>>, StoreError> {
-        let Some(cache) = &self.zero_party_cache else {
+        if !self.held.current() {
             return Ok(None);
-        };
+        }
         let subject_key = decision.subject_key();
-        self.held(cache, subject_key, async {
-            Ok(ZeroParty {
-                attributes: self.attribute_rows(subject_key).await?,
-                answers: self.answer_rows(subject_key, None).await?,
+        self.held
+            .zero_party(subject_key, async {
+                Ok(ZeroParty {
+                    attributes: self.attribute_rows(subject_key).await?,
+                    answers: self.answer_rows(subject_key, None).await?,
+                })
             })
-        })
-        .await
-        .map(Some)
-    }
-
-    /// `cache`'s entry for `subject_key`, or what `load` reads, kept only if no write committed
-    /// while it read: what was read is then current until the next write, whose invalidation
-    /// (see [`SqlStore::held_changed`]) waits for the counter's lock.
-    async fn held<T: Send + Sync + 'static>(
-        &self,
-        cache: &moka::sync::Cache<String, Arc<T>>,
-        subject_key: &str,
-        load: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<Arc<T>, StoreError> {
-        if let Some(hit) = cache.get(subject_key) {
-            return Ok(hit);
-        }
-        let writes = *self.writes_lock();
-        let data = Arc::new(load.await?);
-        let now = self.writes_lock();
-        if *now == writes {
-            cache.insert(subject_key.to_owned(), data.clone());
-        }
-        drop(now);
-        Ok(data)
+            .await
+            .map(Some)
     }
 
     /// Every attribute row of a subject, all categories, ordered by name.
@@ -486,23 +440,17 @@ impl<D: Dialect> SqlStore<D> {
         Ok(())
     }
 
-    /// After a write of subjects' data committed (attributes, answers, events, erasure,
-    /// retention): forget what memory holds about `subjects` (`None`: everyone).
-    fn held_changed(&self, subjects: Option<&[&str]>) {
-        fn forget<T: Send + Sync + 'static>(
-            cache: Option<&moka::sync::Cache<String, Arc<T>>>,
-            subjects: Option<&[&str]>,
-        ) {
-            match (cache, subjects) {
-                (Some(cache), Some(keys)) => keys.iter().for_each(|k| cache.invalidate(*k)),
-                (Some(cache), None) => cache.invalidate_all(),
-                (None, _) => {}
-            }
+    /// In a write's transaction: tells the other replicas sharing the database (PostgreSQL)
+    /// which subjects it changed (`None`: anyone), delivered only if it commits.
+    async fn announce(&self, tx: &mut Tx<'_>, subjects: Option<&[&str]>) -> Result<(), StoreError> {
+        if let Some(notify) = D::NOTIFY {
+            sqlx::query(notify)
+                .bind(held::CHANNEL)
+                .bind(held::announcement(subjects))
+                .execute(&mut **tx)
+                .await?;
         }
-        let mut writes = self.writes_lock();
-        *writes += 1;
-        forget(self.zero_party_cache.as_ref(), subjects);
-        forget(self.recent_events_cache.as_ref(), subjects);
+        Ok(())
     }
 
     /// The decision's subject's newest events as held in memory (read and kept on a miss), or
@@ -512,35 +460,28 @@ impl<D: Dialect> SqlStore<D> {
         &self,
         decision: &Clearance,
     ) -> Result<Option<Arc<RecentEvents>>, StoreError> {
-        let Some(cache) = &self.recent_events_cache else {
+        if !self.held.current() {
             return Ok(None);
-        };
+        }
         let subject_key = decision.subject_key();
-        self.held(cache, subject_key, async {
+        self.held.recent_events(subject_key, async {
             let mut events: Vec<Event> = sqlx::query(AssertSqlSafe(format!(
                 "SELECT {} FROM events WHERE subject = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT $2",
                 event_select(EventFields::ALL)
             )))
             .bind(subject_key)
-            .bind(to_i64(RECENT_EVENTS as u64 + 1))
+            .bind(to_i64(held::RECENT_EVENTS as u64 + 1))
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(|r| event_of(r, EventFields::ALL))
             .collect::<Result<_, _>>()?;
-            let complete = events.len() <= RECENT_EVENTS;
-            events.truncate(RECENT_EVENTS);
+            let complete = events.len() <= held::RECENT_EVENTS;
+            events.truncate(held::RECENT_EVENTS);
             Ok(RecentEvents { events, complete })
         })
         .await
         .map(Some)
-    }
-
-    /// The write counter (a poisoned lock still counts: it holds a plain number).
-    fn writes_lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.held_writes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn begin_write(&self) -> Result<Tx<'static>, StoreError> {
@@ -583,9 +524,10 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         let subjects: Vec<&str> = items.iter().map(|(d, _)| d.subject_key()).collect();
-        self.held_changed(Some(&subjects));
+        self.announce(&mut tx, Some(&subjects)).await?;
+        tx.commit().await?;
+        self.held.changed(Changed::Subjects(&subjects));
         Ok(())
     }
 
@@ -621,8 +563,11 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             }
             q.execute(&mut *tx).await?;
         }
+        self.announce(&mut tx, Some(&[decision.subject_key()]))
+            .await?;
         tx.commit().await?;
-        self.held_changed(Some(&[decision.subject_key()]));
+        self.held
+            .changed(Changed::Subjects(&[decision.subject_key()]));
         Ok(())
     }
 
@@ -651,8 +596,11 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.announce(&mut tx, Some(&[decision.subject_key()]))
+            .await?;
         tx.commit().await?;
-        self.held_changed(Some(&[decision.subject_key()]));
+        self.held
+            .changed(Changed::Subjects(&[decision.subject_key()]));
         Ok(())
     }
 
@@ -724,7 +672,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         let newest = query.since.is_none() && query.until.is_none() && query.after.is_none();
         if newest
-            && query.limit as usize <= RECENT_EVENTS
+            && query.limit as usize <= held::RECENT_EVENTS
             && let Some(recent) = self.recent_events(decision).await?
         {
             // Events of kinds the decision denies never leave this function.
@@ -900,10 +848,12 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         };
         let pseudonym = access_log::pseudonym(&secret, decision.subject_key());
         insert_request(&mut tx, &request, None, Some(&pseudonym)).await?;
+        self.announce(&mut tx, Some(&[decision.subject_key()]))
+            .await?;
         tx.commit().await?;
-        self.secrets
-            .insert(decision.subject_key().to_owned(), secret);
-        self.held_changed(Some(&[decision.subject_key()]));
+        self.held
+            .changed(Changed::Subjects(&[decision.subject_key()]));
+        self.held.remember_secret(decision.subject_key(), secret);
         Ok(Some((attribute, request)))
     }
 
@@ -937,9 +887,9 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .await?
                 .rows_affected();
         }
+        self.announce(&mut tx, Some(&[subject_key])).await?;
         tx.commit().await?;
-        self.secrets.invalidate(subject_key);
-        self.held_changed(Some(&[subject_key]));
+        self.held.changed(Changed::Subjects(&[subject_key]));
         Ok(deleted)
     }
 
@@ -958,9 +908,12 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
                 .await?
                 .rows_affected();
         }
+        if deleted > 0 {
+            self.announce(&mut tx, None).await?;
+        }
         tx.commit().await?;
         if deleted > 0 {
-            self.held_changed(None);
+            self.held.changed(Changed::Everyone);
         }
         Ok(deleted)
     }
