@@ -1,6 +1,6 @@
 //! `profilegen`: benchmarks the profile service behind the consent gate over real gRPC on
 //! loopback. Starts the consent service and two profile services in-process (gate cache on, gate
-//! cache off) on fresh SQLite files, seeds subjects, then measures in one run:
+//! cache off) on fresh SQLite files (or PostgreSQL databases with `--postgres`), seeds subjects, then measures in one run:
 //! - the floor: `grpc.health.v1` Check on the profile server, at 1 in flight and open loop;
 //! - gated `GetProfile` with a warm gate cache and with the cache off, the same two ways;
 //! - withdrawal propagation: from `Withdraw`'s reply to the first denying `GetProfile` (no token);
@@ -11,6 +11,7 @@
 
 mod allocator;
 mod cores;
+mod databases;
 mod marked;
 mod pacer;
 
@@ -72,6 +73,10 @@ struct Args {
     /// Smoke run: 1 s phases, few trials (numbers not meaningful).
     #[arg(long)]
     quick: bool,
+    /// Run on fresh PostgreSQL databases (the server `CONSENTGATE_TEST_POSTGRES_URL` names)
+    /// instead of SQLite files: the production profile; reported under its own marker.
+    #[arg(long)]
+    postgres: bool,
 }
 
 const PURPOSE: &str = "personalize.content.profiled";
@@ -230,9 +235,16 @@ struct Services {
     _servers: (ConsentService, ProfileService, ProfileService),
     _runtime: tokio::runtime::Runtime,
     dir: PathBuf,
+    /// Which backend the data is on (its PostgreSQL databases live as long as this).
+    databases: databases::Databases,
 }
 
-fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Result<Services> {
+fn start_services(
+    dir: &std::path::Path,
+    server_threads: usize,
+    postgres: bool,
+) -> anyhow::Result<Services> {
+    let mut databases = databases::Databases::new(dir, postgres)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(server_threads)
         .thread_name("servers")
@@ -246,11 +258,12 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
         .collect();
     let auth = Authenticator::from_policy(&policy, &tokens)?;
     let (consent, cached, uncached) = runtime.block_on(async {
+        let consent_url = databases.url("consent").await;
         let consent = suite::start_consent(
             policy.clone(),
             auth.clone(),
             ConsentSettings {
-                database_url: format!("sqlite://{}", dir.join("consent.db").display()),
+                database_url: consent_url,
                 keys: Arc::new(LedgerKeys::generate()),
                 cache_capacity: 100_000,
                 feed_poll: consentgate_consent::server::FEED_POLL,
@@ -265,10 +278,7 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
             gate.cache_capacity = capacity;
             let config = ProfileConfig {
                 policy: policy.clone(),
-                database_url: format!(
-                    "sqlite://{}",
-                    dir.join(format!("profile-{name}.db")).display()
-                ),
+                database_url: databases.url(&format!("profile-{name}")).await,
                 gate,
                 name: suite::PROFILE_CALLER.into(),
                 retention_every: Duration::from_secs(3600),
@@ -291,6 +301,7 @@ fn start_services(dir: &std::path::Path, server_threads: usize) -> anyhow::Resul
         _servers: (consent, cached, uncached),
         _runtime: runtime,
         dir: dir.to_owned(),
+        databases,
     })
 }
 
@@ -314,19 +325,33 @@ fn main() -> anyhow::Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("consentgate-profilegen-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let services = start_services(&dir, args.server_threads.unwrap_or_else(half_the_cores))?;
+    let services = start_services(
+        &dir,
+        args.server_threads.unwrap_or_else(half_the_cores),
+        args.postgres,
+    )?;
+    let marker = services.databases.marker("profilegen");
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.unwrap_or_else(half_the_cores))
         .thread_name("loadgen")
         .enable_all()
         .build()?;
     let report = client.block_on(run(&args, &services, duration, warmup, trials));
-    drop(services._runtime);
-    let _ = std::fs::remove_dir_all(&services.dir);
+    let Services {
+        _runtime,
+        _servers,
+        dir,
+        databases,
+        ..
+    } = services;
+    drop(_servers);
+    drop(_runtime);
+    drop(databases);
+    let _ = std::fs::remove_dir_all(&dir);
     let markdown = report?;
     println!("{markdown}");
     if let Some(path) = &args.write {
-        marked::write_block(path, "profilegen", &markdown)?;
+        marked::write_block(path, &marker, &markdown)?;
     }
     Ok(())
 }
@@ -593,15 +618,26 @@ async fn run(
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    md.push_str("## Profile service (issue 3)\n\n");
+    let on_postgres = args.postgres;
+    md.push_str(if on_postgres {
+        "## Profile service on PostgreSQL (issue 14: the production profile)\n\n"
+    } else {
+        "## Profile service (issue 3)\n\n"
+    });
     md.push_str(&format!(
-        "Run {date} on {} cores; command: `cargo run --release -p consentgate-bench --bin profilegen -- --write BENCHMARKS.md`{}.\n\
+        "Run {date} on {} cores; command: `cargo run --release -p consentgate-bench --bin profilegen -- --write BENCHMARKS.md{}`{}.\n\
          Consent service and two profile services (gate cache on / off) in-process on one {}-thread runtime, \
-         SQLite (profile: WAL, synchronous=NORMAL; consent: synchronous=FULL); the generator on its own {}-thread runtime. {} subjects, each with 3 \
+         {}; the generator on its own {}-thread runtime. {} subjects, each with 3 \
          stated-preference attributes; GetProfile asks for `user.preferences.stated` under `{PURPOSE}`.\n\n",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if on_postgres { " --postgres" } else { "" },
         if args.quick { " (--quick: smoke numbers)" } else { "" },
         args.server_threads.unwrap_or_else(half_the_cores),
+        if on_postgres {
+            "fresh PostgreSQL 15 databases on this host (the profile replica's memory follows its own beats)"
+        } else {
+            "SQLite (profile: WAL, synchronous=NORMAL; consent: synchronous=FULL)"
+        },
         args.client_threads.unwrap_or_else(half_the_cores),
         subjects.len()
     ));
@@ -616,7 +652,7 @@ async fn run(
         "\n| target | measured | |\n|---|---|---|\n\
          | gated GetProfile, warm gate cache: p99 ≤ 2× health p99 (1 in flight) | {cached_p99} µs vs health {floor_p99} µs = {:.2}× | {} |\n\
          | withdrawal propagation p99 ≤ 10 ms (Withdraw reply → first denying GetProfile, no token) | p50 {} µs, p99 {} µs, max {} µs over {} trials ({:.1} reads per trial) | {} |\n\
-         | RecordEvents ingest ≥ 20,000 events/s on SQLite | {:.0} events/s ({} in flight, {} events per call) | {} |\n",
+         | RecordEvents ingest ≥ 20,000 events/s on {} | {:.0} events/s ({} in flight, {} events per call) | {} |\n",
         cached_p99 as f64 / floor_p99 as f64,
         if cached_p99 <= 2 * floor_p99 { "pass" } else { "FAIL" },
         propagation.value_at_quantile(0.5),
@@ -625,6 +661,7 @@ async fn run(
         propagation.len(),
         polls as f64 / propagation.len().max(1) as f64,
         if propagation.value_at_quantile(0.99) <= 10_000 { "pass" } else { "FAIL" },
+        if on_postgres { "PostgreSQL" } else { "SQLite" },
         ingest_rate,
         args.ingest_in_flight,
         args.batch,

@@ -1,14 +1,16 @@
 //! `recgen`: benchmarks `Recommend` per tier over real gRPC on loopback. Starts the consent,
-//! profile and recommendation services in-process on fresh SQLite files with the 5,000-item demo
-//! catalog, seeds subjects for each tier (profiled subjects with 500-event histories), then drives
-//! each tier open loop at a fixed rate (latency from each request's intended send time), with the
-//! recommendation server's health RPC at the same rate as the floor, in the same run.
+//! profile and recommendation services in-process on fresh SQLite files (PostgreSQL databases
+//! with `--postgres`) with the 5,000-item demo catalog, seeds subjects for each tier (profiled
+//! subjects with 500-event histories), then drives each tier open loop at a fixed rate (latency
+//! from each request's intended send time), with the recommendation server's health RPC at the
+//! same rate as the floor, in the same run.
 //!
 //! Prints a Markdown section and, with `--write FILE`, puts it into FILE between
 //! `<!-- recgen:start -->` and `<!-- recgen:end -->` (replacing an earlier one).
 
 mod allocator;
 mod cores;
+mod databases;
 mod marked;
 mod pacer;
 
@@ -64,6 +66,10 @@ struct Args {
     /// one tier at a time.
     #[arg(long, value_delimiter = ',')]
     tiers: Vec<String>,
+    /// Run on fresh PostgreSQL databases (the server `CONSENTGATE_TEST_POSTGRES_URL` names)
+    /// instead of SQLite files: the production profile; reported under its own marker.
+    #[arg(long)]
+    postgres: bool,
 }
 
 fn bearer(token: &str) -> MetadataValue<Ascii> {
@@ -105,31 +111,33 @@ impl Addrs {
     }
 }
 
-fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Suite> {
+fn start(
+    databases: &mut databases::Databases,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Suite> {
     let policy = Arc::new(Policy::default_policy().map_err(|e| anyhow::anyhow!("{e}"))?);
     let tokens: Vec<(String, String)> = policy
         .callers
         .keys()
         .map(|c| (c.clone(), format!("bench-{c}")))
         .collect();
-    let database = |name: &str| format!("sqlite://{}", dir.join(name).display());
     runtime.block_on(async {
         let listener = || tokio::net::TcpListener::bind("127.0.0.1:0");
         let suite = suite::start(SuiteConfig {
             policy,
             tokens,
             consent: ConsentSettings {
-                database_url: database("consent.db"),
+                database_url: databases.url("consent").await,
                 keys: Arc::new(LedgerKeys::generate()),
                 cache_capacity: 100_000,
                 feed_poll: consentgate_consent::server::FEED_POLL,
             },
             consent_listeners: listener().await?.into(),
-            profile_database_url: database("profile.db"),
+            profile_database_url: databases.url("profile").await,
             profile_listeners: listener().await?.into(),
             profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
             retention_every: Duration::from_secs(3600),
-            recommendation_database_url: database("recommendation.db"),
+            recommendation_database_url: databases.url("recommendation").await,
             recommendation_listeners: listener().await?.into(),
             catalog: Catalog::demo(5000),
             traces: Default::default(),
@@ -217,7 +225,8 @@ fn main() -> anyhow::Result<()> {
         .thread_name("servers")
         .enable_all()
         .build()?;
-    let suite = start(&dir, &servers)?;
+    let mut databases = databases::Databases::new(&dir, args.postgres)?;
+    let suite = start(&mut databases, &servers)?;
     let addrs = Addrs::of(&suite);
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.unwrap_or_else(half_the_cores))
@@ -225,12 +234,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let report = client.block_on(run(&args, &addrs, duration, subjects));
+    let databases_marker = databases.marker("recgen");
+    drop(suite);
     drop(servers);
+    drop(databases);
     let _ = std::fs::remove_dir_all(&dir);
     let markdown = report?;
     println!("{markdown}");
     if let Some(path) = &args.write {
-        marked::write_block(path, "recgen", &markdown)?;
+        marked::write_block(path, &databases_marker, &markdown)?;
     }
     Ok(())
 }
@@ -439,14 +451,20 @@ async fn run(
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let mut md = String::from("## Recommendation service (issue 4)\n\n");
+    let mut md = String::from(if args.postgres {
+        "## Recommendation service on PostgreSQL (issue 14: the production profile)\n\n"
+    } else {
+        "## Recommendation service (issue 4)\n\n"
+    });
     md.push_str(&format!(
-        "Run {date}; command: `cargo run --release -p consentgate-bench --bin recgen -- --write BENCHMARKS.md`{}. \
-         The three services in-process on one {}-thread runtime (SQLite), the generator on its own {}-thread runtime; \
+        "Run {date}; command: `cargo run --release -p consentgate-bench --bin recgen -- --write BENCHMARKS.md{}`{}. \
+         The three services in-process on one {}-thread runtime ({}), the generator on its own {}-thread runtime; \
          5,000-item demo catalog; {subjects} subjects per personal tier, profiled ones with {}-event histories; \
          open loop at {} req/s per phase after 1 s unrecorded at the same rate, latency from each request's intended send time; 10 items per call.\n\n",
+        if args.postgres { " --postgres" } else { "" },
         if args.quick { " (--quick: smoke numbers)" } else { "" },
         args.server_threads.unwrap_or_else(half_the_cores),
+        if args.postgres { "fresh PostgreSQL 15 databases on this host" } else { "SQLite" },
         args.client_threads.unwrap_or_else(half_the_cores),
         args.history,
         args.rate
