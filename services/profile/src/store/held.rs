@@ -332,6 +332,15 @@ impl Held {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Forgets every proof: the listener lost its connection, so beats heard before prove
+    /// nothing about what is sent now. (A beat heard after this was committed after the
+    /// listener listened again, after [`Heard::Resumed`] dropped everything held.)
+    fn unproven(&self) {
+        if let Proof::Beats { proven_at, .. } = &self.proof {
+            proven_at.store(0, Ordering::Release);
+        }
+    }
+
     /// Records that a beat sent at `sent` (µs after the epoch) came back.
     fn proven(&self, sent: u64) {
         if let Proof::Beats { proven_at, .. } = &self.proof {
@@ -408,6 +417,9 @@ async fn follow(held: Weak<Held>, mut heard: Payloads, nonce: String) {
             return;
         };
         match notice {
+            // Announcements may go unheard from now on: memory stops serving at once, and only
+            // a beat sent after the listener listens again makes it current.
+            Heard::Lost => held.unproven(),
             Heard::Resumed => {
                 held.changed(Changed::Everyone);
                 held.gaps.fetch_add(1, Ordering::AcqRel);
