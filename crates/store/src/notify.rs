@@ -7,9 +7,11 @@
 //! wrote; the listener reads what changed from the service's own revision-ordered feed.
 //!
 //! Notices are not a log: PostgreSQL forgets them for a listener whose connection drops. The
-//! listener reports such a gap ([`Notice::Resumed`], once it listens again), and whoever follows
-//! it must catch up from the feed then. A connection that dies silently (a partition, no reset)
-//! goes unnoticed until TCP gives up, which is why followers keep a slow poll as a safety net.
+//! listener says so the moment it sees the connection fail ([`Notice::Lost`]: until it listens
+//! again, whoever follows it may be missing commits and must not vouch for its view) and again
+//! once it listens ([`Notice::Resumed`]: catch up from the feed now). A connection that dies
+//! silently (a partition, no reset) goes unnoticed until TCP gives up, which is why followers
+//! keep a slow poll as a safety net.
 //!
 //! [`Dialect::NOTIFY`]: crate::Dialect::NOTIFY
 
@@ -23,6 +25,9 @@ use tokio::sync::mpsc;
 pub enum Notice {
     /// A transaction committed changes up to this revision (perhaps this replica's own).
     Committed(u64),
+    /// The listener's connection failed: until [`Notice::Resumed`], commits by other replicas
+    /// may go unheard (the database may be unreachable altogether).
+    Lost,
     /// The listener lost its connection and listens again: notices sent meanwhile are lost, so
     /// the follower must catch up from the feed.
     Resumed,
@@ -57,6 +62,11 @@ pub(crate) async fn listen(url: &str, channel: &'static str) -> Result<Notices, 
                 Ok(None) => Notice::Resumed,
                 Err(e) => {
                     tracing::warn!(error = %Error::from(e).log_safe(), "commit notices: the listener failed; reconnecting");
+                    // Said at once, not when listening again (which may take as long as the
+                    // outage): the follower stops vouching for its view now.
+                    if tx.send(Notice::Lost).await.is_err() {
+                        return;
+                    }
                     // sqlx keeps a connection it does not know to be dead (a reset, say): start
                     // over on a new listener rather than retry on it.
                     match reconnect(&url, channel, &tx).await {
