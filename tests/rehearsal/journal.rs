@@ -87,12 +87,6 @@ pub struct Fault {
     /// For an outage: how long after `began` no read may return personal data (the lease, plus
     /// how long a replica that lost its database keeps heartbeating).
     pub no_data_after: Option<Duration>,
-    /// For a partition of some consent replicas from their database: the stated bound for a
-    /// withdrawal acknowledged meanwhile (or one feed poll before, its notice in flight), in
-    /// place of the lease: a replica that cannot read its feed keeps heartbeating for four polls,
-    /// then the gates' leases run out (docs/operations.md, "Replicas and the withdrawal
-    /// guarantee").
-    pub widens: Option<(Duration, Duration)>,
 }
 
 /// Everything recorded, shared by the load's tasks.
@@ -130,8 +124,9 @@ pub type Violation = String;
 pub struct Findings {
     pub violations: Vec<Violation>,
     /// The longest time from an acknowledged withdrawal to the start of a read that still
-    /// returned the data it covered (by read kind).
-    pub max_staleness: BTreeMap<ReadKind, Duration>,
+    /// returned the data it covered, by read kind and by the fault going on when the withdrawal
+    /// was acknowledged (or "no fault").
+    pub max_staleness: BTreeMap<(ReadKind, String), Duration>,
     /// Reads after a withdrawal whose window closed (started later than its acknowledgement).
     pub after_withdrawal: usize,
 }
@@ -178,20 +173,17 @@ pub fn judge(inner: &Inner, lease: Duration) -> Findings {
         }
         f.after_withdrawal += 1;
         let staleness = r.started - w.acked;
-        let max = f.max_staleness.entry(r.kind).or_default();
-        *max = (*max).max(staleness);
-        let bound = inner
+        let context = inner
             .faults
             .iter()
-            .filter_map(|fault| {
-                let (poll, bound) = fault.widens?;
-                (w.acked + poll >= fault.began && w.acked <= fault.ended).then_some(bound)
-            })
-            .fold(lease, Duration::max);
-        if staleness > bound {
+            .find(|fault| w.acked >= fault.began && w.acked <= fault.ended)
+            .map_or("no fault".to_owned(), |fault| fault.what.clone());
+        let max = f.max_staleness.entry((r.kind, context)).or_default();
+        *max = (*max).max(staleness);
+        if staleness > lease {
             f.violations.push(format!(
-                "a {:?} read through {} returned personal data {:?} after the withdrawal (revision {}) was acknowledged; the bound is {:?}",
-                r.kind, r.via, staleness, w.revision, bound
+                "a {:?} read through {} returned personal data {:?} after the withdrawal (revision {}) was acknowledged; the lease is {:?}",
+                r.kind, r.via, staleness, w.revision, lease
             ));
         }
     }
@@ -272,7 +264,10 @@ mod tests {
         ];
         let f = judge(&inner, ms(1000));
         assert!(f.violations.is_empty(), "{:?}", f.violations);
-        assert_eq!(f.max_staleness[&ReadKind::Profile], ms(480));
+        assert_eq!(
+            f.max_staleness[&(ReadKind::Profile, "no fault".to_owned())],
+            ms(480)
+        );
         inner.reads.push(read(t + ms(1100), Outcome::Data));
         assert_eq!(judge(&inner, ms(1000)).violations.len(), 1);
         inner.reads.pop();
@@ -281,19 +276,7 @@ mod tests {
             began: t + ms(3004),
             ended: t + ms(9000),
             no_data_after: Some(ms(1)),
-            widens: None,
         });
         assert_eq!(judge(&inner, ms(1000)).violations.len(), 1);
-        inner.faults.clear();
-        inner.reads.push(read(t + ms(1500), Outcome::Data));
-        assert_eq!(judge(&inner, ms(1000)).violations.len(), 1);
-        inner.faults.push(Fault {
-            what: "a replica's database".into(),
-            began: t + ms(15),
-            ended: t + ms(100),
-            no_data_after: None,
-            widens: Some((ms(250), ms(2000))),
-        });
-        assert!(judge(&inner, ms(1000)).violations.is_empty());
     }
 }

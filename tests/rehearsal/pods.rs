@@ -223,8 +223,10 @@ impl Stage {
         let w = self.workloads.values().next().expect("a workload");
         match &self.setpriv {
             Some(_) => format!(
-                "UID {} GID {} (fsGroup {:?}) via setpriv, no new privileges, no capabilities",
-                w.run_as_user, w.run_as_group, w.fs_group
+                "UID {} GID {} groups {} via setpriv, no new privileges, no capabilities (checked in /proc)",
+                w.run_as_user,
+                w.run_as_group,
+                w.fs_group.map_or("none".to_owned(), |g| g.to_string())
             ),
             None => "the current user (not root, or no setpriv): NOT the image's UID".to_owned(),
         }
@@ -486,6 +488,12 @@ impl Stage {
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         let grpc = ports[&w.readiness.port];
+        let scratch = mounts
+            .iter()
+            .zip(&w.mounts)
+            .filter(|(_, m)| matches!(m.source, VolumeSource::EmptyDir))
+            .map(|((_, host), _)| host.clone())
+            .collect();
         let mut pod = Pod {
             name,
             workload: workload.to_owned(),
@@ -497,8 +505,12 @@ impl Stage {
             grace: w.grace,
             ports,
             postgres,
+            scratch,
         };
         pod.wait_ready().await;
+        if self.setpriv.is_some() {
+            pod.assert_identity(&w);
+        }
         pod
     }
 
@@ -609,6 +621,8 @@ pub struct Pod {
     /// The proxy between this pod and PostgreSQL (cutting it partitions the pod from its
     /// database).
     pub postgres: Balancer,
+    /// Its emptyDir volumes on the host.
+    pub scratch: Vec<PathBuf>,
 }
 
 impl Pod {
@@ -701,6 +715,45 @@ impl Pod {
             self.log_tail()
         );
         began.elapsed()
+    }
+
+    /// Checks, from `/proc`, that the process runs as the manifest says: its user and group,
+    /// the fsGroup as its only supplementary group, no effective, permitted or bounding
+    /// capabilities when the container drops them all, no new privileges.
+    fn assert_identity(&self, w: &Workload) {
+        let pid = self.child.id().expect("a running pod has a pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        let uid = w.run_as_user.to_string();
+        let gid = w.run_as_group.to_string();
+        assert_eq!(field("Uid"), [uid.as_str(); 4].join(" "), "{}", self.name);
+        assert_eq!(field("Gid"), [gid.as_str(); 4].join(" "), "{}", self.name);
+        if let Some(g) = w.fs_group {
+            assert_eq!(field("Groups"), g.to_string(), "{}", self.name);
+        }
+        if w.drop_all_capabilities {
+            for caps in ["CapEff", "CapPrm", "CapBnd"] {
+                assert_eq!(field(caps), "0000000000000000", "{}: {caps}", self.name);
+            }
+        }
+        if w.no_privilege_escalation {
+            assert_eq!(field("NoNewPrivs"), "1", "{}", self.name);
+        }
+    }
+
+    /// What the pod wrote into its scratch space (`serve` writes nothing to disk).
+    pub fn scratch_files(&self) -> usize {
+        self.scratch
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .map(|entries| entries.count())
+            .sum()
     }
 
     /// Whether the process is still running.
