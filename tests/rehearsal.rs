@@ -662,10 +662,12 @@ fn report(
             .filter(|r| r.started >= f.began && r.started <= f.ended)
             .collect();
         let data = during.iter().filter(|r| r.outcome == Outcome::Data).count();
-        let failed = during
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
-            .count();
+        let mut failed: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &during {
+            if let Outcome::Failed(code) = r.outcome {
+                *failed.entry(format!("{code:?}")).or_default() += 1;
+            }
+        }
         let withdrawals = j
             .acks
             .iter()
@@ -676,7 +678,7 @@ fn report(
             None => String::new(),
         };
         println!(
-            "during \"{}\" ({:.2?}{rule}): {withdrawals} withdrawals acknowledged, {} reads, {data} with personal data, {failed} failed closed",
+            "during \"{}\" ({:.2?}{rule}): {withdrawals} withdrawals acknowledged, {} reads, {data} with personal data, failed closed: {failed:?}",
             f.what,
             f.ended - f.began,
             during.len(),
