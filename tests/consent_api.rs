@@ -839,6 +839,83 @@ async fn replicas_on_postgres_hear_each_others_commits_without_polling() {
     first.stop().await;
 }
 
+/// A replica whose database connection fails stops vouching for what it holds: its change
+/// streams fall silent and its Checks read through (failing closed) instead of answering from
+/// its cache, at once, not after four feed polls. Otherwise a gate whose lease ran out asks it
+/// and gets the allow that a withdrawal through another replica overturned meanwhile (the
+/// rehearsal saw reads return data 1.25 s after such a withdrawal). This replica polls hourly:
+/// only its lost commit-notice listener can tell it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_its_database_stops_vouching_for_its_cache_at_once() {
+    use pb::watch_changes_response::Message;
+    if !backends().contains(&Backend::Postgres) {
+        return;
+    }
+    let first = TestServer::start(Backend::Postgres).await;
+    let proxy = CutProxy::start(server_of(&first.url)).await;
+    let cut_off = first
+        .replica_at(&through(&first.url, proxy.addr), Duration::from_secs(3600))
+        .await;
+    let mut pc = first.as_caller("preference-center").await;
+    let mut enforcer = cut_off.as_caller("recommendation-service").await;
+    let purpose = "personalize.content.profiled";
+    let granted = pc
+        .grant(grant("partitioned", purpose, "g"))
+        .await
+        .expect("grant")
+        .into_inner();
+    // Read through for the token: the replica caches the allow.
+    let allowed = enforcer
+        .check(pb::CheckRequest {
+            at_least_as_fresh: granted.revision.to_string(),
+            ..check("partitioned", purpose, &[])
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(allowed.verdict(), pb::Verdict::Allow);
+    let mut stream = enforcer
+        .watch_changes(pb::WatchChangesRequest {
+            after_revision: granted.revision,
+            heartbeat_millis: 20,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(matches!(
+        next(&mut stream).await.message,
+        Some(Message::Heartbeat(_))
+    ));
+
+    proxy.cut();
+    pc.withdraw(withdraw("partitioned", purpose, "w"))
+        .await
+        .expect("the other replica still takes writes");
+    // The stream falls silent: no heartbeat for 300 ms (15 intervals), within seconds, where an
+    // hourly poll would have kept it beating for four hours.
+    let waiting = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(_))) => assert!(
+                waiting.elapsed() < Duration::from_secs(5),
+                "a replica without its database kept heartbeating"
+            ),
+        }
+    }
+    // And it no longer answers from its cache: UNAVAILABLE, never the overturned allow.
+    let answer = enforcer.check(check("partitioned", purpose, &[])).await;
+    match answer {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(r) => panic!(
+            "a replica without its database answered {:?} from its cache",
+            r.into_inner().verdict()
+        ),
+    }
+    cut_off.stop().await;
+    first.stop().await;
+}
+
 /// Two replicas share one database: a withdrawal through one is enforced by the other at once
 /// for token holders, and within the change-feed follow interval for everyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,13 @@ impl TestServer {
         .await
     }
 
+    /// Another replica that reaches the database at `url` (the same database through another
+    /// way, say a [`CutProxy`]: see [`through`]), reading the change feed every `feed_poll`
+    /// unless a commit notice wakes it.
+    pub async fn replica_at(&self, url: &str, feed_poll: Duration) -> TestServer {
+        TestServer::start_on(url, None, testing::signing_keys(&self.engine), feed_poll).await
+    }
+
     async fn start_on(
         url: &str,
         db: Option<TestDb>,
@@ -474,6 +481,28 @@ impl ProfileServer {
     pub async fn stop(self) {
         self.server.stop().await.expect("profile server");
     }
+}
+
+/// A PostgreSQL URL's server address (`user@host:port/db`), for a proxy in front of it.
+pub fn server_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let host = host.replace("localhost", "127.0.0.1");
+    let host = if host.contains(':') {
+        host
+    } else {
+        format!("{host}:5432")
+    };
+    host.parse().expect("a PostgreSQL server address")
+}
+
+/// The same PostgreSQL URL with its server replaced by `addr` (a proxy in front of it).
+pub fn through(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let user = authority.rsplit_once('@').map(|(u, _)| format!("{u}@"));
+    format!("{scheme}://{}{addr}{path}", user.unwrap_or_default())
 }
 
 /// A TCP proxy that a test can cut, as a network partition would.

@@ -124,6 +124,9 @@ pub struct Engine {
     epoch: std::time::Instant,
     /// When the follower last read the change feed to its end, in µs since `epoch`.
     feed_read_at_micros: AtomicU64,
+    /// When the commit-notice listener last reported its connection lost, in µs since `epoch`
+    /// (0: never). Only a feed read that began after it makes the view current again.
+    feed_lost_at_micros: AtomicU64,
     /// How long a feed read stays proof of being current, in µs (set by the follower).
     feed_stale_after_micros: AtomicU64,
     /// The feed's high water when the engine was built: where the follower starts, whatever
@@ -177,6 +180,7 @@ impl Engine {
             epoch: std::time::Instant::now(),
             // The high water was just read from the feed.
             feed_read_at_micros: AtomicU64::new(0),
+            feed_lost_at_micros: AtomicU64::new(0),
             // Until a follower says how often it reads: one second.
             feed_stale_after_micros: AtomicU64::new(1_000_000),
             started_at: high,
@@ -218,8 +222,10 @@ impl Engine {
     /// change reaches it in milliseconds. The feed is also read every `poll`, as a safety net
     /// (a notice lost on a connection that died silently is read within `poll`) and as proof
     /// that this replica still sees the feed: [`Engine::feed_current`] turns false once no read
-    /// has succeeded for [`STALE_POLLS`] polls, and change streams stop heartbeating then, so
-    /// gates stop trusting a replica that has lost its database. SQLite has no other writer to
+    /// has succeeded for [`STALE_POLLS`] polls, or at once when the listener reports its
+    /// connection lost, until a read succeeds again; meanwhile change streams stop heartbeating
+    /// and checks read through instead of trusting the cache, so gates stop trusting a replica
+    /// that has lost its database. SQLite has no other writer to
     /// hear from: the poll only proves the file is readable.
     pub async fn follow_changes(self: Arc<Self>, poll: Duration) {
         self.feed_stale_after_micros.store(
@@ -259,6 +265,12 @@ impl Engine {
                 && self.only_local_up_to(&mut last, revision)
             {
                 continue;
+            }
+            if heard == Some(Notice::Lost) {
+                // Commits by other replicas may now go unheard: stop vouching at once (no
+                // heartbeats, no cached answers) rather than after STALE_POLLS polls. The read
+                // below, if the database still answers, makes the view current again.
+                self.lose_feed();
             }
             // The read proves the feed as of when it began, not when it ended.
             let began = self.epoch.elapsed();
@@ -353,13 +365,23 @@ impl Engine {
         self.feed_read_at_micros.store(micros, Ordering::Release);
     }
 
+    /// Notes that the commit-notice listener lost its connection: the view is not current
+    /// until a feed read that begins after now succeeds.
+    fn lose_feed(&self) {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.feed_lost_at_micros
+            .store(micros.max(1), Ordering::Release);
+    }
+
     /// Whether this replica read the change feed to its end recently enough (see
-    /// [`Engine::follow_changes`]) to promise a watcher that it has missed nothing: a heartbeat
-    /// is that promise.
+    /// [`Engine::follow_changes`]), and since its commit-notice listener last lost its
+    /// connection, to promise that it has missed nothing: a heartbeat is that promise, and so is
+    /// an answer from the cache.
     pub fn feed_current(&self) -> bool {
         let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
         let read_at = self.feed_read_at_micros.load(Ordering::Acquire);
-        now.saturating_sub(read_at) <= self.feed_stale_after_micros.load(Ordering::Relaxed)
+        read_at >= self.feed_lost_at_micros.load(Ordering::Acquire)
+            && now.saturating_sub(read_at) <= self.feed_stale_after_micros.load(Ordering::Relaxed)
     }
 
     /// Tells long-lived streams to end: the server is shutting down.
@@ -398,7 +420,11 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// The subject's state, from the cache when it is at least as fresh as `at_least`.
+    /// The subject's state, from the cache when it is at least as fresh as `at_least` and this
+    /// replica's view of the change feed is current. A replica that cannot vouch for its view
+    /// (it lost its database, or its listener) reads through: a cached state may predate a
+    /// change another replica committed meanwhile, and a gate whose lease ran out asks exactly
+    /// such a replica. Without the database the read fails, and the answer fails closed.
     pub async fn state(
         &self,
         subject: &SubjectKey,
@@ -406,6 +432,7 @@ impl Engine {
     ) -> Result<Arc<CachedState>, EngineError> {
         if let Some(hit) = self.cache.get(subject).await
             && hit.as_of >= at_least
+            && self.feed_current()
         {
             return Ok(hit);
         }
