@@ -1,5 +1,6 @@
 //! The `consentgate` binary: `up` (the embedded suite), `serve` (one service, for production),
-//! `policy validate` and `ledger verify`. It only parses configuration and wires libraries.
+//! `policy validate`, `ledger verify` and `keys` (the signing keyring: show, stage, rotate,
+//! verify a receipt). It only parses configuration and wires libraries.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -118,6 +119,12 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// The consent service's signing keys: show them, stage and rotate a key, verify a receipt
+    /// (docs/operations.md, "Rotating the signing key").
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
 }
 
@@ -240,9 +247,15 @@ struct ConsentArgs {
     /// TOML file of `caller-name = "token"` lines (mount it from a secret).
     #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
     tokens_file: PathBuf,
-    /// File holding the 32-byte signing seed as hex; created (mode 0600) if missing.
+    /// The key file: a keyring (signing keys by key id and the tombstone key) or a bare seed
+    /// of 64 hex digits. A missing or malformed file stops the service.
     #[arg(long, env = "CONSENTGATE_KEY_FILE")]
     key_file: PathBuf,
+    /// Create a new keyring (mode 0600) when the key file is missing. Off by default: a replica
+    /// that did not find its mounted key would otherwise sign with a key of its own, which no
+    /// other replica or auditor knows.
+    #[arg(long, env = "CONSENTGATE_KEY_FILE_CREATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    create_key_file: bool,
     /// How many subjects' consent states to keep in memory.
     #[arg(long, env = "CONSENTGATE_CACHE_CAPACITY", default_value_t = 100_000)]
     cache_capacity: u64,
@@ -269,9 +282,57 @@ enum LedgerCommand {
         /// The consent database.
         #[arg(long, env = "CONSENTGATE_DATABASE_URL")]
         database_url: String,
-        /// The signing seed file.
+        /// The key file (keyring or bare seed): its keys verify the checkpoints by key id.
         #[arg(long, env = "CONSENTGATE_KEY_FILE")]
         key_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a new keyring (a random signing key and tombstone key), mode 0600; never over an
+    /// existing file.
+    Init {
+        /// Where to write it.
+        #[arg(long, env = "CONSENTGATE_KEY_FILE")]
+        key_file: PathBuf,
+    },
+    /// Print every key's id, status and public key (never a secret).
+    Show {
+        /// The key file.
+        #[arg(long, env = "CONSENTGATE_KEY_FILE")]
+        key_file: PathBuf,
+        /// Print the public keys as a JWK Set (RFC 7517) for verifiers instead.
+        #[arg(long)]
+        jwks: bool,
+    },
+    /// Add a new key that verifies at once and signs after `rotate`: roll the file out to every
+    /// replica before rotating. A bare seed file becomes a keyring with the same keys.
+    Stage {
+        /// The key file, replaced atomically.
+        #[arg(long, env = "CONSENTGATE_KEY_FILE")]
+        key_file: PathBuf,
+    },
+    /// Make the staged key the signing key and retire the current one (its public key kept,
+    /// its secret dropped). The tombstone key never changes.
+    Rotate {
+        /// The key file, replaced atomically.
+        #[arg(long, env = "CONSENTGATE_KEY_FILE")]
+        key_file: PathBuf,
+        /// Without a staged key, sign with a fresh key at once: only for a file one process uses.
+        #[arg(long)]
+        immediate: bool,
+    },
+    /// Verify a receipt (a compact JWS) with the key its `kid` names; prints the receipt.
+    VerifyReceipt {
+        /// The keys: a key file.
+        #[arg(long, conflicts_with = "jwks", required_unless_present = "jwks")]
+        key_file: Option<PathBuf>,
+        /// The keys: a JWK Set (`keys show --jwks`, or `jwks` of ListSigningKeys).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// The receipt JWS; `-` or absent: read from standard input.
+        jws: Option<String>,
     },
 }
 
@@ -373,17 +434,28 @@ async fn main() -> anyhow::Result<()> {
                     key_file,
                 },
         } => {
-            let keys = Arc::new(LedgerKeys::load_or_create(&key_file)?);
+            let keys = Arc::new(LedgerKeys::load(&key_file)?);
             let store = consentgate_consent::store::open(&database_url, keys.clone()).await?;
             let report =
-                consentgate_consent::ledger::verify(store.as_ref(), &keys.verifying_key()).await?;
+                consentgate_consent::ledger::verify(store.as_ref(), keys.verifiers()).await?;
             match report.broken {
-                None => println!(
-                    "ledger ok: {} entries, {} signed checkpoints, head {}",
-                    report.entries_checked,
-                    report.checkpoints_checked,
-                    hex_head(&report.head_hash)
-                ),
+                None => {
+                    println!(
+                        "ledger ok: {} entries, {} signed checkpoints, head {}",
+                        report.entries_checked,
+                        report.checkpoints_checked,
+                        hex_head(&report.head_hash)
+                    );
+                    for kid in &report.signers {
+                        match kid {
+                            Some(kid) => println!("checkpoints signed by key id {kid}"),
+                            None => println!(
+                                "checkpoints without a key id (before key ids), verified by key id {}",
+                                keys.verifiers().unlabelled_kid().unwrap_or("?")
+                            ),
+                        }
+                    }
+                }
                 Some((seq, problem)) => {
                     eprintln!("ledger BROKEN at entry {seq}: {problem}");
                     std::process::exit(1);
@@ -391,6 +463,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keys { command } => keys_command(command),
         Command::Serve {
             service: Service::Consent(args),
         } => {
@@ -400,7 +473,14 @@ async fn main() -> anyhow::Result<()> {
                 args.policy.as_deref(),
                 &args.tokens_file,
             )?;
-            let keys = Arc::new(LedgerKeys::load_or_create(&args.key_file)?);
+            let keys = if args.create_key_file {
+                LedgerKeys::load_or_create(&args.key_file)
+            } else {
+                LedgerKeys::load(&args.key_file)
+            }
+            .map_err(|e| anyhow::anyhow!("the key file is unusable, refusing to start: {e}"))?;
+            tracing::info!(kid = keys.kid(), "signing checkpoints and receipts");
+            let keys = Arc::new(keys);
             let engine =
                 consent_server::open_engine(policy, &args.database_url, keys, args.cache_capacity)
                     .await?;
@@ -698,6 +778,88 @@ fn print_banner(suite: &suite::Suite, tokens: &[(String, String)], policy: &Poli
     println!();
     println!("Then play the story in another terminal: cargo run --release -- demo");
     println!("Press Ctrl-C to stop.");
+}
+
+/// `consentgate keys …`: offline work on a key file; prints public keys and ids only.
+fn keys_command(command: KeysCommand) -> anyhow::Result<()> {
+    use consentgate_consent::ledger::{Keyring, VerifyingKeys, keyring};
+    let now = time::OffsetDateTime::now_utc();
+    match command {
+        KeysCommand::Init { key_file } => {
+            let ring = Keyring::generate(now);
+            ring.create(&key_file)?;
+            println!(
+                "{}: new keyring, signing key id {}",
+                key_file.display(),
+                ring.keys().kid()
+            );
+        }
+        KeysCommand::Show { key_file, jwks } => {
+            let keys = LedgerKeys::load(&key_file)?;
+            if jwks {
+                println!("{}", keys.verifiers().jwks());
+            } else {
+                for line in keyring::describe(&keys) {
+                    println!("{line}");
+                }
+            }
+        }
+        KeysCommand::Stage { key_file } => {
+            let mut ring = Keyring::read(&key_file)?;
+            let kid = ring
+                .stage(now)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+            ring.replace(&key_file)?;
+            println!(
+                "staged key id {kid}: roll this file out to every replica, then run `consentgate keys rotate`"
+            );
+        }
+        KeysCommand::Rotate {
+            key_file,
+            immediate,
+        } => {
+            let mut ring = Keyring::read(&key_file)?;
+            let rotation = ring
+                .rotate(now, immediate)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+            ring.replace(&key_file)?;
+            println!(
+                "signing key id {} (retired {}, which still verifies what it signed); roll this file out to every replica",
+                rotation.current, rotation.retired
+            );
+        }
+        KeysCommand::VerifyReceipt {
+            key_file,
+            jwks,
+            jws,
+        } => {
+            let keys = match (key_file, jwks) {
+                (Some(path), _) => LedgerKeys::load(&path)?.verifiers().clone(),
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    VerifyingKeys::from_jwks(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                }
+                (None, None) => anyhow::bail!("give --key-file or --jwks"),
+            };
+            let jws = match jws.filter(|j| j != "-") {
+                Some(jws) => jws,
+                None => std::io::read_to_string(std::io::stdin()).context("reading the receipt")?,
+            };
+            match consentgate_consent::receipt::verify_with(jws.trim(), &keys) {
+                Ok(verified) => {
+                    eprintln!("receipt ok: signed by key id {}", verified.kid);
+                    println!("{}", verified.json);
+                }
+                Err(e) => {
+                    eprintln!("receipt does NOT verify: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The `consentgate` binary's offline tools: `policy validate` accepts the shipped policy and
-//! rejects a bad one with file, line and reason.
+//! rejects a bad one with file, line and reason; `serve consent` refuses a missing or malformed
+//! key file with the file and the reason, and creates none unless asked.
 
 use std::process::Command;
 
@@ -64,5 +65,89 @@ fn policy_validate_rejects_a_bad_file_with_file_line_and_reason() {
         stderr.contains("unknown legal basis \"whenever\""),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve consent` with `key_file` (and valid everything else): its exit code and stderr.
+fn serve_consent_with(dir: &std::path::Path, key_file: &std::path::Path) -> (Option<i32>, String) {
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(&tokens, "\"auditor\" = \"a-token-of-sixteen-chars\"\n").expect("tokens");
+    let out = consentgate()
+        .args([
+            "serve",
+            "consent",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("consent.db").display()))
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .arg("--key-file")
+        .arg(key_file)
+        .env_remove("CONSENTGATE_KEY_FILE_CREATE")
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_consent_refuses_a_missing_or_malformed_key_file() {
+    let dir = std::env::temp_dir().join(format!("cg-cli-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    let missing = dir.join("absent.key");
+    let (code, stderr) = serve_consent_with(&dir, &missing);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("refusing to start")
+            && stderr.contains(&missing.display().to_string())
+            && stderr.contains("no such key file"),
+        "{stderr}"
+    );
+    assert!(!missing.exists(), "no key file is created unless asked");
+
+    let secret = "ab".repeat(31);
+    let malformed = dir.join("short.key");
+    std::fs::write(&malformed, format!("{secret}\n")).expect("write");
+    let (code, stderr) = serve_consent_with(&dir, &malformed);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&malformed.display().to_string()) && stderr.contains("64 hex digits"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&secret),
+        "the key is never quoted: {stderr}"
+    );
+
+    let bad_ring = dir.join("ring.key");
+    std::fs::write(
+        &bad_ring,
+        "format = \"consentgate-keyring/v1\"\ntombstone_key = 1\n",
+    )
+    .expect("write");
+    let (code, stderr) = serve_consent_with(&dir, &bad_ring);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&bad_ring.display().to_string()) && stderr.contains("line 2"),
+        "{stderr}"
+    );
+
+    // `ledger verify` reads keys, never creates them.
+    let out = consentgate()
+        .args(["ledger", "verify", "--database-url"])
+        .arg(format!("sqlite://{}", dir.join("consent.db").display()))
+        .arg("--key-file")
+        .arg(&missing)
+        .output()
+        .expect("run");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!missing.exists(), "ledger verify creates no key file");
     let _ = std::fs::remove_dir_all(&dir);
 }

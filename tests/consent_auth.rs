@@ -10,7 +10,7 @@ use prost::Message;
 use tonic::Code;
 
 /// Every RPC of the service.
-const RPCS: [&str; 15] = [
+const RPCS: [&str; 16] = [
     "Grant",
     "Refuse",
     "Withdraw",
@@ -26,6 +26,7 @@ const RPCS: [&str; 15] = [
     "VerifyLedger",
     "EraseSubject",
     "RestrictProcessing",
+    "ListSigningKeys",
 ];
 
 /// Who may call what, written out independently of `authz.rs` (docs/architecture.md §3 roles).
@@ -41,7 +42,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
     };
     let needs: &[&str] = match rpc {
         "Grant" | "Refuse" | "Withdraw" | "RecordSignal" | "LinkIdentity" => &["preference_center"],
-        "GetConsents" | "ListConsentHistory" | "GetReceipt" => {
+        "GetConsents" | "ListConsentHistory" | "GetReceipt" | "ListSigningKeys" => {
             &["preference_center", "privacy_ops", "auditor"]
         }
         "Check" | "BatchCheck" | "WatchChanges" => &["enforcer"],
@@ -160,6 +161,10 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
                 restricted: true,
                 idempotency_key: key(),
             })
+            .await
+            .map(|_| ()),
+        "ListSigningKeys" => c
+            .list_signing_keys(pb::ListSigningKeysRequest {})
             .await
             .map(|_| ()),
         other => panic!("unknown rpc {other}"),

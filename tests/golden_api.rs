@@ -372,6 +372,13 @@ async fn script(suite: &Suite) -> String {
         );
     }
     g.call(
+        "consent.ListSigningKeys",
+        "consentgate.consent.v1.ListSigningKeysResponse",
+        auditor
+            .list_signing_keys(pb::ListSigningKeysRequest {})
+            .await,
+    );
+    g.call(
         "consent.GetReceipt unknown",
         "consentgate.consent.v1.GetReceiptResponse",
         auditor

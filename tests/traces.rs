@@ -206,7 +206,12 @@ async fn start_processes(dir: &std::path::Path, collector: SocketAddr) -> Proces
         ]
     };
     let mut args = common("consent.db");
-    args.extend(["--key-file".into(), path("signing.key")]);
+    // A throwaway server: a fresh key is what it wants (production never creates one).
+    args.extend([
+        "--key-file".into(),
+        path("signing.key"),
+        "--create-key-file".into(),
+    ]);
     let consent = serve("consent", &args, collector).await;
     let consent_url = format!("http://{}", consent.address);
     wait_serving(consent.address).await;
@@ -786,6 +791,7 @@ async fn metrics_are_pushed_over_otlp_when_asked() {
         format!("sqlite://{}", path("consent.db")),
         "--key-file".into(),
         path("signing.key"),
+        "--create-key-file".into(),
     ];
     let consent = serve_with(
         "consent",

@@ -82,6 +82,28 @@ impl TestServer {
         .await
     }
 
+    /// A consent server over a fresh database, signing with `keys`.
+    pub async fn start_with_keys(backend: Backend, keys: Arc<LedgerKeys>) -> TestServer {
+        let db = TestDb::new(backend).await;
+        let url = db.url.clone();
+        TestServer::start_on(&url, Some(db), keys, consentgate_consent::server::FEED_POLL).await
+    }
+
+    /// Stops this server and starts it again over the same database with `keys`: what a pod
+    /// restarted with a changed key file does.
+    pub async fn restart_with_keys(self, keys: Arc<LedgerKeys>) -> TestServer {
+        let TestServer {
+            db,
+            url,
+            server,
+            engine,
+            ..
+        } = self;
+        drop(engine);
+        server.stop().await.expect("consent server");
+        TestServer::start_on(&url, db, keys, consentgate_consent::server::FEED_POLL).await
+    }
+
     /// Another replica of this server: same database, same keys.
     pub async fn replica(&self) -> TestServer {
         self.replica_polling_every(consentgate_consent::server::FEED_POLL)

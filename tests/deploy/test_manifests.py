@@ -261,6 +261,10 @@ def test_environment_is_what_serve_reads(overlay):
         assert ours <= known, f"{comp}: the binary does not read {sorted(ours - known)}"
         assert required <= set(env), f"{comp}: missing {sorted(required - set(env))}"
 
+        # The consent service never creates a signing key in a pod: a missing Secret fails.
+        if comp == "consent":
+            assert env["CONSENTGATE_KEY_FILE_CREATE"].get("value") == "false", comp
+
         # Files the binary reads are mounted from the right volumes.
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}

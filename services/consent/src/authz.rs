@@ -28,4 +28,5 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "VerifyLedger", &["auditor"])
         .allow(SERVICE, "EraseSubject", &["privacy_ops"])
         .allow(SERVICE, "RestrictProcessing", &["privacy_ops"])
+        .allow(SERVICE, "ListSigningKeys", &[PC, "privacy_ops", "auditor"])
 }

@@ -178,6 +178,14 @@ impl ConsentService for ConsentApi {
         Ok(Response::new(convert::verify_response(report)))
     }
 
+    async fn list_signing_keys(
+        &self,
+        _request: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        let keys = self.service.signing_keys();
+        Ok(Response::new(convert::signing_keys_response(&keys)))
+    }
+
     async fn erase_subject(
         &self,
         request: Request<pb::EraseSubjectRequest>,

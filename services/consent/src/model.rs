@@ -257,6 +257,10 @@ pub struct Checkpoint {
     pub hash: Vec<u8>,
     /// Ed25519 signature over the checkpoint message.
     pub signature: Vec<u8>,
+    /// The id of the key that signed it; `None` for checkpoints written before key ids (a bare
+    /// seed's key signed those). Not covered by the signature: it only picks the key, and a
+    /// wrong id makes verification fail.
+    pub kid: Option<String>,
 }
 
 /// The receipt of a grant.

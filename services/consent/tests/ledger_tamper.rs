@@ -2,9 +2,11 @@
 //! 150 entries (checkpoints at 64 and 128) verifies, and every single-entry tampering done with SQL
 //! behind the store's back (edit, edit-and-rehash, consistent suffix rewrite, deletion, reorder,
 //! truncation, forged checkpoints) is detected at the right seq, each on a fresh database.
-//! Erasure (crypto-shredding) keeps the chain verifying.
+//! Erasure (crypto-shredding) keeps the chain verifying. A signing-key rotation keeps every
+//! checkpoint verifying under the key its id names (those from before key ids under the bare
+//! seed's key), keeps erased subjects erased, and a tampered or unknown key id is named.
 
-use consentgate_consent::ledger::{self, CHECKPOINT_EVERY, LedgerKeys, VerifyReport};
+use consentgate_consent::ledger::{self, CHECKPOINT_EVERY, Keyring, LedgerKeys, VerifyReport};
 use consentgate_consent::model::{Change, LedgerEntry, NewConsent, SubjectKey, Write};
 use consentgate_consent::store::{ConsentStore, PostgresStore, SqliteStore};
 use consentgate_consent::testing::{Backend, POSTGRES_ENV, TestDb, backends};
@@ -150,8 +152,12 @@ impl Drop for PgCopy {
 impl Ledger {
     /// A fresh database holding the standard ledger of `ENTRIES` entries, verified intact.
     async fn build(backend: Backend) -> Ledger {
+        Ledger::build_with(backend, Arc::new(LedgerKeys::generate())).await
+    }
+
+    /// The standard ledger, signed with `keys`.
+    async fn build_with(backend: Backend, keys: Arc<LedgerKeys>) -> Ledger {
         let db = TestDb::new(backend).await;
-        let keys = Arc::new(LedgerKeys::generate());
         let url = db.url.clone();
         let ledger = Ledger::connect(backend, &url, Database::Test(db), keys).await;
         for n in 1..=ENTRIES {
@@ -215,7 +221,7 @@ impl Ledger {
     }
 
     async fn verify(&self) -> VerifyReport {
-        ledger::verify(&*self.store, &self.keys.verifying_key())
+        ledger::verify(&*self.store, self.keys.verifiers())
             .await
             .unwrap_or_else(|e| panic!("[{}] verify: {e}", self.b))
     }
@@ -811,5 +817,194 @@ async fn erasure_keeps_the_chain_verifying() {
             Some(seq),
             "[{b}] editing an erased subject's entry is still detected"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key rotation
+// ---------------------------------------------------------------------------------------------
+
+impl Ledger {
+    /// The same database under other keys: a restart with a changed key file.
+    async fn reopen_with(self, keys: Arc<LedgerKeys>) -> Ledger {
+        let Ledger {
+            store, pool, _db, ..
+        } = self;
+        let Database::Test(db) = _db else {
+            unreachable!("rotation tests build their own ledger")
+        };
+        drop(store);
+        pool.close().await;
+        let url = db.url.clone();
+        Ledger::connect(db.backend(), &url, Database::Test(db), keys).await
+    }
+
+    async fn set_kid(&self, seq: u64, kid: Option<&str>) {
+        let r = sqlx::query("UPDATE checkpoints SET kid = $1 WHERE seq = $2")
+            .bind(kid.map(str::to_owned))
+            .bind(i64::try_from(seq).expect("seq fits"))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] set the kid of checkpoint {seq}: {e}", self.b));
+        assert_eq!(
+            r.rows_affected(),
+            1,
+            "[{}] checkpoint {seq} updated",
+            self.b
+        );
+    }
+
+    async fn verify_with(&self, keys: &LedgerKeys) -> VerifyReport {
+        ledger::verify(&*self.store, keys.verifiers())
+            .await
+            .unwrap_or_else(|e| panic!("[{}] verify: {e}", self.b))
+    }
+}
+
+/// The checkpoint after the standard ledger's two, written under the rotated key.
+const CP3: u64 = 3 * CHECKPOINT_EVERY;
+
+/// A ledger begun under a bare seed (its first checkpoint stored without a key id, as
+/// migration 0004 leaves those written before it), a subject erased, the key staged and
+/// rotated, and written on past a third checkpoint: returns it with the keys of each phase.
+async fn rotated(backend: Backend) -> (Ledger, [Arc<LedgerKeys>; 3]) {
+    let mut ring = Keyring::from_seed(&ledger::random_key());
+    let v1 = Arc::new(ring.keys());
+    let l = Ledger::build_with(backend, v1.clone()).await;
+    // Written before key ids: the migration added the column empty.
+    l.set_kid(CP1, None).await;
+    l.store
+        .write(write(ENTRIES + 1, Change::Erase { subject: person(1) }))
+        .await
+        .unwrap_or_else(|e| panic!("[{}] erase: {e}", l.b));
+    let now = OffsetDateTime::now_utc();
+    ring.stage(now).expect("stage");
+    let staged = Arc::new(Keyring::parse(&ring.render()).expect("round trip").keys());
+    ring.rotate(now, false).expect("rotate");
+    let current = Arc::new(Keyring::parse(&ring.render()).expect("round trip").keys());
+    let l = l.reopen_with(current.clone()).await;
+    for n in ENTRIES + 2..=CP3 + 3 {
+        // Person 1 is erased: its writes go to person 2 instead.
+        let change = match nth_change(n) {
+            c if c.subject() == &person(1) => Change::Consent(consent(
+                n,
+                person(2),
+                "personalize.content.profiled",
+                "given",
+            )),
+            c => c,
+        };
+        l.store
+            .write(write(n, change))
+            .await
+            .unwrap_or_else(|e| panic!("[{}] write {n}: {e}", l.b));
+    }
+    (l, [v1, staged, current])
+}
+
+#[tokio::test]
+async fn checkpoints_before_and_after_a_rotation_all_verify() {
+    for backend in backends() {
+        let (l, [v1, staged, current]) = rotated(backend).await;
+        let b = l.b.clone();
+        let cps = l.store.checkpoints().await.expect("checkpoints");
+        assert_eq!(
+            cps.iter()
+                .map(|c| (c.seq, c.kid.clone()))
+                .collect::<Vec<_>>(),
+            vec![
+                (CP1, None),
+                (CP2, Some(v1.kid().to_owned())),
+                (CP3, Some(current.kid().to_owned())),
+            ],
+            "[{b}] each checkpoint names its key"
+        );
+        assert_ne!(v1.kid(), current.kid());
+        // The rotated keyring verifies all three; so does the staged one (a replica not yet
+        // restarted after the rotation knows the new key already).
+        for keys in [&current, &staged] {
+            let report = l.verify_with(keys).await;
+            assert_eq!(report.broken, None, "[{b}] verifies across the rotation");
+            assert_eq!(report.checkpoints_checked, 3, "[{b}]");
+            assert_eq!(
+                report.signers,
+                vec![
+                    None,
+                    Some(v1.kid().to_owned()),
+                    Some(current.kid().to_owned())
+                ],
+                "[{b}] signers in order"
+            );
+        }
+        // The old bare seed alone does not know the new key: that is why a key is staged (and
+        // rolled out) before it signs. The failure names the key id.
+        let report = l.verify_with(&v1).await;
+        let (seq, problem) = report.broken.expect("an unknown key id breaks");
+        assert_eq!(seq, CP3, "[{b}]");
+        assert!(
+            problem.contains("unknown key id") && problem.contains(current.kid()),
+            "[{b}] {problem}"
+        );
+        // The subject erased before the rotation is still erased: its tombstone is found.
+        let rows = l.store.load_subject(&person(1)).await.expect("load");
+        assert!(rows.erased, "[{b}] still erased after the rotation");
+        let err = l
+            .store
+            .write(write(
+                10_000,
+                Change::Consent(consent(
+                    10_000,
+                    person(1),
+                    "personalize.content.profiled",
+                    "given",
+                )),
+            ))
+            .await
+            .expect_err("an erased subject records nothing");
+        assert!(
+            matches!(err, consentgate_consent::store::StoreError::SubjectErased),
+            "[{b}] {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_or_unknown_key_id_is_detected() {
+    for backend in backends() {
+        let (l, [v1, _, current]) = rotated(backend).await;
+        let b = l.b.clone();
+        let cases: [(u64, Option<&str>, &str); 4] = [
+            // The old key's id on a checkpoint the new key signed: the signature fails.
+            (CP3, Some(v1.kid()), "does not verify"),
+            // An id no key has.
+            (CP3, Some("not-a-key-id"), "unknown key id"),
+            // Stripped: verified with the bare seed's key, which did not sign it.
+            (CP3, None, "does not verify"),
+            // The new key's id on a checkpoint the old key signed.
+            (CP2, Some(current.kid()), "does not verify"),
+        ];
+        for (seq, kid, expected) in cases {
+            let original = l
+                .store
+                .checkpoints()
+                .await
+                .expect("checkpoints")
+                .into_iter()
+                .find(|c| c.seq == seq)
+                .expect("checkpoint")
+                .kid;
+            l.set_kid(seq, kid).await;
+            let report = l.verify_with(&current).await;
+            let (at, problem) = report
+                .broken
+                .unwrap_or_else(|| panic!("[{b}] kid {kid:?} on {seq} must not verify"));
+            assert_eq!(at, seq, "[{b}] {problem}");
+            assert!(
+                problem.contains(expected),
+                "[{b}] {problem} should say {expected}"
+            );
+            l.set_kid(seq, original.as_deref()).await;
+            assert_eq!(l.verify_with(&current).await.broken, None, "[{b}] restored");
+        }
     }
 }

@@ -324,7 +324,7 @@ impl Harness {
     }
 
     async fn verify_ok(&self, entries: u64) {
-        let report = ledger::verify(&*self.store, &self.keys.verifying_key())
+        let report = ledger::verify(&*self.store, self.keys.verifiers())
             .await
             .unwrap_or_else(|e| panic!("[{}] verify: {e}", self.b));
         assert_eq!(report.broken, None, "[{}] ledger must verify", self.b);
@@ -551,7 +551,7 @@ async fn reopening_the_database_continues_the_sequence() {
             .await
             .unwrap_or_else(|e| panic!("[{b}] write after reopen: {e}"));
         assert_eq!(o.revision, 4, "[{b}] sequence continues after reopen");
-        let report = ledger::verify(&*reopened, &h.keys.verifying_key())
+        let report = ledger::verify(&*reopened, h.keys.verifiers())
             .await
             .expect("verify");
         assert_eq!(report.broken, None, "[{b}] chain continues after reopen");
@@ -1868,7 +1868,9 @@ async fn checkpoints_are_signed_every_checkpoint_every_entries() {
                 cp.seq
             );
         }
-        let report = ledger::verify(&*h.store, &key).await.expect("verify");
+        let report = ledger::verify(&*h.store, h.keys.verifiers())
+            .await
+            .expect("verify");
         assert_eq!(report.broken, None, "[{b}] verifies");
         assert_eq!(report.entries_checked, total, "[{b}] entries checked");
         assert_eq!(report.checkpoints_checked, 2, "[{b}] checkpoints checked");
@@ -1878,13 +1880,24 @@ async fn checkpoints_are_signed_every_checkpoint_every_entries() {
             "[{b}] head"
         );
 
-        // Another key does not verify the checkpoints.
-        let stranger = LedgerKeys::generate().verifying_key();
-        let report = ledger::verify(&*h.store, &stranger).await.expect("verify");
-        assert_eq!(
-            report.broken.map(|(seq, _)| seq),
-            Some(every),
-            "[{b}] another key rejects the first checkpoint"
+        // Every checkpoint names the key that signed it.
+        assert!(
+            cps.iter().all(|cp| cp.kid.as_deref() == Some(h.keys.kid())),
+            "[{b}] checkpoints carry the signing key's id"
+        );
+        assert_eq!(report.signers, vec![Some(h.keys.kid().to_owned())]);
+        // Another keyring does not know the key id: the first checkpoint fails, with the reason.
+        let stranger = LedgerKeys::generate();
+        let report = ledger::verify(&*h.store, stranger.verifiers())
+            .await
+            .expect("verify");
+        let (seq, problem) = report
+            .broken
+            .expect("[{b}] a stranger's keys do not verify");
+        assert_eq!(seq, every, "[{b}] another key rejects the first checkpoint");
+        assert!(
+            problem.contains("unknown key id") && problem.contains(h.keys.kid()),
+            "[{b}] {problem}"
         );
     }
 }

@@ -35,7 +35,7 @@ async fn open_copy() -> Copy {
     let dir = std::env::temp_dir().join(format!("cg_v1_consent_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temporary directory");
     std::fs::copy(fixtures().join("consent.db"), dir.join("consent.db")).expect("copy fixture");
-    let keys = Arc::new(LedgerKeys::load_or_create(&fixtures().join("ledger.key")).expect("seed"));
+    let keys = Arc::new(LedgerKeys::load(&fixtures().join("ledger.key")).expect("seed"));
     let url = format!("sqlite://{}", dir.join("consent.db").display());
     let store = SqliteStore::connect(&url, keys.clone())
         .await
@@ -46,7 +46,7 @@ async fn open_copy() -> Copy {
 #[tokio::test]
 async fn a_v1_ledger_verifies_end_to_end() {
     let copy = open_copy().await;
-    let report = ledger::verify(&copy.store, &copy.keys.verifying_key())
+    let report = ledger::verify(&copy.store, copy.keys.verifiers())
         .await
         .expect("verify");
     assert_eq!(report.broken, None);
@@ -55,6 +55,12 @@ async fn a_v1_ledger_verifies_end_to_end() {
         (70, 1)
     );
     assert_eq!(hex::encode(&report.head_hash), V1_HEAD);
+    // Its checkpoint predates key ids: verified with the seed's key, the keyring's unlabelled one.
+    assert_eq!(report.signers, vec![None]);
+    assert_eq!(
+        copy.keys.verifiers().unlabelled_kid(),
+        Some(copy.keys.kid())
+    );
     // Today's pseudonym of a subject under its stored key is the one its v1 entries carry.
     let key: Vec<u8> =
         sqlx::query("SELECT key FROM subject_keys WHERE subject = 's:fixture-subject-1'")
@@ -93,7 +99,7 @@ async fn a_one_byte_edit_in_a_v1_ledger_is_named_at_its_entry() {
         .execute(copy.store.pool())
         .await
         .expect("edit");
-    let report = ledger::verify(&copy.store, &copy.keys.verifying_key())
+    let report = ledger::verify(&copy.store, copy.keys.verifiers())
         .await
         .expect("verify");
     assert_eq!(
@@ -116,11 +122,13 @@ async fn a_one_byte_edit_in_a_v1_checkpoint_signature_is_detected() {
         .execute(copy.store.pool())
         .await
         .expect("edit");
-    let report = ledger::verify(&copy.store, &copy.keys.verifying_key())
+    let report = ledger::verify(&copy.store, copy.keys.verifiers())
         .await
         .expect("verify");
-    assert_eq!(
-        report.broken,
-        Some((64, "checkpoint signature does not verify".to_owned()))
+    // Checked with the seed's key (the checkpoint has no key id), which the problem names.
+    let expected = format!(
+        "checkpoint signature does not verify (key id {})",
+        copy.keys.kid()
     );
+    assert_eq!(report.broken, Some((64, expected)));
 }

@@ -1,11 +1,11 @@
-//! GetConsents, ListConsentHistory, GetReceipt, VerifyLedger, EraseSubject, RestrictProcessing
-//! and WatchChanges: their validation and their answers, page tokens included.
+//! GetConsents, ListConsentHistory, GetReceipt, ListSigningKeys, VerifyLedger, EraseSubject,
+//! RestrictProcessing and WatchChanges: their validation and their answers, page tokens included.
 
 use super::{
     collection_method_pb, common, finish, idempotency, idempotency_key, record_pb, subject,
     subject_ref, timestamp, valid_id,
 };
-use crate::ledger::VerifyReport;
+use crate::ledger::{KeyStatus, VerifyReport, VerifyingKeys};
 use crate::model::{SubjectKey, WriteOutcome};
 use crate::service::{ConsentsView, HistoryPage, Idempotency, Receipt, ServiceError, WatchEvent};
 use consentgate_proto::consent::v1 as pb;
@@ -124,6 +124,31 @@ pub fn receipt_response(receipt: Receipt) -> pb::GetReceiptResponse {
         receipt_json: receipt.json,
         receipt_jws: receipt.jws,
         public_key: receipt.public_key,
+        kid: receipt.kid,
+    }
+}
+
+/// ListSigningKeys' answer.
+pub fn signing_keys_response(keys: &VerifyingKeys) -> pb::ListSigningKeysResponse {
+    pb::ListSigningKeysResponse {
+        keys: keys
+            .keys()
+            .iter()
+            .map(|k| pb::SigningKey {
+                kid: k.kid.clone(),
+                public_key: k.public_key_b64(),
+                algorithm: "EdDSA".to_owned(),
+                status: match k.status {
+                    KeyStatus::Current => pb::SigningKeyStatus::Current,
+                    KeyStatus::Next => pb::SigningKeyStatus::Next,
+                    KeyStatus::Retired => pb::SigningKeyStatus::Retired,
+                    KeyStatus::Published => pb::SigningKeyStatus::Unspecified,
+                } as i32,
+                since: k.since.map(timestamp),
+            })
+            .collect(),
+        jwks: keys.jwks(),
+        unlabelled_kid: keys.unlabelled_kid().unwrap_or_default().to_owned(),
     }
 }
 
@@ -138,6 +163,11 @@ pub fn verify_response(report: VerifyReport) -> pb::VerifyLedgerResponse {
         first_broken_seq,
         problem,
         head_hash: hex::encode(&report.head_hash),
+        checkpoint_kids: report
+            .signers
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect(),
     }
 }
 

@@ -15,7 +15,7 @@ pub use consent::{grant, grant_response, link, record_signal, recorded, refuse, 
 pub use decide::{MAX_BATCH, batch_check, check, decision_pb, explain, explain_response};
 pub use dsr::{
     consents_response, erase, erase_response, history, history_response, receipt, receipt_response,
-    restrict, verify_response, watch, watch_message,
+    restrict, signing_keys_response, verify_response, watch, watch_message,
 };
 
 use crate::model::{StoredRecord, SubjectKey};

@@ -6,16 +6,21 @@
 //! the person. The chain itself (links, genesis, checkpoint messages) is `consentgate-chain`'s
 //! [`RawLinks`](consentgate_chain::RawLinks) format.
 //!
-//! Rooms: [`keys`] (the signing and tombstone keys), [`entry`] (what the store writes: canonical
+//! Rooms: [`keys`] (the signing keys by key id, the public keys that verify them, the tombstone
+//! key), [`keyring`] (the key file: a bare seed or a keyring, rotation), [`entry`] (what the store writes: canonical
 //! events, links, checkpoint cadence), [`verify`](mod@verify) (the walk over the store). The
 //! store imports `keys` and `entry`, never `verify`.
 
 pub mod entry;
+pub mod keyring;
 pub mod keys;
 pub mod verify;
 
 pub use entry::{
     CHECKPOINT_EVERY, GENESIS_HASH, canonical_event, chain_hash, checkpoint_message, pseudonym,
 };
-pub use keys::{LedgerKeys, random_key};
+pub use keyring::{KeyFileError, Keyring};
+pub use keys::{
+    KeyLookupError, KeyStatus, LedgerKeys, PublicKey, VerifyingKeys, key_id, random_key,
+};
 pub use verify::{VerifyReport, verify};

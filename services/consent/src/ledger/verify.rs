@@ -1,11 +1,16 @@
 //! The ledger verifier: re-walks the chain from the store, page by page, checks every signed
 //! checkpoint, and names the first broken link. It reads the store; the store never imports it.
+//!
+//! Each checkpoint is verified with the key its key id names (one stored without an id, with
+//! the keyring's key for those: the bare seed's); an id no key has breaks the ledger there,
+//! so a rotation never makes old checkpoints unverifiable and never lets one pass unchecked.
 
 use super::entry::CHECKPOINT_EVERY;
+use super::keys::VerifyingKeys;
 use crate::model::Checkpoint;
 use crate::store::{ConsentStore, StoreError};
 use consentgate_chain::{Break, GENESIS_HASH, RawLinks, Walk, checkpoint_message};
-use ed25519_dalek::{Verifier, VerifyingKey};
+use ed25519_dalek::Verifier;
 
 /// The result of walking the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +19,9 @@ pub struct VerifyReport {
     pub entries_checked: u64,
     /// Checkpoints whose signature and hash were checked.
     pub checkpoints_checked: u64,
+    /// The key ids that signed the checkpoints checked, in the order they first signed (an
+    /// auditor sees where the ledger spans a rotation; `None`: stored without a key id).
+    pub signers: Vec<Option<String>>,
     /// The first broken link: (seq, what is wrong).
     pub broken: Option<(u64, String)>,
     /// Hash of the last entry walked.
@@ -26,6 +34,7 @@ impl VerifyReport {
         VerifyReport {
             entries_checked: walk.entries_checked(),
             checkpoints_checked,
+            signers: Vec::new(),
             broken: Some((seq, problem)),
             head_hash: GENESIS_HASH.to_vec(),
         }
@@ -39,15 +48,20 @@ impl VerifyReport {
 /// truncation (a checkpoint lies beyond the last entry).
 pub async fn verify(
     store: &dyn ConsentStore,
-    key: &VerifyingKey,
+    keys: &VerifyingKeys,
 ) -> Result<VerifyReport, StoreError> {
     let checkpoints = store.checkpoints().await?;
     let mut walk = Walk::<RawLinks>::new();
     let mut checkpoints_checked = 0;
     // Checkpoint signatures first: a forged checkpoint makes every later comparison meaningless.
-    if let Some(cp) = checkpoints.iter().find(|cp| !signature_ok(key, cp)) {
-        let problem = "checkpoint signature does not verify".to_owned();
-        return Ok(VerifyReport::broken(&walk, 0, cp.seq, problem));
+    let mut signers: Vec<Option<String>> = Vec::new();
+    for cp in &checkpoints {
+        if let Err(problem) = signature_ok(keys, cp) {
+            return Ok(VerifyReport::broken(&walk, 0, cp.seq, problem));
+        }
+        if !signers.contains(&cp.kid) {
+            signers.push(cp.kid.clone());
+        }
     }
     let mut cps = checkpoints.iter().peekable();
     loop {
@@ -110,20 +124,26 @@ pub async fn verify(
     Ok(VerifyReport {
         entries_checked: walk.entries_checked(),
         checkpoints_checked,
+        signers,
         broken: None,
         head_hash: walk.into_head(),
     })
 }
 
-fn signature_ok(key: &VerifyingKey, cp: &Checkpoint) -> bool {
-    let Ok(bytes) = <[u8; 64]>::try_from(cp.signature.as_slice()) else {
-        return false;
-    };
-    key.verify(
-        &checkpoint_message(cp.seq, &cp.hash),
-        &ed25519_dalek::Signature::from_bytes(&bytes),
-    )
-    .is_ok()
+/// Checks a checkpoint's signature with the key its key id names; the problem otherwise.
+fn signature_ok(keys: &VerifyingKeys, cp: &Checkpoint) -> Result<(), String> {
+    let key = keys
+        .lookup(cp.kid.as_deref())
+        .map_err(|e| format!("checkpoint signature cannot be checked: {e}"))?;
+    let by = format!("key id {}", key.kid);
+    let bytes = <[u8; 64]>::try_from(cp.signature.as_slice())
+        .map_err(|_| format!("checkpoint signature does not verify ({by}): not 64 bytes"))?;
+    key.key
+        .verify(
+            &checkpoint_message(cp.seq, &cp.hash),
+            &ed25519_dalek::Signature::from_bytes(&bytes),
+        )
+        .map_err(|_| format!("checkpoint signature does not verify ({by})"))
 }
 
 fn event_seq_matches(event: &str, seq: u64) -> bool {

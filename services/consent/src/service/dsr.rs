@@ -55,8 +55,11 @@ pub struct Receipt {
     pub json: String,
     /// JWS compact serialization.
     pub jws: String,
-    /// The Ed25519 public key (base64url).
+    /// The Ed25519 public key (base64url) that verifies it: the key its `kid` names, which
+    /// after a rotation is not the current one. Empty when no key of the keyring has that id.
     pub public_key: String,
+    /// The id of the key that signed it (empty when it names none this service knows).
+    pub kid: String,
 }
 
 impl Service {
@@ -129,20 +132,25 @@ impl Service {
             .receipt(record_id)
             .await?
             .ok_or(ServiceError::ReceiptNotFound)?;
+        // The key that signed it, which a rotation since has retired, not the current key.
+        let signer = crate::receipt::signer(&receipt.jws, self.engine.keys().verifiers()).ok();
         Ok(Receipt {
+            public_key: signer.map(|k| k.public_key_b64()).unwrap_or_default(),
+            kid: signer.map(|k| k.kid.clone()).unwrap_or_default(),
             json: receipt.json,
             jws: receipt.jws,
-            public_key: self.engine.keys().public_key_b64(),
         })
+    }
+
+    /// The public keys that verify checkpoints and receipts, by key id.
+    pub fn signing_keys(&self) -> ledger::VerifyingKeys {
+        self.engine.keys().verifiers().clone()
     }
 
     /// Walks the whole ledger and checks every checkpoint.
     pub async fn verify_ledger(&self) -> Result<VerifyReport, ServiceError> {
-        let report = ledger::verify(
-            self.engine.store().as_ref(),
-            &self.engine.keys().verifying_key(),
-        )
-        .await?;
+        let report =
+            ledger::verify(self.engine.store().as_ref(), self.engine.keys().verifiers()).await?;
         self.metrics.verified(report.broken.is_none());
         Ok(report)
     }

@@ -225,12 +225,15 @@ impl<D: Dialect> SqlStore<D> {
             .await?;
         if seq.is_multiple_of(CHECKPOINT_EVERY) {
             let signature = self.keys.sign(&checkpoint_message(seq, &hash));
-            sqlx::query("INSERT INTO checkpoints (seq, hash, signature) VALUES ($1, $2, $3)")
-                .bind(rev)
-                .bind(&hash)
-                .bind(signature)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(rev)
+            .bind(&hash)
+            .bind(signature)
+            .bind(self.keys.kid())
+            .execute(&mut *tx)
+            .await?;
         }
         // An erased subject's change rows were cleared above; its erase event names nobody.
         let change_subject = if matches!(write.change, Change::Erase { .. }) {
@@ -476,7 +479,7 @@ impl<D: Dialect> SqlStore<D> {
 
     pub(super) async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         Ok(
-            sqlx::query("SELECT seq, hash, signature FROM checkpoints ORDER BY seq")
+            sqlx::query("SELECT seq, hash, signature, kid FROM checkpoints ORDER BY seq")
                 .fetch_all(&self.pool)
                 .await?
                 .iter()
@@ -484,6 +487,7 @@ impl<D: Dialect> SqlStore<D> {
                     seq: to_u64(r.get(0)),
                     hash: r.get(1),
                     signature: r.get(2),
+                    kid: r.get(3),
                 })
                 .collect(),
         )
