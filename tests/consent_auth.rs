@@ -10,7 +10,7 @@ use prost::Message;
 use tonic::Code;
 
 /// Every RPC of the service.
-const RPCS: [&str; 15] = [
+const RPCS: [&str; 17] = [
     "Grant",
     "Refuse",
     "Withdraw",
@@ -26,6 +26,8 @@ const RPCS: [&str; 15] = [
     "VerifyLedger",
     "EraseSubject",
     "RestrictProcessing",
+    "FindErased",
+    "ReapplyErasures",
 ];
 
 /// Who may call what, written out independently of `authz.rs` (docs/architecture.md §3 roles).
@@ -47,7 +49,9 @@ fn allowed(rpc: &str, caller: &str) -> bool {
         "Check" | "BatchCheck" | "WatchChanges" => &["enforcer"],
         "Explain" => &["auditor", "privacy_ops"],
         "VerifyLedger" => &["auditor"],
-        "EraseSubject" | "RestrictProcessing" => &["privacy_ops"],
+        "EraseSubject" | "RestrictProcessing" | "FindErased" | "ReapplyErasures" => {
+            &["privacy_ops"]
+        }
         other => panic!("unexpected rpc {other}"),
     };
     roles.iter().any(|r| needs.contains(r))
@@ -159,6 +163,19 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
                 subject: subject("matrix-restricted"),
                 restricted: true,
                 idempotency_key: key(),
+            })
+            .await
+            .map(|_| ()),
+        "FindErased" => c
+            .find_erased(pb::FindErasedRequest {
+                subjects: vec![s().expect("subject")],
+            })
+            .await
+            .map(|_| ()),
+        "ReapplyErasures" => c
+            .reapply_erasures(pb::ReapplyErasuresRequest {
+                tombstones: vec![vec![7u8; 32]],
+                sweep: true,
             })
             .await
             .map(|_| ()),

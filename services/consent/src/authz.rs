@@ -28,4 +28,6 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "VerifyLedger", &["auditor"])
         .allow(SERVICE, "EraseSubject", &["privacy_ops"])
         .allow(SERVICE, "RestrictProcessing", &["privacy_ops"])
+        .allow(SERVICE, "FindErased", &["privacy_ops"])
+        .allow(SERVICE, "ReapplyErasures", &["privacy_ops"])
 }
