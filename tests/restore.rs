@@ -638,11 +638,27 @@ async fn a_restored_recommendation_database_holds_nobody() {
             .into_inner();
         assert_eq!(r.tier(), rpb::Tier::Popular, "{backend:?}");
         assert!(!learned(&wired, GONE));
-        let o = reapply(&wired).await.outcome.expect("outcome");
-        assert_eq!(
-            (o.profile_subjects_erased, o.consent_subjects_erased),
-            (0, 0)
+        // Nothing to re-apply; the operator's command says so and succeeds.
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_consentgate"))
+            .args(["restore", "reapply-erasures", "--profile"])
+            .arg(format!("http://{}", wired.profile.addr))
+            .env("CONSENTGATE_PRIVACY_OPS_TOKEN", token("privacy-ops"))
+            .output()
+            .await
+            .expect("run consentgate");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{backend:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        assert!(
+            stdout.contains(
+                "completed: 0 erased again in the consent database, 0 in the profile database"
+            ),
+            "{stdout}"
+        );
+        assert!(!stdout.contains(GONE), "{stdout}");
         wired.stop().await;
     }
 }

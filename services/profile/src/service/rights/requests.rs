@@ -329,6 +329,10 @@ impl Service {
                 break;
             };
             let asked: Vec<SubjectRef> = page.iter().filter_map(|k| subject_of_key(k)).collect();
+            after = last;
+            if asked.is_empty() {
+                continue;
+            }
             detail.subjects_checked += asked.len() as u64;
             let erased = consent
                 .find_erased(forwarded(
@@ -366,7 +370,6 @@ impl Service {
                     }
                 }
             }
-            after = last;
         }
         detail.steps.push(format!(
             "profile service: asked about the {} subject(s) it holds; {} of them erased again ({} rows deleted), {} unlearned by the recommendation service",
