@@ -10,7 +10,7 @@ use prost::Message;
 use tonic::Code;
 
 /// Every RPC of the service.
-const RPCS: [&str; 17] = [
+const RPCS: [&str; 18] = [
     "Grant",
     "Refuse",
     "Withdraw",
@@ -28,6 +28,7 @@ const RPCS: [&str; 17] = [
     "RestrictProcessing",
     "FindErased",
     "ReapplyErasures",
+    "ListErasures",
 ];
 
 /// Who may call what, written out independently of `authz.rs` (docs/architecture.md §3 roles).
@@ -49,9 +50,8 @@ fn allowed(rpc: &str, caller: &str) -> bool {
         "Check" | "BatchCheck" | "WatchChanges" => &["enforcer"],
         "Explain" => &["auditor", "privacy_ops"],
         "VerifyLedger" => &["auditor"],
-        "EraseSubject" | "RestrictProcessing" | "FindErased" | "ReapplyErasures" => {
-            &["privacy_ops"]
-        }
+        "EraseSubject" | "RestrictProcessing" | "FindErased" | "ReapplyErasures"
+        | "ListErasures" => &["privacy_ops"],
         other => panic!("unexpected rpc {other}"),
     };
     roles.iter().any(|r| needs.contains(r))
@@ -177,6 +177,10 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
                 tombstones: vec![vec![7u8; 32]],
                 sweep: true,
             })
+            .await
+            .map(|_| ()),
+        "ListErasures" => c
+            .list_erasures(pb::ListErasuresRequest::default())
             .await
             .map(|_| ()),
         other => panic!("unknown rpc {other}"),

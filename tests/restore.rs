@@ -491,9 +491,10 @@ async fn assert_second_run_changes_nothing(wired: &Wired) {
             o.consent_subjects_erased,
             o.profile_subjects_erased,
             o.profile_rows_deleted,
-            o.recommendation_unlearned
+            o.recommendation_unlearned,
+            o.tombstones_copied
         ),
-        (0, 0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0),
         "{o:?}"
     );
     assert!(o.tombstones_sent >= 1, "{o:?}");
@@ -529,6 +530,8 @@ async fn a_restored_profile_database_is_healed_from_the_consent_service() {
         let run = reapply(&wired).await;
         let o = run.outcome.clone().expect("outcome");
         assert_eq!(o.profile_subjects_erased, 1, "{backend:?}: {o:?}");
+        // The copy kept at the erasure was lost with the restore; it is kept again.
+        assert_eq!(o.tombstones_copied, 1, "{o:?}");
         assert!(o.profile_rows_deleted >= 5, "{o:?}");
         assert_eq!(o.subjects_checked, 2, "{o:?}");
         assert_eq!(
@@ -597,7 +600,11 @@ async fn a_restored_consent_database_gets_its_tombstones_back_from_the_profile_s
             (1, 1, 1),
             "{backend:?}: {o:?}"
         );
-        assert_eq!(o.profile_subjects_erased, 0, "{o:?}");
+        assert_eq!(
+            (o.profile_subjects_erased, o.tombstones_copied),
+            (0, 0),
+            "{o:?}"
+        );
         // One `erase` entry re-records the erasure; the chain still verifies (below).
         assert_eq!(wired.consent.ledger_len().await, restored_ledger + 1);
         assert_gone_everywhere(&wired, kept_rows, 3).await;

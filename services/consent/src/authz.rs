@@ -30,4 +30,5 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "RestrictProcessing", &["privacy_ops"])
         .allow(SERVICE, "FindErased", &["privacy_ops"])
         .allow(SERVICE, "ReapplyErasures", &["privacy_ops"])
+        .allow(SERVICE, "ListErasures", &["privacy_ops"])
 }

@@ -197,6 +197,18 @@ impl ConsentService for ConsentApi {
         Ok(Response::new(convert::find_erased_response(found)))
     }
 
+    async fn list_erasures(
+        &self,
+        request: Request<pb::ListErasuresRequest>,
+    ) -> Result<Response<pb::ListErasuresResponse>, Status> {
+        let (after, size) = convert::list_erasures(request.get_ref())?;
+        let (tombstones, next) = self.service.list_erasures(&after, size).await?;
+        Ok(Response::new(pb::ListErasuresResponse {
+            tombstones,
+            next_after: next.unwrap_or_default(),
+        }))
+    }
+
     async fn reapply_erasures(
         &self,
         request: Request<pb::ReapplyErasuresRequest>,

@@ -1,5 +1,5 @@
 //! GetConsents, ListConsentHistory, GetReceipt, VerifyLedger, EraseSubject, RestrictProcessing,
-//! FindErased, ReapplyErasures and WatchChanges: their validation and their answers, page tokens included.
+//! FindErased, ReapplyErasures, ListErasures and WatchChanges: their validation and their answers, page tokens included.
 
 use super::{
     collection_method_pb, common, finish, idempotency, idempotency_key, record_pb, subject,
@@ -226,6 +226,22 @@ pub fn reapply_erasures(r: &pb::ReapplyErasuresRequest) -> Result<(Vec<Vec<u8>>,
         }
     }
     finish(v, Some((r.tombstones.clone(), r.sweep)))
+}
+
+/// Validates a ListErasures: where to continue, and the page size (1,000 when unset).
+pub fn list_erasures(r: &pb::ListErasuresRequest) -> Result<(Vec<u8>, u32), Status> {
+    if r.page_size as usize > MAX_ERASURE_BATCH {
+        return Err(invalid_argument(
+            "page_size",
+            format!("at most {MAX_ERASURE_BATCH}"),
+        ));
+    }
+    let size = if r.page_size == 0 {
+        MAX_ERASURE_BATCH as u32
+    } else {
+        r.page_size
+    };
+    Ok((r.after.clone(), size))
 }
 
 /// ReapplyErasures' answer.

@@ -15,8 +15,8 @@ pub use consent::{grant, grant_response, link, record_signal, recorded, refuse, 
 pub use decide::{MAX_BATCH, batch_check, check, decision_pb, explain, explain_response};
 pub use dsr::{
     MAX_ERASURE_BATCH, consents_response, erase, erase_response, find_erased, find_erased_response,
-    history, history_response, reapply_erasures, reapply_response, receipt, receipt_response,
-    restrict, verify_response, watch, watch_message,
+    history, history_response, list_erasures, reapply_erasures, reapply_response, receipt,
+    receipt_response, restrict, verify_response, watch, watch_message,
 };
 
 use crate::model::{StoredRecord, SubjectKey};

@@ -200,6 +200,20 @@ impl Service {
             .collect())
     }
 
+    /// `ListErasures`: a page of the tombstones held after `after`, and where the next page
+    /// starts (`None`: this page is the last).
+    pub async fn list_erasures(
+        &self,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), ServiceError> {
+        let page = self.engine.store().tombstones_after(after, limit).await?;
+        let next = (page.len() == limit as usize)
+            .then(|| page.last().cloned())
+            .flatten();
+        Ok((page, next))
+    }
+
     /// `ReapplyErasures`: gives a restored database back the tombstones it lacks; with `sweep`,
     /// then erases again every subject it holds whose tombstone it holds (one pass over its
     /// subjects, run once after the last page of tombstones). Each such erasure is an ordinary

@@ -115,6 +115,8 @@ pub trait ConsentStore: Send + Sync + 'static {
         &self,
         tombstones: &[Vec<u8>],
     ) -> Result<Vec<HeldTombstone>, StoreError>;
+    /// Tombstones after `after` in the order of their bytes, at most `limit`.
+    async fn tombstones_after(&self, after: &[u8], limit: u32) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Inserts the tombstones it lacks (after a restore); how many were missing.
     async fn restore_tombstones(&self, tombstones: &[Vec<u8>]) -> Result<u64, StoreError>;
     /// The keys it holds something about despite holding their tombstone (after a restore).
@@ -185,6 +187,9 @@ impl<D: Dialect> ConsentStore for SqlStore<D> {
         tombstones: &[Vec<u8>],
     ) -> Result<Vec<HeldTombstone>, StoreError> {
         SqlStore::tombstones_held(self, tombstones).await
+    }
+    async fn tombstones_after(&self, after: &[u8], limit: u32) -> Result<Vec<Vec<u8>>, StoreError> {
+        SqlStore::tombstones_after(self, after, limit).await
     }
     async fn restore_tombstones(&self, tombstones: &[Vec<u8>]) -> Result<u64, StoreError> {
         SqlStore::restore_tombstones(self, tombstones).await

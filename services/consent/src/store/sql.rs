@@ -523,6 +523,24 @@ impl<D: Dialect> SqlStore<D> {
         Ok(held)
     }
 
+    /// Tombstones after `after` in the order of their bytes, at most `limit`.
+    pub(super) async fn tombstones_after(
+        &self,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT tombstone FROM tombstones WHERE tombstone > $1 ORDER BY tombstone LIMIT $2",
+        )
+        .bind(after.to_vec())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
     /// Inserts the tombstones this database lacks (a restored database given back erasures it
     /// lost), at the current head revision; how many were missing. Serialized with writes, so
     /// that from its commit on every write about those subjects is refused.

@@ -202,6 +202,7 @@ fn reapply_pb(detail: ReapplyDetail) -> pb::ReapplyOutcome {
         subjects_checked: detail.subjects_checked,
         recommendation_unlearned: detail.recommendation_unlearned,
         steps: detail.steps,
+        tombstones_copied: detail.tombstones_copied,
     }
 }
 

@@ -209,6 +209,9 @@ pub struct ReapplyDetail {
     pub recommendation_unlearned: u64,
     /// What was done, step by step, in words.
     pub steps: Vec<String>,
+    /// Tombstones of the consent service this service lacked, kept now.
+    #[serde(default)]
+    pub tombstones_copied: u64,
 }
 
 /// Tombstones or subjects per call to the consent service (its limit).
@@ -216,7 +219,8 @@ const REAPPLY_PAGE: u32 = 1000;
 
 impl Service {
     /// `ReapplyErasures`: after a database was restored from a backup, re-applies every erasure
-    /// done since, in two directions (docs/operations.md "Backup and restore"):
+    /// done since, in two directions (docs/operations.md "Backup and restore"), after keeping a
+    /// copy of every tombstone the consent service holds (0):
     ///
     /// 1. the tombstones kept here go to the consent service, page by page, then one sweep
     ///    there: a restored consent database gets back the tombstones it lost and erases again
@@ -278,6 +282,29 @@ impl Service {
         detail: &mut ReapplyDetail,
     ) -> Result<(), ServiceError> {
         let mut consent = self.gate.consent_client();
+        // 0. A copy of every tombstone the consent service holds (erasures made before copies
+        // were kept, or made there directly), so that a later restore of its database can be
+        // healed from here.
+        let mut after = Vec::new();
+        loop {
+            let page = consent
+                .list_erasures(forwarded(
+                    consent_pb::ListErasuresRequest {
+                        after: after.clone(),
+                        page_size: REAPPLY_PAGE,
+                    },
+                    auth,
+                ))
+                .await
+                .map_err(unanswered)?
+                .into_inner();
+            let kept: Vec<String> = page.tombstones.iter().map(hex::encode).collect();
+            detail.tombstones_copied += self.store.keep_tombstones(&kept).await?;
+            if page.next_after.is_empty() {
+                break;
+            }
+            after = page.next_after;
+        }
         // 1. The tombstones kept here, to the consent service; then its sweep.
         let mut after = String::new();
         loop {
@@ -314,6 +341,10 @@ impl Service {
             .map_err(unanswered)?
             .into_inner();
         detail.consent_subjects_erased += swept.subjects_erased;
+        detail.steps.push(format!(
+            "profile service: kept a copy of {} erasure tombstone(s) of the consent service it lacked",
+            detail.tombstones_copied
+        ));
         detail.steps.push(format!(
             "consent service: given {} erasure tombstone(s) kept here, {} of which it lacked; {} subject(s) or device(s) it held erased again ({} consent records deleted)",
             detail.tombstones_sent,
