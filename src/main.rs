@@ -1,6 +1,6 @@
 //! The `consentgate` binary: `up` (the embedded suite), `serve` (one service, for production),
-//! `policy validate`, `ledger verify` and `keys` (the signing keyring: show, stage, rotate,
-//! verify a receipt). It only parses configuration and wires libraries.
+//! `policy validate`, `ledger verify`, `keys` (the signing keyring: show, stage, rotate, verify
+//! a receipt) and `restore reapply-erasures`. It only parses configuration and wires libraries.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -125,6 +125,31 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// After restoring a database from a backup (docs/operations.md, "Backup and restore").
+    Restore {
+        #[command(subcommand)]
+        command: RestoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RestoreCommand {
+    /// Re-apply every erasure done since the backup, across the three services (the profile
+    /// service's ReapplyErasures): safe to run at any time, and a second run changes nothing.
+    /// Exits non-zero unless the run completed.
+    ReapplyErasures {
+        /// The profile service, which runs the re-application.
+        #[arg(
+            long,
+            env = "CONSENTGATE_PROFILE_URL",
+            default_value = "http://127.0.0.1:50052"
+        )]
+        profile: String,
+        /// A token of a caller with the privacy_ops role (forwarded to the consent and
+        /// recommendation services, as for an erasure).
+        #[arg(long, env = "CONSENTGATE_PRIVACY_OPS_TOKEN", hide_env_values = true)]
+        token: String,
     },
 }
 
@@ -336,6 +361,42 @@ enum KeysCommand {
     },
 }
 
+/// `restore reapply-erasures`: asks the profile service to re-apply erasures and prints what
+/// was done (counts only: the run names nobody).
+async fn reapply_erasures(profile: &str, token: &str) -> anyhow::Result<()> {
+    use consentgate_proto::profile::v1 as pb;
+    let channel = tonic::transport::Channel::from_shared(profile.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the profile service at {profile}"))?;
+    let mut client = pb::profile_service_client::ProfileServiceClient::new(channel);
+    let mut request = tonic::Request::new(pb::ReapplyErasuresRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .context("the token is not a valid header value")?,
+    );
+    let reply = client
+        .reapply_erasures(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("ReapplyErasures failed: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let outcome = reply.outcome.unwrap_or_default();
+    println!("request {}", reply.request_id);
+    for step in &outcome.steps {
+        println!("- {step}");
+    }
+    if reply.state != pb::RequestState::Completed as i32 {
+        anyhow::bail!("the run did not complete; fix the cause above and run it again");
+    }
+    println!(
+        "completed: {} erased again in the consent database, {} in the profile database",
+        outcome.consent_subjects_erased, outcome.profile_subjects_erased
+    );
+    Ok(())
+}
+
 fn load_policy(path: Option<&Path>) -> anyhow::Result<Arc<Policy>> {
     let policy = match path {
         Some(p) => Policy::from_file(p),
@@ -464,6 +525,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys_command(command),
+        Command::Restore {
+            command: RestoreCommand::ReapplyErasures { profile, token },
+        } => reapply_erasures(&profile, &token).await,
         Command::Serve {
             service: Service::Consent(args),
         } => {

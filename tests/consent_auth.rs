@@ -10,7 +10,7 @@ use prost::Message;
 use tonic::Code;
 
 /// Every RPC of the service.
-const RPCS: [&str; 16] = [
+const RPCS: [&str; 19] = [
     "Grant",
     "Refuse",
     "Withdraw",
@@ -27,6 +27,9 @@ const RPCS: [&str; 16] = [
     "EraseSubject",
     "RestrictProcessing",
     "ListSigningKeys",
+    "FindErased",
+    "ReapplyErasures",
+    "ListErasures",
 ];
 
 /// Who may call what, written out independently of `authz.rs` (docs/architecture.md §3 roles).
@@ -48,7 +51,8 @@ fn allowed(rpc: &str, caller: &str) -> bool {
         "Check" | "BatchCheck" | "WatchChanges" => &["enforcer"],
         "Explain" => &["auditor", "privacy_ops"],
         "VerifyLedger" => &["auditor"],
-        "EraseSubject" | "RestrictProcessing" => &["privacy_ops"],
+        "EraseSubject" | "RestrictProcessing" | "FindErased" | "ReapplyErasures"
+        | "ListErasures" => &["privacy_ops"],
         other => panic!("unexpected rpc {other}"),
     };
     roles.iter().any(|r| needs.contains(r))
@@ -165,6 +169,23 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
             .map(|_| ()),
         "ListSigningKeys" => c
             .list_signing_keys(pb::ListSigningKeysRequest {})
+            .await
+            .map(|_| ()),
+        "FindErased" => c
+            .find_erased(pb::FindErasedRequest {
+                subjects: vec![s().expect("subject")],
+            })
+            .await
+            .map(|_| ()),
+        "ReapplyErasures" => c
+            .reapply_erasures(pb::ReapplyErasuresRequest {
+                tombstones: vec![vec![7u8; 32]],
+                sweep: true,
+            })
+            .await
+            .map(|_| ()),
+        "ListErasures" => c
+            .list_erasures(pb::ListErasuresRequest::default())
             .await
             .map(|_| ()),
         other => panic!("unknown rpc {other}"),

@@ -9,7 +9,7 @@ use consentgate_proto::profile::v1 as ppb;
 use prost::Message;
 use tonic::Code;
 
-const RPCS: [&str; 14] = [
+const RPCS: [&str; 15] = [
     "SetAttributes",
     "SubmitAnswers",
     "RecordEvents",
@@ -24,6 +24,7 @@ const RPCS: [&str; 14] = [
     "GetErasureStatus",
     "GetRequestStatus",
     "VerifyAccessLog",
+    "ReapplyErasures",
 ];
 
 /// Who may call what, written out independently of `authz.rs` (docs/architecture.md §3 roles).
@@ -47,6 +48,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
         }
         "GetErasureStatus" | "GetRequestStatus" => &["privacy_ops", "auditor"],
         "VerifyAccessLog" => &["auditor"],
+        "ReapplyErasures" => &["privacy_ops"],
         other => panic!("unexpected rpc {other}"),
     };
     roles.iter().any(|r| needs.contains(r))
@@ -173,6 +175,10 @@ async fn call(profile: &ProfileServer, header: Option<&str>, rpc: &str) -> Code 
         },
         "VerifyAccessLog" => c
             .verify_access_log(ppb::VerifyAccessLogRequest {})
+            .await
+            .map(|_| ()),
+        "ReapplyErasures" => c
+            .reapply_erasures(ppb::ReapplyErasuresRequest {})
             .await
             .map(|_| ()),
         other => panic!("unknown rpc {other}"),

@@ -135,16 +135,47 @@ impl TestServer {
         keys: Arc<LedgerKeys>,
         feed_poll: Duration,
     ) -> TestServer {
+        TestServer::start_listening(ephemeral().await, url, db, keys, feed_poll).await
+    }
+
+    async fn start_listening(
+        listener: tokio::net::TcpListener,
+        url: &str,
+        db: Option<TestDb>,
+        keys: Arc<LedgerKeys>,
+        feed_poll: Duration,
+    ) -> TestServer {
         let started = suite::start_consent(
             policy(),
             authenticator(),
             consent_settings(url, keys, feed_poll),
-            ephemeral().await.into(),
+            listener.into(),
             &Default::default(),
         )
         .await
         .expect("consent service");
         TestServer::around(started, db, url)
+    }
+
+    /// Stops the service, keeping what a restart needs: its address, database and keys (a test
+    /// restores the database from a backup in between, say).
+    pub async fn stop_keeping(self) -> StoppedConsent {
+        let keys = testing::signing_keys(&self.engine);
+        let TestServer {
+            addr,
+            db,
+            url,
+            server,
+            engine,
+        } = self;
+        drop(engine);
+        server.stop().await.expect("consent server");
+        StoppedConsent {
+            addr,
+            db,
+            url,
+            keys,
+        }
     }
 
     /// The harness around a consent service the suite started.
@@ -196,6 +227,39 @@ impl TestServer {
     pub async fn stop(self) {
         self.server.stop().await.expect("consent server");
     }
+}
+
+/// A consent service stopped by [`TestServer::stop_keeping`].
+pub struct StoppedConsent {
+    pub addr: SocketAddr,
+    pub db: Option<TestDb>,
+    pub url: String,
+    keys: Arc<LedgerKeys>,
+}
+
+impl StoppedConsent {
+    /// Starts it again: same address (as a Kubernetes Service keeps it), database and keys.
+    pub async fn start(self) -> TestServer {
+        TestServer::start_listening(
+            rebind(self.addr).await,
+            &self.url,
+            self.db,
+            self.keys,
+            consentgate_consent::server::FEED_POLL,
+        )
+        .await
+    }
+}
+
+/// A listener on the address a stopped service had (retried briefly while the old socket goes).
+pub async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot listen on {addr} again")
 }
 
 /// Adds an `authorization` header with the given raw value.
@@ -351,6 +415,17 @@ impl ProfileServer {
         cascade: Cascade,
     ) -> ProfileServer {
         let db = TestDb::new(backend).await;
+        ProfileServer::start_on(ephemeral().await, consent, db, options, cascade).await
+    }
+
+    /// Starts on `listener` over an existing database (a restart keeps both).
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        consent: &TestServer,
+        db: TestDb,
+        options: ProfileOptions,
+        cascade: Cascade,
+    ) -> ProfileServer {
         let mut gate =
             GateConfig::new(format!("http://{}", consent.addr), token("profile-service"));
         gate.cache_capacity = options.cache_capacity;
@@ -375,12 +450,19 @@ impl ProfileServer {
                 tracing: Default::default(),
             },
             authenticator(),
-            ephemeral().await.into(),
+            listener.into(),
             &Default::default(),
         )
         .await
         .expect("profile service");
         ProfileServer::around(started, db, proxy).await
+    }
+
+    /// Stops the service, keeping its address and database for a restart.
+    pub async fn stop_keeping(self) -> (SocketAddr, TestDb) {
+        self.server.stop().await.expect("profile server");
+        self.pool.close().await;
+        (self.addr, self.db)
     }
 
     /// The harness around a profile service the suite started.

@@ -29,4 +29,7 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "EraseSubject", &["privacy_ops"])
         .allow(SERVICE, "RestrictProcessing", &["privacy_ops"])
         .allow(SERVICE, "ListSigningKeys", &[PC, "privacy_ops", "auditor"])
+        .allow(SERVICE, "FindErased", &["privacy_ops"])
+        .allow(SERVICE, "ReapplyErasures", &["privacy_ops"])
+        .allow(SERVICE, "ListErasures", &["privacy_ops"])
 }

@@ -203,6 +203,14 @@ impl Engine {
         &self.keys
     }
 
+    /// Drops every cached subject state. Tombstones given back to a restored database are
+    /// written outside any change, so a cached state could still say "not erased"; a reader
+    /// that raced this discards what it read (the generation moves).
+    pub(crate) fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+    }
+
     /// How many times a subject's state was read from the store (the cache's misses).
     pub fn store_loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)

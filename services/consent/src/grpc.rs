@@ -192,8 +192,42 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
         let caller = CallerIdentity::of(&request)?;
         let (idempotency, subject) = convert::erase(request.get_ref())?;
-        let outcome = self.service.erase(&caller, idempotency, subject).await?;
-        Ok(Response::new(convert::erase_response(&outcome)))
+        let (outcome, tombstone) = self.service.erase(&caller, idempotency, subject).await?;
+        Ok(Response::new(convert::erase_response(&outcome, tombstone)))
+    }
+
+    async fn find_erased(
+        &self,
+        request: Request<pb::FindErasedRequest>,
+    ) -> Result<Response<pb::FindErasedResponse>, Status> {
+        let subjects = convert::find_erased(request.get_ref())?;
+        let found = self.service.find_erased(subjects).await?;
+        Ok(Response::new(convert::find_erased_response(found)))
+    }
+
+    async fn list_erasures(
+        &self,
+        request: Request<pb::ListErasuresRequest>,
+    ) -> Result<Response<pb::ListErasuresResponse>, Status> {
+        let (after, size) = convert::list_erasures(request.get_ref())?;
+        let (tombstones, next) = self.service.list_erasures(&after, size).await?;
+        Ok(Response::new(pb::ListErasuresResponse {
+            tombstones,
+            next_after: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn reapply_erasures(
+        &self,
+        request: Request<pb::ReapplyErasuresRequest>,
+    ) -> Result<Response<pb::ReapplyErasuresResponse>, Status> {
+        let caller = CallerIdentity::of(&request)?;
+        let (tombstones, sweep) = convert::reapply_erasures(request.get_ref())?;
+        let done = self
+            .service
+            .reapply_erasures(&caller, tombstones, sweep)
+            .await?;
+        Ok(Response::new(convert::reapply_response(done)))
     }
 
     async fn restrict_processing(

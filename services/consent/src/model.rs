@@ -200,6 +200,17 @@ pub struct WriteOutcome {
     pub replayed: bool,
 }
 
+/// An erasure tombstone the store holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldTombstone {
+    /// The tombstone (see [`crate::ledger::LedgerKeys::tombstone`]).
+    pub tombstone: Vec<u8>,
+    /// The revision of the erasure (for a tombstone given back after a restore, the head then).
+    pub revision: u64,
+    /// When it was written.
+    pub erased_at: OffsetDateTime,
+}
+
 /// A change as the WatchChanges stream shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeEvent {

@@ -1985,3 +1985,81 @@ async fn an_unknown_spelling_in_the_database_is_an_error_not_a_guess() {
         );
     }
 }
+
+/// After a restore from an older backup: the tombstones given back are held (only those, and
+/// giving them twice changes nothing), nothing more is recorded about those keys, and what the
+/// database still holds about them is found, erased by an ordinary erase (not answered as a
+/// replay of an erasure the database forgot), and then no longer found.
+#[tokio::test]
+async fn tombstones_given_back_refuse_writes_and_find_what_is_still_held() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = &h.b;
+        let (ada, bob, cy) = (person("ada"), person("bob"), person("cy"));
+        h.write(grant(&ada, "analytics.reporting")).await;
+        h.write(grant(&bob, "analytics.reporting")).await;
+        let tomb = |k: &SubjectKey| h.keys.tombstone(k);
+        let held_set = |held: Vec<consentgate_consent::model::HeldTombstone>| {
+            held.into_iter()
+                .map(|t| t.tombstone)
+                .collect::<BTreeSet<_>>()
+        };
+        let all = [tomb(&ada), tomb(&bob), tomb(&cy)];
+        assert!(
+            h.store
+                .tombstones_held(&all)
+                .await
+                .expect("held")
+                .is_empty(),
+            "[{b}]"
+        );
+        assert!(h.store.erased_but_held().await.expect("scan").is_empty());
+
+        // ada's and cy's tombstones come back (nobody here is cy).
+        let given = [tomb(&ada), tomb(&cy)];
+        assert_eq!(h.store.restore_tombstones(&given).await.expect("give"), 2);
+        assert_eq!(
+            h.store.restore_tombstones(&given).await.expect("again"),
+            0,
+            "[{b}] giving them again changes nothing"
+        );
+        assert_eq!(
+            held_set(h.store.tombstones_held(&all).await.expect("held")),
+            given.iter().cloned().collect::<BTreeSet<_>>(),
+            "[{b}]"
+        );
+        for key in [&ada, &cy] {
+            let refused = h
+                .submit(h.request(grant(key, "analytics.reporting")))
+                .await
+                .expect_err("nothing more is recorded about an erased key");
+            assert!(
+                matches!(refused, StoreError::SubjectErased),
+                "[{b}] {refused:?}"
+            );
+        }
+
+        // ada's rows are still here: found, erased for real, then gone.
+        assert_eq!(
+            keyset(&h.store.erased_but_held().await.expect("scan")),
+            keyset(std::slice::from_ref(&ada)),
+            "[{b}]"
+        );
+        let erased = h.write(erase(&ada)).await;
+        assert!(!erased.replayed, "[{b}] not a replay");
+        assert_eq!(erased.records_deleted, 1, "[{b}]");
+        assert!(
+            h.footprint(&ada).await.iter().all(|(_, n)| *n == 0),
+            "[{b}] {:?}",
+            h.footprint(&ada).await
+        );
+        assert!(h.store.erased_but_held().await.expect("scan").is_empty());
+        assert!(h.load(&ada).await.erased, "[{b}]");
+        let again = h.submit(h.request(erase(&ada))).await.expect("erase again");
+        assert!(again.replayed, "[{b}] now an erase is a replay");
+        // Everybody else is untouched, and the ledger verifies.
+        let bob_rows = h.load(&bob).await;
+        assert!(!bob_rows.erased && bob_rows.records.len() == 1, "[{b}]");
+        h.verify_ok(3).await;
+    }
+}

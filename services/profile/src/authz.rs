@@ -24,4 +24,5 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "GetErasureStatus", &[OPS, "auditor"])
         .allow(SERVICE, "GetRequestStatus", &[OPS, "auditor"])
         .allow(SERVICE, "VerifyAccessLog", &["auditor"])
+        .allow(SERVICE, "ReapplyErasures", &[OPS])
 }

@@ -161,6 +161,16 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         }))
     }
 
+    async fn reapply_erasures(
+        &self,
+        request: Request<pb::ReapplyErasuresRequest>,
+    ) -> Result<Response<pb::ReapplyErasuresResponse>, Status> {
+        let caller = CallerIdentity::of(&request)?;
+        let auth = convert::credentials(&request)?;
+        let run = self.service.reapply_erasures(&caller, &auth).await?;
+        Ok(Response::new(convert::reapply_response(run)))
+    }
+
     async fn verify_access_log(
         &self,
         _request: Request<pb::VerifyAccessLogRequest>,

@@ -1116,3 +1116,83 @@ async fn replicas_on_postgres_keep_their_memory_true_through_announcements() {
         );
     }
 }
+
+/// What re-applying erasures after a restore reads: the tombstones kept (each once, in order,
+/// paged) and every subject held in any table (each once, in order, paged), an erased one no
+/// longer.
+#[tokio::test]
+async fn kept_tombstones_and_held_subjects_page_in_order() {
+    for backend in backends() {
+        let f = Fixture::new(backend).await;
+        let (low, high) = ("00".repeat(32), "ff".repeat(32));
+        assert_eq!(
+            f.store
+                .keep_tombstones(&[high.clone(), low.clone(), high.clone()])
+                .await
+                .expect("keep"),
+            2,
+            "{backend:?}"
+        );
+        assert_eq!(
+            f.store
+                .keep_tombstones(std::slice::from_ref(&low))
+                .await
+                .expect("keep"),
+            0
+        );
+        assert_eq!(
+            f.store.tombstones_after("", 1).await.expect("page"),
+            vec![low.clone()]
+        );
+        assert_eq!(
+            f.store.tombstones_after(&low, 10).await.expect("page"),
+            vec![high.clone()]
+        );
+        assert!(
+            f.store
+                .tombstones_after(&high, 10)
+                .await
+                .expect("page")
+                .is_empty()
+        );
+
+        // Attributes for two subjects, events for a third: every table counts.
+        for s in ["hold-a", "hold-b", "hold-c"] {
+            f.grant(s, "marketing", "1.2").await;
+            let d = f.decide(s, "marketing", &MARKETING_CATEGORIES).await;
+            if s == "hold-c" {
+                f.store
+                    .put_events(&d, &[event(EventKind::ProductView, now_micros(), "i")])
+                    .await
+                    .expect("events");
+            } else {
+                f.store
+                    .put_attributes(&[(
+                        &d,
+                        attr(
+                            "sport",
+                            "padel",
+                            "user.preferences.stated",
+                            Source::ZeroParty,
+                        ),
+                    )])
+                    .await
+                    .expect("put");
+            }
+        }
+        assert_eq!(
+            f.store.subjects_after("", 2).await.expect("page"),
+            vec!["s:hold-a".to_owned(), "s:hold-b".to_owned()],
+            "{backend:?}"
+        );
+        assert_eq!(
+            f.store.subjects_after("s:hold-b", 2).await.expect("page"),
+            vec!["s:hold-c".to_owned()]
+        );
+        f.store.erase_subject("s:hold-a").await.expect("erase");
+        assert_eq!(
+            f.store.subjects_after("", 10).await.expect("page"),
+            vec!["s:hold-b".to_owned(), "s:hold-c".to_owned()]
+        );
+    }
+}

@@ -1,13 +1,16 @@
 //! GetConsents, ListConsentHistory, GetReceipt, ListSigningKeys, VerifyLedger, EraseSubject,
-//! RestrictProcessing and WatchChanges: their validation and their answers, page tokens included.
+//! RestrictProcessing, FindErased, ReapplyErasures, ListErasures and WatchChanges: their validation
+//! and their answers, page tokens included.
 
 use super::{
     collection_method_pb, common, finish, idempotency, idempotency_key, record_pb, subject,
     subject_ref, timestamp, valid_id,
 };
 use crate::ledger::{KeyStatus, VerifyReport, VerifyingKeys};
-use crate::model::{SubjectKey, WriteOutcome};
-use crate::service::{ConsentsView, HistoryPage, Idempotency, Receipt, ServiceError, WatchEvent};
+use crate::model::{HeldTombstone, SubjectKey, WriteOutcome};
+use crate::service::{
+    ConsentsView, HistoryPage, Idempotency, Reapplied, Receipt, ServiceError, WatchEvent,
+};
 use consentgate_proto::consent::v1 as pb;
 use consentgate_runtime::errors::{Violations, invalid_argument};
 use sha2::{Digest, Sha256};
@@ -178,12 +181,108 @@ pub fn erase(r: &pb::EraseSubjectRequest) -> Result<(Idempotency, SubjectKey), S
     Ok((idempotency, subject))
 }
 
-/// EraseSubject's answer.
-pub fn erase_response(outcome: &WriteOutcome) -> pb::EraseSubjectResponse {
+/// EraseSubject's answer, with the subject's tombstone.
+pub fn erase_response(outcome: &WriteOutcome, tombstone: Vec<u8>) -> pb::EraseSubjectResponse {
     pb::EraseSubjectResponse {
+        tombstone,
         revision: outcome.revision,
         records_deleted: outcome.records_deleted,
         erased_at: Some(timestamp(outcome.committed_at)),
+    }
+}
+
+/// The most subjects or tombstones in one FindErased or ReapplyErasures.
+pub const MAX_ERASURE_BATCH: usize = 1000;
+
+/// Validates a FindErased: 1 to 1,000 subjects, each named by its index when wrong.
+pub fn find_erased(r: &pb::FindErasedRequest) -> Result<Vec<SubjectKey>, Status> {
+    let mut v = Violations::default();
+    if r.subjects.is_empty() {
+        v.add("subjects", "required: at least one subject");
+    } else if r.subjects.len() > MAX_ERASURE_BATCH {
+        v.add(
+            "subjects",
+            format!(
+                "at most {MAX_ERASURE_BATCH} per call (got {})",
+                r.subjects.len()
+            ),
+        );
+        return finish(v, None);
+    }
+    let subjects: Vec<Option<SubjectKey>> = r
+        .subjects
+        .iter()
+        .enumerate()
+        .map(|(i, s)| subject(&mut v, &format!("subjects[{i}]"), Some(s)))
+        .collect();
+    finish(v, subjects.into_iter().collect())
+}
+
+/// FindErased's answer: each erased subject as asked, with its tombstone.
+pub fn find_erased_response(found: Vec<(SubjectKey, HeldTombstone)>) -> pb::FindErasedResponse {
+    pb::FindErasedResponse {
+        erased: found
+            .into_iter()
+            .map(|(s, t)| pb::ErasedSubject {
+                subject: Some(subject_ref(&s)),
+                tombstone: t.tombstone,
+                revision: t.revision,
+                erased_at: Some(timestamp(t.erased_at)),
+            })
+            .collect(),
+    }
+}
+
+/// Validates a ReapplyErasures: up to 1,000 tombstones of 32 bytes; the tombstones and whether
+/// to sweep.
+pub fn reapply_erasures(r: &pb::ReapplyErasuresRequest) -> Result<(Vec<Vec<u8>>, bool), Status> {
+    let mut v = Violations::default();
+    if r.tombstones.len() > MAX_ERASURE_BATCH {
+        v.add(
+            "tombstones",
+            format!(
+                "at most {MAX_ERASURE_BATCH} per call (got {})",
+                r.tombstones.len()
+            ),
+        );
+    } else if r.tombstones.is_empty() && !r.sweep {
+        v.add("tombstones", "required: at least one tombstone, or sweep");
+    }
+    for (i, t) in r.tombstones.iter().enumerate() {
+        if t.len() != 32 {
+            v.add(
+                format!("tombstones[{i}]"),
+                "must be 32 bytes, as EraseSubject or FindErased returned it",
+            );
+        }
+    }
+    finish(v, Some((r.tombstones.clone(), r.sweep)))
+}
+
+/// Validates a ListErasures: where to continue, and the page size (1,000 when unset).
+pub fn list_erasures(r: &pb::ListErasuresRequest) -> Result<(Vec<u8>, u32), Status> {
+    if r.page_size as usize > MAX_ERASURE_BATCH {
+        return Err(invalid_argument(
+            "page_size",
+            format!("at most {MAX_ERASURE_BATCH}"),
+        ));
+    }
+    let size = if r.page_size == 0 {
+        MAX_ERASURE_BATCH as u32
+    } else {
+        r.page_size
+    };
+    Ok((r.after.clone(), size))
+}
+
+/// ReapplyErasures' answer.
+pub fn reapply_response(done: Reapplied) -> pb::ReapplyErasuresResponse {
+    pb::ReapplyErasuresResponse {
+        already_present: done.already_present,
+        restored: done.restored,
+        subjects_erased: done.subjects_erased,
+        records_deleted: done.records_deleted,
+        revision: done.revision,
     }
 }
 

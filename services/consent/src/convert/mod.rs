@@ -14,8 +14,9 @@ mod dsr;
 pub use consent::{grant, grant_response, link, record_signal, recorded, refuse, withdraw};
 pub use decide::{MAX_BATCH, batch_check, check, decision_pb, explain, explain_response};
 pub use dsr::{
-    consents_response, erase, erase_response, history, history_response, receipt, receipt_response,
-    restrict, signing_keys_response, verify_response, watch, watch_message,
+    MAX_ERASURE_BATCH, consents_response, erase, erase_response, find_erased, find_erased_response,
+    history, history_response, list_erasures, reapply_erasures, reapply_response, receipt,
+    receipt_response, restrict, signing_keys_response, verify_response, watch, watch_message,
 };
 
 use crate::model::{StoredRecord, SubjectKey};

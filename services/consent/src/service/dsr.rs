@@ -5,9 +5,10 @@
 use super::{Idempotency, Service, ServiceError};
 use crate::engine::to_state;
 use crate::ledger::{self, VerifyReport};
-use crate::model::{Change, StoredRecord, StoredSignal, SubjectKey, WriteOutcome};
+use crate::model::{Change, HeldTombstone, StoredRecord, StoredSignal, SubjectKey, WriteOutcome};
 use consentgate_runtime::CallerIdentity;
-use std::collections::HashSet;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use time::OffsetDateTime;
 
 /// A subject's current consents, as a preference center shows them.
@@ -46,6 +47,21 @@ pub struct HistoryPage {
     pub records: Vec<StoredRecord>,
     /// The revision to continue after, when there is more.
     pub next_after: Option<u64>,
+}
+
+/// What `ReapplyErasures` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reapplied {
+    /// Tombstones the database held already.
+    pub already_present: u64,
+    /// Tombstones it lacked and holds again.
+    pub restored: u64,
+    /// Keys erased again (persons and their linked devices).
+    pub subjects_erased: u64,
+    /// Consent records those erasures deleted.
+    pub records_deleted: u64,
+    /// The revision of the last erasure (0: none).
+    pub revision: u64,
 }
 
 /// A grant's receipt, with the key that verifies it.
@@ -155,15 +171,107 @@ impl Service {
         Ok(report)
     }
 
-    /// Erases the subject (and its linked devices).
+    /// Erases the subject (and its linked devices); the outcome and the subject's tombstone,
+    /// which other services keep so that a restored consent database can be given it back.
     pub async fn erase(
         &self,
         caller: &CallerIdentity,
         idempotency: Idempotency,
         subject: SubjectKey,
-    ) -> Result<WriteOutcome, ServiceError> {
-        self.record(caller, idempotency, Change::Erase { subject })
-            .await
+    ) -> Result<(WriteOutcome, Vec<u8>), ServiceError> {
+        let tombstone = self.engine.keys().tombstone(&subject);
+        let outcome = self
+            .record(caller, idempotency, Change::Erase { subject })
+            .await?;
+        Ok((outcome, tombstone))
+    }
+
+    /// `FindErased`: which of `subjects` are erased, each with its tombstone, in the order asked.
+    pub async fn find_erased(
+        &self,
+        subjects: Vec<SubjectKey>,
+    ) -> Result<Vec<(SubjectKey, HeldTombstone)>, ServiceError> {
+        let keys = self.engine.keys();
+        let tombstones: Vec<Vec<u8>> = subjects.iter().map(|s| keys.tombstone(s)).collect();
+        let held: HashMap<Vec<u8>, HeldTombstone> = self
+            .engine
+            .store()
+            .tombstones_held(&tombstones)
+            .await?
+            .into_iter()
+            .map(|t| (t.tombstone.clone(), t))
+            .collect();
+        Ok(subjects
+            .into_iter()
+            .zip(tombstones)
+            .filter_map(|(s, t)| held.get(&t).map(|h| (s, h.clone())))
+            .collect())
+    }
+
+    /// `ListErasures`: a page of the tombstones held after `after`, and where the next page
+    /// starts (`None`: this page is the last).
+    pub async fn list_erasures(
+        &self,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), ServiceError> {
+        let page = self.engine.store().tombstones_after(after, limit).await?;
+        let next = (page.len() == limit as usize)
+            .then(|| page.last().cloned())
+            .flatten();
+        Ok((page, next))
+    }
+
+    /// `ReapplyErasures`: gives a restored database back the tombstones it lacks; with `sweep`,
+    /// then erases again every subject it holds whose tombstone it holds (one pass over its
+    /// subjects, run once after the last page of tombstones). Each such erasure is an ordinary
+    /// erase change: a ledger entry naming the subject by its pseudonym, whose key is shredded
+    /// again, and a change event that makes every gate and replica drop what it cached. A
+    /// second run finds every tombstone present and nobody to erase, and changes nothing.
+    pub async fn reapply_erasures(
+        &self,
+        caller: &CallerIdentity,
+        tombstones: Vec<Vec<u8>>,
+        sweep: bool,
+    ) -> Result<Reapplied, ServiceError> {
+        let store = self.engine.store();
+        let restored = store.restore_tombstones(&tombstones).await?;
+        if restored > 0 {
+            self.engine.forget_all();
+        }
+        let mut done = Reapplied {
+            already_present: tombstones.len() as u64 - restored.min(tombstones.len() as u64),
+            restored,
+            ..Reapplied::default()
+        };
+        if sweep {
+            for subject in store.erased_but_held().await? {
+                let tombstone = self.engine.keys().tombstone(&subject);
+                // Keyed by the tombstone, so a retry after a failure is answered once; a key
+                // erased meanwhile as a person's linked device is found erased and skipped.
+                let idempotency = Idempotency {
+                    key: format!("reapply-erasure-{}", hex::encode(&tombstone)),
+                    fingerprint: Sha256::digest(&tombstone).into(),
+                };
+                let outcome = self
+                    .record(caller, idempotency, Change::Erase { subject })
+                    .await?;
+                if !outcome.replayed {
+                    // The erased key's link group: itself and, for a person, its devices.
+                    done.subjects_erased += outcome.affected.len().max(1) as u64;
+                    done.records_deleted += outcome.records_deleted;
+                    done.revision = outcome.revision;
+                }
+            }
+        }
+        if done.restored > 0 || done.subjects_erased > 0 {
+            tracing::warn!(
+                restored = done.restored,
+                erased_again = done.subjects_erased,
+                "erasures re-applied to a restored consent database"
+            );
+        }
+        Ok(done)
     }
 
     /// Restricts processing (or lifts the restriction) and returns the revision.

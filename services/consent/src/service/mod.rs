@@ -19,7 +19,7 @@ mod watch;
 
 pub use consent::{ConsentAsk, GrantAsk, Granted, SignalAsk, Target};
 pub use decide::{Ask, Explained};
-pub use dsr::{ConsentsView, CurrentRecord, HistoryPage, Receipt};
+pub use dsr::{ConsentsView, CurrentRecord, HistoryPage, Reapplied, Receipt};
 pub use watch::{WatchEvent, WatchStream};
 
 use crate::engine::{Engine, EngineError};

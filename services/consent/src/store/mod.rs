@@ -14,8 +14,8 @@ pub use sql::SqlStore;
 
 use crate::ledger::keys::LedgerKeys;
 use crate::model::{
-    ChangeEvent, Checkpoint, LedgerEntry, StoredReceipt, StoredRecord, SubjectKey, SubjectRows,
-    Write, WriteOutcome,
+    ChangeEvent, Checkpoint, HeldTombstone, LedgerEntry, StoredReceipt, StoredRecord, SubjectKey,
+    SubjectRows, Write, WriteOutcome,
 };
 use consentgate_store::notify::Notices;
 use consentgate_store::{Backend, Migrations, Setup, SqliteSynchronous};
@@ -110,6 +110,17 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// Notices of commits through this database by any replica, on a connection of their own
     /// (PostgreSQL `LISTEN`); `None` where this process is the only writer (SQLite).
     async fn commit_notices(&self) -> Result<Option<Notices>, StoreError>;
+    /// Which of these erasure tombstones the database holds.
+    async fn tombstones_held(
+        &self,
+        tombstones: &[Vec<u8>],
+    ) -> Result<Vec<HeldTombstone>, StoreError>;
+    /// Tombstones after `after` in the order of their bytes, at most `limit`.
+    async fn tombstones_after(&self, after: &[u8], limit: u32) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Inserts the tombstones it lacks (after a restore); how many were missing.
+    async fn restore_tombstones(&self, tombstones: &[Vec<u8>]) -> Result<u64, StoreError>;
+    /// The keys it holds something about despite holding their tombstone (after a restore).
+    async fn erased_but_held(&self) -> Result<Vec<SubjectKey>, StoreError>;
 }
 
 /// The ledger's last entry and last signed checkpoint, by seq (0: none).
@@ -170,5 +181,20 @@ impl<D: Dialect> ConsentStore for SqlStore<D> {
     }
     async fn commit_notices(&self) -> Result<Option<Notices>, StoreError> {
         SqlStore::commit_notices(self).await
+    }
+    async fn tombstones_held(
+        &self,
+        tombstones: &[Vec<u8>],
+    ) -> Result<Vec<HeldTombstone>, StoreError> {
+        SqlStore::tombstones_held(self, tombstones).await
+    }
+    async fn tombstones_after(&self, after: &[u8], limit: u32) -> Result<Vec<Vec<u8>>, StoreError> {
+        SqlStore::tombstones_after(self, after, limit).await
+    }
+    async fn restore_tombstones(&self, tombstones: &[Vec<u8>]) -> Result<u64, StoreError> {
+        SqlStore::restore_tombstones(self, tombstones).await
+    }
+    async fn erased_but_held(&self) -> Result<Vec<SubjectKey>, StoreError> {
+        SqlStore::erased_but_held(self).await
     }
 }

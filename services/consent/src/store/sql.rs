@@ -6,15 +6,17 @@ use super::{MIGRATIONS, SETUP, StoreError};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{
-    Change, ChangeEvent, Checkpoint, LedgerEntry, StoredReceipt, StoredRecord, StoredSignal,
-    SubjectKey, SubjectRows, Write, WriteOutcome,
+    Change, ChangeEvent, Checkpoint, HeldTombstone, LedgerEntry, StoredReceipt, StoredRecord,
+    StoredSignal, SubjectKey, SubjectRows, Write, WriteOutcome,
 };
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
 use consentgate_policy::CollectionMethod;
 use consentgate_store::notify::Notices;
-use consentgate_store::{Dialect, Tx, begin_serialized, begin_snapshot, to_i64, to_u64};
+use consentgate_store::{
+    Dialect, Tx, begin_serialized, begin_snapshot, placeholders, to_i64, to_u64,
+};
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -96,8 +98,12 @@ impl<D: Dialect> SqlStore<D> {
         let subject_s = subject.storage();
 
         if let Change::Erase { .. } = &write.change {
+            // Already erased, unless rows of the subject sit beside its tombstone: a database
+            // restored from a backup and given its tombstones back (`restore_tombstones`) still
+            // holds what was erased after the backup, and erasing it again must not be a no-op.
             if let Some(revision) =
                 tombstone_revision(&mut tx, &self.keys.tombstone(&subject)).await?
+                && !holds_anything(&mut tx, &subject_s).await?
             {
                 // Already erased: erasure is idempotent even under a new key.
                 let outcome = WriteOutcome {
@@ -494,6 +500,132 @@ impl<D: Dialect> SqlStore<D> {
     }
 }
 
+impl<D: Dialect> SqlStore<D> {
+    /// Which of `tombstones` this database holds, with the revision and time of each.
+    pub(super) async fn tombstones_held(
+        &self,
+        tombstones: &[Vec<u8>],
+    ) -> Result<Vec<HeldTombstone>, StoreError> {
+        let mut held = Vec::new();
+        for part in tombstones.chunks(500) {
+            let sql = format!(
+                "SELECT tombstone, revision, erased_at FROM tombstones WHERE tombstone IN ({})",
+                placeholders(1, part.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for t in part {
+                q = q.bind(t.clone());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                held.push(HeldTombstone {
+                    tombstone: r.get(0),
+                    revision: to_u64(r.get(1)),
+                    erased_at: parse_time(&r.get::<String, _>(2))?,
+                });
+            }
+        }
+        Ok(held)
+    }
+
+    /// Tombstones after `after` in the order of their bytes, at most `limit`.
+    pub(super) async fn tombstones_after(
+        &self,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT tombstone FROM tombstones WHERE tombstone > $1 ORDER BY tombstone LIMIT $2",
+        )
+        .bind(after.to_vec())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
+    /// Inserts the tombstones this database lacks (a restored database given back erasures it
+    /// lost), at the current head revision; how many were missing. Serialized with writes, so
+    /// that from its commit on every write about those subjects is refused.
+    pub(super) async fn restore_tombstones(
+        &self,
+        tombstones: &[Vec<u8>],
+    ) -> Result<u64, StoreError> {
+        let _serialized = self.write_lock.lock().await;
+        let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
+        let head: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ledger")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        let now = rfc3339(OffsetDateTime::now_utc());
+        let mut restored = 0;
+        for t in tombstones {
+            restored += sqlx::query("INSERT INTO tombstones (tombstone, revision, erased_at) VALUES ($1, $2, $3) ON CONFLICT (tombstone) DO NOTHING")
+                .bind(t.clone())
+                .bind(head)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(restored)
+    }
+
+    /// Every key this database holds something about although it holds its tombstone: what a
+    /// restore brought back of subjects erased after the backup, once their tombstones are back.
+    /// One pass over the keys (each written key has a pseudonym key or a revision row), a page
+    /// at a time, computing each key's tombstone: linear in the subjects held, so it runs when
+    /// an operator re-applies erasures, never on a request path.
+    pub(super) async fn erased_but_held(&self) -> Result<Vec<SubjectKey>, StoreError> {
+        const PAGE: i64 = 5_000;
+        let mut found = Vec::new();
+        let mut after = String::new();
+        loop {
+            let mut page: Vec<String> = Vec::new();
+            for sql in [
+                "SELECT subject FROM subject_keys WHERE subject > $1 ORDER BY subject LIMIT $2",
+                "SELECT subject FROM subjects WHERE subject > $1 ORDER BY subject LIMIT $2",
+            ] {
+                for r in sqlx::query(sql)
+                    .bind(&after)
+                    .bind(PAGE)
+                    .fetch_all(&self.pool)
+                    .await?
+                {
+                    page.push(r.get(0));
+                }
+            }
+            page.sort();
+            page.dedup();
+            page.truncate(usize::try_from(PAGE).unwrap_or(usize::MAX));
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            let keys = page
+                .iter()
+                .map(|s| subject_of(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let tombstones: Vec<Vec<u8>> = keys.iter().map(|k| self.keys.tombstone(k)).collect();
+            let held: std::collections::HashSet<Vec<u8>> = self
+                .tombstones_held(&tombstones)
+                .await?
+                .into_iter()
+                .map(|t| t.tombstone)
+                .collect();
+            found.extend(
+                keys.into_iter()
+                    .zip(&tombstones)
+                    .filter(|(_, t)| held.contains(*t))
+                    .map(|(k, _)| k),
+            );
+            after = last;
+        }
+        Ok(found)
+    }
+}
+
 fn record_from(r: &AnyRow) -> Result<StoredRecord, StoreError> {
     let body: String = r.get(1);
     let consent = serde_json::from_str(&body)
@@ -540,6 +672,25 @@ async fn tombstone_revision(tx: &mut Tx<'_>, tombstone: &[u8]) -> Result<Option<
             .await?
             .map(|r| to_u64(r.get(0))),
     )
+}
+
+/// Whether the database holds anything about a key: every write creates the key's pseudonym
+/// key and revision row, and erasure deletes both.
+async fn holds_anything(tx: &mut Tx<'_>, subject: &str) -> Result<bool, StoreError> {
+    for sql in [
+        "SELECT 1 FROM subject_keys WHERE subject = $1",
+        "SELECT 1 FROM subjects WHERE subject = $1",
+    ] {
+        if sqlx::query(sql)
+            .bind(subject)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The subject's pseudonym key, created on first use.
@@ -625,7 +776,8 @@ async fn erase_key(
     ] {
         sqlx::query(sql).bind(&k).execute(&mut **tx).await?;
     }
-    sqlx::query("INSERT INTO tombstones (tombstone, revision, erased_at) VALUES ($1, $2, $3)")
+    // A tombstone given back after a restore may be there already (see `write`).
+    sqlx::query("INSERT INTO tombstones (tombstone, revision, erased_at) VALUES ($1, $2, $3) ON CONFLICT (tombstone) DO NOTHING")
         .bind(tombstone.to_vec())
         .bind(revision)
         .bind(rfc3339(now))

@@ -21,8 +21,8 @@ pub use read::{
 };
 pub use rights::{
     access_report_response, credentials, erase, erasure_response, erasure_status_request,
-    export_response, rectify, rectify_response, request_status_request, request_status_response,
-    subject, verify_response,
+    export_response, reapply_response, rectify, rectify_response, request_status_request,
+    request_status_response, subject, verify_response,
 };
 
 use consentgate_policy::Policy;

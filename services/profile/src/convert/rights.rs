@@ -1,4 +1,5 @@
-//! Data-subject requests (access report, export, rectification, erasure, request status) and
+//! Data-subject requests (access report, export, rectification, erasure, request status, the
+//! re-application of erasures after a restore) and
 //! access-log verification: requests validated into what the service asks, answers turned into
 //! the wire form.
 
@@ -8,7 +9,7 @@ use crate::access_log::Verification;
 use crate::model::{Attribute, DsarRequest};
 use crate::service::{
     AccessEntry, AccessReport, Credentials, EraseAsk, Erasure, ErasureDetail, Export, Outcome,
-    Rectification, RectifyAsk, RequestReport, ServiceError,
+    Reapply, ReapplyDetail, Rectification, RectifyAsk, RequestReport, ServiceError,
 };
 use consentgate_proto::common::v1::SubjectRef;
 use consentgate_proto::profile::v1 as pb;
@@ -178,6 +179,33 @@ fn times(request: &DsarRequest) -> Times {
     }
 }
 
+/// ReapplyErasures' answer.
+pub fn reapply_response(run: Reapply) -> pb::ReapplyErasuresResponse {
+    pb::ReapplyErasuresResponse {
+        state: if times(&run.request).completed {
+            pb::RequestState::Completed
+        } else {
+            pb::RequestState::InProgress
+        } as i32,
+        request_id: run.request.request_id,
+        outcome: Some(reapply_pb(run.detail)),
+    }
+}
+
+fn reapply_pb(detail: ReapplyDetail) -> pb::ReapplyOutcome {
+    pb::ReapplyOutcome {
+        tombstones_sent: detail.tombstones_sent,
+        consent_tombstones_restored: detail.consent_tombstones_restored,
+        consent_subjects_erased: detail.consent_subjects_erased,
+        profile_subjects_erased: detail.profile_subjects_erased,
+        profile_rows_deleted: detail.profile_rows_deleted,
+        subjects_checked: detail.subjects_checked,
+        recommendation_unlearned: detail.recommendation_unlearned,
+        steps: detail.steps,
+        tombstones_copied: detail.tombstones_copied,
+    }
+}
+
 fn erasure_pb(request: &DsarRequest, detail: ErasureDetail) -> pb::ErasureStatus {
     let t = times(request);
     pb::ErasureStatus {
@@ -216,6 +244,10 @@ pub fn request_status_response(report: RequestReport) -> pb::RequestStatus {
                 data_category: r.data_category,
                 reason: r.reason,
             })),
+        ),
+        Outcome::Reapply(detail) => (
+            pb::RequestKind::ErasureReapply,
+            Some(Wire::Reapply(reapply_pb(detail))),
         ),
         Outcome::Unknown => (pb::RequestKind::Unspecified, None),
     };

@@ -22,7 +22,7 @@ pub use read::{
 };
 pub use rights::{
     AccessEntry, AccessReport, Credentials, EraseAsk, Erasure, ErasureDetail, Export, Outcome,
-    Rectification, RectifyAsk, RequestReport,
+    Reapply, ReapplyDetail, Rectification, RectifyAsk, RequestReport,
 };
 
 use crate::access_log::AccessLog;

@@ -157,6 +157,15 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// Deletes everything held about a subject (attributes, events, answers, its pseudonym key,
     /// which leaves its requests anonymous, and their notes); how many rows.
     async fn erase_subject(&self, subject_key: &str) -> Result<u64, StoreError>;
+    /// Keeps erasure tombstones (hex, as the consent service made them); how many were new.
+    async fn keep_tombstones(&self, tombstones: &[String]) -> Result<u64, StoreError>;
+    /// Kept tombstones after `after` in their order, at most `limit`: what a restored consent
+    /// database is given back.
+    async fn tombstones_after(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError>;
+    /// The subject keys this store holds anything about (attributes, events, answers, a
+    /// pseudonym key) after `after` in their order, at most `limit`: what a restored profile
+    /// database asks the consent service about.
+    async fn subjects_after(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError>;
     /// Deletes data of `category` collected before `cutoff` (µs); how many rows.
     async fn purge_before(&self, category: &str, cutoff: i64) -> Result<u64, StoreError>;
 

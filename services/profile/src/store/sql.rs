@@ -893,6 +893,63 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         Ok(deleted)
     }
 
+    async fn keep_tombstones(&self, tombstones: &[String]) -> Result<u64, StoreError> {
+        if tombstones.is_empty() {
+            return Ok(0);
+        }
+        let now = now_micros();
+        let mut tx = self.begin_write().await?;
+        let mut kept = 0;
+        for t in tombstones {
+            kept += sqlx::query("INSERT INTO erasure_tombstones (tombstone, recorded_at) VALUES ($1, $2) ON CONFLICT (tombstone) DO NOTHING")
+                .bind(t)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(kept)
+    }
+
+    async fn tombstones_after(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT tombstone FROM erasure_tombstones WHERE tombstone > $1 ORDER BY tombstone LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
+    async fn subjects_after(&self, after: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        // Per table (each reads an index on subject and stops at the limit), then merged: the
+        // first `limit` of the union are among the first `limit` of each.
+        let mut subjects = Vec::new();
+        for sql in [
+            "SELECT DISTINCT subject FROM attributes WHERE subject > $1 ORDER BY subject LIMIT $2",
+            "SELECT DISTINCT subject FROM events WHERE subject > $1 ORDER BY subject LIMIT $2",
+            "SELECT DISTINCT subject FROM answers WHERE subject > $1 ORDER BY subject LIMIT $2",
+            "SELECT subject FROM subject_keys WHERE subject > $1 ORDER BY subject LIMIT $2",
+        ] {
+            for r in sqlx::query(sql)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            {
+                subjects.push(r.get::<String, _>(0));
+            }
+        }
+        subjects.sort();
+        subjects.dedup();
+        subjects.truncate(limit as usize);
+        Ok(subjects)
+    }
+
     async fn purge_before(&self, category: &str, cutoff: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let mut deleted = 0;

@@ -12,7 +12,7 @@
 mod report;
 mod requests;
 
-pub use requests::ErasureDetail;
+pub use requests::{ErasureDetail, ReapplyDetail};
 
 use super::{DSAR_PURPOSE, Service, ServiceError};
 use crate::model::DsarRequest;
@@ -128,6 +128,15 @@ pub struct Erasure {
     pub detail: ErasureDetail,
 }
 
+/// A ReapplyErasures run and what it did.
+#[derive(Debug, Clone)]
+pub struct Reapply {
+    /// The run's request record.
+    pub request: DsarRequest,
+    /// Its counts and steps.
+    pub detail: ReapplyDetail,
+}
+
 /// Any data-subject request, as GetRequestStatus tells it.
 #[derive(Debug, Clone)]
 pub struct RequestReport {
@@ -151,6 +160,8 @@ pub enum Outcome {
     },
     /// The corrected attribute.
     Rectification(Rectification),
+    /// A ReapplyErasures run's counts and steps.
+    Reapply(ReapplyDetail),
     /// A kind this version does not know.
     Unknown,
 }

@@ -1,14 +1,18 @@
 //! Acting on a data-subject request: RectifyAttribute, EraseSubject (with its cascade to the
-//! consent and recommendation services), and the status of any request by its id.
+//! consent and recommendation services), ReapplyErasures (erasures done since a backup, after a
+//! restore), and the status of any request by its id.
 
 use super::report::rectification;
 use super::{
-    Credentials, EraseAsk, Erasure, Outcome, RectifyAsk, RequestReport, forwarded, key_of, when,
+    Credentials, EraseAsk, Erasure, Outcome, Reapply, RectifyAsk, RequestReport, forwarded, key_of,
+    when,
 };
 use crate::access_log::{self, Verification};
 use crate::model::{Attribute, DsarRequest, Requester, now_micros};
 use crate::service::{Service, ServiceError};
+use consentgate_gate::subject_of_key;
 use consentgate_policy::Policy;
+use consentgate_proto::common::v1::SubjectRef;
 use consentgate_proto::consent::v1 as consent_pb;
 use consentgate_runtime::CallerIdentity;
 
@@ -34,6 +38,9 @@ impl Service {
         Ok((attribute, record.request_id))
     }
 }
+
+/// The kind under which a ReapplyErasures run is recorded.
+pub const REAPPLY_KIND: &str = "reapply_erasures";
 
 /// The stored details of an erasure.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -107,6 +114,13 @@ impl Service {
         match consent {
             Ok(reply) => {
                 let reply = reply.into_inner();
+                // The consent service's tombstone of the subject, kept here so that a consent
+                // database restored from an older backup can be given it back.
+                if !reply.tombstone.is_empty() {
+                    self.store
+                        .keep_tombstones(&[hex::encode(&reply.tombstone)])
+                        .await?;
+                }
                 detail.consent_records_deleted = reply.records_deleted;
                 detail.consent_revision = reply.revision;
                 detail.steps.push(format!(
@@ -176,6 +190,234 @@ impl Service {
     }
 }
 
+/// The stored details of a ReapplyErasures run: counts and steps, never a subject.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReapplyDetail {
+    /// Tombstones kept here and given to the consent service.
+    pub tombstones_sent: u64,
+    /// Of those, tombstones the consent database lacked.
+    pub consent_tombstones_restored: u64,
+    /// Subjects and devices the consent service erased again.
+    pub consent_subjects_erased: u64,
+    /// Subjects held here that the consent service reports erased, erased again.
+    pub profile_subjects_erased: u64,
+    /// Rows those erasures deleted here.
+    pub profile_rows_deleted: u64,
+    /// Subjects held here, all asked about.
+    pub subjects_checked: u64,
+    /// Of the subjects erased here again, those the recommendation service held something about.
+    pub recommendation_unlearned: u64,
+    /// What was done, step by step, in words.
+    pub steps: Vec<String>,
+    /// Tombstones of the consent service this service lacked, kept now.
+    #[serde(default)]
+    pub tombstones_copied: u64,
+}
+
+/// Tombstones or subjects per call to the consent service (its limit).
+const REAPPLY_PAGE: u32 = 1000;
+
+impl Service {
+    /// `ReapplyErasures`: after a database was restored from a backup, re-applies every erasure
+    /// done since, in two directions (docs/operations.md "Backup and restore"), after keeping a
+    /// copy of every tombstone the consent service holds (0):
+    ///
+    /// 1. the tombstones kept here go to the consent service, page by page, then one sweep
+    ///    there: a restored consent database gets back the tombstones it lost and erases again
+    ///    the subjects it holds that they name;
+    /// 2. every subject held here is asked about (FindErased, 1,000 a call): one the consent
+    ///    service reports erased was brought back by a restore of this database, and is erased
+    ///    here again, its tombstone kept, and unlearned by the recommendation service.
+    ///
+    /// Both directions only ever delete what an erasure already deleted once, so it is safe to
+    /// run at any time, and a second run finds nothing to do. Linear in the subjects held here
+    /// and in the consent database (the sweep), so an operator runs it after a restore (and may
+    /// schedule it), rather than every start paying for it. Calls forward the privacy team's
+    /// credentials, as the erasure cascade does. The run is a request: its id, counts and
+    /// steps resolve through GetRequestStatus, and name nobody.
+    pub async fn reapply_erasures(
+        &self,
+        caller: &CallerIdentity,
+        auth: &Credentials,
+    ) -> Result<Reapply, ServiceError> {
+        let (mut record, _) = self
+            .store
+            .begin_request(
+                REAPPLY_KIND,
+                None,
+                &Requester {
+                    caller: caller.name.clone(),
+                    note: String::new(),
+                },
+            )
+            .await?;
+        let mut detail = ReapplyDetail::default();
+        if let Err(error) = self.reapply_steps(auth, &mut detail).await {
+            tracing::warn!(%error, "re-applying erasures stopped; the run stays in progress");
+            detail.steps.push(format!("stopped: {error}; run it again"));
+        } else {
+            record.state = "completed".into();
+            record.completed_at = now_micros();
+        }
+        tracing::info!(
+            consent_restored = detail.consent_tombstones_restored,
+            consent_erased = detail.consent_subjects_erased,
+            profile_erased = detail.profile_subjects_erased,
+            checked = detail.subjects_checked,
+            "erasures re-applied"
+        );
+        record.detail = serde_json::to_string(&detail).unwrap_or_else(|_| "{}".into());
+        self.store.update_request(&record).await?;
+        Ok(Reapply {
+            request: record,
+            detail,
+        })
+    }
+
+    /// The two directions of [`Service::reapply_erasures`]; stops at the first failure (what
+    /// was done until then stays done and counted, and a new run resumes it).
+    async fn reapply_steps(
+        &self,
+        auth: &Credentials,
+        detail: &mut ReapplyDetail,
+    ) -> Result<(), ServiceError> {
+        let mut consent = self.gate.consent_client();
+        // 0. A copy of every tombstone the consent service holds (erasures made before copies
+        // were kept, or made there directly), so that a later restore of its database can be
+        // healed from here.
+        let mut after = Vec::new();
+        loop {
+            let page = consent
+                .list_erasures(forwarded(
+                    consent_pb::ListErasuresRequest {
+                        after: after.clone(),
+                        page_size: REAPPLY_PAGE,
+                    },
+                    auth,
+                ))
+                .await
+                .map_err(unanswered)?
+                .into_inner();
+            let kept: Vec<String> = page.tombstones.iter().map(hex::encode).collect();
+            detail.tombstones_copied += self.store.keep_tombstones(&kept).await?;
+            if page.next_after.is_empty() {
+                break;
+            }
+            after = page.next_after;
+        }
+        // 1. The tombstones kept here, to the consent service; then its sweep.
+        let mut after = String::new();
+        loop {
+            let page = self.store.tombstones_after(&after, REAPPLY_PAGE).await?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            let tombstones: Vec<Vec<u8>> =
+                page.iter().filter_map(|t| hex::decode(t).ok()).collect();
+            detail.tombstones_sent += tombstones.len() as u64;
+            let reply = consent
+                .reapply_erasures(forwarded(
+                    consent_pb::ReapplyErasuresRequest {
+                        tombstones,
+                        sweep: false,
+                    },
+                    auth,
+                ))
+                .await
+                .map_err(unanswered)?
+                .into_inner();
+            detail.consent_tombstones_restored += reply.restored;
+            after = last;
+        }
+        let swept = consent
+            .reapply_erasures(forwarded(
+                consent_pb::ReapplyErasuresRequest {
+                    tombstones: Vec::new(),
+                    sweep: true,
+                },
+                auth,
+            ))
+            .await
+            .map_err(unanswered)?
+            .into_inner();
+        detail.consent_subjects_erased += swept.subjects_erased;
+        detail.steps.push(format!(
+            "profile service: kept a copy of {} erasure tombstone(s) of the consent service it lacked",
+            detail.tombstones_copied
+        ));
+        detail.steps.push(format!(
+            "consent service: given {} erasure tombstone(s) kept here, {} of which it lacked; {} subject(s) or device(s) it held erased again ({} consent records deleted)",
+            detail.tombstones_sent,
+            detail.consent_tombstones_restored,
+            detail.consent_subjects_erased,
+            swept.records_deleted
+        ));
+        // 2. Every subject held here, asked about; the erased ones erased here again.
+        let mut after = String::new();
+        loop {
+            let page = self.store.subjects_after(&after, REAPPLY_PAGE).await?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            let asked: Vec<SubjectRef> = page.iter().filter_map(|k| subject_of_key(k)).collect();
+            after = last;
+            if asked.is_empty() {
+                continue;
+            }
+            detail.subjects_checked += asked.len() as u64;
+            let erased = consent
+                .find_erased(forwarded(
+                    consent_pb::FindErasedRequest { subjects: asked },
+                    auth,
+                ))
+                .await
+                .map_err(unanswered)?
+                .into_inner()
+                .erased;
+            for found in erased {
+                let Some(subject) = found.subject else {
+                    continue;
+                };
+                let key = key_of(&subject);
+                let deleted = self.store.erase_subject(&key).await?;
+                self.store
+                    .keep_tombstones(&[hex::encode(&found.tombstone)])
+                    .await?;
+                detail.profile_subjects_erased += 1;
+                detail.profile_rows_deleted += deleted;
+                if let Some(client) = &self.recommendation {
+                    let unlearned = client
+                        .clone()
+                        .unlearn(forwarded(
+                            consentgate_proto::recommendation::v1::UnlearnRequest {
+                                subject: Some(subject),
+                            },
+                            auth,
+                        ))
+                        .await
+                        .map_err(unanswered)?;
+                    if unlearned.into_inner().forgotten {
+                        detail.recommendation_unlearned += 1;
+                    }
+                }
+            }
+        }
+        detail.steps.push(format!(
+            "profile service: asked about the {} subject(s) it holds; {} of them erased again ({} rows deleted), {} unlearned by the recommendation service",
+            detail.subjects_checked,
+            detail.profile_subjects_erased,
+            detail.profile_rows_deleted,
+            detail.recommendation_unlearned
+        ));
+        Ok(())
+    }
+}
+
+/// A failed call to another service during a data-subject request, by its code.
+fn unanswered(status: tonic::Status) -> ServiceError {
+    ServiceError::ConsentUnanswered(status.code())
+}
+
 /// What an export's detail holds.
 #[derive(Debug, Default, serde::Deserialize)]
 struct ExportDetail {
@@ -232,6 +474,18 @@ fn request_report(policy: &Policy, request: DsarRequest) -> RequestReport {
                 }
             );
             (Outcome::Erasure(detail), summary)
+        }
+        REAPPLY_KIND => {
+            let detail: ReapplyDetail = serde_json::from_str(&request.detail).unwrap_or_default();
+            let summary = format!(
+                "Erasures re-applied after a restore{by} on {at}: {}",
+                if detail.steps.is_empty() {
+                    "started.".to_owned()
+                } else {
+                    detail.steps.join("; ")
+                }
+            );
+            (Outcome::Reapply(detail), summary)
         }
         "export" => {
             let detail: ExportDetail = serde_json::from_str(&request.detail).unwrap_or_default();
