@@ -13,7 +13,8 @@ use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use consentgate_runtime::metrics_otlp::{OtlpPush, spawn_push};
-use consentgate_runtime::{Authenticator, Running, Telemetry, TraceExport, Tracing};
+use consentgate_runtime::tls::{ClientAuth, Dialer, TlsFiles, TlsMaterial};
+use consentgate_runtime::{Authenticator, Edge, Running, Telemetry, TraceExport, Tracing};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +93,29 @@ enum Command {
             default_value = "127.0.0.1:9466"
         )]
         recommendation_metrics_listen: String,
+        /// Serve mutual TLS with development certificates (made under `DATA_DIR/certs` on first
+        /// use): every caller, the services included, is known by its certificate.
+        #[arg(long, env = "CONSENTGATE_MTLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        mtls: bool,
+    },
+    /// Make a development CA and a certificate per caller (SPIFFE IDs as URI SANs) for trying
+    /// mTLS: `DIR/<caller>/{tls.crt,tls.key,ca.crt}` and `DIR/identities.toml`.
+    DevCerts {
+        /// Where to write them.
+        #[arg(long, default_value = "./certs")]
+        out: PathBuf,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = consentgate::dev_certs::DEV_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// The Kubernetes namespace the SPIFFE IDs name.
+        #[arg(long, default_value = consentgate::dev_certs::DEV_NAMESPACE)]
+        namespace: String,
+        /// Host names and addresses every certificate may serve (repeat the flag).
+        #[arg(long = "host", default_values_t = dev_hosts())]
+        hosts: Vec<String>,
+        /// The policy whose callers get certificates; the shipped default when absent.
+        #[arg(long, env = "CONSENTGATE_POLICY")]
+        policy: Option<PathBuf>,
     },
     /// Run one service, configured by flags or environment variables (production).
     Serve {
@@ -176,6 +200,41 @@ struct MetricsArgs {
     metrics_listen: String,
 }
 
+/// Who may call a served service, and over what: tokens, certificates, TLS.
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// TOML file of `caller-name = "token"` lines: callers known by a bearer token (mount it
+    /// from a secret).
+    #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// TOML file of `caller-name = "spiffe://…"` lines: callers known by their client
+    /// certificate's SPIFFE ID (needs --tls-dir). Such a caller is refused with a token alone.
+    #[arg(long, env = "CONSENTGATE_IDENTITIES_FILE")]
+    identities_file: Option<PathBuf>,
+    /// Directory holding `tls.crt`, `tls.key` and `ca.crt` (a cert-manager secret): serve TLS,
+    /// verify client certificates against `ca.crt`, and present `tls.crt` when calling
+    /// `https://` addresses. Re-read every 5 s, so rotated certificates need no restart.
+    #[arg(long, env = "CONSENTGATE_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// With --tls-dir: `required` (every connection presents a client certificate from the
+    /// trust bundle) or `optional` (callers without one authenticate by token).
+    #[arg(long, env = "CONSENTGATE_TLS_CLIENT_AUTH", value_enum, default_value_t = ClientAuthArg::Required)]
+    tls_client_auth: ClientAuthArg,
+    /// A plaintext address serving only gRPC health, for kubelet's probes (which cannot present
+    /// a client certificate); none when absent.
+    #[arg(long, env = "CONSENTGATE_PROBE_LISTEN")]
+    probe_listen: Option<String>,
+}
+
+/// `--tls-client-auth`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ClientAuthArg {
+    /// mTLS: every connection presents a client certificate.
+    Required,
+    /// A client certificate is verified when presented; callers without one use a token.
+    Optional,
+}
+
 #[derive(clap::Args)]
 struct RecommendationArgs {
     #[command(flatten)]
@@ -186,9 +245,8 @@ struct RecommendationArgs {
     /// The policy file (for caller roles); the shipped default when absent.
     #[arg(long, env = "CONSENTGATE_POLICY")]
     policy: Option<PathBuf>,
-    /// TOML file of `caller-name = "token"` lines: who may call this service.
-    #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
-    tokens_file: PathBuf,
+    #[command(flatten)]
+    access: AccessArgs,
     /// The consent service, e.g. `http://consent:50051`.
     #[arg(long, env = "CONSENTGATE_CONSENT_URL")]
     consent_url: String,
@@ -202,8 +260,14 @@ struct RecommendationArgs {
         default_value = "recommendation-service"
     )]
     caller_name: String,
-    /// This service's token at the consent and profile services (from a secret).
-    #[arg(long, env = "CONSENTGATE_SERVICE_TOKEN", hide_env_values = true)]
+    /// This service's token at the consent and profile services (from a secret); not needed
+    /// when it calls them over `https://` with its certificate (--tls-dir).
+    #[arg(
+        long,
+        env = "CONSENTGATE_SERVICE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     service_token: String,
     /// Its own database: `sqlite://PATH` or `postgres://USER@HOST/DB` (tiers and outcomes).
     #[arg(long, env = "CONSENTGATE_DATABASE_URL")]
@@ -226,9 +290,8 @@ struct ProfileArgs {
     /// The policy file (the same one the consent service runs); the shipped default when absent.
     #[arg(long, env = "CONSENTGATE_POLICY")]
     policy: Option<PathBuf>,
-    /// TOML file of `caller-name = "token"` lines: who may call this service.
-    #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
-    tokens_file: PathBuf,
+    #[command(flatten)]
+    access: AccessArgs,
     /// The consent service, e.g. `http://consent:50051`.
     #[arg(long, env = "CONSENTGATE_CONSENT_URL")]
     consent_url: String,
@@ -239,8 +302,14 @@ struct ProfileArgs {
         default_value = "profile-service"
     )]
     caller_name: String,
-    /// This service's token at the consent service (mount it from a secret).
-    #[arg(long, env = "CONSENTGATE_CONSENT_TOKEN", hide_env_values = true)]
+    /// This service's token at the consent service (mount it from a secret); not needed when
+    /// it calls it over `https://` with its certificate (--tls-dir).
+    #[arg(
+        long,
+        env = "CONSENTGATE_CONSENT_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     consent_token: String,
     /// How long cached allows are served after the last change-stream heartbeat, in ms.
     #[arg(long, env = "CONSENTGATE_LEASE_MS", default_value_t = 1000)]
@@ -269,9 +338,8 @@ struct ConsentArgs {
     /// The policy file; the shipped default when absent.
     #[arg(long, env = "CONSENTGATE_POLICY")]
     policy: Option<PathBuf>,
-    /// TOML file of `caller-name = "token"` lines (mount it from a secret).
-    #[arg(long, env = "CONSENTGATE_TOKENS_FILE")]
-    tokens_file: PathBuf,
+    #[command(flatten)]
+    access: AccessArgs,
     /// The key file: a keyring (signing keys by key id and the tombstone key) or a bare seed
     /// of 64 hex digits. A missing or malformed file stops the service.
     #[arg(long, env = "CONSENTGATE_KEY_FILE")]
@@ -407,26 +475,138 @@ fn load_policy(path: Option<&Path>) -> anyhow::Result<Arc<Policy>> {
     })?))
 }
 
-fn load_tokens(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+/// A TOML file of `caller-name = "value"` lines (tokens, or SPIFFE IDs).
+fn load_pairs(path: &Path, what: &str) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading tokens file {}", path.display()))?;
+        .with_context(|| format!("reading {what} file {}", path.display()))?;
     let map: std::collections::BTreeMap<String, String> =
-        toml::from_str(&text).with_context(|| format!("parsing tokens file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {what} file {}", path.display()))?;
     Ok(map.into_iter().collect())
 }
 
 /// What every `serve` subcommand does first: telemetry under the service's name, the policy, and
-/// the authenticator built from the policy's callers and the tokens file.
+/// who may call (the authenticator from the policy's callers, the tokens and identities files)
+/// over what (TLS material, if any).
 fn serving(
     service: &str,
     log_json: bool,
     policy: Option<&Path>,
-    tokens_file: &Path,
-) -> anyhow::Result<(Arc<Policy>, Authenticator)> {
+    access: &AccessArgs,
+) -> anyhow::Result<(Arc<Policy>, Access)> {
     consentgate_runtime::telemetry::init(service, log_json);
     let policy = load_policy(policy)?;
-    let auth = Authenticator::from_policy(&policy, &load_tokens(tokens_file)?)?;
-    Ok((policy, auth))
+    let tokens = match &access.tokens_file {
+        Some(path) => load_pairs(path, "tokens")?,
+        None => Vec::new(),
+    };
+    let identities = match &access.identities_file {
+        Some(path) => load_pairs(path, "identities")?,
+        None => Vec::new(),
+    };
+    if tokens.is_empty() && identities.is_empty() {
+        anyhow::bail!("no callers configured: give --tokens-file, --identities-file or both");
+    }
+    if !identities.is_empty() && access.tls_dir.is_none() {
+        anyhow::bail!(
+            "--identities-file needs --tls-dir: callers are known by certificate only over TLS"
+        );
+    }
+    let authenticator =
+        Authenticator::from_policy(&policy, &tokens)?.with_identities(&policy, &identities)?;
+    let tls = match &access.tls_dir {
+        Some(dir) => {
+            let client_auth = match access.tls_client_auth {
+                ClientAuthArg::Required => ClientAuth::Required,
+                ClientAuthArg::Optional => ClientAuth::Optional,
+            };
+            let material = TlsMaterial::load(TlsFiles::in_dir(dir), client_auth).map_err(|e| {
+                anyhow::anyhow!("the TLS material is unusable, refusing to start: {e}")
+            })?;
+            tracing::info!(dir = %dir.display(), ?client_auth, "serving mutual TLS");
+            Some(material)
+        }
+        None => None,
+    };
+    Ok((
+        policy,
+        Access {
+            authenticator,
+            tls,
+            probe_listen: access.probe_listen.clone(),
+        },
+    ))
+}
+
+/// A served service's callers and transport, before its listeners are bound.
+struct Access {
+    authenticator: Authenticator,
+    tls: Option<TlsMaterial>,
+    probe_listen: Option<String>,
+}
+
+impl Access {
+    /// How outgoing calls are made: with this service's certificate when it has one.
+    fn dialer(&self) -> Dialer {
+        match &self.tls {
+            Some(material) => Dialer::tls(material.clone()),
+            None => Dialer::plaintext(),
+        }
+    }
+
+    /// The server's edge, with the probe listener bound.
+    async fn edge(self, service: &str) -> anyhow::Result<Edge> {
+        let probe = match &self.probe_listen {
+            Some(address) => Some(listen(address, &format!("{service} health probes")).await?),
+            None => None,
+        };
+        Ok(Edge {
+            authenticator: self.authenticator,
+            tls: self.tls,
+            probe,
+        })
+    }
+}
+
+/// The addresses development certificates serve: loopback and the services' names in `deploy/`.
+fn dev_hosts() -> Vec<String> {
+    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    for service in ["consent", "profile", "recommendation"] {
+        hosts.push(service.to_owned());
+        hosts.push(format!("{service}.consentgate.svc"));
+        hosts.push(format!("{service}.consentgate.svc.cluster.local"));
+    }
+    hosts
+}
+
+/// Writes development certificates for every caller of `policy` and the consent service.
+fn write_dev_certs(
+    dir: &Path,
+    trust_domain: &str,
+    namespace: &str,
+    hosts: &[String],
+    policy: &Policy,
+) -> anyhow::Result<()> {
+    let callers: Vec<String> = policy.callers.keys().cloned().collect();
+    consentgate::dev_certs::write_dev_certs(
+        dir,
+        trust_domain,
+        namespace,
+        &callers,
+        &[suite::CONSENT_SERVER.to_owned()],
+        hosts,
+    )
+    .with_context(|| format!("writing development certificates under {}", dir.display()))?;
+    Ok(())
+}
+
+/// Refuses to start a service whose outgoing calls would carry no credential at all.
+fn outgoing_credentials(token: &str, dialer: &Dialer) -> anyhow::Result<()> {
+    if token.is_empty() && !dialer.has_tls() {
+        anyhow::bail!(
+            "this service needs a token for its calls to other services, or --tls-dir to call them with its certificate"
+        );
+    }
+    Ok(())
 }
 
 /// Binds a service's metrics listener, unless `address` is `off`.
@@ -531,11 +711,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             service: Service::Consent(args),
         } => {
-            let (policy, auth) = serving(
+            let (policy, access) = serving(
                 "consentgate-consent",
                 cli.log_json,
                 args.policy.as_deref(),
-                &args.tokens_file,
+                &args.access,
             )?;
             let keys = if args.create_key_file {
                 LedgerKeys::load_or_create(&args.key_file)
@@ -554,7 +734,7 @@ async fn main() -> anyhow::Result<()> {
             consent_server::serve(
                 engine,
                 Duration::from_millis(args.feed_poll_ms),
-                auth,
+                access.edge("consent service").await?,
                 telemetry.clone(),
                 listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
@@ -565,13 +745,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             service: Service::Profile(args),
         } => {
-            let (policy, auth) = serving(
+            let (policy, access) = serving(
                 "consentgate-profile",
                 cli.log_json,
                 args.policy.as_deref(),
-                &args.tokens_file,
+                &args.access,
             )?;
+            outgoing_credentials(&args.consent_token, &access.dialer())?;
             let mut gate = GateConfig::new(args.consent_url, args.consent_token);
+            gate.dialer = access.dialer();
             gate.lease = std::time::Duration::from_millis(args.lease_ms);
             gate.cache_capacity = args.decision_cache;
             let listeners = listeners(&args.listen, &args.metrics, "profile service").await?;
@@ -590,7 +772,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             profile_server::serve(
                 profile,
-                auth,
+                access.edge("profile service").await?,
                 telemetry.clone(),
                 listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
@@ -601,12 +783,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             service: Service::Recommendation(args),
         } => {
-            let (_, auth) = serving(
+            let (_, access) = serving(
                 "consentgate-recommendation",
                 cli.log_json,
                 args.policy.as_deref(),
-                &args.tokens_file,
+                &args.access,
             )?;
+            outgoing_credentials(&args.service_token, &access.dialer())?;
             let catalog = match &args.catalog {
                 Some(path) => Catalog::from_jsonl(
                     &std::fs::read_to_string(path)
@@ -621,7 +804,10 @@ async fn main() -> anyhow::Result<()> {
                 served_telemetry(listeners.metrics, suite::RECOMMENDATION_SERVICE_NAME)?;
             let recommender = recommendation_server::open(RecommendationConfig {
                 catalog,
-                gate: GateConfig::new(args.consent_url, args.service_token.clone()),
+                gate: GateConfig {
+                    dialer: access.dialer(),
+                    ..GateConfig::new(args.consent_url, args.service_token.clone())
+                },
                 name: args.caller_name,
                 profile_url: args.profile_url,
                 profile_token: args.service_token,
@@ -631,13 +817,31 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             recommendation_server::serve(
                 recommender,
-                auth,
+                access.edge("recommendation service").await?,
                 telemetry.clone(),
                 listeners.grpc,
                 consentgate_runtime::server::shutdown_signal(),
             )
             .await?;
             finish_telemetry(telemetry, endpoint).await
+        }
+        Command::DevCerts {
+            out,
+            trust_domain,
+            namespace,
+            hosts,
+            policy,
+        } => {
+            let policy = load_policy(policy.as_deref())?;
+            write_dev_certs(&out, &trust_domain, &namespace, &hosts, &policy)?;
+            println!(
+                "Development CA and certificates written under {} ({} callers and {}); callers' SPIFFE IDs in {}",
+                out.display(),
+                policy.callers.len(),
+                suite::CONSENT_SERVER,
+                out.join("identities.toml").display()
+            );
+            Ok(())
         }
         Command::Demo {
             consent,
@@ -668,6 +872,7 @@ async fn main() -> anyhow::Result<()> {
             consent_metrics_listen,
             profile_metrics_listen,
             recommendation_metrics_listen,
+            mtls,
         } => {
             consentgate_runtime::telemetry::init("consentgate", cli.log_json);
             let policy = load_policy(policy.as_deref())?;
@@ -676,12 +881,46 @@ async fn main() -> anyhow::Result<()> {
             let keys = Arc::new(LedgerKeys::load_or_create(
                 &data_dir.join("consent-signing.key"),
             )?);
-            // Development tokens: predictable so that the README's grpcurl commands work as written.
-            let tokens: Vec<(String, String)> = policy
-                .callers
-                .keys()
-                .map(|name| (name.clone(), format!("dev-{name}")))
-                .collect();
+            let tls = if mtls {
+                use consentgate::dev_certs::{DEV_NAMESPACE, DEV_TRUST_DOMAIN, spiffe_id};
+                let certs = data_dir.join("certs");
+                if !certs.join("ca.crt").exists() {
+                    write_dev_certs(
+                        &certs,
+                        DEV_TRUST_DOMAIN,
+                        DEV_NAMESPACE,
+                        &dev_hosts(),
+                        &policy,
+                    )?;
+                }
+                let identities = policy
+                    .callers
+                    .keys()
+                    .map(|name| {
+                        (
+                            name.clone(),
+                            spiffe_id(DEV_TRUST_DOMAIN, DEV_NAMESPACE, name),
+                        )
+                    })
+                    .collect();
+                Some(suite::SuiteTls { certs, identities })
+            } else {
+                None
+            };
+            // Development tokens: predictable so that the README's grpcurl commands work as
+            // written. Under mTLS every caller is known by its certificate instead.
+            let tokens: Vec<(String, String)> = match &tls {
+                Some(_) => Vec::new(),
+                None => policy
+                    .callers
+                    .keys()
+                    .map(|name| (name.clone(), format!("dev-{name}")))
+                    .collect(),
+            };
+            let seeder = match &tls {
+                Some(tls) => seed::Callers::DevCertificates(tls.certs.clone()),
+                None => seed::Callers::DevTokens,
+            };
             let suite = suite::start(SuiteConfig {
                 policy: policy.clone(),
                 tokens: tokens.clone(),
@@ -716,22 +955,26 @@ async fn main() -> anyhow::Result<()> {
                 },
                 catalog: Catalog::demo(5000),
                 traces: TraceExport::FromEnv,
+                tls: tls.clone(),
             })
             .await?;
             let address = suite.consent.address().to_string();
             let profile_address = suite.profile.address().to_string();
-            seed::demo_consents(&address, "dev-preference-center")
+            seed::demo_consents(&address, &seeder)
                 .await
                 .context("seeding demo consents")?;
             // Events and answers append, so the demo profile is seeded once per data folder.
             let seeded = data_dir.join("profile-demo-seeded");
             if !seeded.exists() {
-                seed::demo_profiles(&profile_address)
+                seed::demo_profiles(&profile_address, &seeder)
                     .await
                     .context("seeding demo profiles")?;
                 std::fs::write(&seeded, "demo profiles seeded\n")?;
             }
-            print_banner(&suite, &tokens, &policy);
+            match &tls {
+                Some(tls) => print_mtls_banner(&suite, &tls.certs),
+                None => print_banner(&suite, &tokens, &policy),
+            }
             suite
                 .run_until(consentgate_runtime::server::shutdown_signal())
                 .await?;
@@ -781,6 +1024,28 @@ async fn finish_telemetry(
 
 fn hex_head(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `up --mtls` prints: where the certificates are and how to call with one.
+fn print_mtls_banner(suite: &suite::Suite, certs: &Path) {
+    let consent = suite.consent.address();
+    let profile = suite.profile.address();
+    let recommendation = suite.recommendation.address();
+    let certs = certs.display();
+    println!("consentgate is up over mutual TLS (development certificates, loopback only)");
+    println!("  consent service   {consent}");
+    println!("  profile service   {profile}");
+    println!("  recommendation    {recommendation}");
+    println!();
+    println!("Every caller is known by its certificate (no tokens): {certs}/<caller>/tls.crt");
+    println!("Try:");
+    println!(
+        "  grpcurl -cacert {certs}/ca.crt -cert {certs}/privacy-ops/tls.crt -key {certs}/privacy-ops/tls.key -d '{{\"subject\":{{\"subject_id\":\"demo-alice\"}}}}' {profile} consentgate.profile.v1.ProfileService/GetAccessReport"
+    );
+    println!(
+        "  grpcurl -cacert {certs}/ca.crt -cert {certs}/recommendation-service/tls.crt -key {certs}/recommendation-service/tls.key -d '{{\"subject\":{{\"subject_id\":\"demo-alice\"}},\"n\":5}}' {recommendation} consentgate.recommendation.v1.RecommendationService/Recommend"
+    );
+    println!("Press Ctrl-C to stop.");
 }
 
 fn print_banner(suite: &suite::Suite, tokens: &[(String, String)], policy: &Policy) {

@@ -4,7 +4,47 @@
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as pb;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use consentgate_runtime::tls::{ClientAuth, Dialer, TlsFiles, TlsMaterial};
+use std::path::PathBuf;
 use tonic::Request;
+use tonic::transport::Channel;
+
+/// How the seeder calls the suite as one of the policy's callers: with the caller's development
+/// token over plaintext, or (under `up --mtls`) with the caller's development certificate.
+pub enum Callers {
+    /// Plaintext; caller `c` sends `dev-c`.
+    DevTokens,
+    /// TLS; caller `c` presents `certs/c/tls.crt`.
+    DevCertificates(PathBuf),
+}
+
+impl Callers {
+    /// A channel to `address` as `caller`.
+    async fn channel(&self, address: &str, caller: &str) -> anyhow::Result<Channel> {
+        match self {
+            Callers::DevTokens => Ok(Channel::from_shared(format!("http://{address}"))?
+                .connect()
+                .await?),
+            Callers::DevCertificates(certs) => {
+                let material =
+                    TlsMaterial::load(TlsFiles::in_dir(&certs.join(caller)), ClientAuth::Required)?;
+                let target = Dialer::tls(material).target(&format!("https://{address}"))?;
+                Ok(target.connect_lazy())
+            }
+        }
+    }
+
+    /// `message` with `caller`'s token, when callers send tokens.
+    fn request<T>(&self, caller: &str, message: T) -> anyhow::Result<Request<T>> {
+        let mut request = Request::new(message);
+        if let Callers::DevTokens = self {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer dev-{caller}").parse()?);
+        }
+        Ok(request)
+    }
+}
 
 fn subject(id: &str) -> Option<SubjectRef> {
     Some(SubjectRef {
@@ -12,18 +52,11 @@ fn subject(id: &str) -> Option<SubjectRef> {
     })
 }
 
-fn authorized<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
-}
-
 /// Seeds demo-alice (opted in to profiled and limited personalization and e-mail marketing),
 /// demo-bob (California, Global Privacy Control on) and demo-carol (aged 13–15).
-pub async fn demo_consents(address: &str, token: &str) -> anyhow::Result<()> {
-    let mut client = ConsentServiceClient::connect(format!("http://{address}")).await?;
+pub async fn demo_consents(address: &str, callers: &Callers) -> anyhow::Result<()> {
+    const CALLER: &str = "preference-center";
+    let mut client = ConsentServiceClient::new(callers.channel(address, CALLER).await?);
     let grants = [
         ("demo-alice", "personalize.content.profiled", "", "2.0"),
         ("demo-alice", "personalize.content.limited", "", "2.0"),
@@ -48,7 +81,7 @@ pub async fn demo_consents(address: &str, token: &str) -> anyhow::Result<()> {
             idempotency_key: format!("demo-seed-grant-{i}"),
             ..Default::default()
         };
-        client.grant(authorized(grant, token)?).await?;
+        client.grant(callers.request(CALLER, grant)?).await?;
     }
     let signals = [
         ("demo-bob", pb::SignalKind::Gpc, "1"),
@@ -62,18 +95,22 @@ pub async fn demo_consents(address: &str, token: &str) -> anyhow::Result<()> {
             idempotency_key: format!("demo-seed-signal-{i}"),
             collection_method: pb::CollectionMethod::PreferenceCenter as i32,
         };
-        client.record_signal(authorized(signal, token)?).await?;
+        client
+            .record_signal(callers.request(CALLER, signal)?)
+            .await?;
     }
     Ok(())
 }
 
 /// Seeds demo-alice's profile through the profile service, as the collector and the preference
 /// center would: an e-mail address, stated preferences, a quiz answer and a short shopping history.
-pub async fn demo_profiles(address: &str) -> anyhow::Result<()> {
+pub async fn demo_profiles(address: &str, callers: &Callers) -> anyhow::Result<()> {
     use consentgate_proto::common::v1::DataSource;
     use consentgate_proto::profile::v1 as profile;
     use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
-    let mut client = ProfileServiceClient::connect(format!("http://{address}")).await?;
+    let mut collector = ProfileServiceClient::new(callers.channel(address, "collector").await?);
+    let mut preference_center =
+        ProfileServiceClient::new(callers.channel(address, "preference-center").await?);
     let attribute =
         |name: &str, value: &str, category: &str, purpose: &str| profile::AttributeInput {
             name: name.into(),
@@ -83,8 +120,9 @@ pub async fn demo_profiles(address: &str) -> anyhow::Result<()> {
             purpose: purpose.into(),
             ..Default::default()
         };
-    client
-        .set_attributes(authorized(
+    collector
+        .set_attributes(callers.request(
+            "collector",
             profile::SetAttributesRequest {
                 subject: subject("demo-alice"),
                 context: None,
@@ -109,11 +147,11 @@ pub async fn demo_profiles(address: &str) -> anyhow::Result<()> {
                     ),
                 ],
             },
-            "dev-collector",
         )?)
         .await?;
-    client
-        .submit_answers(authorized(
+    preference_center
+        .submit_answers(callers.request(
+            "preference-center",
             profile::SubmitAnswersRequest {
                 subject: subject("demo-alice"),
                 purpose: "personalize.content.limited".into(),
@@ -126,7 +164,6 @@ pub async fn demo_profiles(address: &str) -> anyhow::Result<()> {
                 }],
                 ..Default::default()
             },
-            "dev-preference-center",
         )?)
         .await?;
     let event =
@@ -143,8 +180,9 @@ pub async fn demo_profiles(address: &str) -> anyhow::Result<()> {
             quantity: u32::from(amount > 0),
             ..Default::default()
         };
-    client
-        .record_events(authorized(
+    collector
+        .record_events(callers.request(
+            "collector",
             profile::RecordEventsRequest {
                 subject: subject("demo-alice"),
                 purpose: "personalize.content.profiled".into(),
@@ -156,7 +194,6 @@ pub async fn demo_profiles(address: &str) -> anyhow::Result<()> {
                 ],
                 ..Default::default()
             },
-            "dev-collector",
         )?)
         .await?;
     Ok(())

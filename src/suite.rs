@@ -14,11 +14,13 @@ use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use consentgate_recommendation::service::Recommender;
 use consentgate_runtime::metrics_otlp::{OtlpPush, spawn_push};
+use consentgate_runtime::tls::{ClientAuth, Dialer, TlsError, TlsFiles, TlsMaterial};
 use consentgate_runtime::traces::TracingError;
 use consentgate_runtime::{
-    Authenticator, Metrics, Running, Telemetry, TokenError, TraceExport, Tracing,
+    Authenticator, Edge, Metrics, Running, Telemetry, TokenError, TraceExport, Tracing,
 };
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -38,6 +40,9 @@ pub enum SuiteError {
     /// The callers' tokens are unusable.
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    /// A service's certificate is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A service needs a token for a caller that has none.
     #[error("no token for caller {0:?}: the services call each other with their own tokens")]
     MissingToken(&'static str),
@@ -75,6 +80,8 @@ pub struct Started<T, E> {
     pub telemetry: Telemetry,
     /// The `/metrics` endpoint, when metrics are on.
     pub metrics_server: Option<Running<std::io::Error>>,
+    /// Whether it serves TLS (its URL is `https://`).
+    pub tls: bool,
 }
 
 impl<T, E: Send + 'static> Started<T, E> {
@@ -104,9 +111,10 @@ impl<T, E: Send + 'static> Started<T, E> {
         Ok(())
     }
 
-    /// `http://host:port`, for clients and the other services.
+    /// `http://host:port` (`https://` over TLS), for clients and the other services.
     pub fn url(&self) -> String {
-        format!("http://{}", self.server.address())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.server.address())
     }
 }
 
@@ -183,7 +191,7 @@ fn telemetry(
 /// Starts the consent service on `listeners`, its spans exported as `traces` says.
 pub async fn start_consent(
     policy: Arc<Policy>,
-    auth: Authenticator,
+    edge: impl Into<Edge>,
     settings: ConsentSettings,
     listeners: Listeners,
     traces: &TraceExport,
@@ -199,14 +207,17 @@ pub async fn start_consent(
     let served = engine.clone();
     let observed = telemetry.clone();
     let feed_poll = settings.feed_poll;
+    let edge = edge.into();
+    let tls = edge.tls.is_some();
     let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
-        consent_server::serve(served, feed_poll, auth, observed, listener, shutdown)
+        consent_server::serve(served, feed_poll, edge, observed, listener, shutdown)
     })?;
     Ok(Started {
         service: engine,
         server,
         telemetry,
         metrics_server,
+        tls,
     })
 }
 
@@ -214,7 +225,7 @@ pub async fn start_consent(
 /// metrics (and its gate's) are collected when `listeners` has a metrics port.
 pub async fn start_profile(
     config: ProfileConfig,
-    auth: Authenticator,
+    edge: impl Into<Edge>,
     listeners: Listeners,
     traces: &TraceExport,
 ) -> Result<ProfileService, SuiteError> {
@@ -228,10 +239,12 @@ pub async fn start_profile(
     }
     let served = profile.shared.clone();
     let observed = telemetry.clone();
+    let edge = edge.into();
+    let tls = edge.tls.is_some();
     let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
         profile_server::serve(
             Profile { shared: served },
-            auth,
+            edge,
             observed,
             listener,
             shutdown,
@@ -242,6 +255,7 @@ pub async fn start_profile(
         server,
         telemetry,
         metrics_server,
+        tls,
     })
 }
 
@@ -249,7 +263,7 @@ pub async fn start_profile(
 /// metrics (and its gate's) are collected when `listeners` has a metrics port.
 pub async fn start_recommendation(
     config: RecommendationConfig,
-    auth: Authenticator,
+    edge: impl Into<Edge>,
     listeners: Listeners,
     traces: &TraceExport,
 ) -> Result<RecommendationService, SuiteError> {
@@ -263,14 +277,17 @@ pub async fn start_recommendation(
     }
     let served = recommender.clone();
     let observed = telemetry.clone();
+    let edge = edge.into();
+    let tls = edge.tls.is_some();
     let server = Running::spawn(listeners.grpc, move |listener, shutdown| {
-        recommendation_server::serve(served, auth, observed, listener, shutdown)
+        recommendation_server::serve(served, edge, observed, listener, shutdown)
     })?;
     Ok(Started {
         service: recommender,
         server,
         telemetry,
         metrics_server,
+        tls,
     })
 }
 
@@ -302,6 +319,38 @@ pub struct SuiteConfig {
     pub catalog: Catalog,
     /// Where the services' spans go (each under its own `service.name`).
     pub traces: TraceExport,
+    /// Mutual TLS between everyone (`None`: plaintext, callers known by their tokens).
+    pub tls: Option<SuiteTls>,
+}
+
+/// The suite over mutual TLS: every service serves and calls with its own certificate, and
+/// every caller is known by its certificate's SPIFFE ID (tokens are refused).
+#[derive(Clone, Debug)]
+pub struct SuiteTls {
+    /// A directory laid out by [`crate::dev_certs::write_dev_certs`]: `<caller>/tls.crt`, …
+    /// for every caller and for [`CONSENT_SERVER`].
+    pub certs: PathBuf,
+    /// `(caller, SPIFFE ID)` for every caller.
+    pub identities: Vec<(String, String)>,
+}
+
+/// The name of the consent service's own certificate directory under [`SuiteTls::certs`] (the
+/// consent service calls no one, so it is no caller of the policy).
+pub const CONSENT_SERVER: &str = "consent-service";
+
+impl SuiteTls {
+    /// The edge of the service whose certificate lives under `certs/<name>`.
+    fn edge(&self, policy: &Policy, name: &str) -> Result<Edge, SuiteError> {
+        let material = TlsMaterial::load(
+            TlsFiles::in_dir(&self.certs.join(name)),
+            ClientAuth::Required,
+        )?;
+        Ok(Edge {
+            authenticator: Authenticator::default().with_identities(policy, &self.identities)?,
+            tls: Some(material),
+            probe: None,
+        })
+    }
 }
 
 /// The three services, running.
@@ -319,24 +368,45 @@ pub struct Suite {
 /// profile service, and the profile service's erasure cascade reaches the recommendation service.
 pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
     let auth = Authenticator::from_policy(&config.policy, &config.tokens)?;
-    let token_of = |caller: &'static str| {
-        config
+    let tls = config.tls.as_ref();
+    let token_of = |caller: &'static str| match tls {
+        // Known by its certificate: no token.
+        Some(_) => Ok(String::new()),
+        None => config
             .tokens
             .iter()
             .find(|(name, _)| name == caller)
             .map(|(_, token)| token.clone())
-            .ok_or(SuiteError::MissingToken(caller))
+            .ok_or(SuiteError::MissingToken(caller)),
     };
+    let edge_of = |name: &str| -> Result<Edge, SuiteError> {
+        match tls {
+            Some(tls) => tls.edge(&config.policy, name),
+            None => Ok(auth.clone().into()),
+        }
+    };
+    let (consent_edge, profile_edge, recommendation_edge) = (
+        edge_of(CONSENT_SERVER)?,
+        edge_of(PROFILE_CALLER)?,
+        edge_of(RECOMMENDATION_CALLER)?,
+    );
+    let dialer_of = |edge: &Edge| match &edge.tls {
+        Some(material) => Dialer::tls(material.clone()),
+        None => Dialer::plaintext(),
+    };
+    let (profile_dialer, recommendation_dialer) =
+        (dialer_of(&profile_edge), dialer_of(&recommendation_edge));
     let profile_token = token_of(PROFILE_CALLER)?;
     let recommendation_token = token_of(RECOMMENDATION_CALLER)?;
     let recommendation_url = format!(
-        "http://{}",
+        "{}://{}",
+        if tls.is_some() { "https" } else { "http" },
         config.recommendation_listeners.grpc.local_addr()?
     );
 
     let consent = start_consent(
         config.policy.clone(),
-        auth.clone(),
+        consent_edge,
         config.consent,
         config.consent_listeners,
         &config.traces,
@@ -344,6 +414,7 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
     .await?;
     let mut gate = GateConfig::new(consent.url(), profile_token);
     gate.cache_capacity = config.profile_decision_cache;
+    gate.dialer = profile_dialer;
     let profile = start_profile(
         ProfileConfig {
             policy: config.policy.clone(),
@@ -355,7 +426,7 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
             metrics: Metrics::disabled(),
             tracing: Default::default(),
         },
-        auth.clone(),
+        profile_edge,
         config.profile_listeners,
         &config.traces,
     )
@@ -363,14 +434,17 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
     let recommendation = start_recommendation(
         RecommendationConfig {
             catalog: config.catalog,
-            gate: GateConfig::new(consent.url(), recommendation_token.clone()),
+            gate: GateConfig {
+                dialer: recommendation_dialer,
+                ..GateConfig::new(consent.url(), recommendation_token.clone())
+            },
             name: RECOMMENDATION_CALLER.into(),
             profile_url: profile.url(),
             profile_token: recommendation_token,
             database_url: config.recommendation_database_url,
             metrics: Metrics::disabled(),
         },
-        auth,
+        recommendation_edge,
         config.recommendation_listeners,
         &config.traces,
     )

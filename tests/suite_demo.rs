@@ -106,3 +106,63 @@ async fn the_demo_story_holds_on_every_backend() {
         suite.stop().await;
     }
 }
+
+/// Under `up`, each port's reflection lists its own service (and health and reflection), never
+/// the other two: grpcurl against one port must not suggest RPCs it cannot serve.
+#[tokio::test]
+async fn each_port_reflects_only_its_own_service() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let suite = Suite::start(consentgate_consent::testing::Backend::Sqlite).await;
+    let ports = [
+        ("consentgate.consent.v1.ConsentService", suite.consent.addr),
+        ("consentgate.profile.v1.ProfileService", suite.profile.addr),
+        (
+            "consentgate.recommendation.v1.RecommendationService",
+            suite.recommendation.addr,
+        ),
+    ];
+    for (own, address) in ports {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let answer = answers
+            .message()
+            .await
+            .expect("answer")
+            .expect("one answer");
+        let Some(MessageResponse::ListServicesResponse(listed)) = answer.message_response else {
+            panic!("not a service list: {answer:?}");
+        };
+        let names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.iter().any(|n| n == own),
+            "{own} on its port: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
+        for (other, _) in ports.iter().filter(|(name, _)| *name != own) {
+            assert!(
+                !names.iter().any(|n| n == other),
+                "{other} listed on {own}'s port: {names:?}"
+            );
+        }
+    }
+    suite.stop().await;
+}

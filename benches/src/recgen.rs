@@ -141,6 +141,7 @@ fn start(
             recommendation_listeners: listener().await?.into(),
             catalog: Catalog::demo(5000),
             traces: Default::default(),
+            tls: None,
         })
         .await?;
         anyhow::Ok(suite)

@@ -835,6 +835,7 @@ impl Suite {
             recommendation_listeners: listeners().await,
             catalog: consentgate_recommendation::catalog::Catalog::demo(5000),
             traces: Default::default(),
+            tls: None,
         })
         .await
         .expect("suite");

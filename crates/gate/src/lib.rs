@@ -22,6 +22,7 @@ use breaker::{Admission, Breaker};
 use consentgate_proto::consent::v1::CheckRequest;
 use consentgate_proto::consent::v1::CheckResponse;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
+use consentgate_runtime::tls::{Dialer, Target};
 use consentgate_runtime::{Metrics, traces};
 use observe::GateMetrics;
 use opentelemetry::KeyValue;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use watch::Freshness;
 
 /// Decisions a gate caches unless told otherwise: enough for a busy service's active subjects.
@@ -43,8 +44,12 @@ pub struct GateConfig {
     /// Where to open the change stream; `None`: the same endpoint. (Separate so a test can cut
     /// the stream alone, as a network partition would.)
     pub watch_endpoint: Option<String>,
-    /// This service's bearer token at the consent service (a caller with the `enforcer` role).
+    /// This service's bearer token at the consent service (a caller with the `enforcer` role);
+    /// empty when the service is known there by its client certificate (`dialer`).
     pub token: String,
+    /// How connections are made: plaintext, or TLS with the service's own certificate for
+    /// `https://` endpoints.
+    pub dialer: Dialer,
     /// Cached allows are served only this long after the last heartbeat (docs/architecture.md §3: 1 s).
     pub lease: Duration,
     /// The heartbeat interval asked of the consent service; well under the lease.
@@ -70,6 +75,7 @@ impl GateConfig {
             consent_endpoint: endpoint.into(),
             watch_endpoint: None,
             token: token.into(),
+            dialer: Dialer::plaintext(),
             lease: Duration::from_secs(1),
             heartbeat: Duration::from_millis(250),
             check_timeout: Duration::from_secs(2),
@@ -160,9 +166,9 @@ struct Inner {
     /// Replaced by a new connection when a call hangs: behind a Service address, a new
     /// connection may reach another replica.
     client: std::sync::RwLock<ConsentServiceClient<Channel>>,
-    endpoint: Endpoint,
+    endpoint: Target,
     breaker: Breaker,
-    auth: MetadataValue<Ascii>,
+    auth: Option<MetadataValue<Ascii>>,
     name: String,
     cache: Option<moka::sync::Cache<Vec<u8>, Arc<Cached>>>,
     freshness: Arc<Freshness>,
@@ -176,13 +182,18 @@ impl Gate {
     /// service starts while the consent service is down (and fails closed until it is up).
     /// `name` is this service's caller name, recorded as the caller of its own checks.
     pub fn start(config: GateConfig, name: impl Into<String>) -> Result<Gate, GateError> {
-        let endpoint = |url: &str| -> Result<Endpoint, GateError> {
-            Ok(Endpoint::from_shared(url.to_owned())
-                .map_err(|e| GateError::Config(format!("consent endpoint {url:?}: {e}")))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5)))
+        let endpoint = |url: &str| -> Result<Target, GateError> {
+            Ok(config
+                .dialer
+                .target(url)
+                .map_err(|e| GateError::Config(format!("consent endpoint: {e}")))?
+                .configure(|endpoint| {
+                    endpoint
+                        .connect_timeout(Duration::from_secs(1))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_timeout(Duration::from_secs(5))
+                }))
         };
         let check_endpoint = endpoint(&config.consent_endpoint)?;
         let client = connect(&check_endpoint);
@@ -192,9 +203,14 @@ impl Gate {
             Some(url) => endpoint(url)?,
             None => check_endpoint.clone(),
         };
-        let auth: MetadataValue<Ascii> = format!("Bearer {}", config.token)
-            .parse()
-            .map_err(|_| GateError::Config("the token is not valid header text".into()))?;
+        let auth: Option<MetadataValue<Ascii>> = match config.token.as_str() {
+            "" => None,
+            token => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| GateError::Config("the token is not valid header text".into()))?,
+            ),
+        };
         let metrics = Arc::new(GateMetrics::new(&config.metrics));
         let freshness = Arc::new(Freshness::new(
             config.lease,
@@ -545,8 +561,7 @@ impl Gate {
         let asked = checks.len();
         let mut call =
             tonic::Request::new(consentgate_proto::consent::v1::BatchCheckRequest { checks });
-        call.metadata_mut()
-            .insert("authorization", self.inner.auth.clone());
+        authorize(call.metadata_mut(), &self.inner.auth);
         traces::inject(call.metadata_mut());
         call.set_timeout(self.inner.check_timeout);
         let results = self
@@ -661,8 +676,7 @@ impl Gate {
 
     async fn ask(&self, request: CheckRequest) -> Result<CheckResponse, GateError> {
         let mut call = tonic::Request::new(request);
-        call.metadata_mut()
-            .insert("authorization", self.inner.auth.clone());
+        authorize(call.metadata_mut(), &self.inner.auth);
         traces::inject(call.metadata_mut());
         call.set_timeout(self.inner.check_timeout);
         self.call(|mut client| async move { client.check(call).await })
@@ -680,9 +694,20 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// Adds this service's bearer token, when it has one (a service known by its certificate sends
+/// none).
+pub(crate) fn authorize(
+    metadata: &mut tonic::metadata::MetadataMap,
+    auth: &Option<MetadataValue<Ascii>>,
+) {
+    if let Some(auth) = auth {
+        metadata.insert("authorization", auth.clone());
+    }
+}
+
 /// A client over a new connection to `endpoint` (made lazily, so a gate starts while the consent
 /// service is down).
-fn connect(endpoint: &Endpoint) -> ConsentServiceClient<Channel> {
+fn connect(endpoint: &Target) -> ConsentServiceClient<Channel> {
     ConsentServiceClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(consentgate_runtime::server::MAX_MESSAGE_BYTES)
 }

@@ -156,7 +156,7 @@ impl Freshness {
 /// connection may reach another replica, while the old one may be stuck to a hung one.
 pub(crate) async fn follow(
     connect: impl Fn() -> ConsentServiceClient<Channel> + Send + 'static,
-    auth: MetadataValue<Ascii>,
+    auth: Option<MetadataValue<Ascii>>,
     heartbeat: Duration,
     freshness: std::sync::Weak<Freshness>,
     metrics: Arc<GateMetrics>,
@@ -175,7 +175,7 @@ pub(crate) async fn follow(
             after_revision: state.high_water(),
             heartbeat_millis: u32::try_from(heartbeat.as_millis()).unwrap_or(250),
         });
-        request.metadata_mut().insert("authorization", auth.clone());
+        crate::authorize(request.metadata_mut(), &auth);
         let lease = state.lease;
         drop(state);
         let opened = match tokio::time::timeout(lease * 2, client.watch_changes(request)).await {

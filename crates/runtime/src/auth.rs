@@ -1,11 +1,15 @@
-//! Caller identity from the transport (a bearer token per caller) and per-RPC role rules.
+//! Caller identity from the transport (a verified client certificate's SPIFFE ID, or a bearer
+//! token) and per-RPC role rules.
 //!
-//! Identity never comes from a request body. The layer runs before any service code: an
+//! Identity never comes from a request body. A caller is configured for one kind of credential:
+//! a caller mapped to a SPIFFE ID is known only by its certificate (its token, if one leaked,
+//! proves nothing), the others by their token. The layer runs before any service code: an
 //! unknown caller gets `UNAUTHENTICATED`, a caller whose roles the RPC does not allow gets
 //! `PERMISSION_DENIED`, and an RPC with no rule is refused (default deny). Health and
 //! reflection stay open so that probes and `grpcurl` work without credentials.
 
 use crate::errors::status;
+use crate::tls::PeerIdentity;
 use consentgate_policy::Policy;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -61,12 +65,24 @@ pub enum TokenError {
     /// Two callers share a token.
     #[error("callers {0:?} and {1:?} share a token; every caller needs its own")]
     SharedToken(String, String),
+    /// Two callers share a SPIFFE ID.
+    #[error("callers {0:?} and {1:?} share a SPIFFE ID; every caller needs its own")]
+    SharedIdentity(String, String),
+    /// An identity is not a SPIFFE ID.
+    #[error("the identity of caller {0:?} must be a spiffe:// URI")]
+    NotSpiffe(String),
+    /// A caller has both a token and a SPIFFE ID.
+    #[error(
+        "caller {0:?} has a SPIFFE ID and a token; a caller configured for mTLS is known only by its certificate, so remove its token"
+    )]
+    TokenAndIdentity(String),
 }
 
-/// Maps bearer tokens to callers. Tokens are kept only as SHA-256 digests.
+/// Maps bearer tokens and SPIFFE IDs to callers. Tokens are kept only as SHA-256 digests.
 #[derive(Debug, Default, Clone)]
 pub struct Authenticator {
     by_digest: HashMap<[u8; 32], Arc<CallerIdentity>>,
+    by_spiffe_id: HashMap<String, Arc<CallerIdentity>>,
 }
 
 impl Authenticator {
@@ -93,6 +109,50 @@ impl Authenticator {
             );
         }
         Ok(auth)
+    }
+
+    /// Adds the callers known by certificate: (caller, SPIFFE ID) pairs, from configuration
+    /// (never from a request). A caller that also has a token, an unknown caller, or two callers
+    /// sharing an ID are refused at start.
+    pub fn with_identities(
+        mut self,
+        policy: &Policy,
+        identities: &[(String, String)],
+    ) -> Result<Self, TokenError> {
+        for (i, (name, id)) in identities.iter().enumerate() {
+            let caller = policy
+                .callers
+                .get(name)
+                .ok_or_else(|| TokenError::UnknownCaller(name.clone()))?;
+            if !id.starts_with("spiffe://") {
+                return Err(TokenError::NotSpiffe(name.clone()));
+            }
+            if let Some((other, _)) = identities[..i].iter().find(|(_, other)| other == id) {
+                return Err(TokenError::SharedIdentity(other.clone(), name.clone()));
+            }
+            if self.by_digest.values().any(|c| &c.name == name) {
+                return Err(TokenError::TokenAndIdentity(name.clone()));
+            }
+            let roles = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
+            self.by_spiffe_id.insert(
+                id.clone(),
+                Arc::new(CallerIdentity {
+                    name: name.clone(),
+                    roles,
+                }),
+            );
+        }
+        Ok(self)
+    }
+
+    /// The caller a verified certificate's SPIFFE ID belongs to.
+    pub fn identify(&self, spiffe_id: &str) -> Option<Arc<CallerIdentity>> {
+        self.by_spiffe_id.get(spiffe_id).cloned()
+    }
+
+    /// Whether `caller` is known by certificate (and so never by a token).
+    fn needs_certificate(&self, caller: &str) -> bool {
+        self.by_spiffe_id.values().any(|c| c.name == caller)
     }
 
     /// Registers a caller's token.
@@ -142,6 +202,73 @@ impl RpcRules {
 
     fn allowed_roles(&self, path: &str) -> Option<&[&'static str]> {
         self.rules.get(path).map(Vec::as_slice)
+    }
+}
+
+impl Authenticator {
+    /// Who sent `request`: the caller its verified certificate maps to, else the caller its
+    /// bearer token belongs to. Both present must agree; a certificate caller's token alone is
+    /// refused; an unmapped certificate without a token is an unknown identity.
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<Arc<CallerIdentity>, tonic::Status> {
+        let peer_id = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|peer| peer.spiffe_id.as_deref());
+        let by_certificate = peer_id.and_then(|id| self.identify(id));
+        let by_token = match request.headers().get(http::header::AUTHORIZATION) {
+            None => None,
+            Some(value) => {
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        status(
+                            Code::Unauthenticated,
+                            "MALFORMED_CREDENTIALS",
+                            "the authorization metadata must be `Bearer <token>`",
+                        )
+                    })?;
+                Some(self.authenticate(token).ok_or_else(|| {
+                    status(
+                        Code::Unauthenticated,
+                        "UNKNOWN_CREDENTIALS",
+                        "the bearer token is not known",
+                    )
+                })?)
+            }
+        };
+        match (by_certificate, by_token) {
+            (Some(certified), None) => Ok(certified),
+            (Some(certified), Some(token)) if token.name == certified.name => Ok(certified),
+            (Some(_), Some(_)) => Err(status(
+                Code::Unauthenticated,
+                "CONFLICTING_CREDENTIALS",
+                "the client certificate and the bearer token name different callers",
+            )),
+            (None, Some(token)) if self.needs_certificate(&token.name) => Err(status(
+                Code::Unauthenticated,
+                "CERTIFICATE_REQUIRED",
+                format!(
+                    "caller {:?} is configured for mTLS and must present its client certificate",
+                    token.name
+                ),
+            )),
+            (None, Some(token)) => Ok(token),
+            (None, None) => match peer_id {
+                Some(id) => Err(status(
+                    Code::Unauthenticated,
+                    "UNKNOWN_IDENTITY",
+                    format!(
+                        "the client certificate's SPIFFE ID {:?} is not mapped to a caller",
+                        id.chars().take(128).collect::<String>()
+                    ),
+                )),
+                None => Err(missing_credentials()),
+            },
+        }
     }
 }
 
@@ -209,29 +336,9 @@ where
         if rules.is_open(&path) {
             return Box::pin(self.inner.call(request));
         }
-        let header = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = match header {
-            None => return ready(missing_credentials().into_http()),
-            Some(value) => match value.strip_prefix("Bearer ").map(str::trim) {
-                Some(t) if !t.is_empty() => t,
-                _ => {
-                    return ready(refuse(
-                        Code::Unauthenticated,
-                        "MALFORMED_CREDENTIALS",
-                        "the authorization metadata must be `Bearer <token>`",
-                    ));
-                }
-            },
-        };
-        let Some(identity) = self.layer.authenticator.authenticate(token) else {
-            return ready(refuse(
-                Code::Unauthenticated,
-                "UNKNOWN_CREDENTIALS",
-                "the bearer token is not known",
-            ));
+        let identity = match self.layer.authenticator.admit(&request) {
+            Ok(identity) => identity,
+            Err(refusal) => return ready(refusal.into_http()),
         };
         match rules.allowed_roles(&path) {
             None => {
@@ -267,4 +374,140 @@ fn ready<T: Send + 'static, E: Send + 'static>(
     response: T,
 ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send>> {
     Box::pin(std::future::ready(Ok(response)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::reason_of;
+
+    const MAILER_ID: &str = "spiffe://test/ns/cg/sa/mailer";
+
+    /// Tokens for the auditor and privacy-ops; the mailer known by certificate only.
+    fn authenticator() -> Authenticator {
+        let policy = Policy::default_policy().expect("policy");
+        Authenticator::from_policy(
+            &policy,
+            &[
+                ("auditor".into(), "t-auditor".into()),
+                ("privacy-ops".into(), "t-privacy".into()),
+            ],
+        )
+        .expect("tokens")
+        .with_identities(&policy, &[("mailer".into(), MAILER_ID.into())])
+        .expect("identities")
+    }
+
+    fn request(spiffe_id: Option<&str>, token: Option<&str>) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        if let Some(id) = spiffe_id {
+            request.extensions_mut().insert(PeerIdentity {
+                tcp: None,
+                spiffe_id: Some(Arc::from(id)),
+                has_certificate: true,
+            });
+        }
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        request
+    }
+
+    fn refusal(spiffe_id: Option<&str>, token: Option<&str>) -> String {
+        let status = authenticator()
+            .admit(&request(spiffe_id, token))
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        reason_of(&status).expect("reason")
+    }
+
+    #[test]
+    fn a_certificate_caller_is_known_by_its_certificate() {
+        let caller = authenticator()
+            .admit(&request(Some(MAILER_ID), None))
+            .expect("admitted");
+        assert_eq!(caller.name, "mailer");
+        assert!(caller.has_role("reader"));
+    }
+
+    #[test]
+    fn a_token_caller_is_known_by_its_token() {
+        let caller = authenticator()
+            .admit(&request(None, Some("t-auditor")))
+            .expect("admitted");
+        assert_eq!(caller.name, "auditor");
+    }
+
+    #[test]
+    fn certificate_and_token_must_name_the_same_caller() {
+        assert_eq!(
+            refusal(Some(MAILER_ID), Some("t-auditor")),
+            "CONFLICTING_CREDENTIALS"
+        );
+        assert_eq!(
+            refusal(Some(MAILER_ID), Some("not-a-token")),
+            "UNKNOWN_CREDENTIALS"
+        );
+    }
+
+    #[test]
+    fn an_unmapped_certificate_without_a_token_is_an_unknown_identity() {
+        assert_eq!(
+            refusal(Some("spiffe://test/ns/cg/sa/intruder"), None),
+            "UNKNOWN_IDENTITY"
+        );
+        // With a token, the token speaks (a mesh proxy's certificate, say).
+        let caller = authenticator()
+            .admit(&request(
+                Some("spiffe://test/ns/cg/sa/proxy"),
+                Some("t-privacy"),
+            ))
+            .expect("admitted by token");
+        assert_eq!(caller.name, "privacy-ops");
+    }
+
+    #[test]
+    fn a_caller_configured_for_mtls_cannot_have_a_token() {
+        let policy = Policy::default_policy().expect("policy");
+        let both = Authenticator::from_policy(&policy, &[("mailer".into(), "t-mailer".into())])
+            .expect("tokens")
+            .with_identities(&policy, &[("mailer".into(), MAILER_ID.into())]);
+        assert!(matches!(both, Err(TokenError::TokenAndIdentity(_))));
+        let shared = Authenticator::default().with_identities(
+            &policy,
+            &[
+                ("mailer".into(), MAILER_ID.into()),
+                ("auditor".into(), MAILER_ID.into()),
+            ],
+        );
+        assert!(matches!(shared, Err(TokenError::SharedIdentity(..))));
+        let not_spiffe = Authenticator::default()
+            .with_identities(&policy, &[("mailer".into(), "https://mailer".into())]);
+        assert!(matches!(not_spiffe, Err(TokenError::NotSpiffe(_))));
+    }
+
+    #[test]
+    fn a_token_of_a_certificate_caller_is_refused() {
+        // Configuration refuses it; a token registered for it anyway still proves nothing.
+        let mut auth = authenticator();
+        auth.insert(
+            "t-mailer",
+            CallerIdentity {
+                name: "mailer".into(),
+                roles: vec!["reader".into()],
+            },
+        );
+        let status = auth
+            .admit(&request(None, Some("t-mailer")))
+            .expect_err("refused");
+        assert_eq!(reason_of(&status).as_deref(), Some("CERTIFICATE_REQUIRED"));
+    }
+
+    #[test]
+    fn no_credential_at_all_is_missing_credentials() {
+        assert_eq!(refusal(None, None), "MISSING_CREDENTIALS");
+    }
 }

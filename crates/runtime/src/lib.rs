@@ -8,6 +8,7 @@ pub mod metrics_otlp;
 pub mod rpc_telemetry;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod traces;
 
 pub use auth::{AuthLayer, Authenticator, CallerIdentity, RpcRules, TokenError};
@@ -23,4 +24,4 @@ pub struct Telemetry {
     /// Its tracer provider.
     pub tracing: Tracing,
 }
-pub use server::{Running, serve};
+pub use server::{Edge, Running, serve};

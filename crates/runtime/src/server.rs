@@ -1,11 +1,13 @@
 //! What every consentgate server needs besides its own service, written once: [`serve`] puts a
 //! service's routes behind the auth layer, next to health and reflection (v1 and v1alpha, with
-//! `google.rpc` detail types registered so `grpcurl` decodes errors), with TCP_NODELAY and
-//! graceful shutdown; [`Running`] is a server spawned in the background, for the suite and tests.
+//! `google.rpc` detail types registered so `grpcurl` decodes errors), over plaintext or mutual
+//! TLS ([`Edge`]), with TCP_NODELAY and graceful shutdown; [`Running`] is a server spawned in the
+//! background, for the suite and tests.
 
 use crate::Telemetry;
 use crate::auth::{AuthLayer, Authenticator, RpcRules};
 use crate::rpc_telemetry::RpcTelemetryLayer;
+use crate::tls::{TlsMaterial, accept_tls};
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -18,15 +20,40 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// How a server meets the network: who it admits (callers by token or by certificate), whether
+/// it speaks TLS, and where kubelet probes its health when the main port needs a client
+/// certificate (kubelet's gRPC probe cannot present one).
+#[derive(Debug, Default)]
+pub struct Edge {
+    /// Who the callers are.
+    pub authenticator: Authenticator,
+    /// TLS material: the server's certificate and the trust bundle client certificates must
+    /// chain to. `None` serves plaintext (development, or a mesh that terminates TLS).
+    pub tls: Option<TlsMaterial>,
+    /// A plaintext listener serving only `grpc.health.v1`, for probes.
+    pub probe: Option<TcpListener>,
+}
+
+impl From<Authenticator> for Edge {
+    /// Plaintext, with these callers.
+    fn from(authenticator: Authenticator) -> Edge {
+        Edge {
+            authenticator,
+            ..Edge::default()
+        }
+    }
+}
+
 /// Serves `api` (one service's generated gRPC server, message limits already set) on `listener`
 /// until `shutdown` resolves, then reports it NOT_SERVING and drains in-flight calls.
 ///
 /// Every request is traced and measured (`telemetry`: a server span continuing the caller's
-/// trace; duration by method and status, calls in flight), then passes the auth layer (`auth` says who the caller is, `rules` which roles may call which
-/// RPC); health and reflection stay open so probes and `grpcurl` work without credentials.
+/// trace; duration by method and status, calls in flight), then passes the auth layer (`edge`
+/// says who the caller is, `rules` which roles may call which RPC); health and reflection stay
+/// open so probes and `grpcurl` work without credentials. Reflection lists this service only.
 pub async fn serve<S>(
     api: S,
-    auth: Authenticator,
+    edge: impl Into<Edge>,
     rules: RpcRules,
     telemetry: &Telemetry,
     listener: TcpListener,
@@ -44,19 +71,32 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let Edge {
+        authenticator: auth,
+        tls,
+        probe,
+    } = edge.into();
     let health_name = S::NAME;
     let (reporter, health_service) = health();
     reporter
         .set_service_status(health_name, ServingStatus::Serving)
         .await;
-    let (reflection_v1, reflection_v1alpha) = reflection();
-    // Small request/response pairs: Nagle's algorithm would add tens of milliseconds.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
+    let (reflection_v1, reflection_v1alpha) = reflection(&[health_name]);
+    let (probe_stop, probe_stopped) = oneshot::channel::<()>();
+    if let Some(probe) = probe {
+        let probe_health = health_service.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(probe_health)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(probe), async {
+                    let _ = probe_stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the health probe listener failed");
+            }
+        });
+    }
     let measured = rules
         .methods()
         .map(str::to_owned)
@@ -69,19 +109,51 @@ where
             measured.iter().map(String::as_str),
         ))
         .layer(AuthLayer::new(auth, rules));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .layer(layers)
         .add_routes(Routes::new(api))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            reporter
-                .set_service_status(health_name, ServingStatus::NotServing)
-                .await;
-        })
-        .await
+        .add_service(reflection_v1alpha);
+    let drained = async move {
+        shutdown.await;
+        reporter
+            .set_service_status(health_name, ServingStatus::NotServing)
+            .await;
+        // The probe port stays up while calls drain, answering NOT_SERVING.
+        drop(probe_stop);
+    };
+    match tls {
+        Some(material) => {
+            let _reloader = AbortOnDrop(material.spawn_reloader(TLS_RELOAD_EVERY));
+            router
+                .serve_with_incoming_shutdown(accept_tls(listener, material), drained)
+                .await
+        }
+        None => {
+            // Small request/response pairs: Nagle's algorithm would add tens of milliseconds.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                conn.and_then(|stream| {
+                    stream.set_nodelay(true)?;
+                    Ok(stream)
+                })
+            });
+            router.serve_with_incoming_shutdown(incoming, drained).await
+        }
+    }
+}
+
+/// How often a TLS server re-reads its certificate, key and trust bundle. cert-manager renews
+/// well before expiry (a third of the lifetime by default), so seconds of delay cost nothing.
+pub const TLS_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stops a background task when the server it belongs to ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The methods every server has besides its own: health and reflection (v1 and v1alpha).
@@ -175,8 +247,12 @@ impl Future for ShutdownSignal {
 /// The largest message a server accepts or sends (4 MiB): bounds memory per request.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Reflection services for the consentgate API, `grpc.health.v1` and `google.rpc` details.
-pub fn reflection() -> (
+/// Reflection services listing `services` (a server's own, and health), with every consentgate,
+/// `grpc.health.v1` and `google.rpc` type resolvable: on a port of the suite, only that port's
+/// service is advertised.
+pub fn reflection(
+    services: &[&str],
+) -> (
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -184,16 +260,23 @@ pub fn reflection() -> (
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 ) {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(consentgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(consentgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for service in services {
+            builder = builder.with_service_name(*service);
+        }
+        builder
+    };
+    let v1 = builder()
         .build_v1()
         .expect("the embedded descriptor sets are valid");
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(consentgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let v1alpha = builder()
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     (v1, v1alpha)

@@ -11,7 +11,7 @@ use crate::store::{self, StoreError};
 use consentgate_policy::Policy;
 use consentgate_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
-use consentgate_runtime::{Authenticator, Telemetry};
+use consentgate_runtime::{Edge, Telemetry};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +51,7 @@ pub async fn open_engine(
 pub async fn serve(
     engine: Arc<Engine>,
     feed_poll: Duration,
-    auth: Authenticator,
+    edge: impl Into<Edge>,
     telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -67,7 +67,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     consentgate_runtime::serve(
         api,
-        auth,
+        edge,
         authz::rules(),
         &telemetry,
         listener,

@@ -12,7 +12,7 @@ use consentgate_policy::Policy;
 use consentgate_proto::profile::v1::profile_service_server::ProfileServiceServer;
 use consentgate_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
-use consentgate_runtime::{Authenticator, Metrics, Telemetry, Tracing};
+use consentgate_runtime::{Edge, Metrics, Telemetry, Tracing};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,13 +74,14 @@ impl Profile {
         // The gate reports into the service's registry, as part of the service.
         let mut gate_config = config.gate;
         gate_config.metrics = config.metrics.clone();
+        // The erasure cascade calls out as the gate does: the same certificate, if any.
+        let dialer = gate_config.dialer.clone();
         let gate = Gate::start(gate_config, config.name.clone())?;
         let recommendation = match &config.recommendation_url {
             Some(url) => Some(RecommendationServiceClient::new(
-                tonic::transport::Endpoint::from_shared(url.clone())
-                    .map_err(|e| {
-                        GateError::Config(format!("recommendation endpoint {url:?}: {e}"))
-                    })?
+                dialer
+                    .target(url)
+                    .map_err(|e| GateError::Config(format!("recommendation endpoint: {e}")))?
                     .connect_lazy(),
             )),
             None => None,
@@ -116,7 +117,7 @@ impl Profile {
 /// Serves the profile service on `listener` until `shutdown` resolves, then drains in-flight calls.
 pub async fn serve(
     profile: Profile,
-    auth: Authenticator,
+    edge: impl Into<Edge>,
     telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -124,6 +125,6 @@ pub async fn serve(
     let api = ProfileServiceServer::new(ProfileApi::new(profile.shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(api, auth, authz::rules(), &telemetry, listener, shutdown).await?;
+    consentgate_runtime::serve(api, edge, authz::rules(), &telemetry, listener, shutdown).await?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 use consentgate_proto::common::v1::{RequestContext, SubjectRef};
 use consentgate_proto::profile::v1 as ppb;
 use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
+use consentgate_runtime::tls::Dialer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -38,22 +39,31 @@ pub struct ProfileRead {
 /// Reads the profile service.
 pub struct ProfileReader {
     client: ProfileServiceClient<Channel>,
-    auth: MetadataValue<Ascii>,
+    /// `None` when this service is known by its client certificate.
+    auth: Option<MetadataValue<Ascii>>,
     reads: AtomicU64,
 }
 
 impl ProfileReader {
-    /// A reader of the profile service at `endpoint`, authenticated with `token`.
-    pub fn new(endpoint: &str, token: &str) -> Result<ProfileReader, String> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| format!("profile endpoint {endpoint:?}: {e}"))?
-            .tcp_nodelay(true)
+    /// A reader of the profile service at `endpoint`, connecting through `dialer` and
+    /// authenticated with `token` (empty: by the dialer's client certificate alone).
+    pub fn new(endpoint: &str, token: &str, dialer: &Dialer) -> Result<ProfileReader, String> {
+        let channel = dialer
+            .target(endpoint)
+            .map_err(|e| format!("profile endpoint: {e}"))?
+            .configure(|endpoint| endpoint.tcp_nodelay(true))
             .connect_lazy();
+        let auth = match token {
+            "" => None,
+            token => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| "the token is not valid header text".to_owned())?,
+            ),
+        };
         Ok(ProfileReader {
             client: ProfileServiceClient::new(channel),
-            auth: format!("Bearer {token}")
-                .parse()
-                .map_err(|_| "the token is not valid header text".to_owned())?,
+            auth,
             reads: AtomicU64::new(0),
         })
     }
@@ -66,9 +76,9 @@ impl ProfileReader {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert("authorization", self.auth.clone());
+        if let Some(auth) = &self.auth {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
         consentgate_runtime::traces::inject(request.metadata_mut());
         request.set_timeout(std::time::Duration::from_secs(2));
         request

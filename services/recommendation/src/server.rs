@@ -11,7 +11,7 @@ use crate::store::RecommendationStore;
 use consentgate_gate::{Gate, GateConfig, GateError};
 use consentgate_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
-use consentgate_runtime::{Authenticator, Metrics, Telemetry};
+use consentgate_runtime::{Edge, Metrics, Telemetry};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -43,7 +43,7 @@ pub struct RecommendationConfig {
     pub name: String,
     /// The profile service, e.g. `http://127.0.0.1:50052`.
     pub profile_url: String,
-    /// This service's token at the profile service.
+    /// This service's token at the profile service (empty: known there by its certificate).
     pub profile_token: String,
     /// Its own database: `sqlite://PATH` or `postgres://…` (tiers and outcomes, no subject ids).
     pub database_url: String,
@@ -59,8 +59,10 @@ pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, Star
     // The gate reports into the service's registry, as part of the service.
     let mut gate_config = config.gate;
     gate_config.metrics = config.metrics.clone();
+    // Calls to the profile service go out as the gate's do: the same certificate, if any.
+    let dialer = gate_config.dialer.clone();
     let gate = Gate::start(gate_config, config.name.clone())?;
-    let profile = ProfileReader::new(&config.profile_url, &config.profile_token)
+    let profile = ProfileReader::new(&config.profile_url, &config.profile_token, &dialer)
         .map_err(StartError::Profile)?;
     let metrics = Arc::new(RecommendationMetrics::new(&config.metrics));
     let recommender = Recommender::new(
@@ -81,7 +83,7 @@ pub async fn open(config: RecommendationConfig) -> Result<Arc<Recommender>, Star
 /// Serves the recommendation service on `listener` until `shutdown` resolves.
 pub async fn serve(
     recommender: Arc<Recommender>,
-    auth: Authenticator,
+    edge: impl Into<Edge>,
     telemetry: Telemetry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -89,6 +91,6 @@ pub async fn serve(
     let api = RecommendationServiceServer::new(RecommendationApi::new(recommender))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    consentgate_runtime::serve(api, auth, authz::rules(), &telemetry, listener, shutdown).await?;
+    consentgate_runtime::serve(api, edge, authz::rules(), &telemetry, listener, shutdown).await?;
     Ok(())
 }
