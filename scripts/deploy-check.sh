@@ -3,7 +3,7 @@
 # - hadolint on the Dockerfile;
 # - the copies that must not drift: deploy/base/policy.toml = policy/default.toml, the
 #   PrometheusRule = what deploy/observability/prometheusrule.py writes from alerts.yaml;
-# - `kubectl kustomize` renders deploy/overlays/dev and prod;
+# - `kubectl kustomize` renders deploy/overlays/dev, prod and prod-mtls;
 # - `kubernetes-validate --strict` on every rendered object, for every Kubernetes version it
 #   bundles from the oldest the manifests support (1.30) to its default;
 # - custom resources (CloudNativePG, prometheus-operator) against the CRD schemas vendored in
@@ -48,7 +48,7 @@ python3 deploy/observability/prometheusrule.py \
   || { echo "FAIL: the PrometheusRule is not what deploy/observability/prometheusrule.py writes; regenerate it" >&2; exit 1; }
 
 echo "-- kubectl kustomize"
-for overlay in dev prod; do
+for overlay in dev prod prod-mtls; do
   kubectl kustomize "deploy/overlays/$overlay" >"$rendered/$overlay.yaml"
   echo "deploy/overlays/$overlay: $(grep -c '^kind:' "$rendered/$overlay.yaml") objects"
 done
@@ -59,17 +59,17 @@ versions=$(ls "$("$py" -c 'import kubernetes_validate, os; print(os.path.dirname
   | awk -F. '$1 > 1 || $2 >= 30')
 [ -n "$versions" ] || { echo "FAIL: kubernetes-validate bundles no schema from 1.30 on" >&2; exit 1; }
 for version in $versions; do
-  out=$("$bin/kubernetes-validate" --strict --quiet -k "$version" "$rendered/dev.yaml" "$rendered/prod.yaml" 2>&1) \
+  out=$("$bin/kubernetes-validate" --strict --quiet -k "$version" "$rendered/dev.yaml" "$rendered/prod.yaml" "$rendered/prod-mtls.yaml" 2>&1) \
     || { echo "$out" >&2; echo "FAIL: kubernetes-validate for Kubernetes $version" >&2; exit 1; }
   # Only the custom kinds validated below may lack a built-in schema (a misspelt kind may not).
   unknown=$(echo "$out" | grep "Couldn't find schema" \
-    | grep -v -E "kind (Cluster with api version postgresql\.cnpg\.io/v1|(ServiceMonitor|PrometheusRule) with api version monitoring\.coreos\.com/v1) " || true)
+    | grep -v -E "kind (Cluster with api version postgresql\.cnpg\.io/v1|(ServiceMonitor|PrometheusRule) with api version monitoring\.coreos\.com/v1|(Certificate|Issuer) with api version cert-manager\.io/v1) " || true)
   [ -z "$unknown" ] || { echo "$unknown" >&2; echo "FAIL: kinds without any schema" >&2; exit 1; }
 done
 echo "valid for Kubernetes $(echo $versions | tr ' ' ',')"
 
 echo "-- custom resources against the vendored CRD schemas (jsonschema)"
-"$py" scripts/deploy_crd_validate.py "$rendered/dev.yaml" "$rendered/prod.yaml"
+"$py" scripts/deploy_crd_validate.py "$rendered/dev.yaml" "$rendered/prod.yaml" "$rendered/prod-mtls.yaml"
 
 echo "-- checkov (kubernetes)"
 "$py" scripts/deploy_checkov.py "$rendered"

@@ -1,7 +1,7 @@
 """Loading the rendered kustomize overlays for the deploy tests and checks.
 
 The overlays are rendered with `kubectl kustomize` from DEPLOY_DIR (default: deploy/ of this
-checkout), or read from DEPLOY_RENDERED (a folder holding dev.yaml and prod.yaml, as
+checkout), or read from DEPLOY_RENDERED (a folder holding dev.yaml, prod.yaml and prod-mtls.yaml, as
 scripts/deploy-check.sh writes them).
 """
 import os
@@ -12,7 +12,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = pathlib.Path(os.environ.get("DEPLOY_DIR", ROOT / "deploy"))
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "prod-mtls")
 
 
 def render(overlay):

@@ -553,3 +553,66 @@ def test_prod_monitoring_carries_the_alert_rules(prod):
     assert sorted(s["metadata"]["name"] for s in scraped) == sorted(f"{c}-metrics" for c in SERVICES)
     for s in scraped:
         assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in s["spec"]["ports"]]
+
+
+# ------------------------------------------------------------------ mutual TLS (prod-mtls)
+
+
+@pytest.fixture(scope="module")
+def mtls():
+    return render("prod-mtls")
+
+
+def test_mtls_gives_each_service_a_certificate_of_its_own_identity(mtls):
+    """Each Deployment mounts the Secret of a Certificate whose SPIFFE ID names the Deployment's
+    service account, usable at both ends (server and client auth), for the Service's names."""
+    certificates = {c["spec"]["secretName"]: c for c in of_kind(mtls, "Certificate")}
+    issuers = {i["metadata"]["name"] for i in of_kind(mtls, "Issuer")}
+    for deployment in of_kind(mtls, "Deployment"):
+        name = deployment["metadata"]["name"]
+        spec = deployment["spec"]["template"]["spec"]
+        tls_volumes = [v for v in spec["volumes"] if v["name"] == "tls"]
+        assert len(tls_volumes) == 1, name
+        secret = tls_volumes[0]["secret"]["secretName"]
+        assert secret in certificates, f"{name} mounts {secret}, which no Certificate issues"
+        cert = certificates[secret]["spec"]
+        namespace = deployment["metadata"]["namespace"]
+        assert cert["uris"] == [
+            f"spiffe://cluster.local/ns/{namespace}/sa/{spec['serviceAccountName']}"
+        ], name
+        assert {"server auth", "client auth"} <= set(cert["usages"]), name
+        assert name in cert["dnsNames"], name
+        assert cert["issuerRef"]["name"] in issuers, name
+        assert {i["key"] for i in tls_volumes[0]["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
+        env = env_of(container(deployment))
+        assert env["CONSENTGATE_TLS_DIR"]["value"] == next(
+            m["mountPath"] for m in container(deployment)["volumeMounts"] if m["name"] == "tls"
+        ), name
+
+
+def test_mtls_identities_map_the_services_to_their_certificates(mtls):
+    """The identities file names exactly the certificates the calling services present, and those
+    services send no token any more."""
+    identities_map = next(
+        c for c in of_kind(mtls, "ConfigMap") if c["metadata"]["name"].startswith("consentgate-identities")
+    )
+    identities = tomllib.loads(identities_map["data"]["identities.toml"])
+    by_secret = {c["spec"]["secretName"]: c["spec"]["uris"][0] for c in of_kind(mtls, "Certificate")}
+    assert identities == {
+        "profile-service": by_secret["profile-tls"],
+        "recommendation-service": by_secret["recommendation-tls"],
+    }
+    for name, token in (("profile", "CONSENTGATE_CONSENT_TOKEN"), ("recommendation", "CONSENTGATE_SERVICE_TOKEN")):
+        env = env_of(container(named(mtls, "Deployment", name)))
+        assert token not in env, f"{name} still sends a token"
+        urls = [e["value"] for k, e in env.items() if k.endswith("_URL") and k != "CONSENTGATE_DATABASE_URL"]
+        assert urls and all(u.startswith("https://") for u in urls), f"{name}: {urls}"
+
+
+def test_mtls_probes_use_the_plaintext_health_port(mtls):
+    """kubelet's gRPC probe cannot present a certificate: every probe targets the probe port."""
+    for deployment in of_kind(mtls, "Deployment"):
+        c = container(deployment)
+        probe_port = int(env_of(c)["CONSENTGATE_PROBE_LISTEN"]["value"].rsplit(":", 1)[1])
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert c[kind]["grpc"]["port"] == probe_port, f"{deployment['metadata']['name']} {kind}"

@@ -71,11 +71,6 @@ pub enum TokenError {
     /// An identity is not a SPIFFE ID.
     #[error("the identity of caller {0:?} must be a spiffe:// URI")]
     NotSpiffe(String),
-    /// A caller has both a token and a SPIFFE ID.
-    #[error(
-        "caller {0:?} has a SPIFFE ID and a token; a caller configured for mTLS is known only by its certificate, so remove its token"
-    )]
-    TokenAndIdentity(String),
 }
 
 /// Maps bearer tokens and SPIFFE IDs to callers. Tokens are kept only as SHA-256 digests.
@@ -112,8 +107,8 @@ impl Authenticator {
     }
 
     /// Adds the callers known by certificate: (caller, SPIFFE ID) pairs, from configuration
-    /// (never from a request). A caller that also has a token, an unknown caller, or two callers
-    /// sharing an ID are refused at start.
+    /// (never from a request). An unknown caller, or two callers sharing an ID, are refused at
+    /// start. Such a caller's token, if the tokens file still has one, never suffices alone.
     pub fn with_identities(
         mut self,
         policy: &Policy,
@@ -129,9 +124,6 @@ impl Authenticator {
             }
             if let Some((other, _)) = identities[..i].iter().find(|(_, other)| other == id) {
                 return Err(TokenError::SharedIdentity(other.clone(), name.clone()));
-            }
-            if self.by_digest.values().any(|c| &c.name == name) {
-                return Err(TokenError::TokenAndIdentity(name.clone()));
             }
             let roles = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
             self.by_spiffe_id.insert(
@@ -470,12 +462,8 @@ mod tests {
     }
 
     #[test]
-    fn a_caller_configured_for_mtls_cannot_have_a_token() {
+    fn identities_are_checked_at_start() {
         let policy = Policy::default_policy().expect("policy");
-        let both = Authenticator::from_policy(&policy, &[("mailer".into(), "t-mailer".into())])
-            .expect("tokens")
-            .with_identities(&policy, &[("mailer".into(), MAILER_ID.into())]);
-        assert!(matches!(both, Err(TokenError::TokenAndIdentity(_))));
         let shared = Authenticator::default().with_identities(
             &policy,
             &[
@@ -490,20 +478,21 @@ mod tests {
     }
 
     #[test]
-    fn a_token_of_a_certificate_caller_is_refused() {
-        // Configuration refuses it; a token registered for it anyway still proves nothing.
-        let mut auth = authenticator();
-        auth.insert(
-            "t-mailer",
-            CallerIdentity {
-                name: "mailer".into(),
-                roles: vec!["reader".into()],
-            },
-        );
+    fn a_token_of_a_certificate_caller_is_refused_alone() {
+        let policy = Policy::default_policy().expect("policy");
+        let auth = Authenticator::from_policy(&policy, &[("mailer".into(), "t-mailer".into())])
+            .expect("tokens")
+            .with_identities(&policy, &[("mailer".into(), MAILER_ID.into())])
+            .expect("identities");
         let status = auth
             .admit(&request(None, Some("t-mailer")))
             .expect_err("refused");
         assert_eq!(reason_of(&status).as_deref(), Some("CERTIFICATE_REQUIRED"));
+        // Beside its certificate, its own token is no conflict.
+        let caller = auth
+            .admit(&request(Some(MAILER_ID), Some("t-mailer")))
+            .expect("admitted");
+        assert_eq!(caller.name, "mailer");
     }
 
     #[test]
