@@ -68,7 +68,8 @@ where
             &telemetry.tracing,
             measured.iter().map(String::as_str),
         ))
-        .layer(AuthLayer::new(auth, rules));
+        .layer(AuthLayer::new(auth, rules))
+        .layer(crate::oversize::OversizeLayer);
     tonic::transport::Server::builder()
         .layer(layers)
         .add_routes(Routes::new(api))
