@@ -277,7 +277,7 @@ mod tests {
             "subject: subject_id or device_id must not be empty; \
              context.device: must be at most 256 bytes; \
              at_least_as_fresh: must be a revision returned by a consent write (a decimal number); \
-             context.session_item_ids: at most 100 items"
+             context.session_item_ids: at most 100 items (got 101)"
         );
     }
 
