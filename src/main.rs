@@ -3,6 +3,7 @@
 //! a receipt) and `restore reapply-erasures`. It only parses configuration and wires libraries.
 
 use anyhow::Context;
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 use consentgate::suite::{self, ConsentSettings, SuiteConfig};
 use consentgate_consent::ledger::LedgerKeys;
@@ -34,8 +35,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Consent-gated personalization over gRPC"
 )]
 struct Cli {
-    /// Log as JSON lines (for log collectors) instead of human-readable text.
-    #[arg(long, env = "CONSENTGATE_LOG_JSON", global = true)]
+    /// Log as JSON lines (for log collectors) instead of human-readable text. Like every
+    /// boolean setting, its variable takes true/false, 1/0, yes/no or on/off.
+    #[arg(long, env = "CONSENTGATE_LOG_JSON", global = true, value_parser = BoolishValueParser::new())]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -347,7 +349,7 @@ struct ConsentArgs {
     /// Create a new keyring (mode 0600) when the key file is missing. Off by default: a replica
     /// that did not find its mounted key would otherwise sign with a key of its own, which no
     /// other replica or auditor knows.
-    #[arg(long, env = "CONSENTGATE_KEY_FILE_CREATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "CONSENTGATE_KEY_FILE_CREATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     create_key_file: bool,
     /// How many subjects' consent states to keep in memory.
     #[arg(long, env = "CONSENTGATE_CACHE_CAPACITY", default_value_t = 100_000)]

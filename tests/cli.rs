@@ -151,3 +151,64 @@ fn serve_consent_refuses_a_missing_or_malformed_key_file() {
     assert!(!missing.exists(), "ledger verify creates no key file");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Boolean variables take the usual spellings (true/false, 1/0, yes/no, on/off); anything else
+/// is refused with the variable's flag named.
+#[test]
+fn boolean_variables_accept_the_usual_spellings() {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/default.toml");
+    for value in [
+        "1", "0", "true", "false", "yes", "no", "on", "off", "TRUE", "Off",
+    ] {
+        let out = consentgate()
+            .args(["policy", "validate", policy])
+            .env("CONSENTGATE_LOG_JSON", value)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "CONSENTGATE_LOG_JSON={value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = consentgate()
+        .args(["policy", "validate", policy])
+        .env("CONSENTGATE_LOG_JSON", "maybe")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--log-json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A false spelling of CONSENTGATE_KEY_FILE_CREATE is read as false: the missing key file
+    // is refused (not created), rather than the variable itself.
+    let dir = std::env::temp_dir().join(format!("cg-cli-bool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(&tokens, "\"auditor\" = \"a-token-of-sixteen-chars\"\n").expect("tokens");
+    let missing = dir.join("absent.key");
+    for value in ["0", "no", "off"] {
+        let out = consentgate()
+            .args(["serve", "consent", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "off"])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("consent.db").display()))
+            .arg("--tokens-file")
+            .arg(&tokens)
+            .arg("--key-file")
+            .arg(&missing)
+            .env("CONSENTGATE_KEY_FILE_CREATE", value)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("no such key file"),
+            "CONSENTGATE_KEY_FILE_CREATE={value}: {stderr}"
+        );
+        assert!(!missing.exists(), "no key file is created");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -351,7 +351,7 @@ async fn watch_changes_delivers_changes_heartbeats_and_resumes() {
         let mut stream = watcher
             .watch_changes(pb::WatchChangesRequest {
                 after_revision: 0,
-                heartbeat_millis: 50,
+                heartbeat_millis: 100,
             })
             .await
             .expect("watch")
@@ -400,7 +400,7 @@ async fn watch_changes_delivers_changes_heartbeats_and_resumes() {
         let mut resumed = watcher
             .watch_changes(pb::WatchChangesRequest {
                 after_revision: first.revision,
-                heartbeat_millis: 50,
+                heartbeat_millis: 100,
             })
             .await
             .expect("watch")
@@ -788,7 +788,7 @@ async fn replicas_on_postgres_hear_each_others_commits_without_polling() {
     let mut stream = enforcer
         .watch_changes(pb::WatchChangesRequest {
             after_revision: granted.revision,
-            heartbeat_millis: 20,
+            heartbeat_millis: 100,
         })
         .await
         .expect("watch")
@@ -877,7 +877,7 @@ async fn a_replica_that_loses_its_database_stops_vouching_for_its_cache_at_once(
     let mut stream = enforcer
         .watch_changes(pb::WatchChangesRequest {
             after_revision: granted.revision,
-            heartbeat_millis: 20,
+            heartbeat_millis: 100,
         })
         .await
         .expect("watch")

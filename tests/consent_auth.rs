@@ -144,7 +144,7 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
         "WatchChanges" => c
             .watch_changes(pb::WatchChangesRequest {
                 after_revision: 0,
-                heartbeat_millis: 50,
+                heartbeat_millis: 100,
             })
             .await
             .map(|_| ()),

@@ -430,7 +430,9 @@ impl ProfileServer {
             GateConfig::new(format!("http://{}", consent.addr), token("profile-service"));
         gate.cache_capacity = options.cache_capacity;
         gate.lease = options.lease;
-        gate.heartbeat = (options.lease / 4).max(Duration::from_millis(20));
+        gate.heartbeat = (options.lease / 4).max(Duration::from_millis(u64::from(
+            consentgate_proto::limits::MIN_HEARTBEAT_MILLIS,
+        )));
         let proxy = if options.cuttable_stream {
             let proxy = CutProxy::start(consent.addr).await;
             gate.watch_endpoint = Some(format!("http://{}", proxy.addr));

@@ -52,7 +52,9 @@ pub struct GateConfig {
     pub dialer: Dialer,
     /// Cached allows are served only this long after the last heartbeat (docs/architecture.md §3: 1 s).
     pub lease: Duration,
-    /// The heartbeat interval asked of the consent service; well under the lease.
+    /// The heartbeat interval asked of the consent service; well under the lease, and within
+    /// the bounds it accepts (`consentgate_proto::limits`, 100 ms to 10 s): a gate configured
+    /// outside them refuses to start rather than watch nothing.
     pub heartbeat: Duration,
     /// Deadline of one Check; past it the read fails closed.
     pub check_timeout: Duration,
@@ -65,6 +67,13 @@ pub struct GateConfig {
     /// The service's metrics, where the gate reports its cache, lease and stream (disabled by
     /// default).
     pub metrics: Metrics,
+}
+
+/// The heartbeat intervals the consent service accepts in a WatchChanges.
+fn heartbeat_bounds() -> std::ops::RangeInclusive<Duration> {
+    use consentgate_proto::limits::{MAX_HEARTBEAT_MILLIS, MIN_HEARTBEAT_MILLIS};
+    Duration::from_millis(MIN_HEARTBEAT_MILLIS.into())
+        ..=Duration::from_millis(MAX_HEARTBEAT_MILLIS.into())
 }
 
 impl GateConfig {
@@ -195,6 +204,15 @@ impl Gate {
                         .keep_alive_timeout(Duration::from_secs(5))
                 }))
         };
+        let heartbeats = heartbeat_bounds();
+        if !heartbeats.contains(&config.heartbeat) {
+            return Err(GateError::Config(format!(
+                "heartbeat {:?} is outside what the consent service accepts ({:?} to {:?})",
+                config.heartbeat,
+                heartbeats.start(),
+                heartbeats.end()
+            )));
+        }
         let check_endpoint = endpoint(&config.consent_endpoint)?;
         let client = connect(&check_endpoint);
         // The stream has a connection of its own, so a replica that hangs the stream is left
@@ -586,9 +604,13 @@ impl Gate {
             .max(self.inner.freshness.last_device_change())
     }
 
-    /// A failed call: a bad question is passed on; anything else fails closed.
+    /// A failed call: a bad question (bad input, or a consistency token from the future) is
+    /// passed on, so the caller learns what to fix; anything else fails closed.
     fn failed(&self, status: tonic::Status) -> GateError {
-        if status.code() == tonic::Code::InvalidArgument {
+        let token_ahead = status.code() == tonic::Code::FailedPrecondition
+            && consentgate_runtime::errors::reason_of(&status).as_deref()
+                == Some("TOKEN_AHEAD_OF_DATABASE");
+        if status.code() == tonic::Code::InvalidArgument || token_ahead {
             GateError::Rejected(status)
         } else {
             self.unavailable(format!("{:?}: {}", status.code(), status.message()))

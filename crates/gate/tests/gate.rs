@@ -402,3 +402,19 @@ async fn an_abandoned_probe_frees_the_next() {
     );
     drop(front);
 }
+
+/// The gate asks for heartbeats the consent service accepts (its default is above the floor),
+/// and a gate configured under the floor refuses to start instead of watching nothing.
+#[tokio::test]
+async fn the_heartbeat_asked_for_is_within_what_the_consent_service_accepts() {
+    let floor = Duration::from_millis(consentgate_proto::limits::MIN_HEARTBEAT_MILLIS.into());
+    let config = GateConfig::new("http://127.0.0.1:9", "t-recommendation-service");
+    assert!(config.heartbeat >= floor, "{:?}", config.heartbeat);
+    assert!(config.heartbeat < config.lease, "{:?}", config.heartbeat);
+    let mut too_fast = config;
+    too_fast.heartbeat = Duration::from_millis(10);
+    match Gate::start(too_fast, "recommendation-service") {
+        Err(GateError::Config(why)) => assert!(why.contains("heartbeat"), "{why}"),
+        other => panic!("a 10 ms heartbeat must be refused, got {:?}", other.is_ok()),
+    }
+}

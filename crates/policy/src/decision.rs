@@ -113,13 +113,11 @@ impl fmt::Display for Reason {
 }
 
 /// A bad request: a bug in the caller, answered with INVALID_ARGUMENT, never a denial.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecisionError {
     /// The purpose is not in the policy.
-    #[error("unknown purpose {0:?}")]
     UnknownPurpose(String),
     /// A data category is not in the policy.
-    #[error("unknown data category {category:?}")]
     UnknownCategory {
         /// Index in the request's list.
         index: usize,
@@ -127,12 +125,23 @@ pub enum DecisionError {
         category: String,
     },
     /// The jurisdiction is not in the policy.
-    #[error("unknown jurisdiction {0:?}")]
     UnknownJurisdiction(String),
-    /// The channel is unknown or not one of the purpose's channels.
-    #[error("{0}")]
+    /// The channel is not one this model knows.
+    UnknownChannel(String),
+    /// The channel is missing or not one of the purpose's channels (the text names only values
+    /// the policy knows, never the request's).
     BadChannel(String),
 }
+
+/// The whole value quoted: for tests and logs of this crate; the gRPC layer quotes a prefix
+/// through [`DecisionError::describe`].
+impl fmt::Display for DecisionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(|v| format!("{v:?}")))
+    }
+}
+
+impl std::error::Error for DecisionError {}
 
 impl DecisionError {
     /// The request field the error is about (relative to a Check request).
@@ -141,7 +150,25 @@ impl DecisionError {
             DecisionError::UnknownPurpose(_) => "purpose".into(),
             DecisionError::UnknownCategory { index, .. } => format!("data_categories[{index}]"),
             DecisionError::UnknownJurisdiction(_) => "context.jurisdiction".into(),
-            DecisionError::BadChannel(_) => "channel".into(),
+            DecisionError::UnknownChannel(_) | DecisionError::BadChannel(_) => "channel".into(),
+        }
+    }
+
+    /// What is wrong, quoting the request's value through `echo`: the gRPC layer passes one that
+    /// quotes a short prefix, so a hostile value never swells the answer (this crate does no I/O
+    /// and leaves that bound to it).
+    pub fn describe(&self, echo: impl Fn(&str) -> String) -> String {
+        match self {
+            DecisionError::UnknownPurpose(p) => format!("unknown purpose {}", echo(p)),
+            DecisionError::UnknownCategory { category, .. } => {
+                format!("unknown data category {}", echo(category))
+            }
+            DecisionError::UnknownJurisdiction(j) => format!("unknown jurisdiction {}", echo(j)),
+            DecisionError::UnknownChannel(c) => format!(
+                "unknown channel {} (expected email, sms, push or in_app)",
+                echo(c)
+            ),
+            DecisionError::BadChannel(why) => why.clone(),
         }
     }
 }
@@ -557,11 +584,8 @@ fn resolve_channel(
             list(&purpose.channels)
         ))),
         Some(text) => {
-            let channel = Channel::parse(text).ok_or_else(|| {
-                DecisionError::BadChannel(format!(
-                    "unknown channel {text:?} (expected email, sms, push or in_app)"
-                ))
-            })?;
+            let channel = Channel::parse(text)
+                .ok_or_else(|| DecisionError::UnknownChannel(text.to_owned()))?;
             if purpose.channels.contains(&channel) {
                 Ok(Some(channel))
             } else if purpose.channels.is_empty() {

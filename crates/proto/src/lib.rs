@@ -1,6 +1,13 @@
 //! consentgate's gRPC API, generated from `proto/` at build time. No logic lives here.
 #![allow(missing_docs, clippy::all)]
 
+pub mod codec;
+pub mod limits;
+
+/// The `ErrorInfo.domain` of every consentgate error (here, below every crate that builds errors,
+/// so that the [`codec`] uses the same one).
+pub const ERROR_DOMAIN: &str = "consentgate.dev";
+
 /// Shared types (`consentgate.common.v1`).
 pub mod common {
     /// Version 1.

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod errors;
 pub mod metrics;
 pub mod metrics_otlp;
+pub mod oversize;
 pub mod rpc_telemetry;
 pub mod server;
 pub mod telemetry;

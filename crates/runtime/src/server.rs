@@ -108,7 +108,8 @@ where
             &telemetry.tracing,
             measured.iter().map(String::as_str),
         ))
-        .layer(AuthLayer::new(auth, rules));
+        .layer(AuthLayer::new(auth, rules))
+        .layer(crate::oversize::OversizeLayer);
     let router = tonic::transport::Server::builder()
         .layer(layers)
         .add_routes(Routes::new(api))

@@ -16,6 +16,7 @@ use consentgate_policy::{
     AgeBand, CheckInput, CollectionMethod, Decision, DecisionError, Policy, SubjectState, decide,
     validate,
 };
+use consentgate_runtime::errors::echo;
 use consentgate_store::notify::{Notice, Notices};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +43,19 @@ pub enum EngineError {
     /// The store failed.
     #[error("store unavailable: {0}")]
     Store(StoreError),
+    /// A consistency token beyond every revision the database has committed.
+    #[error("consistency token {token} is beyond the committed revision {head}")]
+    TokenAhead {
+        /// The caller's `at_least_as_fresh`.
+        token: u64,
+        /// The database's last committed revision.
+        head: u64,
+    },
 }
+
+/// How long a read whose token is ahead of the database waits before it reads once more: a
+/// write another replica committed as the first read began is in the second one.
+const TOKEN_RECHECK: Duration = Duration::from_millis(50);
 
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
@@ -56,7 +69,7 @@ impl From<StoreError> for EngineError {
 
 impl From<DecisionError> for EngineError {
     fn from(e: DecisionError) -> Self {
-        EngineError::Invalid(vec![(e.field(), e.to_string())])
+        EngineError::Invalid(vec![(e.field(), e.describe(echo))])
     }
 }
 
@@ -433,6 +446,12 @@ impl Engine {
     /// (it lost its database, or its listener) reads through: a cached state may predate a
     /// change another replica committed meanwhile, and a gate whose lease ran out asks exactly
     /// such a replica. Without the database the read fails, and the answer fails closed.
+    ///
+    /// A token (`at_least`) beyond what this replica has heard of is not refused: the read goes
+    /// to the database, which holds every other replica's commits. Only a token beyond the
+    /// database's committed revision (read twice, [`TOKEN_RECHECK`] apart) is from the future —
+    /// invented, or issued before the database was restored to an earlier point — and answered
+    /// [`EngineError::TokenAhead`], never as if it were satisfied.
     pub async fn state(
         &self,
         subject: &SubjectKey,
@@ -445,12 +464,17 @@ impl Engine {
             return Ok(hit);
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let rows = consentgate_runtime::traces::in_span(
-            "consentgate.consent.store.load",
-            || [],
-            self.store.load_subject(subject),
-        )
-        .await?;
+        let mut rows = self.load_rows(subject).await?;
+        if rows.as_of < at_least {
+            tokio::time::sleep(TOKEN_RECHECK).await;
+            rows = self.load_rows(subject).await?;
+            if rows.as_of < at_least {
+                return Err(EngineError::TokenAhead {
+                    token: at_least,
+                    head: rows.as_of,
+                });
+            }
+        }
         self.loads.fetch_add(1, Ordering::Relaxed);
         let loaded = Arc::new(CachedState {
             as_of: rows.as_of,
@@ -462,6 +486,16 @@ impl Engine {
             self.cache.invalidate(subject).await;
         }
         Ok(loaded)
+    }
+
+    /// Everything stored about a subject, read in one snapshot (traced).
+    async fn load_rows(&self, subject: &SubjectKey) -> Result<SubjectRows, EngineError> {
+        Ok(consentgate_runtime::traces::in_span(
+            "consentgate.consent.store.load",
+            || [],
+            self.store.load_subject(subject),
+        )
+        .await?)
     }
 
     /// Decides a check for `caller` (the original caller under delegation).

@@ -56,7 +56,10 @@ pub enum CatalogError {
         reason: String,
     },
     /// Two items share an id.
-    #[error("line {line}: duplicate item id {id:?}")]
+    #[error(
+        "line {line}: duplicate item id {}",
+        consentgate_runtime::errors::echo(.id)
+    )]
     Duplicate {
         /// 1-based line number of the second one.
         line: usize,

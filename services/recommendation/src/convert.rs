@@ -7,18 +7,20 @@ use crate::service::{Outcome, OutcomeKind, RecommendAsk, Recommendation};
 use crate::store::TierTotals;
 use crate::tier::Tier;
 use consentgate_gate::subject_key;
+use consentgate_proto::common::v1::subject_ref::Id;
+use consentgate_proto::limits;
 use consentgate_proto::recommendation::v1 as pb;
 use consentgate_runtime::errors::Violations;
 use tonic::Status;
 
 /// Most items one Recommend may ask for.
-const MAX_ITEMS: u32 = 100;
+const MAX_ITEMS: u32 = limits::MAX_RECOMMENDED_ITEMS;
 /// Items returned when a Recommend names no count.
 const DEFAULT_ITEMS: usize = 10;
 /// Longest context text (device, region, current item, weather) accepted.
-const MAX_CONTEXT_TEXT: usize = 256;
+const MAX_CONTEXT_TEXT: usize = limits::MAX_CONTEXT_TEXT_BYTES;
 /// Most session items one Recommend may carry.
-const MAX_SESSION_ITEMS: usize = 100;
+const MAX_SESSION_ITEMS: usize = limits::MAX_SESSION_ITEMS;
 
 /// Validates a Recommend and builds the moment it ranks for (now, when the request names no
 /// time). A bad `n` is answered alone, before anything else is looked at.
@@ -38,6 +40,8 @@ pub fn recommend(r: pb::RecommendRequest) -> Result<RecommendAsk, Status> {
         Some(s) if s.id.is_some() => {
             if subject_key(&s).is_none() {
                 v.add("subject", "subject_id or device_id must not be empty");
+            } else if let Some(Id::SubjectId(id) | Id::DeviceId(id)) = &s.id {
+                v.check_len("subject", id, limits::MAX_ID_BYTES);
             }
             Some(s)
         }
@@ -60,10 +64,32 @@ pub fn recommend(r: pb::RecommendRequest) -> Result<RecommendAsk, Status> {
         "at_least_as_fresh",
         "must be a revision returned by a consent write (a decimal number)",
     );
-    v.check(
-        context.session_item_ids.len() > MAX_SESSION_ITEMS,
+    if v.check_count(
         "context.session_item_ids",
-        "at most 100 items",
+        context.session_item_ids.len(),
+        MAX_SESSION_ITEMS,
+    ) {
+        for (i, item) in context.session_item_ids.iter().enumerate() {
+            v.check_len(
+                &format!("context.session_item_ids[{i}]"),
+                item,
+                MAX_CONTEXT_TEXT,
+            );
+        }
+    }
+    let jurisdiction = context
+        .consent
+        .as_ref()
+        .map_or("", |c| c.jurisdiction.as_str());
+    v.check_len(
+        "context.consent.jurisdiction",
+        jurisdiction,
+        limits::MAX_POLICY_KEY_BYTES,
+    );
+    v.check_len(
+        "at_least_as_fresh",
+        &r.at_least_as_fresh,
+        limits::MAX_TOKEN_BYTES,
     );
     v.finish()?;
     let seconds = context.time.as_ref().map_or_else(
@@ -185,6 +211,11 @@ pub fn unlearn(r: &pb::UnlearnRequest) -> Result<String, Status> {
         "subject",
         "a subject_id or device_id is required",
     );
+    if let Some(Id::SubjectId(id) | Id::DeviceId(id)) =
+        r.subject.as_ref().and_then(|s| s.id.as_ref())
+    {
+        v.check_len("subject", id, limits::MAX_ID_BYTES);
+    }
     finish(v, key)
 }
 
@@ -246,7 +277,7 @@ mod tests {
             "subject: subject_id or device_id must not be empty; \
              context.device: must be at most 256 bytes; \
              at_least_as_fresh: must be a revision returned by a consent write (a decimal number); \
-             context.session_item_ids: at most 100 items"
+             context.session_item_ids: at most 100 items (got 101)"
         );
     }
 

@@ -2,13 +2,14 @@
 
 use super::{
     collection_method, finish, from_timestamp, idempotency, idempotency_key, record_pb, subject,
-    valid_id,
+    unknown_enum, valid_id,
 };
 use crate::model::WriteOutcome;
 use crate::service::{ConsentAsk, GrantAsk, Granted, Idempotency, SignalAsk, Target};
 use consentgate_policy::{Channel, ConsentType, NoticeVersion, Policy};
 use consentgate_proto::consent::v1 as pb;
-use consentgate_runtime::errors::Violations;
+use consentgate_proto::limits;
+use consentgate_runtime::errors::{Violations, echo};
 use std::net::IpAddr;
 use time::OffsetDateTime;
 use tonic::Status;
@@ -46,11 +47,15 @@ pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> 
     let consent_type = match pb::ConsentType::try_from(r.consent_type) {
         Ok(pb::ConsentType::Explicit) => ConsentType::Explicit,
         Ok(pb::ConsentType::Expressed) => ConsentType::Expressed,
-        _ => {
+        Ok(pb::ConsentType::Unspecified) => {
             v.add(
                 "consent_type",
                 "required: CONSENT_TYPE_EXPLICIT or CONSENT_TYPE_EXPRESSED",
             );
+            ConsentType::Expressed
+        }
+        Err(_) => {
+            v.add("consent_type", unknown_enum(r.consent_type));
             // Never recorded: the violation fails the request before anything is built.
             ConsentType::Expressed
         }
@@ -60,7 +65,12 @@ pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> 
             "notice_version",
             "required: the version of the notice the person saw",
         );
-    } else if NoticeVersion::parse(&r.notice_version).is_none() {
+    } else if v.check_len(
+        "notice_version",
+        &r.notice_version,
+        limits::MAX_NOTICE_VERSION_BYTES,
+    ) && NoticeVersion::parse(&r.notice_version).is_none()
+    {
         v.add("notice_version", "must look like 2 or 2.1");
     }
     let language = if r.language.is_empty() {
@@ -68,7 +78,7 @@ pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> 
     } else {
         r.language.clone()
     };
-    if language.len() > 35
+    if language.len() > limits::MAX_LANGUAGE_BYTES
         || !language
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -109,7 +119,13 @@ fn refusal_or_withdrawal(policy: &Policy, c: ConsentFields<'_>) -> Result<Consen
     idempotency_key(&mut v, &c.idempotency.key);
     let target = target(policy, &mut v, c.target, false);
     let jurisdiction = jurisdiction(policy, &mut v, c.jurisdiction);
-    if !c.notice_version.is_empty() && NoticeVersion::parse(c.notice_version).is_none() {
+    if v.check_len(
+        "notice_version",
+        c.notice_version,
+        limits::MAX_NOTICE_VERSION_BYTES,
+    ) && !c.notice_version.is_empty()
+        && NoticeVersion::parse(c.notice_version).is_none()
+    {
         v.add("notice_version", "must look like 2 or 2.1");
     }
     consent_ask(
@@ -125,12 +141,19 @@ fn refusal_or_withdrawal(policy: &Policy, c: ConsentFields<'_>) -> Result<Consen
 /// Finishes a consent event: the fields checked so far must all be valid before the source
 /// address is looked at (its violation is reported only then).
 fn consent_ask(
-    v: Violations,
+    mut v: Violations,
     target: Option<Target>,
     c: ConsentFields<'_>,
 ) -> Result<ConsentAsk, Status> {
+    let collection_method = collection_method(&mut v, c.collection_method);
     let target = finish(v, target)?;
     let mut v = Violations::default();
+    let user_agent = c.source.map_or("", |s| s.user_agent.as_str());
+    v.check_len(
+        "source.user_agent",
+        user_agent,
+        limits::MAX_USER_AGENT_BYTES,
+    );
     let source_ip = source_ip(&mut v, c.source.map_or("", |s| s.ip_address.as_str()));
     v.finish()?;
     Ok(ConsentAsk {
@@ -138,7 +161,7 @@ fn consent_ask(
         target,
         jurisdiction: c.jurisdiction.to_owned(),
         notice_version: c.notice_version.to_owned(),
-        collection_method: collection_method(c.collection_method),
+        collection_method,
         source_ip,
         user_agent: c.source.map_or("", |s| s.user_agent.as_str()).to_owned(),
     })
@@ -163,6 +186,9 @@ fn source_ip(v: &mut Violations, text: &str) -> Option<IpAddr> {
     if text.is_empty() {
         return None;
     }
+    if !v.check_len("source.ip_address", text, limits::MAX_IP_ADDRESS_BYTES) {
+        return None;
+    }
     let ip = text.parse::<IpAddr>().ok();
     if ip.is_none() {
         v.add("source.ip_address", "not an IP address");
@@ -181,19 +207,29 @@ fn target(
         v.add("target", "required");
         return None;
     };
+    let key = limits::MAX_POLICY_KEY_BYTES;
+    let fits = v.check_len("target.purpose", &t.purpose, key)
+        & v.check_len("target.data_category", &t.data_category, key)
+        & v.check_len("target.channel", &t.channel, key);
+    if !fits {
+        return None;
+    }
     let subject = subject(v, "target.subject", t.subject.as_ref());
     let purpose = policy.purposes.get(&t.purpose);
     if t.purpose.is_empty() {
         v.add("target.purpose", "required");
     } else if purpose.is_none() {
-        v.add("target.purpose", format!("unknown purpose {:?}", t.purpose));
+        v.add(
+            "target.purpose",
+            format!("unknown purpose {}", echo(&t.purpose)),
+        );
     }
     let scope = (!t.data_category.is_empty()).then(|| t.data_category.clone());
     if let (Some(scope), Some(p)) = (&scope, purpose) {
         if !policy.categories.contains_key(scope) {
             v.add(
                 "target.data_category",
-                format!("unknown data category {scope:?}"),
+                format!("unknown data category {}", echo(scope)),
             );
         } else if !p.needs(scope) {
             v.add(
@@ -208,7 +244,10 @@ fn target(
             Some(c) => match Channel::parse(c) {
                 None => v.add(
                     "target.channel",
-                    format!("unknown channel {c:?} (expected email, sms, push or in_app)"),
+                    format!(
+                        "unknown channel {} (expected email, sms, push or in_app)",
+                        echo(c)
+                    ),
                 ),
                 Some(ch) if !p.channels.contains(&ch) => v.add(
                     "target.channel",
@@ -235,10 +274,16 @@ fn target(
 }
 
 fn jurisdiction(policy: &Policy, v: &mut Violations, code: &str) -> String {
+    if !v.check_len("jurisdiction", code, limits::MAX_POLICY_KEY_BYTES) {
+        return String::new();
+    }
     match policy.jurisdiction(code) {
         Some(j) => j.code.clone(),
         None => {
-            v.add("jurisdiction", format!("unknown jurisdiction {code:?}"));
+            v.add(
+                "jurisdiction",
+                format!("unknown jurisdiction {}", echo(code)),
+            );
             String::new()
         }
     }
@@ -298,25 +343,25 @@ pub fn record_signal(r: &pb::RecordSignalRequest) -> Result<SignalAsk, Status> {
             );
             "guardian"
         }
-        _ => {
+        Ok(pb::SignalKind::Unspecified) => {
             v.add(
                 "kind",
                 "required: SIGNAL_KIND_GPC, SIGNAL_KIND_AGE_BAND or SIGNAL_KIND_GUARDIAN",
             );
             ""
         }
+        Err(_) => {
+            v.add("kind", unknown_enum(r.kind));
+            ""
+        }
     };
-    v.check(
-        pb::CollectionMethod::try_from(r.collection_method).is_err(),
-        "collection_method",
-        "unknown collection method",
-    );
+    let collection_method = collection_method(&mut v, r.collection_method);
     Ok(SignalAsk {
         subject: finish(v, subject)?,
         idempotency: idempotency(r, &r.idempotency_key, |m| m.idempotency_key.clear()),
         kind,
         value: r.value.clone(),
-        collection_method: collection_method(r.collection_method),
+        collection_method,
     })
 }
 

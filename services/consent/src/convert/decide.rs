@@ -7,12 +7,13 @@ use crate::model::SubjectKey;
 use crate::service::{Ask, Explained};
 use consentgate_policy::{Decision, Personalization, Policy, Reason, Verdict};
 use consentgate_proto::consent::v1 as pb;
+use consentgate_proto::limits;
 use consentgate_runtime::CallerIdentity;
-use consentgate_runtime::errors::Violations;
+use consentgate_runtime::errors::{Violations, echo};
 use tonic::Status;
 
 /// Most checks one BatchCheck may carry.
-pub const MAX_BATCH: usize = 1000;
+pub const MAX_BATCH: usize = limits::MAX_BATCH_CHECKS;
 
 /// Validates a Check.
 pub fn check(
@@ -44,6 +45,10 @@ pub fn batch_check(
         );
         return finish(v, None);
     }
+    let categories: usize = r.checks.iter().map(|c| c.data_categories.len()).sum();
+    if !v.check_count("checks", categories, limits::MAX_BATCH_CATEGORIES) {
+        return finish(v, None);
+    }
     let mut asks = Vec::with_capacity(r.checks.len());
     for (i, c) in r.checks.iter().enumerate() {
         if let Some(ask) = check_query(policy, &mut v, &format!("checks[{i}]."), caller, c) {
@@ -66,8 +71,13 @@ pub fn explain(
             "as_caller",
             "required: the caller whose decision to explain",
         );
-    } else if !policy.callers.contains_key(&r.as_caller) {
-        v.add("as_caller", format!("unknown caller {:?}", r.as_caller));
+    } else if v.check_len("as_caller", &r.as_caller, limits::MAX_POLICY_KEY_BYTES)
+        && !policy.callers.contains_key(&r.as_caller)
+    {
+        v.add(
+            "as_caller",
+            format!("unknown caller {}", echo(&r.as_caller)),
+        );
     }
     let ask = match &r.check {
         None => {
@@ -89,6 +99,10 @@ fn check_query(
     c: &pb::CheckRequest,
 ) -> Option<Ask> {
     let mut local = Violations::default();
+    if !within_bounds(&mut local, c) {
+        v.extend_prefixed(prefix, local);
+        return None;
+    }
     let subject = subject(&mut local, "subject", c.subject.as_ref());
     let at_least_as_fresh = if c.at_least_as_fresh.is_empty() {
         0
@@ -106,7 +120,7 @@ fn check_query(
     } else if !policy.callers.contains_key(&c.on_behalf_of) {
         local.add(
             "on_behalf_of",
-            format!("unknown caller {:?}", c.on_behalf_of),
+            format!("unknown caller {}", echo(&c.on_behalf_of)),
         );
         String::new()
     } else {
@@ -129,7 +143,7 @@ fn check_query(
     if c.purpose.is_empty() {
         local.add("purpose", "required");
     } else if let Err(e) = consentgate_policy::validate(policy, &query.input("")) {
-        local.add(e.field(), e.to_string());
+        local.add(e.field(), e.describe(echo));
     }
     let ok = local.is_empty() && subject.is_some();
     v.extend_prefixed(prefix, local);
@@ -138,6 +152,34 @@ fn check_query(
         decider,
         delegated: !c.on_behalf_of.is_empty(),
     })
+}
+
+/// The bounds of a Check (see `consentgate_proto::limits`), checked before anything is cloned
+/// or looked up: true when every field is within them.
+fn within_bounds(v: &mut Violations, c: &pb::CheckRequest) -> bool {
+    let key = limits::MAX_POLICY_KEY_BYTES;
+    let jurisdiction = c.context.as_ref().map_or("", |x| x.jurisdiction.as_str());
+    let mut fits = v.check_len("purpose", &c.purpose, key)
+        & v.check_len("channel", &c.channel, key)
+        & v.check_len("context.jurisdiction", jurisdiction, key)
+        & v.check_len("on_behalf_of", &c.on_behalf_of, key)
+        & v.check_len(
+            "at_least_as_fresh",
+            &c.at_least_as_fresh,
+            limits::MAX_TOKEN_BYTES,
+        );
+    if v.check_count(
+        "data_categories",
+        c.data_categories.len(),
+        limits::MAX_CATEGORIES,
+    ) {
+        for (i, category) in c.data_categories.iter().enumerate() {
+            fits &= v.check_len(&format!("data_categories[{i}]"), category, key);
+        }
+    } else {
+        fits = false;
+    }
+    fits
 }
 
 /// Converts a decision to its wire form; the trace only when asked for.

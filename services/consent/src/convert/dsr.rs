@@ -12,6 +12,7 @@ use crate::service::{
     ConsentsView, HistoryPage, Idempotency, Reapplied, Receipt, ServiceError, WatchEvent,
 };
 use consentgate_proto::consent::v1 as pb;
+use consentgate_proto::limits;
 use consentgate_runtime::errors::{Violations, invalid_argument};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -58,9 +59,14 @@ pub fn consents_response(view: ConsentsView) -> pb::GetConsentsResponse {
 pub fn history(r: &pb::ListConsentHistoryRequest) -> Result<(SubjectKey, u64, u32), Status> {
     let mut v = Violations::default();
     let subject = subject(&mut v, "subject", r.subject.as_ref());
-    v.check(r.page_size > 500, "page_size", "must be at most 500");
+    v.check(
+        r.page_size > limits::MAX_HISTORY_PAGE,
+        "page_size",
+        "must be at most 500",
+    );
     let after = match (&subject, r.page_token.is_empty()) {
         (_, true) => 0,
+        (_, false) if !v.check_len("page_token", &r.page_token, limits::MAX_TOKEN_BYTES) => 0,
         (Some(s), false) => parse_page_token(s, &r.page_token).unwrap_or_else(|| {
             v.add("page_token", "malformed, or issued for another subject");
             0
@@ -192,7 +198,7 @@ pub fn erase_response(outcome: &WriteOutcome, tombstone: Vec<u8>) -> pb::EraseSu
 }
 
 /// The most subjects or tombstones in one FindErased or ReapplyErasures.
-pub const MAX_ERASURE_BATCH: usize = 1000;
+pub const MAX_ERASURE_BATCH: usize = limits::MAX_ERASURE_BATCH;
 
 /// Validates a FindErased: 1 to 1,000 subjects, each named by its index when wrong.
 pub fn find_erased(r: &pb::FindErasedRequest) -> Result<Vec<SubjectKey>, Status> {
@@ -249,7 +255,7 @@ pub fn reapply_erasures(r: &pb::ReapplyErasuresRequest) -> Result<(Vec<Vec<u8>>,
         v.add("tombstones", "required: at least one tombstone, or sweep");
     }
     for (i, t) in r.tombstones.iter().enumerate() {
-        if t.len() != 32 {
+        if t.len() != limits::TOMBSTONE_BYTES {
             v.add(
                 format!("tombstones[{i}]"),
                 "must be 32 bytes, as EraseSubject or FindErased returned it",
@@ -259,14 +265,20 @@ pub fn reapply_erasures(r: &pb::ReapplyErasuresRequest) -> Result<(Vec<Vec<u8>>,
     finish(v, Some((r.tombstones.clone(), r.sweep)))
 }
 
-/// Validates a ListErasures: where to continue, and the page size (1,000 when unset).
+/// Validates a ListErasures: where to continue (empty, or a tombstone a previous page ended
+/// with), and the page size (1,000 when unset).
 pub fn list_erasures(r: &pb::ListErasuresRequest) -> Result<(Vec<u8>, u32), Status> {
+    let mut v = Violations::default();
     if r.page_size as usize > MAX_ERASURE_BATCH {
-        return Err(invalid_argument(
-            "page_size",
-            format!("at most {MAX_ERASURE_BATCH}"),
-        ));
+        v.add("page_size", format!("at most {MAX_ERASURE_BATCH}"));
     }
+    if !r.after.is_empty() && r.after.len() != limits::TOMBSTONE_BYTES {
+        v.add(
+            "after",
+            "not a tombstone: pass the `next_after` of the previous page, or nothing",
+        );
+    }
+    v.finish()?;
     let size = if r.page_size == 0 {
         MAX_ERASURE_BATCH as u32
     } else {
@@ -305,18 +317,20 @@ fn keyed_subject(
 }
 
 /// Validates a WatchChanges: where to resume, and the heartbeat interval (250 ms when unset,
-/// 10 ms to 10 s).
+/// else 100 ms to 10 s). An interval under the floor is refused, not raised: a caller that asked
+/// for 1 ms would otherwise believe its lease is checked every millisecond.
 pub fn watch(r: &pb::WatchChangesRequest) -> Result<(u64, Duration), Status> {
-    if r.heartbeat_millis > 10_000 {
+    let (min, max) = (limits::MIN_HEARTBEAT_MILLIS, limits::MAX_HEARTBEAT_MILLIS);
+    if r.heartbeat_millis != 0 && !(min..=max).contains(&r.heartbeat_millis) {
         return Err(invalid_argument(
             "heartbeat_millis",
-            "must be at most 10000",
+            format!("must be 0 (the default, 250) or {min} to {max}"),
         ));
     }
     let interval = Duration::from_millis(if r.heartbeat_millis == 0 {
         250
     } else {
-        u64::from(r.heartbeat_millis.max(10))
+        u64::from(r.heartbeat_millis)
     });
     Ok((r.after_revision, interval))
 }

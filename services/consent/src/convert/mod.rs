@@ -30,10 +30,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tonic::Status;
 
-/// Longest subject or device id accepted.
-const MAX_ID_LEN: usize = 256;
-/// Longest idempotency key accepted.
-const MAX_KEY_LEN: usize = 128;
+use consentgate_proto::limits::{MAX_ID_BYTES as MAX_ID_LEN, MAX_IDEMPOTENCY_KEY_BYTES};
 
 /// Fails with every violation recorded; otherwise the value validation produced.
 fn finish<T>(v: Violations, value: Option<T>) -> Result<T, Status> {
@@ -93,7 +90,7 @@ fn idempotency_key(v: &mut Violations, key: &str) {
             "idempotency_key",
             "required: retries with the same key are answered once",
         );
-    } else if key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
+    } else if key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(char::is_control) {
         v.add("idempotency_key", "must be at most 128 printable bytes");
     }
 }
@@ -137,16 +134,27 @@ fn from_timestamp(t: &prost_types::Timestamp) -> Option<OffsetDateTime> {
         .ok()
 }
 
-/// The collection method a request names; unspecified means another system over the API.
-fn collection_method(m: i32) -> CollectionMethod {
-    match pb::CollectionMethod::try_from(m).unwrap_or(pb::CollectionMethod::Unspecified) {
-        pb::CollectionMethod::PreferenceCenter => CollectionMethod::PreferenceCenter,
-        pb::CollectionMethod::Banner => CollectionMethod::Banner,
-        pb::CollectionMethod::Survey => CollectionMethod::Survey,
-        pb::CollectionMethod::GpcSignal => CollectionMethod::GpcSignal,
-        pb::CollectionMethod::Import => CollectionMethod::Import,
-        pb::CollectionMethod::Api | pb::CollectionMethod::Unspecified => CollectionMethod::Api,
+/// The collection method a request names; unspecified means another system over the API. A
+/// value this version does not know (a newer client's, or garbage) is a violation of
+/// `collection_method`, never recorded as something else.
+fn collection_method(v: &mut Violations, m: i32) -> CollectionMethod {
+    match pb::CollectionMethod::try_from(m) {
+        Ok(pb::CollectionMethod::PreferenceCenter) => CollectionMethod::PreferenceCenter,
+        Ok(pb::CollectionMethod::Banner) => CollectionMethod::Banner,
+        Ok(pb::CollectionMethod::Survey) => CollectionMethod::Survey,
+        Ok(pb::CollectionMethod::GpcSignal) => CollectionMethod::GpcSignal,
+        Ok(pb::CollectionMethod::Import) => CollectionMethod::Import,
+        Ok(pb::CollectionMethod::Api | pb::CollectionMethod::Unspecified) => CollectionMethod::Api,
+        Err(_) => {
+            v.add("collection_method", unknown_enum(m));
+            CollectionMethod::Api
+        }
     }
+}
+
+/// What an unknown enum value is told: the number, and that this version does not know it.
+fn unknown_enum(value: i32) -> String {
+    format!("unknown value {value}: not one this API version defines")
 }
 
 fn collection_method_pb(m: CollectionMethod) -> i32 {

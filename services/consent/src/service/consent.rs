@@ -160,7 +160,10 @@ impl Service {
         let purpose = policy.purposes.get(&target.purpose).ok_or_else(|| {
             ServiceError::Invalid(vec![(
                 "target.purpose".to_owned(),
-                format!("unknown purpose {:?}", target.purpose),
+                format!(
+                    "unknown purpose {}",
+                    consentgate_runtime::errors::echo(&target.purpose)
+                ),
             )])
         })?;
         let basis = policy

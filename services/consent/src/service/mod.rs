@@ -77,6 +77,19 @@ pub enum ServiceError {
     /// The server is shutting down: long-lived streams end so that shutdown can finish.
     #[error("the consent service is shutting down; reconnect and resume from your last revision")]
     ShuttingDown,
+    /// `at_least_as_fresh` names a revision the database has not committed: a token this
+    /// service never issued, or one issued before its database was restored to an earlier
+    /// point. FAILED_PRECONDITION, not INVALID_ARGUMENT: the token is well formed and the state
+    /// decides; the caller acts by dropping it (or re-reading the revision a write returns).
+    #[error(
+        "at_least_as_fresh {token} is beyond the last committed revision ({head}): not a token this service issued, or its database was restored since; drop it"
+    )]
+    TokenAhead {
+        /// The caller's token.
+        token: u64,
+        /// The last committed revision.
+        head: u64,
+    },
     /// An invariant did not hold (a bug, never a caller's fault).
     #[error("{0}")]
     Internal(&'static str),
@@ -86,7 +99,9 @@ impl ErrorCode for ServiceError {
     fn code(&self) -> Code {
         match self {
             ServiceError::Invalid(_) => Code::InvalidArgument,
-            ServiceError::Erased | ServiceError::IdempotencyKeyReused => Code::FailedPrecondition,
+            ServiceError::Erased
+            | ServiceError::IdempotencyKeyReused
+            | ServiceError::TokenAhead { .. } => Code::FailedPrecondition,
             ServiceError::StoreUnavailable | ServiceError::ShuttingDown => Code::Unavailable,
             ServiceError::ReceiptNotFound => Code::NotFound,
             ServiceError::DelegationNotPermitted => Code::PermissionDenied,
@@ -103,6 +118,7 @@ impl ErrorCode for ServiceError {
             ServiceError::ReceiptNotFound => "RECEIPT_NOT_FOUND",
             ServiceError::DelegationNotPermitted => "DELEGATION_NOT_PERMITTED",
             ServiceError::ShuttingDown => "SHUTTING_DOWN",
+            ServiceError::TokenAhead { .. } => "TOKEN_AHEAD_OF_DATABASE",
             ServiceError::Internal(_) => "INTERNAL",
         }
     }
@@ -127,6 +143,7 @@ impl From<EngineError> for ServiceError {
             EngineError::Invalid(violations) => ServiceError::Invalid(violations),
             EngineError::Erased => ServiceError::Erased,
             EngineError::IdempotencyConflict => ServiceError::IdempotencyKeyReused,
+            EngineError::TokenAhead { token, head } => ServiceError::TokenAhead { token, head },
             EngineError::Store(e) => {
                 // Store failures do not leak details to callers; the log keeps the class only.
                 tracing::error!(error = %e.log_safe(), "consent store failed");

@@ -9,14 +9,15 @@ use crate::model::{Answer, AnswerKind, Attribute, Collection, Event, EventKind, 
 use crate::service::{CollectAsk, ItemVerdict};
 use consentgate_policy::Policy;
 use consentgate_proto::common::v1::DataSource;
+use consentgate_proto::limits;
 use consentgate_proto::profile::v1 as pb;
 use consentgate_runtime::errors::Violations;
 use tonic::Status;
 
 /// The most items in one SetAttributes or SubmitAnswers call.
-pub const MAX_ITEMS: usize = 500;
+pub const MAX_ITEMS: usize = limits::MAX_ITEMS;
 /// The most events in one RecordEvents call.
-pub const MAX_EVENTS: usize = 1000;
+pub const MAX_EVENTS: usize = limits::MAX_EVENTS;
 
 /// The notice version to record: the one shown, or the purpose's current one.
 fn notice_of(policy: &Policy, purpose: &str, shown: String) -> String {
@@ -47,6 +48,10 @@ pub fn set_attributes(
             ),
         );
     }
+    if r.attributes.len() > MAX_ITEMS {
+        // Too many to look at: refused on the count alone.
+        return v.finish_with(None);
+    }
     for (i, a) in r.attributes.iter().enumerate() {
         let mut item = Violations::default();
         check_text(&mut item, "name", &a.name, MAX_NAME_LEN, true);
@@ -63,6 +68,11 @@ pub fn set_attributes(
             _ => {}
         }
         check_text(&mut item, "partner", &a.partner, MAX_NAME_LEN, false);
+        item.check_len(
+            "notice_version",
+            &a.notice_version,
+            limits::MAX_NOTICE_VERSION_BYTES,
+        );
         v.extend_prefixed(&format!("attributes[{i}]."), item);
     }
     v.finish()?;
@@ -106,11 +116,20 @@ pub fn submit_answers(
     let mut v = Violations::default();
     check_subject(&mut v, "subject", r.subject.as_ref());
     check_purpose(policy, &mut v, "purpose", &r.purpose);
+    v.check_len(
+        "notice_version",
+        &r.notice_version,
+        limits::MAX_NOTICE_VERSION_BYTES,
+    );
     if r.answers.is_empty() || r.answers.len() > MAX_ITEMS {
         v.add(
             "answers",
             format!("1..{MAX_ITEMS} answers per call (got {})", r.answers.len()),
         );
+    }
+    if r.answers.len() > MAX_ITEMS {
+        // Too many to look at: refused on the count alone.
+        return v.finish_with(None);
     }
     for (i, a) in r.answers.iter().enumerate() {
         let mut item = Violations::default();
@@ -159,11 +178,20 @@ pub fn record_events(
     let mut v = Violations::default();
     check_subject(&mut v, "subject", r.subject.as_ref());
     check_purpose(policy, &mut v, "purpose", &r.purpose);
+    v.check_len(
+        "notice_version",
+        &r.notice_version,
+        limits::MAX_NOTICE_VERSION_BYTES,
+    );
     if r.events.is_empty() || r.events.len() > MAX_EVENTS {
         v.add(
             "events",
             format!("1..{MAX_EVENTS} events per call (got {})", r.events.len()),
         );
+    }
+    if r.events.len() > MAX_EVENTS {
+        // Too many to look at: refused on the count alone.
+        return v.finish_with(None);
     }
     for (i, e) in r.events.iter().enumerate() {
         let mut item = Violations::default();
@@ -174,6 +202,7 @@ pub fn record_events(
         check_text(&mut item, "item_id", &e.item_id, MAX_ID_LEN, false);
         check_text(&mut item, "query", &e.query, MAX_VALUE_LEN, false);
         check_text(&mut item, "page", &e.page, MAX_VALUE_LEN, false);
+        check_text(&mut item, "currency", &e.currency, 3, false);
         if matches!(kind, Some(EventKind::Purchase | EventKind::Return)) {
             if e.amount_minor < 0 {
                 item.add("amount_minor", "must not be negative");

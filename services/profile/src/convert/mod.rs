@@ -27,11 +27,12 @@ pub use rights::{
 
 use consentgate_policy::Policy;
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
-use consentgate_runtime::errors::Violations;
+use consentgate_proto::limits;
+use consentgate_runtime::errors::{Violations, echo};
 
-const MAX_ID_LEN: usize = 256;
-const MAX_NAME_LEN: usize = 128;
-const MAX_VALUE_LEN: usize = 4096;
+const MAX_ID_LEN: usize = limits::MAX_ID_BYTES;
+const MAX_NAME_LEN: usize = limits::MAX_NAME_BYTES;
+const MAX_VALUE_LEN: usize = limits::MAX_VALUE_BYTES;
 
 /// Validates a subject reference into the field `field`.
 fn check_subject(v: &mut Violations, field: &str, subject: Option<&SubjectRef>) {
@@ -56,16 +57,20 @@ fn check_subject(v: &mut Violations, field: &str, subject: Option<&SubjectRef>) 
 fn check_purpose(policy: &Policy, v: &mut Violations, field: &str, purpose: &str) {
     if purpose.is_empty() {
         v.add(field, "a purpose key from the policy is required");
-    } else if !policy.purposes.contains_key(purpose) {
-        v.add(field, format!("unknown purpose {purpose:?}"));
+    } else if v.check_len(field, purpose, limits::MAX_POLICY_KEY_BYTES)
+        && !policy.purposes.contains_key(purpose)
+    {
+        v.add(field, format!("unknown purpose {}", echo(purpose)));
     }
 }
 
 fn check_category(policy: &Policy, v: &mut Violations, field: &str, category: &str) {
     if category.is_empty() {
         v.add(field, "a data category key from the policy is required");
-    } else if !policy.categories.contains_key(category) {
-        v.add(field, format!("unknown data category {category:?}"));
+    } else if v.check_len(field, category, limits::MAX_POLICY_KEY_BYTES)
+        && !policy.categories.contains_key(category)
+    {
+        v.add(field, format!("unknown data category {}", echo(category)));
     }
 }
 

@@ -12,11 +12,12 @@ use crate::service::{
 };
 use consentgate_policy::Policy;
 use consentgate_proto::common::v1::{DataSource, RequestContext, SubjectRef};
+use consentgate_proto::limits;
 use consentgate_proto::profile::v1 as pb;
-use consentgate_runtime::errors::Violations;
+use consentgate_runtime::errors::{Violations, echo};
 use tonic::Status;
 
-const MAX_PAGE: u32 = 1000;
+const MAX_PAGE: u32 = limits::MAX_PAGE;
 
 /// Checks what every read names: the subject, the purpose and the freshness token.
 fn check_read(
@@ -28,7 +29,10 @@ fn check_read(
 ) {
     check_subject(v, "subject", subject);
     check_purpose(policy, v, "purpose", purpose);
-    if !token.is_empty() && token.parse::<u64>().is_err() {
+    if v.check_len("at_least_as_fresh", token, limits::MAX_TOKEN_BYTES)
+        && !token.is_empty()
+        && token.parse::<u64>().is_err()
+    {
         v.add(
             "at_least_as_fresh",
             "must be a revision returned by a consent write (a decimal number)",
@@ -59,6 +63,9 @@ fn named_categories(
     field: &str,
     named: &[String],
 ) -> Vec<String> {
+    if !v.check_count(field, named.len(), limits::MAX_CATEGORIES) {
+        return Vec::new();
+    }
     for (i, c) in named.iter().enumerate() {
         check_category(policy, v, &format!("{field}[{i}]"), c);
     }
@@ -83,10 +90,16 @@ fn kinds<W: TryFrom<i32>, K>(
     what: &str,
 ) -> Vec<K> {
     let mut out = Vec::new();
+    if !v.check_count(field, kinds.len(), limits::MAX_KINDS) {
+        return out;
+    }
     for (i, k) in kinds.iter().enumerate() {
         match W::try_from(*k).ok().and_then(of) {
             Some(kind) => out.push(kind),
-            None => v.add(format!("{field}[{i}]"), format!("unknown {what} kind")),
+            None => v.add(
+                format!("{field}[{i}]"),
+                format!("unknown {what} kind {k}: not one this API version defines"),
+            ),
         }
     }
     out
@@ -113,12 +126,19 @@ fn event_fields(
         return EventFields::ALL;
     };
     let mut named = Vec::new();
+    if !v.check_count(
+        &format!("{field}.paths"),
+        mask.paths.len(),
+        limits::MAX_KINDS,
+    ) {
+        return EventFields::ALL;
+    }
     for (i, path) in mask.paths.iter().enumerate() {
         match EventField::parse(path) {
             Some(f) => named.push(f),
             None => v.add(
                 format!("{field}.paths[{i}]"),
-                format!("not a field of Event: {path:?}"),
+                format!("not a field of Event: {}", echo(path)),
             ),
         }
     }
@@ -175,7 +195,9 @@ pub fn list_events(policy: &Policy, r: pb::ListEventsRequest) -> Result<EventsAs
     let kinds = event_kinds(&mut v, "kinds", &r.kinds);
     let limit = page_size(&mut v, "page_size", r.page_size);
     let fields = event_fields(&mut v, "read_mask", r.read_mask.as_ref());
-    let after = if r.page_token.is_empty() {
+    let after = if r.page_token.is_empty()
+        || !v.check_len("page_token", &r.page_token, limits::MAX_TOKEN_BYTES)
+    {
         None
     } else {
         let parsed = parse_page_token(&r.page_token);

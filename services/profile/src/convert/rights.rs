@@ -12,6 +12,7 @@ use crate::service::{
     Reapply, ReapplyDetail, Rectification, RectifyAsk, RequestReport, ServiceError,
 };
 use consentgate_proto::common::v1::SubjectRef;
+use consentgate_proto::limits;
 use consentgate_proto::profile::v1 as pb;
 use consentgate_runtime::errors::Violations;
 use tonic::{Request, Status};
@@ -41,12 +42,9 @@ pub fn rectify(r: pb::RectifyAttributeRequest) -> Result<RectifyAsk, Status> {
         "name",
         "the attribute's name is required",
     );
-    v.check(r.value.len() > 4096, "value", "must be at most 4096 bytes");
-    v.check(
-        r.reason.len() > 1024,
-        "reason",
-        "must be at most 1024 bytes",
-    );
+    v.check_len("name", &r.name, limits::MAX_NAME_BYTES);
+    v.check_len("value", &r.value, limits::MAX_VALUE_BYTES);
+    v.check_len("reason", &r.reason, limits::MAX_REASON_BYTES);
     v.finish()?;
     Ok(RectifyAsk {
         subject: r.subject.unwrap_or_default(),
@@ -65,7 +63,9 @@ pub fn erase(r: pb::EraseSubjectRequest) -> Result<EraseAsk, Status> {
             "idempotency_key",
             "required: a retry with the same key resumes the request",
         );
-    } else if r.idempotency_key.len() > 128 || r.idempotency_key.chars().any(char::is_control) {
+    } else if r.idempotency_key.len() > limits::MAX_IDEMPOTENCY_KEY_BYTES
+        || r.idempotency_key.chars().any(char::is_control)
+    {
         v.add(
             "idempotency_key",
             "must be at most 128 characters without control characters",
