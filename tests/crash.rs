@@ -260,6 +260,19 @@ async fn long_run() {
     assert_eq!(s.crashes, crashes);
 }
 
+/// Whether a failed call is what a killed server looks like (anything else is a bug: a write
+/// the service refused, a conflict of idempotency keys).
+pub fn died(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
 /// How long the load runs before the kill: uniform in `1..max_ms` milliseconds.
 pub fn kill_delay(rng: &mut Rng, max_ms: u64) -> Duration {
     Duration::from_millis(1 + rng.below(max_ms))

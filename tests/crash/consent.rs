@@ -14,7 +14,7 @@
 
 use crate::child::{Process, Service};
 use crate::common::{Bearer, subject};
-use crate::{Rng, Scratch, Summary, kill_delay};
+use crate::{Rng, Scratch, Summary, died, kill_delay};
 use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as pb;
 use pb::consent_service_client::ConsentServiceClient;
@@ -197,19 +197,6 @@ async fn send(client: &mut Client, sent: &Sent) -> Result<Answer, tonic::Status>
             }
         }
     })
-}
-
-/// Whether a failed call is what a killed server looks like (anything else is a bug: a write
-/// the service refused, a conflict of idempotency keys).
-fn died(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::Internal
-            | tonic::Code::DeadlineExceeded
-    )
 }
 
 /// One client at full speed until the server dies: what was acknowledged, and the write in

@@ -12,7 +12,7 @@
 
 use crate::child::{Process, Service};
 use crate::common::{Bearer, ProfileClient, TestServer, attribute, grant, subject};
-use crate::{Rng, Scratch, Summary, kill_delay};
+use crate::{Rng, Scratch, Summary, died, kill_delay};
 use consentgate_consent::testing::Backend;
 use consentgate_proto::profile::v1 as pb;
 use pb::profile_service_client::ProfileServiceClient;
@@ -189,17 +189,6 @@ async fn send(c: &mut Clients, sent: &Sent) -> Result<usize, tonic::Status> {
             r.attributes.len()
         }
     })
-}
-
-fn died(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::Internal
-            | tonic::Code::DeadlineExceeded
-    )
 }
 
 /// One client at full speed until the server dies: (request, items) answered, and the
