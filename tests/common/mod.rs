@@ -266,6 +266,14 @@ pub async fn rebind(addr: SocketAddr) -> tokio::net::TcpListener {
 #[derive(Clone)]
 pub struct Bearer(Option<String>);
 
+impl Bearer {
+    /// The header a policy caller sends with its test token (for clients of a service this
+    /// harness did not start in-process, such as a child `consentgate` process).
+    pub fn caller(caller: &str) -> Bearer {
+        Bearer(Some(format!("Bearer {}", token(caller))))
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(
         &mut self,
