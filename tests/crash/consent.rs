@@ -228,7 +228,7 @@ async fn watch_until_killed(mut client: Client, after: u64, seen: Arc<Mutex<Vec<
     let Ok(stream) = client
         .watch_changes(pb::WatchChangesRequest {
             after_revision: after,
-            heartbeat_millis: 50,
+            heartbeat_millis: 100,
         })
         .await
     else {
@@ -257,7 +257,7 @@ async fn read_feed(process: &Process, after: u64) -> (Vec<Event>, u64) {
     let mut stream = c
         .watch_changes(pb::WatchChangesRequest {
             after_revision: after,
-            heartbeat_millis: 20,
+            heartbeat_millis: 100,
         })
         .await
         .expect("WatchChanges")
