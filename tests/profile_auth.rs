@@ -32,7 +32,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
     let roles: &[&str] = match caller {
         "preference-center" => &["preference_center"],
         "profile-service" | "recommendation-service" => &["enforcer"],
-        "mailer" | "analytics-job" => &["reader"],
+        "mailer" | "analytics-job" | "storefront" => &["reader"],
         "collector" => &["collector"],
         "privacy-ops" => &["privacy_ops"],
         "auditor" => &["auditor"],

@@ -79,6 +79,7 @@ async fn each_consent_state_gets_its_tier_and_only_personal_tiers_read_the_profi
     );
     last = last.max(
         ops.erase_subject(pb::EraseSubjectRequest {
+            on_behalf_of: String::new(),
             subject: subject("t-erased"),
             idempotency_key: "t-e".into(),
         })
@@ -267,6 +268,7 @@ async fn every_rpc_has_a_rule_and_callers_are_checked() {
         .as_caller("mailer")
         .await
         .unlearn(rpb::UnlearnRequest {
+            on_behalf_of: String::new(),
             subject: subject("x"),
         })
         .await

@@ -283,8 +283,23 @@ impl Gate {
         }
     }
 
+    /// `message` as a request with this service's own credentials (the gate's token), the
+    /// current trace context and a 10 s deadline: for the calls a service makes that are not
+    /// decisions (data-subject requests, to the consent service or another service). A service
+    /// acting for a caller says so in the message's `on_behalf_of`; it never forwards that
+    /// caller's credentials.
+    pub fn authorized<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.inner.auth.clone());
+        traces::inject(request.metadata_mut());
+        request.set_timeout(Duration::from_secs(10));
+        request
+    }
+
     /// A client of the consent service over the gate's connection, for calls that are not
-    /// decisions (data-subject requests). The caller supplies the credentials.
+    /// decisions (data-subject requests); make their requests with [`Gate::authorized`].
     pub fn consent_client(&self) -> ConsentServiceClient<Channel> {
         self.inner
             .client
