@@ -206,7 +206,7 @@ async fn every_rpc_by_every_caller_follows_the_role_table() {
     let callers: Vec<String> = server.engine.policy().callers.keys().cloned().collect();
     assert_eq!(
         callers.len(),
-        8,
+        9,
         "the matrix below covers the shipped policy's callers"
     );
     for rpc in RPCS {
