@@ -302,6 +302,13 @@ async fn every_rpc_has_a_rule_and_callers_are_checked() {
         .into_inner();
     assert_ne!(r.tier(), Tier::Profiled, "{}", r.tier_reason);
     assert_eq!(suite.recommendation.recommender.profile.reads(), before);
+    // The policy does not let the recommendation service ask on the mailer's behalf: context
+    // only, said as such, and no failure of the consent service counted.
+    assert!(
+        r.tier_reason.contains("may personalize for"),
+        "{}",
+        r.tier_reason
+    );
     // Bad input names the field.
     let mut bad = ask(Some("x"), true, 0);
     bad.n = 1000;

@@ -86,8 +86,9 @@ pub enum GateError {
     /// The consent service could not answer (down, deadline, refused our credentials).
     #[error("the consent service is unavailable: {0}")]
     Unavailable(String),
-    /// The consent service rejected the question itself (unknown purpose or category): a bug in
-    /// the request, passed on with the consent service's field violations.
+    /// The consent service rejected the question itself (unknown purpose or category: a bug in
+    /// the request, passed on with the consent service's field violations; or a caller this
+    /// service may not ask on behalf of: `PERMISSION_DENIED`, `DELEGATION_NOT_PERMITTED`).
     #[error("the consent service rejected the check: {}", .0.message())]
     Rejected(tonic::Status),
     /// The gate's configuration is unusable.
@@ -586,9 +587,14 @@ impl Gate {
             .max(self.inner.freshness.last_device_change())
     }
 
-    /// A failed call: a bad question is passed on; anything else fails closed.
+    /// A failed call: a bad question is passed on (a malformed one, or one asked on behalf of a
+    /// caller the policy does not let this service act for: an answer, not an outage, so it
+    /// counts as no failure); anything else fails closed.
     fn failed(&self, status: tonic::Status) -> GateError {
-        if status.code() == tonic::Code::InvalidArgument {
+        let not_delegable = status.code() == tonic::Code::PermissionDenied
+            && consentgate_runtime::errors::reason_of(&status).as_deref()
+                == Some("DELEGATION_NOT_PERMITTED");
+        if status.code() == tonic::Code::InvalidArgument || not_delegable {
             GateError::Rejected(status)
         } else {
             self.unavailable(format!("{:?}: {}", status.code(), status.message()))

@@ -203,8 +203,9 @@ impl Recommender {
                     reason: format!("consent allows {ladder:?} personalization").to_lowercase(),
                 }
             }
-            // The policy does not let this service ask on this caller's behalf: it is not one
-            // the service personalizes for (and never gets the service's own purposes).
+            // The policy does not let this service ask on this caller's behalf (the gate passes
+            // DELEGATION_NOT_PERMITTED on): it is not one the service personalizes for, and it
+            // never gets the service's own purposes instead.
             Err(GateError::Rejected(status))
                 if status.code() == tonic::Code::PermissionDenied =>
             {
