@@ -10,6 +10,7 @@ use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::server as consent_server;
 use consentgate_gate::GateConfig;
 use consentgate_policy::Policy;
+use consentgate_profile::request_key::RequestKey;
 use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
@@ -172,8 +173,9 @@ enum RestoreCommand {
             default_value = "http://127.0.0.1:50052"
         )]
         profile: String,
-        /// A token of a caller with the privacy_ops role (forwarded to the consent and
-        /// recommendation services, as for an erasure).
+        /// A token of a caller with the privacy_ops role, for the profile service only (it calls
+        /// the consent and recommendation services with its own identity, on this caller's
+        /// behalf).
         #[arg(long, env = "CONSENTGATE_PRIVACY_OPS_TOKEN", hide_env_values = true)]
         token: String,
     },
@@ -325,6 +327,10 @@ struct ProfileArgs {
     /// The recommendation service, for the erasure cascade, e.g. `http://recommendation:50053`.
     #[arg(long, env = "CONSENTGATE_RECOMMENDATION_URL")]
     recommendation_url: Option<String>,
+    /// A file of 64 hex digits (mount it from a Secret; the same on every replica, never
+    /// changed): the key of the digests under which erasure requests' idempotency keys are kept.
+    #[arg(long, env = "CONSENTGATE_REQUEST_KEY_FILE")]
+    request_key_file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -769,6 +775,7 @@ async fn main() -> anyhow::Result<()> {
                 retention_every: std::time::Duration::from_secs(args.retention_every_secs),
                 recommendation_url: args.recommendation_url.clone(),
                 metrics: telemetry.metrics.clone(),
+                request_key: RequestKey::load(&args.request_key_file)?,
                 tracing: telemetry.tracing.clone(),
             })
             .await?;
@@ -942,6 +949,9 @@ async fn main() -> anyhow::Result<()> {
                     metrics: listen_metrics(&profile_metrics_listen, "profile service").await?,
                 },
                 profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
+                profile_request_key: RequestKey::load_or_create(
+                    &data_dir.join("profile-request.key"),
+                )?,
                 retention_every: std::time::Duration::from_secs(3600),
                 recommendation_database_url: format!(
                     "sqlite://{}",

@@ -9,6 +9,7 @@ use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::server as consent_server;
 use consentgate_gate::GateConfig;
 use consentgate_policy::Policy;
+use consentgate_profile::request_key::RequestKey;
 use consentgate_profile::server::{self as profile_server, Profile, ProfileConfig};
 use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
@@ -309,6 +310,8 @@ pub struct SuiteConfig {
     pub profile_listeners: Listeners,
     /// Decisions the profile service's gate caches (0: every read asks the consent service).
     pub profile_decision_cache: u64,
+    /// The profile service's deployment secret for request digests.
+    pub profile_request_key: RequestKey,
     /// How often the profile service's retention sweep runs.
     pub retention_every: Duration,
     /// The recommendation service's database (tiers and outcomes, no subject ids).
@@ -424,6 +427,7 @@ pub async fn start(config: SuiteConfig) -> Result<Suite, SuiteError> {
             retention_every: config.retention_every,
             recommendation_url: Some(recommendation_url),
             metrics: Metrics::disabled(),
+            request_key: config.profile_request_key,
             tracing: Default::default(),
         },
         profile_edge,

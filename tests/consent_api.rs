@@ -197,6 +197,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_stores_nothing() {
 
         // Bad page tokens, including one issued for another subject.
         let history = |who: &str, token: &str| pb::ListConsentHistoryRequest {
+            on_behalf_of: String::new(),
             subject: subject(who),
             page_size: 1,
             page_token: token.to_owned(),
@@ -576,6 +577,7 @@ async fn receipts_verify_and_erasure_leaves_a_verifiable_ledger() {
 
         let erased = ops
             .erase_subject(pb::EraseSubjectRequest {
+                on_behalf_of: String::new(),
                 subject: subject("erin"),
                 idempotency_key: "e1".into(),
             })
@@ -611,6 +613,7 @@ async fn receipts_verify_and_erasure_leaves_a_verifiable_ledger() {
         assert_eq!(reason(&err), "SUBJECT_ERASED", "{backend:?}");
         let again = ops
             .erase_subject(pb::EraseSubjectRequest {
+                on_behalf_of: String::new(),
                 subject: subject("erin"),
                 idempotency_key: "e2".into(),
             })
@@ -665,6 +668,7 @@ async fn consents_history_explain_and_delegation() {
         pc.grant(email).await.expect("email grant");
         let current = pc
             .get_consents(pb::GetConsentsRequest {
+                on_behalf_of: String::new(),
                 subject: subject("hist"),
             })
             .await
@@ -681,6 +685,7 @@ async fn consents_history_explain_and_delegation() {
         loop {
             let page = auditor
                 .list_consent_history(pb::ListConsentHistoryRequest {
+                    on_behalf_of: String::new(),
                     subject: subject("hist"),
                     page_size: 2,
                     page_token: token,

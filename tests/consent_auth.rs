@@ -37,7 +37,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
     let roles: &[&str] = match caller {
         "preference-center" => &["preference_center"],
         "profile-service" | "recommendation-service" => &["enforcer"],
-        "mailer" | "analytics-job" => &["reader"],
+        "mailer" | "analytics-job" | "storefront" => &["reader"],
         "collector" => &["collector"],
         "privacy-ops" => &["privacy_ops"],
         "auditor" => &["auditor"],
@@ -104,6 +104,7 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
             .map(|_| ()),
         "GetConsents" => c
             .get_consents(pb::GetConsentsRequest {
+                on_behalf_of: String::new(),
                 subject: subject("matrix-other"),
             })
             .await
@@ -154,6 +155,7 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
             .map(|_| ()),
         "EraseSubject" => c
             .erase_subject(pb::EraseSubjectRequest {
+                on_behalf_of: String::new(),
                 subject: subject("matrix-erased"),
                 idempotency_key: key(),
             })
@@ -173,12 +175,14 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
             .map(|_| ()),
         "FindErased" => c
             .find_erased(pb::FindErasedRequest {
+                on_behalf_of: String::new(),
                 subjects: vec![s().expect("subject")],
             })
             .await
             .map(|_| ()),
         "ReapplyErasures" => c
             .reapply_erasures(pb::ReapplyErasuresRequest {
+                on_behalf_of: String::new(),
                 tombstones: vec![vec![7u8; 32]],
                 sweep: true,
             })
@@ -202,7 +206,7 @@ async fn every_rpc_by_every_caller_follows_the_role_table() {
     let callers: Vec<String> = server.engine.policy().callers.keys().cloned().collect();
     assert_eq!(
         callers.len(),
-        8,
+        9,
         "the matrix below covers the shipped policy's callers"
     );
     for rpc in RPCS {

@@ -116,6 +116,7 @@ async fn withdrawing_all_marketing_stops_an_earlier_email_grant() {
         // The preference center sees the e-mail grant as overridden by the withdrawal.
         let consents = pc
             .get_consents(pb::GetConsentsRequest {
+                on_behalf_of: String::new(),
                 subject: subject("pw2"),
             })
             .await
@@ -159,6 +160,7 @@ async fn withdrawing_all_marketing_stops_an_earlier_email_grant() {
         assert_eq!(sms.reason, "WITHDRAWN", "{backend:?}: {sms:?}");
         let consents = pc
             .get_consents(pb::GetConsentsRequest {
+                on_behalf_of: String::new(),
                 subject: subject("pw2"),
             })
             .await
@@ -293,6 +295,7 @@ async fn a_request_gpc_flag_is_recorded_once_and_a_later_opt_in_overrides_it() {
 
         let consents = pc
             .get_consents(pb::GetConsentsRequest {
+                on_behalf_of: String::new(),
                 subject: subject("gp"),
             })
             .await
@@ -359,6 +362,7 @@ async fn a_request_gpc_flag_is_recorded_once_and_a_later_opt_in_overrides_it() {
         );
         let consents = pc
             .get_consents(pb::GetConsentsRequest {
+                on_behalf_of: String::new(),
                 subject: subject("gp"),
             })
             .await
@@ -407,6 +411,7 @@ async fn device_flags_are_recorded_and_bad_signal_methods_refused() {
         assert_eq!(d.reason, "GPC_OPT_OUT", "{backend:?}");
         let consents = pc
             .get_consents(pb::GetConsentsRequest {
+                on_behalf_of: String::new(),
                 subject: device("browser-1"),
             })
             .await

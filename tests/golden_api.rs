@@ -401,6 +401,7 @@ async fn script(suite: &Suite) -> String {
         "consent.GetConsents",
         "consentgate.consent.v1.GetConsentsResponse",
         pc.get_consents(pb::GetConsentsRequest {
+            on_behalf_of: String::new(),
             subject: subject("ana"),
         })
         .await,
@@ -409,6 +410,7 @@ async fn script(suite: &Suite) -> String {
         "consent.ListConsentHistory",
         "consentgate.consent.v1.ListConsentHistoryResponse",
         ops.list_consent_history(pb::ListConsentHistoryRequest {
+            on_behalf_of: String::new(),
             subject: subject("ana"),
             page_size: 2,
             page_token: String::new(),
@@ -419,6 +421,7 @@ async fn script(suite: &Suite) -> String {
         "consent.ListConsentHistory bad token",
         "consentgate.consent.v1.ListConsentHistoryResponse",
         ops.list_consent_history(pb::ListConsentHistoryRequest {
+            on_behalf_of: String::new(),
             subject: subject("ana"),
             page_size: 2,
             page_token: "nope".into(),

@@ -79,6 +79,7 @@ async fn a_rotation_keeps_receipts_checkpoints_and_erasures() {
             .await
             .expect("grant");
         ops.erase_subject(pb::EraseSubjectRequest {
+            on_behalf_of: String::new(),
             subject: subject("ivan"),
             idempotency_key: "ivan-erase".into(),
         })

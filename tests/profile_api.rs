@@ -328,6 +328,7 @@ async fn every_read_returns_exactly_what_the_consent_state_allows() {
         // Erased in the consent service only: the profile still holds the data, and must not
         // hand any of it out.
         ops.erase_subject(pb::EraseSubjectRequest {
+            on_behalf_of: String::new(),
             subject: subject("m-erased"),
             idempotency_key: "e-e".into(),
         })

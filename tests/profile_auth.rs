@@ -32,7 +32,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
     let roles: &[&str] = match caller {
         "preference-center" => &["preference_center"],
         "profile-service" | "recommendation-service" => &["enforcer"],
-        "mailer" | "analytics-job" => &["reader"],
+        "mailer" | "analytics-job" | "storefront" => &["reader"],
         "collector" => &["collector"],
         "privacy-ops" => &["privacy_ops"],
         "auditor" => &["auditor"],
@@ -207,7 +207,7 @@ async fn every_rpc_by_every_caller_follows_the_role_table() {
     let callers: Vec<String> = consent.engine.policy().callers.keys().cloned().collect();
     assert_eq!(
         callers.len(),
-        8,
+        9,
         "the matrix covers the shipped policy's callers"
     );
     for rpc in RPCS {

@@ -79,6 +79,7 @@ async fn each_consent_state_gets_its_tier_and_only_personal_tiers_read_the_profi
     );
     last = last.max(
         ops.erase_subject(pb::EraseSubjectRequest {
+            on_behalf_of: String::new(),
             subject: subject("t-erased"),
             idempotency_key: "t-e".into(),
         })
@@ -267,6 +268,7 @@ async fn every_rpc_has_a_rule_and_callers_are_checked() {
         .as_caller("mailer")
         .await
         .unlearn(rpb::UnlearnRequest {
+            on_behalf_of: String::new(),
             subject: subject("x"),
         })
         .await
@@ -300,6 +302,13 @@ async fn every_rpc_has_a_rule_and_callers_are_checked() {
         .into_inner();
     assert_ne!(r.tier(), Tier::Profiled, "{}", r.tier_reason);
     assert_eq!(suite.recommendation.recommender.profile.reads(), before);
+    // The policy does not let the recommendation service ask on the mailer's behalf: context
+    // only, said as such, and no failure of the consent service counted.
+    assert!(
+        r.tier_reason.contains("may personalize for"),
+        "{}",
+        r.tier_reason
+    );
     // Bad input names the field.
     let mut bad = ask(Some("x"), true, 0);
     bad.n = 1000;

@@ -473,6 +473,7 @@ async fn verify(
             let answer = until_ok("ListConsentHistory", patience, || {
                 let mut auditor = auditor.clone();
                 let request = consent_pb::ListConsentHistoryRequest {
+                    on_behalf_of: String::new(),
                     subject: load::subject(person),
                     page_size: 500,
                     page_token: page.clone(),

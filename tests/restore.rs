@@ -450,6 +450,7 @@ async fn assert_gone_everywhere(wired: &Wired, kept_profile_rows: i64, kept_cons
         .as_caller("privacy-ops")
         .await
         .get_consents(pb::GetConsentsRequest {
+            on_behalf_of: String::new(),
             subject: subject(KEPT),
         })
         .await

@@ -284,6 +284,7 @@ fn start_services(
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: None,
                 metrics: Default::default(),
+                request_key: consentgate_profile::request_key::RequestKey::generate(),
                 tracing: Default::default(),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -136,6 +136,7 @@ fn start(
             profile_database_url: databases.url("profile").await,
             profile_listeners: listener().await?.into(),
             profile_decision_cache: consentgate_gate::DEFAULT_DECISION_CACHE,
+            profile_request_key: consentgate_profile::request_key::RequestKey::generate(),
             retention_every: Duration::from_secs(3600),
             recommendation_database_url: databases.url("recommendation").await,
             recommendation_listeners: listener().await?.into(),

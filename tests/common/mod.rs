@@ -52,6 +52,13 @@ pub fn authenticator() -> Authenticator {
     Authenticator::from_policy(&policy(), &tokens()).expect("tokens")
 }
 
+/// An authenticator that knows every caller's token but `caller`'s: a service running it
+/// refuses that caller's token as unknown, so a test proves the token never reaches it.
+pub fn authenticator_without(caller: &str) -> Authenticator {
+    let tokens: Vec<_> = tokens().into_iter().filter(|(c, _)| c != caller).collect();
+    Authenticator::from_policy(&policy(), &tokens).expect("tokens")
+}
+
 /// A listener on an ephemeral loopback port.
 pub async fn ephemeral() -> tokio::net::TcpListener {
     tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -127,6 +134,27 @@ impl TestServer {
     /// unless a commit notice wakes it.
     pub async fn replica_at(&self, url: &str, feed_poll: Duration) -> TestServer {
         TestServer::start_on(url, None, testing::signing_keys(&self.engine), feed_poll).await
+    }
+
+    /// A consent server over a fresh database that authenticates with `auth`.
+    pub async fn start_authenticating(backend: Backend, auth: Authenticator) -> TestServer {
+        let db = TestDb::new(backend).await;
+        let url = db.url.clone();
+        let settings = consent_settings(
+            &url,
+            Arc::new(LedgerKeys::generate()),
+            consentgate_consent::server::FEED_POLL,
+        );
+        let started = suite::start_consent(
+            policy(),
+            auth,
+            settings,
+            ephemeral().await.into(),
+            &Default::default(),
+        )
+        .await
+        .expect("consent service");
+        TestServer::around(started, Some(db), &url)
     }
 
     async fn start_on(
@@ -457,6 +485,7 @@ impl ProfileServer {
                 retention_every: Duration::from_secs(3600),
                 recommendation_url: cascade.0,
                 metrics: Default::default(),
+                request_key: consentgate_profile::request_key::RequestKey::generate(),
                 tracing: Default::default(),
             },
             authenticator(),
@@ -732,6 +761,24 @@ impl RecommendationServer {
         profile: &ProfileServer,
         database_url: &str,
     ) -> RecommendationServer {
+        RecommendationServer::start_authenticating(
+            listener,
+            consent,
+            profile,
+            database_url,
+            authenticator(),
+        )
+        .await
+    }
+
+    /// As [`RecommendationServer::start_on`], authenticating its callers with `auth`.
+    pub async fn start_authenticating(
+        listener: tokio::net::TcpListener,
+        consent: &TestServer,
+        profile: &ProfileServer,
+        database_url: &str,
+        auth: Authenticator,
+    ) -> RecommendationServer {
         let started = suite::start_recommendation(
             consentgate_recommendation::server::RecommendationConfig {
                 catalog: consentgate_recommendation::catalog::Catalog::demo(5000),
@@ -745,7 +792,7 @@ impl RecommendationServer {
                 database_url: database_url.to_owned(),
                 metrics: Default::default(),
             },
-            authenticator(),
+            auth,
             listener.into(),
             &Default::default(),
         )
@@ -840,6 +887,7 @@ impl Suite {
             profile_database_url: profile_db.url.clone(),
             profile_listeners: listeners().await,
             profile_decision_cache: ProfileOptions::default().cache_capacity,
+            profile_request_key: consentgate_profile::request_key::RequestKey::generate(),
             retention_every: Duration::from_secs(3600),
             recommendation_database_url: recommendation_db.url.clone(),
             recommendation_listeners: listeners().await,

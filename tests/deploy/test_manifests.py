@@ -38,7 +38,8 @@ SERVICES = {
 METRICS_PORT = 9464
 IMAGE_UID = 65532  # USER in the Dockerfile
 PROD_REPLICAS = {"consent": 3, "profile": 3, "recommendation": 2}
-SECRETS_OUTSIDE = {"consentgate-tokens", "consentgate-service-tokens", "consentgate-signing-key"}
+SECRETS_OUTSIDE = {"consentgate-tokens", "consentgate-service-tokens", "consentgate-signing-key",
+                   "consentgate-request-key"}
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -359,6 +360,7 @@ def test_dev_secrets_are_consistent_and_never_in_a_configmap(dev):
     for caller in ("profile-service", "recommendation-service"):
         assert data["consentgate-service-tokens"][caller] == tokens[caller], caller
     assert re.fullmatch(r"[0-9a-f]{64}\n?", data["consentgate-signing-key"]["signing.key"])
+    assert re.fullmatch(r"[0-9a-f]{64}\n?", data["consentgate-request-key"]["request.key"])
     assert all("insecure-dev" in t for t in tokens.values()), "dev tokens say they are fake"
     assert secret_references(dev) == {s["metadata"]["name"] for s in secrets.values()} | {
         f"{c}-db-app" for c in SERVICES}

@@ -101,8 +101,9 @@ pub enum GateError {
     /// The consent service could not answer (down, deadline, refused our credentials).
     #[error("the consent service is unavailable: {0}")]
     Unavailable(String),
-    /// The consent service rejected the question itself (unknown purpose or category): a bug in
-    /// the request, passed on with the consent service's field violations.
+    /// The consent service rejected the question itself (unknown purpose or category: a bug in
+    /// the request, passed on with the consent service's field violations; or a caller this
+    /// service may not ask on behalf of: `PERMISSION_DENIED`, `DELEGATION_NOT_PERMITTED`).
     #[error("the consent service rejected the check: {}", .0.message())]
     Rejected(tonic::Status),
     /// The gate's configuration is unusable.
@@ -317,8 +318,23 @@ impl Gate {
         }
     }
 
+    /// `message` as a request with this service's own credentials (the gate's token), the
+    /// current trace context and a 10 s deadline: for the calls a service makes that are not
+    /// decisions (data-subject requests, to the consent service or another service). A service
+    /// acting for a caller says so in the message's `on_behalf_of`; it never forwards that
+    /// caller's credentials.
+    pub fn authorized<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.inner.auth.clone());
+        traces::inject(request.metadata_mut());
+        request.set_timeout(Duration::from_secs(10));
+        request
+    }
+
     /// A client of the consent service over the gate's connection, for calls that are not
-    /// decisions (data-subject requests). The caller supplies the credentials.
+    /// decisions (data-subject requests); make their requests with [`Gate::authorized`].
     pub fn consent_client(&self) -> ConsentServiceClient<Channel> {
         self.inner
             .client
@@ -604,13 +620,16 @@ impl Gate {
             .max(self.inner.freshness.last_device_change())
     }
 
-    /// A failed call: a bad question (bad input, or a consistency token from the future) is
-    /// passed on, so the caller learns what to fix; anything else fails closed.
+    /// A failed call: a bad question is passed on (a malformed one, a consistency token from the
+    /// future, or one asked on behalf of a caller the policy does not let this service act for:
+    /// an answer, not an outage, so it counts as no failure); anything else fails closed.
     fn failed(&self, status: tonic::Status) -> GateError {
+        let reason = consentgate_runtime::errors::reason_of(&status);
         let token_ahead = status.code() == tonic::Code::FailedPrecondition
-            && consentgate_runtime::errors::reason_of(&status).as_deref()
-                == Some("TOKEN_AHEAD_OF_DATABASE");
-        if status.code() == tonic::Code::InvalidArgument || token_ahead {
+            && reason.as_deref() == Some("TOKEN_AHEAD_OF_DATABASE");
+        let not_delegable = status.code() == tonic::Code::PermissionDenied
+            && reason.as_deref() == Some("DELEGATION_NOT_PERMITTED");
+        if status.code() == tonic::Code::InvalidArgument || token_ahead || not_delegable {
             GateError::Rejected(status)
         } else {
             self.unavailable(format!("{:?}: {}", status.code(), status.message()))

@@ -1,6 +1,7 @@
 //! Loading a policy from TOML: every problem is reported with file, line and reason, all at once,
 //! and a policy with any problem is rejected whole (the service never starts on a half-valid policy).
 
+use crate::delegation::{DELEGABLE_RPCS, Delegates, Principals};
 use crate::model::{
     Caller, Category, Channel, Jurisdiction, LegalBasis, NoticeVersion, Personalization, Policy,
     Purpose, Role, Rules,
@@ -133,6 +134,9 @@ struct RawCaller {
     roles: Vec<Spanned<String>>,
     #[serde(default)]
     purposes: Vec<Spanned<String>>,
+    /// RPC short name → the callers it may act for (`"*"`: every caller).
+    #[serde(default)]
+    delegates: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
 }
 
 /// Collects issues with positions computed from byte offsets.
@@ -428,11 +432,23 @@ fn validate(raw: RawPolicy, issues: &mut Issues<'_>) -> Policy {
                 format!("caller {:?} needs at least one valid role", name.get_ref()),
             );
         }
+        if name.get_ref().is_empty() || name.get_ref().chars().any(char::is_whitespace) {
+            // Records name a delegated actor as "<delegate> on behalf of <caller>": a name with
+            // spaces could forge that sentence.
+            issues.on(
+                name,
+                format!(
+                    "caller name {:?} must be non-empty and contain no spaces",
+                    name.get_ref()
+                ),
+            );
+        }
         let purposes = c
             .purposes
             .iter()
             .map(|p| check_pattern(p, issues, &format!("caller {:?}", name.get_ref())))
             .collect();
+        let delegates = delegates_of(name.get_ref(), &c.delegates, &raw.callers, issues);
         callers.insert(
             name.get_ref().clone(),
             Caller {
@@ -440,6 +456,7 @@ fn validate(raw: RawPolicy, issues: &mut Issues<'_>) -> Policy {
                 description: c.description.clone(),
                 roles,
                 purposes,
+                delegates,
             },
         );
     }
@@ -477,6 +494,48 @@ fn validate(raw: RawPolicy, issues: &mut Issues<'_>) -> Policy {
         rules,
         ladder,
     }
+}
+
+/// A caller's `delegates` table, validated: every RPC one whose requests carry `on_behalf_of`,
+/// every name `*` or a caller of the policy.
+fn delegates_of(
+    caller: &str,
+    raw: &BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    callers: &BTreeMap<Spanned<String>, RawCaller>,
+    issues: &mut Issues<'_>,
+) -> Delegates {
+    let mut delegates = Delegates::new();
+    for (rpc, names) in raw {
+        if !DELEGABLE_RPCS.contains(&rpc.get_ref().as_str()) {
+            issues.on(
+                rpc,
+                format!(
+                    "caller {caller:?} delegates {:?}, which is not a delegable RPC (expected one of {})",
+                    rpc.get_ref(),
+                    DELEGABLE_RPCS.join(", ")
+                ),
+            );
+        }
+        let principals = if names.iter().any(|n| n.get_ref() == "*") {
+            Principals::Any
+        } else {
+            Principals::Named(names.iter().map(|n| n.get_ref().clone()).collect())
+        };
+        for n in names {
+            if n.get_ref() != "*" && !callers.keys().any(|k| k.get_ref() == n.get_ref()) {
+                issues.on(
+                    n,
+                    format!(
+                        "caller {caller:?} may delegate {:?} for unknown caller {:?}",
+                        rpc.get_ref(),
+                        n.get_ref()
+                    ),
+                );
+            }
+        }
+        delegates.insert(rpc.get_ref().clone(), principals);
+    }
+    delegates
 }
 
 #[cfg(test)]
@@ -589,5 +648,31 @@ mod tests {
         let text = crate::DEFAULT_POLICY_TOML.replace("[rules]", "[rules]\nbogus = true");
         let err = Policy::from_toml(&text, "p.toml").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn delegation_to_unknown_callers_or_rpcs_is_rejected_with_its_line() {
+        let mut text = crate::DEFAULT_POLICY_TOML.to_owned();
+        text.push_str(
+            "\n[callers.\"batch-job\"]\nroles = [\"reader\"]\ndelegates = { \"consent.Check\" = [\"mailer\", \"ghost\"], \"consent.Grant\" = [\"*\"] }\n",
+        );
+        let err = Policy::from_toml(&text, "p.toml").unwrap_err();
+        let line = crate::DEFAULT_POLICY_TOML.lines().count() + 4;
+        assert_eq!(err.issues.len(), 2, "{err}");
+        assert!(err.issues.iter().all(|i| i.line == line), "{err}");
+        assert!(
+            err.to_string()
+                .contains("may delegate \"consent.Check\" for unknown caller \"ghost\""),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("delegates \"consent.Grant\", which is not a delegable RPC"),
+            "{err}"
+        );
+        let text =
+            crate::DEFAULT_POLICY_TOML.replace("[callers.\"mailer\"]", "[callers.\"mail er\"]");
+        let err = Policy::from_toml(&text, "p.toml").unwrap_err();
+        assert!(err.to_string().contains("contain no spaces"), "{err}");
     }
 }

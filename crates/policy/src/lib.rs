@@ -5,6 +5,7 @@
 //! feed it hand-built states. That is what makes the decision rules testable as tables.
 
 mod decision;
+mod delegation;
 mod file;
 mod model;
 mod pattern;
@@ -15,6 +16,7 @@ pub use decision::{
     CategoryVerdict, CheckInput, Decision, DecisionError, Obligation, Reason, Step, Verdict,
     decide, gpc_conflicts, overriding_record, validate,
 };
+pub use delegation::{DELEGABLE_RPCS, Delegates, Principals, rpc_short_name};
 pub use file::{PolicyError, PolicyIssue};
 pub use model::{
     AgeBand, Caller, Category, Channel, Jurisdiction, LegalBasis, NoticeVersion, Personalization,

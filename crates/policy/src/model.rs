@@ -255,6 +255,8 @@ pub struct Caller {
     pub roles: Vec<Role>,
     /// Which purposes it may ask decisions for (directly or through delegation).
     pub purposes: Vec<Pattern>,
+    /// Which RPCs it may make on behalf of which other callers (`on_behalf_of`); empty: none.
+    pub delegates: crate::delegation::Delegates,
 }
 
 /// Rules that apply across purposes.

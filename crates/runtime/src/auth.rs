@@ -6,8 +6,11 @@
 //! proves nothing), the others by their token. The layer runs before any service code: an
 //! unknown caller gets `UNAUTHENTICATED`, a caller whose roles the RPC does not allow gets
 //! `PERMISSION_DENIED`, and an RPC with no rule is refused (default deny). Health and
-//! reflection stay open so that probes and `grpcurl` work without credentials.
+//! reflection stay open so that probes and `grpcurl` work without credentials. A caller
+//! without the RPC's role passes only to act for another caller where the policy lets it
+//! delegate that RPC; its handler then resolves whom for ([`crate::delegation`]).
 
+use crate::delegation::DelegationScope;
 use crate::errors::status;
 use crate::tls::PeerIdentity;
 use consentgate_policy::Policy;
@@ -78,6 +81,8 @@ pub enum TokenError {
 pub struct Authenticator {
     by_digest: HashMap<[u8; 32], Arc<CallerIdentity>>,
     by_spiffe_id: HashMap<String, Arc<CallerIdentity>>,
+    /// The policy's delegation rules (`None`: nobody may delegate).
+    policy: Option<Arc<Policy>>,
 }
 
 impl Authenticator {
@@ -85,7 +90,10 @@ impl Authenticator {
     /// from the policy's `[callers]`. A token for an unknown caller, or one shared by two
     /// callers, is refused at start: either would let one caller pass for another.
     pub fn from_policy(policy: &Policy, tokens: &[(String, String)]) -> Result<Self, TokenError> {
-        let mut auth = Authenticator::default();
+        let mut auth = Authenticator {
+            policy: Some(Arc::new(policy.clone())),
+            ..Authenticator::default()
+        };
         for (i, (name, token)) in tokens.iter().enumerate() {
             let caller = policy
                 .callers
@@ -341,6 +349,15 @@ where
                 ));
             }
             Some(roles) if !roles.iter().any(|r| identity.has_role(r)) => {
+                if let Some(scope) = self
+                    .delegation_scope(&identity, &path, roles)
+                    .filter(DelegationScope::delegates_at_all)
+                {
+                    // No role of its own: it may only act for another caller, so the handler
+                    // gets the scope and no identity (crate::delegation).
+                    request.extensions_mut().insert(scope);
+                    return Box::pin(self.forward(request));
+                }
                 let message = format!(
                     "caller {:?} lacks a role this RPC requires ({})",
                     identity.name,
@@ -352,13 +369,37 @@ where
                     &message,
                 ));
             }
-            Some(_) => {}
+            Some(roles) => {
+                if let Some(scope) = self.delegation_scope(&identity, &path, roles) {
+                    request.extensions_mut().insert(scope);
+                }
+            }
         }
         request.extensions_mut().insert(identity);
-        // Take the service that was driven to readiness and leave a fresh clone in its place.
+        Box::pin(self.forward(request))
+    }
+}
+
+impl<S> AuthService<S> {
+    /// The delegation scope of a request to a delegable RPC (see [`crate::delegation`]).
+    fn delegation_scope(
+        &self,
+        identity: &Arc<CallerIdentity>,
+        path: &str,
+        roles: &[&'static str],
+    ) -> Option<DelegationScope> {
+        let policy = self.layer.authenticator.policy.as_ref()?;
+        DelegationScope::of(policy, identity, path, roles)
+    }
+
+    /// Calls the service that was driven to readiness, leaving a fresh clone in its place.
+    fn forward<B>(&mut self, request: http::Request<B>) -> <S as Service<http::Request<B>>>::Future
+    where
+        S: Service<http::Request<B>> + Clone,
+    {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(request))
+        inner.call(request)
     }
 }
 

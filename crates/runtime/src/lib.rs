@@ -2,6 +2,7 @@
 //! authorization, `google.rpc` error construction, telemetry and metrics, health and reflection, shutdown.
 
 pub mod auth;
+pub mod delegation;
 pub mod errors;
 pub mod metrics;
 pub mod metrics_otlp;

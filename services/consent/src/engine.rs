@@ -537,6 +537,7 @@ impl Engine {
         let digest = hex::encode(Sha256::digest(subject.storage().as_bytes()));
         let write = Write {
             caller: GPC_FLAG_RECORDER.to_owned(),
+            delegate: None,
             idempotency_key: format!("gpc-flag:{}:{seen_at_revision}", &digest[..32]),
             fingerprint: Sha256::digest(b"consentgate-gpc-flag-v1").into(),
             change: Change::Signal {

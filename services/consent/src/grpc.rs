@@ -1,7 +1,8 @@
 //! The gRPC adapter: each handler takes the caller's identity, converts the request
 //! ([`crate::convert`]), calls the [`Service`] and converts the answer. No rule and no store
 //! access lives here; every error reaches the caller through the one error map
-//! (`ServiceError` → `Status`, in [`crate::service`]).
+//! (`ServiceError` → `Status`, in [`crate::service`]). Handlers of RPCs a service may make on
+//! behalf of another caller resolve `on_behalf_of` first (`acting_for`), before validation.
 
 use crate::convert;
 use crate::engine::Engine;
@@ -10,6 +11,7 @@ use crate::service::{Service, ServiceError, WatchEvent};
 use consentgate_proto::consent::v1 as pb;
 use consentgate_proto::consent::v1::consent_service_server::ConsentService;
 use consentgate_runtime::CallerIdentity;
+use consentgate_runtime::delegation::acting_for;
 use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tokio_stream::adapters::Map;
@@ -96,6 +98,7 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<pb::GetConsentsRequest>,
     ) -> Result<Response<pb::GetConsentsResponse>, Status> {
+        acting_for(&request, &request.get_ref().on_behalf_of)?;
         let subject = convert::subject_of(request.get_ref().subject.as_ref())?;
         let view = self.service.consents(&subject).await?;
         Ok(Response::new(convert::consents_response(view)))
@@ -105,6 +108,7 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<pb::ListConsentHistoryRequest>,
     ) -> Result<Response<pb::ListConsentHistoryResponse>, Status> {
+        acting_for(&request, &request.get_ref().on_behalf_of)?;
         let (subject, after, size) = convert::history(request.get_ref())?;
         let page = self.service.history(&subject, after, size).await?;
         Ok(Response::new(convert::history_response(&subject, &page)))
@@ -190,9 +194,9 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<pb::EraseSubjectRequest>,
     ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
-        let caller = CallerIdentity::of(&request)?;
+        let actor = acting_for(&request, &request.get_ref().on_behalf_of)?;
         let (idempotency, subject) = convert::erase(request.get_ref())?;
-        let (outcome, tombstone) = self.service.erase(&caller, idempotency, subject).await?;
+        let (outcome, tombstone) = self.service.erase(&actor, idempotency, subject).await?;
         Ok(Response::new(convert::erase_response(&outcome, tombstone)))
     }
 
@@ -200,6 +204,7 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<pb::FindErasedRequest>,
     ) -> Result<Response<pb::FindErasedResponse>, Status> {
+        acting_for(&request, &request.get_ref().on_behalf_of)?;
         let subjects = convert::find_erased(request.get_ref())?;
         let found = self.service.find_erased(subjects).await?;
         Ok(Response::new(convert::find_erased_response(found)))
@@ -209,6 +214,7 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<pb::ListErasuresRequest>,
     ) -> Result<Response<pb::ListErasuresResponse>, Status> {
+        acting_for(&request, &request.get_ref().on_behalf_of)?;
         let (after, size) = convert::list_erasures(request.get_ref())?;
         let (tombstones, next) = self.service.list_erasures(&after, size).await?;
         Ok(Response::new(pb::ListErasuresResponse {
@@ -221,11 +227,11 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<pb::ReapplyErasuresRequest>,
     ) -> Result<Response<pb::ReapplyErasuresResponse>, Status> {
-        let caller = CallerIdentity::of(&request)?;
+        let actor = acting_for(&request, &request.get_ref().on_behalf_of)?;
         let (tombstones, sweep) = convert::reapply_erasures(request.get_ref())?;
         let done = self
             .service
-            .reapply_erasures(&caller, tombstones, sweep)
+            .reapply_erasures(&actor, tombstones, sweep)
             .await?;
         Ok(Response::new(convert::reapply_response(done)))
     }

@@ -172,6 +172,9 @@ impl Change {
 pub struct Write {
     /// The caller's name: idempotency keys are scoped per caller.
     pub caller: String,
+    /// The service that made the write on the caller's behalf (delegation), if any: the ledger
+    /// entry names both.
+    pub delegate: Option<String>,
     /// The caller's idempotency key.
     pub idempotency_key: String,
     /// SHA-256 of the request's meaningful fields: a reused key with other content is refused.

@@ -92,6 +92,7 @@ fn write(n: u64, change: Change) -> Write {
     fingerprint[..8].copy_from_slice(&n.to_be_bytes());
     Write {
         caller: "preference-center".into(),
+        delegate: None,
         idempotency_key: format!("tamper-{n}"),
         fingerprint,
         change,

@@ -254,6 +254,7 @@ impl Harness {
         let n = self.next_key.fetch_add(1, Ordering::Relaxed);
         Write {
             caller: CALLER.to_owned(),
+            delegate: None,
             idempotency_key: format!("idem-{n}"),
             fingerprint: fingerprint_of(&change),
             change,

@@ -99,9 +99,8 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         request: Request<pb::GetAccessReportRequest>,
     ) -> Result<Response<pb::GetAccessReportResponse>, Status> {
         let caller = CallerIdentity::of(&request)?;
-        let auth = convert::credentials(&request)?;
         let subject = convert::subject(request.into_inner().subject)?;
-        let report = self.service.access_report(&caller, &auth, subject).await?;
+        let report = self.service.access_report(&caller, subject).await?;
         Ok(Response::new(convert::access_report_response(report)))
     }
 
@@ -110,9 +109,8 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         request: Request<pb::ExportSubjectDataRequest>,
     ) -> Result<Response<pb::ExportSubjectDataResponse>, Status> {
         let caller = CallerIdentity::of(&request)?;
-        let auth = convert::credentials(&request)?;
         let subject = convert::subject(request.into_inner().subject)?;
-        let export = self.service.export(&caller, &auth, subject).await?;
+        let export = self.service.export(&caller, subject).await?;
         Ok(Response::new(convert::export_response(export)))
     }
 
@@ -131,9 +129,8 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         request: Request<pb::EraseSubjectRequest>,
     ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
         let caller = CallerIdentity::of(&request)?;
-        let auth = convert::credentials(&request)?;
         let ask = convert::erase(request.into_inner())?;
-        let erasure = self.service.erase(&caller, &auth, ask).await?;
+        let erasure = self.service.erase(&caller, ask).await?;
         Ok(Response::new(pb::EraseSubjectResponse {
             status: Some(convert::erasure_response(erasure)),
         }))
@@ -166,8 +163,7 @@ impl pb::profile_service_server::ProfileService for ProfileApi {
         request: Request<pb::ReapplyErasuresRequest>,
     ) -> Result<Response<pb::ReapplyErasuresResponse>, Status> {
         let caller = CallerIdentity::of(&request)?;
-        let auth = convert::credentials(&request)?;
-        let run = self.service.reapply_erasures(&caller, &auth).await?;
+        let run = self.service.reapply_erasures(&caller).await?;
         Ok(Response::new(convert::reapply_response(run)))
     }
 

@@ -16,6 +16,7 @@ pub mod convert;
 pub mod grpc;
 pub mod model;
 pub mod observe;
+pub mod request_key;
 pub mod retention;
 pub mod server;
 pub mod service;

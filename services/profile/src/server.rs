@@ -5,6 +5,7 @@ use crate::access_log::AccessLog;
 use crate::authz;
 use crate::grpc::ProfileApi;
 use crate::observe::ProfileMetrics;
+use crate::request_key::RequestKey;
 use crate::service::Service;
 use crate::store::{self, ProfileStore, StoreError};
 use consentgate_gate::{Gate, GateConfig, GateError};
@@ -48,6 +49,9 @@ pub struct ProfileConfig {
     pub recommendation_url: Option<String>,
     /// Where the service (and its gate, through `gate.metrics`) counts; disabled by default.
     pub metrics: Metrics,
+    /// The deployment secret keying the digests of erasure requests' idempotency keys
+    /// ([`crate::request_key`]).
+    pub request_key: RequestKey,
     /// The service's tracer, for spans of background work no request is the parent of (the
     /// access log's flush); request spans come from the server's layer. Off by default.
     pub tracing: Tracing,
@@ -104,6 +108,7 @@ impl Profile {
                 name: config.name,
                 recommendation,
                 metrics,
+                request_key: config.request_key,
             }),
         })
     }

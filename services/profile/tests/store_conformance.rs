@@ -777,14 +777,14 @@ async fn data_subject_requests_are_idempotent_by_key() {
         };
         let (first, created) = f
             .store
-            .begin_request("erase", Some("k1"), &ops)
+            .begin_request("erase", &["k1"], &ops)
             .await
             .expect("begin");
         assert!(created);
         assert_eq!(first.requested_by, "privacy-ops");
         let (again, created) = f
             .store
-            .begin_request("erase", Some("k1"), &Requester::default())
+            .begin_request("erase", &["k0", "k1"], &Requester::default())
             .await
             .expect("begin");
         assert!(!created);

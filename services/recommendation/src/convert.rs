@@ -313,12 +313,17 @@ mod tests {
 
     #[test]
     fn unlearn_needs_a_subject() {
-        let e = unlearn(&pb::UnlearnRequest { subject: None }).expect_err("no subject");
+        let e = unlearn(&pb::UnlearnRequest {
+            subject: None,
+            on_behalf_of: String::new(),
+        })
+        .expect_err("no subject");
         assert_eq!(
             e.message(),
             "subject: a subject_id or device_id is required"
         );
         let key = unlearn(&pb::UnlearnRequest {
+            on_behalf_of: String::new(),
             subject: subject("ann"),
         })
         .expect("a subject");

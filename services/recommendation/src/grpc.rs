@@ -64,6 +64,8 @@ impl pb::recommendation_service_server::RecommendationService for Recommendation
         &self,
         request: Request<pb::UnlearnRequest>,
     ) -> Result<Response<pb::UnlearnResponse>, Status> {
+        // The profile service's erasure cascade calls on behalf of the privacy team.
+        consentgate_runtime::delegation::acting_for(&request, &request.get_ref().on_behalf_of)?;
         let key = convert::unlearn(request.get_ref())?;
         let forgotten = self.recommender.forget(&key);
         Ok(Response::new(pb::UnlearnResponse { forgotten }))

@@ -115,7 +115,9 @@ fn check_query(
             0
         })
     };
-    let decider = if c.on_behalf_of.is_empty() {
+    // Naming oneself is the same as naming nobody: one's own purposes apply.
+    let delegated = !c.on_behalf_of.is_empty() && c.on_behalf_of != caller.name;
+    let decider = if !delegated {
         caller.name.clone()
     } else if !policy.callers.contains_key(&c.on_behalf_of) {
         local.add(
@@ -150,7 +152,7 @@ fn check_query(
     ok.then_some(Ask {
         query,
         decider,
-        delegated: !c.on_behalf_of.is_empty(),
+        delegated,
     })
 }
 

@@ -42,6 +42,11 @@ struct CanonicalEvent<'a> {
     signal_method: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restricted: Option<bool>,
+    /// Who made a delegated change: `"profile-service on behalf of privacy-ops"`. Present only
+    /// on changes a service made for another caller (absent from every entry written before
+    /// delegation was recorded, and from direct calls), so earlier entries keep their hashes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -69,12 +74,14 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 
 /// Builds the canonical event. `subject_pseudonym` (and `device_pseudonym` for links) come from
 /// the per-subject keys; values that could identify a person (guardian references) are hashed.
+/// `actor` names a delegated change's maker (see [`consentgate_runtime::delegation`]).
 pub fn canonical_event(
     seq: u64,
     at: time::OffsetDateTime,
     change: &Change,
     subject_pseudonym: &str,
     device_pseudonym: Option<&str>,
+    actor: Option<String>,
 ) -> String {
     let digest = |s: &str| hex::encode(Sha256::digest(s.as_bytes()));
     let event = CanonicalEvent {
@@ -120,6 +127,7 @@ pub fn canonical_event(
             Change::Restrict { restricted, .. } => Some(*restricted),
             _ => None,
         },
+        actor,
     };
     canonical_json(&event)
 }

@@ -3,7 +3,7 @@
 
 use super::{Service, ServiceError};
 use crate::engine::CheckQuery;
-use consentgate_policy::Decision;
+use consentgate_policy::{Decision, Policy};
 use consentgate_runtime::{CallerIdentity, traces};
 use opentelemetry::KeyValue;
 
@@ -14,7 +14,7 @@ pub struct Ask {
     pub query: CheckQuery,
     /// The caller the caller-purpose rule applies to: the asker, or whom it asks on behalf of.
     pub decider: String,
-    /// Whether the asker named another caller (`on_behalf_of`).
+    /// Whether the asker named another caller than itself (`on_behalf_of`).
     pub delegated: bool,
 }
 
@@ -57,10 +57,21 @@ fn annotate(query: &CheckQuery, decision: &Decision) {
     });
 }
 
-/// Only enforcers may decide on behalf of another caller.
-fn may_delegate(caller: &CallerIdentity, ask: &Ask) -> Result<(), ServiceError> {
-    if ask.delegated && !caller.has_role("enforcer") {
-        return Err(ServiceError::DelegationNotPermitted);
+/// A caller may decide on behalf of another only as the policy's `delegates` allow it for
+/// `rpc` (`consent.Check` or `consent.BatchCheck`); the caller-purpose rule then applies to the
+/// other caller. (Its own `enforcer` role, which Check requires, the auth layer checked.)
+fn may_delegate(
+    policy: &Policy,
+    caller: &CallerIdentity,
+    ask: &Ask,
+    rpc: &'static str,
+) -> Result<(), ServiceError> {
+    if ask.delegated && !policy.may_delegate(&caller.name, rpc, &ask.decider) {
+        return Err(ServiceError::DelegationNotPermitted {
+            delegate: caller.name.clone(),
+            principal: ask.decider.clone(),
+            rpc,
+        });
     }
     Ok(())
 }
@@ -72,7 +83,7 @@ impl Service {
         caller: &CallerIdentity,
         ask: &Ask,
     ) -> Result<Decision, ServiceError> {
-        may_delegate(caller, ask)?;
+        may_delegate(self.policy(), caller, ask, "consent.Check")?;
         let decision = traces::in_span(
             "consentgate.consent.decide",
             || [],
@@ -97,7 +108,7 @@ impl Service {
         mut answer: impl FnMut(&Ask, &Decision) -> T,
     ) -> Result<Vec<T>, ServiceError> {
         for ask in asks {
-            may_delegate(caller, ask)?;
+            may_delegate(self.policy(), caller, ask, "consent.BatchCheck")?;
         }
         let mut results = Vec::with_capacity(asks.len());
         for ask in asks {

@@ -7,6 +7,7 @@ use crate::engine::to_state;
 use crate::ledger::{self, VerifyReport};
 use crate::model::{Change, HeldTombstone, StoredRecord, StoredSignal, SubjectKey, WriteOutcome};
 use consentgate_runtime::CallerIdentity;
+use consentgate_runtime::delegation::Actor;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use time::OffsetDateTime;
@@ -173,15 +174,17 @@ impl Service {
 
     /// Erases the subject (and its linked devices); the outcome and the subject's tombstone,
     /// which other services keep so that a restored consent database can be given it back.
+    /// `actor` may be a delegate (the profile service for the privacy team): the ledger entry
+    /// then names both.
     pub async fn erase(
         &self,
-        caller: &CallerIdentity,
+        actor: &Actor,
         idempotency: Idempotency,
         subject: SubjectKey,
     ) -> Result<(WriteOutcome, Vec<u8>), ServiceError> {
         let tombstone = self.engine.keys().tombstone(&subject);
         let outcome = self
-            .record(caller, idempotency, Change::Erase { subject })
+            .record_as(actor, idempotency, Change::Erase { subject })
             .await?;
         Ok((outcome, tombstone))
     }
@@ -230,7 +233,7 @@ impl Service {
     /// second run finds every tombstone present and nobody to erase, and changes nothing.
     pub async fn reapply_erasures(
         &self,
-        caller: &CallerIdentity,
+        actor: &Actor,
         tombstones: Vec<Vec<u8>>,
         sweep: bool,
     ) -> Result<Reapplied, ServiceError> {
@@ -254,7 +257,7 @@ impl Service {
                     fingerprint: Sha256::digest(&tombstone).into(),
                 };
                 let outcome = self
-                    .record(caller, idempotency, Change::Erase { subject })
+                    .record_as(actor, idempotency, Change::Erase { subject })
                     .await?;
                 if !outcome.replayed {
                     // The erased key's link group: itself and, for a person, its devices.

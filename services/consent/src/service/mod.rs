@@ -29,6 +29,7 @@ use crate::observe::ConsentMetrics;
 use crate::store::StoreError;
 use consentgate_policy::Policy;
 use consentgate_runtime::CallerIdentity;
+use consentgate_runtime::delegation::Actor;
 use consentgate_runtime::errors::{ErrorCode, to_status};
 use consentgate_runtime::telemetry::pseudonymize;
 use std::sync::Arc;
@@ -71,9 +72,18 @@ pub enum ServiceError {
     /// No receipt exists for the record.
     #[error("no receipt for this record (only grants have receipts; erased subjects have none)")]
     ReceiptNotFound,
-    /// A caller without the enforcer role asked on behalf of another caller.
-    #[error("only enforcers may decide on behalf of another caller")]
-    DelegationNotPermitted,
+    /// The policy does not let the caller ask this RPC on behalf of that caller.
+    #[error(
+        "caller {delegate:?} may not call {rpc} on behalf of {principal:?} (the policy's `delegates`)"
+    )]
+    DelegationNotPermitted {
+        /// The authenticated caller.
+        delegate: String,
+        /// The caller it named in `on_behalf_of`.
+        principal: String,
+        /// The RPC's short name.
+        rpc: &'static str,
+    },
     /// The server is shutting down: long-lived streams end so that shutdown can finish.
     #[error("the consent service is shutting down; reconnect and resume from your last revision")]
     ShuttingDown,
@@ -104,7 +114,7 @@ impl ErrorCode for ServiceError {
             | ServiceError::TokenAhead { .. } => Code::FailedPrecondition,
             ServiceError::StoreUnavailable | ServiceError::ShuttingDown => Code::Unavailable,
             ServiceError::ReceiptNotFound => Code::NotFound,
-            ServiceError::DelegationNotPermitted => Code::PermissionDenied,
+            ServiceError::DelegationNotPermitted { .. } => Code::PermissionDenied,
             ServiceError::Internal(_) => Code::Internal,
         }
     }
@@ -116,7 +126,7 @@ impl ErrorCode for ServiceError {
             ServiceError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ServiceError::StoreUnavailable => "STORE_UNAVAILABLE",
             ServiceError::ReceiptNotFound => "RECEIPT_NOT_FOUND",
-            ServiceError::DelegationNotPermitted => "DELEGATION_NOT_PERMITTED",
+            ServiceError::DelegationNotPermitted { .. } => "DELEGATION_NOT_PERMITTED",
             ServiceError::ShuttingDown => "SHUTTING_DOWN",
             ServiceError::TokenAhead { .. } => "TOKEN_AHEAD_OF_DATABASE",
             ServiceError::Internal(_) => "INTERNAL",
@@ -185,11 +195,42 @@ impl Service {
         idempotency: Idempotency,
         change: Change,
     ) -> Result<WriteOutcome, ServiceError> {
+        self.record_by(&caller.name, None, idempotency, change)
+            .await
+    }
+
+    /// Records a change for `actor`, who may be a delegate acting for another caller.
+    async fn record_as(
+        &self,
+        actor: &Actor,
+        idempotency: Idempotency,
+        change: Change,
+    ) -> Result<WriteOutcome, ServiceError> {
+        let delegate = actor.delegate.as_ref().map(|d| d.name.as_str());
+        self.record_by(&actor.caller.name, delegate, idempotency, change)
+            .await
+    }
+
+    /// Records a change for `caller` (made by `delegate` on its behalf, if any) and logs it.
+    /// Idempotency keys stay scoped to `caller`, so a retry is answered once whether it comes
+    /// directly or through a delegate.
+    async fn record_by(
+        &self,
+        caller: &str,
+        delegate: Option<&str>,
+        idempotency: Idempotency,
+        change: Change,
+    ) -> Result<WriteOutcome, ServiceError> {
         let kind = change.kind();
         let who = self.pseudonym(change.subject());
         let started = std::time::Instant::now();
+        let actor = match delegate {
+            Some(d) => consentgate_runtime::delegation::on_behalf_of(d, caller),
+            None => caller.to_owned(),
+        };
         let write = self.engine.record(Write {
-            caller: caller.name.clone(),
+            caller: caller.to_owned(),
+            delegate: delegate.map(str::to_owned),
             idempotency_key: idempotency.key,
             fingerprint: idempotency.fingerprint,
             change,
@@ -203,7 +244,7 @@ impl Service {
         .await?;
         self.metrics
             .wrote(kind, outcome.replayed, started.elapsed());
-        tracing::info!(caller = %caller.name, kind, subject = %who, revision = outcome.revision, replayed = outcome.replayed, "consent change recorded");
+        tracing::info!(caller = %actor, kind, subject = %who, revision = outcome.revision, replayed = outcome.replayed, "consent change recorded");
         Ok(outcome)
     }
 }

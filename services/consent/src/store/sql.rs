@@ -220,6 +220,10 @@ impl<D: Dialect> SqlStore<D> {
             &write.change,
             &subject_pseudonym,
             device_pseudonym.as_deref(),
+            write
+                .delegate
+                .as_deref()
+                .map(|d| consentgate_runtime::delegation::on_behalf_of(d, &write.caller)),
         );
         let hash = entry::chain_hash(&prev_hash, &event);
         sqlx::query("INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ($1, $2, $3, $4)")

@@ -20,9 +20,9 @@ pub use read::{
     list_events_response, read_subject, read_subject_response,
 };
 pub use rights::{
-    access_report_response, credentials, erase, erasure_response, erasure_status_request,
-    export_response, reapply_response, rectify, rectify_response, request_status_request,
-    request_status_response, subject, verify_response,
+    access_report_response, erase, erasure_response, erasure_status_request, export_response,
+    reapply_response, rectify, rectify_response, request_status_request, request_status_response,
+    subject, verify_response,
 };
 
 use consentgate_policy::Policy;

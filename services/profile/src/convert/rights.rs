@@ -8,22 +8,14 @@ use super::{check_subject, timestamp};
 use crate::access_log::Verification;
 use crate::model::{Attribute, DsarRequest};
 use crate::service::{
-    AccessEntry, AccessReport, Credentials, EraseAsk, Erasure, ErasureDetail, Export, Outcome,
-    Reapply, ReapplyDetail, Rectification, RectifyAsk, RequestReport, ServiceError,
+    AccessEntry, AccessReport, EraseAsk, Erasure, ErasureDetail, Export, Outcome, Reapply,
+    ReapplyDetail, Rectification, RectifyAsk, RequestReport,
 };
 use consentgate_proto::common::v1::SubjectRef;
 use consentgate_proto::limits;
 use consentgate_proto::profile::v1 as pb;
 use consentgate_runtime::errors::Violations;
-use tonic::{Request, Status};
-
-/// The caller's `authorization` header, forwarded to the consent service.
-pub fn credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
-    match request.metadata().get("authorization") {
-        Some(value) => Ok(Credentials(value.clone())),
-        None => Err(ServiceError::NoCredentials.into()),
-    }
-}
+use tonic::Status;
 
 /// The subject a data-subject request names.
 pub fn subject(subject: Option<SubjectRef>) -> Result<SubjectRef, Status> {

@@ -21,13 +21,14 @@ pub use read::{
     SubjectAsk, SubjectRead,
 };
 pub use rights::{
-    AccessEntry, AccessReport, Credentials, EraseAsk, Erasure, ErasureDetail, Export, Outcome,
-    Reapply, ReapplyDetail, Rectification, RectifyAsk, RequestReport,
+    AccessEntry, AccessReport, EraseAsk, Erasure, ErasureDetail, Export, Outcome, Reapply,
+    ReapplyDetail, Rectification, RectifyAsk, RequestReport,
 };
 
 use crate::access_log::AccessLog;
 use crate::model::{AccessDraft, now_micros};
 use crate::observe::ProfileMetrics;
+use crate::request_key::RequestKey;
 use crate::store::{ProfileStore, StoreError};
 use consentgate_gate::{Clearance, Gate, GateError};
 use consentgate_policy::Policy;
@@ -62,6 +63,8 @@ pub struct Service {
     pub recommendation: Option<RecommendationServiceClient<tonic::transport::Channel>>,
     /// What the service counts.
     pub metrics: Arc<ProfileMetrics>,
+    /// The deployment secret that keys the digests of erasure requests' idempotency keys.
+    pub request_key: RequestKey,
 }
 
 /// Why a service call failed: one variant per answer a caller can branch on, each with its gRPC
@@ -100,11 +103,6 @@ pub enum ServiceError {
     /// A read could not be recorded in the access log, so its data is not returned.
     #[error("the read could not be recorded, so nothing is returned: {0}")]
     AccessLogUnavailable(String),
-    /// The request carried no credentials to forward to the consent service. Answered as the
-    /// auth layer answers a request without them (`MISSING_CREDENTIALS`), not with a reason of
-    /// its own: one situation, one reason code.
-    #[error("missing `authorization: Bearer <token>` metadata")]
-    NoCredentials,
     /// Rectification named an attribute the subject does not have.
     #[error("the subject has no attribute with this name")]
     AttributeNotFound,
@@ -126,7 +124,6 @@ impl ErrorCode for ServiceError {
             | ServiceError::AccessLogUnavailable(_) => Code::Unavailable,
             ServiceError::DsarNotPermitted(_) => Code::PermissionDenied,
             ServiceError::GateViolation => Code::Internal,
-            ServiceError::NoCredentials => Code::Unauthenticated,
             ServiceError::AttributeNotFound
             | ServiceError::ErasureNotFound
             | ServiceError::RequestNotFound => Code::NotFound,
@@ -143,7 +140,6 @@ impl ErrorCode for ServiceError {
             ServiceError::StoreUnavailable => "STORE_UNAVAILABLE",
             ServiceError::GateViolation => "GATE_VIOLATION",
             ServiceError::AccessLogUnavailable(_) => "ACCESS_LOG_UNAVAILABLE",
-            ServiceError::NoCredentials => "MISSING_CREDENTIALS",
             ServiceError::AttributeNotFound => "ATTRIBUTE_NOT_FOUND",
             ServiceError::ErasureNotFound | ServiceError::RequestNotFound => "REQUEST_NOT_FOUND",
         }

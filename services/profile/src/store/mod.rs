@@ -187,12 +187,13 @@ pub trait ProfileStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<AccessRecord>, StoreError>;
 
-    /// Starts a data-subject request on behalf of `requester`, or returns the one started with
-    /// the same idempotency key. `(request, created)`.
+    /// Starts a data-subject request on behalf of `requester`, or returns the one started
+    /// under any of the `idempotency` digests (current first, then older forms of the same key;
+    /// a new request is stored under the first; none: not idempotent). `(request, created)`.
     async fn begin_request(
         &self,
         kind: &str,
-        idempotency: Option<&str>,
+        idempotency: &[&str],
         requester: &Requester,
     ) -> Result<(DsarRequest, bool), StoreError>;
     /// Records a request's new state and details.

@@ -1053,24 +1053,21 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
     async fn begin_request(
         &self,
         kind: &str,
-        idempotency: Option<&str>,
+        idempotency: &[&str],
         requester: &Requester,
     ) -> Result<(DsarRequest, bool), StoreError> {
         let mut tx = self.begin_write().await?;
-        let existing = match idempotency {
-            Some(key) => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {REQUEST_COLUMNS} FROM dsar_requests WHERE idempotency = $1"
-                )))
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?
+        for key in idempotency {
+            let existing = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {REQUEST_COLUMNS} FROM dsar_requests WHERE idempotency = $1"
+            )))
+            .bind(*key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = existing {
+                tx.commit().await?;
+                return Ok((request_of(&r), false));
             }
-            None => None,
-        };
-        if let Some(r) = existing {
-            tx.commit().await?;
-            return Ok((request_of(&r), false));
         }
         let request = DsarRequest {
             request_id: uuid::Uuid::now_v7().to_string(),
@@ -1082,7 +1079,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
             requested_by: requester.caller.clone(),
             note: requester.note.clone(),
         };
-        insert_request(&mut tx, &request, idempotency, None).await?;
+        insert_request(&mut tx, &request, idempotency.first().copied(), None).await?;
         tx.commit().await?;
         Ok((request, true))
     }

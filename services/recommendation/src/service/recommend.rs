@@ -11,7 +11,7 @@ use crate::model::Lease;
 use crate::profile_reader::ProfileRead;
 use crate::ranking::{self, Moment, Pick};
 use crate::tier::{Ladder, Tier, tier_for};
-use consentgate_gate::{Clearance, subject_key};
+use consentgate_gate::{Clearance, GateError, subject_key};
 use consentgate_proto::common::v1::{PersonalizationLevel, RequestContext, SubjectRef};
 use consentgate_proto::consent::v1::{CheckRequest, Verdict};
 use consentgate_proto::profile::v1::EventKind;
@@ -201,6 +201,19 @@ impl Recommender {
                     revision,
                     trains,
                     reason: format!("consent allows {ladder:?} personalization").to_lowercase(),
+                }
+            }
+            // The policy does not let this service ask on this caller's behalf (the gate passes
+            // DELEGATION_NOT_PERMITTED on): it is not one the service personalizes for, and it
+            // never gets the service's own purposes instead.
+            Err(GateError::Rejected(status))
+                if status.code() == tonic::Code::PermissionDenied =>
+            {
+                Allowed {
+                    ladder: Some(Ladder::Contextual),
+                    revision: 0,
+                    trains: None,
+                    reason: "this caller is not one the recommendation service may personalize for: context only".to_owned(),
                 }
             }
             Err(e) => {

@@ -1,13 +1,15 @@
 //! Data-subject rights, the front door for the privacy team: access report, export, rectification,
 //! erasure, and the status of any of these requests by its id. Reads pass the gate like any
 //! other, under the essential purpose `essential.legal_obligation` on behalf of the privacy
-//! team's caller; calls to the consent service forward the caller's own credentials, so the
-//! profile service holds no standing right to read consent histories or erase subjects there.
+//! team's caller. Calls to the consent and recommendation services go with this service's own
+//! credentials and name the privacy team's caller in `on_behalf_of`: the team's token never
+//! leaves this service, and those services accept the call only because the policy lets this
+//! service act for that caller there (`delegates`), and authorize it by that caller's roles.
 //!
 //! Split by concern: [`report`] tells the subject what is held and who read it (GetAccessReport,
 //! ExportSubjectData); [`requests`] acts on it (RectifyAttribute, EraseSubject) and resolves any
-//! request by its id; this module holds what they share (the types, the DSAR decision, the
-//! forwarded credentials, dates in words).
+//! request by its id; this module holds what they share (the types, the DSAR decision, dates
+//! in words).
 
 mod report;
 mod requests;
@@ -21,13 +23,6 @@ use consentgate_proto::common::v1::SubjectRef;
 use consentgate_proto::profile::v1 as pb;
 use consentgate_runtime::CallerIdentity;
 use serde_json::{Value, json};
-use tonic::Request;
-use tonic::metadata::{Ascii, MetadataValue};
-
-/// The caller's own credentials (its `authorization` header), forwarded on the calls a
-/// data-subject request makes to the consent and recommendation services.
-#[derive(Debug, Clone)]
-pub struct Credentials(pub MetadataValue<Ascii>);
 
 /// RectifyAttribute as asked.
 #[derive(Debug, Clone)]
@@ -195,16 +190,6 @@ impl Service {
             Err(ServiceError::DsarNotPermitted(decision.reason().to_owned()))
         }
     }
-}
-
-fn forwarded<T>(message: T, auth: &Credentials) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", auth.0.clone());
-    consentgate_runtime::traces::inject(request.metadata_mut());
-    request.set_timeout(std::time::Duration::from_secs(10));
-    request
 }
 
 fn rfc3339(micros: i64) -> String {

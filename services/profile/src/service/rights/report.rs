@@ -2,10 +2,7 @@
 //! withdrawals in force, in plain language) and ExportSubjectData (everything, as one JSON
 //! document).
 
-use super::{
-    AccessEntry, AccessReport, Credentials, Export, Rectification, forwarded, rfc3339, ts_json,
-    when,
-};
+use super::{AccessEntry, AccessReport, Export, Rectification, rfc3339, ts_json, when};
 use crate::model::{AccessRecord, DsarRequest, Requester, now_micros};
 use crate::service::read::returned_categories;
 use crate::service::{Service, ServiceError};
@@ -129,7 +126,6 @@ impl Service {
     pub async fn access_report(
         &self,
         caller: &CallerIdentity,
-        auth: &Credentials,
         subject: SubjectRef,
     ) -> Result<AccessReport, ServiceError> {
         let decision = self.dsar_decision(caller, &subject).await?;
@@ -141,7 +137,7 @@ impl Service {
         let rectifications = self.rectifications(&decision).await?;
         // None: the consent service erased the subject and holds no consents to report.
         let consent_statements = self
-            .consent_part(&decision, &subject, auth)
+            .consent_part(caller, &decision, &subject)
             .await?
             .map(|consents| crate::withdrawals::statements(&self.policy, &consents.history))
             .unwrap_or_default();
@@ -242,21 +238,19 @@ impl Service {
     /// arrives: the consent service's own answer settles it.
     async fn consent_part(
         &self,
+        caller: &CallerIdentity,
         decision: &Clearance,
         subject: &SubjectRef,
-        auth: &Credentials,
     ) -> Result<Option<Consents>, ServiceError> {
         if decision.subject_erased() {
             return Ok(None);
         }
         let mut client = self.gate.consent_client();
         let current = match client
-            .get_consents(forwarded(
-                consent_pb::GetConsentsRequest {
-                    subject: Some(subject.clone()),
-                },
-                auth,
-            ))
+            .get_consents(self.gate.authorized(consent_pb::GetConsentsRequest {
+                subject: Some(subject.clone()),
+                on_behalf_of: caller.name.clone(),
+            }))
             .await
         {
             Ok(response) => response.into_inner(),
@@ -267,14 +261,12 @@ impl Service {
         let mut page_token = String::new();
         loop {
             let page = client
-                .list_consent_history(forwarded(
-                    consent_pb::ListConsentHistoryRequest {
-                        subject: Some(subject.clone()),
-                        page_size: 500,
-                        page_token: page_token.clone(),
-                    },
-                    auth,
-                ))
+                .list_consent_history(self.gate.authorized(consent_pb::ListConsentHistoryRequest {
+                    subject: Some(subject.clone()),
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    on_behalf_of: caller.name.clone(),
+                }))
                 .await;
             let page = match page {
                 Ok(response) => response.into_inner(),
@@ -312,7 +304,6 @@ impl Service {
     pub async fn export(
         &self,
         caller: &CallerIdentity,
-        auth: &Credentials,
         subject: SubjectRef,
     ) -> Result<Export, ServiceError> {
         let decision = self.dsar_decision(caller, &subject).await?;
@@ -334,7 +325,7 @@ impl Service {
             }
         }
         let (consents, consent_history, consent_statements) = match self
-            .consent_part(&decision, &subject, auth)
+            .consent_part(caller, &decision, &subject)
             .await?
         {
             // The consent service erased the subject: it holds no consents to report.
@@ -373,7 +364,7 @@ impl Service {
             caller: caller.name.clone(),
             note: String::new(),
         };
-        let (request_record, _) = store.begin_request("export", None, &requester).await?;
+        let (request_record, _) = store.begin_request("export", &[], &requester).await?;
         let items = attributes.len() + answers.len() + events.len();
         let returned = returned_categories(
             attributes

@@ -3,12 +3,10 @@
 //! restore), and the status of any request by its id.
 
 use super::report::rectification;
-use super::{
-    Credentials, EraseAsk, Erasure, Outcome, Reapply, RectifyAsk, RequestReport, forwarded, key_of,
-    when,
-};
+use super::{EraseAsk, Erasure, Outcome, Reapply, RectifyAsk, RequestReport, key_of, when};
 use crate::access_log::{self, Verification};
 use crate::model::{Attribute, DsarRequest, Requester, now_micros};
+use crate::request_key::RequestKey;
 use crate::service::{Service, ServiceError};
 use consentgate_gate::subject_of_key;
 use consentgate_policy::Policy;
@@ -70,21 +68,20 @@ impl Service {
     pub async fn erase(
         &self,
         caller: &CallerIdentity,
-        auth: &Credentials,
         ask: EraseAsk,
     ) -> Result<Erasure, ServiceError> {
         let subject = ask.subject;
         let key = key_of(&subject);
-        // Only a digest of the key is kept: callers sometimes build keys from subject ids.
-        let idempotency = consentgate_runtime::telemetry::pseudonymize(
-            b"erasure-idempotency",
-            &ask.idempotency_key,
-        );
+        // Only a digest of the key is kept: callers sometimes build keys from subject ids. Keyed
+        // by the deployment's secret; a request begun before it existed is found by its legacy
+        // digest (crate::request_key).
+        let digest = self.request_key.digest(&ask.idempotency_key);
+        let legacy = RequestKey::legacy_digest(&ask.idempotency_key);
         let (mut record, _) = self
             .store
             .begin_request(
                 "erase",
-                Some(&idempotency),
+                &[&digest, &legacy],
                 &Requester {
                     caller: caller.name.clone(),
                     note: String::new(),
@@ -103,13 +100,11 @@ impl Service {
         ));
         let mut client = self.gate.consent_client();
         let consent = client
-            .erase_subject(forwarded(
-                consent_pb::EraseSubjectRequest {
-                    subject: Some(subject.clone()),
-                    idempotency_key: format!("profile-erasure-{}", record.request_id),
-                },
-                auth,
-            ))
+            .erase_subject(self.gate.authorized(consent_pb::EraseSubjectRequest {
+                subject: Some(subject.clone()),
+                idempotency_key: format!("profile-erasure-{}", record.request_id),
+                on_behalf_of: caller.name.clone(),
+            }))
             .await;
         match consent {
             Ok(reply) => {
@@ -136,11 +131,11 @@ impl Service {
                 None => Ok("recommendation service: not connected".to_owned()),
                 Some(client) => client
                     .clone()
-                    .unlearn(forwarded(
+                    .unlearn(self.gate.authorized(
                         consentgate_proto::recommendation::v1::UnlearnRequest {
                             subject: Some(subject.clone()),
+                            on_behalf_of: caller.name.clone(),
                         },
-                        auth,
                     ))
                     .await
                     .map(|r| {
@@ -232,19 +227,15 @@ impl Service {
     /// Both directions only ever delete what an erasure already deleted once, so it is safe to
     /// run at any time, and a second run finds nothing to do. Linear in the subjects held here
     /// and in the consent database (the sweep), so an operator runs it after a restore (and may
-    /// schedule it), rather than every start paying for it. Calls forward the privacy team's
-    /// credentials, as the erasure cascade does. The run is a request: its id, counts and
+    /// schedule it), rather than every start paying for it. Calls go with this service's own
+    /// credentials on behalf of the requesting caller, as the erasure cascade's do. The run is a request: its id, counts and
     /// steps resolve through GetRequestStatus, and name nobody.
-    pub async fn reapply_erasures(
-        &self,
-        caller: &CallerIdentity,
-        auth: &Credentials,
-    ) -> Result<Reapply, ServiceError> {
+    pub async fn reapply_erasures(&self, caller: &CallerIdentity) -> Result<Reapply, ServiceError> {
         let (mut record, _) = self
             .store
             .begin_request(
                 REAPPLY_KIND,
-                None,
+                &[],
                 &Requester {
                     caller: caller.name.clone(),
                     note: String::new(),
@@ -252,7 +243,7 @@ impl Service {
             )
             .await?;
         let mut detail = ReapplyDetail::default();
-        if let Err(error) = self.reapply_steps(auth, &mut detail).await {
+        if let Err(error) = self.reapply_steps(caller, &mut detail).await {
             tracing::warn!(%error, "re-applying erasures stopped; the run stays in progress");
             detail.steps.push(format!("stopped: {error}; run it again"));
         } else {
@@ -278,23 +269,22 @@ impl Service {
     /// was done until then stays done and counted, and a new run resumes it).
     async fn reapply_steps(
         &self,
-        auth: &Credentials,
+        caller: &CallerIdentity,
         detail: &mut ReapplyDetail,
     ) -> Result<(), ServiceError> {
         let mut consent = self.gate.consent_client();
+        let on_behalf_of = || caller.name.clone();
         // 0. A copy of every tombstone the consent service holds (erasures made before copies
         // were kept, or made there directly), so that a later restore of its database can be
         // healed from here.
         let mut after = Vec::new();
         loop {
             let page = consent
-                .list_erasures(forwarded(
-                    consent_pb::ListErasuresRequest {
-                        after: after.clone(),
-                        page_size: REAPPLY_PAGE,
-                    },
-                    auth,
-                ))
+                .list_erasures(self.gate.authorized(consent_pb::ListErasuresRequest {
+                    after: after.clone(),
+                    page_size: REAPPLY_PAGE,
+                    on_behalf_of: on_behalf_of(),
+                }))
                 .await
                 .map_err(unanswered)?
                 .into_inner();
@@ -316,13 +306,11 @@ impl Service {
                 page.iter().filter_map(|t| hex::decode(t).ok()).collect();
             detail.tombstones_sent += tombstones.len() as u64;
             let reply = consent
-                .reapply_erasures(forwarded(
-                    consent_pb::ReapplyErasuresRequest {
-                        tombstones,
-                        sweep: false,
-                    },
-                    auth,
-                ))
+                .reapply_erasures(self.gate.authorized(consent_pb::ReapplyErasuresRequest {
+                    tombstones,
+                    sweep: false,
+                    on_behalf_of: on_behalf_of(),
+                }))
                 .await
                 .map_err(unanswered)?
                 .into_inner();
@@ -330,13 +318,11 @@ impl Service {
             after = last;
         }
         let swept = consent
-            .reapply_erasures(forwarded(
-                consent_pb::ReapplyErasuresRequest {
-                    tombstones: Vec::new(),
-                    sweep: true,
-                },
-                auth,
-            ))
+            .reapply_erasures(self.gate.authorized(consent_pb::ReapplyErasuresRequest {
+                tombstones: Vec::new(),
+                sweep: true,
+                on_behalf_of: on_behalf_of(),
+            }))
             .await
             .map_err(unanswered)?
             .into_inner();
@@ -366,10 +352,10 @@ impl Service {
             }
             detail.subjects_checked += asked.len() as u64;
             let erased = consent
-                .find_erased(forwarded(
-                    consent_pb::FindErasedRequest { subjects: asked },
-                    auth,
-                ))
+                .find_erased(self.gate.authorized(consent_pb::FindErasedRequest {
+                    subjects: asked,
+                    on_behalf_of: on_behalf_of(),
+                }))
                 .await
                 .map_err(unanswered)?
                 .into_inner()
@@ -388,11 +374,11 @@ impl Service {
                 if let Some(client) = &self.recommendation {
                     let unlearned = client
                         .clone()
-                        .unlearn(forwarded(
+                        .unlearn(self.gate.authorized(
                             consentgate_proto::recommendation::v1::UnlearnRequest {
                                 subject: Some(subject),
+                                on_behalf_of: on_behalf_of(),
                             },
-                            auth,
                         ))
                         .await
                         .map_err(unanswered)?;
