@@ -480,6 +480,7 @@ async fn requests_just_over_a_bound_are_refused_and_at_the_bound_accepted() {
             .list_erasures(pb::ListErasuresRequest {
                 after: vec![1, 2, 3],
                 page_size: 0,
+                ..Default::default()
             })
             .await
             .expect_err("a cursor that is no tombstone");

@@ -174,6 +174,7 @@ async fn start_suite(tls: Option<SuiteTls>, dbs: &mut Vec<TestDb>) -> suite::Sui
         catalog: consentgate_recommendation::catalog::Catalog::demo(200),
         traces: Default::default(),
         tls,
+        profile_request_key: consentgate_profile::request_key::RequestKey::generate(),
     })
     .await
     .expect("suite")

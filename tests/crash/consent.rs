@@ -339,6 +339,7 @@ async fn history(process: &Process, who: &str) -> BTreeMap<u64, pb::ConsentRecor
                 subject: subject(who),
                 page_size: 500,
                 page_token,
+                ..Default::default()
             })
             .await
             .expect("ListConsentHistory")

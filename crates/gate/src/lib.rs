@@ -325,9 +325,7 @@ impl Gate {
     /// caller's credentials.
     pub fn authorized<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert("authorization", self.inner.auth.clone());
+        authorize(request.metadata_mut(), &self.inner.auth);
         traces::inject(request.metadata_mut());
         request.set_timeout(Duration::from_secs(10));
         request
