@@ -1,7 +1,7 @@
 //! Hostile input from outside, over real gRPC on SQLite and PostgreSQL: huge values echoed only as
 //! a short prefix (an answer a default client can read), explicit bounds on repeated fields and
-//! strings, undecodable and oversize messages, tokens from the future and unknown enum values —
-//! each refused with the field named and nothing stored.
+//! strings, undecodable and oversize messages, tokens and change-stream revisions from the future
+//! and unknown enum values — each refused with the field named and nothing stored.
 
 mod common;
 
@@ -607,6 +607,65 @@ async fn a_token_beyond_the_committed_revision_is_refused_but_another_replicas_i
             .await
             .expect_err("a token from the future");
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        replica.stop().await;
+        first.stop().await;
+    }
+}
+
+/// A change stream resumed after a revision the database never committed would skip, silently,
+/// every change up to it; it is refused. A revision another replica committed is served by a
+/// replica that has not heard of it yet (it reads the head from the database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stream_resumed_beyond_the_committed_revision_is_refused() {
+    use pb::watch_changes_response::Message;
+    for backend in backends() {
+        let first = TestServer::start(backend).await;
+        let replica = first
+            .replica_polling_every(std::time::Duration::from_secs(3600))
+            .await;
+        let mut pc = first.as_caller("preference-center").await;
+        let granted = pc
+            .grant(grant("s1", "personalize.content.profiled", "watch-ahead-1"))
+            .await
+            .expect("grant")
+            .into_inner();
+        let head = granted.revision;
+        for server in [&first, &replica] {
+            let mut watcher = server.as_caller("profile-service").await;
+            let e = watcher
+                .watch_changes(pb::WatchChangesRequest {
+                    after_revision: head + 1000,
+                    heartbeat_millis: 0,
+                })
+                .await
+                .expect_err("a revision from the future");
+            assert_eq!(e.code(), Code::FailedPrecondition, "{backend:?}: {e:?}");
+            assert_eq!(reason(&e), "REVISION_AHEAD_OF_DATABASE", "{backend:?}");
+            // After the head: served. Before it (the replica has not heard of the grant): the
+            // grant is replayed.
+            for (after, replayed) in [(head, None), (head - 1, Some(head))] {
+                let mut stream = watcher
+                    .watch_changes(pb::WatchChangesRequest {
+                        after_revision: after,
+                        heartbeat_millis: 0,
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("{backend:?}: after {after}: {e:?}"))
+                    .into_inner();
+                if let Some(revision) = replayed {
+                    let message =
+                        tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+                            .await
+                            .expect("a message in time")
+                            .expect("stream")
+                            .and_then(|m| m.message);
+                    match message {
+                        Some(Message::Change(c)) => assert_eq!(c.revision, revision),
+                        other => panic!("{backend:?}: expected the grant, got {other:?}"),
+                    }
+                }
+            }
+        }
         replica.stop().await;
         first.stop().await;
     }

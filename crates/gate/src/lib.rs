@@ -398,13 +398,15 @@ impl Gate {
     /// may not have applied that change to its own cache yet (its follower may lag its stream),
     /// so the change's revision goes along as `at_least_as_fresh` and the replica reads through
     /// if it is behind. (Devices carry no per-device floor: their questions go as they are.)
+    /// Once the database went back behind the stream (`Freshness::diverged`) the floors name
+    /// revisions it no longer has, and the question goes as it is.
     fn as_fresh_as_known(
         &self,
         mut request: CheckRequest,
         subject: &str,
         min_revision: u64,
     ) -> CheckRequest {
-        if subject.starts_with("s:") {
+        if subject.starts_with("s:") && !self.inner.freshness.diverged() {
             let known = self.inner.freshness.floor(subject);
             if known > min_revision {
                 request.at_least_as_fresh = known.to_string();

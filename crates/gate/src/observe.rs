@@ -17,6 +17,7 @@ const LAG: &str = "consentgate_gate_stream_lag_revisions";
 const HIGH_WATER: &str = "consentgate_gate_high_water_revision";
 const PROPAGATION: &str = "consentgate_gate_change_propagation_seconds";
 const RECONNECTS: &str = "consentgate_gate_stream_reconnects_total";
+const DIVERGED: &str = "consentgate_gate_stream_diverged_total";
 const FAIL_CLOSED: &str = "consentgate_gate_fail_closed_total";
 const FAST_FAILURES: &str = "consentgate_gate_breaker_fast_failures_total";
 const BREAKER_OPENED: &str = "consentgate_gate_breaker_opened_total";
@@ -35,6 +36,7 @@ pub(crate) struct GateMetrics {
     pub(crate) lag: Gauge,
     pub(crate) high_water: Gauge,
     pub(crate) reconnects: Counter,
+    pub(crate) diverged: Counter,
     pub(crate) fail_closed: Counter,
     pub(crate) fast_failures: Counter,
     pub(crate) breaker_opened: Counter,
@@ -55,6 +57,7 @@ impl GateMetrics {
             lag: metrics.gauge(LAG, &[]),
             high_water: metrics.gauge(HIGH_WATER, &[]),
             reconnects: metrics.counter(RECONNECTS, &[]),
+            diverged: metrics.counter(DIVERGED, &[]),
             fail_closed: metrics.counter(FAIL_CLOSED, &[]),
             fast_failures: metrics.counter(FAST_FAILURES, &[]),
             breaker_opened: metrics.counter(BREAKER_OPENED, &[]),
@@ -158,6 +161,12 @@ fn describe(m: &Metrics) {
         Kind::Counter,
         None,
         "Times the change stream was reopened after it broke.",
+    );
+    m.describe(
+        DIVERGED,
+        Kind::Counter,
+        None,
+        "Times the consent service refused to resume the change stream because its database is behind revisions this gate applied (restored to an earlier point): the gate stops following, serves no cached allow until restarted, and logs an error. Alert on any.",
     );
     m.describe(
         FAIL_CLOSED,

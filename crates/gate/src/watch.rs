@@ -51,6 +51,10 @@ pub(crate) struct Freshness {
     ever_live: AtomicBool,
     /// Whether the current lapse was already counted.
     lapse_counted: AtomicBool,
+    /// The consent database no longer has revisions this gate applied (it was restored to an
+    /// earlier point): the floors and the high water describe a history the database lost, and
+    /// its new changes reuse those revisions. The lease never runs again in this process.
+    diverged: AtomicBool,
 }
 
 impl Freshness {
@@ -67,6 +71,7 @@ impl Freshness {
             lapses,
             ever_live: AtomicBool::new(false),
             lapse_counted: AtomicBool::new(false),
+            diverged: AtomicBool::new(false),
         }
     }
 
@@ -82,9 +87,15 @@ impl Freshness {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether the stream is live and caught up: a heartbeat arrived within the lease.
+    /// Whether the stream is live and caught up: a heartbeat arrived within the lease (and the
+    /// database has not gone back behind what the gate applied).
     pub(crate) fn live(&self) -> bool {
-        self.now_nanos() < self.live_until.load(Ordering::Acquire)
+        !self.diverged() && self.now_nanos() < self.live_until.load(Ordering::Acquire)
+    }
+
+    /// Whether the consent database went back behind what this gate applied (see `diverged`).
+    pub(crate) fn diverged(&self) -> bool {
+        self.diverged.load(Ordering::Acquire)
     }
 
     fn renew(&self) {
@@ -154,6 +165,13 @@ impl Freshness {
 /// after the last revision it applied. A stream that falls silent past the lease, or cannot be
 /// opened within it, is left on a new connection (`connect`): behind a Service address the new
 /// connection may reach another replica, while the old one may be stuck to a hung one.
+///
+/// A resume point the consent service refuses as ahead of its database (it was restored to an
+/// earlier point) ends the following for good: retried, it would be served again once the
+/// database's new changes pass it, with those changes, which reuse the revisions in between,
+/// skipped. The gate fails closed instead (the lease never runs again: no cached allow is
+/// served, every read asks the consent service), logs it as an error and counts it; restarting
+/// the gate starts it over on the restored database.
 pub(crate) async fn follow(
     connect: impl Fn() -> ConsentServiceClient<Channel> + Send + 'static,
     auth: Option<MetadataValue<Ascii>>,
@@ -252,6 +270,18 @@ pub(crate) async fn follow(
                     }
                 }
             }
+            Err(status) if ahead_of_database(&status) => {
+                if let Some(state) = freshness.upgrade() {
+                    state.diverged.store(true, Ordering::Release);
+                    state.lapse();
+                    metrics.diverged.increment(1);
+                    tracing::error!(
+                        high_water = state.high_water(),
+                        "the consent database is behind revisions this gate applied (restored to an earlier point?): the change stream stops and no cached allow is served; restart the gate to follow the restored database"
+                    );
+                }
+                return;
+            }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "cannot open the consent change stream; retrying");
                 if let Some(state) = freshness.upgrade() {
@@ -262,4 +292,11 @@ pub(crate) async fn follow(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Whether the consent service refused the resume point as beyond its database's head.
+fn ahead_of_database(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && consentgate_runtime::errors::reason_of(status).as_deref()
+            == Some("REVISION_AHEAD_OF_DATABASE")
 }

@@ -418,3 +418,115 @@ async fn the_heartbeat_asked_for_is_within_what_the_consent_service_accepts() {
         other => panic!("a 10 ms heartbeat must be refused, got {:?}", other.is_ok()),
     }
 }
+
+/// A TCP front that forwards to one consent service, then (`switch`) drops every connection it
+/// forwarded and forwards new ones to another: the address a gate follows now reaches a database
+/// restored to an earlier point.
+struct SwitchingFront {
+    url: String,
+    upstream: Arc<std::sync::Mutex<String>>,
+    forwarded: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl SwitchingFront {
+    async fn start(upstream: &str) -> SwitchingFront {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let front = SwitchingFront {
+            url,
+            upstream: Arc::new(std::sync::Mutex::new(String::new())),
+            forwarded: Arc::default(),
+        };
+        front.switch(upstream);
+        let (upstream, forwarded) = (front.upstream.clone(), front.forwarded.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = upstream.lock().expect("upstream").clone();
+                forwarded
+                    .lock()
+                    .expect("forwarded")
+                    .push(tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    }));
+            }
+        });
+        front
+    }
+
+    fn switch(&self, upstream: &str) {
+        *self.upstream.lock().expect("upstream") = upstream.trim_start_matches("http://").into();
+        for connection in self.forwarded.lock().expect("forwarded").drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+/// The consent database is restored to an earlier point than the gate has seen: the consent
+/// service refuses to resume the stream after the gate's high water, and the gate fails closed
+/// for good, instead of resuming once the restored database's new changes pass its high water
+/// (which would skip those reusing the revisions in between: here, a withdrawal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_behind_the_gate_stops_the_stream_and_cached_allows() {
+    let (before, _db) = consent_service().await;
+    let (restored, _restored_db) = consent_service().await;
+    let front = SwitchingFront::start(&before).await;
+    let gate = Gate::start(
+        GateConfig::new(front.url.clone(), "t-recommendation-service"),
+        "recommendation-service",
+    )
+    .expect("gate");
+    assert!(gate.wait_live(Duration::from_secs(10)).await);
+    let mut notices = gate.subscribe();
+    write(&before, false, "ann", "g-ann").await;
+    write(&before, false, "bob", "g-bob").await;
+    let head = write(&before, false, "cat", "g-cat").await;
+    while notices.recv().await.expect("notice").revision < head {}
+    assert!(
+        gate.check(check("ann"), None)
+            .await
+            .expect("check")
+            .is_allowed("user.preferences.stated")
+    );
+    assert!(
+        gate.check(check("ann"), None)
+            .await
+            .expect("check")
+            .from_cache()
+    );
+
+    front.switch(&restored);
+    // The restored database: ann granted, then withdrawn, at revisions the gate has seen.
+    write(&restored, false, "ann", "r-g-ann").await;
+    write(&restored, true, "ann", "r-w-ann").await;
+    // The broken stream lapses the lease, and the gate's resume is refused.
+    let started = std::time::Instant::now();
+    while gate.stream_live() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lease ran on"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // New changes past the gate's high water: past the gate's longest reconnect backoff (1 s),
+    // the stream has still not resumed (it would have skipped the withdrawal).
+    let mut past = 0;
+    for who in ["dan", "eve", "fay"] {
+        past = write(&restored, false, who, &format!("r-g-{who}")).await;
+    }
+    assert!(past > head);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert!(!gate.stream_live(), "the stream resumed past a restore");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ann = gate.check(check("ann"), None).await.expect("check");
+    assert!(!ann.from_cache());
+    assert!(!ann.is_allowed("user.preferences.stated"));
+    assert_eq!(ann.reason(), "WITHDRAWN");
+}

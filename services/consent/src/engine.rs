@@ -51,6 +51,14 @@ pub enum EngineError {
         /// The database's last committed revision.
         head: u64,
     },
+    /// A change stream asked to resume after a revision the database has not committed.
+    #[error("resume revision {after} is beyond the committed revision {head}")]
+    RevisionAhead {
+        /// The watcher's `after_revision`.
+        after: u64,
+        /// The database's last committed revision.
+        head: u64,
+    },
 }
 
 /// How long a read whose token is ahead of the database waits before it reads once more: a
@@ -486,6 +494,30 @@ impl Engine {
             self.cache.invalidate(subject).await;
         }
         Ok(loaded)
+    }
+
+    /// Refuses a change stream's resume point beyond the database's committed revision: a
+    /// stream resumed there would skip, unannounced, every change committed up to it (after a
+    /// restore to an earlier point, the very changes that reuse those revisions). The head is
+    /// read from the database, not from this replica's view (which may lag another replica's
+    /// commits), and read once more [`TOKEN_RECHECK`] later before refusing, as for a token.
+    pub async fn resumable_after(&self, after: u64) -> Result<(), EngineError> {
+        let mut head = self.committed_head(after).await?;
+        if head < after {
+            tokio::time::sleep(TOKEN_RECHECK).await;
+            head = self.committed_head(after).await?;
+        }
+        if head < after {
+            return Err(EngineError::RevisionAhead { after, head });
+        }
+        Ok(())
+    }
+
+    /// The database's committed head, or some committed revision past `after` (one page of one
+    /// change: either it holds a change after `after`, or its high water is the head).
+    async fn committed_head(&self, after: u64) -> Result<u64, EngineError> {
+        let (changes, high) = self.store.changes_after(after, 1).await?;
+        Ok(changes.first().map_or(high, |c| c.revision))
     }
 
     /// Everything stored about a subject, read in one snapshot (traced).

@@ -169,7 +169,7 @@ impl ConsentService for ConsentApi {
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let (after, heartbeat) = convert::watch(request.get_ref())?;
-        let events = self.service.watch(after, heartbeat);
+        let events = self.service.watch(after, heartbeat).await?;
         let to_wire: fn(_) -> _ = convert::watch_message;
         Ok(Response::new(events.map(to_wire)))
     }

@@ -100,6 +100,19 @@ pub enum ServiceError {
         /// The last committed revision.
         head: u64,
     },
+    /// `WatchChanges.after_revision` names a revision the database has not committed: the
+    /// watcher followed this database before it was restored to an earlier point (or made the
+    /// revision up). Served, the stream would skip every change up to it unannounced, so it is
+    /// refused; the watcher acts by dropping what it derived from the stream and starting over.
+    #[error(
+        "after_revision {after} is beyond the last committed revision ({head}): the database was restored to an earlier point since this revision was seen, or it was never issued; drop what was derived from the stream and watch from 0"
+    )]
+    RevisionAhead {
+        /// The watcher's resume point.
+        after: u64,
+        /// The last committed revision.
+        head: u64,
+    },
     /// An invariant did not hold (a bug, never a caller's fault).
     #[error("{0}")]
     Internal(&'static str),
@@ -111,7 +124,8 @@ impl ErrorCode for ServiceError {
             ServiceError::Invalid(_) => Code::InvalidArgument,
             ServiceError::Erased
             | ServiceError::IdempotencyKeyReused
-            | ServiceError::TokenAhead { .. } => Code::FailedPrecondition,
+            | ServiceError::TokenAhead { .. }
+            | ServiceError::RevisionAhead { .. } => Code::FailedPrecondition,
             ServiceError::StoreUnavailable | ServiceError::ShuttingDown => Code::Unavailable,
             ServiceError::ReceiptNotFound => Code::NotFound,
             ServiceError::DelegationNotPermitted { .. } => Code::PermissionDenied,
@@ -129,6 +143,7 @@ impl ErrorCode for ServiceError {
             ServiceError::DelegationNotPermitted { .. } => "DELEGATION_NOT_PERMITTED",
             ServiceError::ShuttingDown => "SHUTTING_DOWN",
             ServiceError::TokenAhead { .. } => "TOKEN_AHEAD_OF_DATABASE",
+            ServiceError::RevisionAhead { .. } => "REVISION_AHEAD_OF_DATABASE",
             ServiceError::Internal(_) => "INTERNAL",
         }
     }
@@ -154,6 +169,9 @@ impl From<EngineError> for ServiceError {
             EngineError::Erased => ServiceError::Erased,
             EngineError::IdempotencyConflict => ServiceError::IdempotencyKeyReused,
             EngineError::TokenAhead { token, head } => ServiceError::TokenAhead { token, head },
+            EngineError::RevisionAhead { after, head } => {
+                ServiceError::RevisionAhead { after, head }
+            }
             EngineError::Store(e) => {
                 // Store failures do not leak details to callers; the log keeps the class only.
                 tracing::error!(error = %e.log_safe(), "consent store failed");

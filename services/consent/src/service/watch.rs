@@ -32,11 +32,18 @@ pub enum WatchEvent {
 pub type WatchStream = ReceiverStream<Result<WatchEvent, ServiceError>>;
 
 impl Service {
-    /// Starts a change stream after `after_revision`, with a heartbeat every `heartbeat`.
-    pub fn watch(&self, after_revision: u64, heartbeat: Duration) -> WatchStream {
+    /// Starts a change stream after `after_revision`, with a heartbeat every `heartbeat`; a
+    /// revision the database has not committed is refused before the stream opens
+    /// ([`Engine::resumable_after`]).
+    pub async fn watch(
+        &self,
+        after_revision: u64,
+        heartbeat: Duration,
+    ) -> Result<WatchStream, ServiceError> {
+        self.engine.resumable_after(after_revision).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(follow(self.engine.clone(), after_revision, heartbeat, tx));
-        ReceiverStream::new(rx)
+        Ok(ReceiverStream::new(rx))
     }
 }
 
