@@ -311,11 +311,14 @@ async fn check_restart(
             "LOST: {} answered reads (that returned data) but {entries} access-log entries",
             h.answered_reads
         );
-        // More entries than reads: a read logged twice. Counted, not failed, while the known
-        // cause stands (docs/durability.md, "Findings": a journal chained again after a kill
-        // between its commit and its deletion; `journal_chained_twice` reproduces it).
-        summary.access_entries_extra +=
-            entries.saturating_sub(h.answered_reads + h.unanswered_reads);
+        // More entries than reads made: a read logged twice (docs/durability.md, "Findings": a
+        // journal chained again after a kill between its commit and its deletion, fixed).
+        let made = h.answered_reads + h.unanswered_reads;
+        assert!(
+            entries <= made,
+            "TWICE: {entries} access-log entries for {made} reads that returned data or were in \
+             flight at a kill: a read logged twice"
+        );
         summary.answered_reads += h.answered_reads;
         // Done with this subject: it is never written again.
         held.remove(who);
@@ -457,8 +460,9 @@ fn journals(url: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 /// The finding the crash run turned up, made deterministic (docs/durability.md, "Findings"):
 /// on SQLite, a read's access-log entry is journaled, then chained into the table in one
 /// transaction, then its journal file is deleted. A kill between that commit and the deletion
-/// leaves the file behind, and the next start chains its entries again: the person's access
-/// report lists the read twice. The kill is reproduced by its effect on disk: the journal a
+/// leaves the file behind, and the next start chained its entries again (now it recognises
+/// the journal by the name the chaining recorded, and deletes it): the person's access report
+/// listed the read twice. The kill is reproduced by its effect on disk: the journal a
 /// killed process left is kept aside, the service chains it, and the file is put back as the
 /// kill would have left it. Returns (answered reads, access-log entries after the restart).
 pub async fn journal_chained_twice(scratch: &Scratch, url: &str) -> (u64, u64) {

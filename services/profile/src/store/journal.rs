@@ -10,7 +10,9 @@
 //! Each store instance writes its own file, `<database>.access-journal-<uuid>`, locked
 //! (`flock`) while the instance lives. A file whose lock can be taken belongs to a process that
 //! is gone: the next store to open the database chains its entries into the table and deletes
-//! it. Entries hold the subject's pseudonym, never its id, like the table. The chain itself is
+//! it. Chaining a journal records its file name in the table in the same statement, so a file
+//! found again (a crash after that commit and before the deletion) is deleted, not chained a
+//! second time. Entries hold the subject's pseudonym, never its id, like the table. The chain itself is
 //! built only in the database, under its write lock, so replicas never fork it.
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +43,15 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// The journal's file name (unique: it ends in a uuid), recorded in `access_log` by the
+    /// statement that chains the entries, so that the file found again after a crash before its
+    /// deletion is recognised as chained.
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
+
     /// The entries are in the table: the file is no longer needed.
     pub fn remove(self) -> std::io::Result<()> {
         std::fs::remove_file(&self.path)

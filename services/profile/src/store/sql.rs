@@ -279,7 +279,9 @@ impl<D: Dialect> SqlStore<D> {
         if let Some(database) = database {
             // Entries journaled by instances that are gone go into the chain first.
             for orphan in Journal::orphans(&database).map_err(journal_error)? {
-                store.append_chained(&orphan.entries).await?;
+                store
+                    .append_chained(&orphan.entries, Some(&orphan.name()))
+                    .await?;
                 orphan.remove().map_err(journal_error)?;
             }
             store.journal = Some(Journal::open(&database).map_err(journal_error)?);
@@ -399,7 +401,16 @@ impl<D: Dialect> SqlStore<D> {
     /// numbers them after the head this process knows; if another writer (a replica) moved it,
     /// the primary key on `seq` refuses them, and the locked path reads the true head under a
     /// lock that holds every other writer off until it commits, so it always makes progress.
-    async fn append_chained(&self, entries: &[Entry]) -> Result<(), StoreError> {
+    ///
+    /// `journal` names the journal file the entries come from: it is recorded on the first
+    /// entry (a unique column), so a journal already chained is refused by the fast path and
+    /// found, then skipped, by the locked one. Its entries are in the log at most once whatever
+    /// a crash interrupts: the file's deletion comes only after this commit.
+    async fn append_chained(
+        &self,
+        entries: &[Entry],
+        journal: Option<&str>,
+    ) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -408,7 +419,10 @@ impl<D: Dialect> SqlStore<D> {
             && let Some((seq, prev)) = head.take()
         {
             let (records, last) = chain(entries, seq, prev);
-            match insert_records::<D>(&records).execute(&self.log_pool).await {
+            match insert_records::<D>(&records, journal)
+                .execute(&self.log_pool)
+                .await
+            {
                 Ok(_) => {
                     *head = Some(last);
                     return Ok(());
@@ -426,13 +440,29 @@ impl<D: Dialect> SqlStore<D> {
                 Some(r) => (to_u64(r.get(0)), r.get(1)),
                 None => (0, access_log::GENESIS.to_owned()),
             };
+        if let Some(journal) = journal
+            && sqlx::query("SELECT 1 FROM access_log WHERE journal = $1")
+                .bind(journal)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some()
+        {
+            // Chained before a crash that came ahead of the file's deletion.
+            tracing::info!("access journal already chained: deleted, not chained again");
+            tx.commit().await?;
+            *head = Some((seq, prev));
+            return Ok(());
+        }
         // Chained and inserted a statement's worth at a time: hashing a whole flush at once
         // (hundreds of entries) would hold the runtime's thread for a millisecond, in front of
         // the reads waiting for it.
         let mut last = (seq, prev);
+        let mut journal = journal;
         for part in entries.chunks(ROWS_PER_INSERT) {
             let (records, next) = chain(part, last.0, std::mem::take(&mut last.1));
-            insert_records::<D>(&records).execute(&mut *tx).await?;
+            insert_records::<D>(&records, journal.take())
+                .execute(&mut *tx)
+                .await?;
             last = next;
         }
         tx.commit().await?;
@@ -996,7 +1026,7 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         }
         match &self.journal {
             Some(journal) => journal.append(&entries).map_err(journal_error),
-            None => self.append_chained(&entries).await,
+            None => self.append_chained(&entries, None).await,
         }
     }
 
@@ -1007,7 +1037,10 @@ impl<D: Dialect> ProfileStore for SqlStore<D> {
         let _one = journal.flushing.lock().await;
         let mut batches = journal.take().map_err(journal_error)?.into_iter();
         while let Some(batch) = batches.next() {
-            if let Err(e) = self.append_chained(&batch.entries).await {
+            if let Err(e) = self
+                .append_chained(&batch.entries, Some(&batch.name()))
+                .await
+            {
                 // Kept, in order, for the next flush: nothing journaled is dropped.
                 journal.stall(std::iter::once(batch).chain(batches).collect());
                 return Err(e);
@@ -1159,13 +1192,15 @@ fn journal_error(e: std::io::Error) -> StoreError {
     StoreError::corrupt(format!("access journal: {e}"))
 }
 
-/// One multi-row INSERT of chained records.
+/// One multi-row INSERT of chained records; `journal` (the file they were journaled in) goes on
+/// the first, and `NULL` on the others (see [`SqlStore::append_chained`]).
 fn insert_records<D: Dialect>(
     records: &[AccessRecord],
+    mut journal: Option<&str>,
 ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-    let rows = values::<D>(records.len(), 12);
+    let rows = values::<D>(records.len(), 13);
     let mut q = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO access_log ({ACCESS_COLUMNS}) VALUES {rows}"
+        "INSERT INTO access_log ({ACCESS_COLUMNS}, journal) VALUES {rows}"
     )));
     for r in records {
         q = q
@@ -1180,7 +1215,8 @@ fn insert_records<D: Dialect>(
             .bind(r.operation.clone())
             .bind(to_i64(r.items))
             .bind(r.prev_hash.clone())
-            .bind(r.hash.clone());
+            .bind(r.hash.clone())
+            .bind(journal.take().map(str::to_owned));
     }
     q
 }
