@@ -333,6 +333,11 @@ async fn check_restart(
 
 /// `consentgate serve profile` on the database at `url`, in front of `consent`.
 fn profile_service(scratch: &Scratch, url: &str, consent: &TestServer) -> Service {
+    // The deployment secret that keys data-subject request digests: one per run, kept across
+    // restarts as a mounted Secret would be.
+    let request_key = scratch.path("request.key");
+    consentgate_profile::request_key::RequestKey::load_or_create(&request_key)
+        .expect("the request key");
     Service::new(
         "profile",
         vec![
@@ -348,6 +353,8 @@ fn profile_service(scratch: &Scratch, url: &str, consent: &TestServer) -> Servic
             crate::common::token("profile-service"),
             "--retention-every-secs".into(),
             "86400".into(),
+            "--request-key-file".into(),
+            request_key.display().to_string(),
         ],
         scratch.path("profile.log"),
     )
