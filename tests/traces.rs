@@ -221,7 +221,11 @@ async fn start_processes(dir: &std::path::Path, collector: SocketAddr) -> Proces
         consent_url.clone(),
         "--consent-token".into(),
         token("profile-service"),
+        "--request-key-file".into(),
+        path("request.key"),
     ]);
+    // The profile service's deployment secret for request digests.
+    std::fs::write(dir.join("request.key"), "11".repeat(32)).expect("request key");
     let profile = serve("profile", &args, collector).await;
     wait_serving(profile.address).await;
     let mut args = common("recommendation.db");
