@@ -81,6 +81,8 @@ pub enum TokenError {
 pub struct Authenticator {
     by_digest: HashMap<[u8; 32], Arc<CallerIdentity>>,
     by_spiffe_id: HashMap<String, Arc<CallerIdentity>>,
+    /// The callers known by certificate, so a token request checks one set, not every identity.
+    certificate_callers: std::collections::HashSet<String>,
     /// The policy's delegation rules (`None`: nobody may delegate).
     policy: Option<Arc<Policy>>,
 }
@@ -134,6 +136,7 @@ impl Authenticator {
                 return Err(TokenError::SharedIdentity(other.clone(), name.clone()));
             }
             let roles = caller.roles.iter().map(|r| r.as_str().to_owned()).collect();
+            self.certificate_callers.insert(name.clone());
             self.by_spiffe_id.insert(
                 id.clone(),
                 Arc::new(CallerIdentity {
@@ -152,7 +155,7 @@ impl Authenticator {
 
     /// Whether `caller` is known by certificate (and so never by a token).
     fn needs_certificate(&self, caller: &str) -> bool {
-        self.by_spiffe_id.values().any(|c| c.name == caller)
+        self.certificate_callers.contains(caller)
     }
 
     /// Registers a caller's token.
