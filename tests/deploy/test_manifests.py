@@ -164,13 +164,20 @@ def test_each_service_has_a_complete_deployment(overlay):
         c = container(d)
         assert c["args"][:2] == ["serve", comp], name
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {"grpc": grpc_port, "metrics": METRICS_PORT}, name
+        # Under mTLS, kubelet probes a plaintext health-only port (it cannot present a
+        # certificate); otherwise the gRPC port itself.
+        probe_listen = env_of(c).get("CONSENTGATE_PROBE_LISTEN", {}).get("value")
+        probe_port = int(probe_listen.rsplit(":", 1)[1]) if probe_listen else grpc_port
+        expected_ports = {"grpc": grpc_port, "metrics": METRICS_PORT}
+        if probe_listen:
+            expected_ports["probes"] = probe_port
+        assert ports == expected_ports, name
 
-        # Probes: native gRPC, on the gRPC port; readiness asks for the service by name (it turns
+        # Probes: native gRPC, on the probe port; readiness asks for the service by name (it turns
         # NOT_SERVING while draining), liveness and startup for the server as a whole.
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert probe in c, f"{name}: no {probe}"
-            assert c[probe]["grpc"]["port"] == grpc_port, f"{name}: {probe}"
+            assert c[probe]["grpc"]["port"] == probe_port, f"{name}: {probe}"
             assert set(c[probe]) & {"httpGet", "tcpSocket", "exec"} == set(), f"{name}: {probe}"
         assert c["readinessProbe"]["grpc"].get("service") == health_name, name
         assert c["livenessProbe"]["grpc"].get("service", "") == "", name
@@ -238,7 +245,7 @@ def serve_settings():
         struct = service.capitalize()
         assert struct in structs, f"no {struct}Args in src/main.rs"
         names, required = set(), set()
-        for attr, _, ty in fields[struct] + fields["Metrics"]:
+        for attr, _, ty in fields[struct] + fields["Metrics"] + fields["Access"]:
             m = re.search(r'env = "(\w+)"', attr)
             if not m:
                 continue
@@ -295,7 +302,8 @@ def test_environment_is_what_serve_reads(overlay):
                             ("CONSENTGATE_PROFILE_URL", "profile"),
                             ("CONSENTGATE_RECOMMENDATION_URL", "recommendation")):
             if var in env:
-                assert env[var]["value"] == f"http://{target}:{SERVICES[target][0]}", comp
+                scheme = "https" if "CONSENTGATE_TLS_DIR" in env else "http"
+                assert env[var]["value"] == f"{scheme}://{target}:{SERVICES[target][0]}", comp
         assert env["CONSENTGATE_LISTEN"]["value"].endswith(f":{SERVICES[comp][0]}")
         assert env["CONSENTGATE_METRICS_LISTEN"]["value"].endswith(f":{METRICS_PORT}")
         # Tokens are never plain values.
@@ -318,7 +326,8 @@ def test_policy_configmap_is_generated_from_the_shipped_policy(overlay):
     assert re.fullmatch(r"consentgate-policy-[a-z0-9]{10}", name), f"{name}: no content hash"
     assert maps[0]["data"]["policy.toml"] == (ROOT / "policy" / "default.toml").read_text()
     for d in of_kind(objects, "Deployment"):
-        cms = [v["configMap"]["name"] for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+        cms = [v["configMap"]["name"] for v in d["spec"]["template"]["spec"]["volumes"]
+               if "configMap" in v and v["configMap"]["name"].startswith("consentgate-policy")]
         assert cms == [name], d["metadata"]["name"]
 
 
