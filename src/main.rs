@@ -16,7 +16,9 @@ use consentgate_recommendation::catalog::Catalog;
 use consentgate_recommendation::server::{self as recommendation_server, RecommendationConfig};
 use consentgate_runtime::metrics_otlp::{OtlpPush, spawn_push};
 use consentgate_runtime::tls::{ClientAuth, Dialer, TlsFiles, TlsMaterial};
-use consentgate_runtime::{Authenticator, Edge, Running, Telemetry, TraceExport, Tracing};
+use consentgate_runtime::{
+    Authenticator, Edge, Http2Limits, Limits, Rate, Running, Telemetry, TraceExport, Tracing,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start, so the size of its largest variant (a service's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start the suite on loopback with SQLite under the data folder and development tokens.
@@ -228,6 +232,129 @@ struct AccessArgs {
     /// a client certificate); none when absent.
     #[arg(long, env = "CONSENTGATE_PROBE_LISTEN")]
     probe_listen: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one replica takes on (docs/operations.md, "Limits"): every limit is per replica.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Each caller's request rate at this replica: `N` per second (burst N/5), `N/B` (burst B),
+    /// or `off`.
+    #[arg(long, env = "CONSENTGATE_CALLER_RATE", default_value = "10000/2000", value_parser = parse_rate)]
+    caller_rate: RateArg,
+    /// A named caller's rate instead (`caller=N`, `caller=N/B` or `caller=off`; repeat, or
+    /// separate with commas in the variable).
+    #[arg(
+        long = "caller-rate-for",
+        env = "CONSENTGATE_CALLER_RATES",
+        value_delimiter = ','
+    )]
+    caller_rates: Vec<String>,
+    /// Calls in flight at this replica before new ones are shed with UNAVAILABLE (0: no bound).
+    #[arg(long, env = "CONSENTGATE_MAX_IN_FLIGHT", default_value_t = 256)]
+    max_in_flight: usize,
+    /// Calls in flight per caller at this replica before its new ones are refused with
+    /// RESOURCE_EXHAUSTED (0: no bound).
+    #[arg(
+        long,
+        env = "CONSENTGATE_MAX_IN_FLIGHT_PER_CALLER",
+        default_value_t = 128
+    )]
+    max_in_flight_per_caller: usize,
+    /// Open WatchChanges streams per caller at this replica.
+    #[arg(
+        long,
+        env = "CONSENTGATE_MAX_STREAMS_PER_CALLER",
+        default_value_t = 1000
+    )]
+    max_streams_per_caller: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(
+        long,
+        env = "CONSENTGATE_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 512
+    )]
+    http2_max_concurrent_streams: u32,
+    /// The largest request metadata (header list) accepted, in bytes.
+    #[arg(long, env = "CONSENTGATE_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024)]
+    max_header_list_bytes: u32,
+    /// Seconds between HTTP/2 pings on a connection; one unanswered for
+    /// --http2-keepalive-timeout-secs closes it.
+    #[arg(long, env = "CONSENTGATE_HTTP2_KEEPALIVE_SECS", default_value_t = 30)]
+    http2_keepalive_secs: u64,
+    /// Seconds a ping may go unanswered.
+    #[arg(
+        long,
+        env = "CONSENTGATE_HTTP2_KEEPALIVE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    http2_keepalive_timeout_secs: u64,
+    /// Close connections gracefully after this many seconds, so clients spread over new
+    /// replicas (cuts consent watchers' streams too: they reconnect); none when absent.
+    #[arg(long, env = "CONSENTGATE_MAX_CONNECTION_AGE_SECS")]
+    max_connection_age_secs: Option<u64>,
+}
+
+/// A rate flag's value: a rate, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+struct RateArg(Option<Rate>);
+
+/// `N`, `N/B` or `off`.
+fn parse_rate(text: &str) -> Result<RateArg, String> {
+    match text.trim() {
+        "off" => Ok(RateArg(None)),
+        rate => rate.parse().map(|rate| RateArg(Some(rate))),
+    }
+}
+
+impl LimitArgs {
+    /// The limits, with every caller named in --caller-rate-for checked against the policy (a
+    /// misspelt name would silently leave that caller at the default).
+    fn limits(&self, policy: &Policy) -> anyhow::Result<Limits> {
+        let mut caller_rates = std::collections::HashMap::new();
+        for entry in self.caller_rates.iter().filter(|e| !e.trim().is_empty()) {
+            let (caller, rate) = entry
+                .split_once('=')
+                .with_context(|| format!("--caller-rate-for {entry:?}: expected caller=rate"))?;
+            let caller = caller.trim();
+            anyhow::ensure!(
+                policy.callers.contains_key(caller),
+                "--caller-rate-for names {caller:?}, which the policy does not define under [callers]"
+            );
+            let rate =
+                parse_rate(rate).map_err(|e| anyhow::anyhow!("--caller-rate-for {caller}: {e}"))?;
+            caller_rates.insert(caller.to_owned(), rate.0);
+        }
+        anyhow::ensure!(
+            self.max_streams_per_caller > 0,
+            "--max-streams-per-caller must be at least 1"
+        );
+        anyhow::ensure!(
+            self.http2_max_concurrent_streams > 0,
+            "--http2-max-concurrent-streams must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_header_list_bytes >= 1024,
+            "--max-header-list-bytes must be at least 1024"
+        );
+        Ok(Limits {
+            caller_rate: self.caller_rate.0,
+            caller_rates,
+            max_in_flight: (self.max_in_flight > 0).then_some(self.max_in_flight),
+            max_in_flight_per_caller: (self.max_in_flight_per_caller > 0)
+                .then_some(self.max_in_flight_per_caller),
+            max_streams_per_caller: self.max_streams_per_caller,
+            http2: Http2Limits {
+                max_concurrent_streams: self.http2_max_concurrent_streams,
+                max_header_list_bytes: self.max_header_list_bytes,
+                keepalive_interval: Duration::from_secs(self.http2_keepalive_secs.max(1)),
+                keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout_secs.max(1)),
+                max_connection_age: self.max_connection_age_secs.map(Duration::from_secs),
+                ..Http2Limits::default()
+            },
+        })
+    }
 }
 
 /// `--tls-client-auth`.
@@ -521,6 +648,7 @@ fn serving(
     }
     let authenticator =
         Authenticator::from_policy(&policy, &tokens)?.with_identities(&policy, &identities)?;
+    let limits = access.limits.limits(&policy)?;
     let tls = match &access.tls_dir {
         Some(dir) => {
             let client_auth = match access.tls_client_auth {
@@ -538,6 +666,7 @@ fn serving(
     Ok((
         policy,
         Access {
+            limits,
             authenticator,
             tls,
             probe_listen: access.probe_listen.clone(),
@@ -548,6 +677,7 @@ fn serving(
 /// A served service's callers and transport, before its listeners are bound.
 struct Access {
     authenticator: Authenticator,
+    limits: Limits,
     tls: Option<TlsMaterial>,
     probe_listen: Option<String>,
 }
@@ -571,6 +701,7 @@ impl Access {
             authenticator: self.authenticator,
             tls: self.tls,
             probe,
+            limits: self.limits,
         })
     }
 }

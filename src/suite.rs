@@ -352,6 +352,7 @@ impl SuiteTls {
             authenticator: Authenticator::default().with_identities(policy, &self.identities)?,
             tls: Some(material),
             probe: None,
+            limits: Default::default(),
         })
     }
 }

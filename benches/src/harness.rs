@@ -9,7 +9,7 @@ use consentgate_consent::engine::Engine;
 use consentgate_consent::ledger::{LedgerKeys, random_key};
 use consentgate_consent::server::StartError;
 use consentgate_policy::Policy;
-use consentgate_runtime::{Authenticator, Running, TraceExport};
+use consentgate_runtime::{Authenticator, Edge, Running, TraceExport};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,7 +118,7 @@ impl Harness {
             } else {
                 (grpc.into(), TraceExport::Off)
             };
-            suite::start_consent(policy, auth, settings, listeners, &traces)
+            suite::start_consent(policy, Edge::unlimited(auth), settings, listeners, &traces)
                 .await
                 .context("starting the consent service")
         })?;

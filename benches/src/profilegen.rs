@@ -26,7 +26,7 @@ use consentgate_proto::consent::v1 as cpb;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
 use consentgate_proto::profile::v1 as ppb;
 use consentgate_proto::profile::v1::profile_service_client::ProfileServiceClient;
-use consentgate_runtime::Authenticator;
+use consentgate_runtime::{Authenticator, Edge};
 use cores::half_the_cores;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -261,7 +261,7 @@ fn start_services(
         let consent_url = databases.url("consent").await;
         let consent = suite::start_consent(
             policy.clone(),
-            auth.clone(),
+            Edge::unlimited(auth.clone()),
             ConsentSettings {
                 database_url: consent_url,
                 keys: Arc::new(LedgerKeys::generate()),
@@ -289,8 +289,13 @@ fn start_services(
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             profiles.push(
-                suite::start_profile(config, auth.clone(), listener.into(), &Default::default())
-                    .await?,
+                suite::start_profile(
+                    config,
+                    Edge::unlimited(auth.clone()),
+                    listener.into(),
+                    &Default::default(),
+                )
+                .await?,
             );
         }
         anyhow::Ok((consent, profiles.remove(0), profiles.remove(0)))

@@ -38,7 +38,7 @@ use consentgate_proto::common::v1::{SubjectRef, subject_ref};
 use consentgate_proto::consent::v1 as cpb;
 use consentgate_proto::consent::v1::Verdict;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
-use consentgate_runtime::Authenticator;
+use consentgate_runtime::{Authenticator, Edge};
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -127,7 +127,7 @@ fn start(args: &Args) -> anyhow::Result<(Replicas, Vec<(String, String)>)> {
             replicas.push(
                 suite::start_consent(
                     policy.clone(),
-                    auth.clone(),
+                    Edge::unlimited(auth.clone()),
                     ConsentSettings {
                         database_url: db.url.clone(),
                         keys: keys.clone(),

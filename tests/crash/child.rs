@@ -96,6 +96,12 @@ impl Service {
 }
 
 impl Process {
+    /// Its process id, while it runs (tests/limits.rs reads its memory).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown hook, no flush, no graceful anything.
     pub async fn kill(mut self) {
         let _ = self.child.start_kill();

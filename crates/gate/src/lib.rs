@@ -319,7 +319,8 @@ impl Gate {
     }
 
     /// `message` as a request with this service's own credentials (the gate's token), the
-    /// current trace context and a 10 s deadline: for the calls a service makes that are not
+    /// current trace context and a deadline of 10 s or what remains of the caller's, if less:
+    /// for the calls a service makes that are not
     /// decisions (data-subject requests, to the consent service or another service). A service
     /// acting for a caller says so in the message's `on_behalf_of`; it never forwards that
     /// caller's credentials.
@@ -327,7 +328,7 @@ impl Gate {
         let mut request = tonic::Request::new(message);
         authorize(request.metadata_mut(), &self.inner.auth);
         traces::inject(request.metadata_mut());
-        request.set_timeout(Duration::from_secs(10));
+        request.set_timeout(consentgate_deadline::budget(Duration::from_secs(10)));
         request
     }
 
@@ -369,8 +370,26 @@ impl Gate {
                 )));
             }
         };
+        // Whether the caller's own deadline, not the gate's check timeout, bounds this call: then
+        // a deadline answer says the caller ran out of time, nothing about the consent service.
+        let caller_bound =
+            consentgate_deadline::budget(self.inner.check_timeout) < self.inner.check_timeout;
         let answer =
             tokio::time::timeout(self.inner.check_timeout, send(self.consent_client())).await;
+        if let Ok(Err(status)) = &answer
+            && caller_bound
+            && matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            )
+        {
+            // Neither a success nor a trip: a probe is released for the next call to make.
+            drop(probe);
+            return Err(self.unavailable(format!(
+                "the caller's deadline passed while the consent service was asked ({:?})",
+                status.code()
+            )));
+        }
         // The call ended: the probe (if this was it) is resolved below, not abandoned.
         let probed = probe.map(std::mem::forget).is_some();
         match answer {
@@ -597,7 +616,7 @@ impl Gate {
             tonic::Request::new(consentgate_proto::consent::v1::BatchCheckRequest { checks });
         authorize(call.metadata_mut(), &self.inner.auth);
         traces::inject(call.metadata_mut());
-        call.set_timeout(self.inner.check_timeout);
+        call.set_timeout(consentgate_deadline::budget(self.inner.check_timeout));
         let results = self
             .call(|mut client| async move { client.batch_check(call).await })
             .await?
@@ -719,7 +738,7 @@ impl Gate {
         let mut call = tonic::Request::new(request);
         authorize(call.metadata_mut(), &self.inner.auth);
         traces::inject(call.metadata_mut());
-        call.set_timeout(self.inner.check_timeout);
+        call.set_timeout(consentgate_deadline::budget(self.inner.check_timeout));
         self.call(|mut client| async move { client.check(call).await })
             .await
     }

@@ -51,6 +51,11 @@ impl DelegationScope {
             })
     }
 
+    /// The authenticated caller (the delegate), whose limits the request counts against.
+    pub(crate) fn caller(&self) -> &Arc<CallerIdentity> {
+        &self.caller
+    }
+
     /// Whether the caller may make this RPC on behalf of anyone (the layer lets it through
     /// without a role of its own only then).
     pub(crate) fn delegates_at_all(&self) -> bool {

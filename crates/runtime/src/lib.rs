@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod delegation;
 pub mod errors;
+pub mod limits;
 pub mod metrics;
 pub mod metrics_otlp;
 pub mod oversize;
@@ -15,6 +16,7 @@ pub mod traces;
 
 pub use auth::{AuthLayer, Authenticator, CallerIdentity, RpcRules, TokenError};
 pub use errors::ErrorCode;
+pub use limits::{Http2Limits, Limits, Rate};
 pub use metrics::Metrics;
 pub use traces::{TraceExport, Tracing};
 

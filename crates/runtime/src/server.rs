@@ -6,6 +6,7 @@
 
 use crate::Telemetry;
 use crate::auth::{AuthLayer, Authenticator, RpcRules};
+use crate::limits::{LimitLayer, Limits};
 use crate::rpc_telemetry::RpcTelemetryLayer;
 use crate::tls::{TlsMaterial, accept_tls};
 use std::future::Future;
@@ -32,10 +33,24 @@ pub struct Edge {
     pub tls: Option<TlsMaterial>,
     /// A plaintext listener serving only `grpc.health.v1`, for probes.
     pub probe: Option<TcpListener>,
+    /// What the server takes on: rates, calls in flight, streams, HTTP/2 bounds.
+    pub limits: Limits,
+}
+
+impl Edge {
+    /// Plaintext, with these callers and no rate or in-flight limit ([`Limits::unlimited`]):
+    /// for benchmarks that measure the service, not its limiter.
+    pub fn unlimited(authenticator: Authenticator) -> Edge {
+        Edge {
+            authenticator,
+            limits: Limits::unlimited(),
+            ..Edge::default()
+        }
+    }
 }
 
 impl From<Authenticator> for Edge {
-    /// Plaintext, with these callers.
+    /// Plaintext, with these callers and the default limits.
     fn from(authenticator: Authenticator) -> Edge {
         Edge {
             authenticator,
@@ -49,8 +64,10 @@ impl From<Authenticator> for Edge {
 ///
 /// Every request is traced and measured (`telemetry`: a server span continuing the caller's
 /// trace; duration by method and status, calls in flight), then passes the auth layer (`edge`
-/// says who the caller is, `rules` which roles may call which RPC); health and reflection stay
-/// open so probes and `grpcurl` work without credentials. Reflection lists this service only.
+/// says who the caller is, `rules` which roles may call which RPC) and the caller's limits
+/// (deadline, rate, calls in flight, open streams: [`crate::limits`]); health and reflection
+/// stay open and unthrottled so probes and `grpcurl` work without credentials. Reflection lists
+/// this service only. Every connection is held to the edge's HTTP/2 bounds.
 pub async fn serve<S>(
     api: S,
     edge: impl Into<Edge>,
@@ -75,6 +92,7 @@ where
         authenticator: auth,
         tls,
         probe,
+        limits,
     } = edge.into();
     let health_name = S::NAME;
     let (reporter, health_service) = health();
@@ -85,8 +103,10 @@ where
     let (probe_stop, probe_stopped) = oneshot::channel::<()>();
     if let Some(probe) = probe {
         let probe_health = health_service.clone();
+        let probe_http2 = limits.http2.clone();
         tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = probe_http2
+                .apply(tonic::transport::Server::builder())
                 .add_service(probe_health)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(probe), async {
                     let _ = probe_stopped.await;
@@ -109,8 +129,11 @@ where
             measured.iter().map(String::as_str),
         ))
         .layer(AuthLayer::new(auth, rules))
+        .layer(LimitLayer::new(limits.clone(), &telemetry.metrics))
         .layer(crate::oversize::OversizeLayer);
-    let router = tonic::transport::Server::builder()
+    let router = limits
+        .http2
+        .apply(tonic::transport::Server::builder())
         .layer(layers)
         .add_routes(Routes::new(api))
         .add_service(health_service)

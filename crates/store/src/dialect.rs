@@ -60,9 +60,12 @@ pub trait Dialect: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Database, Error>> + Send;
 }
 
-/// Begins a write transaction (see [`Dialect::BEGIN_WRITE`]).
-pub async fn begin_write<D: Dialect>(pool: &AnyPool) -> Result<Tx<'static>, sqlx::Error> {
-    pool.begin_with(D::BEGIN_WRITE).await
+/// Begins a write transaction (see [`Dialect::BEGIN_WRITE`]), unless the deadline of the call
+/// it serves has passed ([`consentgate_deadline`]): a caller that gave up must not get a write
+/// it never hears of.
+pub async fn begin_write<D: Dialect>(pool: &AnyPool) -> Result<Tx<'static>, Error> {
+    consentgate_deadline::time_left()?;
+    Ok(pool.begin_with(D::BEGIN_WRITE).await?)
 }
 
 /// Begins a write transaction that no other writer, in this process or another, runs beside:
@@ -79,8 +82,10 @@ pub async fn begin_serialized<D: Dialect>(
     Ok(tx)
 }
 
-/// Begins a read transaction whose statements all see one snapshot (see [`Dialect::SNAPSHOT`]).
-pub async fn begin_snapshot<D: Dialect>(pool: &AnyPool) -> Result<Tx<'static>, sqlx::Error> {
+/// Begins a read transaction whose statements all see one snapshot (see [`Dialect::SNAPSHOT`]),
+/// unless the deadline of the call it serves has passed, as [`begin_write`].
+pub async fn begin_snapshot<D: Dialect>(pool: &AnyPool) -> Result<Tx<'static>, Error> {
+    consentgate_deadline::time_left()?;
     let mut tx = pool.begin().await?;
     if let Some(sql) = D::SNAPSHOT {
         sqlx::query(sql).execute(&mut *tx).await?;

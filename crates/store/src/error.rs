@@ -18,9 +18,19 @@ pub enum Error {
     /// The database URL was refused.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// The deadline of the call the transaction would serve had passed, so it was not begun.
+    #[error(transparent)]
+    DeadlineExceeded(#[from] consentgate_deadline::Expired),
 }
 
 impl Error {
+    /// Whether the transaction was not begun because its call's deadline had passed: the
+    /// caller's doing, not a store failure, so it is answered `DEADLINE_EXCEEDED` and not logged
+    /// as a failure.
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, Error::DeadlineExceeded(_))
+    }
+
     /// A description safe for logs. Database messages can quote row values (subject ids,
     /// personal data) and connection errors can quote the URL with its password, so only the
     /// error's class and SQLSTATE code are kept; a corrupt row's detail stays out too.
@@ -44,6 +54,7 @@ impl Error {
             Error::Corrupt(_) => "corrupt stored data".into(),
             // Names the scheme at most, never the rest of the URL.
             Error::Url(e) => e.to_string(),
+            Error::DeadlineExceeded(e) => e.to_string(),
         }
     }
 }

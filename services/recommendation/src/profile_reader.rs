@@ -80,7 +80,9 @@ impl ProfileReader {
             request.metadata_mut().insert("authorization", auth.clone());
         }
         consentgate_runtime::traces::inject(request.metadata_mut());
-        request.set_timeout(std::time::Duration::from_secs(2));
+        request.set_timeout(consentgate_deadline::budget(
+            std::time::Duration::from_secs(2),
+        ));
         request
     }
 

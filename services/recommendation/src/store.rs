@@ -46,6 +46,12 @@ impl From<sqlx::Error> for StoreError {
 }
 
 impl StoreError {
+    /// Whether the call's deadline passed before the store work began (see
+    /// [`consentgate_store::Error::is_deadline_exceeded`]).
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, StoreError::Store(e) if e.is_deadline_exceeded())
+    }
+
     /// A description safe for logs (see [`consentgate_store::Error::log_safe`]).
     pub fn log_safe(&self) -> String {
         match self {

@@ -113,6 +113,9 @@ pub enum ServiceError {
         /// The last committed revision.
         head: u64,
     },
+    /// The call's deadline passed before its store work began, so nothing was done.
+    #[error("the call's deadline passed before its work began; nothing was done")]
+    DeadlineExceeded,
     /// An invariant did not hold (a bug, never a caller's fault).
     #[error("{0}")]
     Internal(&'static str),
@@ -130,6 +133,7 @@ impl ErrorCode for ServiceError {
             ServiceError::ReceiptNotFound => Code::NotFound,
             ServiceError::DelegationNotPermitted { .. } => Code::PermissionDenied,
             ServiceError::Internal(_) => Code::Internal,
+            ServiceError::DeadlineExceeded => Code::DeadlineExceeded,
         }
     }
 
@@ -145,6 +149,7 @@ impl ErrorCode for ServiceError {
             ServiceError::TokenAhead { .. } => "TOKEN_AHEAD_OF_DATABASE",
             ServiceError::RevisionAhead { .. } => "REVISION_AHEAD_OF_DATABASE",
             ServiceError::Internal(_) => "INTERNAL",
+            ServiceError::DeadlineExceeded => "DEADLINE_EXCEEDED",
         }
     }
 
@@ -172,6 +177,7 @@ impl From<EngineError> for ServiceError {
             EngineError::RevisionAhead { after, head } => {
                 ServiceError::RevisionAhead { after, head }
             }
+            EngineError::Store(e) if e.is_deadline_exceeded() => ServiceError::DeadlineExceeded,
             EngineError::Store(e) => {
                 // Store failures do not leak details to callers; the log keeps the class only.
                 tracing::error!(error = %e.log_safe(), "consent store failed");

@@ -112,6 +112,9 @@ pub enum ServiceError {
     /// No data-subject request of any kind has the id asked about.
     #[error("no data-subject request has this id")]
     RequestNotFound,
+    /// The call's deadline passed before its store work began, so nothing was done.
+    #[error("the call's deadline passed before its work began; nothing was done")]
+    DeadlineExceeded,
 }
 
 impl ErrorCode for ServiceError {
@@ -124,6 +127,7 @@ impl ErrorCode for ServiceError {
             | ServiceError::AccessLogUnavailable(_) => Code::Unavailable,
             ServiceError::DsarNotPermitted(_) => Code::PermissionDenied,
             ServiceError::GateViolation => Code::Internal,
+            ServiceError::DeadlineExceeded => Code::DeadlineExceeded,
             ServiceError::AttributeNotFound
             | ServiceError::ErasureNotFound
             | ServiceError::RequestNotFound => Code::NotFound,
@@ -139,6 +143,7 @@ impl ErrorCode for ServiceError {
             ServiceError::DsarNotPermitted(reason) => reason,
             ServiceError::StoreUnavailable => "STORE_UNAVAILABLE",
             ServiceError::GateViolation => "GATE_VIOLATION",
+            ServiceError::DeadlineExceeded => "DEADLINE_EXCEEDED",
             ServiceError::AccessLogUnavailable(_) => "ACCESS_LOG_UNAVAILABLE",
             ServiceError::AttributeNotFound => "ATTRIBUTE_NOT_FOUND",
             ServiceError::ErasureNotFound | ServiceError::RequestNotFound => "REQUEST_NOT_FOUND",
@@ -161,6 +166,9 @@ impl From<ServiceError> for tonic::Status {
 
 impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
+        if error.is_deadline_exceeded() {
+            return ServiceError::DeadlineExceeded;
+        }
         // Store failures do not leak row values to callers; the log keeps the class only.
         tracing::error!(error = %error.log_safe(), "profile store failed");
         match error {

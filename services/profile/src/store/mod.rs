@@ -66,6 +66,12 @@ impl From<sqlx::Error> for StoreError {
 }
 
 impl StoreError {
+    /// Whether the call's deadline passed before the store work began (see
+    /// [`consentgate_store::Error::is_deadline_exceeded`]).
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, StoreError::Store(e) if e.is_deadline_exceeded())
+    }
+
     /// Stored data that could not be decoded.
     pub(crate) fn corrupt(detail: String) -> Self {
         StoreError::Store(consentgate_store::Error::Corrupt(detail))

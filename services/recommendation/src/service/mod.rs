@@ -82,6 +82,9 @@ pub enum ServiceError {
     /// An outcome named a recommendation id this service never issued.
     #[error("no recommendation has this id")]
     RecommendationNotFound,
+    /// The call's deadline passed before its store work began, so nothing was done.
+    #[error("the call's deadline passed before its work began; nothing was done")]
+    DeadlineExceeded,
 }
 
 impl ErrorCode for ServiceError {
@@ -91,6 +94,7 @@ impl ErrorCode for ServiceError {
                 Code::Unavailable
             }
             ServiceError::RecommendationNotFound => Code::NotFound,
+            ServiceError::DeadlineExceeded => Code::DeadlineExceeded,
         }
     }
 
@@ -99,6 +103,7 @@ impl ErrorCode for ServiceError {
             ServiceError::ProfileUnavailable(_) => "PROFILE_UNAVAILABLE",
             ServiceError::StoreUnavailable => "STORE_UNAVAILABLE",
             ServiceError::RecommendationNotFound => "RECOMMENDATION_NOT_FOUND",
+            ServiceError::DeadlineExceeded => "DEADLINE_EXCEEDED",
         }
     }
 }
@@ -111,6 +116,9 @@ impl From<ServiceError> for tonic::Status {
 
 impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
+        if error.is_deadline_exceeded() {
+            return ServiceError::DeadlineExceeded;
+        }
         tracing::error!(error = %error.log_safe(), "recommendation store failed");
         ServiceError::StoreUnavailable
     }
