@@ -628,6 +628,22 @@ pub fn render(setup: &Setup, m: &Measured) -> String {
     if !per_round.is_empty() {
         let _ = writeln!(w, "{}\n", per_round.join(" "));
     }
+    let spread = m
+        .round_p99_ratios
+        .iter()
+        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &r| {
+            (lo.min(r), hi.max(r))
+        });
+    if spread.1 > 2.0 * spread.0 {
+        let _ = writeln!(
+            w,
+            "The per-round p99 ratios range from {:.2}× to {:.2}×: in this run the tails at 1 in \
+             flight are stalls from other processes (see *Other procs' CPU*), which hit one side \
+             or the other by chance, so the p99 comparison says little about the transport; the \
+             p50 does.\n",
+            spread.0, spread.1
+        );
+    }
 
     // The handshake, in words.
     let extra = |row: &str| -> Option<(u64, u64, f64, f64)> {
