@@ -408,7 +408,7 @@ pub fn render(setup: &Setup, m: &Measured) -> String {
          TLS as `consentgate up --mtls` serves it (rustls 0.23 with ring, TLS 1.3, ECDSA P-256 \
          certificates from `consentgate::dev_certs`, client certificates required, \
          `recommendation-service` known by its certificate's SPIFFE ID and sending no token). The \
-         generator ({} threads) dials both as a gate dials consent (`Dialer`, TCP_NODELAY, \
+         generator (its own {}-thread runtime) dials both as a gate dials consent (`Dialer`, TCP_NODELAY, \
          loopback). Rows m1 and m2 run as {} interleaved rounds (plaintext then mTLS, then the \
          other way round, …), {:.1} s measured per row in all, each round after a warm-up of its \
          own; the connections are opened before the first round (warm). Rows m3 open {} \
