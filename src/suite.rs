@@ -342,8 +342,9 @@ pub struct SuiteTls {
 pub const CONSENT_SERVER: &str = "consent-service";
 
 impl SuiteTls {
-    /// The edge of the service whose certificate lives under `certs/<name>`.
-    fn edge(&self, policy: &Policy, name: &str) -> Result<Edge, SuiteError> {
+    /// The edge of the service whose certificate lives under `certs/<name>`: TLS with that
+    /// certificate, client certificates required, callers known by [`SuiteTls::identities`].
+    pub fn edge(&self, policy: &Policy, name: &str) -> Result<Edge, SuiteError> {
         let material = TlsMaterial::load(
             TlsFiles::in_dir(&self.certs.join(name)),
             ClientAuth::Required,

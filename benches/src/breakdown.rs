@@ -96,10 +96,10 @@ struct Fresh<'a> {
 
 impl Fresh<'_> {
     async fn before_step(&mut self) -> anyhow::Result<()> {
-        // `u64::MAX` bypasses the cache: every entry is re-inserted, with a full time-to-live.
+        // `reload` bypasses the cache: every entry is re-inserted, with a full time-to-live.
         for i in 0..self.subjects.count() {
             self.engine
-                .state(&SubjectKey::Subject(self.subjects.id(i)), u64::MAX)
+                .reload(&SubjectKey::Subject(self.subjects.id(i)))
                 .await?;
         }
         self.mark = self.engine.store_loads();
@@ -170,14 +170,14 @@ pub async fn measure(
         ns_per_op: ns,
     });
 
-    // A miss: `at_least = u64::MAX` bypasses the cache, so the state is read from the store.
+    // A miss: `reload` bypasses the cache, so the state is read from the store.
     let misses = (iterations / 100).clamp(50, 1000);
     let cpu_before = crate::cpu::caller_and_store_ns();
     let loads_before_misses = engine.store_loads();
     let ns = time_async(misses, |i| {
         let query = q(i);
         async move {
-            black_box(engine.state(&query.subject, u64::MAX).await.is_ok());
+            black_box(engine.reload(&query.subject).await.is_ok());
         }
     })
     .await;

@@ -1,5 +1,6 @@
 //! CPU accounting per phase from `/proc` (Linux): on-CPU time of the server's threads (its Tokio
-//! workers and the SQLite worker threads), and how busy the rest of the machine was — so a row
+//! workers and the SQLite worker threads) and of the generator's (what a caller pays, e.g. for a
+//! TLS handshake), and how busy the rest of the machine was — so a row
 //! can say what a request costs the server and whether other processes were competing.
 
 use std::time::Duration;
@@ -11,6 +12,8 @@ pub struct Snapshot {
     server_ns: u64,
     /// Nanoseconds the server's threads waited for a CPU (run queue).
     server_wait_ns: u64,
+    /// On-CPU nanoseconds of the generator's threads (`loadgen*`).
+    generator_ns: u64,
     /// Busy ticks of the whole machine (`/proc/stat`).
     machine_busy: u64,
     /// All ticks of the whole machine.
@@ -28,6 +31,8 @@ pub struct Usage {
     pub server: Duration,
     /// Run-queue wait of the server's threads.
     pub server_wait: Duration,
+    /// On-CPU time of the generator's threads (the calling side).
+    pub generator: Duration,
     /// Share of the machine's CPU capacity used by other processes (0..1).
     pub others: f64,
     /// Whether the numbers are real.
@@ -56,6 +61,7 @@ impl Snapshot {
             server_wait: Duration::from_nanos(
                 later.server_wait_ns.saturating_sub(self.server_wait_ns),
             ),
+            generator: Duration::from_nanos(later.generator_ns.saturating_sub(self.generator_ns)),
             others: (busy.saturating_sub(ours) as f64 / total as f64).clamp(0.0, 1.0),
             valid: true,
         }
@@ -71,7 +77,8 @@ fn read() -> Option<Snapshot> {
         let dir = entry.ok()?.path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let comm = comm.trim();
-        if !(comm.starts_with("consent-server") || comm.starts_with("sqlx-sqlite")) {
+        let server = comm.starts_with("consent-server") || comm.starts_with("sqlx-sqlite");
+        if !server && !comm.starts_with("loadgen") {
             continue;
         }
         // A thread may exit between listing and reading: skip it.
@@ -81,8 +88,13 @@ fn read() -> Option<Snapshot> {
         let mut fields = stat
             .split_whitespace()
             .map(|f| f.parse::<u64>().unwrap_or(0));
-        snapshot.server_ns += fields.next().unwrap_or(0);
-        snapshot.server_wait_ns += fields.next().unwrap_or(0);
+        let on_cpu = fields.next().unwrap_or(0);
+        if server {
+            snapshot.server_ns += on_cpu;
+            snapshot.server_wait_ns += fields.next().unwrap_or(0);
+        } else {
+            snapshot.generator_ns += on_cpu;
+        }
     }
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu: Vec<u64> = stat

@@ -48,10 +48,11 @@ pub struct Workload {
 }
 
 /// The outcome of one call: category decisions answered (0 for health), or why it failed.
-type CallResult = Result<u64, String>;
+pub type CallResult = Result<u64, String>;
 
 impl Workload {
-    async fn call(&self, client: &mut Clients, i: usize) -> CallResult {
+    /// Sends request `i` of the pool (round-robin) over `client` and checks the answer.
+    pub async fn call(&self, client: &mut Clients, i: usize) -> CallResult {
         match self.rpc {
             Rpc::Health => client.health().await.map(|()| 0).map_err(|s| s.to_string()),
             Rpc::Check => {
@@ -90,7 +91,8 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-fn micros(d: Duration) -> u64 {
+/// A duration in whole microseconds, at least 1 (the histogram's lowest value).
+pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -143,6 +145,7 @@ impl PhaseResult {
         self.cpu = Usage {
             server: self.cpu.server + other.cpu.server,
             server_wait: self.cpu.server_wait + other.cpu.server_wait,
+            generator: self.cpu.generator + other.cpu.generator,
             others: if a + b > 0.0 {
                 (self.cpu.others * a + other.cpu.others * b) / (a + b)
             } else {

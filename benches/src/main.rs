@@ -2,7 +2,8 @@
 //! in-process on a fresh database, seeds subjects through `Grant`, warms the cache, proves warm
 //! Checks do not touch the database, then measures Health and Check at 1 in flight, saturated,
 //! and open-loop at a fixed rate, and BatchCheck throughput; prints a Markdown report and, with
-//! `--write FILE`, writes it to FILE (BENCHMARKS.md).
+//! `--write FILE`, writes it to FILE (BENCHMARKS.md). With `--mtls`, measures plaintext against
+//! mutual TLS instead (`mtls.rs`) and writes its own section of FILE.
 
 mod allocator;
 mod breakdown;
@@ -10,6 +11,8 @@ mod cores;
 mod cpu;
 mod driver;
 mod harness;
+mod marked;
+mod mtls;
 mod report;
 mod workload;
 
@@ -62,9 +65,19 @@ struct Args {
     /// Generator worker threads; default half the cores (`nproc / 2`, at least 1).
     #[arg(long)]
     client_threads: Option<usize>,
-    /// Run only these rows (comma-separated labels: 1a,1b,2a,2b,3a,3b,4), e.g. to profile one.
+    /// Run only these rows (comma-separated labels: 1a,1b,2a,2b,3a,3b,4; with `--mtls`:
+    /// m1a–m1d, m2a–m2d, m3a–m3c), e.g. to profile one.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Measure what mutual TLS costs instead of rows 1–4: the same service also on a port that
+    /// requires client certificates, Health and Check over plaintext and over mTLS at 1 and 64 in
+    /// flight (rows m1, m2), and new connections with their handshakes (rows m3), interleaved.
+    /// `--write` then replaces only the file's `loadgen-mtls` section.
+    #[arg(long)]
+    mtls: bool,
+    /// With `--mtls`: new connections per handshake row (m3a–c), over all rounds.
+    #[arg(long, default_value_t = 1000)]
+    handshakes: usize,
     /// Skip the in-process breakdown.
     #[arg(long)]
     no_breakdown: bool,
@@ -128,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         threads.0,
         cache_capacity,
         args.telemetry,
+        args.mtls,
     )?;
     eprintln!(
         "loadgen: listening on {} ({})",
@@ -138,11 +152,43 @@ fn main() -> anyhow::Result<()> {
         .thread_name("loadgen")
         .enable_all()
         .build()?;
-    let outcome = client_rt.block_on(run(&args, &harness));
+    let outcome = client_rt.block_on(async {
+        let prepared = prepare(&args, &harness).await?;
+        if args.mtls {
+            let measured = run_mtls(&args, &harness, &prepared).await?;
+            Ok(Outcome::Mtls(prepared.grants_per_sec, measured))
+        } else {
+            run(&args, &harness, prepared).await.map(Outcome::Standard)
+        }
+    });
     client_rt.shutdown_timeout(Duration::from_secs(2));
     let database = harness.database.clone();
     harness.stop()?;
-    let (phases, loads, breakdown, grants_per_sec, round_ratios) = outcome?;
+    let (phases, loads, breakdown, grants_per_sec, round_ratios) = match outcome? {
+        Outcome::Standard(output) => output,
+        Outcome::Mtls(grants_per_sec, measured) => {
+            let setup = Setup {
+                command: command_line(),
+                date,
+                nproc,
+                kernel: kernel(),
+                cpu: cpu_model(),
+                loadavg: (loadavg_start, loadavg()),
+                commit: commit(),
+                database,
+                subjects: args.subjects,
+                grants_per_sec,
+                duration: (
+                    args.window().duration.as_secs_f64(),
+                    args.window().warmup.as_secs_f64(),
+                ),
+                threads,
+                quick: args.quick,
+                rounds: args.rounds.max(1),
+            };
+            return write_mtls(&args, &setup, &measured);
+        }
+    };
 
     let results = Results {
         setup: Setup {
@@ -203,14 +249,103 @@ type RunOutput = (
     Vec<f64>,
 );
 
-async fn run(args: &Args, harness: &Harness) -> anyhow::Result<RunOutput> {
+/// What a run measured: rows 1–4 (and the breakdown), or the mTLS comparison.
+enum Outcome {
+    /// Rows 1–4.
+    Standard(RunOutput),
+    /// Seeding's grants/s, and the comparison.
+    Mtls(f64, mtls::Measured),
+}
+
+/// The service seeded and its cache warm, and the request pools, before any row runs.
+struct Prepared {
+    subjects: Subjects,
+    one: Clients,
+    loads: Vec<LoadStep>,
+    grants_per_sec: f64,
+    checks: Arc<Vec<consentgate_proto::consent::v1::CheckRequest>>,
+    batches: Arc<Vec<consentgate_proto::consent::v1::BatchCheckRequest>>,
+}
+
+impl Prepared {
+    fn workload(&self, rpc: Rpc) -> Workload {
+        Workload {
+            rpc,
+            checks: self.checks.clone(),
+            batches: self.batches.clone(),
+        }
+    }
+}
+
+/// Prints the mTLS section and, with `--write`, puts it in its place in the file.
+fn write_mtls(args: &Args, setup: &Setup, measured: &mtls::Measured) -> anyhow::Result<()> {
+    let markdown = mtls::render(setup, measured);
+    println!("{markdown}");
+    if let Some(path) = &args.write {
+        marked::write_block(path, "loadgen-mtls", &markdown)?;
+        eprintln!(
+            "loadgen: wrote the loadgen-mtls section of {}",
+            path.display()
+        );
+    }
+    if let Some((pass, p50, p99)) = mtls::verdict(measured) {
+        eprintln!(
+            "loadgen: mTLS ÷ plaintext Check at 1 in flight: p50 {p50:.2}×, p99 {p99:.2}× (target ≤ {}×): {}",
+            mtls::TARGET_FACTOR,
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
+    Ok(())
+}
+
+/// The mTLS comparison (`--mtls`), on the prepared service.
+async fn run_mtls(
+    args: &Args,
+    harness: &Harness,
+    prepared: &Prepared,
+) -> anyhow::Result<mtls::Measured> {
+    let settings = mtls::Settings {
+        window: args.window(),
+        rounds: args.rounds,
+        in_flight: args.in_flight,
+        connections: args.connections,
+        handshakes: if args.quick {
+            args.handshakes.min(60)
+        } else {
+            args.handshakes
+        },
+    };
+    let measured = mtls::run(
+        harness,
+        &settings,
+        &prepared.workload(Rpc::Check),
+        &prepared.workload(Rpc::Health),
+        |label| args.wants(label),
+    )
+    .await?;
+    for p in &measured.phases {
+        eprintln!(
+            "loadgen: {:>3} {:<20} {:<48} {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
+            p.label,
+            p.rpc.name(),
+            p.mode,
+            p.throughput(),
+            p.latency.value_at_quantile(0.5),
+            p.latency.value_at_quantile(0.99),
+            p.errors
+        );
+    }
+    Ok(measured)
+}
+
+/// Seeds the subjects through `Grant`, warms the cache with one Check each, proves a second
+/// round of Checks reads nothing from the database, and builds the request pools.
+async fn prepare(args: &Args, harness: &Harness) -> anyhow::Result<Prepared> {
     let engine = &harness.engine;
     let subjects = Subjects::new(&harness.run_id, args.subjects);
-    let window = args.window();
     let one = Clients::connect(harness.addr, &harness.tokens)
         .await
         .context("connecting to the in-process server")?;
-    let many = Clients::connect_many(harness.addr, &harness.tokens, args.connections).await?;
     let mut loads = Vec::new();
 
     // Seed: one explicit grant per subject through the API, as the preference center.
@@ -301,6 +436,29 @@ async fn run(args: &Args, harness: &Harness) -> anyhow::Result<RunOutput> {
             .map(|_| random_batch(&subjects, &mut rng))
             .collect::<Vec<_>>(),
     );
+    Ok(Prepared {
+        subjects,
+        one,
+        loads,
+        grants_per_sec,
+        checks,
+        batches,
+    })
+}
+
+/// Rows 1–4 and the in-process breakdown.
+async fn run(args: &Args, harness: &Harness, prepared: Prepared) -> anyhow::Result<RunOutput> {
+    let engine = &harness.engine;
+    let window = args.window();
+    let many = Clients::connect_many(harness.addr, &harness.tokens, args.connections).await?;
+    let Prepared {
+        subjects,
+        one,
+        loads,
+        grants_per_sec,
+        checks,
+        batches,
+    } = prepared;
     let workload = |rpc| Workload {
         rpc,
         checks: checks.clone(),

@@ -102,7 +102,8 @@ fn clean(p: &PhaseResult) -> bool {
     p.errors == 0 && p.dropped == 0 && p.ok > 0
 }
 
-fn us(v: u64) -> String {
+/// A latency for a table: µs, or ms with one decimal from 10 ms up.
+pub fn us(v: u64) -> String {
     if v >= 10_000 {
         format!("{:.1} ms", v as f64 / 1000.0)
     } else {
@@ -110,7 +111,8 @@ fn us(v: u64) -> String {
     }
 }
 
-fn thousands(v: f64) -> String {
+/// A rounded number with thousands separators.
+pub fn thousands(v: f64) -> String {
     let n = v.round() as u64;
     let digits = n.to_string();
     let mut out = String::new();

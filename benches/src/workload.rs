@@ -159,24 +159,27 @@ pub struct Tokens {
     pub enforcer: String,
 }
 
-/// Clients over one HTTP/2 connection, with the callers' `authorization` metadata ready.
+/// Clients over one HTTP/2 connection, with the callers' `authorization` metadata ready (none
+/// over mutual TLS, where the connection's client certificate says who calls).
 #[derive(Clone)]
 pub struct Clients {
     consent: ConsentServiceClient<Channel>,
     health: HealthClient<Channel>,
-    preference_center: MetadataValue<Ascii>,
-    enforcer: MetadataValue<Ascii>,
+    preference_center: Option<MetadataValue<Ascii>>,
+    enforcer: Option<MetadataValue<Ascii>>,
 }
 
 fn bearer(token: &str) -> anyhow::Result<MetadataValue<Ascii>> {
     Ok(format!("Bearer {token}").parse()?)
 }
 
-fn authed<T>(message: T, token: &MetadataValue<Ascii>) -> Request<T> {
+fn authed<T>(message: T, token: Option<&MetadataValue<Ascii>>) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", token.clone());
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+    }
     request
 }
 
@@ -187,13 +190,19 @@ impl Clients {
             .tcp_nodelay(true)
             .connect()
             .await?;
+        Clients::over(channel, Some(tokens))
+    }
+
+    /// Clients over `channel` (connected or lazy), sending `tokens` as bearer tokens, or no
+    /// token at all (`None`: the channel presents a client certificate instead).
+    pub fn over(channel: Channel, tokens: Option<&Tokens>) -> anyhow::Result<Clients> {
         Ok(Clients {
             consent: ConsentServiceClient::new(channel.clone())
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             health: HealthClient::new(channel),
-            preference_center: bearer(&tokens.preference_center)?,
-            enforcer: bearer(&tokens.enforcer)?,
+            preference_center: tokens.map(|t| bearer(&t.preference_center)).transpose()?,
+            enforcer: tokens.map(|t| bearer(&t.enforcer)).transpose()?,
         })
     }
 
@@ -217,7 +226,7 @@ impl Clients {
             HealthCheckRequest {
                 service: String::new(),
             },
-            &self.enforcer,
+            self.enforcer.as_ref(),
         );
         let status = self.health.check(request).await?.into_inner().status;
         if status == ServingStatus::Serving as i32 {
@@ -231,7 +240,7 @@ impl Clients {
     pub async fn check(&mut self, request: pb::CheckRequest) -> Result<pb::CheckResponse, Status> {
         Ok(self
             .consent
-            .check(authed(request, &self.enforcer))
+            .check(authed(request, self.enforcer.as_ref()))
             .await?
             .into_inner())
     }
@@ -243,7 +252,7 @@ impl Clients {
     ) -> Result<pb::BatchCheckResponse, Status> {
         Ok(self
             .consent
-            .batch_check(authed(request, &self.enforcer))
+            .batch_check(authed(request, self.enforcer.as_ref()))
             .await?
             .into_inner())
     }
@@ -252,7 +261,7 @@ impl Clients {
     pub async fn grant(&mut self, request: pb::GrantRequest) -> Result<pb::GrantResponse, Status> {
         Ok(self
             .consent
-            .grant(authed(request, &self.preference_center))
+            .grant(authed(request, self.preference_center.as_ref()))
             .await?
             .into_inner())
     }
