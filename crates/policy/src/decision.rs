@@ -801,7 +801,10 @@ impl<'a> Evaluation<'a> {
         })
     }
 
-    /// Rule 8: a sensitive category needs an explicit grant whose scope names it.
+    /// Rule 8: a sensitive category needs an explicit, live grant whose scope names it. A grant
+    /// past its expiry is `expired`, not `given` (docs/architecture.md §3): under a basis that
+    /// does not itself deny an expired record (`opt_out`, `contract`) it must not release a
+    /// sensitive category either.
     fn sensitive(
         &self,
         category: Option<&str>,
@@ -822,6 +825,7 @@ impl<'a> Evaluation<'a> {
         }
         let explicit = record.is_some_and(|r| {
             r.state == RecordState::Given
+                && r.expires_at.is_none_or(|e| e > self.now)
                 && r.consent_type == ConsentType::Explicit
                 && r.scope
                     .as_deref()

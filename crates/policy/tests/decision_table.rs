@@ -2165,3 +2165,43 @@ fn decide_is_deterministic() {
         assert_eq!(a, b, "{}", row.name);
     }
 }
+
+/// Rule 8 under a basis that does not deny an expired grant itself: a sensitive category is
+/// released only on a live explicit grant naming it (found by the `decision_differential` fuzz
+/// target: `research` made `opt_out`, an explicit grant scoped to `user.health` that had expired
+/// still released health data).
+#[test]
+fn an_expired_explicit_grant_does_not_release_a_sensitive_category() {
+    let text = consentgate_policy::DEFAULT_POLICY_TOML.replace(
+        "\"marketing.advertising.third_party\" = \"opt_out\"",
+        "\"marketing.advertising.third_party\" = \"opt_out\"\n\"research\" = \"opt_out\"",
+    );
+    let policy = Policy::from_toml(&text, "research-opt-out.toml").expect("the policy loads");
+    let decide_health = |expires_at: OffsetDateTime| {
+        let state = subject(vec![
+            given("research", 5)
+                .scope("user.health")
+                .expires(expires_at),
+        ]);
+        let categories = vec!["user.health".to_owned()];
+        let input = CheckInput {
+            caller: "preference-center",
+            purpose: "research",
+            categories: &categories,
+            channel: None,
+            jurisdiction: "US-CA",
+            gpc: false,
+            now: NOW,
+            explain: false,
+        };
+        ok(decide(&policy, &input, &state))
+    };
+    let live = decide_health(NOW + Duration::days(1));
+    assert_eq!(live.verdict, Verdict::Allow, "{live:?}");
+    let lapsed = decide_health(NOW - Duration::days(1));
+    assert_eq!(
+        lapsed.reason,
+        Some(Reason::SensitiveRequiresExplicitConsent),
+        "{lapsed:?}"
+    );
+}

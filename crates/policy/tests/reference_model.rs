@@ -664,9 +664,7 @@ impl Ask<'_> {
             && basis != LegalBasis::Essential
         {
             let named = record.is_some_and(|r| {
-                r.op.state == RecordState::Given
-                    && r.op.explicit
-                    && r.op.scope.is_some_and(|s| covers(s, c))
+                r.live_given() && r.op.explicit && r.op.scope.is_some_and(|s| covers(s, c))
             });
             if !named {
                 return deny(Reason::SensitiveRequiresExplicitConsent);

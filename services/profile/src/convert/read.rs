@@ -154,14 +154,22 @@ fn page_size(v: &mut Violations, field: &str, size: u32) -> u32 {
 }
 
 fn page_token(e: &Event) -> String {
-    format!("{}.{}", e.occurred_at, e.event_id)
+    cursor_token(e.occurred_at, &e.event_id)
 }
 
+/// The token of the cursor after an event: its time (µs) and id.
+fn cursor_token(at: i64, event_id: &str) -> String {
+    format!("{at}.{event_id}")
+}
+
+/// The cursor of a token, only when the token is exactly what [`page_token`] issues for it: the
+/// id is compared with stored ids as text, so another spelling of the same numbers (`+5`,
+/// leading zeros, an upper-case or braced UUID) would page from the wrong place.
 fn parse_page_token(token: &str) -> Option<(i64, String)> {
     let (at, id) = token.split_once('.')?;
     let at = at.parse().ok()?;
-    uuid::Uuid::parse_str(id).ok()?;
-    Some((at, id.to_owned()))
+    let id = uuid::Uuid::parse_str(id).ok()?.hyphenated().to_string();
+    (cursor_token(at, &id) == token).then_some((at, id))
 }
 
 /// GetProfile as the service reads it.
@@ -444,5 +452,31 @@ fn answer_pb(a: &Answer) -> pb::Answer {
         purpose: a.collection.purpose.clone(),
         notice_version: a.collection.notice_version.clone(),
         collected_at: Some(timestamp(a.collected_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `page_tokens` fuzz target: `0001640411345.<id>` was accepted as the cursor
+    /// of `1640411345.<id>`.
+    #[test]
+    fn only_the_issued_spelling_of_a_page_token_is_accepted() {
+        let id = "01930f3c-5b1e-7c3a-9d2e-4f5a6b7c8d9e";
+        let issued = cursor_token(1_640_411_345, id);
+        assert_eq!(
+            parse_page_token(&issued),
+            Some((1_640_411_345, id.to_owned()))
+        );
+        for other in [
+            format!("0001640411345.{id}"),
+            format!("+1640411345.{id}"),
+            format!("1640411345.{}", id.to_uppercase()),
+            format!("1640411345.{{{id}}}"),
+            format!("1640411345.{}", id.replace('-', "")),
+        ] {
+            assert_eq!(parse_page_token(&other), None, "{other}");
+        }
     }
 }
