@@ -359,7 +359,7 @@ where
                     // No role of its own: it may only act for another caller, so the handler
                     // gets the scope and no identity (crate::delegation).
                     request.extensions_mut().insert(scope);
-                    return Box::pin(self.forward(request));
+                    return Box::pin(call_ready(&mut self.inner, request));
                 }
                 let message = format!(
                     "caller {:?} lacks a role this RPC requires ({})",
@@ -379,7 +379,7 @@ where
             }
         }
         request.extensions_mut().insert(identity);
-        Box::pin(self.forward(request))
+        Box::pin(call_ready(&mut self.inner, request))
     }
 }
 
@@ -394,19 +394,20 @@ impl<S> AuthService<S> {
         let policy = self.layer.authenticator.policy.as_ref()?;
         DelegationScope::of(policy, identity, path, roles)
     }
-
-    /// Calls the service that was driven to readiness, leaving a fresh clone in its place.
-    fn forward<B>(&mut self, request: http::Request<B>) -> <S as Service<http::Request<B>>>::Future
-    where
-        S: Service<http::Request<B>> + Clone,
-    {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        inner.call(request)
-    }
 }
 
-fn ready<T: Send + 'static, E: Send + 'static>(
+/// Calls `inner`, which was driven to readiness, leaving a fresh clone in its place: how a layer
+/// (this one, [`crate::limits`]) passes a request on from `call`.
+pub(crate) fn call_ready<S, R>(inner: &mut S, request: R) -> S::Future
+where
+    S: Service<R> + Clone,
+{
+    let clone = inner.clone();
+    std::mem::replace(inner, clone).call(request)
+}
+
+/// A layer's own answer, given without calling the service behind it.
+pub(crate) fn ready<T: Send + 'static, E: Send + 'static>(
     response: T,
 ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send>> {
     Box::pin(std::future::ready(Ok(response)))

@@ -26,7 +26,7 @@
 //! connection. All limits are per replica: see docs/operations.md, "Limits", for sizing them
 //! for N replicas.
 
-use crate::auth::CallerIdentity;
+use crate::auth::{CallerIdentity, call_ready, ready};
 use crate::delegation::DelegationScope;
 use crate::errors::ERROR_DOMAIN;
 use crate::metrics::{CounterFamily, Kind, Metrics};
@@ -519,7 +519,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let Some(caller) = caller_of(&request) else {
             // Health and reflection: open, and never throttled.
-            return Box::pin(self.forward(request));
+            return Box::pin(call_ready(&mut self.inner, request));
         };
         let name = caller.name.clone();
         let shared = self.shared.clone();
@@ -553,7 +553,7 @@ where
         } else {
             None
         };
-        let answer = consentgate_deadline::within(deadline, self.forward(request));
+        let answer = consentgate_deadline::within(deadline, call_ready(&mut self.inner, request));
         Box::pin(async move {
             let response = match deadline {
                 None => answer.await?,
@@ -571,24 +571,6 @@ where
             })
         })
     }
-}
-
-impl<S> LimitService<S> {
-    /// Calls the service that was driven to readiness, leaving a fresh clone in its place.
-    fn forward<B>(&mut self, request: http::Request<B>) -> <S as Service<http::Request<B>>>::Future
-    where
-        S: Service<http::Request<B>> + Clone,
-    {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        inner.call(request)
-    }
-}
-
-fn ready<T: Send + 'static, E: Send + 'static>(
-    response: T,
-) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send>> {
-    Box::pin(std::future::ready(Ok(response)))
 }
 
 /// A streaming response's body, holding its caller's stream slot until it ends.
