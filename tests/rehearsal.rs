@@ -10,9 +10,15 @@
 //! lost the consent service for longer than the lease, no pod logged a person's id or data, and
 //! that everything serves again.
 //!
+//! It runs twice: on `prod`, and on `prod-mtls` (issue 15), where the services know each other
+//! by certificate, with cert-manager's part played by `rehearsal/certs.rs`; that run first
+//! checks the identities and renews every certificate under load ([`service_identities`]).
+//!
 //! Needs `CONSENTGATE_TEST_POSTGRES_URL` (in CI, a missing one fails the test) and `kubectl`.
 //! `scripts/rehearsal.sh` runs it with its report printed.
 
+#[path = "rehearsal/certs.rs"]
+mod certs;
 #[path = "rehearsal/journal.rs"]
 mod journal;
 #[path = "rehearsal/load.rs"]
@@ -88,6 +94,8 @@ struct Fleet {
     directory: Directory,
     /// What happened, in order, for the report.
     log: Vec<String>,
+    /// The overlay rehearsed.
+    overlay: String,
     began: Instant,
 }
 
@@ -101,7 +109,7 @@ impl Fleet {
     fn refresh_directory(&self) {
         let profile = self.pods.get("profile").map(Vec::as_slice).unwrap_or(&[]);
         *self.directory.lock().unwrap_or_else(|p| p.into_inner()) =
-            profile.iter().map(|p| (p.name.clone(), p.grpc)).collect();
+            profile.iter().map(|p| (p.name.clone(), p.api)).collect();
     }
 
     /// Cuts every pod's way to PostgreSQL (`false`), or restores it.
@@ -142,16 +150,176 @@ async fn progress(journal: &Journal, from: usize, n: usize, after: &str) {
     }
 }
 
+/// Under mutual TLS (`prod-mtls`), before the other faults: every pod's API port serves TLS
+/// only, with the certificate its Secret holds; a caller known by its certificate gets nowhere
+/// with its token alone or with a certificate from another CA; then cert-manager renews every
+/// certificate while the load runs, and every pod presents the renewed one to new connections
+/// without a restart (the kills and restarts that follow make the services reconnect to each
+/// other with the renewed ones).
+async fn service_identities(
+    stage: &mut Stage,
+    fleet: &mut Fleet,
+    callers: &Callers,
+    journal: &Journal,
+) {
+    use tonic_types::StatusExt;
+    let certs = stage.certs.as_ref().expect("an mTLS overlay");
+    let ca = certs.ca_pem().to_owned();
+    // The Secret each workload's certificate is in: the Secret volume a Certificate fills.
+    let tls_secret = |stage: &Stage, workload: &str| -> String {
+        stage.workloads[workload]
+            .mounts
+            .iter()
+            .find_map(|m| match &m.source {
+                manifests::VolumeSource::Secret { name, .. }
+                    if stage.certs.as_ref().is_some_and(|c| c.issues(name)) =>
+                {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{workload} mounts no certificate"))
+    };
+
+    for pod in fleet.pods.values().flatten() {
+        let secret = tls_secret(stage, &pod.workload);
+        let shown = certs::presented(pod.api, &pod.workload, &ca).await;
+        assert_eq!(
+            shown.as_deref(),
+            Some(certs.current(&secret).as_slice()),
+            "{} does not serve the certificate of Secret {secret}",
+            pod.name
+        );
+        let plaintext = tonic::transport::Endpoint::from_shared(format!("http://{}", pod.api))
+            .expect("uri")
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        if let Ok(channel) = plaintext {
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await;
+            assert!(
+                answer.is_err(),
+                "{} answers plaintext on its API port",
+                pod.name
+            );
+        }
+    }
+
+    // The profile service is known by its certificate: its token alone is refused, and so is
+    // its SPIFFE ID in a certificate from a CA the services do not trust.
+    let consent = callers.consent;
+    let refused = callers
+        .consent("profile-service", consent)
+        .check(consent_pb::CheckRequest::default())
+        .await
+        .expect_err("profile-service's token alone");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        refused.get_details_error_info().map(|i| i.reason),
+        Some("CERTIFICATE_REQUIRED".to_owned()),
+        "{refused:?}"
+    );
+    let forged =
+        certs::CertManager::from_another_ca(&certs.spiffe_id_of(&tls_secret(stage, "profile")));
+    let forged_channel = tonic::transport::Endpoint::from_shared(format!("https://{consent}"))
+        .expect("uri")
+        .timeout(Duration::from_secs(2))
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+                .identity(tonic::transport::Identity::from_pem(
+                    &forged.cert_pem,
+                    &forged.key_pem,
+                ))
+                .domain_name("consent"),
+        )
+        .expect("TLS configuration")
+        .connect_lazy();
+    let forged_answer =
+        consent_pb::consent_service_client::ConsentServiceClient::new(forged_channel)
+            .check(consent_pb::CheckRequest::default())
+            .await
+            .expect_err("a certificate from another CA");
+    // Refused at the handshake: not let in as an anonymous or token caller.
+    assert!(
+        matches!(
+            forged_answer.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        ),
+        "{forged_answer:?}"
+    );
+    fleet.note(format!(
+        "identities: every API port serves TLS only, with its own certificate; profile-service's token alone refused ({:?}), its SPIFFE ID from another CA refused at the handshake",
+        refused.code()
+    ));
+
+    // cert-manager renews every certificate under load.
+    let at = Instant::now();
+    let renewed = stage.renew_certificates(fleet.pods.values().flatten());
+    fleet.note(format!("cert-manager renewed {}", renewed.join(", ")));
+    let certs = stage.certs.as_ref().expect("an mTLS overlay");
+    // The services re-read their files every 5 s.
+    let patience = Duration::from_secs(20);
+    for pod in fleet.pods.values().flatten() {
+        let secret = tls_secret(stage, &pod.workload);
+        let want = certs.current(&secret);
+        loop {
+            if certs::presented(pod.api, &pod.workload, &ca).await.as_ref() == Some(&want) {
+                break;
+            }
+            assert!(
+                at.elapsed() < patience,
+                "{} still presents its old certificate {patience:?} after the renewal:\n{}",
+                pod.name,
+                pod.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    fleet.note(format!(
+        "every pod presents its renewed certificate {:.2?} after the renewal, none restarted",
+        at.elapsed()
+    ));
+    let w = journal.writes();
+    progress(journal, w, CYCLE * PEOPLE, "renewing the certificates").await;
+    journal.lock().faults.push(Fault {
+        what: "certificates renewed".into(),
+        began: at,
+        ended: Instant::now(),
+        no_data_after: None,
+    });
+}
+
+/// One rehearsal at a time: each runs six replicas on a machine that may have two cores, and
+/// the lease is the one time the rehearsal asserts.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_production_shape_keeps_its_promises_through_failures() {
+    rehearse("prod").await;
+}
+
+/// The same with service identities over mutual TLS (`prod-mtls`): the services serve TLS,
+/// call each other with their certificates and no token, and cert-manager renews every
+/// certificate while the load runs (see [`service_identities`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_shape_with_mtls_identities_keeps_its_promises_through_failures() {
+    rehearse("prod-mtls").await;
+}
+
+/// Runs `overlay` through the failures and checks every promise (the module doc).
+async fn rehearse(overlay: &str) {
     if !backends().contains(&Backend::Postgres) {
         // backends() has said why, and fails instead under CI.
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().await;
     let admin = std::env::var(POSTGRES_ENV).expect("checked by backends()");
     let began = Instant::now();
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays");
-    let prod = manifests::render(&deploy.join("prod"));
+    let prod = manifests::render(&deploy.join(overlay));
     let dev = manifests::render(&deploy.join("dev"));
 
     // The shape the manifests promise.
@@ -161,7 +329,7 @@ async fn the_production_shape_keeps_its_promises_through_failures() {
             .into_iter()
             .find(|w| w.name == workload)
             .unwrap_or_else(|| panic!("prod has no Deployment {workload}"));
-        assert_eq!(w.replicas, replicas, "prod replicas of {workload}");
+        assert_eq!(w.replicas, replicas, "{overlay} replicas of {workload}");
         assert!(
             w.run_as_non_root && w.read_only_root && w.run_as_user != 0,
             "{workload} runs as a non-root user on a read-only root"
@@ -170,7 +338,7 @@ async fn the_production_shape_keeps_its_promises_through_failures() {
     let mut stage = Stage::new(&prod, &dev, &admin).await;
     let lease = setting_ms(&stage, "profile", "CONSENTGATE_LEASE_MS");
     let feed_poll = setting_ms(&stage, "consent", "CONSENTGATE_FEED_POLL_MS");
-    println!("== the rehearsal: deploy/overlays/prod on this machine");
+    println!("== the rehearsal: deploy/overlays/{overlay} on this machine");
     println!("pods run as {}", stage.identity());
     println!(
         "lease {lease:?} (profile gate), feed poll {feed_poll:?} (consent replicas), rehearsed replicas {REHEARSED:?}"
@@ -182,6 +350,7 @@ async fn the_production_shape_keeps_its_promises_through_failures() {
         pods: BTreeMap::new(),
         directory: directory.clone(),
         log: Vec::new(),
+        overlay: overlay.to_owned(),
         began,
     };
     for (workload, replicas) in REHEARSED {
@@ -200,6 +369,7 @@ async fn the_production_shape_keeps_its_promises_through_failures() {
         consent: stage.service_of("consent").addr,
         profile: stage.service_of("profile").addr,
         recommendation: stage.service_of("recommendation").addr,
+        ca_pem: stage.certs.as_ref().map(|c| c.ca_pem().to_owned()),
     };
     let people: Vec<String> = (0..PEOPLE).map(|i| format!("rh-{run}-{i}")).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -227,6 +397,11 @@ async fn the_production_shape_keeps_its_promises_through_failures() {
         "load running: {} writes acknowledged",
         journal.writes()
     ));
+
+    // 0. Under mTLS: the identities hold, and every certificate is renewed under load.
+    if stage.certs.is_some() {
+        service_identities(&mut stage, &mut fleet, &callers, &journal).await;
+    }
 
     // 1. A consent replica and a profile replica die (SIGKILL). The Service skips the dead
     //    endpoint until it is removed; the ReplicaSet starts a replacement.
@@ -510,7 +685,7 @@ async fn verify(
 
     let mut ledgers = Vec::new();
     for pod in &fleet.pods["consent"] {
-        let auditor = callers.consent("auditor", pod.grpc);
+        let auditor = callers.consent("auditor", pod.api);
         let v = until_ok("VerifyLedger", patience, || {
             let mut auditor = auditor.clone();
             async move {
@@ -531,7 +706,7 @@ async fn verify(
     }
     let mut access_logs = Vec::new();
     for pod in &fleet.pods["profile"] {
-        let auditor = callers.profile("auditor", pod.grpc);
+        let auditor = callers.profile("auditor", pod.api);
         let v = until_ok("VerifyAccessLog", patience, || {
             let mut auditor = auditor.clone();
             async move {
@@ -614,7 +789,7 @@ fn report(
     took: Duration,
 ) {
     println!();
-    println!("== rehearsal summary ({took:.1?})");
+    println!("== rehearsal summary: {} ({took:.1?})", fleet.overlay);
     println!("pods ran as {}", stage.identity());
     println!("what happened:");
     for line in &fleet.log {

@@ -205,6 +205,43 @@ pub fn judge(inner: &Inner, lease: Duration) -> Findings {
             }
         }
     }
+    // Failing closed is what a fault may cause; a read refused for its credentials, its
+    // permissions or its arguments is a broken path whatever the faults (an mTLS overlay that
+    // locked out a caller once passed as "failed closed").
+    let mut refused: BTreeMap<(ReadKind, &str, String), usize> = BTreeMap::new();
+    for r in &inner.reads {
+        if let Outcome::Failed(code) = r.outcome
+            && !matches!(
+                code,
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::ResourceExhausted
+            )
+        {
+            *refused
+                .entry((r.kind, r.via.as_str(), format!("{code:?}")))
+                .or_default() += 1;
+        }
+    }
+    for ((kind, via, code), n) in refused {
+        f.violations.push(format!(
+            "{n} {kind:?} reads through {via} were refused with {code}, which no fault causes"
+        ));
+    }
+    // A kind of read that never returned personal data is a broken path, not a safe one.
+    for kind in [ReadKind::Profile, ReadKind::Recommend] {
+        if !inner
+            .reads
+            .iter()
+            .any(|r| r.kind == kind && r.outcome == Outcome::Data)
+        {
+            f.violations.push(format!(
+                "no {kind:?} read returned personal data, even with consent given"
+            ));
+        }
+    }
     for value in &inner.foreign {
         f.violations.push(format!(
             "a read returned another subject's data ({} characters)",
@@ -261,6 +298,10 @@ mod tests {
             read(t + ms(500), Outcome::Data),
             read(t + ms(1500), Outcome::Nothing("WITHDRAWN".into())),
             read(t + ms(3005), Outcome::Data),
+            Read {
+                kind: ReadKind::Recommend,
+                ..read(t + ms(2), Outcome::Data)
+            },
         ];
         let f = judge(&inner, ms(1000));
         assert!(f.violations.is_empty(), "{:?}", f.violations);
@@ -278,5 +319,39 @@ mod tests {
             no_data_after: Some(ms(1)),
         });
         assert_eq!(judge(&inner, ms(1000)).violations.len(), 1);
+    }
+
+    /// Failing closed under a fault is judged by the rules above; a refusal no fault causes,
+    /// or a kind of read that never returns data, is a violation by itself.
+    #[test]
+    fn refusals_and_paths_that_never_serve_are_violations() {
+        let t = Instant::now();
+        let mut inner = Inner {
+            reads: vec![
+                read(t, Outcome::Data),
+                read(t, Outcome::Failed(tonic::Code::Unavailable)),
+                Read {
+                    kind: ReadKind::Recommend,
+                    ..read(t, Outcome::Nothing("CONTEXTUAL".into()))
+                },
+            ],
+            ..Default::default()
+        };
+        let f = judge(&inner, Duration::from_secs(1));
+        assert_eq!(f.violations.len(), 1, "{:?}", f.violations);
+        assert!(f.violations[0].contains("no Recommend read"));
+        inner.reads[2].outcome = Outcome::Data;
+        assert!(judge(&inner, Duration::from_secs(1)).violations.is_empty());
+        for _ in 0..3 {
+            inner
+                .reads
+                .push(read(t, Outcome::Failed(tonic::Code::Unauthenticated)));
+        }
+        let f = judge(&inner, Duration::from_secs(1));
+        assert_eq!(f.violations.len(), 1, "{:?}", f.violations);
+        assert!(
+            f.violations[0]
+                .starts_with("3 Profile reads through t were refused with Unauthenticated")
+        );
     }
 }

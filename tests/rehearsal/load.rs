@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Marketing e-mail: what the mailer reads (a `reader` under delegation).
 pub const EMAIL: &str = "marketing.communications.email";
@@ -45,13 +45,24 @@ impl Interceptor for Bearer {
 type Authed = InterceptedService<Channel, Bearer>;
 
 /// A channel that connects when first used and reconnects after a failure (through a Service
-/// address, possibly to another pod).
-pub fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
+/// address, possibly to another pod); over TLS when `tls` gives the trust bundle and the
+/// service's name (a token caller's TLS: no client certificate).
+fn channel(addr: SocketAddr, tls: Option<(&str, &str)>) -> Channel {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .expect("uri")
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy()
+        .timeout(Duration::from_secs(5));
+    if let Some((ca_pem, service)) = tls {
+        endpoint = endpoint
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca_pem))
+                    .domain_name(service),
+            )
+            .expect("a TLS client configuration");
+    }
+    endpoint.connect_lazy()
 }
 
 /// Who the load calls as, and where.
@@ -61,6 +72,8 @@ pub struct Callers {
     pub consent: SocketAddr,
     pub profile: SocketAddr,
     pub recommendation: SocketAddr,
+    /// The trust bundle, when the services serve TLS (`prod-mtls`).
+    pub ca_pem: Option<String>,
 }
 
 impl Callers {
@@ -71,15 +84,19 @@ impl Callers {
                 .expect("token"),
         )
     }
+    /// A channel to `service` (its Service name, which its certificate carries) at `at`.
+    pub fn channel(&self, service: &str, at: SocketAddr) -> Channel {
+        channel(at, self.ca_pem.as_deref().map(|ca| (ca, service)))
+    }
     pub fn consent(&self, caller: &str, at: SocketAddr) -> ConsentServiceClient<Authed> {
-        ConsentServiceClient::with_interceptor(channel(at), self.bearer(caller))
+        ConsentServiceClient::with_interceptor(self.channel("consent", at), self.bearer(caller))
     }
     pub fn profile(&self, caller: &str, at: SocketAddr) -> ProfileServiceClient<Authed> {
-        ProfileServiceClient::with_interceptor(channel(at), self.bearer(caller))
+        ProfileServiceClient::with_interceptor(self.channel("profile", at), self.bearer(caller))
     }
     pub fn recommendation(&self, caller: &str) -> RecommendationServiceClient<Authed> {
         RecommendationServiceClient::with_interceptor(
-            channel(self.recommendation),
+            self.channel("recommendation", self.recommendation),
             self.bearer(caller),
         )
     }
@@ -277,7 +294,9 @@ impl Person {
         let collector = c.profile("collector", c.profile);
         let answers = c.profile("preference-center", c.profile);
         let mut mailer = c.profile("mailer", c.profile);
-        let mut recommender = c.recommendation("recommendation-service");
+        // The shop's backend, as in production: the recommendation service asks consent on
+        // its behalf.
+        let mut recommender = c.recommendation("storefront");
         let mut cycle = 0u32;
         // At least one cycle, then until told to stop.
         loop {

@@ -204,6 +204,16 @@ pub struct Workload {
     pub grace: Duration,
 }
 
+impl Workload {
+    /// The container port its API is served on: the port named `grpc`.
+    pub fn api_port(&self) -> u16 {
+        *self
+            .ports
+            .get("grpc")
+            .unwrap_or_else(|| panic!("{} names no container port grpc", self.name))
+    }
+}
+
 fn probe(container: &Value, which: &str) -> Probe {
     let p = container
         .get(which)

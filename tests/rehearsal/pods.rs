@@ -16,6 +16,7 @@
 //! clusters' `-rw` hosts are: every rewrite is listed in the report. Each pod reaches PostgreSQL
 //! through a proxy of its own, so that the test can partition one pod from its database, or all.
 
+use crate::certs::CertManager;
 use crate::manifests::{EnvSource, Mount, Probe, Rendered, VolumeSource, Workload};
 use crate::net::Balancer;
 use std::collections::BTreeMap;
@@ -65,6 +66,8 @@ pub struct Stage {
     admin_url: String,
     /// Environment rewrites, once per workload, for the report: (workload, variable, rewrite).
     pub rewrites: Vec<(String, String, String)>,
+    /// cert-manager's part, when the overlay renders Certificates (`prod-mtls`).
+    pub certs: Option<CertManager>,
     started: u32,
 }
 
@@ -155,6 +158,15 @@ impl Stage {
             );
             databases.push(db);
         }
+        // The Secrets cert-manager would write, from a CA of the rehearsal's own.
+        let certs = CertManager::for_overlay(prod);
+        let mut rewrites = Vec::new();
+        if let Some(certs) = &certs {
+            secrets.extend(certs.secrets());
+            for (what, addition) in certs.additions() {
+                rewrites.push(("cert-manager".to_owned(), what, addition));
+            }
+        }
         // Every other Secret in the shape the dev overlay generates it.
         let tokens_toml: String = tokens
             .iter()
@@ -213,7 +225,8 @@ impl Stage {
             postgres,
             databases,
             admin_url: admin_url.to_owned(),
-            rewrites: Vec::new(),
+            rewrites,
+            certs,
             started: 0,
         }
     }
@@ -234,8 +247,7 @@ impl Stage {
 
     /// The Service balancer in front of `workload`'s gRPC port (what clients dial).
     pub fn service_of(&self, workload: &str) -> &Balancer {
-        let w = &self.workloads[workload];
-        let grpc = w.readiness.port;
+        let grpc = self.workloads[workload].api_port();
         &self
             .routes
             .iter()
@@ -259,7 +271,6 @@ impl Stage {
 
     /// Lays out a pod's volumes under `dir`, returning (mount path, host path) pairs.
     fn mount(&self, w: &Workload, dir: &Path) -> Vec<(String, PathBuf)> {
-        let owner_group = w.fs_group.unwrap_or(w.run_as_group);
         let mut out = Vec::new();
         for Mount {
             path,
@@ -269,48 +280,7 @@ impl Stage {
         {
             let host = dir.join("mounts").join(path.trim_start_matches('/'));
             std::fs::create_dir_all(&host).expect("mount folder");
-            let chown = |p: &Path, uid: u32| {
-                if self.setpriv.is_some() {
-                    std::os::unix::fs::chown(p, Some(uid), Some(owner_group))
-                        .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
-                }
-            };
-            let files = |data: BTreeMap<String, String>,
-                         items: &Option<Vec<(String, String)>>,
-                         mode: u32| {
-                let pick: Vec<(String, String)> = match items {
-                    Some(items) => items.clone(),
-                    None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
-                };
-                for (key, file) in pick {
-                    let value = data
-                        .get(&key)
-                        .unwrap_or_else(|| panic!("{}: volume item {key} is missing", w.name));
-                    let target = host.join(&file);
-                    std::fs::write(&target, value).expect("write a mounted file");
-                    set_mode(&target, mode);
-                    chown(&target, 0);
-                }
-                set_mode(&host, 0o755);
-            };
-            match source {
-                VolumeSource::ConfigMap { name, items, mode } => {
-                    files(self.config_maps[name].clone(), items, *mode)
-                }
-                VolumeSource::Secret { name, items, mode } => {
-                    let data = self
-                        .secrets
-                        .iter()
-                        .filter(|((secret, _), _)| secret == name)
-                        .map(|((_, key), value)| (key.clone(), value.clone()))
-                        .collect();
-                    files(data, items, *mode)
-                }
-                VolumeSource::EmptyDir => {
-                    set_mode(&host, 0o777);
-                    chown(&host, w.run_as_user);
-                }
-            }
+            self.write_volume(w, &host, source);
             assert!(
                 !(*read_only && matches!(source, VolumeSource::EmptyDir)),
                 "{}: a read-only emptyDir at {path} is scratch space nobody can write",
@@ -319,6 +289,56 @@ impl Stage {
             out.push((path.clone(), host));
         }
         out
+    }
+
+    /// Writes one volume's files into `host` as the kubelet lays them out: ConfigMap and
+    /// Secret files owned by root and readable through the fsGroup with the volume's mode; an
+    /// emptyDir writable by the container's user. On an update each file is replaced atomically,
+    /// one after the other: harsher than the kubelet, which swaps the whole volume at once, as a
+    /// reader may see a renewed certificate beside the old key for a moment (the services must
+    /// skip such a set and keep what they have).
+    fn write_volume(&self, w: &Workload, host: &Path, source: &VolumeSource) {
+        let owner_group = w.fs_group.unwrap_or(w.run_as_group);
+        let chown = |p: &Path, uid: u32| {
+            if self.setpriv.is_some() {
+                std::os::unix::fs::chown(p, Some(uid), Some(owner_group))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+            }
+        };
+        let (data, items, mode): (BTreeMap<String, String>, _, _) = match source {
+            VolumeSource::ConfigMap { name, items, mode } => {
+                (self.config_maps[name].clone(), items, *mode)
+            }
+            VolumeSource::Secret { name, items, mode } => (
+                self.secrets
+                    .iter()
+                    .filter(|((secret, _), _)| secret == name)
+                    .map(|((_, key), value)| (key.clone(), value.clone()))
+                    .collect(),
+                items,
+                *mode,
+            ),
+            VolumeSource::EmptyDir => {
+                set_mode(host, 0o777);
+                chown(host, w.run_as_user);
+                return;
+            }
+        };
+        let pick: Vec<(String, String)> = match items {
+            Some(items) => items.clone(),
+            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+        };
+        for (key, file) in pick {
+            let value = data
+                .get(&key)
+                .unwrap_or_else(|| panic!("{}: volume item {key} is missing", w.name));
+            let staged = host.join(format!("..{file}.new"));
+            std::fs::write(&staged, value).expect("write a mounted file");
+            set_mode(&staged, mode);
+            chown(&staged, 0);
+            std::fs::rename(&staged, host.join(&file)).expect("swap a mounted file");
+        }
+        set_mode(host, 0o755);
     }
 
     /// The container's environment for one pod, resolved and rewritten; also says which
@@ -487,7 +507,8 @@ impl Stage {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let grpc = ports[&w.readiness.port];
+        let probe = ports[&w.readiness.port];
+        let api = ports[&w.api_port()];
         let scratch = mounts
             .iter()
             .zip(&w.mounts)
@@ -497,7 +518,9 @@ impl Stage {
         let mut pod = Pod {
             name,
             workload: workload.to_owned(),
-            grpc,
+            probe,
+            api,
+            dir: dir.clone(),
             child,
             log,
             startup: w.startup.clone(),
@@ -512,6 +535,32 @@ impl Stage {
             pod.assert_identity(&w);
         }
         pod
+    }
+
+    /// cert-manager renews every Certificate (new keys, same CA) and the kubelet updates the
+    /// Secret volumes of the running `pods` that mount them; pods started later get the renewed
+    /// ones. Returns each renewed Secret's name.
+    pub fn renew_certificates<'a>(&mut self, pods: impl Iterator<Item = &'a Pod>) -> Vec<String> {
+        let certs = self
+            .certs
+            .as_mut()
+            .expect("the overlay renders Certificates");
+        certs.renew();
+        let renewed = certs.secrets();
+        let names: Vec<String> = renewed.keys().map(|(s, _)| s.clone()).collect();
+        self.secrets.extend(renewed);
+        for pod in pods {
+            let w = &self.workloads[&pod.workload];
+            for m in &w.mounts {
+                if matches!(&m.source, VolumeSource::Secret { name, .. } if names.contains(name)) {
+                    let host = pod.dir.join("mounts").join(m.path.trim_start_matches('/'));
+                    self.write_volume(w, &host, &m.source);
+                }
+            }
+        }
+        let mut names = names;
+        names.dedup();
+        names
     }
 
     /// Makes a ready pod an endpoint of every Service that selects it.
@@ -609,8 +658,13 @@ async fn free_port() -> SocketAddr {
 pub struct Pod {
     pub name: String,
     pub workload: String,
-    /// Its gRPC address (the readiness probe's port).
-    pub grpc: SocketAddr,
+    /// Its health address (the readiness probe's port: the API port, or under mTLS a plaintext
+    /// port of its own).
+    pub probe: SocketAddr,
+    /// Its API address (the container port named `grpc`).
+    pub api: SocketAddr,
+    /// Its folder (mounts, log).
+    pub dir: PathBuf,
     /// Container port → loopback address.
     pub ports: BTreeMap<u16, SocketAddr>,
     child: tokio::process::Child,
@@ -635,7 +689,7 @@ impl Pod {
 
     /// What the health service says about `service` ("" = the whole server).
     pub async fn health(&self, service: &str) -> Option<ServingStatus> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.probe))
             .ok()?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(2))
