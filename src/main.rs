@@ -513,6 +513,14 @@ enum LedgerCommand {
         /// The key file (keyring or bare seed): its keys verify the checkpoints by key id.
         #[arg(long, env = "CONSENTGATE_KEY_FILE")]
         key_file: PathBuf,
+        /// Start after this entry, which you verified before (a previous run's `--from-seq`
+        /// hint), instead of the genesis: only the entries since are walked.
+        #[arg(long, requires = "from_hash")]
+        from_seq: Option<u64>,
+        /// The hash (64 hex digits) of the `--from-seq` entry as you verified it; the stored
+        /// entry must still have it.
+        #[arg(long, requires = "from_seq")]
+        from_hash: Option<String>,
     },
 }
 
@@ -812,18 +820,41 @@ async fn main() -> anyhow::Result<()> {
                 LedgerCommand::Verify {
                     database_url,
                     key_file,
+                    from_seq,
+                    from_hash,
                 },
         } => {
+            use consentgate_consent::ledger::{Start, verify_from};
+            let start = match (from_seq, from_hash) {
+                (Some(seq), Some(hash)) => Start::Verified {
+                    seq,
+                    hash: hex::decode(&hash)
+                        .ok()
+                        .filter(|h| h.len() == 32 && seq > 0)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--from-seq must be at least 1 and --from-hash 64 hex digits"
+                            )
+                        })?,
+                },
+                _ => Start::Genesis,
+            };
             let keys = Arc::new(LedgerKeys::load(&key_file)?);
             let store = consentgate_consent::store::open(&database_url, keys.clone()).await?;
-            let report =
-                consentgate_consent::ledger::verify(store.as_ref(), keys.verifiers()).await?;
+            let report = verify_from(store.as_ref(), keys.verifiers(), &start).await?;
             match report.broken {
                 None => {
                     println!(
-                        "ledger ok: {} entries, {} signed checkpoints, head {}",
+                        "ledger ok: {} entries after entry {} ({:.0} entries/s), {} signed checkpoints, head {}",
                         report.entries_checked,
+                        report.from_seq,
+                        report.entries_per_second(),
                         report.checkpoints_checked,
+                        hex_head(&report.head_hash)
+                    );
+                    println!(
+                        "next time, verify only what follows: --from-seq {} --from-hash {}",
+                        report.head_seq,
                         hex_head(&report.head_hash)
                     );
                     for kid in &report.signers {

@@ -149,6 +149,24 @@ fn serve_consent_refuses_a_missing_or_malformed_key_file() {
         .expect("run");
     assert_ne!(out.status.code(), Some(0));
     assert!(!missing.exists(), "ledger verify creates no key file");
+    // A point to start from needs both halves, and a hash that is one.
+    for args in [
+        vec!["--from-seq", "3"],
+        vec!["--from-hash", "00"],
+        vec!["--from-seq", "3", "--from-hash", "not-hex"],
+    ] {
+        let out = consentgate()
+            .args(["ledger", "verify", "--database-url"])
+            .arg(format!("sqlite://{}", dir.join("consent.db").display()))
+            .arg("--key-file")
+            .arg(&missing)
+            .args(&args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(stderr.contains("--from-"), "{args:?}: {stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -625,7 +625,7 @@ async fn receipts_verify_and_erasure_leaves_a_verifiable_ledger() {
             "{backend:?}: erasure is idempotent"
         );
         let report = auditor
-            .verify_ledger(pb::VerifyLedgerRequest {})
+            .verify_ledger(pb::VerifyLedgerRequest::default())
             .await
             .expect("verify")
             .into_inner();
@@ -1007,5 +1007,155 @@ async fn a_second_replica_enforces_a_withdrawal_made_through_the_first() {
         third.stop().await;
         second.stop().await;
         first.stop().await;
+    }
+}
+
+/// VerifyLedger from a point a previous answer gave (its head, or its last signed checkpoint)
+/// walks only the entries written since, and a malformed point is INVALID_ARGUMENT naming the
+/// field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ledger_resumes_from_a_point_a_previous_answer_gave() {
+    for backend in backends() {
+        let server = TestServer::start(backend).await;
+        let pc = server.as_caller("preference-center").await;
+        let mut auditor = server.as_caller("auditor").await;
+        let grants = |from: u32, to: u32| {
+            let mut pc = pc.clone();
+            async move {
+                for i in from..to {
+                    pc.grant(grant(
+                        &format!("auditee-{i}"),
+                        "personalize.content.profiled",
+                        &format!("v{i}"),
+                    ))
+                    .await
+                    .expect("grant");
+                }
+            }
+        };
+        // Past the first signed checkpoint (every 64 entries).
+        grants(0, 70).await;
+        let first = auditor
+            .verify_ledger(pb::VerifyLedgerRequest::default())
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(first.ok, "{backend:?}: {first:?}");
+        assert_eq!(
+            (first.from_seq, first.entries_checked, first.head_seq),
+            (0, 70, 70),
+            "{backend:?}"
+        );
+        let checkpoint = first.last_checkpoint.clone().expect("a signed checkpoint");
+        assert_eq!(checkpoint.seq, 64, "{backend:?}");
+        assert_eq!(checkpoint.signature.len(), 64, "{backend:?}");
+        assert!(first.entries_per_second.is_finite() && first.seconds >= 0.0);
+
+        grants(70, 75).await;
+        let from_head = auditor
+            .verify_ledger(pb::VerifyLedgerRequest {
+                from: Some(pb::LedgerPoint {
+                    seq: first.head_seq,
+                    hash: first.head_hash.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("verify from the head")
+            .into_inner();
+        assert!(from_head.ok, "{backend:?}: {from_head:?}");
+        assert_eq!(
+            (
+                from_head.from_seq,
+                from_head.entries_checked,
+                from_head.head_seq
+            ),
+            (70, 5, 75),
+            "{backend:?}"
+        );
+        let from_checkpoint = auditor
+            .verify_ledger(pb::VerifyLedgerRequest {
+                from: Some(checkpoint.clone()),
+            })
+            .await
+            .expect("verify from the checkpoint")
+            .into_inner();
+        assert!(from_checkpoint.ok, "{backend:?}: {from_checkpoint:?}");
+        assert_eq!(
+            (from_checkpoint.from_seq, from_checkpoint.entries_checked),
+            (64, 11),
+            "{backend:?}"
+        );
+        assert_eq!(from_checkpoint.head_hash, from_head.head_hash);
+
+        // A point whose hash is not the stored entry's is a broken ledger there, not an error.
+        let mut wrong = checkpoint.clone();
+        wrong.signature.clear();
+        wrong.hash = "ab".repeat(32);
+        let broken = auditor
+            .verify_ledger(pb::VerifyLedgerRequest { from: Some(wrong) })
+            .await
+            .expect("verify from a wrong point")
+            .into_inner();
+        assert!(!broken.ok, "{backend:?}");
+        assert_eq!(broken.first_broken_seq, 64, "{backend:?}");
+        // A signature that does not verify: not trusted.
+        let mut forged = checkpoint.clone();
+        forged.signature[0] ^= 1;
+        let broken = auditor
+            .verify_ledger(pb::VerifyLedgerRequest { from: Some(forged) })
+            .await
+            .expect("verify from a forged checkpoint")
+            .into_inner();
+        assert!(
+            !broken.ok && broken.problem.contains("starting checkpoint"),
+            "{backend:?}: {broken:?}"
+        );
+
+        for (field, point) in [
+            (
+                "from.seq",
+                pb::LedgerPoint {
+                    seq: 0,
+                    ..checkpoint.clone()
+                },
+            ),
+            (
+                "from.hash",
+                pb::LedgerPoint {
+                    hash: "not hex".into(),
+                    ..checkpoint.clone()
+                },
+            ),
+            (
+                "from.hash",
+                pb::LedgerPoint {
+                    hash: first.head_hash.to_uppercase(),
+                    ..checkpoint.clone()
+                },
+            ),
+            (
+                "from.signature",
+                pb::LedgerPoint {
+                    signature: vec![1, 2, 3],
+                    ..checkpoint.clone()
+                },
+            ),
+            (
+                "from.kid",
+                pb::LedgerPoint {
+                    kid: "a kid".into(),
+                    ..checkpoint.clone()
+                },
+            ),
+        ] {
+            let err = auditor
+                .verify_ledger(pb::VerifyLedgerRequest { from: Some(point) })
+                .await
+                .expect_err(field);
+            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {field}");
+            assert_eq!(bad_fields(&err), vec![field.to_owned()], "{backend:?}");
+        }
+        server.stop().await;
     }
 }

@@ -150,7 +150,7 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
             .await
             .map(|_| ()),
         "VerifyLedger" => c
-            .verify_ledger(pb::VerifyLedgerRequest {})
+            .verify_ledger(pb::VerifyLedgerRequest::default())
             .await
             .map(|_| ()),
         "EraseSubject" => c

@@ -431,7 +431,9 @@ async fn script(suite: &Suite) -> String {
     g.call(
         "consent.VerifyLedger",
         "consentgate.consent.v1.VerifyLedgerResponse",
-        auditor.verify_ledger(pb::VerifyLedgerRequest {}).await,
+        auditor
+            .verify_ledger(pb::VerifyLedgerRequest::default())
+            .await,
     );
     g.call(
         "consent.RestrictProcessing",

@@ -156,7 +156,7 @@ async fn a_rotation_keeps_receipts_checkpoints_and_erasures() {
 
         // The ledger verifies across the rotation, each checkpoint under its own key.
         let report = auditor
-            .verify_ledger(pb::VerifyLedgerRequest {})
+            .verify_ledger(pb::VerifyLedgerRequest::default())
             .await
             .expect("verify")
             .into_inner();

@@ -1485,7 +1485,7 @@ async fn erasure_leaves_nothing_and_every_ledger_still_verifies() {
         let v = consent
             .as_caller("auditor")
             .await
-            .verify_ledger(pb::VerifyLedgerRequest {})
+            .verify_ledger(pb::VerifyLedgerRequest::default())
             .await
             .expect("verify")
             .into_inner();

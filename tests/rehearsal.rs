@@ -690,7 +690,7 @@ async fn verify(
             let mut auditor = auditor.clone();
             async move {
                 auditor
-                    .verify_ledger(consent_pb::VerifyLedgerRequest {})
+                    .verify_ledger(consent_pb::VerifyLedgerRequest::default())
                     .await
             }
         })

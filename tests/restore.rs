@@ -464,7 +464,7 @@ async fn assert_gone_everywhere(wired: &Wired, kept_profile_rows: i64, kept_cons
         .consent
         .as_caller("auditor")
         .await
-        .verify_ledger(pb::VerifyLedgerRequest {})
+        .verify_ledger(pb::VerifyLedgerRequest::default())
         .await
         .expect("verify ledger")
         .into_inner();

@@ -89,7 +89,7 @@ async fn the_demo_story_holds_on_every_backend() {
             .consent
             .as_caller("auditor")
             .await
-            .verify_ledger(pb::VerifyLedgerRequest {})
+            .verify_ledger(pb::VerifyLedgerRequest::default())
             .await
             .expect("verify")
             .into_inner();

@@ -467,7 +467,7 @@ async fn check_restart(
     }
 
     let verified = client(process, "auditor")
-        .verify_ledger(pb::VerifyLedgerRequest {})
+        .verify_ledger(pb::VerifyLedgerRequest::default())
         .await
         .expect("VerifyLedger")
         .into_inner();

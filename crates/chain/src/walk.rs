@@ -40,6 +40,16 @@ impl<L: Links> Walk<L> {
         }
     }
 
+    /// A walk that takes entry `seq`, with link `head`, as verified (by whoever trusts it: an
+    /// auditor who verified up to there before, or a signed checkpoint) and expects entry
+    /// `seq + 1`. `resume(0, genesis)` is [`Walk::new`].
+    pub fn resume(seq: u64, head: L::Link) -> Self {
+        Walk {
+            head,
+            next_seq: seq + 1,
+        }
+    }
+
     /// The position the next entry must have.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

@@ -176,9 +176,10 @@ impl ConsentService for ConsentApi {
 
     async fn verify_ledger(
         &self,
-        _request: Request<pb::VerifyLedgerRequest>,
+        request: Request<pb::VerifyLedgerRequest>,
     ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
-        let report = self.service.verify_ledger().await?;
+        let start = convert::verify_start(request.get_ref())?;
+        let report = self.service.verify_ledger(&start).await?;
         Ok(Response::new(convert::verify_response(report)))
     }
 

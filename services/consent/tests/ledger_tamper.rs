@@ -538,7 +538,7 @@ impl Tamper {
             Tamper::RewriteAndResign(seq) => {
                 l.rewrite_suffix(seq).await;
                 let attacker = LedgerKeys::generate();
-                for cp in l.store.checkpoints().await.expect("checkpoints") {
+                for cp in l.store.checkpoints(0, u32::MAX).await.expect("checkpoints") {
                     if cp.seq >= seq {
                         let hash = l.entry(cp.seq).await.hash;
                         let sig = attacker.sign(&ledger::checkpoint_message(cp.seq, &hash));
@@ -560,7 +560,7 @@ impl Tamper {
 
 async fn checkpoint(l: &Ledger, seq: u64) -> consentgate_consent::model::Checkpoint {
     l.store
-        .checkpoints()
+        .checkpoints(0, u32::MAX)
         .await
         .expect("checkpoints")
         .into_iter()
@@ -609,7 +609,7 @@ async fn an_untouched_ledger_verifies() {
         );
         assert_eq!(
             l.store
-                .checkpoints()
+                .checkpoints(0, u32::MAX)
                 .await
                 .expect("checkpoints")
                 .iter()
@@ -908,7 +908,7 @@ async fn checkpoints_before_and_after_a_rotation_all_verify() {
     for backend in backends() {
         let (l, [v1, staged, current]) = rotated(backend).await;
         let b = l.b.clone();
-        let cps = l.store.checkpoints().await.expect("checkpoints");
+        let cps = l.store.checkpoints(0, u32::MAX).await.expect("checkpoints");
         assert_eq!(
             cps.iter()
                 .map(|c| (c.seq, c.kid.clone()))
@@ -987,7 +987,7 @@ async fn a_tampered_or_unknown_key_id_is_detected() {
         for (seq, kid, expected) in cases {
             let original = l
                 .store
-                .checkpoints()
+                .checkpoints(0, u32::MAX)
                 .await
                 .expect("checkpoints")
                 .into_iter()
@@ -1008,4 +1008,176 @@ async fn a_tampered_or_unknown_key_id_is_detected() {
             assert_eq!(l.verify_with(&current).await.broken, None, "[{b}] restored");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incremental verification: from a point the auditor trusts
+// ---------------------------------------------------------------------------------------------
+
+impl Ledger {
+    async fn verify_from(&self, start: &ledger::Start) -> VerifyReport {
+        ledger::verify_from(&*self.store, self.keys.verifiers(), start)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] verify from {start:?}: {e}", self.b))
+    }
+
+    /// Entry `seq` as a point the auditor verified before.
+    async fn verified_point(&self, seq: u64) -> ledger::Start {
+        ledger::Start::Verified {
+            seq,
+            hash: self.entry(seq).await.hash,
+        }
+    }
+}
+
+#[tokio::test]
+async fn verification_from_a_trusted_point_walks_only_what_follows_it() {
+    for backend in backends() {
+        let template = Template::build(backend).await;
+        let l = template.copy().await;
+        let b = &l.b;
+        let whole = l.verify().await;
+        assert_eq!(
+            (whole.from_seq, whole.head_seq, whole.entries_checked),
+            (0, ENTRIES, ENTRIES),
+            "[{b}] from the genesis"
+        );
+        let last = whole.last_checkpoint.clone().expect("a checkpoint");
+        assert_eq!(last, checkpoint(&l, CP2).await, "[{b}] the last checkpoint");
+
+        // From an entry verified before: only the entries after it, with the same head.
+        let from_100 = l.verify_from(&l.verified_point(100).await).await;
+        assert_eq!(from_100.broken, None, "[{b}] from entry 100");
+        assert_eq!(
+            (
+                from_100.from_seq,
+                from_100.entries_checked,
+                from_100.checkpoints_checked,
+                from_100.head_seq
+            ),
+            (100, ENTRIES - 100, 1, ENTRIES),
+            "[{b}] from entry 100: entries and checkpoints after it"
+        );
+        assert_eq!(from_100.head_hash, whole.head_hash, "[{b}] the same head");
+        assert_eq!(from_100.last_checkpoint, Some(last.clone()), "[{b}]");
+
+        // From the signed checkpoint a previous answer gave: needs only the public key.
+        let from_cp = l
+            .verify_from(&ledger::Start::Checkpoint(last.clone()))
+            .await;
+        assert_eq!(from_cp.broken, None, "[{b}] from the checkpoint");
+        assert_eq!(
+            (
+                from_cp.from_seq,
+                from_cp.entries_checked,
+                from_cp.checkpoints_checked
+            ),
+            (CP2, ENTRIES - CP2, 0),
+            "[{b}] from the checkpoint"
+        );
+        assert_eq!(from_cp.head_hash, whole.head_hash, "[{b}] the same head");
+        assert_eq!(from_cp.last_checkpoint, Some(last.clone()), "[{b}]");
+
+        // From the head itself: nothing new, still whole.
+        let from_head = l.verify_from(&l.verified_point(ENTRIES).await).await;
+        assert_eq!(
+            (from_head.broken, from_head.entries_checked),
+            (None, 0),
+            "[{b}] from the head"
+        );
+    }
+}
+
+#[tokio::test]
+async fn verification_from_a_trusted_point_detects_what_changed_since_and_a_wrong_point() {
+    let failures = std::cell::RefCell::new(Vec::new());
+    for backend in backends() {
+        let template = Template::build(backend).await;
+        let expect = |b: &str, what: &str, report: VerifyReport, seq: u64, reason: &str| {
+            match &report.broken {
+                Some((at, why)) if *at == seq && why.contains(reason) => {}
+                other => failures.borrow_mut().push(format!(
+                    "[{b}] {what}: expected broken at {seq} ({reason:?}), got {other:?}"
+                )),
+            }
+        };
+
+        // An entry after the point, edited.
+        let l = template.copy().await;
+        let start = l.verified_point(100).await;
+        Tamper::EditEvent(120).apply(&l).await;
+        expect(
+            &l.b,
+            "an edit after the point",
+            l.verify_from(&start).await,
+            120,
+            "hash mismatch",
+        );
+
+        // The past rewritten consistently from before the point: the stored entry at the point
+        // no longer has the hash the auditor verified.
+        let l = template.copy().await;
+        let start = l.verified_point(100).await;
+        l.rewrite_suffix(90).await;
+        expect(
+            &l.b,
+            "a rewritten past",
+            l.verify_from(&start).await,
+            100,
+            "trusted starting point",
+        );
+
+        // A point the ledger no longer reaches: truncated.
+        let l = template.copy().await;
+        let start = l.verified_point(ENTRIES).await;
+        l.exec("DELETE FROM ledger WHERE seq >= $1", ENTRIES - 5)
+            .await;
+        expect(
+            &l.b,
+            "a truncation",
+            l.verify_from(&start).await,
+            ENTRIES,
+            "truncated",
+        );
+
+        // A starting checkpoint whose signature does not verify: nothing is trusted.
+        let l = template.copy().await;
+        let mut forged = checkpoint(&l, CP2).await;
+        forged.signature[0] ^= 1;
+        let report = l.verify_from(&ledger::Start::Checkpoint(forged)).await;
+        expect(&l.b, "a forged start", report, CP2, "starting checkpoint");
+
+        // A signed checkpoint whose entry was since rewritten (with the chain after it).
+        let l = template.copy().await;
+        let signed = checkpoint(&l, CP2).await;
+        l.rewrite_suffix(CP2).await;
+        let report = l.verify_from(&ledger::Start::Checkpoint(signed)).await;
+        expect(
+            &l.b,
+            "a rewritten checkpointed entry",
+            report,
+            CP2,
+            "trusted starting point",
+        );
+
+        // What lies before the point is the auditor's earlier verification's: an edit there is
+        // found by a walk from the genesis, not from the point.
+        let l = template.copy().await;
+        let start = l.verified_point(100).await;
+        Tamper::EditEvent(10).apply(&l).await;
+        let report = l.verify_from(&start).await;
+        if report.broken.is_some() {
+            let miss = format!("[{}] an edit before the point: {:?}", l.b, report.broken);
+            failures.borrow_mut().push(miss);
+        }
+        expect(
+            &l.b,
+            "an edit before the point, from the genesis",
+            l.verify().await,
+            10,
+            "hash mismatch",
+        );
+    }
+    let failures = failures.into_inner();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1804,7 +1804,7 @@ async fn checkpoints_are_signed_every_checkpoint_every_entries() {
             };
             h.write(change).await;
             let seq = i + 1;
-            let cps = h.store.checkpoints().await.expect("checkpoints");
+            let cps = h.store.checkpoints(0, u32::MAX).await.expect("checkpoints");
             assert_eq!(
                 u64::try_from(cps.len()).expect("len"),
                 seq / every,
@@ -1850,7 +1850,7 @@ async fn checkpoints_are_signed_every_checkpoint_every_entries() {
             "[{b}] ledger(after, limit) pages"
         );
 
-        let cps = h.store.checkpoints().await.expect("checkpoints");
+        let cps = h.store.checkpoints(0, u32::MAX).await.expect("checkpoints");
         assert_eq!(
             cps.iter().map(|c| c.seq).collect::<Vec<_>>(),
             vec![every, 2 * every],

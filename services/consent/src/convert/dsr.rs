@@ -6,8 +6,8 @@ use super::{
     collection_method_pb, common, finish, idempotency, idempotency_key, record_pb, subject,
     subject_ref, timestamp, valid_id,
 };
-use crate::ledger::{KeyStatus, VerifyReport, VerifyingKeys};
-use crate::model::{HeldTombstone, SubjectKey, WriteOutcome};
+use crate::ledger::{KeyStatus, Start, VerifyReport, VerifyingKeys};
+use crate::model::{Checkpoint, HeldTombstone, SubjectKey, WriteOutcome};
 use crate::service::{
     ConsentsView, HistoryPage, Idempotency, Reapplied, Receipt, ServiceError, WatchEvent,
 };
@@ -161,12 +161,74 @@ pub fn signing_keys_response(keys: &VerifyingKeys) -> pb::ListSigningKeysRespons
     }
 }
 
+/// Validates a VerifyLedger: where the walk starts (the genesis when `from` is unset).
+pub fn verify_start(r: &pb::VerifyLedgerRequest) -> Result<Start, Status> {
+    let Some(from) = &r.from else {
+        return Ok(Start::Genesis);
+    };
+    if from.seq == 0 {
+        return Err(invalid_argument(
+            "from.seq",
+            "must be at least 1 (leave `from` unset to verify from the genesis)",
+        ));
+    }
+    let hash = match hex::decode(&from.hash) {
+        Ok(bytes) if bytes.len() == 32 && from.hash.bytes().all(|b| !b.is_ascii_uppercase()) => {
+            bytes
+        }
+        _ => {
+            return Err(invalid_argument(
+                "from.hash",
+                "must be 64 lowercase hex digits (a SHA-256, as head_hash gives it)",
+            ));
+        }
+    };
+    if from.signature.is_empty() {
+        return Ok(Start::Verified {
+            seq: from.seq,
+            hash,
+        });
+    }
+    if from.signature.len() != 64 {
+        return Err(invalid_argument(
+            "from.signature",
+            "must be empty or 64 bytes (an Ed25519 signature)",
+        ));
+    }
+    if from.kid.len() > limits::MAX_ID_BYTES || !from.kid.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid_argument(
+            "from.kid",
+            format!(
+                "must be at most {} printable ASCII bytes (a key id from ListSigningKeys)",
+                limits::MAX_ID_BYTES
+            ),
+        ));
+    }
+    Ok(Start::Checkpoint(Checkpoint {
+        seq: from.seq,
+        hash,
+        signature: from.signature.clone(),
+        kid: (!from.kid.is_empty()).then(|| from.kid.clone()),
+    }))
+}
+
 /// VerifyLedger's answer.
 pub fn verify_response(report: VerifyReport) -> pb::VerifyLedgerResponse {
     let ok = report.broken.is_none();
+    let entries_per_second = report.entries_per_second();
     let (first_broken_seq, problem) = report.broken.unwrap_or_default();
     pb::VerifyLedgerResponse {
         ok,
+        from_seq: report.from_seq,
+        head_seq: report.head_seq,
+        last_checkpoint: report.last_checkpoint.map(|cp| pb::LedgerPoint {
+            seq: cp.seq,
+            hash: hex::encode(&cp.hash),
+            signature: cp.signature,
+            kid: cp.kid.unwrap_or_default(),
+        }),
+        seconds: report.took.as_secs_f64(),
+        entries_per_second,
         entries_checked: report.entries_checked,
         checkpoints_checked: report.checkpoints_checked,
         first_broken_seq,

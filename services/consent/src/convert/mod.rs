@@ -16,7 +16,8 @@ pub use decide::{MAX_BATCH, batch_check, check, decision_pb, explain, explain_re
 pub use dsr::{
     MAX_ERASURE_BATCH, consents_response, erase, erase_response, find_erased, find_erased_response,
     history, history_response, list_erasures, reapply_erasures, reapply_response, receipt,
-    receipt_response, restrict, signing_keys_response, verify_response, watch, watch_message,
+    receipt_response, restrict, signing_keys_response, verify_response, verify_start, watch,
+    watch_message,
 };
 
 use crate::model::{StoredRecord, SubjectKey};

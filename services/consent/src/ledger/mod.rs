@@ -23,4 +23,4 @@ pub use keyring::{KeyFileError, Keyring};
 pub use keys::{
     KeyLookupError, KeyStatus, LedgerKeys, PublicKey, VerifyingKeys, key_id, random_key,
 };
-pub use verify::{VerifyReport, verify};
+pub use verify::{Start, VerifyReport, verify, verify_from};

@@ -164,10 +164,15 @@ impl Service {
         self.engine.keys().verifiers().clone()
     }
 
-    /// Walks the whole ledger and checks every checkpoint.
-    pub async fn verify_ledger(&self) -> Result<VerifyReport, ServiceError> {
-        let report =
-            ledger::verify(self.engine.store().as_ref(), self.engine.keys().verifiers()).await?;
+    /// Walks the ledger from `start` (the genesis, or a point the auditor trusts) and checks
+    /// every checkpoint after it.
+    pub async fn verify_ledger(&self, start: &ledger::Start) -> Result<VerifyReport, ServiceError> {
+        let report = ledger::verify_from(
+            self.engine.store().as_ref(),
+            self.engine.keys().verifiers(),
+            start,
+        )
+        .await?;
         self.metrics.verified(report.broken.is_none());
         Ok(report)
     }

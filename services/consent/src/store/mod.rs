@@ -109,8 +109,8 @@ pub trait ConsentStore: Send + Sync + 'static {
     async fn receipt(&self, record_id: &str) -> Result<Option<StoredReceipt>, StoreError>;
     /// Ledger entries with seq > `after`, at most `limit`.
     async fn ledger(&self, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError>;
-    /// Every checkpoint, by seq.
-    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Checkpoints covering entries with seq > `after`, by seq, at most `limit`.
+    async fn checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError>;
     /// How far the ledger and its signed checkpoints reach (for metrics: two indexed lookups).
     async fn ledger_extent(&self) -> Result<LedgerExtent, StoreError>;
     /// Notices of commits through this database by any replica, on a connection of their own
@@ -179,8 +179,8 @@ impl<D: Dialect> ConsentStore for SqlStore<D> {
     async fn ledger(&self, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
         SqlStore::ledger(self, after, limit).await
     }
-    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        SqlStore::checkpoints(self).await
+    async fn checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        SqlStore::checkpoints(self, after, limit).await
     }
     async fn ledger_extent(&self) -> Result<LedgerExtent, StoreError> {
         SqlStore::ledger_extent(self).await

@@ -487,20 +487,26 @@ impl<D: Dialect> SqlStore<D> {
         })
     }
 
-    pub(super) async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        Ok(
-            sqlx::query("SELECT seq, hash, signature, kid FROM checkpoints ORDER BY seq")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Checkpoint {
-                    seq: to_u64(r.get(0)),
-                    hash: r.get(1),
-                    signature: r.get(2),
-                    kid: r.get(3),
-                })
-                .collect(),
+    pub(super) async fn checkpoints(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT seq, hash, signature, kid FROM checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Checkpoint {
+            seq: to_u64(r.get(0)),
+            hash: r.get(1),
+            signature: r.get(2),
+            kid: r.get(3),
+        })
+        .collect())
     }
 }
 
