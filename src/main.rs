@@ -492,6 +492,11 @@ struct ConsentArgs {
     /// safety net; a replica that cannot read the feed for four polls stops heartbeating.
     #[arg(long, env = "CONSENTGATE_FEED_POLL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     feed_poll_ms: u64,
+    /// How long (hours) an idempotency key is remembered: a retry within it gets the first
+    /// write's answer, a key reused after it is a new request. Keys past it are swept. 168 = 7
+    /// days, as payment APIs keep theirs; at most a year.
+    #[arg(long, env = "CONSENTGATE_IDEMPOTENCY_WINDOW_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8_784))]
+    idempotency_window_hours: u64,
 }
 
 #[derive(Subcommand)]
@@ -895,9 +900,14 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("the key file is unusable, refusing to start: {e}"))?;
             tracing::info!(kid = keys.kid(), "signing checkpoints and receipts");
             let keys = Arc::new(keys);
-            let engine =
-                consent_server::open_engine(policy, &args.database_url, keys, args.cache_capacity)
-                    .await?;
+            let engine = consent_server::open_engine(
+                policy,
+                &args.database_url,
+                keys,
+                args.cache_capacity,
+                Duration::from_secs(args.idempotency_window_hours * 3600),
+            )
+            .await?;
             let listeners = listeners(&args.listen, &args.metrics, "consent service").await?;
             let (telemetry, endpoint) =
                 served_telemetry(listeners.metrics, suite::CONSENT_SERVICE_NAME)?;

@@ -203,6 +203,7 @@ pub async fn start_consent(
         &settings.database_url,
         settings.keys,
         settings.cache_capacity,
+        consentgate_consent::store::DEFAULT_IDEMPOTENCY_WINDOW,
     )
     .await?;
     let served = engine.clone();

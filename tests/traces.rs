@@ -660,6 +660,7 @@ async fn a_stalled_or_absent_collector_never_holds_a_request_and_dropped_spans_a
             &db.url,
             Arc::new(consentgate_consent::ledger::LedgerKeys::generate()),
             10_000,
+            consentgate_consent::store::DEFAULT_IDEMPOTENCY_WINDOW,
         )
         .await
         .expect("engine");

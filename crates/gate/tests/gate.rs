@@ -34,10 +34,15 @@ async fn consent_service() -> (String, TestDb) {
         .map(|c| (c.clone(), format!("t-{c}")))
         .collect();
     let auth = consentgate_runtime::Authenticator::from_policy(&policy, &tokens).expect("auth");
-    let engine =
-        consent_server::open_engine(policy, &db.url, Arc::new(LedgerKeys::generate()), 100)
-            .await
-            .expect("engine");
+    let engine = consent_server::open_engine(
+        policy,
+        &db.url,
+        Arc::new(LedgerKeys::generate()),
+        100,
+        consentgate_consent::store::DEFAULT_IDEMPOTENCY_WINDOW,
+    )
+    .await
+    .expect("engine");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

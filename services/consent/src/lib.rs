@@ -18,5 +18,6 @@ pub mod receipt;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod sweep;
 #[doc(hidden)]
 pub mod testing;

@@ -8,6 +8,7 @@ use crate::grpc::ConsentApi;
 use crate::ledger::LedgerKeys;
 use crate::observe::{self, ConsentMetrics};
 use crate::store::{self, StoreError};
+use crate::sweep;
 use consentgate_policy::Policy;
 use consentgate_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use consentgate_runtime::server::MAX_MESSAGE_BYTES;
@@ -33,14 +34,17 @@ pub enum StartError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Opens the store named by `database_url` (migrating it) and builds the engine.
+/// Opens the store named by `database_url` (migrating it) and builds the engine, which
+/// remembers idempotency keys for `idempotency_window` ([`store::DEFAULT_IDEMPOTENCY_WINDOW`]
+/// unless configured).
 pub async fn open_engine(
     policy: Arc<Policy>,
     database_url: &str,
     keys: Arc<LedgerKeys>,
     cache_capacity: u64,
+    idempotency_window: Duration,
 ) -> Result<Arc<Engine>, StartError> {
-    let store = store::open(database_url, keys.clone()).await?;
+    let store = store::open_with_window(database_url, keys.clone(), idempotency_window).await?;
     Ok(Arc::new(
         Engine::new(policy, store, keys, cache_capacity).await?,
     ))
@@ -57,6 +61,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     tokio::spawn(engine.clone().follow_changes(feed_poll));
+    tokio::spawn(sweep::forget_expired_idempotency_keys(
+        engine.clone(),
+        sweep::SWEEP_EVERY,
+    ));
     let observed = Arc::new(ConsentMetrics::new(&telemetry.metrics));
     if telemetry.metrics.is_enabled() {
         tokio::spawn(observe::follow_ledger(engine.clone(), observed.clone()));

@@ -1034,6 +1034,139 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
     }
 }
 
+/// Idempotency keys expire (issue 16): a retry inside the window is answered from the first
+/// write; once the key's first use is older than the window (its age set back behind the store's
+/// back, so no test waits), the same key is a new request, with new content too; the sweep
+/// forgets exactly the keys past the window and keeps the rest answering.
+#[tokio::test]
+async fn idempotency_keys_expire_after_the_window_and_are_swept() {
+    const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        let w = h.request(grant(&alice, "marketing.communications.email"));
+        let first = h.submit(w.clone()).await.expect("first write");
+        let retry = h.submit(w.clone()).await.expect("retry inside the window");
+        assert!(
+            retry.replayed && retry.revision == first.revision,
+            "[{b}] inside the window a retry is answered once"
+        );
+        assert_eq!(h.rows("ledger").await, 1, "[{b}] written once");
+
+        // Six days later: still inside the default window of seven.
+        let age = |days: i64, key: &str| {
+            let pool = h.pool.clone();
+            let key = key.to_owned();
+            async move {
+                sqlx::query("UPDATE idempotency SET created_at = created_at - $1 WHERE key = $2")
+                    .bind(days * DAY_MICROS)
+                    .bind(key)
+                    .execute(&pool)
+                    .await
+                    .expect("age a key");
+            }
+        };
+        age(6, &w.idempotency_key).await;
+        let retry = h.submit(w.clone()).await.expect("retry on day six");
+        assert!(retry.replayed, "[{b}] day six is inside the window");
+
+        // Past the window the key is a new request: a new revision, even with other content.
+        age(2, &w.idempotency_key).await;
+        let mut reused = w.clone();
+        reused.change = withdraw(&alice, "marketing.communications.email");
+        reused.fingerprint = fingerprint_of(&reused.change);
+        let fresh = h
+            .submit(reused.clone())
+            .await
+            .expect("a reused key after the window");
+        assert!(
+            !fresh.replayed && fresh.revision == first.revision + 1,
+            "[{b}] after the window a reused key is a new write: {fresh:?}"
+        );
+        assert_eq!(
+            h.rows("ledger").await,
+            2,
+            "[{b}] the new write is in the ledger"
+        );
+        // …and from then on the key answers for the new write.
+        let again = h.submit(reused).await.expect("retry of the new write");
+        assert!(again.replayed && again.revision == fresh.revision, "[{b}]");
+        assert_eq!(h.rows("idempotency").await, 1, "[{b}] one row for the key");
+
+        // The sweep forgets only keys past the window.
+        let old: Vec<Write> = (0..5)
+            .map(|i| h.request(grant(&person(&format!("old-{i}")), "analytics.reporting")))
+            .collect();
+        for w in &old {
+            h.submit(w.clone()).await.expect("write");
+            age(8, &w.idempotency_key).await;
+        }
+        let young = h.request(grant(&person("young"), "analytics.reporting"));
+        h.submit(young.clone()).await.expect("write");
+        assert_eq!(h.rows("idempotency").await, 7, "[{b}]");
+        let swept = h.store.sweep_idempotency(3).await.expect("sweep");
+        assert_eq!(swept, 3, "[{b}] a sweep forgets at most its batch");
+        let swept = h.store.sweep_idempotency(1000).await.expect("sweep");
+        assert_eq!(swept, 2, "[{b}] then the rest past the window");
+        assert_eq!(
+            h.store.sweep_idempotency(1000).await.expect("sweep"),
+            0,
+            "[{b}]"
+        );
+        assert_eq!(h.rows("idempotency").await, 2, "[{b}] the young keys stay");
+        let retry = h.submit(young).await.expect("retry of a young key");
+        assert!(
+            retry.replayed,
+            "[{b}] a key inside the window still answers"
+        );
+        h.verify_ok(h.rows("ledger").await as u64).await;
+    }
+}
+
+/// A window set on the store is the one it keeps: a key a day old is past a one-hour window.
+#[tokio::test]
+async fn a_configured_window_is_the_one_kept() {
+    for backend in backends() {
+        let db = TestDb::new(backend).await;
+        let keys = Arc::new(LedgerKeys::generate());
+        let store = consentgate_consent::store::open_with_window(
+            &db.url,
+            keys.clone(),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .expect("open");
+        let change = grant(&person("carol"), "analytics.reporting");
+        let w = Write {
+            caller: CALLER.to_owned(),
+            delegate: None,
+            idempotency_key: "k".into(),
+            fingerprint: fingerprint_of(&change),
+            change,
+        };
+        let first = store.write(w.clone()).await.expect("write");
+        assert!(store.write(w.clone()).await.expect("retry").replayed);
+        let (_, pool) = connect(backend, &db.url, keys).await;
+        sqlx::query("UPDATE idempotency SET created_at = created_at - $1")
+            .bind(2 * 3600 * 1_000_000i64)
+            .execute(&pool)
+            .await
+            .expect("age");
+        // The same request again, as the service makes it: a fresh record id, the same
+        // fingerprint (of the request's meaningful fields).
+        let late = Write {
+            change: grant(&person("carol"), "analytics.reporting"),
+            ..w
+        };
+        let later = store.write(late).await.expect("a retry two hours later");
+        assert!(
+            !later.replayed && later.revision == first.revision + 1,
+            "[{backend:?}] two hours is past a one-hour window"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // History and the change feed
 // ---------------------------------------------------------------------------------------------

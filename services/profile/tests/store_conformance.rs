@@ -82,6 +82,7 @@ impl Fixture {
             &consent_db.url,
             Arc::new(LedgerKeys::generate()),
             1000,
+            consentgate_consent::store::DEFAULT_IDEMPOTENCY_WINDOW,
         )
         .await
         .expect("engine");

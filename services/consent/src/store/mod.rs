@@ -10,7 +10,7 @@
 mod sql;
 
 pub use consentgate_store::{Dialect, Postgres as PostgresDialect, Sqlite as SqliteDialect};
-pub use sql::SqlStore;
+pub use sql::{DEFAULT_IDEMPOTENCY_WINDOW, SqlStore};
 
 use crate::ledger::keys::LedgerKeys;
 use crate::model::{
@@ -109,6 +109,9 @@ pub trait ConsentStore: Send + Sync + 'static {
     async fn receipt(&self, record_id: &str) -> Result<Option<StoredReceipt>, StoreError>;
     /// Ledger entries with seq > `after`, at most `limit`.
     async fn ledger(&self, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Forgets up to `limit` idempotency keys first used before the idempotency window, oldest
+    /// first; how many it forgot.
+    async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError>;
     /// Checkpoints covering entries with seq > `after`, by seq, at most `limit`.
     async fn checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError>;
     /// How far the ledger and its signed checkpoints reach (for metrics: two indexed lookups).
@@ -140,12 +143,30 @@ pub struct LedgerExtent {
     pub last_checkpoint_at: Option<time::OffsetDateTime>,
 }
 
-/// Opens the store a URL names (`sqlite://…` or `postgres://…`) and runs its migrations.
+/// Opens the store a URL names (`sqlite://…` or `postgres://…`) and runs its migrations; it
+/// remembers idempotency keys for [`DEFAULT_IDEMPOTENCY_WINDOW`].
 pub async fn open(url: &str, keys: Arc<LedgerKeys>) -> Result<Arc<dyn ConsentStore>, StoreError> {
+    open_with_window(url, keys, DEFAULT_IDEMPOTENCY_WINDOW).await
+}
+
+/// [`open`], remembering idempotency keys for `idempotency_window`.
+pub async fn open_with_window(
+    url: &str,
+    keys: Arc<LedgerKeys>,
+    idempotency_window: std::time::Duration,
+) -> Result<Arc<dyn ConsentStore>, StoreError> {
     Ok(
         match consentgate_store::backend(url).map_err(consentgate_store::Error::from)? {
-            Backend::Sqlite => Arc::new(SqliteStore::connect(url, keys).await?),
-            Backend::Postgres => Arc::new(PostgresStore::connect(url, keys).await?),
+            Backend::Sqlite => Arc::new(
+                SqliteStore::connect(url, keys)
+                    .await?
+                    .with_idempotency_window(idempotency_window),
+            ),
+            Backend::Postgres => Arc::new(
+                PostgresStore::connect(url, keys)
+                    .await?
+                    .with_idempotency_window(idempotency_window),
+            ),
         },
     )
 }
@@ -178,6 +199,9 @@ impl<D: Dialect> ConsentStore for SqlStore<D> {
     }
     async fn ledger(&self, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
         SqlStore::ledger(self, after, limit).await
+    }
+    async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError> {
+        SqlStore::sweep_idempotency(self, limit).await
     }
     async fn checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
         SqlStore::checkpoints(self, after, limit).await

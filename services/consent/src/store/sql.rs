@@ -19,6 +19,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// Key 0x636f6e73 ("cons"): one ledger writer at a time across every replica, where `BEGIN`
@@ -36,8 +37,16 @@ pub struct SqlStore<D> {
     keys: Arc<LedgerKeys>,
     /// Serializes writers in this process, so they never contend for the database's write lock.
     write_lock: tokio::sync::Mutex<()>,
+    /// How long an idempotency key is remembered: a retry within it is answered from the first
+    /// write, a key reused after it is a new request (see [`DEFAULT_IDEMPOTENCY_WINDOW`]).
+    idempotency_window: Duration,
     dialect: PhantomData<D>,
 }
+
+/// How long idempotency keys are remembered unless configured otherwise: 7 days, as payment
+/// APIs keep theirs. Long enough for any client's retries (and a weekend's outage of one), short
+/// enough that the table holds a week of writes, not all of them.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A stored collection method; an unknown spelling is corruption, never a guess.
 fn collection_method(text: &str) -> Result<CollectionMethod, StoreError> {
@@ -73,8 +82,39 @@ impl<D: Dialect> SqlStore<D> {
             database,
             keys,
             write_lock: tokio::sync::Mutex::new(()),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             dialect: PhantomData,
         })
+    }
+
+    /// The same store, remembering idempotency keys for `window` instead of the default.
+    pub fn with_idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window;
+        self
+    }
+
+    /// The oldest first use an idempotency key may have at `now` and still be remembered.
+    fn remembered_since(&self, now: OffsetDateTime) -> i64 {
+        unix_micros(now)
+            .saturating_sub(i64::try_from(self.idempotency_window.as_micros()).unwrap_or(i64::MAX))
+    }
+
+    /// Forgets up to `limit` idempotency keys first used before the window (oldest first);
+    /// returns how many. Their writes stay in the history and the ledger: only the shortcut
+    /// that answers a retry from the first write goes.
+    pub(super) async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError> {
+        let _serialized = self.write_lock.lock().await;
+        let cutoff = self.remembered_since(OffsetDateTime::now_utc());
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency WHERE (caller, key) IN \
+             (SELECT caller, key FROM idempotency WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
     }
 
     /// Commit notices from other replicas (PostgreSQL), on a connection of their own.
@@ -90,10 +130,10 @@ impl<D: Dialect> SqlStore<D> {
     pub(super) async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
         let _serialized = self.write_lock.lock().await;
         let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
-        if let Some(outcome) = replay(&mut tx, &write).await? {
+        let now = OffsetDateTime::now_utc();
+        if let Some(outcome) = replay(&mut tx, &write, self.remembered_since(now)).await? {
             return Ok(outcome);
         }
-        let now = OffsetDateTime::now_utc();
         let subject = write.change.subject().clone();
         let subject_s = subject.storage();
 
@@ -284,8 +324,8 @@ impl<D: Dialect> SqlStore<D> {
         };
         let stored =
             serde_json::to_string(&outcome).map_err(|e| StoreError::corrupt(e.to_string()))?;
-        sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(stored)
+        sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(stored).bind(unix_micros(now))
             .execute(&mut *tx).await?;
         // Other replicas hear of the commit at once (PostgreSQL delivers it on commit only).
         if let Some(notify) = D::NOTIFY {
@@ -654,16 +694,32 @@ fn involved(change: &Change) -> Vec<&SubjectKey> {
     }
 }
 
-async fn replay(tx: &mut Tx<'_>, write: &Write) -> Result<Option<WriteOutcome>, StoreError> {
-    let Some(row) =
-        sqlx::query("SELECT fingerprint, outcome FROM idempotency WHERE caller = $1 AND key = $2")
-            .bind(&write.caller)
-            .bind(&write.idempotency_key)
-            .fetch_optional(&mut **tx)
-            .await?
+/// The answer of the first write under this write's idempotency key, if the key was first used
+/// at or after `remembered_since` (microseconds); a key from before is forgotten here and now
+/// (whether or not the sweep has reached it), and the write is a new request.
+async fn replay(
+    tx: &mut Tx<'_>,
+    write: &Write,
+    remembered_since: i64,
+) -> Result<Option<WriteOutcome>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT fingerprint, outcome, created_at FROM idempotency WHERE caller = $1 AND key = $2",
+    )
+    .bind(&write.caller)
+    .bind(&write.idempotency_key)
+    .fetch_optional(&mut **tx)
+    .await?
     else {
         return Ok(None);
     };
+    if row.get::<i64, _>(2) < remembered_since {
+        sqlx::query("DELETE FROM idempotency WHERE caller = $1 AND key = $2")
+            .bind(&write.caller)
+            .bind(&write.idempotency_key)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(None);
+    }
     let fingerprint: Vec<u8> = row.get(0);
     if fingerprint != write.fingerprint {
         return Err(StoreError::IdempotencyConflict);
