@@ -1124,6 +1124,55 @@ async fn idempotency_keys_expire_after_the_window_and_are_swept() {
     }
 }
 
+/// Idempotency records keep the revision, not a copy of the answer (issue 16): a retry's answer
+/// is rebuilt from the stored record and change, equal to the first; a record written before
+/// (a copy of the answer, no revision) is still answered from its copy.
+#[tokio::test]
+async fn retries_are_answered_from_the_revision_and_old_copies_still_answer() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let w = h.request(grant_with_receipt(&person("dora"), "analytics.reporting"));
+        let first = h.submit(w.clone()).await.expect("write");
+        let (outcome, revision): (String, Option<i64>) =
+            sqlx::query("SELECT outcome, revision FROM idempotency WHERE key = $1")
+                .bind(w.idempotency_key.clone())
+                .fetch_one(&h.pool)
+                .await
+                .map(|r| (r.get(0), r.get(1)))
+                .expect("the idempotency record");
+        assert_eq!(outcome, "", "[{b}] no copy of the answer is kept");
+        assert_eq!(
+            revision,
+            Some(first.revision as i64),
+            "[{b}] the revision is"
+        );
+        let again = h.submit(w.clone()).await.expect("retry");
+        assert_eq!(
+            sans_replayed(&again),
+            sans_replayed(&first),
+            "[{b}] rebuilt answer"
+        );
+
+        // A record in the format from before: the copy, no revision.
+        sqlx::query(
+            "UPDATE idempotency SET outcome = $1, revision = NULL, records_deleted = NULL WHERE key = $2",
+        )
+        .bind(serde_json::to_string(&first).expect("json"))
+        .bind(w.idempotency_key.clone())
+        .execute(&h.pool)
+        .await
+        .expect("an old-format record");
+        let old = h.submit(w).await.expect("retry of an old record");
+        assert!(old.replayed, "[{b}]");
+        assert_eq!(
+            sans_replayed(&old),
+            sans_replayed(&first),
+            "[{b}] from the copy"
+        );
+    }
+}
+
 /// A window set on the store is the one it keeps: a key a day old is past a one-hour window.
 #[tokio::test]
 async fn a_configured_window_is_the_one_kept() {

@@ -130,7 +130,10 @@ impl<D: Dialect> SqlStore<D> {
     pub(super) async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
         let _serialized = self.write_lock.lock().await;
         let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
+        // To the microsecond, as the change's commit time is stored: a retry's rebuilt answer
+        // names the same instant as the first.
         let now = OffsetDateTime::now_utc();
+        let now = from_unix_micros(unix_micros(now)).unwrap_or(now);
         if let Some(outcome) = replay(&mut tx, &write, self.remembered_since(now)).await? {
             return Ok(outcome);
         }
@@ -322,10 +325,10 @@ impl<D: Dialect> SqlStore<D> {
         } else {
             subject_s
         };
-        let stored =
-            serde_json::to_string(&outcome).map_err(|e| StoreError::corrupt(e.to_string()))?;
-        sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(stored).bind(unix_micros(now))
+        // The revision, not a copy of the answer: a retry rebuilds it (see `replay`).
+        let erased = matches!(write.change, Change::Erase { .. }).then(|| to_i64(records_deleted));
+        sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at, revision, records_deleted) VALUES ($1, $2, $3, $4, '', $5, $6, $7)")
+            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(unix_micros(now)).bind(rev).bind(erased)
             .execute(&mut *tx).await?;
         // Other replicas hear of the commit at once (PostgreSQL delivers it on commit only).
         if let Some(notify) = D::NOTIFY {
@@ -703,7 +706,7 @@ async fn replay(
     remembered_since: i64,
 ) -> Result<Option<WriteOutcome>, StoreError> {
     let Some(row) = sqlx::query(
-        "SELECT fingerprint, outcome, created_at FROM idempotency WHERE caller = $1 AND key = $2",
+        "SELECT fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE caller = $1 AND key = $2",
     )
     .bind(&write.caller)
     .bind(&write.idempotency_key)
@@ -724,10 +727,49 @@ async fn replay(
     if fingerprint != write.fingerprint {
         return Err(StoreError::IdempotencyConflict);
     }
-    let mut outcome: WriteOutcome = serde_json::from_str(&row.get::<String, _>(1))
-        .map_err(|e| StoreError::corrupt(e.to_string()))?;
+    let mut outcome: WriteOutcome = match row.get::<Option<i64>, _>(3) {
+        Some(revision) => rebuilt(tx, revision, row.get::<Option<i64>, _>(4)).await?,
+        // Written before idempotency records kept only the revision: the copy of the answer.
+        None => serde_json::from_str(&row.get::<String, _>(1))
+            .map_err(|e| StoreError::corrupt(e.to_string()))?,
+    };
     outcome.replayed = true;
     Ok(Some(outcome))
+}
+
+/// The answer of the write committed at `revision`, rebuilt from what the database holds anyway:
+/// the change's commit time, the consent record written at that revision (none for signals,
+/// links, restrictions and erasures), and for an erasure the records it deleted.
+async fn rebuilt(
+    tx: &mut Tx<'_>,
+    revision: i64,
+    records_deleted: Option<i64>,
+) -> Result<WriteOutcome, StoreError> {
+    let committed: Option<i64> =
+        sqlx::query("SELECT committed_micros FROM changes WHERE revision = $1")
+            .bind(revision)
+            .fetch_optional(&mut **tx)
+            .await?
+            .and_then(|r| r.get::<Option<i64>, _>(0));
+    let committed_at = committed.and_then(from_unix_micros).ok_or_else(|| {
+        StoreError::corrupt(format!(
+            "idempotency record of revision {revision}: the change's commit time is missing"
+        ))
+    })?;
+    let record = sqlx::query("SELECT revision, body FROM consent_records WHERE revision = $1")
+        .bind(revision)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| record_from(&r))
+        .transpose()?;
+    Ok(WriteOutcome {
+        revision: to_u64(revision),
+        record,
+        records_deleted: records_deleted.map_or(0, to_u64),
+        committed_at,
+        affected: Vec::new(),
+        replayed: true,
+    })
 }
 
 async fn tombstone_revision(tx: &mut Tx<'_>, tombstone: &[u8]) -> Result<Option<u64>, StoreError> {
