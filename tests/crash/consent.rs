@@ -1,6 +1,7 @@
 //! The consent service under `kill -9`: grants, withdrawals and GPC signals with unique
-//! idempotency keys from several clients at once, a change-stream watcher standing in for a
-//! gate, a kill at a random moment, and the checks after every restart.
+//! idempotency keys from 64 clients at once (so that writes share group commits, and a kill
+//! lands in the middle of a batch), a change-stream watcher standing in for a gate, a kill at a
+//! random moment, and the checks after every restart.
 //!
 //! What "no gap a gate could skip" means here: a revision is the ledger's sequence number,
 //! taken as the last one plus one under the store's single writer (SQLite's write lock, a
@@ -27,11 +28,12 @@ use tonic::transport::Channel;
 
 type Client = ConsentServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// Concurrent writers.
-const CLIENTS: u64 = 4;
+/// Concurrent writers: enough that the service's group commit batches them (issue 16), so that
+/// most kills land with a batch in flight, its transaction begun or its commit under way.
+const CLIENTS: u64 = 64;
 /// Subjects written in one cycle (new ones every cycle, so that each subject's history is
 /// complete, retries included, by the check after the next restart).
-const SUBJECTS_PER_CYCLE: u64 = 6;
+const SUBJECTS_PER_CYCLE: u64 = 32;
 /// Consent-based purposes and their current notice versions (policy/default.toml).
 const PURPOSES: [(&str, &str); 3] = [
     ("personalize.content.profiled", "2.0"),

@@ -1034,6 +1034,207 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
     }
 }
 
+/// Holds the store's write lock from another connection: SQLite's single writer, PostgreSQL's
+/// advisory write lock. While it is held, writes queue up behind the leader waiting for it.
+async fn hold_write_lock(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(url)
+        .await
+        .expect("a connection");
+    let statement = if url.starts_with("sqlite") {
+        "BEGIN IMMEDIATE"
+    } else {
+        "SELECT pg_advisory_lock(1668247155)"
+    };
+    sqlx::query(statement)
+        .execute(&mut connection)
+        .await
+        .expect("the write lock");
+    connection
+}
+
+async fn release_write_lock(url: &str, mut connection: sqlx::AnyConnection) {
+    let statement = if url.starts_with("sqlite") {
+        "ROLLBACK"
+    } else {
+        "SELECT pg_advisory_unlock(1668247155)"
+    };
+    sqlx::query(statement)
+        .execute(&mut connection)
+        .await
+        .expect("released");
+}
+
+/// Makes every insert of a consent record for `purpose` fail inside the database: a failure in
+/// the middle of a group commit's transaction.
+async fn poison(h: &Harness, purpose: &str) {
+    let statements: Vec<String> = if h.db.url.starts_with("sqlite") {
+        vec![format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON consent_records WHEN NEW.purpose = '{purpose}' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        )]
+    } else {
+        vec![
+            format!(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.purpose = '{purpose}' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql"
+            ),
+            "CREATE TRIGGER poison BEFORE INSERT ON consent_records \
+             FOR EACH ROW EXECUTE FUNCTION poison()"
+                .to_owned(),
+        ]
+    };
+    for sql in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&h.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] poison: {e}", h.b));
+    }
+}
+
+/// Group commit (issue 16): 64 writers at once share transactions; each write still gets its
+/// own revision, idempotency record and ledger entry, in order, and is answered only after its
+/// batch committed. A batch that fails in the middle (a poisoned insert) fails every member:
+/// none of them is acknowledged or visible, the writes of other batches are, and a retry of each
+/// failed write under its key applies exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_commits_and_a_failed_batch_fails_every_member() {
+    const WRITERS: usize = 64;
+    const POISONED: &str = "research";
+    for backend in backends() {
+        let h = Arc::new(Harness::new(backend).await);
+        let b = h.b.clone();
+        poison(&h, POISONED).await;
+
+        // The first write leads and waits for the lock held outside; the rest queue up behind
+        // it and go as one batch once it is released, the poisoned one among them.
+        let lock = hold_write_lock(&h.db.url).await;
+        let request = |i: usize| {
+            let subject = person(&format!("writer-{i}"));
+            let change = match i % 4 {
+                0 => grant(&subject, "analytics.reporting"),
+                1 => withdraw(&subject, "analytics.reporting"),
+                2 => signal(&subject, "gpc", "1"),
+                _ if i == 31 => grant(&subject, POISONED),
+                _ => grant(&subject, "marketing.communications.email"),
+            };
+            h.request(change)
+        };
+        let writes: Vec<Write> = (0..WRITERS).map(request).collect();
+        let submit = |w: Write| {
+            let h = h.clone();
+            tokio::spawn(async move { h.submit(w).await })
+        };
+        let first = submit(writes[0].clone());
+        // A moment for it to take its batch and wait on the lock (the assertions below hold
+        // however the batches fall; this only makes the shared batch likely).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let rest: Vec<_> = writes[1..].iter().cloned().map(submit).collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release_write_lock(&h.db.url, lock).await;
+        let mut outcomes = vec![first.await.expect("a writer")];
+        for r in rest {
+            outcomes.push(r.await.expect("a writer"));
+        }
+
+        let acked: Vec<(usize, &WriteOutcome)> = outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.as_ref().ok().map(|o| (i, o)))
+            .collect();
+        let failed: Vec<usize> = (0..WRITERS).filter(|i| outcomes[*i].is_err()).collect();
+        assert!(failed.contains(&31), "[{b}] the poisoned write failed");
+        for i in &failed {
+            assert!(
+                matches!(outcomes[*i], Err(StoreError::GroupCommitFailed(_))),
+                "[{b}] write {i}: {:?}",
+                outcomes[*i]
+            );
+        }
+        assert!(
+            failed.len() > 1,
+            "[{b}] the poisoned write's batch failed as a whole, not it alone"
+        );
+        let (_, carried) = h.store.group_commits();
+        assert_eq!(
+            carried,
+            acked.len() as u64,
+            "[{b}] commits carried the acknowledged"
+        );
+
+        // Acknowledged: in the ledger, one entry each, revisions gap-free in commit order.
+        let mut revisions: Vec<u64> = acked.iter().map(|(_, o)| o.revision).collect();
+        revisions.sort_unstable();
+        assert_eq!(
+            revisions,
+            (1..=acked.len() as u64).collect::<Vec<_>>(),
+            "[{b}] acknowledged revisions are the ledger's, without gaps"
+        );
+        assert_eq!(
+            h.ledger_seqs().await,
+            revisions,
+            "[{b}] the ledger holds exactly them"
+        );
+        // Failed: nothing of them visible.
+        for i in &failed {
+            let key = &writes[*i].idempotency_key;
+            assert_eq!(
+                h.count("SELECT COUNT(*) FROM idempotency WHERE key = $1", key)
+                    .await,
+                0,
+                "[{b}] the failed write {i} left an idempotency record"
+            );
+        }
+        h.verify_ok(acked.len() as u64).await;
+
+        // Retries of the failed writes (the poison lifted) apply exactly once, in order.
+        sqlx::raw_sql("DROP TRIGGER poison")
+            .execute(&h.pool)
+            .await
+            .ok();
+        if !h.db.url.starts_with("sqlite") {
+            sqlx::raw_sql("DROP TRIGGER IF EXISTS poison ON consent_records")
+                .execute(&h.pool)
+                .await
+                .expect("lift the poison");
+        }
+        // They go at once, queued behind the lock again: they share commits.
+        let (commits_before, _) = h.store.group_commits();
+        let lock = hold_write_lock(&h.db.url).await;
+        let retries: Vec<_> = failed.iter().map(|i| submit(writes[*i].clone())).collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release_write_lock(&h.db.url, lock).await;
+        let mut retried = Vec::new();
+        for r in retries {
+            let o = r.await.expect("a writer").expect("a retry");
+            assert!(
+                !o.replayed,
+                "[{b}] a failed write was not recorded the first time"
+            );
+            retried.push(o.revision);
+        }
+        let (commits_after, _) = h.store.group_commits();
+        assert!(
+            commits_after - commits_before < failed.len() as u64,
+            "[{b}] {} concurrent writes took {} commits: they did not share",
+            failed.len(),
+            commits_after - commits_before
+        );
+        for (i, revision) in failed.iter().zip(&retried) {
+            let again = h.submit(writes[*i].clone()).await.expect("a retry");
+            assert!(again.replayed && again.revision == *revision, "[{b}] once");
+        }
+        assert_eq!(
+            h.rows("ledger").await,
+            WRITERS as i64,
+            "[{b}] each write once"
+        );
+        h.verify_ok(WRITERS as u64).await;
+    }
+}
+
 /// Idempotency keys expire (issue 16): a retry inside the window is answered from the first
 /// write; once the key's first use is older than the window (its age set back behind the store's
 /// back, so no test waits), the same key is a new request, with new content too; the sweep

@@ -54,6 +54,10 @@ pub enum StoreError {
     /// The database, its URL, or the stored data failed.
     #[error(transparent)]
     Store(#[from] consentgate_store::Error),
+    /// The group commit this write was part of failed (the log-safe reason): nothing of the
+    /// batch was committed, so a retry under the same key applies once.
+    #[error("the group commit failed: {0}")]
+    GroupCommitFailed(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -80,7 +84,9 @@ impl StoreError {
     pub fn log_safe(&self) -> String {
         match self {
             StoreError::Store(e) => e.log_safe(),
-            StoreError::IdempotencyConflict | StoreError::SubjectErased => self.to_string(),
+            StoreError::IdempotencyConflict
+            | StoreError::SubjectErased
+            | StoreError::GroupCommitFailed(_) => self.to_string(),
         }
     }
 }
@@ -88,7 +94,8 @@ impl StoreError {
 /// The consent store.
 #[async_trait::async_trait]
 pub trait ConsentStore: Send + Sync + 'static {
-    /// Records one change atomically and durably; returns only after commit.
+    /// Records one change atomically and durably; returns only after commit (concurrent
+    /// writes share a transaction and its commit: a group commit).
     async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError>;
     /// Everything decisions need about a subject, in one snapshot.
     async fn load_subject(&self, subject: &SubjectKey) -> Result<SubjectRows, StoreError>;
@@ -112,6 +119,8 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// Forgets up to `limit` idempotency keys first used before the idempotency window, oldest
     /// first; how many it forgot.
     async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError>;
+    /// Transactions the write path committed and the writes they carried (group commit).
+    fn group_commits(&self) -> (u64, u64);
     /// Checkpoints covering entries with seq > `after`, by seq, at most `limit`.
     async fn checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError>;
     /// How far the ledger and its signed checkpoints reach (for metrics: two indexed lookups).
@@ -202,6 +211,9 @@ impl<D: Dialect> ConsentStore for SqlStore<D> {
     }
     async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError> {
         SqlStore::sweep_idempotency(self, limit).await
+    }
+    fn group_commits(&self) -> (u64, u64) {
+        SqlStore::group_commits(self)
     }
     async fn checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
         SqlStore::checkpoints(self, after, limit).await

@@ -19,6 +19,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -35,8 +36,13 @@ pub struct SqlStore<D> {
     /// Kept for the commit listener's own connection.
     database: consentgate_store::Database,
     keys: Arc<LedgerKeys>,
-    /// Serializes writers in this process, so they never contend for the database's write lock.
-    write_lock: tokio::sync::Mutex<()>,
+    /// Held by the leader of the group commit in progress: one transaction at a time in this
+    /// process, so writers never contend for the database's write lock (see [`SqlStore::write`]).
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Writes waiting for the next group commit, in arrival order.
+    queue: std::sync::Mutex<Vec<Queued>>,
+    /// Group commits made, and the writes they carried (see [`SqlStore::group_commits`]).
+    group_commits: Arc<GroupCommits>,
     /// How long an idempotency key is remembered: a retry within it is answered from the first
     /// write, a key reused after it is a new request (see [`DEFAULT_IDEMPOTENCY_WINDOW`]).
     idempotency_window: Duration,
@@ -81,7 +87,9 @@ impl<D: Dialect> SqlStore<D> {
             pool: database.pool().clone(),
             database,
             keys,
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            queue: std::sync::Mutex::new(Vec::new()),
+            group_commits: Arc::default(),
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             dialect: PhantomData,
         })
@@ -122,224 +130,73 @@ impl<D: Dialect> SqlStore<D> {
         Ok(self.database.commit_notices(CHANGES_CHANNEL).await?)
     }
 
+    /// Transactions committed by the write path, and the writes they carried: how well writes
+    /// share commits (tests and benchmarks read it; `writes / commits` is the mean batch).
+    pub fn group_commits(&self) -> (u64, u64) {
+        (
+            self.group_commits.commits.load(Ordering::Relaxed),
+            self.group_commits.writes.load(Ordering::Relaxed),
+        )
+    }
+
     /// The underlying pool (tests count rows through it).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
+    /// Records a write durably and answers once it is committed: a group commit. The write
+    /// joins the queue; whoever holds the write lock leads, taking every queued write (up to
+    /// [`MAX_BATCH`]) into one transaction with one durable commit, its own among them unless an
+    /// earlier leader's batch took it. Each write gets its own revision, idempotency record and
+    /// ledger entry, in queue order; each is answered only after the commit; a batch that fails
+    /// fails every member (none is acknowledged). A write refused on its own (a reused key with
+    /// other content, an erased subject) is decided before anything of it is written, and fails
+    /// alone.
     pub(super) async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
-        let _serialized = self.write_lock.lock().await;
-        let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
-        // To the microsecond, as the change's commit time is stored: a retry's rebuilt answer
-        // names the same instant as the first.
-        let now = OffsetDateTime::now_utc();
-        let now = from_unix_micros(unix_micros(now)).unwrap_or(now);
-        if let Some(outcome) = replay(&mut tx, &write, self.remembered_since(now)).await? {
-            return Ok(outcome);
-        }
-        let subject = write.change.subject().clone();
-        let subject_s = subject.storage();
-
-        if let Change::Erase { .. } = &write.change {
-            // Already erased, unless rows of the subject sit beside its tombstone: a database
-            // restored from a backup and given its tombstones back (`restore_tombstones`) still
-            // holds what was erased after the backup, and erasing it again must not be a no-op.
-            if let Some(revision) =
-                tombstone_revision(&mut tx, &self.keys.tombstone(&subject)).await?
-                && !holds_anything(&mut tx, &subject_s).await?
-            {
-                // Already erased: erasure is idempotent even under a new key.
-                let outcome = WriteOutcome {
-                    revision,
-                    record: None,
-                    records_deleted: 0,
-                    committed_at: now,
-                    affected: Vec::new(),
-                    replayed: true,
+        consentgate_deadline::time_left().map_err(|e| StoreError::Store(e.into()))?;
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        lock(&self.queue).push(Queued {
+            write,
+            deadline: consentgate_deadline::current(),
+            answer,
+        });
+        loop {
+            let leader = self.write_lock.clone().lock_owned().await;
+            let batch: Vec<Queued> = {
+                let mut queue = lock(&self.queue);
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                drop(leader);
+            } else {
+                let group = Group::<D> {
+                    pool: self.pool.clone(),
+                    keys: self.keys.clone(),
+                    window: self.idempotency_window,
+                    counted: self.group_commits.clone(),
+                    dialect: PhantomData,
                 };
-                return Ok(outcome);
+                // The batch runs to its end even if this caller goes away: the others wait on
+                // it. The lock goes with it.
+                let _ = tokio::spawn(async move {
+                    group.commit(batch).await;
+                    drop(leader);
+                })
+                .await;
             }
-        } else {
-            for key in involved(&write.change) {
-                if tombstone_revision(&mut tx, &self.keys.tombstone(key))
-                    .await?
-                    .is_some()
-                {
-                    return Err(StoreError::SubjectErased);
+            // Answered by this batch or an earlier one; still queued (past a full batch), lead
+            // again.
+            match answered.try_recv() {
+                Ok(result) => return result,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => continue,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(StoreError::GroupCommitFailed(
+                        "the group commit ended without an answer".into(),
+                    ));
                 }
             }
         }
-
-        let head: Option<(i64, Vec<u8>)> =
-            sqlx::query("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| (r.get(0), r.get(1)));
-        let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS_HASH.to_vec()));
-        let seq = to_u64(prev_seq) + 1;
-        let rev = to_i64(seq);
-
-        let subject_pseudonym =
-            entry::pseudonym(&subject_key(&mut tx, &subject_s).await?, &subject);
-        let mut device_pseudonym = None;
-        let mut affected = link_group(&mut tx, &subject_s).await?;
-        let mut record = None;
-        let mut records_deleted = 0u64;
-        let mut erased_keys: Vec<SubjectKey> = Vec::new();
-
-        match &write.change {
-            Change::Consent(c) => {
-                let body =
-                    serde_json::to_string(c).map_err(|e| StoreError::corrupt(e.to_string()))?;
-                sqlx::query("INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(&body)
-                    .execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO consent_current (subject, purpose, channel, scope, revision, body) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision, body = excluded.body")
-                    .bind(&subject_s)
-                    .bind(&c.purpose)
-                    .bind(c.channel.as_deref().unwrap_or(""))
-                    .bind(c.scope.as_deref().unwrap_or(""))
-                    .bind(rev)
-                    .bind(&body)
-                    .execute(&mut *tx)
-                    .await?;
-                if let Some((json, jws)) = &c.receipt {
-                    sqlx::query("INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ($1, $2, $3, $4)")
-                        .bind(&c.record_id).bind(&subject_s).bind(json).bind(jws)
-                        .execute(&mut *tx).await?;
-                }
-                bump(&mut tx, &subject_s, rev, None).await?;
-                record = Some(StoredRecord {
-                    consent: c.clone(),
-                    revision: seq,
-                });
-            }
-            Change::Signal {
-                kind,
-                value,
-                collection_method,
-                ..
-            } => {
-                sqlx::query("INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now)).bind(collection_method.as_str())
-                    .execute(&mut *tx).await?;
-                bump(&mut tx, &subject_s, rev, None).await?;
-            }
-            Change::Link { device, .. } => {
-                let device_s = device.storage();
-                device_pseudonym = Some(entry::pseudonym(
-                    &subject_key(&mut tx, &device_s).await?,
-                    device,
-                ));
-                // A device re-linked to another subject leaves its old group: refresh that too.
-                affected.extend(link_group(&mut tx, &device_s).await?);
-                sqlx::query("INSERT INTO links (device, subject, revision) VALUES ($1, $2, $3) ON CONFLICT (device) DO UPDATE SET subject = excluded.subject, revision = excluded.revision")
-                    .bind(&device_s).bind(&subject_s).bind(rev)
-                    .execute(&mut *tx).await?;
-                bump(&mut tx, &subject_s, rev, None).await?;
-                bump(&mut tx, &device_s, rev, None).await?;
-                affected.push(device.clone());
-            }
-            Change::Restrict { restricted, .. } => {
-                bump(&mut tx, &subject_s, rev, Some(*restricted)).await?;
-            }
-            Change::Erase { .. } => {
-                // The subject and, for a person, every device linked to it.
-                let mut erase = vec![subject.clone()];
-                if let SubjectKey::Subject(_) = subject {
-                    erase.extend(affected.iter().filter(|k| **k != subject).cloned());
-                }
-                for key in &erase {
-                    records_deleted +=
-                        erase_key(&mut tx, key, &self.keys.tombstone(key), rev, now).await?;
-                }
-                erased_keys = erase;
-            }
-        }
-
-        let event = entry::canonical_event(
-            seq,
-            now,
-            &write.change,
-            &subject_pseudonym,
-            device_pseudonym.as_deref(),
-            write
-                .delegate
-                .as_deref()
-                .map(|d| consentgate_runtime::delegation::on_behalf_of(d, &write.caller)),
-        );
-        let hash = entry::chain_hash(&prev_hash, &event);
-        sqlx::query("INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ($1, $2, $3, $4)")
-            .bind(rev)
-            .bind(&prev_hash)
-            .bind(&hash)
-            .bind(&event)
-            .execute(&mut *tx)
-            .await?;
-        if seq.is_multiple_of(CHECKPOINT_EVERY) {
-            let signature = self.keys.sign(&checkpoint_message(seq, &hash));
-            sqlx::query(
-                "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(rev)
-            .bind(&hash)
-            .bind(signature)
-            .bind(self.keys.kid())
-            .execute(&mut *tx)
-            .await?;
-        }
-        // An erased subject's change rows were cleared above; its erase event names nobody.
-        let change_subject = if matches!(write.change, Change::Erase { .. }) {
-            None
-        } else {
-            Some(subject_s.clone())
-        };
-        sqlx::query(
-            "INSERT INTO changes (revision, subject, kind, purpose, committed_micros) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(rev)
-        .bind(change_subject)
-        .bind(write.change.kind())
-        .bind(write.change.purpose())
-        .bind(unix_micros(now))
-        .execute(&mut *tx)
-        .await?;
-
-        affected.sort_by_key(SubjectKey::storage);
-        affected.dedup();
-        // Every key whose decisions the change touches moves to this revision, so that a key's
-        // revision never goes backwards when a device leaves its group (re-link or erasure).
-        for key in affected.iter().filter(|k| !erased_keys.contains(k)) {
-            bump(&mut tx, &key.storage(), rev, None).await?;
-        }
-        let outcome = WriteOutcome {
-            revision: seq,
-            record,
-            records_deleted,
-            committed_at: now,
-            affected,
-            replayed: false,
-        };
-        let idempotency_subject = if matches!(write.change, Change::Erase { .. }) {
-            String::new()
-        } else {
-            subject_s
-        };
-        // The revision, not a copy of the answer: a retry rebuilds it (see `replay`).
-        let erased = matches!(write.change, Change::Erase { .. }).then(|| to_i64(records_deleted));
-        sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at, revision, records_deleted) VALUES ($1, $2, $3, $4, '', $5, $6, $7)")
-            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(unix_micros(now)).bind(rev).bind(erased)
-            .execute(&mut *tx).await?;
-        // Other replicas hear of the commit at once (PostgreSQL delivers it on commit only).
-        if let Some(notify) = D::NOTIFY {
-            sqlx::query(notify)
-                .bind(CHANGES_CHANNEL)
-                .bind(seq.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
     }
 
     pub(super) async fn load_subject(&self, key: &SubjectKey) -> Result<SubjectRows, StoreError> {
@@ -695,6 +552,322 @@ fn involved(change: &Change) -> Vec<&SubjectKey> {
         Change::Link { device, subject } => vec![device, subject],
         other => vec![other.subject()],
     }
+}
+
+/// The most writes one transaction commits: enough to amortize a durable commit many times
+/// over, few enough that a batch's transaction stays short for the readers beside it.
+const MAX_BATCH: usize = 256;
+
+/// A write waiting for a group commit.
+struct Queued {
+    write: Write,
+    /// Its caller's deadline: a write is not applied after it.
+    deadline: Option<tokio::time::Instant>,
+    answer: tokio::sync::oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts of committed group commits.
+#[derive(Default)]
+struct GroupCommits {
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// What a group commit needs of the store, owned, so that it runs to its end in a task of its
+/// own whatever happens to the caller that started it.
+struct Group<D> {
+    pool: AnyPool,
+    keys: Arc<LedgerKeys>,
+    window: Duration,
+    counted: Arc<GroupCommits>,
+    dialect: PhantomData<D>,
+}
+
+impl<D: Dialect> Group<D> {
+    /// Applies `batch` in one transaction and answers every member after the commit.
+    async fn commit(self, batch: Vec<Queued>) {
+        let mut batch = batch.into_iter();
+        let mut tx = match begin_serialized::<D>(&self.pool, WRITE_LOCK).await {
+            Ok(tx) => tx,
+            Err(e) => return fail(batch.map(|q| q.answer), &StoreError::from(e)),
+        };
+        // To the microsecond, as the change's commit time is stored: a retry's rebuilt answer
+        // names the same instant as the first.
+        let now = OffsetDateTime::now_utc();
+        let now = from_unix_micros(unix_micros(now)).unwrap_or(now);
+        let remembered_since = unix_micros(now)
+            .saturating_sub(i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX));
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut head = None;
+        while let Some(q) = batch.next() {
+            // A caller that gave up (its deadline passed, or it went away) gets no write it
+            // never hears of.
+            if q.answer.is_closed() {
+                continue;
+            }
+            if q.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                let expired = StoreError::Store(consentgate_deadline::Expired.into());
+                let _ = q.answer.send(Err(expired));
+                continue;
+            }
+            match apply(&mut tx, &self.keys, &q.write, now, remembered_since).await {
+                Ok(outcome) => {
+                    if !outcome.replayed {
+                        head = Some(outcome.revision);
+                    }
+                    answers.push((q.answer, Ok(outcome)));
+                }
+                // Decided before anything of the write was written: it fails alone.
+                Err(e @ (StoreError::IdempotencyConflict | StoreError::SubjectErased)) => {
+                    answers.push((q.answer, Err(e)));
+                }
+                // The transaction is in doubt: the whole batch fails.
+                Err(e) => {
+                    let members = answers.into_iter().map(|(a, _)| a);
+                    return fail(
+                        members
+                            .chain(std::iter::once(q.answer))
+                            .chain(batch.map(|q| q.answer)),
+                        &e,
+                    );
+                }
+            }
+        }
+        // Other replicas hear of the commit at once (PostgreSQL delivers it on commit only).
+        if let (Some(head), Some(notify)) = (head, D::NOTIFY)
+            && let Err(e) = sqlx::query(notify)
+                .bind(CHANGES_CHANNEL)
+                .bind(head.to_string())
+                .execute(&mut *tx)
+                .await
+        {
+            return fail(answers.into_iter().map(|(a, _)| a), &StoreError::from(e));
+        }
+        if let Err(e) = tx.commit().await {
+            return fail(answers.into_iter().map(|(a, _)| a), &StoreError::from(e));
+        }
+        self.counted.commits.fetch_add(1, Ordering::Relaxed);
+        self.counted
+            .writes
+            .fetch_add(answers.len() as u64, Ordering::Relaxed);
+        for (answer, result) in answers {
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// Answers every member of a failed batch with the failure (none of their writes committed).
+fn fail(
+    members: impl Iterator<Item = tokio::sync::oneshot::Sender<Result<WriteOutcome, StoreError>>>,
+    error: &StoreError,
+) {
+    let reason = error.log_safe();
+    for member in members {
+        let _ = member.send(Err(StoreError::GroupCommitFailed(reason.clone())));
+    }
+}
+
+/// Applies one write inside a group commit's transaction: its idempotency check, its rows, its
+/// ledger entry (and checkpoint), its change event and idempotency record.
+async fn apply(
+    tx: &mut Tx<'_>,
+    keys: &LedgerKeys,
+    write: &Write,
+    now: OffsetDateTime,
+    remembered_since: i64,
+) -> Result<WriteOutcome, StoreError> {
+    if let Some(outcome) = replay(tx, write, remembered_since).await? {
+        return Ok(outcome);
+    }
+    let subject = write.change.subject().clone();
+    let subject_s = subject.storage();
+
+    if let Change::Erase { .. } = &write.change {
+        // Already erased, unless rows of the subject sit beside its tombstone: a database
+        // restored from a backup and given its tombstones back (`restore_tombstones`) still
+        // holds what was erased after the backup, and erasing it again must not be a no-op.
+        if let Some(revision) = tombstone_revision(tx, &keys.tombstone(&subject)).await?
+            && !holds_anything(tx, &subject_s).await?
+        {
+            // Already erased: erasure is idempotent even under a new key.
+            let outcome = WriteOutcome {
+                revision,
+                record: None,
+                records_deleted: 0,
+                committed_at: now,
+                affected: Vec::new(),
+                replayed: true,
+            };
+            return Ok(outcome);
+        }
+    } else {
+        for key in involved(&write.change) {
+            if tombstone_revision(tx, &keys.tombstone(key))
+                .await?
+                .is_some()
+            {
+                return Err(StoreError::SubjectErased);
+            }
+        }
+    }
+
+    let head: Option<(i64, Vec<u8>)> =
+        sqlx::query("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| (r.get(0), r.get(1)));
+    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS_HASH.to_vec()));
+    let seq = to_u64(prev_seq) + 1;
+    let rev = to_i64(seq);
+
+    let subject_pseudonym = entry::pseudonym(&subject_key(tx, &subject_s).await?, &subject);
+    let mut device_pseudonym = None;
+    let mut affected = link_group(tx, &subject_s).await?;
+    let mut record = None;
+    let mut records_deleted = 0u64;
+    let mut erased_keys: Vec<SubjectKey> = Vec::new();
+
+    match &write.change {
+        Change::Consent(c) => {
+            let body = serde_json::to_string(c).map_err(|e| StoreError::corrupt(e.to_string()))?;
+            sqlx::query("INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(&body)
+                    .execute(&mut **tx).await?;
+            sqlx::query("INSERT INTO consent_current (subject, purpose, channel, scope, revision, body) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision, body = excluded.body")
+                    .bind(&subject_s)
+                    .bind(&c.purpose)
+                    .bind(c.channel.as_deref().unwrap_or(""))
+                    .bind(c.scope.as_deref().unwrap_or(""))
+                    .bind(rev)
+                    .bind(&body)
+                    .execute(&mut **tx)
+                    .await?;
+            if let Some((json, jws)) = &c.receipt {
+                sqlx::query("INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ($1, $2, $3, $4)")
+                        .bind(&c.record_id).bind(&subject_s).bind(json).bind(jws)
+                        .execute(&mut **tx).await?;
+            }
+            bump(tx, &subject_s, rev, None).await?;
+            record = Some(StoredRecord {
+                consent: c.clone(),
+                revision: seq,
+            });
+        }
+        Change::Signal {
+            kind,
+            value,
+            collection_method,
+            ..
+        } => {
+            sqlx::query("INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now)).bind(collection_method.as_str())
+                    .execute(&mut **tx).await?;
+            bump(tx, &subject_s, rev, None).await?;
+        }
+        Change::Link { device, .. } => {
+            let device_s = device.storage();
+            device_pseudonym = Some(entry::pseudonym(&subject_key(tx, &device_s).await?, device));
+            // A device re-linked to another subject leaves its old group: refresh that too.
+            affected.extend(link_group(tx, &device_s).await?);
+            sqlx::query("INSERT INTO links (device, subject, revision) VALUES ($1, $2, $3) ON CONFLICT (device) DO UPDATE SET subject = excluded.subject, revision = excluded.revision")
+                    .bind(&device_s).bind(&subject_s).bind(rev)
+                    .execute(&mut **tx).await?;
+            bump(tx, &subject_s, rev, None).await?;
+            bump(tx, &device_s, rev, None).await?;
+            affected.push(device.clone());
+        }
+        Change::Restrict { restricted, .. } => {
+            bump(tx, &subject_s, rev, Some(*restricted)).await?;
+        }
+        Change::Erase { .. } => {
+            // The subject and, for a person, every device linked to it.
+            let mut erase = vec![subject.clone()];
+            if let SubjectKey::Subject(_) = subject {
+                erase.extend(affected.iter().filter(|k| **k != subject).cloned());
+            }
+            for key in &erase {
+                records_deleted += erase_key(tx, key, &keys.tombstone(key), rev, now).await?;
+            }
+            erased_keys = erase;
+        }
+    }
+
+    let event = entry::canonical_event(
+        seq,
+        now,
+        &write.change,
+        &subject_pseudonym,
+        device_pseudonym.as_deref(),
+        write
+            .delegate
+            .as_deref()
+            .map(|d| consentgate_runtime::delegation::on_behalf_of(d, &write.caller)),
+    );
+    let hash = entry::chain_hash(&prev_hash, &event);
+    sqlx::query("INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ($1, $2, $3, $4)")
+        .bind(rev)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .bind(&event)
+        .execute(&mut **tx)
+        .await?;
+    if seq.is_multiple_of(CHECKPOINT_EVERY) {
+        let signature = keys.sign(&checkpoint_message(seq, &hash));
+        sqlx::query("INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ($1, $2, $3, $4)")
+            .bind(rev)
+            .bind(&hash)
+            .bind(signature)
+            .bind(keys.kid())
+            .execute(&mut **tx)
+            .await?;
+    }
+    // An erased subject's change rows were cleared above; its erase event names nobody.
+    let change_subject = if matches!(write.change, Change::Erase { .. }) {
+        None
+    } else {
+        Some(subject_s.clone())
+    };
+    sqlx::query(
+            "INSERT INTO changes (revision, subject, kind, purpose, committed_micros) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(rev)
+        .bind(change_subject)
+        .bind(write.change.kind())
+        .bind(write.change.purpose())
+        .bind(unix_micros(now))
+        .execute(&mut **tx)
+        .await?;
+
+    affected.sort_by_key(SubjectKey::storage);
+    affected.dedup();
+    // Every key whose decisions the change touches moves to this revision, so that a key's
+    // revision never goes backwards when a device leaves its group (re-link or erasure).
+    for key in affected.iter().filter(|k| !erased_keys.contains(k)) {
+        bump(tx, &key.storage(), rev, None).await?;
+    }
+    let outcome = WriteOutcome {
+        revision: seq,
+        record,
+        records_deleted,
+        committed_at: now,
+        affected,
+        replayed: false,
+    };
+    let idempotency_subject = if matches!(write.change, Change::Erase { .. }) {
+        String::new()
+    } else {
+        subject_s
+    };
+    // The revision, not a copy of the answer: a retry rebuilds it (see `replay`).
+    let erased = matches!(write.change, Change::Erase { .. }).then(|| to_i64(records_deleted));
+    sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at, revision, records_deleted) VALUES ($1, $2, $3, $4, '', $5, $6, $7)")
+            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(unix_micros(now)).bind(rev).bind(erased)
+            .execute(&mut **tx).await?;
+    Ok(outcome)
 }
 
 /// The answer of the first write under this write's idempotency key, if the key was first used
