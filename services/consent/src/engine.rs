@@ -232,6 +232,12 @@ impl Engine {
         self.cache.invalidate_all();
     }
 
+    /// Transactions the write path committed and the writes they carried: the group commit's
+    /// batching (`writes / commits` is the mean batch).
+    pub fn group_commits(&self) -> (u64, u64) {
+        self.store.group_commits()
+    }
+
     /// How many times a subject's state was read from the store (the cache's misses).
     pub fn store_loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
