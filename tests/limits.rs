@@ -17,7 +17,7 @@ mod raw_h2;
 use common::*;
 use consentgate::suite::{self, ConsentSettings};
 use consentgate_consent::ledger::LedgerKeys;
-use consentgate_consent::testing::{self, Backend, TestDb, backends};
+use consentgate_consent::testing::{self, Backend, TestDb, WriteLock, backends};
 use consentgate_policy::Policy;
 use consentgate_proto::consent::v1 as pb;
 use consentgate_proto::consent::v1::consent_service_client::ConsentServiceClient;
@@ -260,42 +260,6 @@ async fn a_caller_over_its_rate_is_refused_with_retry_info_and_another_caller_is
         "the other caller's median latency went from {unloaded:?} to {loaded:?} ({ratio:.2}x)"
     );
     consent.server.stop().await.expect("consent service");
-}
-
-/// Holds the consent store's write lock from outside the service: SQLite's single writer (a
-/// `BEGIN IMMEDIATE` on another connection), PostgreSQL's advisory write lock.
-struct WriteLock(sqlx::AnyConnection);
-
-impl WriteLock {
-    async fn take(url: &str) -> WriteLock {
-        use sqlx::Connection;
-        sqlx::any::install_default_drivers();
-        let mut connection = sqlx::AnyConnection::connect(url)
-            .await
-            .expect("a second connection");
-        let statement = if url.starts_with("sqlite") {
-            "BEGIN IMMEDIATE"
-        } else {
-            "SELECT pg_advisory_lock(1668247155)"
-        };
-        sqlx::query(statement)
-            .execute(&mut connection)
-            .await
-            .expect("the write lock");
-        WriteLock(connection)
-    }
-
-    async fn release(mut self, url: &str) {
-        let statement = if url.starts_with("sqlite") {
-            "ROLLBACK"
-        } else {
-            "SELECT pg_advisory_unlock(1668247155)"
-        };
-        sqlx::query(statement)
-            .execute(&mut self.0)
-            .await
-            .expect("released");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

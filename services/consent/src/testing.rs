@@ -141,3 +141,42 @@ pub async fn ledger(
 pub fn signing_keys(engine: &crate::engine::Engine) -> std::sync::Arc<crate::ledger::LedgerKeys> {
     engine.keys().clone()
 }
+
+/// The consent store's write lock held from outside the service, on a connection of its own:
+/// SQLite's single writer (`BEGIN IMMEDIATE`), PostgreSQL's advisory write lock. While it is
+/// held, writes wait (and queue up for the next group commit); tests use it to make a deadline
+/// pass or a batch form.
+pub struct WriteLock(sqlx::AnyConnection);
+
+impl WriteLock {
+    /// Takes the lock of the consent database at `url`.
+    pub async fn take(url: &str) -> WriteLock {
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(url)
+            .await
+            .expect("a second connection");
+        let statement = if url.starts_with("sqlite") {
+            "BEGIN IMMEDIATE"
+        } else {
+            "SELECT pg_advisory_lock(1668247155)"
+        };
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("the write lock");
+        WriteLock(connection)
+    }
+
+    /// Lets the writers go.
+    pub async fn release(mut self, url: &str) {
+        let statement = if url.starts_with("sqlite") {
+            "ROLLBACK"
+        } else {
+            "SELECT pg_advisory_unlock(1668247155)"
+        };
+        sqlx::query(statement)
+            .execute(&mut self.0)
+            .await
+            .expect("released");
+    }
+}

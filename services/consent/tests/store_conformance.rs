@@ -9,7 +9,7 @@ use consentgate_consent::model::{
     WriteOutcome,
 };
 use consentgate_consent::store::{self, ConsentStore, PostgresStore, SqliteStore, StoreError};
-use consentgate_consent::testing::{Backend, TestDb, backends};
+use consentgate_consent::testing::{Backend, TestDb, WriteLock, backends};
 use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
 use ed25519_dalek::Verifier;
 use sha2::{Digest, Sha256};
@@ -1034,38 +1034,6 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
     }
 }
 
-/// Holds the store's write lock from another connection: SQLite's single writer, PostgreSQL's
-/// advisory write lock. While it is held, writes queue up behind the leader waiting for it.
-async fn hold_write_lock(url: &str) -> sqlx::AnyConnection {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut connection = sqlx::AnyConnection::connect(url)
-        .await
-        .expect("a connection");
-    let statement = if url.starts_with("sqlite") {
-        "BEGIN IMMEDIATE"
-    } else {
-        "SELECT pg_advisory_lock(1668247155)"
-    };
-    sqlx::query(statement)
-        .execute(&mut connection)
-        .await
-        .expect("the write lock");
-    connection
-}
-
-async fn release_write_lock(url: &str, mut connection: sqlx::AnyConnection) {
-    let statement = if url.starts_with("sqlite") {
-        "ROLLBACK"
-    } else {
-        "SELECT pg_advisory_unlock(1668247155)"
-    };
-    sqlx::query(statement)
-        .execute(&mut connection)
-        .await
-        .expect("released");
-}
-
 /// Makes every insert of a consent record for `purpose` fail inside the database: a failure in
 /// the middle of a group commit's transaction.
 async fn poison(h: &Harness, purpose: &str) {
@@ -1110,7 +1078,7 @@ async fn concurrent_writes_share_commits_and_a_failed_batch_fails_every_member()
 
         // The first write leads and waits for the lock held outside; the rest queue up behind
         // it and go as one batch once it is released, the poisoned one among them.
-        let lock = hold_write_lock(&h.db.url).await;
+        let lock = WriteLock::take(&h.db.url).await;
         let request = |i: usize| {
             let subject = person(&format!("writer-{i}"));
             let change = match i % 4 {
@@ -1133,7 +1101,7 @@ async fn concurrent_writes_share_commits_and_a_failed_batch_fails_every_member()
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let rest: Vec<_> = writes[1..].iter().cloned().map(submit).collect();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        release_write_lock(&h.db.url, lock).await;
+        lock.release(&h.db.url).await;
         let mut outcomes = vec![first.await.expect("a writer")];
         for r in rest {
             outcomes.push(r.await.expect("a writer"));
@@ -1202,10 +1170,10 @@ async fn concurrent_writes_share_commits_and_a_failed_batch_fails_every_member()
         }
         // They go at once, queued behind the lock again: they share commits.
         let (commits_before, _) = h.store.group_commits();
-        let lock = hold_write_lock(&h.db.url).await;
+        let lock = WriteLock::take(&h.db.url).await;
         let retries: Vec<_> = failed.iter().map(|i| submit(writes[*i].clone())).collect();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        release_write_lock(&h.db.url, lock).await;
+        lock.release(&h.db.url).await;
         let mut retried = Vec::new();
         for r in retries {
             let o = r.await.expect("a writer").expect("a retry");

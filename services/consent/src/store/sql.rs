@@ -101,18 +101,12 @@ impl<D: Dialect> SqlStore<D> {
         self
     }
 
-    /// The oldest first use an idempotency key may have at `now` and still be remembered.
-    fn remembered_since(&self, now: OffsetDateTime) -> i64 {
-        unix_micros(now)
-            .saturating_sub(i64::try_from(self.idempotency_window.as_micros()).unwrap_or(i64::MAX))
-    }
-
     /// Forgets up to `limit` idempotency keys first used before the window (oldest first);
     /// returns how many. Their writes stay in the history and the ledger: only the shortcut
     /// that answers a retry from the first write goes.
     pub(super) async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError> {
         let _serialized = self.write_lock.lock().await;
-        let cutoff = self.remembered_since(OffsetDateTime::now_utc());
+        let cutoff = remembered_since(OffsetDateTime::now_utc(), self.idempotency_window);
         let deleted = sqlx::query(
             "DELETE FROM idempotency WHERE (caller, key) IN \
              (SELECT caller, key FROM idempotency WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
@@ -599,8 +593,7 @@ impl<D: Dialect> Group<D> {
         // names the same instant as the first.
         let now = OffsetDateTime::now_utc();
         let now = from_unix_micros(unix_micros(now)).unwrap_or(now);
-        let remembered_since = unix_micros(now)
-            .saturating_sub(i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX));
+        let remembered_since = remembered_since(now, self.window);
         let mut answers = Vec::with_capacity(batch.len());
         let mut head = None;
         while let Some(q) = batch.next() {
@@ -1065,6 +1058,12 @@ async fn erase_key(
         .execute(&mut **tx)
         .await?;
     Ok(deleted)
+}
+
+/// The oldest first use (microseconds) an idempotency key may have at `now` and still be
+/// remembered under `window`: the write path and the sweep draw the same line.
+fn remembered_since(now: OffsetDateTime, window: Duration) -> i64 {
+    unix_micros(now).saturating_sub(i64::try_from(window.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Microseconds since the Unix epoch: how a change's commit time is stored (an integer compares
