@@ -145,6 +145,17 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("the crash run's files are kept in {}", self.0.display());
+            // CI keeps the output, not the folder: quote the end of every child's log.
+            for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    eprintln!(
+                        "--- the last lines of {} ---\n{}",
+                        path.display(),
+                        child::tail(&path)
+                    );
+                }
+            }
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
         }
@@ -169,6 +180,7 @@ enum Target {
 
 /// One run: `crashes` kills of `target` on `backend`, with its report printed.
 async fn crash_run(target: Target, backend: Backend, crashes: u32) -> Summary {
+    log_warnings_to_test_output();
     let seed = seed();
     println!(
         "crash run: {target:?} on {backend:?}, {crashes} crashes, seed {seed} \
@@ -186,6 +198,20 @@ async fn crash_run(target: Target, backend: Backend, crashes: u32) -> Summary {
         began.elapsed()
     );
     summary
+}
+
+/// Sends the warnings and errors of the services this test binary runs in process (the
+/// consent service in front of a crashing profile service) to the output of the test that ran
+/// them, which a failing test prints: a store failure is logged by class only, and that class
+/// is what a failure report needs.
+fn log_warnings_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// Whether this run covers PostgreSQL (in CI it must: `backends` fails when it is not set).

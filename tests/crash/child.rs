@@ -147,7 +147,8 @@ fn free_port() -> SocketAddr {
         .expect("a free port")
 }
 
-fn tail(log: &Path) -> String {
+/// The last 20 lines of a child's log, for a failure report.
+pub fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")

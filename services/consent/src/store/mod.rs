@@ -7,6 +7,7 @@
 //! serialized (SQLite's single writer; a PostgreSQL advisory lock), which both the hash chain and
 //! the gap-free revision sequence rely on.
 
+mod batch;
 mod sql;
 
 pub use consentgate_store::{Dialect, Postgres as PostgresDialect, Sqlite as SqliteDialect};

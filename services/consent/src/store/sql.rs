@@ -2,7 +2,7 @@
 //! accept, and run over `sqlx::Any`; what differs (connection setup, the write lock, snapshot
 //! reads) is a [`Dialect`] from `consentgate-store`.
 
-use super::{MIGRATIONS, SETUP, StoreError};
+use super::{MIGRATIONS, SETUP, StoreError, batch};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{
@@ -64,7 +64,7 @@ fn collection_method(text: &str) -> Result<CollectionMethod, StoreError> {
     })
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(super) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -74,7 +74,7 @@ fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
         .map_err(|e| StoreError::corrupt(format!("bad stored timestamp: {e}")))
 }
 
-fn subject_of(text: &str) -> Result<SubjectKey, StoreError> {
+pub(super) fn subject_of(text: &str) -> Result<SubjectKey, StoreError> {
     SubjectKey::from_storage(text)
         .ok_or_else(|| StoreError::corrupt("a stored subject key has no s:/d: prefix".into()))
 }
@@ -582,23 +582,15 @@ struct Group<D> {
 }
 
 impl<D: Dialect> Group<D> {
-    /// Applies `batch` in one transaction and answers every member after the commit.
+    /// Applies `batch` in one transaction and answers every member after the commit. Runs of
+    /// consent records and signals are applied together ([`batch::apply_run`]); links,
+    /// restrictions and erasures one by one between them ([`apply`]).
     async fn commit(self, batch: Vec<Queued>) {
-        let mut batch = batch.into_iter();
-        let mut tx = match begin_serialized::<D>(&self.pool, WRITE_LOCK).await {
-            Ok(tx) => tx,
-            Err(e) => return fail(batch.map(|q| q.answer), &StoreError::from(e)),
-        };
-        // To the microsecond, as the change's commit time is stored: a retry's rebuilt answer
-        // names the same instant as the first.
-        let now = OffsetDateTime::now_utc();
-        let now = from_unix_micros(unix_micros(now)).unwrap_or(now);
-        let remembered_since = remembered_since(now, self.window);
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut head = None;
-        while let Some(q) = batch.next() {
-            // A caller that gave up (its deadline passed, or it went away) gets no write it
-            // never hears of.
+        // A caller that gave up (its deadline passed, or it went away) gets no write it never
+        // hears of.
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut members = Vec::with_capacity(batch.len());
+        for q in batch {
             if q.answer.is_closed() {
                 continue;
             }
@@ -607,49 +599,85 @@ impl<D: Dialect> Group<D> {
                 let _ = q.answer.send(Err(expired));
                 continue;
             }
-            match apply(&mut tx, &self.keys, &q.write, now, remembered_since).await {
-                Ok(outcome) => {
-                    if !outcome.replayed {
-                        head = Some(outcome.revision);
-                    }
-                    answers.push((q.answer, Ok(outcome)));
-                }
-                // Decided before anything of the write was written: it fails alone.
-                Err(e @ (StoreError::IdempotencyConflict | StoreError::SubjectErased)) => {
-                    answers.push((q.answer, Err(e)));
-                }
-                // The transaction is in doubt: the whole batch fails.
-                Err(e) => {
-                    let members = answers.into_iter().map(|(a, _)| a);
-                    return fail(
-                        members
-                            .chain(std::iter::once(q.answer))
-                            .chain(batch.map(|q| q.answer)),
-                        &e,
-                    );
+            writes.push(q.write);
+            members.push(q.answer);
+        }
+        if writes.is_empty() {
+            return;
+        }
+        match self.apply_all(&writes).await {
+            Ok(answers) => {
+                self.counted.commits.fetch_add(1, Ordering::Relaxed);
+                self.counted
+                    .writes
+                    .fetch_add(answers.len() as u64, Ordering::Relaxed);
+                for (member, answer) in members.into_iter().zip(answers) {
+                    let _ = member.send(answer);
                 }
             }
+            Err(e) => fail(members.into_iter(), &e),
+        }
+    }
+
+    /// Applies `writes` in order in one transaction and commits it: each write's answer, or the
+    /// failure that fails them all (nothing of the batch committed, or in doubt).
+    async fn apply_all(
+        &self,
+        writes: &[Write],
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
+        // To the microsecond, as the change's commit time is stored: a retry's rebuilt answer
+        // names the same instant as the first.
+        let now = OffsetDateTime::now_utc();
+        let now = from_unix_micros(unix_micros(now)).unwrap_or(now);
+        let remembered_since = remembered_since(now, self.window);
+        let mut answers: Vec<Result<WriteOutcome, StoreError>> = Vec::with_capacity(writes.len());
+        let mut next = 0;
+        while next < writes.len() {
+            if !batch::joins_a_run(&writes[next].change) {
+                match apply(&mut tx, &self.keys, &writes[next], now, remembered_since).await {
+                    Ok(outcome) => answers.push(Ok(outcome)),
+                    // Decided before anything of the write was written: it fails alone.
+                    Err(e @ (StoreError::IdempotencyConflict | StoreError::SubjectErased)) => {
+                        answers.push(Err(e));
+                    }
+                    // The transaction is in doubt: the whole batch fails.
+                    Err(e) => return Err(e),
+                }
+                next += 1;
+                continue;
+            }
+            // The run: up to the next write that cannot join, or that repeats a key of the run
+            // (answered from the first once that is written).
+            let mut keys = std::collections::HashSet::new();
+            let run: Vec<&Write> = writes[next..]
+                .iter()
+                .take_while(|w| {
+                    batch::joins_a_run(&w.change)
+                        && keys.insert((w.caller.as_str(), w.idempotency_key.as_str()))
+                })
+                .collect();
+            next += run.len();
+            answers.extend(
+                batch::apply_run::<D>(&mut tx, &self.keys, &run, now, remembered_since).await?,
+            );
         }
         // Other replicas hear of the commit at once (PostgreSQL delivers it on commit only).
-        if let (Some(head), Some(notify)) = (head, D::NOTIFY)
-            && let Err(e) = sqlx::query(notify)
+        let head = answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok())
+            .filter(|o| !o.replayed)
+            .map(|o| o.revision)
+            .max();
+        if let (Some(head), Some(notify)) = (head, D::NOTIFY) {
+            sqlx::query(notify)
                 .bind(CHANGES_CHANNEL)
                 .bind(head.to_string())
                 .execute(&mut *tx)
-                .await
-        {
-            return fail(answers.into_iter().map(|(a, _)| a), &StoreError::from(e));
+                .await?;
         }
-        if let Err(e) = tx.commit().await {
-            return fail(answers.into_iter().map(|(a, _)| a), &StoreError::from(e));
-        }
-        self.counted.commits.fetch_add(1, Ordering::Relaxed);
-        self.counted
-            .writes
-            .fetch_add(answers.len() as u64, Ordering::Relaxed);
-        for (answer, result) in answers {
-            let _ = answer.send(result);
-        }
+        tx.commit().await?;
+        Ok(answers)
     }
 }
 
@@ -881,7 +909,20 @@ async fn replay(
     else {
         return Ok(None);
     };
-    if row.get::<i64, _>(2) < remembered_since {
+    answer_from_record(tx, write, &row, 0, remembered_since).await
+}
+
+/// [`replay`] from the idempotency record already read: `row` holds its `fingerprint, outcome,
+/// created_at, revision, records_deleted` from column `first` on. `IdempotencyConflict` when the
+/// key was used for other content.
+pub(super) async fn answer_from_record(
+    tx: &mut Tx<'_>,
+    write: &Write,
+    row: &AnyRow,
+    first: usize,
+    remembered_since: i64,
+) -> Result<Option<WriteOutcome>, StoreError> {
+    if row.get::<i64, _>(first + 2) < remembered_since {
         sqlx::query("DELETE FROM idempotency WHERE caller = $1 AND key = $2")
             .bind(&write.caller)
             .bind(&write.idempotency_key)
@@ -889,14 +930,14 @@ async fn replay(
             .await?;
         return Ok(None);
     }
-    let fingerprint: Vec<u8> = row.get(0);
+    let fingerprint: Vec<u8> = row.get(first);
     if fingerprint != write.fingerprint {
         return Err(StoreError::IdempotencyConflict);
     }
-    let mut outcome: WriteOutcome = match row.get::<Option<i64>, _>(3) {
-        Some(revision) => rebuilt(tx, revision, row.get::<Option<i64>, _>(4)).await?,
+    let mut outcome: WriteOutcome = match row.get::<Option<i64>, _>(first + 3) {
+        Some(revision) => rebuilt(tx, revision, row.get::<Option<i64>, _>(first + 4)).await?,
         // Written before idempotency records kept only the revision: the copy of the answer.
-        None => serde_json::from_str(&row.get::<String, _>(1))
+        None => serde_json::from_str(&row.get::<String, _>(first + 1))
             .map_err(|e| StoreError::corrupt(e.to_string()))?,
     };
     outcome.replayed = true;
@@ -1068,7 +1109,7 @@ fn remembered_since(now: OffsetDateTime, window: Duration) -> i64 {
 
 /// Microseconds since the Unix epoch: how a change's commit time is stored (an integer compares
 /// and converts the same on both backends).
-fn unix_micros(at: OffsetDateTime) -> i64 {
+pub(super) fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 

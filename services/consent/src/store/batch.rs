@@ -1,0 +1,566 @@
+//! A run of consent records and signals inside one group commit, applied with a few statements
+//! for the whole run instead of a dozen per write: one lookup of the run's idempotency keys,
+//! tombstones, pseudonym keys and links, the ledger head read once, and one multi-row INSERT
+//! per table. Each write still gets its own revision, ledger entry, change event and
+//! idempotency record, in queue order. Why: at a dozen round trips per write the statements,
+//! not the durable commit, set the cost of a write, and batching the commit alone gained
+//! nothing (BENCHMARKS.md, "Issue 16: reading the write numbers").
+//!
+//! Links, restrictions and erasures change what the lookups read (the link groups, the
+//! tombstones), so they are applied one by one between runs (`sql::apply`); a key repeated in a
+//! batch ends a run, so the second write under it is answered from the first.
+
+use super::StoreError;
+use super::sql::{answer_from_record, rfc3339, subject_of, unix_micros};
+use crate::ledger::entry::{self, CHECKPOINT_EVERY};
+use crate::ledger::keys::{LedgerKeys, random_key};
+use crate::model::{Change, StoredRecord, SubjectKey, Write, WriteOutcome};
+use consentgate_chain::{GENESIS_HASH, checkpoint_message};
+use consentgate_store::{Dialect, Tx, to_i64, to_u64};
+use sqlx::{AssertSqlSafe, Row};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use time::OffsetDateTime;
+
+/// Whether a change can join a run: it writes rows of its own subject only and changes nothing
+/// a later write's lookups read.
+pub(super) fn joins_a_run(change: &Change) -> bool {
+    matches!(change, Change::Consent(_) | Change::Signal { .. })
+}
+
+/// One bound value of a generated statement.
+enum Value {
+    Text(String),
+    MaybeText(Option<String>),
+    Int(i64),
+    MaybeInt(Option<i64>),
+    Bytes(Vec<u8>),
+}
+
+/// A statement with its values, built for a run.
+struct Statement<D> {
+    sql: String,
+    values: Vec<Value>,
+    dialect: std::marker::PhantomData<D>,
+}
+
+impl<D: Dialect> Statement<D> {
+    fn new(sql: &str) -> Self {
+        Statement {
+            sql: sql.to_owned(),
+            values: Vec::new(),
+            dialect: std::marker::PhantomData,
+        }
+    }
+
+    /// Appends the next parameter's placeholder to the SQL and keeps its value.
+    fn param(&mut self, value: Value) -> &mut Self {
+        self.values.push(value);
+        if D::NUMBERED_PARAMETERS {
+            self.sql.push_str(&format!("${}", self.values.len()));
+        } else {
+            self.sql.push('?');
+        }
+        self
+    }
+
+    fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// `(v1, v2, …)`.
+    fn tuple(&mut self, values: Vec<Value>) -> &mut Self {
+        self.push("(");
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.param(v);
+        }
+        self.push(")")
+    }
+
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+        let mut q = sqlx::query(AssertSqlSafe(self.sql.as_str()));
+        for v in &self.values {
+            q = match v {
+                Value::Text(s) => q.bind(s.as_str()),
+                Value::MaybeText(s) => q.bind(s.as_deref()),
+                Value::Int(i) => q.bind(*i),
+                Value::MaybeInt(i) => q.bind(*i),
+                Value::Bytes(b) => q.bind(b.as_slice()),
+            };
+        }
+        q
+    }
+
+    async fn execute(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        self.query().execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    async fn fetch_all(&self, tx: &mut Tx<'_>) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        Ok(self.query().fetch_all(&mut **tx).await?)
+    }
+}
+
+/// Rows for one multi-row INSERT, written as one statement per chunk of [`ROWS_PER_STATEMENT`].
+struct Rows {
+    head: &'static str,
+    tail: &'static str,
+    rows: Vec<Vec<Value>>,
+}
+
+/// Rows per INSERT: well under every backend's parameter limit (SQLite's 32,766, PostgreSQL's
+/// 65,535) at any of these tables' widths.
+const ROWS_PER_STATEMENT: usize = 512;
+
+impl Rows {
+    fn new(head: &'static str, tail: &'static str) -> Rows {
+        Rows {
+            head,
+            tail,
+            rows: Vec::new(),
+        }
+    }
+
+    async fn insert<D: Dialect>(self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        let mut rows = self.rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let mut statement = Statement::<D>::new(self.head);
+            for (i, row) in rows.by_ref().take(ROWS_PER_STATEMENT).enumerate() {
+                if i > 0 {
+                    statement.push(", ");
+                }
+                statement.tuple(row);
+            }
+            statement.push(self.tail);
+            statement.execute(tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `WHERE column IN (…)` over `values`, or nothing to ask when there are none.
+async fn select_in<D: Dialect>(
+    tx: &mut Tx<'_>,
+    select: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+    let mut statement = Statement::<D>::new(select);
+    statement.push(" IN (");
+    let mut any = false;
+    for v in values {
+        if any {
+            statement.push(", ");
+        }
+        statement.param(v);
+        any = true;
+    }
+    if !any {
+        return Ok(Vec::new());
+    }
+    statement.push(")");
+    statement.fetch_all(tx).await
+}
+
+/// Each write's answer when it is known before anything is written (a retry, a refusal);
+/// `None` for a write to be written.
+type Decided = Option<Result<WriteOutcome, StoreError>>;
+
+/// Applies `run` (writes that [`joins_a_run`], each idempotency key once) in the group
+/// commit's transaction `tx`; answers each write, in order. `Err` is a failure of the
+/// transaction, which fails the whole batch; a write refused on its own (a reused key with
+/// other content, an erased subject) is an `Err` inside the answers and writes nothing.
+pub(super) async fn apply_run<D: Dialect>(
+    tx: &mut Tx<'_>,
+    keys: &LedgerKeys,
+    run: &[&Write],
+    now: OffsetDateTime,
+    remembered_since: i64,
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    let mut decided = decide::<D>(tx, keys, run, remembered_since).await?;
+    let fresh: Vec<usize> = (0..run.len()).filter(|&i| decided[i].is_none()).collect();
+    if !fresh.is_empty() {
+        let outcomes = write_fresh::<D>(
+            tx,
+            keys,
+            &fresh.iter().map(|&i| run[i]).collect::<Vec<_>>(),
+            now,
+        )
+        .await?;
+        for (i, outcome) in fresh.into_iter().zip(outcomes) {
+            decided[i] = Some(Ok(outcome));
+        }
+    }
+    Ok(decided
+        .into_iter()
+        .map(|d| {
+            d.unwrap_or_else(|| {
+                Err(StoreError::GroupCommitFailed(
+                    "a write of the run was left unanswered".into(),
+                ))
+            })
+        })
+        .collect())
+}
+
+/// The run's idempotency records and tombstones, looked up once: which writes are retries
+/// (answered from their first write), refused, or new.
+async fn decide<D: Dialect>(
+    tx: &mut Tx<'_>,
+    keys: &LedgerKeys,
+    run: &[&Write],
+    remembered_since: i64,
+) -> Result<Vec<Decided>, StoreError> {
+    let mut lookup = Statement::<D>::new(
+        "SELECT caller, key, fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE ",
+    );
+    for (i, w) in run.iter().enumerate() {
+        lookup.push(if i == 0 {
+            "(caller = "
+        } else {
+            " OR (caller = "
+        });
+        lookup.param(Value::Text(w.caller.clone()));
+        lookup.push(" AND key = ");
+        lookup.param(Value::Text(w.idempotency_key.clone()));
+        lookup.push(")");
+    }
+    let mut remembered: HashMap<(String, String), sqlx::any::AnyRow> = HashMap::new();
+    for row in lookup.fetch_all(tx).await? {
+        remembered.insert((row.get(0), row.get(1)), row);
+    }
+
+    let tombstones: Vec<Vec<u8>> = run
+        .iter()
+        .map(|w| keys.tombstone(w.change.subject()))
+        .collect();
+    let erased: BTreeSet<Vec<u8>> = select_in::<D>(
+        tx,
+        "SELECT tombstone FROM tombstones WHERE tombstone",
+        tombstones
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|t| Value::Bytes(t.clone())),
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+
+    let mut decided = Vec::with_capacity(run.len());
+    for (w, tombstone) in run.iter().zip(&tombstones) {
+        let row = remembered.remove(&(w.caller.clone(), w.idempotency_key.clone()));
+        if let Some(row) = row {
+            // The answer of the first write; nothing when its key was forgotten (and deleted).
+            match answer_from_record(tx, w, &row, 2, remembered_since).await {
+                Ok(Some(outcome)) => {
+                    decided.push(Some(Ok(outcome)));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(StoreError::IdempotencyConflict) => {
+                    decided.push(Some(Err(StoreError::IdempotencyConflict)));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if erased.contains(tombstone) {
+            decided.push(Some(Err(StoreError::SubjectErased)));
+        } else {
+            decided.push(None);
+        }
+    }
+    Ok(decided)
+}
+
+/// Writes the new writes of a run: revisions, ledger entries and rows, one INSERT per table.
+async fn write_fresh<D: Dialect>(
+    tx: &mut Tx<'_>,
+    keys: &LedgerKeys,
+    writes: &[&Write],
+    now: OffsetDateTime,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let subjects: BTreeSet<String> = writes
+        .iter()
+        .map(|w| w.change.subject().storage())
+        .collect();
+
+    let head: Option<(i64, Vec<u8>)> =
+        sqlx::query("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| (r.get(0), r.get(1)));
+    let (prev_seq, mut prev_hash) = head.unwrap_or((0, GENESIS_HASH.to_vec()));
+    let mut seq = to_u64(prev_seq);
+
+    // Pseudonym keys, created for subjects seen for the first time.
+    let mut subject_keys: HashMap<String, Vec<u8>> = select_in::<D>(
+        tx,
+        "SELECT subject, key FROM subject_keys WHERE subject",
+        subjects.iter().map(|s| Value::Text(s.clone())),
+    )
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let mut new_keys = Rows::new("INSERT INTO subject_keys (subject, key) VALUES ", "");
+    for s in &subjects {
+        if !subject_keys.contains_key(s) {
+            let key = random_key().to_vec();
+            new_keys
+                .rows
+                .push(vec![Value::Text(s.clone()), Value::Bytes(key.clone())]);
+            subject_keys.insert(s.clone(), key);
+        }
+    }
+
+    let groups = link_groups::<D>(tx, &subjects).await?;
+
+    let mut records = Rows::new(
+        "INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ",
+        "",
+    );
+    let mut receipts = Rows::new(
+        "INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ",
+        "",
+    );
+    let mut signals = Rows::new(
+        "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ",
+        "",
+    );
+    let mut ledger = Rows::new(
+        "INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ",
+        "",
+    );
+    let mut checkpoints = Rows::new(
+        "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ",
+        "",
+    );
+    let mut changes = Rows::new(
+        "INSERT INTO changes (revision, subject, kind, purpose, committed_micros) VALUES ",
+        "",
+    );
+    let mut idempotency = Rows::new(
+        "INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at, revision, records_deleted) VALUES ",
+        "",
+    );
+    // One row per key in an upsert: PostgreSQL refuses a statement that updates a row twice,
+    // and the latest revision wins anyway.
+    let mut current: BTreeMap<(String, String, String, String), (i64, String)> = BTreeMap::new();
+    let mut revisions: BTreeMap<String, i64> = BTreeMap::new();
+    let committed_micros = unix_micros(now);
+
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
+        seq += 1;
+        let rev = to_i64(seq);
+        let subject = write.change.subject();
+        let subject_s = subject.storage();
+        let pseudonym = entry::pseudonym(&subject_keys[&subject_s], subject);
+        let mut affected = groups.get(&subject_s).cloned().unwrap_or_default();
+        let mut record = None;
+        match &write.change {
+            Change::Consent(c) => {
+                let body =
+                    serde_json::to_string(c).map_err(|e| StoreError::corrupt(e.to_string()))?;
+                records.rows.push(vec![
+                    Value::Text(c.record_id.clone()),
+                    Value::Text(subject_s.clone()),
+                    Value::Int(rev),
+                    Value::Text(c.purpose.clone()),
+                    Value::Text(body.clone()),
+                ]);
+                current.insert(
+                    (
+                        subject_s.clone(),
+                        c.purpose.clone(),
+                        c.channel.clone().unwrap_or_default(),
+                        c.scope.clone().unwrap_or_default(),
+                    ),
+                    (rev, body),
+                );
+                if let Some((json, jws)) = &c.receipt {
+                    receipts.rows.push(vec![
+                        Value::Text(c.record_id.clone()),
+                        Value::Text(subject_s.clone()),
+                        Value::Text(json.clone()),
+                        Value::Text(jws.clone()),
+                    ]);
+                }
+                record = Some(StoredRecord {
+                    consent: c.clone(),
+                    revision: seq,
+                });
+            }
+            Change::Signal {
+                kind,
+                value,
+                collection_method,
+                ..
+            } => {
+                signals.rows.push(vec![
+                    Value::Text(subject_s.clone()),
+                    Value::Int(rev),
+                    Value::Text(kind.clone()),
+                    Value::Text(value.clone()),
+                    Value::Text(rfc3339(now)),
+                    Value::Text(collection_method.as_str().to_owned()),
+                ]);
+            }
+            Change::Link { .. } | Change::Restrict { .. } | Change::Erase { .. } => {
+                return Err(StoreError::GroupCommitFailed(
+                    "a link, restriction or erasure joined a run".into(),
+                ));
+            }
+        }
+        // The subject and every key linked with it move to this revision.
+        revisions.insert(subject_s.clone(), rev);
+        for key in &affected {
+            revisions.insert(key.storage(), rev);
+        }
+
+        let event = entry::canonical_event(
+            seq,
+            now,
+            &write.change,
+            &pseudonym,
+            None,
+            write
+                .delegate
+                .as_deref()
+                .map(|d| consentgate_runtime::delegation::on_behalf_of(d, &write.caller)),
+        );
+        let hash = entry::chain_hash(&prev_hash, &event);
+        if seq.is_multiple_of(CHECKPOINT_EVERY) {
+            checkpoints.rows.push(vec![
+                Value::Int(rev),
+                Value::Bytes(hash.clone()),
+                Value::Bytes(keys.sign(&checkpoint_message(seq, &hash)).to_vec()),
+                Value::Text(keys.kid().to_owned()),
+            ]);
+        }
+        ledger.rows.push(vec![
+            Value::Int(rev),
+            Value::Bytes(std::mem::replace(&mut prev_hash, hash.clone())),
+            Value::Bytes(hash),
+            Value::Text(event),
+        ]);
+        changes.rows.push(vec![
+            Value::Int(rev),
+            Value::MaybeText(Some(subject_s.clone())),
+            Value::Text(write.change.kind().to_owned()),
+            Value::MaybeText(write.change.purpose().map(str::to_owned)),
+            Value::Int(committed_micros),
+        ]);
+        idempotency.rows.push(vec![
+            Value::Text(write.caller.clone()),
+            Value::Text(write.idempotency_key.clone()),
+            Value::Text(subject_s),
+            Value::Bytes(write.fingerprint.to_vec()),
+            Value::Text(String::new()),
+            Value::Int(committed_micros),
+            Value::Int(rev),
+            Value::MaybeInt(None),
+        ]);
+
+        affected.sort_by_key(SubjectKey::storage);
+        affected.dedup();
+        outcomes.push(WriteOutcome {
+            revision: seq,
+            record,
+            records_deleted: 0,
+            committed_at: now,
+            affected,
+            replayed: false,
+        });
+    }
+
+    let mut current_rows = Rows::new(
+        "INSERT INTO consent_current (subject, purpose, channel, scope, revision, body) VALUES ",
+        " ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision, body = excluded.body",
+    );
+    for ((subject, purpose, channel, scope), (rev, body)) in current {
+        current_rows.rows.push(vec![
+            Value::Text(subject),
+            Value::Text(purpose),
+            Value::Text(channel),
+            Value::Text(scope),
+            Value::Int(rev),
+            Value::Text(body),
+        ]);
+    }
+    let mut subject_rows = Rows::new(
+        "INSERT INTO subjects (subject, revision, restricted) VALUES ",
+        " ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision",
+    );
+    for (subject, rev) in revisions {
+        subject_rows
+            .rows
+            .push(vec![Value::Text(subject), Value::Int(rev), Value::Int(0)]);
+    }
+
+    for rows in [
+        new_keys,
+        records,
+        current_rows,
+        receipts,
+        signals,
+        subject_rows,
+        ledger,
+        checkpoints,
+        changes,
+        idempotency,
+    ] {
+        rows.insert::<D>(tx).await?;
+    }
+    Ok(outcomes)
+}
+
+/// Each subject's link group (as `sql::link_group` finds one subject's): the subject, the
+/// person its device is linked to, and that person's devices; two lookups for the whole run.
+async fn link_groups<D: Dialect>(
+    tx: &mut Tx<'_>,
+    subjects: &BTreeSet<String>,
+) -> Result<HashMap<String, Vec<SubjectKey>>, StoreError> {
+    let person_of: HashMap<String, String> = select_in::<D>(
+        tx,
+        "SELECT device, subject FROM links WHERE device",
+        subjects.iter().map(|s| Value::Text(s.clone())),
+    )
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let person = |s: &String| person_of.get(s).unwrap_or(s).clone();
+    let persons: BTreeSet<String> = subjects.iter().map(person).collect();
+    let mut devices_of: HashMap<String, Vec<String>> = HashMap::new();
+    for r in select_in::<D>(
+        tx,
+        "SELECT subject, device FROM links WHERE subject",
+        persons.iter().map(|s| Value::Text(s.clone())),
+    )
+    .await?
+    {
+        devices_of.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    let mut groups = HashMap::new();
+    for s in subjects {
+        let p = person(s);
+        let mut group = vec![subject_of(s)?];
+        if &p != s {
+            group.push(subject_of(&p)?);
+        }
+        for d in devices_of.get(&p).into_iter().flatten() {
+            let device = subject_of(d)?;
+            if !group.contains(&device) {
+                group.push(device);
+            }
+        }
+        groups.insert(s.clone(), group);
+    }
+    Ok(groups)
+}
