@@ -155,7 +155,21 @@ impl<D: Dialect> SqlStore<D> {
             answer,
         });
         loop {
-            let leader = self.write_lock.clone().lock_owned().await;
+            // Answered (by a batch another writer led) wins over leading: a writer whose write
+            // has committed must not wait its turn at the lock only to lead the next batch, or
+            // every answered writer leads a batch of the one write that arrived meanwhile and
+            // the writes behind it queue at the lock instead of sharing a commit.
+            let leader = tokio::select! {
+                biased;
+                result = &mut answered => {
+                    return result.unwrap_or_else(|_| {
+                        Err(StoreError::GroupCommitFailed(
+                            "the group commit ended without an answer".into(),
+                        ))
+                    });
+                }
+                leader = self.write_lock.clone().lock_owned() => leader,
+            };
             let batch: Vec<Queued> = {
                 let mut queue = lock(&self.queue);
                 let n = queue.len().min(MAX_BATCH);
@@ -163,33 +177,23 @@ impl<D: Dialect> SqlStore<D> {
             };
             if batch.is_empty() {
                 drop(leader);
-            } else {
-                let group = Group::<D> {
-                    pool: self.pool.clone(),
-                    keys: self.keys.clone(),
-                    window: self.idempotency_window,
-                    counted: self.group_commits.clone(),
-                    dialect: PhantomData,
-                };
-                // The batch runs to its end even if this caller goes away: the others wait on
-                // it. The lock goes with it.
-                let _ = tokio::spawn(async move {
-                    group.commit(batch).await;
-                    drop(leader);
-                })
-                .await;
+                continue;
             }
-            // Answered by this batch or an earlier one; still queued (past a full batch), lead
-            // again.
-            match answered.try_recv() {
-                Ok(result) => return result,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => continue,
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                    return Err(StoreError::GroupCommitFailed(
-                        "the group commit ended without an answer".into(),
-                    ));
-                }
-            }
+            let group = Group::<D> {
+                pool: self.pool.clone(),
+                keys: self.keys.clone(),
+                window: self.idempotency_window,
+                counted: self.group_commits.clone(),
+                dialect: PhantomData,
+            };
+            // The batch runs to its end even if this caller goes away: the others wait on it.
+            // The lock goes with it. Its own write, if not in this batch (past a full batch, or
+            // taken by an earlier one), is answered on the next turn of the loop.
+            let _ = tokio::spawn(async move {
+                group.commit(batch).await;
+                drop(leader);
+            })
+            .await;
         }
     }
 
