@@ -95,6 +95,8 @@ pub struct Summary {
     pub unacknowledged_absent: u64,
     /// Consent only: the last revision (as many changes as the run made).
     pub final_revision: u64,
+    /// Profile only: reads after a restart retried because they answered `UNAVAILABLE`.
+    pub unavailable_retries: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -103,7 +105,7 @@ impl std::fmt::Display for Summary {
             f,
             "{} crashes (+{} during start-up), {} acknowledged writes, in flight at a kill: {} \
              had committed, {} applied on retry; {} answered reads; unacknowledged writes found \
-             whole {}, absent {}; final revision {}",
+             whole {}, absent {}; final revision {}; reads retried after UNAVAILABLE {}",
             self.crashes,
             self.kills_starting,
             self.acknowledged_writes,
@@ -112,7 +114,8 @@ impl std::fmt::Display for Summary {
             self.answered_reads,
             self.unacknowledged_present,
             self.unacknowledged_absent,
-            self.final_revision
+            self.final_revision,
+            self.unavailable_retries
         )
     }
 }

@@ -267,15 +267,15 @@ async fn check_restart(
     finished: &[String],
     summary: &mut Summary,
 ) {
-    let mut reader = client(process, "recommendation-service");
-    let mut ops = client(process, "privacy-ops");
+    let reader = client(process, "recommendation-service");
+    let ops = client(process, "privacy-ops");
     for who in finished {
         let h = held.entry(who.clone()).or_default();
-        let r = reader
-            .read_subject(read_request(who))
-            .await
-            .unwrap_or_else(|s| panic!("ReadSubject after the restart: {s:?}"))
-            .into_inner();
+        let r = patiently("ReadSubject after the restart", summary, || {
+            let mut reader = reader.clone();
+            async move { reader.read_subject(read_request(who)).await }
+        })
+        .await;
         for sent in &h.acked {
             assert_eq!(
                 holds(&r, sent),
@@ -298,13 +298,16 @@ async fn check_restart(
         if r.attributes.len() + r.events.len() + r.answers.len() > 0 {
             h.answered_reads += 1;
         }
-        let report = ops
-            .get_access_report(pb::GetAccessReportRequest {
-                subject: subject(who),
-            })
-            .await
-            .unwrap_or_else(|s| panic!("GetAccessReport after the restart: {s:?}"))
-            .into_inner();
+        let report = patiently("GetAccessReport after the restart", summary, || {
+            let mut ops = ops.clone();
+            async move {
+                ops.get_access_report(pb::GetAccessReportRequest {
+                    subject: subject(who),
+                })
+                .await
+            }
+        })
+        .await;
         let entries = report.entries.len() as u64;
         assert!(
             entries >= h.answered_reads,
@@ -329,6 +332,33 @@ async fn check_restart(
         .expect("VerifyAccessLog")
         .into_inner();
     assert!(verified.ok, "the access log does not verify: {verified:?}");
+}
+
+/// A read after a restart, retried (as a gRPC client retries) while it answers `UNAVAILABLE`:
+/// the consent service it asks stays up through the run, but a durability check is not an
+/// availability check, and a read that fails closed loses nothing. Every retry is printed and
+/// counted in the run's report, so an outage is seen, not hidden; any other failure, or
+/// `UNAVAILABLE` five times over, fails the run.
+async fn patiently<T, F, Fut>(what: &str, summary: &mut Summary, call: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1..=ATTEMPTS {
+        match call().await {
+            Ok(response) => return response.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < ATTEMPTS => {
+                summary.unavailable_retries += 1;
+                eprintln!(
+                    "crash run: {what} answered UNAVAILABLE (attempt {attempt}), retrying: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("{what}: {s:?}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
 }
 
 /// `consentgate serve profile` on the database at `url`, in front of `consent`.
