@@ -28,6 +28,7 @@ pub(super) fn joins_a_run(change: &Change) -> bool {
 }
 
 /// One bound value of a generated statement.
+#[derive(Clone)]
 enum Value {
     Text(String),
     MaybeText(Option<String>),
@@ -104,16 +105,50 @@ impl<D: Dialect> Statement<D> {
     }
 }
 
-/// Rows for one multi-row INSERT, written as one statement per chunk of [`ROWS_PER_STATEMENT`].
+/// Rows for one multi-row INSERT, written as a few statements of [`SHAPES`] rows each.
 struct Rows {
     head: &'static str,
     tail: &'static str,
     rows: Vec<Vec<Value>>,
 }
 
-/// Rows per INSERT: well under every backend's parameter limit (SQLite's 32,766, PostgreSQL's
-/// 65,535) at any of these tables' widths.
-const ROWS_PER_STATEMENT: usize = 512;
+/// The row (and `IN` list) counts generated statements come in, largest first. Each driver
+/// connection caches a bounded number of prepared statements (sqlx keeps 100) keyed by their
+/// text: a statement for every batch size would keep evicting each other and be parsed and
+/// planned anew on each use, so a batch is written in chunks of these sizes (37 rows: 16, 16,
+/// 4, 1) and a list is padded up to one. The largest stays well under every backend's parameter
+/// limit (SQLite's 32,766, PostgreSQL's 65,535) at any of these tables' widths.
+const SHAPES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The largest shape that fits `n` (≥ 1).
+fn chunk_for(n: usize) -> usize {
+    SHAPES.into_iter().find(|&s| s <= n).unwrap_or(1)
+}
+
+/// The smallest shape that holds `n` (the largest when none does).
+fn padded_to(n: usize) -> usize {
+    SHAPES
+        .into_iter()
+        .rev()
+        .find(|&s| s >= n)
+        .unwrap_or(SHAPES[0])
+}
+
+/// `values` padded to a shape by repeating the last one (harmless in an `IN` list or an `OR`
+/// of equalities), in chunks no longer than the largest shape.
+fn padded_chunks<T: Clone>(values: Vec<T>) -> Vec<Vec<T>> {
+    values
+        .chunks(SHAPES[0])
+        .map(|chunk| {
+            let mut chunk = chunk.to_vec();
+            let last = chunk.last().cloned();
+            if let Some(last) = last {
+                chunk.resize(padded_to(chunk.len()), last);
+            }
+            chunk
+        })
+        .collect()
+}
 
 impl Rows {
     fn new(head: &'static str, tail: &'static str) -> Rows {
@@ -125,10 +160,11 @@ impl Rows {
     }
 
     async fn insert<D: Dialect>(self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
-        let mut rows = self.rows.into_iter().peekable();
-        while rows.peek().is_some() {
+        let mut rows = self.rows.into_iter();
+        while rows.len() > 0 {
             let mut statement = Statement::<D>::new(self.head);
-            for (i, row) in rows.by_ref().take(ROWS_PER_STATEMENT).enumerate() {
+            let n = chunk_for(rows.len());
+            for (i, row) in rows.by_ref().take(n).enumerate() {
                 if i > 0 {
                     statement.push(", ");
                 }
@@ -141,27 +177,27 @@ impl Rows {
     }
 }
 
-/// `WHERE column IN (…)` over `values`, or nothing to ask when there are none.
+/// `WHERE column IN (…)` over `values` (distinct), padded to a shape; nothing to ask when
+/// there are none.
 async fn select_in<D: Dialect>(
     tx: &mut Tx<'_>,
     select: &str,
     values: impl IntoIterator<Item = Value>,
 ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
-    let mut statement = Statement::<D>::new(select);
-    statement.push(" IN (");
-    let mut any = false;
-    for v in values {
-        if any {
-            statement.push(", ");
+    let mut rows = Vec::new();
+    for chunk in padded_chunks(values.into_iter().collect()) {
+        let mut statement = Statement::<D>::new(select);
+        statement.push(" IN (");
+        for (i, v) in chunk.into_iter().enumerate() {
+            if i > 0 {
+                statement.push(", ");
+            }
+            statement.param(v);
         }
-        statement.param(v);
-        any = true;
+        statement.push(")");
+        rows.extend(statement.fetch_all(tx).await?);
     }
-    if !any {
-        return Ok(Vec::new());
-    }
-    statement.push(")");
-    statement.fetch_all(tx).await
+    Ok(rows)
 }
 
 /// Each write's answer when it is known before anything is written (a retry, a refusal);
@@ -213,23 +249,25 @@ async fn decide<D: Dialect>(
     run: &[&Write],
     remembered_since: i64,
 ) -> Result<Vec<Decided>, StoreError> {
-    let mut lookup = Statement::<D>::new(
-        "SELECT caller, key, fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE ",
-    );
-    for (i, w) in run.iter().enumerate() {
-        lookup.push(if i == 0 {
-            "(caller = "
-        } else {
-            " OR (caller = "
-        });
-        lookup.param(Value::Text(w.caller.clone()));
-        lookup.push(" AND key = ");
-        lookup.param(Value::Text(w.idempotency_key.clone()));
-        lookup.push(")");
-    }
     let mut remembered: HashMap<(String, String), sqlx::any::AnyRow> = HashMap::new();
-    for row in lookup.fetch_all(tx).await? {
-        remembered.insert((row.get(0), row.get(1)), row);
+    for chunk in padded_chunks(run.to_vec()) {
+        let mut lookup = Statement::<D>::new(
+            "SELECT caller, key, fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE ",
+        );
+        for (i, w) in chunk.iter().enumerate() {
+            lookup.push(if i == 0 {
+                "(caller = "
+            } else {
+                " OR (caller = "
+            });
+            lookup.param(Value::Text(w.caller.clone()));
+            lookup.push(" AND key = ");
+            lookup.param(Value::Text(w.idempotency_key.clone()));
+            lookup.push(")");
+        }
+        for row in lookup.fetch_all(tx).await? {
+            remembered.insert((row.get(0), row.get(1)), row);
+        }
     }
 
     let tombstones: Vec<Vec<u8>> = run
@@ -563,4 +601,38 @@ async fn link_groups<D: Dialect>(
         groups.insert(s.clone(), group);
     }
     Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_written_in_chunks_of_the_shapes_only() {
+        for n in 1..=600 {
+            let mut left = n;
+            let mut sizes = Vec::new();
+            while left > 0 {
+                let c = chunk_for(left);
+                sizes.push(c);
+                left -= c;
+            }
+            assert!(sizes.iter().all(|s| SHAPES.contains(s)), "{n}: {sizes:?}");
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+        }
+        assert_eq!(chunk_for(37), 16);
+    }
+
+    #[test]
+    fn lists_are_padded_to_a_shape_with_their_last_value() {
+        assert_eq!(padded_chunks(vec![1, 2, 3]), vec![vec![1, 2, 3, 3]]);
+        assert_eq!(padded_chunks(vec![7]), vec![vec![7]]);
+        assert!(padded_chunks(Vec::<u8>::new()).is_empty());
+        let long = padded_chunks((0..300).collect::<Vec<u32>>());
+        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), vec![256, 64]);
+        assert_eq!(long[1][43], 299, "padded with the last value");
+        for chunk in padded_chunks((0..1000).collect::<Vec<u32>>()) {
+            assert!(SHAPES.contains(&chunk.len()));
+        }
+    }
 }
