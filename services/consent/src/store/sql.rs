@@ -590,6 +590,11 @@ impl<D: Dialect> Group<D> {
     /// consent records and signals are applied together ([`batch::apply_run`]); links,
     /// restrictions and erasures one by one between them ([`apply`]).
     async fn commit(self, batch: Vec<Queued>) {
+        // The lock first: a caller may give up while the batch waits for it.
+        let tx = match begin_serialized::<D>(&self.pool, WRITE_LOCK).await {
+            Ok(tx) => tx,
+            Err(e) => return fail(batch.into_iter().map(|q| q.answer), &StoreError::from(e)),
+        };
         // A caller that gave up (its deadline passed, or it went away) gets no write it never
         // hears of.
         let mut writes = Vec::with_capacity(batch.len());
@@ -609,7 +614,7 @@ impl<D: Dialect> Group<D> {
         if writes.is_empty() {
             return;
         }
-        match self.apply_all(&writes).await {
+        match self.apply_all(tx, &writes).await {
             Ok(answers) => {
                 self.counted.commits.fetch_add(1, Ordering::Relaxed);
                 self.counted
@@ -623,13 +628,13 @@ impl<D: Dialect> Group<D> {
         }
     }
 
-    /// Applies `writes` in order in one transaction and commits it: each write's answer, or the
-    /// failure that fails them all (nothing of the batch committed, or in doubt).
+    /// Applies `writes` in order in the transaction `tx` and commits it: each write's answer, or
+    /// the failure that fails them all (nothing of the batch committed, or in doubt).
     async fn apply_all(
         &self,
+        mut tx: Tx<'_>,
         writes: &[Write],
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
-        let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
         // To the microsecond, as the change's commit time is stored: a retry's rebuilt answer
         // names the same instant as the first.
         let now = OffsetDateTime::now_utc();
