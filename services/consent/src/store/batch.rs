@@ -388,7 +388,7 @@ async fn write_fresh<D: Dialect>(
     );
     // One row per key in an upsert: PostgreSQL refuses a statement that updates a row twice,
     // and the latest revision wins anyway.
-    let mut current: BTreeMap<(String, String, String, String), (i64, String)> = BTreeMap::new();
+    let mut current: BTreeMap<(String, String, String, String), i64> = BTreeMap::new();
     let mut revisions: BTreeMap<String, i64> = BTreeMap::new();
     let committed_micros = unix_micros(now);
 
@@ -410,7 +410,7 @@ async fn write_fresh<D: Dialect>(
                     Value::Text(subject_s.clone()),
                     Value::Int(rev),
                     Value::Text(c.purpose.clone()),
-                    Value::Text(body.clone()),
+                    Value::Text(body),
                 ]);
                 current.insert(
                     (
@@ -419,7 +419,7 @@ async fn write_fresh<D: Dialect>(
                         c.channel.clone().unwrap_or_default(),
                         c.scope.clone().unwrap_or_default(),
                     ),
-                    (rev, body),
+                    rev,
                 );
                 if let Some((json, jws)) = &c.receipt {
                     receipts.rows.push(vec![
@@ -518,17 +518,16 @@ async fn write_fresh<D: Dialect>(
     }
 
     let mut current_rows = Rows::new(
-        "INSERT INTO consent_current (subject, purpose, channel, scope, revision, body) VALUES ",
-        " ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision, body = excluded.body",
+        "INSERT INTO consent_current (subject, purpose, channel, scope, revision) VALUES ",
+        " ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision",
     );
-    for ((subject, purpose, channel, scope), (rev, body)) in current {
+    for ((subject, purpose, channel, scope), rev) in current {
         current_rows.rows.push(vec![
             Value::Text(subject),
             Value::Text(purpose),
             Value::Text(channel),
             Value::Text(scope),
             Value::Int(rev),
-            Value::Text(body),
         ]);
     }
     let mut subject_rows = Rows::new(

@@ -252,7 +252,7 @@ impl<D: Dialect> SqlStore<D> {
         }
         rows.signals.sort_by_key(|s| s.revision);
         for r in sqlx::query(
-            "SELECT revision, body FROM consent_current WHERE subject = $1 ORDER BY revision",
+            "SELECT r.revision, r.body FROM consent_current c JOIN consent_records r ON r.revision = c.revision WHERE c.subject = $1 ORDER BY c.revision",
         )
         .bind(&effective)
         .fetch_all(&mut *tx)
@@ -767,13 +767,12 @@ async fn apply(
             sqlx::query("INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ($1, $2, $3, $4, $5)")
                     .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(&body)
                     .execute(&mut **tx).await?;
-            sqlx::query("INSERT INTO consent_current (subject, purpose, channel, scope, revision, body) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision, body = excluded.body")
+            sqlx::query("INSERT INTO consent_current (subject, purpose, channel, scope, revision) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision")
                     .bind(&subject_s)
                     .bind(&c.purpose)
                     .bind(c.channel.as_deref().unwrap_or(""))
                     .bind(c.scope.as_deref().unwrap_or(""))
                     .bind(rev)
-                    .bind(&body)
                     .execute(&mut **tx)
                     .await?;
             if let Some((json, jws)) = &c.receipt {
