@@ -300,6 +300,15 @@ async fn a_scripted_story_moves_each_named_counter_by_exactly_what_it_did() {
             consent_moved("consentgate_consent_commit_duration_seconds_count", &[]),
             3.0
         );
+        // One after another, each write is a group commit of its own.
+        assert_eq!(
+            consent_moved("consentgate_consent_group_commits_total", &[]),
+            3.0
+        );
+        assert_eq!(
+            consent_moved("consentgate_consent_group_commit_writes_total", &[]),
+            3.0
+        );
         let decisions = "consentgate_consent_decisions_total";
         assert_eq!(
             consent_moved(

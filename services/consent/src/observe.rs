@@ -23,6 +23,8 @@ const LEDGER_ENTRIES: &str = "consentgate_consent_ledger_entries";
 const UNSIGNED: &str = "consentgate_consent_ledger_unsigned_entries";
 const CHECKPOINT_AGE: &str = "consentgate_consent_ledger_last_checkpoint_age_seconds";
 const VERIFICATIONS: &str = "consentgate_consent_ledger_verifications_total";
+const GROUP_COMMITS: &str = "consentgate_consent_group_commits_total";
+const GROUP_COMMIT_WRITES: &str = "consentgate_consent_group_commit_writes_total";
 
 /// How often the ledger's extent is read for the gauges.
 pub const LEDGER_EVERY: Duration = Duration::from_secs(10);
@@ -118,6 +120,24 @@ impl ConsentMetrics {
     }
 }
 
+/// Reports the write path's group commits at each scrape: transactions committed and the writes
+/// they carried, so that `rate(writes) / rate(commits)` is the mean batch. A mean near 1 under
+/// concurrent writes means writes are not sharing commits, and durable writes per second are
+/// bounded by commits per second.
+pub fn follow_group_commits(metrics: &Metrics, engine: Arc<Engine>) {
+    let commits = metrics.counter(GROUP_COMMITS, &[]);
+    let writes = metrics.counter(GROUP_COMMIT_WRITES, &[]);
+    // Weak: the metrics registry must not keep a stopped engine (and its pool) alive.
+    let engine = Arc::downgrade(&engine);
+    metrics.on_scrape(move || {
+        if let Some(engine) = engine.upgrade() {
+            let (c, w) = engine.group_commits();
+            commits.absolute(c);
+            writes.absolute(w);
+        }
+    });
+}
+
 /// Reads the ledger's extent every [`LEDGER_EVERY`] into the gauges, until the engine closes.
 pub async fn follow_ledger(engine: Arc<Engine>, metrics: Arc<ConsentMetrics>) {
     let mut ticker = tokio::time::interval(LEDGER_EVERY);
@@ -179,6 +199,18 @@ fn describe(m: &Metrics) {
         Kind::Histogram,
         Some(Unit::Seconds),
         "Time to record a consent write, durable commit included (replays excluded).",
+    );
+    m.describe(
+        GROUP_COMMITS,
+        Kind::Counter,
+        None,
+        "Transactions the consent write path committed, each carrying one or more writes (group commit).",
+    );
+    m.describe(
+        GROUP_COMMIT_WRITES,
+        Kind::Counter,
+        None,
+        "Consent writes those transactions carried: divided by the commits, the mean batch.",
     );
     m.describe(
         LEDGER_ENTRIES,

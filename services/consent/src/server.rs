@@ -66,6 +66,7 @@ pub async fn serve(
         sweep::SWEEP_EVERY,
     ));
     let observed = Arc::new(ConsentMetrics::new(&telemetry.metrics));
+    observe::follow_group_commits(&telemetry.metrics, engine.clone());
     if telemetry.metrics.is_enabled() {
         tokio::spawn(observe::follow_ledger(engine.clone(), observed.clone()));
     }
