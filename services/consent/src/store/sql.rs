@@ -701,8 +701,9 @@ fn fail(
     }
 }
 
-/// Applies one write inside a group commit's transaction: its idempotency check, its rows, its
-/// ledger entry (and checkpoint), its change event and idempotency record.
+/// Applies one link, restriction or erasure inside a group commit's transaction: its
+/// idempotency check, its rows, its ledger entry (and checkpoint), its change event and
+/// idempotency record. Consent records and signals go in runs ([`batch::apply_run`]).
 async fn apply(
     tx: &mut Tx<'_>,
     keys: &LedgerKeys,
@@ -757,45 +758,15 @@ async fn apply(
     let subject_pseudonym = entry::pseudonym(&subject_key(tx, &subject_s).await?, &subject);
     let mut device_pseudonym = None;
     let mut affected = link_group(tx, &subject_s).await?;
-    let mut record = None;
     let mut records_deleted = 0u64;
     let mut erased_keys: Vec<SubjectKey> = Vec::new();
 
     match &write.change {
-        Change::Consent(c) => {
-            let body = serde_json::to_string(c).map_err(|e| StoreError::corrupt(e.to_string()))?;
-            sqlx::query("INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&c.record_id).bind(&subject_s).bind(rev).bind(&c.purpose).bind(&body)
-                    .execute(&mut **tx).await?;
-            sqlx::query("INSERT INTO consent_current (subject, purpose, channel, scope, revision) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision")
-                    .bind(&subject_s)
-                    .bind(&c.purpose)
-                    .bind(c.channel.as_deref().unwrap_or(""))
-                    .bind(c.scope.as_deref().unwrap_or(""))
-                    .bind(rev)
-                    .execute(&mut **tx)
-                    .await?;
-            if let Some((json, jws)) = &c.receipt {
-                sqlx::query("INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ($1, $2, $3, $4)")
-                        .bind(&c.record_id).bind(&subject_s).bind(json).bind(jws)
-                        .execute(&mut **tx).await?;
-            }
-            bump(tx, &subject_s, rev, None).await?;
-            record = Some(StoredRecord {
-                consent: c.clone(),
-                revision: seq,
-            });
-        }
-        Change::Signal {
-            kind,
-            value,
-            collection_method,
-            ..
-        } => {
-            sqlx::query("INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(&subject_s).bind(rev).bind(kind).bind(value).bind(rfc3339(now)).bind(collection_method.as_str())
-                    .execute(&mut **tx).await?;
-            bump(tx, &subject_s, rev, None).await?;
+        // Applied in runs (`batch::apply_run`), never one by one.
+        Change::Consent(_) | Change::Signal { .. } => {
+            return Err(StoreError::GroupCommitFailed(
+                "a consent record or signal was applied outside a run".into(),
+            ));
         }
         Change::Link { device, .. } => {
             let device_s = device.storage();
@@ -880,7 +851,7 @@ async fn apply(
     }
     let outcome = WriteOutcome {
         revision: seq,
-        record,
+        record: None,
         records_deleted,
         committed_at: now,
         affected,
