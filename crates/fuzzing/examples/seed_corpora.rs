@@ -255,7 +255,7 @@ fn receipts(dir: &Path) {
         guardian_ref: None,
         receipt: None,
     };
-    let (_, jws) = consentgate_consent::receipt::issue(&policy, keys, &consent, "en");
+    let jws = consentgate_consent::receipt::issue(&policy, keys, &consent, "en").jws(&consent);
     write(dir, "issued", format!("\0{jws}").as_bytes());
     let legacy = receipts::sign(
         &serde_json::json!({ "alg": "EdDSA", "kid": keys.public_key_b64() }).to_string(),

@@ -44,8 +44,11 @@ pub struct NewConsent {
     pub user_agent: String,
     /// Guardian backing a minor's consent.
     pub guardian_ref: Option<String>,
-    /// Signed receipt (grants only): (receipt JSON, JWS).
-    pub receipt: Option<(String, String)>,
+    /// Signed receipt (grants only). Not part of the record's stored body: the store keeps it
+    /// apart (a signature and a shared context), bodies written before that carried a copy,
+    /// which reading ignores. Records read back have none; a receipt is fetched by record id.
+    #[serde(skip)]
+    pub receipt: Option<crate::receipt::Receipt>,
 }
 
 /// A stored consent record: the event plus the revision it was recorded at.

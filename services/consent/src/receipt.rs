@@ -11,79 +11,250 @@ use crate::model::{NewConsent, SubjectKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use consentgate_policy::Policy;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-/// Builds the receipt JSON and its JWS for a grant.
-pub fn issue(
-    policy: &Policy,
-    keys: &LedgerKeys,
-    consent: &NewConsent,
-    language: &str,
-) -> (String, String) {
-    let purpose = policy.purposes.get(&consent.purpose);
-    let categories: Vec<String> = match &consent.scope {
-        Some(scope) => vec![scope.clone()],
-        None => purpose.map(|p| p.categories.clone()).unwrap_or_default(),
-    };
-    let sensitive: Vec<&String> = categories
-        .iter()
-        .filter(|c| {
-            policy
-                .categories
-                .get(c.as_str())
-                .is_some_and(|c| c.sensitive)
-        })
-        .collect();
-    let principal = match &consent.subject {
-        SubjectKey::Subject(id) | SubjectKey::Device(id) => id.clone(),
-    };
-    let receipt = json!({
-        "version": "KI-CR-v1.1.0",
-        "jurisdiction": consent.jurisdiction,
-        "consentTimestamp": consent.collected_at.unix_timestamp(),
-        "collectionMethod": consent.collection_method.as_str(),
-        "consentReceiptID": consent.record_id,
-        "publicKey": keys.public_key_b64(),
-        "language": language,
-        "piiPrincipalId": principal,
-        "piiControllers": [{ "piiController": policy.controller, "onBehalf": false, "policyUrl": policy.policy_url }],
-        "policyUrl": policy.policy_url,
-        "services": [{
-            "service": consent.purpose,
-            "purposes": [{
-                "purpose": purpose.map(|p| p.description.as_str()).unwrap_or_default(),
-                "purposeCategory": [consent.purpose],
-                "consentType": consent.consent_type.as_str().to_uppercase(),
-                "piiCategory": categories,
-                "primaryPurpose": true,
-                "termination": match consent.expires_at {
-                    Some(t) => format!("expires {}", t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()),
-                    None => "until withdrawn".to_owned(),
-                },
-                "thirdPartyDisclosure": consent.purpose.starts_with("third_party_sharing"),
-                "channel": consent.channel,
-                "noticeId": consent.notice_id,
-                "noticeVersion": consent.notice_version,
-            }],
-        }],
-        "sensitive": !sensitive.is_empty(),
-        "spiCat": sensitive,
-    });
-    let payload = receipt.to_string();
-    let header = json!({ "alg": "EdDSA", "typ": "JWT", "kid": keys.kid() });
-    let jws = sign_compact(keys, &header, &payload);
-    (payload, jws)
+/// What a receipt takes from outside its record: the policy's words for the purpose, the
+/// controller, the signing key and the language. Every grant of one purpose and scope, in one
+/// language, under one policy and key, shares it, so the store keeps it once (by
+/// [`ReceiptContext::digest`]) and each receipt as its record, this digest and a signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptContext {
+    /// The id of the key that signed (the JWS header's `kid`).
+    pub kid: String,
+    /// That key's public half, base64url (the receipt's `publicKey`).
+    pub public_key: String,
+    /// The receipt's language (a BCP 47 tag).
+    pub language: String,
+    /// The data controller, from the policy.
+    pub controller: String,
+    /// The privacy policy's address, from the policy.
+    pub policy_url: String,
+    /// The purpose's plain-language description when the grant was made.
+    pub description: String,
+    /// The data categories the grant covers (its scope, or the purpose's categories).
+    pub categories: Vec<String>,
+    /// Those of them that are sensitive.
+    pub sensitive: Vec<String>,
 }
 
-/// A compact JWS of `payload` under `header`, signed with the current key.
-fn sign_compact(keys: &LedgerKeys, header: &serde_json::Value, payload: &str) -> String {
-    let signing_input = format!(
+impl ReceiptContext {
+    /// The context of a grant under `policy`, signed with `keys`' current key.
+    pub fn new(policy: &Policy, keys: &LedgerKeys, consent: &NewConsent, language: &str) -> Self {
+        let purpose = policy.purposes.get(&consent.purpose);
+        let categories: Vec<String> = match &consent.scope {
+            Some(scope) => vec![scope.clone()],
+            None => purpose.map(|p| p.categories.clone()).unwrap_or_default(),
+        };
+        let sensitive = categories
+            .iter()
+            .filter(|c| {
+                policy
+                    .categories
+                    .get(c.as_str())
+                    .is_some_and(|c| c.sensitive)
+            })
+            .cloned()
+            .collect();
+        Self {
+            kid: keys.kid().to_owned(),
+            public_key: keys.public_key_b64(),
+            language: language.to_owned(),
+            controller: policy.controller.clone(),
+            policy_url: policy.policy_url.clone(),
+            description: purpose.map(|p| p.description.clone()).unwrap_or_default(),
+            categories,
+            sensitive,
+        }
+    }
+
+    /// How the store keeps it: JSON, its fields in declaration order.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses what [`encode`](Self::encode) wrote.
+    pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The key it is stored under: the first 16 bytes of the SHA-256 of its encoding.
+    pub fn digest(&self) -> [u8; 16] {
+        let hash = Sha256::digest(self.encode().as_bytes());
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&hash[..16]);
+        digest
+    }
+}
+
+/// A grant's receipt as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    /// Derived on demand: the payload is a deterministic function of the record and the
+    /// context, and Ed25519 signatures are deterministic, so the signature is all that must be
+    /// kept (64 bytes instead of a ~2.5 KB JWS).
+    Derived {
+        /// What the payload takes from outside the record.
+        context: ReceiptContext,
+        /// The Ed25519 signature over the JWS signing input.
+        signature: Vec<u8>,
+    },
+    /// Stored whole, as every receipt was before receipts were derived (migration 0008): kept
+    /// and answered as written.
+    Stored {
+        /// The receipt JSON.
+        json: String,
+        /// Its JWS.
+        jws: String,
+    },
+}
+
+impl Receipt {
+    /// The receipt JSON of `consent`'s grant.
+    pub fn json(&self, consent: &NewConsent) -> String {
+        match self {
+            Receipt::Derived { context, .. } => payload(consent, context),
+            Receipt::Stored { json, .. } => json.clone(),
+        }
+    }
+
+    /// The compact JWS of `consent`'s grant.
+    pub fn jws(&self, consent: &NewConsent) -> String {
+        match self {
+            Receipt::Derived { context, signature } => format!(
+                "{}.{}",
+                signing_input(&context.kid, &payload(consent, context)),
+                URL_SAFE_NO_PAD.encode(signature)
+            ),
+            Receipt::Stored { jws, .. } => jws.clone(),
+        }
+    }
+}
+
+/// Issues the receipt of a grant: its context and the signature with the current key.
+pub fn issue(policy: &Policy, keys: &LedgerKeys, consent: &NewConsent, language: &str) -> Receipt {
+    let context = ReceiptContext::new(policy, keys, consent, language);
+    let input = signing_input(&context.kid, &payload(consent, &context));
+    Receipt::Derived {
+        signature: keys.sign(input.as_bytes()),
+        context,
+    }
+}
+
+/// The receipt JSON (Kantara Consent Receipt v1.1). Built from structs, not maps, so its bytes
+/// depend on nothing but the record and the context (not on serde_json's map features): a
+/// derived receipt must be the one that was signed.
+fn payload(consent: &NewConsent, context: &ReceiptContext) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Kantara<'a> {
+        version: &'static str,
+        jurisdiction: &'a str,
+        consent_timestamp: i64,
+        collection_method: &'a str,
+        #[serde(rename = "consentReceiptID")]
+        consent_receipt_id: &'a str,
+        public_key: &'a str,
+        language: &'a str,
+        pii_principal_id: &'a str,
+        pii_controllers: [Controller<'a>; 1],
+        policy_url: &'a str,
+        services: [Service<'a>; 1],
+        sensitive: bool,
+        spi_cat: &'a [String],
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Controller<'a> {
+        pii_controller: &'a str,
+        on_behalf: bool,
+        policy_url: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Service<'a> {
+        service: &'a str,
+        purposes: [Purpose<'a>; 1],
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Purpose<'a> {
+        purpose: &'a str,
+        purpose_category: [&'a str; 1],
+        consent_type: String,
+        pii_category: &'a [String],
+        primary_purpose: bool,
+        termination: String,
+        third_party_disclosure: bool,
+        channel: Option<&'a str>,
+        notice_id: &'a str,
+        notice_version: &'a str,
+    }
+    let principal = match &consent.subject {
+        SubjectKey::Subject(id) | SubjectKey::Device(id) => id.as_str(),
+    };
+    let termination = match consent.expires_at {
+        Some(t) => format!(
+            "expires {}",
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ),
+        None => "until withdrawn".to_owned(),
+    };
+    let receipt = Kantara {
+        version: "KI-CR-v1.1.0",
+        jurisdiction: &consent.jurisdiction,
+        consent_timestamp: consent.collected_at.unix_timestamp(),
+        collection_method: consent.collection_method.as_str(),
+        consent_receipt_id: &consent.record_id,
+        public_key: &context.public_key,
+        language: &context.language,
+        pii_principal_id: principal,
+        pii_controllers: [Controller {
+            pii_controller: &context.controller,
+            on_behalf: false,
+            policy_url: &context.policy_url,
+        }],
+        policy_url: &context.policy_url,
+        services: [Service {
+            service: &consent.purpose,
+            purposes: [Purpose {
+                purpose: &context.description,
+                purpose_category: [&consent.purpose],
+                consent_type: consent.consent_type.as_str().to_uppercase(),
+                pii_category: &context.categories,
+                primary_purpose: true,
+                termination,
+                third_party_disclosure: consent.purpose.starts_with("third_party_sharing"),
+                channel: consent.channel.as_deref(),
+                notice_id: &consent.notice_id,
+                notice_version: &consent.notice_version,
+            }],
+        }],
+        sensitive: !context.sensitive.is_empty(),
+        spi_cat: &context.sensitive,
+    };
+    serde_json::to_string(&receipt).unwrap_or_default()
+}
+
+/// The JWS signing input (`header.payload`, both base64url) for a receipt signed by `kid`.
+fn signing_input(kid: &str, payload: &str) -> String {
+    #[derive(Serialize)]
+    struct Header<'a> {
+        alg: &'static str,
+        kid: &'a str,
+        typ: &'static str,
+    }
+    let header = serde_json::to_string(&Header {
+        alg: "EdDSA",
+        kid,
+        typ: "JWT",
+    })
+    .unwrap_or_default();
+    format!(
         "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(header),
         URL_SAFE_NO_PAD.encode(payload)
-    );
-    let signature = URL_SAFE_NO_PAD.encode(keys.sign(signing_input.as_bytes()));
-    format!("{signing_input}.{signature}")
+    )
 }
 
 /// Verifies a receipt JWS against a public key (base64url); returns the receipt JSON.
@@ -202,7 +373,20 @@ mod tests {
     use super::*;
     use crate::ledger::{KeyStatus, Keyring};
 
+    use serde_json::json;
+
     const PAYLOAD: &str = r#"{"version":"KI-CR-v1.1.0"}"#;
+
+    /// A compact JWS of `payload` under `header`, signed with the current key.
+    fn sign_compact(keys: &LedgerKeys, header: &serde_json::Value, payload: &str) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature = URL_SAFE_NO_PAD.encode(keys.sign(signing_input.as_bytes()));
+        format!("{signing_input}.{signature}")
+    }
 
     fn now() -> time::OffsetDateTime {
         time::OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("a time")
@@ -214,6 +398,76 @@ mod tests {
             None => json!({ "alg": "EdDSA", "typ": "JWT" }),
         };
         sign_compact(keys, &header, PAYLOAD)
+    }
+
+    fn grant(scope: Option<&str>) -> NewConsent {
+        use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
+        NewConsent {
+            record_id: "0b9c7e52-4f4e-4a57-9d0e-2f1c9b1f6a10".into(),
+            subject: SubjectKey::Subject("jane".into()),
+            purpose: "marketing.communications.email".into(),
+            scope: scope.map(str::to_owned),
+            channel: Some("email".into()),
+            state: RecordState::Given,
+            consent_type: ConsentType::Explicit,
+            legal_basis: LegalBasis::Consent,
+            jurisdiction: "EU".into(),
+            notice_id: "marketing".into(),
+            notice_version: "2.0".into(),
+            collection_method: CollectionMethod::PreferenceCenter,
+            collected_at: now(),
+            expires_at: Some(now() + time::Duration::days(365)),
+            source_ip: "203.0.113.0".into(),
+            user_agent: "unit".into(),
+            guardian_ref: None,
+            receipt: None,
+        }
+    }
+
+    #[test]
+    fn a_derived_receipt_is_the_one_signed_and_verifies() {
+        let policy = Policy::default_policy().expect("the shipped policy");
+        let keys = LedgerKeys::generate();
+        let consent = grant(None);
+        let issued = issue(&policy, &keys, &consent, "en");
+        let Receipt::Derived { context, signature } = &issued else {
+            panic!("a new receipt is derived");
+        };
+        assert_eq!(signature.len(), 64, "an Ed25519 signature");
+        // What the store keeps, read back: the same JWS, byte for byte, that verifies.
+        let stored = Receipt::Derived {
+            context: ReceiptContext::decode(&context.encode()).expect("decodes"),
+            signature: signature.clone(),
+        };
+        let jws = issued.jws(&consent);
+        assert_eq!(stored.jws(&consent), jws);
+        let verified = verify_with(&jws, keys.verifiers()).expect("verifies");
+        assert_eq!(verified.json, issued.json(&consent));
+        assert_eq!(
+            verify(&jws, &keys.public_key_b64()),
+            Some(verified.json.clone())
+        );
+        let body: serde_json::Value = serde_json::from_str(&verified.json).expect("JSON");
+        assert_eq!(body["consentReceiptID"], json!(consent.record_id));
+        assert_eq!(body["piiPrincipalId"], json!("jane"));
+        assert_eq!(body["publicKey"], json!(keys.public_key_b64()));
+        assert_eq!(
+            body["services"][0]["purposes"][0]["channel"],
+            json!("email")
+        );
+        // The record is part of what was signed: another record does not borrow its signature.
+        let mut other = consent.clone();
+        other.notice_version = "3.0".into();
+        assert!(matches!(
+            verify_with(&stored.jws(&other), keys.verifiers()),
+            Err(ReceiptError::BadSignature(_))
+        ));
+        // Grants of one purpose and scope share a context; another scope is another context.
+        let again = ReceiptContext::new(&policy, &keys, &grant(None), "en");
+        assert_eq!(again.digest(), context.digest());
+        let scoped = ReceiptContext::new(&policy, &keys, &grant(Some("user.contact.email")), "en");
+        assert_ne!(scoped.digest(), context.digest());
+        assert_eq!(scoped.categories, vec!["user.contact.email".to_owned()]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use consentgate_consent::model::{
     Change, ChangeEvent, NewConsent, StoredReceipt, StoredRecord, SubjectKey, SubjectRows, Write,
     WriteOutcome,
 };
+use consentgate_consent::receipt::{Receipt, ReceiptContext};
 use consentgate_consent::store::{self, ConsentStore, PostgresStore, SqliteStore, StoreError};
 use consentgate_consent::testing::{Backend, TestDb, WriteLock, backends};
 use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
@@ -23,10 +24,18 @@ use time::{Duration, OffsetDateTime};
 const CALLER: &str = "preference-center";
 
 /// Tables that hold rows about one subject key, and the SQL that counts that key's rows in each.
-const PER_SUBJECT_TABLES: [(&str, &str); 9] = [
+const PER_SUBJECT_TABLES: [(&str, &str); 10] = [
     (
         "consent_records",
         "SELECT COUNT(*) FROM consent_records WHERE subject = $1",
+    ),
+    // Signatures are kept by revision: the subject's, through its records, and any whose
+    // record is gone (a signature left behind by an erasure would be counted here).
+    (
+        "receipt_signatures",
+        "SELECT COUNT(*) FROM receipt_signatures s WHERE s.revision IN \
+         (SELECT revision FROM consent_records WHERE subject = $1) OR NOT EXISTS \
+         (SELECT 1 FROM consent_records r WHERE r.revision = s.revision)",
     ),
     (
         "consent_current",
@@ -57,7 +66,7 @@ const PER_SUBJECT_TABLES: [(&str, &str); 9] = [
 ];
 
 /// Every text column of the schema: where an identifier could be left behind after erasure.
-const TEXT_COLUMNS: [(&str, &str); 23] = [
+const TEXT_COLUMNS: [(&str, &str); 24] = [
     ("ledger", "event"),
     ("consent_current", "subject"),
     ("subject_keys", "subject"),
@@ -74,6 +83,7 @@ const TEXT_COLUMNS: [(&str, &str); 23] = [
     ("receipts", "subject"),
     ("receipts", "receipt_json"),
     ("receipts", "jws"),
+    ("receipt_contexts", "body"),
     ("idempotency", "caller"),
     ("idempotency", "key"),
     ("idempotency", "subject"),
@@ -131,17 +141,37 @@ fn refuse(subject: &SubjectKey, purpose: &str) -> Change {
     Change::Consent(consent(subject, purpose, "refused"))
 }
 
-/// A grant carrying a (fake but distinct) signed receipt.
+/// A receipt as the service issues one, with a fake but distinct signature: the store keeps
+/// and derives receipts, it does not check signatures.
+fn fake_receipt(record_id: &str) -> Receipt {
+    let mut signature = record_id.as_bytes().to_vec();
+    signature.resize(64, 7);
+    Receipt::Derived {
+        context: ReceiptContext {
+            kid: "test-kid".into(),
+            public_key: "test-public-key".into(),
+            language: "en".into(),
+            controller: "Example Brand".into(),
+            policy_url: "https://example.com/privacy".into(),
+            description: "Emails about offers".into(),
+            categories: vec!["user.contact.email".into()],
+            sensitive: Vec::new(),
+        },
+        signature,
+    }
+}
+
+/// A grant carrying a receipt.
 fn grant_with_receipt(subject: &SubjectKey, purpose: &str) -> Change {
     let mut c = consent(subject, purpose, "given");
-    c.receipt = Some((
-        format!(
-            r#"{{"version":"KI-CR-v1.1.0","consentReceiptID":"{}"}}"#,
-            c.record_id
-        ),
-        format!("eyJhbGciOiJFZERTQSJ9.{}.sig", c.record_id),
-    ));
+    c.receipt = Some(fake_receipt(&c.record_id));
     Change::Consent(c)
+}
+
+/// The record as it reads back: records carry no receipt (it is fetched by record id).
+fn sans_receipt(mut record: StoredRecord) -> StoredRecord {
+    record.consent.receipt = None;
+    record
 }
 
 fn signal(subject: &SubjectKey, kind: &str, value: &str) -> Change {
@@ -597,7 +627,7 @@ async fn load_subject_returns_current_records_oldest_first_with_signals_and_flag
         full.consent_type = ConsentType::Expressed;
         full.expires_at = Some(full.collected_at + Duration::days(365));
         full.guardian_ref = Some("guardian-42".into());
-        full.receipt = Some(("{}".into(), "a.b.c".into()));
+        full.receipt = Some(fake_receipt(&full.record_id));
         let r_full = h.write(Change::Consent(full.clone())).await;
         h.write(grant(&bob, "analytics.reporting")).await;
         let r_prof = h.write(grant(&alice, "personalize.content.profiled")).await;
@@ -616,9 +646,11 @@ async fn load_subject_returns_current_records_oldest_first_with_signals_and_flag
         h.write(grant(&bob, "analytics.reporting")).await;
 
         let rec = |o: &WriteOutcome| {
-            o.record
-                .clone()
-                .expect("a consent write returns its record")
+            sans_receipt(
+                o.record
+                    .clone()
+                    .expect("a consent write returns its record"),
+            )
         };
         let history = vec![
             rec(&r_full),
@@ -634,8 +666,9 @@ async fn load_subject_returns_current_records_oldest_first_with_signals_and_flag
             "[{b}] history keeps every event"
         );
         assert_eq!(
-            history[0].consent, full,
-            "[{b}] the write returned the record it was given"
+            r_full.record.as_ref().map(|r| &r.consent),
+            Some(&full),
+            "[{b}] the write returned the record it was given, receipt included"
         );
 
         let rows = h.load(&alice).await;
@@ -958,7 +991,7 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
             ("consent_records", 2),
             ("ledger", 2),
             ("changes", 2),
-            ("receipts", 1),
+            ("receipt_signatures", 1),
             ("idempotency", 2),
         ] {
             assert_eq!(h.rows(table).await, n, "[{b}] {table} rows after retries");
@@ -1332,7 +1365,8 @@ async fn one_batch_of_mixed_writes_equals_the_same_writes_one_by_one() {
         for table in [
             "consent_records",
             "consent_current",
-            "receipts",
+            "receipt_signatures",
+            "receipt_contexts",
             "signals",
             "idempotency",
             "subjects",
@@ -1812,7 +1846,8 @@ async fn receipts_are_stored_with_grants_and_fetched_by_record_id() {
         let Change::Consent(c) = &change else {
             unreachable!()
         };
-        let (json, jws) = c.receipt.clone().expect("receipt");
+        let receipt = c.receipt.clone().expect("receipt");
+        let (json, jws) = (receipt.json(c), receipt.jws(c));
         let id = c.record_id.clone();
         h.write(change).await;
         let plain = h.write(grant(&alice, "analytics.reporting")).await;
@@ -1837,7 +1872,121 @@ async fn receipts_are_stored_with_grants_and_fetched_by_record_id() {
             None,
             "[{b}] unknown record id"
         );
-        assert_eq!(h.rows("receipts").await, 1, "[{b}] one receipt row");
+        assert_eq!(
+            h.rows("receipt_signatures").await,
+            1,
+            "[{b}] one receipt signature"
+        );
+        assert_eq!(
+            h.rows("receipts").await,
+            0,
+            "[{b}] no receipt is stored whole"
+        );
+    }
+}
+
+/// Receipts derived on demand (migration 0008): a grant's stored body holds no receipt, its
+/// receipt and a retry's answer are derived from the signature, and a grant recorded before
+/// (a copy of the receipt in its body, the JWS in `receipts`) is still answered as stored, and
+/// still verifies.
+#[tokio::test]
+async fn receipts_are_derived_and_receipts_stored_whole_before_still_answer() {
+    let policy = consentgate_policy::Policy::default_policy().expect("the shipped policy");
+    let keys = LedgerKeys::generate();
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+
+        // A new grant, with a receipt signed as the service signs one.
+        let mut c = consent(&alice, "marketing.communications.email", "given");
+        c.receipt = Some(consentgate_consent::receipt::issue(
+            &policy, &keys, &c, "en",
+        ));
+        let issued_jws = c.receipt.as_ref().expect("receipt").jws(&c);
+        let w = h.request(Change::Consent(c.clone()));
+        let first = h.submit(w.clone()).await.expect("grant");
+        let body: String = sqlx::query("SELECT body FROM consent_records WHERE record_id = $1")
+            .bind(&c.record_id)
+            .fetch_one(&h.pool)
+            .await
+            .map(|r| r.get(0))
+            .expect("the record's body");
+        assert!(
+            !body.contains("receipt") && !body.contains(&issued_jws[..40]),
+            "[{b}] the record's body holds no receipt: {body}"
+        );
+        let derived = h.store.receipt(&c.record_id).await.expect("receipt");
+        assert_eq!(
+            derived.as_ref().map(|r| r.jws.as_str()),
+            Some(issued_jws.as_str()),
+            "[{b}] the derived receipt is the issued one, byte for byte"
+        );
+        consentgate_consent::receipt::verify_with(&issued_jws, keys.verifiers())
+            .expect("the derived receipt verifies");
+        let again = h.submit(w).await.expect("retry");
+        assert_eq!(
+            sans_replayed(&again),
+            sans_replayed(&first),
+            "[{b}] a retried grant is answered with its receipt"
+        );
+
+        // A grant recorded before migration 0008: its body carried a copy, `receipts` the JWS.
+        let mut old = consent(&alice, "analytics.reporting", "given");
+        let issued = consentgate_consent::receipt::issue(&policy, &keys, &old, "en");
+        let (json, jws) = (issued.json(&old), issued.jws(&old));
+        let w = h.request(Change::Consent(old.clone()));
+        h.submit(w.clone()).await.expect("grant");
+        let mut value: serde_json::Value = serde_json::from_str(
+            &sqlx::query("SELECT body FROM consent_records WHERE record_id = $1")
+                .bind(&old.record_id)
+                .fetch_one(&h.pool)
+                .await
+                .map(|r| r.get::<String, _>(0))
+                .expect("body"),
+        )
+        .expect("JSON");
+        value["receipt"] = serde_json::json!([json, jws]);
+        sqlx::query("UPDATE consent_records SET body = $1 WHERE record_id = $2")
+            .bind(value.to_string())
+            .bind(&old.record_id)
+            .execute(&h.pool)
+            .await
+            .expect("the old body");
+        sqlx::query(
+            "INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&old.record_id)
+        .bind(alice.storage())
+        .bind(&json)
+        .bind(&jws)
+        .execute(&h.pool)
+        .await
+        .expect("the old receipt");
+        assert_eq!(
+            h.store.receipt(&old.record_id).await.expect("receipt"),
+            Some(StoredReceipt {
+                subject: alice.clone(),
+                json: json.clone(),
+                jws: jws.clone()
+            }),
+            "[{b}] a receipt stored whole is answered as stored"
+        );
+        let verified =
+            consentgate_consent::receipt::verify_with(&jws, keys.verifiers()).expect("verifies");
+        assert_eq!(verified.json, json, "[{b}] and still verifies");
+        let replayed = h.submit(w).await.expect("retry");
+        old.receipt = Some(Receipt::Stored { json, jws });
+        assert_eq!(
+            replayed.record.map(|r| r.consent),
+            Some(old),
+            "[{b}] its retry is answered with the receipt as stored"
+        );
+        let loaded = h.store.history(&alice, 0, 10).await.expect("history");
+        assert!(
+            loaded.iter().all(|r| r.consent.receipt.is_none()),
+            "[{b}] records read back carry no receipt (the old copy in a body is ignored)"
+        );
     }
 }
 
@@ -1894,7 +2043,7 @@ async fn erasure_deletes_the_subject_and_its_devices_and_leaves_a_tombstone() {
         for table in [
             "consent_records",
             "consent_current",
-            "receipts",
+            "receipt_signatures",
             "signals",
             "subject_keys",
             "subjects",

@@ -299,7 +299,7 @@ pub fn grant_response(granted: &Granted) -> pb::GrantResponse {
             .consent
             .receipt
             .as_ref()
-            .map(|(_, jws)| jws.clone())
+            .map(|receipt| receipt.jws(&granted.record.consent))
             .unwrap_or_default(),
     }
 }

@@ -15,6 +15,7 @@ use super::sql::{answer_from_record, rfc3339, subject_of, unix_micros};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{Change, StoredRecord, SubjectKey, Write, WriteOutcome};
+use crate::receipt::Receipt;
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
 use consentgate_store::{Dialect, Tx, to_i64, to_u64};
 use sqlx::{AssertSqlSafe, Row};
@@ -363,9 +364,11 @@ async fn write_fresh<D: Dialect>(
         "",
     );
     let mut receipts = Rows::new(
-        "INSERT INTO receipts (record_id, subject, receipt_json, jws) VALUES ",
+        "INSERT INTO receipt_signatures (revision, context, signature) VALUES ",
         "",
     );
+    // Each context once per batch; most are stored already, and the conflict leaves them be.
+    let mut contexts: BTreeMap<[u8; 16], String> = BTreeMap::new();
     let mut signals = Rows::new(
         "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ",
         "",
@@ -421,13 +424,23 @@ async fn write_fresh<D: Dialect>(
                     ),
                     rev,
                 );
-                if let Some((json, jws)) = &c.receipt {
-                    receipts.rows.push(vec![
-                        Value::Text(c.record_id.clone()),
-                        Value::Text(subject_s.clone()),
-                        Value::Text(json.clone()),
-                        Value::Text(jws.clone()),
-                    ]);
+                match &c.receipt {
+                    Some(Receipt::Derived { context, signature }) => {
+                        let digest = context.digest();
+                        contexts.entry(digest).or_insert_with(|| context.encode());
+                        receipts.rows.push(vec![
+                            Value::Int(rev),
+                            Value::Bytes(digest.to_vec()),
+                            Value::Bytes(signature.clone()),
+                        ]);
+                    }
+                    // Only a receipt read back from before migration 0008 is stored whole.
+                    Some(Receipt::Stored { .. }) => {
+                        return Err(StoreError::GroupCommitFailed(
+                            "a new grant carried a receipt stored whole".into(),
+                        ));
+                    }
+                    None => {}
                 }
                 record = Some(StoredRecord {
                     consent: c.clone(),
@@ -540,10 +553,21 @@ async fn write_fresh<D: Dialect>(
             .push(vec![Value::Text(subject), Value::Int(rev), Value::Int(0)]);
     }
 
+    let mut context_rows = Rows::new(
+        "INSERT INTO receipt_contexts (digest, body) VALUES ",
+        " ON CONFLICT (digest) DO NOTHING",
+    );
+    for (digest, body) in contexts {
+        context_rows
+            .rows
+            .push(vec![Value::Bytes(digest.to_vec()), Value::Text(body)]);
+    }
+
     for rows in [
         new_keys,
         records,
         current_rows,
+        context_rows,
         receipts,
         signals,
         subject_rows,

@@ -9,6 +9,7 @@ use crate::model::{
     Change, ChangeEvent, Checkpoint, HeldTombstone, LedgerEntry, StoredReceipt, StoredRecord,
     StoredSignal, SubjectKey, SubjectRows, Write, WriteOutcome,
 };
+use crate::receipt::{Receipt, ReceiptContext};
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
 use consentgate_policy::CollectionMethod;
 use consentgate_store::notify::Notices;
@@ -319,18 +320,25 @@ impl<D: Dialect> SqlStore<D> {
         &self,
         record_id: &str,
     ) -> Result<Option<StoredReceipt>, StoreError> {
-        sqlx::query("SELECT subject, receipt_json, jws FROM receipts WHERE record_id = $1")
-            .bind(record_id)
-            .fetch_optional(&self.pool)
+        let mut conn = self.pool.acquire().await?;
+        let Some(record) =
+            sqlx::query("SELECT revision, body FROM consent_records WHERE record_id = $1")
+                .bind(record_id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|r| record_from(&r))
+                .transpose()?
+        else {
+            return Ok(None);
+        };
+        let consent = &record.consent;
+        Ok(receipt_of(&mut conn, &record)
             .await?
-            .map(|r| {
-                Ok(StoredReceipt {
-                    subject: subject_of(&r.get::<String, _>(0))?,
-                    json: r.get(1),
-                    jws: r.get(2),
-                })
-            })
-            .transpose()
+            .map(|receipt| StoredReceipt {
+                subject: consent.subject.clone(),
+                json: receipt.json(consent),
+                jws: receipt.jws(consent),
+            }))
     }
 
     pub(super) async fn ledger(
@@ -916,8 +924,15 @@ pub(super) async fn answer_from_record(
     let mut outcome: WriteOutcome = match row.get::<Option<i64>, _>(first + 3) {
         Some(revision) => rebuilt(tx, revision, row.get::<Option<i64>, _>(first + 4)).await?,
         // Written before idempotency records kept only the revision: the copy of the answer.
-        None => serde_json::from_str(&row.get::<String, _>(first + 1))
-            .map_err(|e| StoreError::corrupt(e.to_string()))?,
+        None => {
+            let mut outcome: WriteOutcome = serde_json::from_str(&row.get::<String, _>(first + 1))
+                .map_err(|e| StoreError::corrupt(e.to_string()))?;
+            // The copy's receipt is not read back (see `NewConsent::receipt`): the store's is.
+            if let Some(record) = &mut outcome.record {
+                record.consent.receipt = receipt_of(tx, record).await?;
+            }
+            outcome
+        }
     };
     outcome.replayed = true;
     Ok(Some(outcome))
@@ -942,12 +957,16 @@ async fn rebuilt(
             "idempotency record of revision {revision}: the change's commit time is missing"
         ))
     })?;
-    let record = sqlx::query("SELECT revision, body FROM consent_records WHERE revision = $1")
+    let mut record = sqlx::query("SELECT revision, body FROM consent_records WHERE revision = $1")
         .bind(revision)
         .fetch_optional(&mut **tx)
         .await?
         .map(|r| record_from(&r))
         .transpose()?;
+    // A retried grant is answered with its receipt, as the first answer was.
+    if let Some(record) = &mut record {
+        record.consent.receipt = receipt_of(tx, record).await?;
+    }
     Ok(WriteOutcome {
         revision: to_u64(revision),
         record,
@@ -956,6 +975,40 @@ async fn rebuilt(
         affected: Vec::new(),
         replayed: true,
     })
+}
+
+/// A record's receipt: derived from its signature and context, or, for a grant recorded
+/// before receipts were derived (migration 0008), as it was stored. `None` when it has none
+/// (refusals, withdrawals).
+async fn receipt_of(
+    conn: &mut sqlx::AnyConnection,
+    record: &StoredRecord,
+) -> Result<Option<Receipt>, StoreError> {
+    let derived = sqlx::query(
+        "SELECT c.body, s.signature FROM receipt_signatures s \
+         JOIN receipt_contexts c ON c.digest = s.context WHERE s.revision = $1",
+    )
+    .bind(to_i64(record.revision))
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = derived {
+        let context = ReceiptContext::decode(&row.get::<String, _>(0))
+            .map_err(|e| StoreError::corrupt(format!("receipt context: {e}")))?;
+        return Ok(Some(Receipt::Derived {
+            context,
+            signature: row.get(1),
+        }));
+    }
+    Ok(
+        sqlx::query("SELECT receipt_json, jws FROM receipts WHERE record_id = $1")
+            .bind(&record.consent.record_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| Receipt::Stored {
+                json: r.get(0),
+                jws: r.get(1),
+            }),
+    )
 }
 
 async fn tombstone_revision(tx: &mut Tx<'_>, tombstone: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -1053,6 +1106,15 @@ async fn erase_key(
     now: OffsetDateTime,
 ) -> Result<u64, StoreError> {
     let k = key.storage();
+    // Before the records they are found through: a signature over a person's record would
+    // confirm a guess at its content.
+    sqlx::query(
+        "DELETE FROM receipt_signatures WHERE revision IN \
+         (SELECT revision FROM consent_records WHERE subject = $1)",
+    )
+    .bind(&k)
+    .execute(&mut **tx)
+    .await?;
     let deleted = sqlx::query("DELETE FROM consent_records WHERE subject = $1")
         .bind(&k)
         .execute(&mut **tx)
