@@ -670,6 +670,26 @@ async fn load_subject_returns_current_records_oldest_first_with_signals_and_flag
             Some(&full),
             "[{b}] the write returned the record it was given, receipt included"
         );
+        // The body keeps only what the ledger entry leaves out; the rest reads back from it.
+        let body: serde_json::Value = serde_json::from_str(
+            &sqlx::query("SELECT body FROM consent_records WHERE record_id = $1")
+                .bind(&full.record_id)
+                .fetch_one(&h.pool)
+                .await
+                .map(|r| r.get::<String, _>(0))
+                .expect("the record's body"),
+        )
+        .expect("JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "v": 2,
+                "source_ip": full.source_ip,
+                "user_agent": full.user_agent,
+                "guardian_ref": full.guardian_ref,
+            }),
+            "[{b}] the record's body"
+        );
 
         let rows = h.load(&alice).await;
         assert_eq!(
@@ -1937,15 +1957,8 @@ async fn receipts_are_derived_and_receipts_stored_whole_before_still_answer() {
         let (json, jws) = (issued.json(&old), issued.jws(&old));
         let w = h.request(Change::Consent(old.clone()));
         h.submit(w.clone()).await.expect("grant");
-        let mut value: serde_json::Value = serde_json::from_str(
-            &sqlx::query("SELECT body FROM consent_records WHERE record_id = $1")
-                .bind(&old.record_id)
-                .fetch_one(&h.pool)
-                .await
-                .map(|r| r.get::<String, _>(0))
-                .expect("body"),
-        )
-        .expect("JSON");
+        // The whole record, as bodies were written then.
+        let mut value = serde_json::to_value(&old).expect("JSON");
         value["receipt"] = serde_json::json!([json, jws]);
         sqlx::query("UPDATE consent_records SET body = $1 WHERE record_id = $2")
             .bind(value.to_string())
@@ -2559,39 +2572,38 @@ async fn an_unknown_spelling_in_the_database_is_an_error_not_a_guess() {
         let h = Harness::new(backend).await;
         let b = h.b.clone();
         let alice = person("enum-alice");
-        h.write(grant(&alice, "personalize.content.profiled")).await;
+        let granted = h.write(grant(&alice, "personalize.content.profiled")).await;
+        // A record's enumerations read back from its ledger entry (the body keeps only what
+        // the entry leaves out).
+        let seq = granted.revision as i64;
         h.write(signal(&alice, "gpc", "1")).await;
         let subject = alice.storage();
         let loaded = h.load(&alice).await;
         assert_eq!(loaded.records.len(), 1, "[{b}] the grant loads");
 
         for (table, from, to) in [
+            ("ledger", r#""state":"given""#, r#""state":"maybe""#),
             (
-                "consent_records",
-                r#""state":"given""#,
-                r#""state":"maybe""#,
-            ),
-            (
-                "consent_records",
+                "ledger",
                 r#""consent_type":"explicit""#,
                 r#""consent_type":"implied""#,
             ),
             (
-                "consent_records",
+                "ledger",
                 r#""legal_basis":"consent""#,
                 r#""legal_basis":"vibes""#,
             ),
             (
-                "consent_records",
+                "ledger",
                 r#""collection_method":"preference_center""#,
                 r#""collection_method":"carrier_pigeon""#,
             ),
         ] {
-            let sql = format!("UPDATE {table} SET body = REPLACE(body, $1, $2) WHERE subject = $3");
+            let sql = format!("UPDATE {table} SET event = REPLACE(event, $1, $2) WHERE seq = $3");
             let changed = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(from)
                 .bind(to)
-                .bind(&subject)
+                .bind(seq)
                 .execute(&h.pool)
                 .await
                 .unwrap_or_else(|e| panic!("[{b}] {sql}: {e}"))
@@ -2610,7 +2622,7 @@ async fn an_unknown_spelling_in_the_database_is_an_error_not_a_guess() {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(to)
                 .bind(from)
-                .bind(&subject)
+                .bind(seq)
                 .execute(&h.pool)
                 .await
                 .expect("restore");

@@ -132,3 +132,28 @@ async fn a_one_byte_edit_in_a_v1_checkpoint_signature_is_detected() {
     );
     assert_eq!(report.broken, Some((64, expected)));
 }
+
+/// Records written whole (before bodies kept only what the ledger entry leaves out) read back
+/// whole: each as its stored body says, beside the ledger entry of its revision.
+#[tokio::test]
+async fn a_v1_databases_whole_records_read_back() {
+    let copy = open_copy().await;
+    let subject = SubjectKey::Subject("fixture-subject-1".into());
+    let history = copy.store.history(&subject, 0, 100).await.expect("history");
+    assert!(!history.is_empty(), "the fixture subject has records");
+    for record in &history {
+        let stored: serde_json::Value = serde_json::from_str(
+            &sqlx::query("SELECT body FROM consent_records WHERE revision = $1")
+                .bind(record.revision as i64)
+                .fetch_one(copy.store.pool())
+                .await
+                .expect("the record's row")
+                .get::<String, _>(0),
+        )
+        .expect("a whole record");
+        assert_eq!(stored["record_id"], record.consent.record_id.as_str());
+        assert_eq!(stored["purpose"], record.consent.purpose.as_str());
+        assert_eq!(stored["user_agent"], record.consent.user_agent.as_str());
+        assert_eq!(record.consent.subject, subject);
+    }
+}

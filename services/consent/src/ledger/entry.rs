@@ -4,7 +4,7 @@
 
 use crate::model::{Change, SubjectKey};
 use consentgate_chain::{canonical_json, link_digest};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use consentgate_chain::{GENESIS_HASH, checkpoint_message};
@@ -70,6 +70,47 @@ struct CanonicalConsent<'a> {
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// A consent event as its ledger entry holds it. A stored record keeps only what the entry
+/// leaves out (see `store::record`) and reads the rest back from here instead of a copy.
+#[derive(Debug, Deserialize)]
+pub struct EntryConsent {
+    /// The record id.
+    pub record_id: String,
+    /// The purpose key.
+    pub purpose: String,
+    /// Optional data-category scope.
+    pub scope: Option<String>,
+    /// Optional channel.
+    pub channel: Option<String>,
+    /// `given`, `refused` or `withdrawn`.
+    pub state: String,
+    /// `explicit` or `expressed`.
+    pub consent_type: String,
+    /// The legal basis when it was recorded.
+    pub legal_basis: String,
+    /// Jurisdiction code.
+    pub jurisdiction: String,
+    /// The notice the person saw.
+    pub notice_id: String,
+    /// Its version.
+    pub notice_version: String,
+    /// How it was collected.
+    pub collection_method: String,
+    /// When (RFC 3339, full precision).
+    pub collected_at: String,
+    /// When a given consent lapses (RFC 3339).
+    pub expires_at: Option<String>,
+}
+
+/// The consent event of a canonical ledger event, `None` when it holds none or is not one.
+pub fn consent_of(event: &str) -> Option<EntryConsent> {
+    #[derive(Deserialize)]
+    struct Event {
+        consent: Option<EntryConsent>,
+    }
+    serde_json::from_str::<Event>(event).ok()?.consent
 }
 
 /// Builds the canonical event. `subject_pseudonym` (and `device_pseudonym` for links) come from

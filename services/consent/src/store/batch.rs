@@ -10,8 +10,8 @@
 //! tombstones), so they are applied one by one between runs (`sql::apply`); a key repeated in a
 //! batch ends a run, so the second write under it is answered from the first.
 
-use super::StoreError;
 use super::sql::{answer_from_record, rfc3339, subject_of, unix_micros};
+use super::{StoreError, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{Change, StoredRecord, SubjectKey, Write, WriteOutcome};
@@ -406,8 +406,7 @@ async fn write_fresh<D: Dialect>(
         let mut record = None;
         match &write.change {
             Change::Consent(c) => {
-                let body =
-                    serde_json::to_string(c).map_err(|e| StoreError::corrupt(e.to_string()))?;
+                let body = record::encode(c)?;
                 records.rows.push(vec![
                     Value::Text(c.record_id.clone()),
                     Value::Text(subject_s.clone()),

@@ -8,6 +8,7 @@
 //! the gap-free revision sequence rely on.
 
 mod batch;
+mod record;
 mod sql;
 
 pub use consentgate_store::{Dialect, Postgres as PostgresDialect, Sqlite as SqliteDialect};

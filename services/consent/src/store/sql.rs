@@ -2,7 +2,7 @@
 //! accept, and run over `sqlx::Any`; what differs (connection setup, the write lock, snapshot
 //! reads) is a [`Dialect`] from `consentgate-store`.
 
-use super::{MIGRATIONS, SETUP, StoreError, batch};
+use super::{MIGRATIONS, SETUP, StoreError, batch, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{
@@ -253,13 +253,13 @@ impl<D: Dialect> SqlStore<D> {
         }
         rows.signals.sort_by_key(|s| s.revision);
         for r in sqlx::query(
-            "SELECT r.revision, r.body FROM consent_current c JOIN consent_records r ON r.revision = c.revision WHERE c.subject = $1 ORDER BY c.revision",
+            AssertSqlSafe(format!("SELECT {} FROM consent_current c JOIN consent_records r ON r.revision = c.revision JOIN ledger l ON l.seq = r.revision WHERE c.subject = $1 ORDER BY c.revision", record::COLUMNS)),
         )
         .bind(&effective)
         .fetch_all(&mut *tx)
         .await?
         {
-            rows.records.push(record_from(&r)?);
+            rows.records.push(record::decode(&r)?);
         }
         tx.commit().await?;
         Ok(rows)
@@ -271,10 +271,10 @@ impl<D: Dialect> SqlStore<D> {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        sqlx::query("SELECT revision, body FROM consent_records WHERE subject = $1 AND revision > $2 ORDER BY revision LIMIT $3")
+        sqlx::query(AssertSqlSafe(format!("SELECT {} FROM consent_records r JOIN ledger l ON l.seq = r.revision WHERE r.subject = $1 AND r.revision > $2 ORDER BY r.revision LIMIT $3", record::COLUMNS)))
             .bind(subject.storage()).bind(to_i64(after)).bind(i64::from(limit))
             .fetch_all(&self.pool).await?
-            .iter().map(record_from).collect()
+            .iter().map(record::decode).collect()
     }
 
     pub(super) async fn changes_after(
@@ -322,11 +322,11 @@ impl<D: Dialect> SqlStore<D> {
     ) -> Result<Option<StoredReceipt>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let Some(record) =
-            sqlx::query("SELECT revision, body FROM consent_records WHERE record_id = $1")
+            sqlx::query(AssertSqlSafe(format!("SELECT {} FROM consent_records r JOIN ledger l ON l.seq = r.revision WHERE r.record_id = $1", record::COLUMNS)))
                 .bind(record_id)
                 .fetch_optional(&mut *conn)
                 .await?
-                .map(|r| record_from(&r))
+                .map(|r| record::decode(&r))
                 .transpose()?
         else {
             return Ok(None);
@@ -540,16 +540,6 @@ impl<D: Dialect> SqlStore<D> {
         }
         Ok(found)
     }
-}
-
-fn record_from(r: &AnyRow) -> Result<StoredRecord, StoreError> {
-    let body: String = r.get(1);
-    let consent = serde_json::from_str(&body)
-        .map_err(|e| StoreError::corrupt(format!("consent record: {e}")))?;
-    Ok(StoredRecord {
-        consent,
-        revision: to_u64(r.get(0)),
-    })
 }
 
 /// Subjects a change names, each of which must not be erased.
@@ -957,11 +947,14 @@ async fn rebuilt(
             "idempotency record of revision {revision}: the change's commit time is missing"
         ))
     })?;
-    let mut record = sqlx::query("SELECT revision, body FROM consent_records WHERE revision = $1")
+    let mut record = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {} FROM consent_records r JOIN ledger l ON l.seq = r.revision WHERE r.revision = $1",
+        record::COLUMNS
+    )))
         .bind(revision)
         .fetch_optional(&mut **tx)
         .await?
-        .map(|r| record_from(&r))
+        .map(|r| record::decode(&r))
         .transpose()?;
     // A retried grant is answered with its receipt, as the first answer was.
     if let Some(record) = &mut record {
