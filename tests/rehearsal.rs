@@ -242,11 +242,14 @@ async fn service_identities(
             .check(consent_pb::CheckRequest::default())
             .await
             .expect_err("a certificate from another CA");
-    // Refused at the handshake: not let in as an anonymous or token caller.
+    // Refused at the handshake: not let in as an anonymous or token caller. Under TLS 1.3 the
+    // client's side of the handshake ends before the server checks its certificate, so the
+    // refusal may reach a request already sent, as a connection closed under it (`Cancelled`,
+    // seen once on a loaded machine) rather than one that never opened (`Unavailable`).
     assert!(
         matches!(
             forged_answer.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
         ),
         "{forged_answer:?}"
     );
