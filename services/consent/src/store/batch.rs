@@ -82,6 +82,18 @@ impl<D: Dialect> Statement<D> {
         self.push(")")
     }
 
+    /// ` IN (v1, v2, …)`.
+    fn in_list(&mut self, values: Vec<Value>) -> &mut Self {
+        self.push(" IN (");
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.param(v);
+        }
+        self.push(")")
+    }
+
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
         let mut q = sqlx::query(AssertSqlSafe(self.sql.as_str()));
         for v in &self.values {
@@ -188,14 +200,7 @@ async fn select_in<D: Dialect>(
     let mut rows = Vec::new();
     for chunk in padded_chunks(values.into_iter().collect()) {
         let mut statement = Statement::<D>::new(select);
-        statement.push(" IN (");
-        for (i, v) in chunk.into_iter().enumerate() {
-            if i > 0 {
-                statement.push(", ");
-            }
-            statement.param(v);
-        }
-        statement.push(")");
+        statement.in_list(chunk);
         rows.extend(statement.fetch_all(tx).await?);
     }
     Ok(rows)
@@ -252,20 +257,27 @@ async fn decide<D: Dialect>(
 ) -> Result<Vec<Decided>, StoreError> {
     let mut remembered: HashMap<(String, String), sqlx::any::AnyRow> = HashMap::new();
     for chunk in padded_chunks(run.to_vec()) {
+        // `key IN (…) AND caller IN (…)`: both lists probe the primary key, key first
+        // (migration 0009). The cross product may name pairs no write has; only the writes'
+        // own are used.
+        let callers: Vec<Value> = chunk
+            .iter()
+            .map(|w| w.caller.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|c| Value::Text(c.to_owned()))
+            .collect();
         let mut lookup = Statement::<D>::new(
-            "SELECT caller, key, fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE ",
+            "SELECT caller, key, fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE key",
         );
-        for (i, w) in chunk.iter().enumerate() {
-            lookup.push(if i == 0 {
-                "(caller = "
-            } else {
-                " OR (caller = "
-            });
-            lookup.param(Value::Text(w.caller.clone()));
-            lookup.push(" AND key = ");
-            lookup.param(Value::Text(w.idempotency_key.clone()));
-            lookup.push(")");
-        }
+        lookup.in_list(
+            chunk
+                .iter()
+                .map(|w| Value::Text(w.idempotency_key.clone()))
+                .collect(),
+        );
+        lookup.push(" AND caller");
+        lookup.in_list(padded_chunks(callers).concat());
         for row in lookup.fetch_all(tx).await? {
             remembered.insert((row.get(0), row.get(1)), row);
         }
