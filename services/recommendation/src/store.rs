@@ -100,7 +100,8 @@ fn tier_of(text: &str) -> Option<Tier> {
     .find(|t| t.as_str() == text)
 }
 
-fn now_micros() -> i64 {
+/// Now, in microseconds since the Unix epoch: how this service stores and compares times.
+pub(crate) fn now_micros() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 

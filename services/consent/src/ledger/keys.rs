@@ -187,7 +187,17 @@ impl VerifyingKeys {
             x: Option<String>,
             kid: Option<String>,
         }
-        let set: Set = serde_json::from_str(text).map_err(|e| format!("not a JWK Set ({e})"))?;
+        // serde's message may quote the offending value whole: a short prefix names it.
+        let set: Set = serde_json::from_str(text).map_err(|e| {
+            let reason = e.to_string();
+            let short: String = reason.chars().take(120).collect();
+            let more = if short.len() < reason.len() {
+                "…"
+            } else {
+                ""
+            };
+            format!("not a JWK Set ({short}{more})")
+        })?;
         let mut keys = Vec::new();
         for (i, jwk) in set.keys.into_iter().enumerate() {
             if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
@@ -349,6 +359,21 @@ pub fn random_key() -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A malformed JWK Set is named with a short prefix of serde's reason, never the whole
+    /// offending value (a file an auditor was handed can be anything).
+    #[test]
+    fn a_malformed_jwk_set_is_refused_with_a_bounded_reason() {
+        let huge = format!(r#"{{"keys": "{}"}}"#, "A".repeat(100_000));
+        let err = VerifyingKeys::from_jwks(&huge).expect_err("not a JWK Set");
+        assert!(err.starts_with("not a JWK Set ("), "{err}");
+        assert!(err.chars().count() < 160, "{} characters", err.len());
+        let published = LedgerKeys::generate().verifiers().jwks();
+        assert!(
+            VerifyingKeys::from_jwks(&published).is_ok(),
+            "a published set still reads"
+        );
+    }
 
     /// Known answers computed before `consentgate-chain` existed: an operator's seed file must
     /// keep deriving the same signing key and the same tombstones, or erased subjects would

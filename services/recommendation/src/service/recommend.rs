@@ -10,6 +10,7 @@ use crate::catalog::Catalog;
 use crate::model::Lease;
 use crate::profile_reader::ProfileRead;
 use crate::ranking::{self, Moment, Pick};
+use crate::store::now_micros;
 use crate::tier::{Ladder, Tier, tier_for};
 use consentgate_gate::{Clearance, GateError, subject_key};
 use consentgate_proto::common::v1::{PersonalizationLevel, RequestContext, SubjectRef};
@@ -80,10 +81,6 @@ fn ladder_of(level: PersonalizationLevel) -> Ladder {
         PersonalizationLevel::Contextual => Ladder::Contextual,
         PersonalizationLevel::Anonymous | PersonalizationLevel::Unspecified => Ladder::Anonymous,
     }
-}
-
-fn now_micros() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
 impl Recommender {
