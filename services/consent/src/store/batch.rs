@@ -84,14 +84,7 @@ impl<D: Dialect> Statement<D> {
 
     /// ` IN (v1, v2, …)`.
     fn in_list(&mut self, values: Vec<Value>) -> &mut Self {
-        self.push(" IN (");
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                self.push(", ");
-            }
-            self.param(v);
-        }
-        self.push(")")
+        self.push(" IN ").tuple(values)
     }
 
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {

@@ -5,15 +5,14 @@
 //! are.
 
 use super::StoreError;
-use super::sql::subject_of;
+use super::sql::{collection_method, parse_time, subject_of};
 use crate::ledger::entry;
 use crate::model::{NewConsent, StoredRecord};
-use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
+use consentgate_policy::{ConsentType, LegalBasis, RecordState};
 use consentgate_store::to_u64;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use time::OffsetDateTime;
 
 /// The columns [`decode`] reads, in its order, from `consent_records r` joined with
 /// `ledger l ON l.seq = r.revision` (a record's revision is its ledger entry's sequence).
@@ -76,10 +75,6 @@ fn joined(
             value.chars().take(32).collect::<String>()
         ))
     };
-    let time = |text: &str| {
-        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| StoreError::corrupt(format!("a ledger entry's timestamp: {e}")))
-    };
     Ok(NewConsent {
         subject: subject_of(subject)?,
         state: RecordState::parse(&held.state).ok_or_else(|| bad("state", &held.state))?,
@@ -87,10 +82,9 @@ fn joined(
             .ok_or_else(|| bad("consent type", &held.consent_type))?,
         legal_basis: LegalBasis::parse(&held.legal_basis)
             .ok_or_else(|| bad("legal basis", &held.legal_basis))?,
-        collection_method: CollectionMethod::parse(&held.collection_method)
-            .ok_or_else(|| bad("collection method", &held.collection_method))?,
-        collected_at: time(&held.collected_at)?,
-        expires_at: held.expires_at.as_deref().map(time).transpose()?,
+        collection_method: collection_method(&held.collection_method)?,
+        collected_at: parse_time(&held.collected_at)?,
+        expires_at: held.expires_at.as_deref().map(parse_time).transpose()?,
         record_id: held.record_id,
         purpose: held.purpose,
         scope: held.scope,

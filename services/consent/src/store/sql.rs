@@ -56,7 +56,7 @@ pub struct SqlStore<D> {
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A stored collection method; an unknown spelling is corruption, never a guess.
-fn collection_method(text: &str) -> Result<CollectionMethod, StoreError> {
+pub(super) fn collection_method(text: &str) -> Result<CollectionMethod, StoreError> {
     CollectionMethod::parse(text).ok_or_else(|| {
         StoreError::corrupt(format!(
             "unknown collection method {:?}",
@@ -70,7 +70,7 @@ pub(super) fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
+pub(super) fn parse_time(text: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| StoreError::corrupt(format!("bad stored timestamp: {e}")))
 }
