@@ -1,6 +1,7 @@
 //! The `consentgate` binary: `up` (the embedded suite), `serve` (one service, for production),
 //! `policy validate`, `ledger verify`, `keys` (the signing keyring: show, stage, rotate, verify
-//! a receipt) and `restore reapply-erasures`. It only parses configuration and wires libraries.
+//! a receipt), `restore reapply-erasures` and `import` (consent records from another platform).
+//! It only parses configuration and wires libraries.
 
 use anyhow::Context;
 use clap::builder::BoolishValueParser;
@@ -161,6 +162,35 @@ enum Command {
     Restore {
         #[command(subcommand)]
         command: RestoreCommand,
+    },
+    /// Import consent records exported from another platform: a JSONL file, one record per line
+    /// (docs/import.md), streamed to the consent service's ImportConsents with a progress bar.
+    /// Lines not stored are reported with their line number and reason. Run the same command
+    /// again to resume an interrupted import. Exit status: 0 when every line was stored (or was
+    /// already), 2 when some were rejected, 1 when the import could not finish.
+    Import {
+        /// The JSONL file.
+        file: PathBuf,
+        /// The platform the records come from (a-z, 0-9, '.', '_', '-'): a record's id is
+        /// unique within its source, and imported once, for good.
+        #[arg(long)]
+        source: String,
+        /// The consent service.
+        #[arg(
+            long,
+            env = "CONSENTGATE_CONSENT_URL",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        consent: String,
+        /// A token of a caller with the privacy_ops role.
+        #[arg(long, env = "CONSENTGATE_PRIVACY_OPS_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Records per chunk (1 to 1,000).
+        #[arg(long, default_value_t = 500)]
+        chunk: usize,
+        /// Write the rejected lines here (one JSON object per line) instead of to stderr.
+        #[arg(long)]
+        rejects: Option<PathBuf>,
     },
 }
 
@@ -880,6 +910,37 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => keys_command(command),
+        Command::Import {
+            file,
+            source,
+            consent,
+            token,
+            chunk,
+            rejects,
+        } => {
+            let summary = consentgate::import::run(&consentgate::import::ImportArgs {
+                file: &file,
+                source: &source,
+                consent: &consent,
+                token: &token,
+                chunk,
+                rejects: rejects.as_deref(),
+            })
+            .await?;
+            println!(
+                "{} lines: {} imported, {} in history only (the subject had a newer record), {} already imported, {} rejected, {} malformed",
+                summary.lines,
+                summary.imported,
+                summary.history_only,
+                summary.duplicate,
+                summary.rejected,
+                summary.malformed
+            );
+            if summary.rejected + summary.malformed > 0 {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Restore {
             command: RestoreCommand::ReapplyErasures { profile, token },
         } => reapply_erasures(&profile, &token).await,

@@ -10,7 +10,7 @@ use prost::Message;
 use tonic::Code;
 
 /// Every RPC of the service.
-const RPCS: [&str; 19] = [
+const RPCS: [&str; 20] = [
     "Grant",
     "Refuse",
     "Withdraw",
@@ -30,6 +30,7 @@ const RPCS: [&str; 19] = [
     "FindErased",
     "ReapplyErasures",
     "ListErasures",
+    "ImportConsents",
 ];
 
 /// Who may call what, written out independently of `authz.rs` (docs/architecture.md §3 roles).
@@ -52,7 +53,7 @@ fn allowed(rpc: &str, caller: &str) -> bool {
         "Explain" => &["auditor", "privacy_ops"],
         "VerifyLedger" => &["auditor"],
         "EraseSubject" | "RestrictProcessing" | "FindErased" | "ReapplyErasures"
-        | "ListErasures" => &["privacy_ops"],
+        | "ListErasures" | "ImportConsents" => &["privacy_ops"],
         other => panic!("unexpected rpc {other}"),
     };
     roles.iter().any(|r| needs.contains(r))
@@ -192,6 +193,27 @@ async fn call(server: &TestServer, header: Option<&str>, rpc: &str) -> Code {
             .list_erasures(pb::ListErasuresRequest::default())
             .await
             .map(|_| ()),
+        // A stream: refused on its headers, or answered chunk by chunk.
+        "ImportConsents" => {
+            let collected = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            let chunk = pb::ImportConsentsRequest {
+                source: "matrix".into(),
+                records: vec![pb::ImportRecord {
+                    source_record_id: "matrix-1".into(),
+                    target: common::target("matrix-imported", "analytics.reporting"),
+                    state: pb::ConsentState::Refused as i32,
+                    collected_at: Some(prost_types::Timestamp {
+                        seconds: collected.unix_timestamp(),
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }],
+            };
+            match c.import_consents(tokio_stream::iter(vec![chunk])).await {
+                Ok(answers) => answers.into_inner().message().await.map(|_| ()),
+                Err(status) => Err(status),
+            }
+        }
         other => panic!("unknown rpc {other}"),
     };
     match result {

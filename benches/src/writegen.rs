@@ -7,7 +7,9 @@
 //!   idempotency key, interleaved with the floor in rounds so that other tenants' load drifts
 //!   over both alike;
 //! - **64 in flight**: the same from 64 workers over 4 connections (closed loop, saturated):
-//!   durable writes per second, latency, and how many writes shared each commit.
+//!   durable writes per second, latency, and how many writes shared each commit;
+//! - **bulk import**: `consentgate import`'s code streaming a generated JSONL export (three
+//!   records per subject, in time order) to ImportConsents: records per second, end to end.
 //!
 //! Prints a Markdown section and, with `--write FILE`, puts it into FILE between
 //! `<!-- writegen:start -->` and `<!-- writegen:end -->` (`writegen-postgres` with `--postgres`).
@@ -58,7 +60,10 @@ struct Args {
     /// Put the report into this Markdown file (between writegen markers).
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Smoke run: 1 s rows, 2 rounds (numbers not meaningful).
+    /// Records in the bulk-import row's generated export.
+    #[arg(long, default_value_t = 100_000)]
+    import_records: usize,
+    /// Smoke run: 1 s rows, 2 rounds, 3,000 imported records (numbers not meaningful).
     #[arg(long)]
     quick: bool,
 }
@@ -68,6 +73,36 @@ const TARGET_SQLITE: f64 = 5_000.0;
 const TARGET_POSTGRES: f64 = 3_000.0;
 /// At 1 in flight a write may take this many times one commit.
 const TARGET_RATIO: f64 = 1.5;
+/// Issue 16's targets for bulk import, records per second.
+const TARGET_IMPORT_SQLITE: f64 = 50_000.0;
+const TARGET_IMPORT_POSTGRES: f64 = 20_000.0;
+
+/// A generated export of `records` records, three per subject (a grant of analytics, a grant of
+/// marketing e-mail, then a withdrawal of analytics), in time order, the latest a day ago.
+fn export(path: &std::path::Path, run: &str, records: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let start = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let format = &time::format_description::well_known::Rfc3339;
+    for i in 0..records {
+        let subject = i / 3;
+        let at = (start - time::Duration::milliseconds((records - i) as i64)).format(format)?;
+        let line = match i % 3 {
+            0 => format!(
+                r#"{{"id":"{run}-{i}","subject_id":"import-{run}-{subject}","purpose":"analytics.reporting","state":"given","consent_type":"explicit","notice_version":"3.0","collection_method":"banner","collected_at":"{at}","ip_address":"203.0.113.7"}}"#
+            ),
+            1 => format!(
+                r#"{{"id":"{run}-{i}","subject_id":"import-{run}-{subject}","purpose":"marketing.communications.email","channel":"email","state":"given","consent_type":"explicit","notice_version":"1.2","collection_method":"preference_center","collected_at":"{at}"}}"#
+            ),
+            _ => format!(
+                r#"{{"id":"{run}-{i}","subject_id":"import-{run}-{subject}","purpose":"analytics.reporting","state":"withdrawn","collected_at":"{at}"}}"#
+            ),
+        };
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
 
 #[derive(Clone)]
 struct Bearer(MetadataValue<Ascii>);
@@ -271,7 +306,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let policy = Arc::new(Policy::default_policy().map_err(|e| anyhow::anyhow!("{e}"))?);
     let token = format!("writegen-{}", std::process::id());
-    let auth = Authenticator::from_policy(&policy, &[("preference-center".into(), token.clone())])?;
+    let ops_token = format!("writegen-ops-{}", std::process::id());
+    let auth = Authenticator::from_policy(
+        &policy,
+        &[
+            ("preference-center".into(), token.clone()),
+            ("privacy-ops".into(), ops_token.clone()),
+        ],
+    )?;
     let url = servers.block_on(databases.url("consent"));
     let consent: ConsentService = servers.block_on(async {
         suite::start_consent(
@@ -343,6 +385,34 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok((floor_row, single, saturated, batching))
     })?;
 
+    let import_records = if args.quick {
+        3_000
+    } else {
+        args.import_records
+    };
+    let file = dir.join("export.jsonl");
+    export(&file, &run, import_records)?;
+    eprintln!("writegen: importing {import_records} records…");
+    let (imported, import_took) = generator.block_on(async {
+        let began = Instant::now();
+        let summary = consentgate::import::run(&consentgate::import::ImportArgs {
+            file: &file,
+            source: "writegen",
+            consent: &format!("http://{addr}"),
+            token: &ops_token,
+            chunk: 1000,
+            rejects: None,
+        })
+        .await?;
+        anyhow::Ok((summary, began.elapsed()))
+    })?;
+    anyhow::ensure!(
+        imported.imported + imported.history_only == import_records as u64,
+        "the import stored {} of {import_records} records: {imported:?}",
+        imported.imported + imported.history_only
+    );
+    let import_rate = import_records as f64 / import_took.as_secs_f64();
+
     let target = if sqlite {
         TARGET_SQLITE
     } else {
@@ -377,10 +447,20 @@ fn main() -> anyhow::Result<()> {
         verdict(saturated.per_sec() >= target)
     ));
     md.push_str(&format!(
-        "| A write at 1 in flight within {TARGET_RATIO}× of one commit (p50) | {ratio:.2}× ({} µs against {} µs) | {} |\n\n",
+        "| A write at 1 in flight within {TARGET_RATIO}× of one commit (p50) | {ratio:.2}× ({} µs against {} µs) | {} |\n",
         single.quantile_us(0.5),
         floor_row.quantile_us(0.5),
         verdict(ratio <= TARGET_RATIO)
+    ));
+    let import_target = if sqlite {
+        TARGET_IMPORT_SQLITE
+    } else {
+        TARGET_IMPORT_POSTGRES
+    };
+    md.push_str(&format!(
+        "| Bulk import ≥ {import_target:.0} records/s | {import_rate:.0}/s ({import_records} records in {:.1} s) | {} |\n\n",
+        import_took.as_secs_f64(),
+        verdict(import_rate >= import_target)
     ));
     md.push_str("| Row | What | Count | Per second | p50 | p99 | p99.9 | max | Errors |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
     for (label, what, row) in [
@@ -418,6 +498,17 @@ fn main() -> anyhow::Result<()> {
          entry, change event and receipt (grants), acknowledged only after its commit.\n",
         batching.1, batching.0
     ));
+    md.push_str(&format!(
+        "\nThe bulk import streamed a generated export (three records per subject: a grant of analytics, a \
+         grant of marketing e-mail, a withdrawal of analytics, in time order) through `consentgate import`'s \
+         code in chunks of 1,000, each record its own revision, ledger entry, change event and (grants) \
+         receipt: {} imported, {} in history only; timed from the first line read to the last answer.\n",
+        imported.imported, imported.history_only
+    ));
+    eprintln!(
+        "writegen: bulk import {import_rate:.0} records/s (target {import_target:.0}): {}",
+        verdict(import_rate >= import_target)
+    );
     println!("{md}");
     if let Some(path) = &args.write {
         marked::write_block(path, &marker, &md)?;

@@ -254,6 +254,7 @@ fn receipts(dir: &Path) {
         user_agent: "fuzz".into(),
         guardian_ref: None,
         receipt: None,
+        imported: None,
     };
     let jws = consentgate_consent::receipt::issue(&policy, keys, &consent, "en").jws(&consent);
     write(dir, "issued", format!("\0{jws}").as_bytes());

@@ -4,13 +4,15 @@
 //! fuzzer-chosen legal bases, categories, channels, GPC scope, notice versions and
 //! personalization rungs; two jurisdictions with overrides, consent ages and GPC; two callers
 //! with purpose patterns; the cross-purpose rules; a subject (erased, restricted, up to eight
-//! current records, a GPC signal, an age band, guardians); and one Check. The real
+//! records, recorded live or imported with their original time, a GPC signal, an age band,
+//! guardians); and one Check. The real
 //! `consentgate_policy::decide` answers it on a `Policy` built from the world, and
 //! [`reference`] answers it from the world directly, written from docs/architecture.md §3 (and
 //! DESIGN.md), sharing no code with the real function. They must agree on:
 //! - whether the request is invalid (rule 1), and the field named;
 //! - each category's verdict and reason, the overall verdict and the top-level reason;
-//! - the personalization level, the obligation, and whether a GPC conflict is named;
+//! - the personalization level, the obligation, and whether a GPC conflict is named (records and
+//!   the signal ordered by time, then revision);
 //! - `valid_until`: never later than the docs allow (the earliest expiry of a consent behind an
 //!   allowed part, and the policy's TTL), never before `now` (the real function may end it
 //!   sooner: caching less is safe, so only the bound is asserted);
@@ -23,8 +25,8 @@ use crate::{Budget, Target};
 use arbitrary::{Arbitrary, Unstructured};
 use consentgate_policy::{
     AgeBand, Caller, Category, Channel, CheckInput, ConsentType, Decision, Jurisdiction,
-    LegalBasis, NoticeVersion, Pattern, Personalization, Policy, Purpose, Record, RecordState,
-    Rules, SubjectState, Verdict, decide,
+    LegalBasis, NoticeVersion, Order, Pattern, Personalization, Policy, Purpose, Record,
+    RecordState, Rules, SubjectState, Verdict, decide,
 };
 use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
@@ -71,6 +73,19 @@ pub struct World {
     ttl_seconds: u16,
     subject: SubjectSpec,
     request: RequestSpec,
+    /// How record i (in input order) was recorded; None: live, on time. Last: an input written
+    /// before it reads the same world, with timings from any bytes left over.
+    timings: [Option<Timing>; 8],
+}
+
+/// How a record was recorded when not live and on time.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum Timing {
+    /// Live, by a clock this many minutes behind: moved past the subject's previous change.
+    Lagging(u8),
+    /// Imported from another platform, with its original time in minutes from [`base`] (live
+    /// changes are at their revision in minutes from it, so this may tie with one).
+    Imported(i8),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -182,20 +197,77 @@ enum ChannelSpec {
 
 const NOTICES: [&str; 5] = ["1", "2", "2.1", "3", "x"];
 
-/// The world's records with revisions, as the store keeps them: the latest per (purpose,
-/// channel, scope), revisions unique and increasing with `order`; the GPC signal gets a revision
-/// between two records'.
+/// The world's records with revisions and places in the order, as the store keeps them: the
+/// latest in the order per (purpose, channel, scope), revisions unique and increasing with
+/// `order`; the GPC signal gets a revision between two records'.
 struct Records {
-    records: Vec<(RecordSpec, u64)>,
-    gpc_revision: Option<u64>,
+    records: Vec<Placed>,
+    gpc: Option<Signal>,
 }
 
-fn records(subject: &SubjectSpec) -> Records {
+/// A current record and where it stands.
+struct Placed {
+    spec: RecordSpec,
+    revision: u64,
+    collected_at: OffsetDateTime,
+    /// Its time in the subject's order (`ordered_at`).
+    at: OffsetDateTime,
+}
+
+/// The recorded GPC signal.
+#[derive(Clone, Copy)]
+struct Signal {
+    revision: u64,
+    recorded_at: OffsetDateTime,
+    at: OffsetDateTime,
+}
+
+/// Live changes are recorded at their revision in minutes after this (by an on-time clock).
+fn base() -> OffsetDateTime {
+    now() - Duration::days(1)
+}
+
+fn records(world: &World) -> Records {
+    let subject = &world.subject;
     let mut specs: Vec<(usize, &RecordSpec)> = subject.records.iter().take(8).enumerate().collect();
     specs.sort_by_key(|(i, r)| (r.order, *i));
-    // Revisions 2, 4, 6…: a signal at an odd revision falls between two records.
-    let mut records: Vec<(RecordSpec, u64)> = Vec::new();
-    for (n, (_, r)) in specs.into_iter().enumerate() {
+    // Revisions 2, 4, 6…: a signal at an odd revision falls between two records. The changes in
+    // revision order; None is the signal.
+    let mut changes: Vec<(u64, Option<(usize, &RecordSpec)>)> = specs
+        .into_iter()
+        .enumerate()
+        .map(|(n, r)| (2 * (n as u64 + 1), Some(r)))
+        .collect();
+    if let Some(n) = subject.gpc_after {
+        changes.push((2 * u64::from(n % 9) + 1, None));
+    }
+    changes.sort_by_key(|(revision, _)| *revision);
+
+    let clock = |revision: u64| base() + Duration::minutes(revision as i64);
+    // The subject's latest time so far: a live change goes to max(its clock, that + 1µs).
+    let mut latest: Option<OffsetDateTime> = None;
+    let mut records: Vec<Placed> = Vec::new();
+    let mut gpc = None;
+    for (revision, change) in changes {
+        let timing = change.and_then(|(i, _)| world.timings[i]);
+        let collected_at = match timing {
+            None => clock(revision),
+            Some(Timing::Lagging(m)) => clock(revision) - Duration::minutes(i64::from(m)),
+            Some(Timing::Imported(m)) => base() + Duration::minutes(i64::from(m)),
+        };
+        let at = match (timing, latest) {
+            (Some(Timing::Imported(_)), _) | (_, None) => collected_at,
+            (_, Some(l)) => collected_at.max(l + Duration::microseconds(1)),
+        };
+        latest = latest.max(Some(at));
+        let Some((_, r)) = change else {
+            gpc = Some(Signal {
+                revision,
+                recorded_at: collected_at,
+                at,
+            });
+            continue;
+        };
         let spec = RecordSpec {
             purpose: r.purpose % PURPOSES.len() as u8,
             scope: r.scope.map(|s| s % CATEGORIES.len() as u8),
@@ -207,18 +279,21 @@ fn records(subject: &SubjectSpec) -> Records {
             guardian: r.guardian.map(|g| g % GUARDIANS.len() as u8),
             order: r.order,
         };
-        let revision = 2 * (n as u64 + 1);
-        // The latest event per key replaces an earlier one.
-        records.retain(|(o, _)| {
-            (o.purpose, o.channel, o.scope) != (spec.purpose, spec.channel, spec.scope)
-        });
-        records.push((spec, revision));
+        let placed = Placed {
+            spec,
+            revision,
+            collected_at,
+            at,
+        };
+        // The latest in the order per key is current; an older import goes to history only.
+        let key = |p: &Placed| (p.spec.purpose, p.spec.channel, p.spec.scope);
+        match records.iter().position(|o| key(o) == key(&placed)) {
+            Some(k) if (records[k].at, records[k].revision) > (at, revision) => {}
+            Some(k) => records[k] = placed,
+            None => records.push(placed),
+        }
     }
-    let gpc_revision = subject.gpc_after.map(|n| 2 * u64::from(n % 9) + 1);
-    Records {
-        records,
-        gpc_revision,
-    }
+    Records { records, gpc }
 }
 
 fn now() -> OffsetDateTime {
@@ -399,30 +474,37 @@ fn real_world(world: &World, records: &Records) -> (Policy, SubjectState) {
         records: records
             .records
             .iter()
-            .map(|(r, revision)| Record {
-                id: format!("r{revision}"),
-                purpose: PURPOSES[usize::from(r.purpose)].into(),
-                scope: r.scope.map(|s| CATEGORIES[usize::from(s)].into()),
-                channel: r.channel.map(|c| Channel::ALL[usize::from(c)]),
-                state: match r.state {
-                    State::Given => RecordState::Given,
-                    State::Refused => RecordState::Refused,
-                    State::Withdrawn => RecordState::Withdrawn,
-                },
-                consent_type: if r.explicit {
-                    ConsentType::Explicit
-                } else {
-                    ConsentType::Expressed
-                },
-                notice_version: NOTICES[usize::from(r.notice)].into(),
-                collected_at: now() - Duration::days(1),
-                expires_at: expiry(r),
-                guardian_ref: r.guardian.map(|g| GUARDIANS[usize::from(g)].into()),
-                revision: *revision,
+            .map(|placed| {
+                let r = &placed.spec;
+                Record {
+                    id: format!("r{}", placed.revision),
+                    purpose: PURPOSES[usize::from(r.purpose)].into(),
+                    scope: r.scope.map(|s| CATEGORIES[usize::from(s)].into()),
+                    channel: r.channel.map(|c| Channel::ALL[usize::from(c)]),
+                    state: match r.state {
+                        State::Given => RecordState::Given,
+                        State::Refused => RecordState::Refused,
+                        State::Withdrawn => RecordState::Withdrawn,
+                    },
+                    consent_type: if r.explicit {
+                        ConsentType::Explicit
+                    } else {
+                        ConsentType::Expressed
+                    },
+                    notice_version: NOTICES[usize::from(r.notice)].into(),
+                    collected_at: placed.collected_at,
+                    expires_at: expiry(r),
+                    guardian_ref: r.guardian.map(|g| GUARDIANS[usize::from(g)].into()),
+                    ordered_at: placed.at,
+                    revision: placed.revision,
+                }
             })
             .collect(),
-        gpc_signal_revision: records.gpc_revision,
-        gpc_signal_at: records.gpc_revision.map(|_| now() - Duration::days(2)),
+        gpc_signal: records.gpc.map(|g| Order {
+            at: g.at,
+            revision: g.revision,
+        }),
+        gpc_signal_at: records.gpc.map(|g| g.recorded_at),
         age_band: world.subject.age_band.map(|b| match b {
             Band::Under13 => AgeBand::Under13,
             Band::From13To15 => AgeBand::From13To15,
@@ -545,11 +627,18 @@ fn depth(key: &str) -> usize {
 struct Rec<'w> {
     spec: &'w RecordSpec,
     revision: u64,
+    /// Its time in the subject's order.
+    at: OffsetDateTime,
     purpose: &'static str,
     scope: Option<&'static str>,
 }
 
 impl Rec<'_> {
+    /// Later is greater: by time, then revision.
+    fn later_than(&self, other: &Rec<'_>) -> bool {
+        (self.at, self.revision) > (other.at, other.revision)
+    }
+
     fn live(&self) -> bool {
         expiry(self.spec).is_none_or(|e| e > now())
     }
@@ -616,17 +705,18 @@ fn reference(world: &World, recs: &Records, req: &Request) -> Answer {
     let recs: Vec<Rec<'_>> = all
         .records
         .iter()
-        .map(|(spec, revision)| Rec {
-            spec,
-            revision: *revision,
-            purpose: PURPOSES[usize::from(spec.purpose)],
-            scope: spec.scope.map(|s| CATEGORIES[usize::from(s)]),
+        .map(|placed| Rec {
+            spec: &placed.spec,
+            revision: placed.revision,
+            at: placed.at,
+            purpose: PURPOSES[usize::from(placed.spec.purpose)],
+            scope: placed.spec.scope.map(|s| CATEGORIES[usize::from(s)]),
         })
         .collect();
     let ctx = Ctx {
         world,
         recs: &recs,
-        gpc_revision: gpc_signal(all, world.request.gpc),
+        gpc: gpc_signal(all, world.request.gpc),
         j,
     };
     let caller_index = CALLERS.iter().position(|c| *c == req.caller);
@@ -721,12 +811,19 @@ fn reference(world: &World, recs: &Records, req: &Request) -> Answer {
     })
 }
 
-/// The GPC signal in force: the recorded one, else the request's flag as a signal recorded now
-/// (after every record).
-fn gpc_signal(recs: &Records, flag: bool) -> Option<u64> {
-    match (recs.gpc_revision, flag) {
-        (Some(rev), _) => Some(rev),
-        (None, true) => Some(u64::MAX),
+/// The GPC signal in force, if any.
+enum Gpc {
+    /// Recorded at this (time, revision) in the subject's order.
+    Recorded(OffsetDateTime, u64),
+    /// Only on the request: a signal as of now, after every record.
+    OnRequest,
+}
+
+/// The GPC signal in force: the recorded one, else the request's flag.
+fn gpc_signal(recs: &Records, flag: bool) -> Option<Gpc> {
+    match (recs.gpc, flag) {
+        (Some(g), _) => Some(Gpc::Recorded(g.at, g.revision)),
+        (None, true) => Some(Gpc::OnRequest),
         (None, false) => None,
     }
 }
@@ -742,7 +839,7 @@ fn matches(pattern: PatternSpec, key: &str) -> bool {
 struct Ctx<'a, 'w> {
     world: &'w World,
     recs: &'a [Rec<'w>],
-    gpc_revision: Option<u64>,
+    gpc: Option<Gpc>,
     j: usize,
 }
 
@@ -850,9 +947,13 @@ impl<'a, 'w> Ctx<'a, 'w> {
         if world.gpc_rule
             && purpose.gpc_scoped
             && world.jurisdictions[self.j].honors_gpc
-            && let Some(signal) = self.gpc_revision
+            && let Some(signal) = &self.gpc
         {
-            match live_given.filter(|r| r.spec.explicit && r.revision > signal) {
+            let after_signal = |r: &Rec<'_>| match signal {
+                Gpc::Recorded(at, revision) => (r.at, r.revision) > (*at, *revision),
+                Gpc::OnRequest => false,
+            };
+            match live_given.filter(|r| r.spec.explicit && after_signal(r)) {
                 Some(_) => gpc_override = true,
                 None => return deny("GPC_OPT_OUT"),
             }
@@ -905,8 +1006,8 @@ impl<'a, 'w> Ctx<'a, 'w> {
     }
 
     /// docs/architecture.md "Which record decides": applicable records; refusals and
-    /// withdrawals override older grants on their purpose or beneath; the most specific of
-    /// what is left (deepest purpose, deepest scope, latest revision).
+    /// withdrawals override older grants (by time, then revision) on their purpose or beneath;
+    /// the most specific of what is left (deepest purpose, deepest scope, then the latest).
     fn deciding(
         &self,
         purpose: &str,
@@ -934,8 +1035,8 @@ impl<'a, 'w> Ctx<'a, 'w> {
             .filter(|given| !given_overridden(given, &applicable, is_no));
         let mut best: Option<&'a Rec<'w>> = None;
         for r in survivors {
-            let rank = |r: &Rec<'_>| (depth(r.purpose), r.scope.map_or(0, depth), r.revision);
-            if best.is_none_or(|b| rank(r) > rank(b)) {
+            let rank = |r: &Rec<'_>| (depth(r.purpose), r.scope.map_or(0, depth));
+            if best.is_none_or(|b| rank(r) > rank(b) || (rank(r) == rank(b) && r.later_than(b))) {
                 best = Some(r);
             }
         }
@@ -944,16 +1045,16 @@ impl<'a, 'w> Ctx<'a, 'w> {
 }
 
 /// A `given` record is overridden when an applicable refusal or withdrawal on its purpose or an
-/// ancestor was recorded after it.
+/// ancestor is later than it in the order (time, then revision).
 fn given_overridden(
     given: &Rec<'_>,
     applicable: &[&Rec<'_>],
     is_no: impl Fn(&Rec<'_>) -> bool,
 ) -> bool {
     given.spec.state == State::Given
-        && applicable.iter().any(|no| {
-            is_no(no) && no.revision > given.revision && covers(no.purpose, given.purpose)
-        })
+        && applicable
+            .iter()
+            .any(|no| is_no(no) && no.later_than(given) && covers(no.purpose, given.purpose))
 }
 
 // -------------------------------------------------------------------------------- the target
@@ -962,7 +1063,7 @@ fn run(data: &[u8]) {
     let Ok(world) = World::arbitrary(&mut Unstructured::new(data)) else {
         return;
     };
-    let recs = records(&world.subject);
+    let recs = records(&world);
     let (policy, state) = real_world(&world, &recs);
     let req = request(&world);
     let input = CheckInput {

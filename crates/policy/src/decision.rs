@@ -2,7 +2,7 @@
 
 use crate::model::{Channel, Jurisdiction, LegalBasis, Personalization, Policy, Purpose};
 use crate::pattern::is_ancestor_or_self;
-use crate::state::{ConsentType, Record, RecordState, SubjectState};
+use crate::state::{ConsentType, Order, Record, RecordState, SubjectState};
 use std::fmt;
 use time::{Duration, OffsetDateTime};
 
@@ -481,8 +481,7 @@ pub fn decide(
 /// (GetConsents): every current explicit, unexpired grant of a GPC-scoped purpose recorded after
 /// the GPC signal that is on, in the words a decision uses for the same conflict.
 pub fn gpc_conflicts(policy: &Policy, state: &SubjectState, now: OffsetDateTime) -> Vec<String> {
-    let (Some(signal_revision), Some(signal_at)) = (state.gpc_signal_revision, state.gpc_signal_at)
-    else {
+    let (Some(signal), Some(signal_at)) = (state.gpc_signal, state.gpc_signal_at) else {
         return Vec::new();
     };
     if !policy.rules.honor_gpc {
@@ -494,7 +493,7 @@ pub fn gpc_conflicts(policy: &Policy, state: &SubjectState, now: OffsetDateTime)
         .filter(|r| {
             r.state == RecordState::Given
                 && r.consent_type == ConsentType::Explicit
-                && r.revision > signal_revision
+                && r.order() > signal
                 && r.expires_at.is_none_or(|e| e > now)
                 && policy
                     .purposes
@@ -529,7 +528,7 @@ pub fn overriding_record<'s>(state: &'s SubjectState, given: &Record) -> Option<
         .iter()
         .filter(|n| {
             n.state != RecordState::Given
-                && n.revision > given.revision
+                && n.order() > given.order()
                 && is_ancestor_or_self(&n.purpose, &given.purpose)
                 && n.channel.is_none_or(|ch| given.channel == Some(ch))
                 && match (&n.scope, &given.scope) {
@@ -538,7 +537,7 @@ pub fn overriding_record<'s>(state: &'s SubjectState, given: &Record) -> Option<
                     (Some(_), None) => false,
                 }
         })
-        .max_by_key(|n| n.revision)
+        .max_by_key(|n| n.order())
 }
 
 /// Rule 1 alone: checks that the purpose, categories, jurisdiction and channel exist, without
@@ -744,11 +743,11 @@ impl<'a> Evaluation<'a> {
         if !(self.policy.rules.honor_gpc && purpose.gpc_scoped && self.jurisdiction.honors_gpc) {
             return Ok(false);
         }
-        let signal = match (self.state.gpc_signal_revision, self.gpc) {
-            (Some(rev), _) => rev,
+        let signal = match (self.state.gpc_signal, self.gpc) {
+            (Some(order), _) => order,
             // A flag on the request with nothing recorded: a signal as of now, which no earlier
             // grant overrides (the consent service records it first; `Explain` does not).
-            (None, true) => u64::MAX,
+            (None, true) => Order::LATEST,
             (None, false) => return Ok(false),
         };
         // An expired grant is `expired`, not `given` (docs/architecture.md §3): it does not opt
@@ -757,7 +756,7 @@ impl<'a> Evaluation<'a> {
             r.state == RecordState::Given
                 && r.expires_at.is_none_or(|e| e > self.now)
                 && r.consent_type == ConsentType::Explicit
-                && r.revision > signal
+                && r.order() > signal
         });
         if overridden {
             Ok(true)
@@ -877,12 +876,13 @@ impl<'a> Evaluation<'a> {
     ///    channel is none or the asked one, and its scope is none or covers the asked category (a
     ///    purpose-level question, without a category, sees only unscoped records).
     /// 2. A `refused` or `withdrawn` record that applies overrides every applying `given` record
-    ///    on its purpose or beneath it that is *older* (a lower revision): withdrawing
+    ///    on its purpose or beneath it that is *older* (earlier in [`Order`]: by time, then
+    ///    revision; live records are in revision order, imported ones by their own time): withdrawing
     ///    `marketing` withdraws an earlier grant of `marketing.communications.email`, on every
     ///    channel and every category scope the withdrawal itself covers.
     /// 3. Of the records left (every refusal and withdrawal, and the grants nobody overrode), the
     ///    most specific decides: the deepest purpose, then the deepest scope, then the latest
-    ///    revision. So a grant of `marketing.communications.email` made *after* withdrawing
+    ///    [`Order`]. So a grant of `marketing.communications.email` made *after* withdrawing
     ///    `marketing` applies again (the person opted back in to that one thing), and a
     ///    withdrawal of `marketing.communications.sms` beats a grant of `marketing` whenever it
     ///    was made: a broad yes never reopens a specific no.
@@ -901,7 +901,7 @@ impl<'a> Evaluation<'a> {
         let overridden = |given: &Record| {
             records.iter().filter(applies).any(|n| {
                 n.state != RecordState::Given
-                    && n.revision > given.revision
+                    && n.order() > given.order()
                     && is_ancestor_or_self(&n.purpose, &given.purpose)
             })
         };
@@ -913,7 +913,7 @@ impl<'a> Evaluation<'a> {
                 (
                     key_depth(&r.purpose),
                     r.scope.as_deref().map_or(0, key_depth),
-                    r.revision,
+                    r.order(),
                 )
             })
     }

@@ -23,7 +23,7 @@ pub use model::{
     Policy, Purpose, Role, Rules,
 };
 pub use pattern::{Pattern, is_ancestor_or_self, parent_key};
-pub use state::{CollectionMethod, ConsentType, Record, RecordState, SubjectState};
+pub use state::{CollectionMethod, ConsentType, Order, Record, RecordState, SubjectState};
 pub use subject::SubjectKey;
 
 /// The default policy shipped with consentgate: strict opt-in for everything not essential.

@@ -136,8 +136,43 @@ pub struct Record {
     pub expires_at: Option<OffsetDateTime>,
     /// The guardian who backs a minor's consent.
     pub guardian_ref: Option<String>,
+    /// When the record takes its place in the subject's order ([`Order`]): its `collected_at`
+    /// for a record imported from another platform, and for one recorded live, `collected_at`
+    /// moved just past the subject's previous change (replicas' clocks differ, and a withdrawal
+    /// must never sort before the grant it withdraws).
+    pub ordered_at: OffsetDateTime,
     /// The global revision of the event: later events have larger numbers.
     pub revision: u64,
+}
+
+impl Record {
+    /// Where the record stands in its subject's order: later records override earlier ones.
+    pub fn order(&self) -> Order {
+        Order {
+            at: self.ordered_at,
+            revision: self.revision,
+        }
+    }
+}
+
+/// The order of a subject's consent events and signals: by time, then revision. Records recorded
+/// live are in revision order (their times only move forward per subject); an imported record
+/// from years ago sorts before them although its revision is newer, so it lands in history
+/// instead of overriding what the person chose since (docs/architecture.md, "Bulk import").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Order {
+    /// The record's `ordered_at` (a signal's time of recording, moved the same way).
+    pub at: OffsetDateTime,
+    /// The global revision, breaking ties.
+    pub revision: u64,
+}
+
+impl Order {
+    /// After everything recorded: a GPC flag seen on a request and not yet recorded.
+    pub const LATEST: Order = Order {
+        at: time::macros::datetime!(9999-12-31 23:59:59.999999 UTC),
+        revision: u64::MAX,
+    };
 }
 
 /// Everything the decision function needs to know about one subject.
@@ -151,8 +186,9 @@ pub struct SubjectState {
     pub restricted: bool,
     /// Current records: the latest per (purpose, channel, scope).
     pub records: Vec<Record>,
-    /// The revision of the latest GPC signal that is on (None when off or never recorded).
-    pub gpc_signal_revision: Option<u64>,
+    /// Where the latest GPC signal that is on stands in the subject's order (None when off or
+    /// never recorded).
+    pub gpc_signal: Option<Order>,
     /// When that signal was recorded, to name it when a later opt-in overrides it.
     pub gpc_signal_at: Option<OffsetDateTime>,
     /// The recorded age band, if any.

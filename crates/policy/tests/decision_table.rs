@@ -1,10 +1,11 @@
 //! Table-driven tests of `decide` against the shipped default policy: every reason code, the order of
 //! the decision rules (docs/architecture.md §3), purpose/scope/channel specificity, expiry, notice versions, GPC,
-//! minors, sensitive categories, verdicts, obligations, personalization levels and `valid_until`.
+//! minors, sensitive categories, imported records (ordered by time, then revision), verdicts,
+//! obligations, personalization levels and `valid_until`.
 
 use consentgate_policy::{
-    AgeBand, Channel, CheckInput, ConsentType, Decision, DecisionError, Personalization, Policy,
-    Reason, Record, RecordState, SubjectState, Verdict, decide,
+    AgeBand, Channel, CheckInput, ConsentType, Decision, DecisionError, Order, Personalization,
+    Policy, Reason, Record, RecordState, SubjectState, Verdict, decide,
 };
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
@@ -40,13 +41,19 @@ fn record(state: RecordState, purpose: &str, revision: u64) -> Record {
         state,
         consent_type: ConsentType::Explicit,
         notice_version: notice,
-        // One minute per revision before NOW, so that later revisions were collected later.
-        collected_at: NOW
-            - Duration::minutes(i64::try_from(1000 - revision.min(1000)).unwrap_or(0)),
+        collected_at: live_at(revision),
         expires_at: None,
         guardian_ref: None,
+        // Recorded live: in the subject's order by revision.
+        ordered_at: live_at(revision),
         revision,
     }
+}
+
+/// When the change with this revision was recorded live: one minute per revision before NOW, so
+/// that later revisions were collected later.
+fn live_at(revision: u64) -> OffsetDateTime {
+    NOW - Duration::minutes(i64::try_from(1000 - revision.min(1000)).unwrap_or(0))
 }
 
 /// An explicit `given` record under the purpose's current notice, no scope, no channel, no expiry.
@@ -69,6 +76,7 @@ trait RecordExt {
     fn notice(self, version: &str) -> Self;
     fn expires(self, at: OffsetDateTime) -> Self;
     fn guardian(self, guardian: &str) -> Self;
+    fn imported(self, collected_at: OffsetDateTime) -> Self;
 }
 
 impl RecordExt for Record {
@@ -94,6 +102,12 @@ impl RecordExt for Record {
     }
     fn guardian(mut self, guardian: &str) -> Self {
         self.guardian_ref = Some(guardian.to_owned());
+        self
+    }
+    /// Imported from another platform: ordered by its original time, whatever its revision.
+    fn imported(mut self, collected_at: OffsetDateTime) -> Self {
+        self.collected_at = collected_at;
+        self.ordered_at = collected_at;
         self
     }
 }
@@ -125,9 +139,11 @@ impl StateExt for SubjectState {
         self
     }
     fn gpc_at(mut self, revision: u64) -> Self {
-        self.gpc_signal_revision = Some(revision);
-        self.gpc_signal_at =
-            Some(NOW - Duration::minutes(i64::try_from(1000 - revision.min(1000)).unwrap_or(0)));
+        self.gpc_signal = Some(Order {
+            at: live_at(revision),
+            revision,
+        });
+        self.gpc_signal_at = Some(live_at(revision));
         self.revision = self.revision.max(revision);
         self
     }
@@ -380,6 +396,7 @@ const TARGETED: &str = "marketing.advertising.first_party.targeted";
 fn table() -> Vec<Case> {
     let analytics = || subject(vec![given("analytics", 1)]);
     let expired_soon = |s: i64| NOW + Duration::seconds(s);
+    let years_ago = NOW - Duration::days(3 * 365);
     vec![
         // ---------------------------------------------------------------- rule 1: bad requests
         case(
@@ -971,6 +988,87 @@ fn table() -> Vec<Case> {
             given(SMS, 3).channel(Channel::Sms),
         ]))
         .deny(Withdrawn),
+        // imported records: a newer revision, ordered by their own (old) time, then revision
+        case(
+            "import: an old grant with a newer revision does not override a later withdrawal",
+            SMS,
+            &[],
+        )
+        .state(subject(vec![
+            withdrawn(SMS, 5),
+            given(SMS, 9).channel(Channel::Sms).imported(years_ago),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "import: an old grant beneath a later withdrawal of the ancestor stays withdrawn",
+            EMAIL,
+            &[],
+        )
+        .state(subject(vec![
+            withdrawn("marketing", 5),
+            given(EMAIL, 9).imported(years_ago),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "import: an old withdrawal does not withdraw a later grant",
+            SMS,
+            &[],
+        )
+        .state(subject(vec![
+            given(SMS, 5),
+            withdrawn(SMS, 9).channel(Channel::Sms).imported(years_ago),
+        ]))
+        .allow(),
+        case(
+            "import: an old withdrawal of the ancestor does not withdraw a later grant beneath it",
+            EMAIL,
+            &[],
+        )
+        .state(subject(vec![
+            given(EMAIL, 5),
+            withdrawn("marketing", 9).imported(years_ago),
+        ]))
+        .allow(),
+        case(
+            "import: a withdrawal of the ancestor newer by time withdraws a grant beneath it",
+            EMAIL,
+            &[],
+        )
+        .state(subject(vec![
+            given(EMAIL, 5),
+            withdrawn("marketing", 9).imported(live_at(7)),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "import: by time, not revision: the ancestor's withdrawal beats an older grant imported after it",
+            EMAIL,
+            &[],
+        )
+        .state(subject(vec![
+            withdrawn("marketing", 8).imported(live_at(7)),
+            given(EMAIL, 9).imported(live_at(6)),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "import: at the same time the higher revision wins (withdrawal)",
+            SMS,
+            &[],
+        )
+        .state(subject(vec![
+            given(SMS, 5),
+            withdrawn(SMS, 9).channel(Channel::Sms).imported(live_at(5)),
+        ]))
+        .deny(Withdrawn),
+        case(
+            "import: at the same time the higher revision wins (grant)",
+            SMS,
+            &[],
+        )
+        .state(subject(vec![
+            withdrawn(SMS, 5),
+            given(SMS, 9).channel(Channel::Sms).imported(live_at(5)),
+        ]))
+        .allow(),
         // expiry
         case(
             "expiry one second ahead: allowed",
@@ -1235,6 +1333,38 @@ fn table() -> Vec<Case> {
         )
         .jur("US-CA")
         .state(subject(vec![given("third_party_sharing.cross_context", 6)]).gpc_at(5))
+        .deny(GpcOptOut),
+        case(
+            "GPC not overridden by an imported explicit grant collected before the signal",
+            SALE,
+            &[],
+        )
+        .jur("US-CA")
+        .state(subject(vec![given(SALE, 9).imported(live_at(4))]).gpc_at(5))
+        .deny(GpcOptOut),
+        case(
+            "GPC overridden by an imported explicit grant collected after the signal",
+            SALE,
+            &[],
+        )
+        .jur("US-CA")
+        .state(subject(vec![given(SALE, 9).imported(live_at(6))]).gpc_at(5))
+        .allow(),
+        case(
+            "GPC overridden by an imported explicit grant at the signal's time with a later revision",
+            SALE,
+            &[],
+        )
+        .jur("US-CA")
+        .state(subject(vec![given(SALE, 9).imported(live_at(5))]).gpc_at(5))
+        .allow(),
+        case(
+            "GPC on a consent-basis purpose: an imported grant from before the signal does not override",
+            TARGETED,
+            &[],
+        )
+        .jur("US-CA")
+        .state(subject(vec![given("marketing", 9).imported(years_ago)]).gpc_at(5))
         .deny(GpcOptOut),
         case(
             "GPC on the request with none recorded is never overridden",
@@ -2128,6 +2258,43 @@ fn the_record_that_overrides_a_grant_is_named() {
     assert_eq!(by(r(3)), None, "no withdrawal above it");
     assert_eq!(by(r(4)), None, "a withdrawal is never overridden");
     assert_eq!(by(r(7)), None, "a grant after the withdrawal stands");
+}
+
+/// The listings' helpers place imported records by their time as `decide` does: an old imported
+/// withdrawal overrides no later grant, an old imported grant is overridden by a later
+/// withdrawal, and an imported opt-in from before the GPC signal names no conflict.
+#[test]
+fn imported_records_take_their_place_by_time_in_listings() {
+    let years_ago = NOW - Duration::days(3 * 365);
+    let state = subject(vec![
+        given(EMAIL, 5),
+        withdrawn("marketing", 9).imported(years_ago),
+        given(SMS, 10).imported(years_ago - Duration::days(1)),
+    ]);
+    let by = |r: &Record| consentgate_policy::overriding_record(&state, r).map(|n| n.id.clone());
+    assert_eq!(
+        by(&state.records[0]),
+        None,
+        "an older import overrides nothing"
+    );
+    assert_eq!(
+        by(&state.records[2]),
+        Some("rec-9".into()),
+        "older than the withdrawal"
+    );
+
+    let gpc = subject(vec![
+        given(SALE, 9).imported(live_at(4)),
+        given(TARGETED, 10).imported(live_at(6)),
+    ])
+    .gpc_at(5);
+    assert_eq!(
+        consentgate_policy::gpc_conflicts(&POLICY, &gpc, NOW),
+        vec![
+            "opted in to marketing.advertising.first_party.targeted on 2026-05-31 19:26 UTC after a GPC signal on 2026-05-31 19:25 UTC"
+                .to_owned()
+        ]
+    );
 }
 
 /// The explanation names the rule and the record that decided.

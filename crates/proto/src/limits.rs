@@ -28,6 +28,12 @@ pub const MAX_BATCH_CHECKS: usize = 1000;
 pub const MAX_BATCH_CATEGORIES: usize = 4096;
 /// Subjects in one FindErased, tombstones in one ReapplyErasures, the page of ListErasures.
 pub const MAX_ERASURE_BATCH: usize = 1000;
+/// Records per ImportConsents request (one chunk of the stream, answered as a whole).
+pub const MAX_IMPORT_CHUNK: usize = 1000;
+/// Bytes of an import's source name (`onetrust`, `legacy-crm`).
+pub const MAX_IMPORT_SOURCE_BYTES: usize = 64;
+/// Bytes of a source's record id.
+pub const MAX_SOURCE_RECORD_ID_BYTES: usize = 128;
 /// The page size of ListConsentHistory.
 pub const MAX_HISTORY_PAGE: u32 = 500;
 /// A consent source's user agent.

@@ -181,6 +181,12 @@ impl Violations {
         fits
     }
 
+    /// The violations kept, as (field, description) pairs: for an answer that reports them
+    /// per item instead of failing the whole request (an import's rejected records).
+    pub fn into_list(self) -> Vec<(String, String)> {
+        self.kept
+    }
+
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.kept.is_empty()

@@ -32,4 +32,5 @@ pub fn rules() -> RpcRules {
         .allow(SERVICE, "FindErased", &["privacy_ops"])
         .allow(SERVICE, "ReapplyErasures", &["privacy_ops"])
         .allow(SERVICE, "ListErasures", &["privacy_ops"])
+        .allow(SERVICE, "ImportConsents", &["privacy_ops"])
 }

@@ -560,7 +560,7 @@ impl Engine {
     /// request never could. Repeated flags find the signal on and write nothing.
     pub async fn check(&self, caller: &str, query: &CheckQuery) -> Result<Decision, EngineError> {
         let mut state = self.state(&query.subject, query.at_least_as_fresh).await?;
-        if query.gpc && state.state.gpc_signal_revision.is_none() && !state.state.erased {
+        if query.gpc && state.state.gpc_signal.is_none() && !state.state.erased {
             let revision = self
                 .record_gpc_flag(&query.subject, state.state.revision)
                 .await?;
@@ -643,17 +643,26 @@ impl Engine {
 
 /// The latest record per (purpose, channel, scope), and the signals folded to their current values.
 pub fn to_state(rows: &SubjectRows) -> SubjectState {
-    let mut latest: HashMap<(&str, Option<&str>, Option<&str>), &StoredRecord> = HashMap::new();
+    let mut latest: HashMap<(&str, Option<&str>, Option<&str>), consentgate_policy::Record> =
+        HashMap::new();
     for r in &rows.records {
         let key = (
             r.consent.purpose.as_str(),
             r.consent.channel.as_deref(),
             r.consent.scope.as_deref(),
         );
-        latest.insert(key, r);
+        let record = r.to_policy_record();
+        // The latest in the subject's order, not the last read: an imported record can be
+        // newer by revision and older by time.
+        if latest
+            .get(&key)
+            .is_none_or(|held| held.order() < record.order())
+        {
+            latest.insert(key, record);
+        }
     }
-    let mut records: Vec<_> = latest.values().map(|r| r.to_policy_record()).collect();
-    records.sort_by_key(|r| r.revision);
+    let mut records: Vec<_> = latest.into_values().collect();
+    records.sort_by_key(consentgate_policy::Record::order);
 
     let mut gpc_on: Option<&StoredSignal> = None;
     let mut age_band = None;
@@ -671,7 +680,10 @@ pub fn to_state(rows: &SubjectRows) -> SubjectState {
         erased: rows.erased,
         restricted: rows.restricted,
         records,
-        gpc_signal_revision: gpc_on.map(|s| s.revision),
+        gpc_signal: gpc_on.map(|s| consentgate_policy::Order {
+            at: s.ordered_at,
+            revision: s.revision,
+        }),
         gpc_signal_at: gpc_on.map(|s| s.recorded_at),
         age_band,
         guardians,

@@ -15,18 +15,24 @@ use consentgate_runtime::delegation::acting_for;
 use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tokio_stream::adapters::Map;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Import answers waiting for the client to read them: the server reads the next chunk only
+/// when fewer wait, so a client that stops reading stops the import instead of filling memory.
+const IMPORT_ANSWERS_BUFFERED: usize = 2;
 
 /// The ConsentService implementation.
 pub struct ConsentApi {
-    service: Service,
+    /// Shared with the tasks that serve import streams.
+    service: Arc<Service>,
 }
 
 impl ConsentApi {
     /// The service over an engine, counting into `metrics`.
     pub fn new(engine: Arc<Engine>, metrics: Arc<ConsentMetrics>) -> Self {
         ConsentApi {
-            service: Service::new(engine, metrics),
+            service: Arc::new(Service::new(engine, metrics)),
         }
     }
 }
@@ -235,6 +241,44 @@ impl ConsentService for ConsentApi {
             .reapply_erasures(&actor, tombstones, sweep)
             .await?;
         Ok(Response::new(convert::reapply_response(done)))
+    }
+
+    type ImportConsentsStream = ReceiverStream<Result<pb::ImportConsentsResponse, Status>>;
+
+    async fn import_consents(
+        &self,
+        request: Request<Streaming<pb::ImportConsentsRequest>>,
+    ) -> Result<Response<Self::ImportConsentsStream>, Status> {
+        let caller = CallerIdentity::of(&request)?;
+        let mut chunks = request.into_inner();
+        let service = Arc::clone(&self.service);
+        let (answers, stream) = tokio::sync::mpsc::channel(IMPORT_ANSWERS_BUFFERED);
+        tokio::spawn(async move {
+            // One chunk at a time, answered in order; the first failure ends the stream (the
+            // client resumes by sending again: what landed is answered as a duplicate).
+            loop {
+                let answer = match chunks.message().await {
+                    Ok(Some(chunk)) => {
+                        let now = time::OffsetDateTime::now_utc();
+                        match convert::import_chunk(service.policy(), &chunk, now) {
+                            Ok(records) => service
+                                .import(&caller, records)
+                                .await
+                                .map(|outcomes| convert::import_response(&outcomes))
+                                .map_err(Status::from),
+                            Err(status) => Err(status),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => Err(status),
+                };
+                let failed = answer.is_err();
+                if answers.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 
     async fn restrict_processing(

@@ -49,6 +49,20 @@ pub struct NewConsent {
     /// which reading ignores. Records read back have none; a receipt is fetched by record id.
     #[serde(skip)]
     pub receipt: Option<crate::receipt::Receipt>,
+    /// Where the record came from when it was imported from another platform (ImportConsents);
+    /// `None` for one recorded here. An imported record keeps its own time in the subject's
+    /// order, so it never overrides a newer choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportOrigin>,
+}
+
+/// The origin of an imported consent record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportOrigin {
+    /// The platform it came from, as the import named it (`onetrust`, `legacy-crm`).
+    pub source: String,
+    /// The source platform's own id for the record: imports are deduplicated by it, for good.
+    pub source_record_id: String,
 }
 
 /// A stored consent record: the event plus the revision it was recorded at.
@@ -58,6 +72,12 @@ pub struct StoredRecord {
     pub consent: NewConsent,
     /// Its global revision.
     pub revision: u64,
+    /// Where it stands in the subject's order (see [`consentgate_policy::Order`]): set on the
+    /// current records a subject's state is read with, which decisions compare; `None` on
+    /// history and write answers (decisions never read those), which then stand at their
+    /// `collected_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_at: Option<OffsetDateTime>,
 }
 
 impl StoredRecord {
@@ -75,6 +95,7 @@ impl StoredRecord {
             collected_at: c.collected_at,
             expires_at: c.expires_at,
             guardian_ref: c.guardian_ref.clone(),
+            ordered_at: self.ordered_at.unwrap_or(c.collected_at),
             revision: self.revision,
         }
     }
@@ -91,6 +112,9 @@ pub struct StoredSignal {
     pub revision: u64,
     /// When it was recorded.
     pub recorded_at: OffsetDateTime,
+    /// Where it stands in the subject's order, beside its consent records (see
+    /// [`consentgate_policy::Order`]): `recorded_at`, moved past the subject's previous change.
+    pub ordered_at: OffsetDateTime,
     /// How it was collected (`GpcSignal` for a request's GPC flag).
     pub collection_method: CollectionMethod,
 }
@@ -204,6 +228,10 @@ pub struct WriteOutcome {
     /// True when this is a retry answered from the idempotency record.
     #[serde(skip)]
     pub replayed: bool,
+    /// An imported record older than the subject's current one for its purpose, channel and
+    /// scope: it landed in history only, and decides nothing.
+    #[serde(skip)]
+    pub history_only: bool,
 }
 
 /// An erasure tombstone the store holds.

@@ -162,6 +162,10 @@ fn payload(consent: &NewConsent, context: &ReceiptContext) -> String {
         services: [Service<'a>; 1],
         sensitive: bool,
         spi_cat: &'a [String],
+        /// The platform an imported consent was first collected on (absent otherwise): the
+        /// controller vouches for the import, not for having collected it.
+        #[serde(rename = "importedFrom", skip_serializing_if = "Option::is_none")]
+        imported_from: Option<&'a str>,
     }
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -232,6 +236,7 @@ fn payload(consent: &NewConsent, context: &ReceiptContext) -> String {
         }],
         sensitive: !context.sensitive.is_empty(),
         spi_cat: &context.sensitive,
+        imported_from: consent.imported.as_ref().map(|i| i.source.as_str()),
     };
     serde_json::to_string(&receipt).unwrap_or_default()
 }
@@ -421,6 +426,7 @@ mod tests {
             user_agent: "unit".into(),
             guardian_ref: None,
             receipt: None,
+            imported: None,
         }
     }
 

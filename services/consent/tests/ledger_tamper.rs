@@ -54,6 +54,7 @@ fn consent(n: u64, subject: SubjectKey, purpose: &str, state: &str) -> NewConsen
         user_agent: "ledger-tamper-test".to_owned(),
         guardian_ref: None,
         receipt: None,
+        imported: None,
     }
 }
 

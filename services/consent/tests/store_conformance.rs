@@ -5,8 +5,8 @@
 
 use consentgate_consent::ledger::{self, CHECKPOINT_EVERY, GENESIS_HASH, LedgerKeys};
 use consentgate_consent::model::{
-    Change, ChangeEvent, NewConsent, StoredReceipt, StoredRecord, SubjectKey, SubjectRows, Write,
-    WriteOutcome,
+    Change, ChangeEvent, ImportOrigin, NewConsent, StoredReceipt, StoredRecord, SubjectKey,
+    SubjectRows, Write, WriteOutcome,
 };
 use consentgate_consent::receipt::{Receipt, ReceiptContext};
 use consentgate_consent::store::{self, ConsentStore, PostgresStore, SqliteStore, StoreError};
@@ -24,7 +24,7 @@ use time::{Duration, OffsetDateTime};
 const CALLER: &str = "preference-center";
 
 /// Tables that hold rows about one subject key, and the SQL that counts that key's rows in each.
-const PER_SUBJECT_TABLES: [(&str, &str); 10] = [
+const PER_SUBJECT_TABLES: [(&str, &str); 11] = [
     (
         "consent_records",
         "SELECT COUNT(*) FROM consent_records WHERE subject = $1",
@@ -36,6 +36,12 @@ const PER_SUBJECT_TABLES: [(&str, &str); 10] = [
         "SELECT COUNT(*) FROM receipt_signatures s WHERE s.revision IN \
          (SELECT revision FROM consent_records WHERE subject = $1) OR NOT EXISTS \
          (SELECT 1 FROM consent_records r WHERE r.revision = s.revision)",
+    ),
+    (
+        "imported",
+        "SELECT COUNT(*) FROM imported i WHERE i.revision IN \
+         (SELECT revision FROM consent_records WHERE subject = $1) OR NOT EXISTS \
+         (SELECT 1 FROM consent_records r WHERE r.revision = i.revision)",
     ),
     (
         "consent_current",
@@ -126,6 +132,7 @@ fn consent(subject: &SubjectKey, purpose: &str, state: &str) -> NewConsent {
         user_agent: "conformance-test/1.0".to_owned(),
         guardian_ref: None,
         receipt: None,
+        imported: None,
     }
 }
 
@@ -309,11 +316,48 @@ impl Harness {
         outcome
     }
 
+    /// The subject's rows, its current records as history reads them: each must say where it
+    /// stands in the subject's order (at or after its own time, to the microsecond, and at it
+    /// for an imported record), which history does not.
     async fn load(&self, key: &SubjectKey) -> SubjectRows {
-        self.store
+        let mut rows = self.placed(key).await;
+        for r in &mut rows.records {
+            r.ordered_at = None;
+        }
+        rows
+    }
+
+    /// The subject's rows as the store reads them, with each current record's place.
+    async fn placed(&self, key: &SubjectKey) -> SubjectRows {
+        let rows = self
+            .store
             .load_subject(key)
             .await
-            .unwrap_or_else(|e| panic!("[{}] load {key:?}: {e}", self.b))
+            .unwrap_or_else(|e| panic!("[{}] load {key:?}: {e}", self.b));
+        for r in &rows.records {
+            let own = r
+                .consent
+                .collected_at
+                .replace_nanosecond(r.consent.collected_at.nanosecond() / 1000 * 1000)
+                .expect("a time");
+            let at = r
+                .ordered_at
+                .unwrap_or_else(|| panic!("[{}] a current record without its place", self.b));
+            if r.consent.imported.is_some() {
+                assert_eq!(
+                    at, own,
+                    "[{}] an imported record stands at its own time",
+                    self.b
+                );
+            } else {
+                assert!(
+                    at >= own,
+                    "[{}] a live record stands at or after its own time",
+                    self.b
+                );
+            }
+        }
+        rows
     }
 
     async fn count(&self, sql: &'static str, bind: &str) -> i64 {
@@ -410,7 +454,8 @@ async fn writes_return_increasing_gap_free_revisions() {
                     o.record,
                     Some(StoredRecord {
                         consent: c.clone(),
-                        revision: o.revision
+                        revision: o.revision,
+                        ordered_at: None,
                     }),
                     "[{b}] a consent write returns its record at its revision"
                 ),
@@ -571,7 +616,13 @@ async fn reopening_the_database_continues_the_sequence() {
         assert_eq!(history.len(), 3, "[{b}] reopened store sees the data");
         let rows = reopened.load_subject(&alice).await.expect("load");
         assert_eq!(
-            rows.records,
+            rows.records
+                .iter()
+                .map(|r| StoredRecord {
+                    ordered_at: None,
+                    ..r.clone()
+                })
+                .collect::<Vec<_>>(),
             history[2..].to_vec(),
             "[{b}] reopened store: the latest grant is current"
         );
@@ -2721,5 +2772,243 @@ async fn tombstones_given_back_refuse_writes_and_find_what_is_still_held() {
         let bob_rows = h.load(&bob).await;
         assert!(!bob_rows.erased && bob_rows.records.len() == 1, "[{b}]");
         h.verify_ok(3).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Imports (issue 16): records from another platform, in the subject's order by their own time
+// ---------------------------------------------------------------------------------------------
+
+/// A record imported from `legacy-crm` under `id`, collected `ago` before now.
+fn imported(subject: &SubjectKey, purpose: &str, state: &str, id: &str, ago: Duration) -> Change {
+    let mut c = consent(subject, purpose, state);
+    c.collected_at = OffsetDateTime::now_utc() - ago;
+    c.collection_method = CollectionMethod::Banner;
+    c.imported = Some(ImportOrigin {
+        source: "legacy-crm".into(),
+        source_record_id: id.into(),
+    });
+    Change::Consent(c)
+}
+
+impl Harness {
+    /// An import's write: keyed by its source record id, as the service keys it.
+    fn import_request(&self, change: Change) -> Write {
+        let Change::Consent(c) = &change else {
+            panic!("only consent records are imported")
+        };
+        let origin = c.imported.clone().expect("an imported record");
+        Write {
+            caller: "privacy-ops".to_owned(),
+            delegate: None,
+            idempotency_key: format!(
+                "import\u{0}{}\u{0}{}",
+                origin.source, origin.source_record_id
+            ),
+            fingerprint: fingerprint_of(&change),
+            change,
+        }
+    }
+
+    /// The current record of a subject for a purpose (unscoped, any channel none).
+    async fn current(&self, key: &SubjectKey, purpose: &str) -> Option<StoredRecord> {
+        self.placed(key)
+            .await
+            .records
+            .into_iter()
+            .find(|r| r.consent.purpose == purpose)
+    }
+}
+
+#[tokio::test]
+async fn imports_keep_their_own_time_land_once_and_never_override_a_newer_record() {
+    for backend in backends() {
+        let h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let alice = person("alice");
+        let email = "marketing.communications.email";
+        let analytics = "analytics.reporting";
+
+        // A live grant an hour ago; an imported withdrawal from two years ago lands in history
+        // only, although its revision is newer.
+        let mut live = consent(&alice, analytics, "given");
+        live.collected_at = OffsetDateTime::now_utc() - Duration::hours(1);
+        let live = h.write(Change::Consent(live)).await;
+        let old = h
+            .submit(h.import_request(imported(
+                &alice,
+                analytics,
+                "withdrawn",
+                "crm-1",
+                Duration::days(730),
+            )))
+            .await
+            .expect("an old import");
+        assert!(
+            old.revision > live.revision && old.history_only,
+            "[{b}] an older import lands in history only"
+        );
+        let current = h
+            .current(&alice, analytics)
+            .await
+            .expect("a current record");
+        assert_eq!(
+            current.revision, live.revision,
+            "[{b}] the newer live grant stays current"
+        );
+        assert_eq!(
+            h.store.history(&alice, 0, 10).await.expect("history").len(),
+            2,
+            "[{b}] both in history"
+        );
+
+        // An import newer than the current record (a withdrawal made on the old platform after
+        // the person's last choice here) becomes current.
+        let newer = h
+            .submit(h.import_request(imported(
+                &alice,
+                analytics,
+                "withdrawn",
+                "crm-2",
+                Duration::minutes(30),
+            )))
+            .await
+            .expect("a newer import");
+        assert!(!newer.history_only, "[{b}] a newer import becomes current");
+        let current = h
+            .current(&alice, analytics)
+            .await
+            .expect("a current record");
+        assert_eq!(
+            (current.revision, current.consent.state),
+            (newer.revision, RecordState::Withdrawn),
+            "[{b}]"
+        );
+        assert_eq!(
+            current
+                .consent
+                .imported
+                .as_ref()
+                .map(|o| o.source_record_id.as_str()),
+            Some("crm-2"),
+            "[{b}] the current record says where it came from"
+        );
+
+        // A key with nothing current takes the import, however old.
+        let first = h
+            .submit(h.import_request(imported(
+                &alice,
+                email,
+                "given",
+                "crm-3",
+                Duration::days(400),
+            )))
+            .await
+            .expect("an import");
+        assert!(
+            !first.history_only,
+            "[{b}] the only record of its key is current"
+        );
+
+        // Sent again: answered from the first landing, nothing written; other content under
+        // the same id is refused.
+        let again = h
+            .submit(h.import_request(imported(
+                &alice,
+                email,
+                "given",
+                "crm-3",
+                Duration::days(400),
+            )))
+            .await;
+        // Built anew, it has another record id (and time): other content.
+        assert!(
+            matches!(again, Err(StoreError::IdempotencyConflict)),
+            "[{b}] other content under an imported id: {again:?}"
+        );
+        let resent = h.import_request(imported(
+            &alice,
+            email,
+            "refused",
+            "crm-4",
+            Duration::days(300),
+        ));
+        let stored = h.submit(resent.clone()).await.expect("an import");
+        let duplicate = h.submit(resent).await.expect("the same import again");
+        assert!(
+            duplicate.replayed,
+            "[{b}] the same record again is a duplicate"
+        );
+        assert_eq!(
+            duplicate.revision, stored.revision,
+            "[{b}] at its first revision"
+        );
+        assert_eq!(duplicate.record, stored.record, "[{b}] with its record");
+        let head = h.ledger_seqs().await.len();
+
+        // One source record id twice in one group commit lands once.
+        let twice = h.import_request(imported(
+            &alice,
+            email,
+            "refused",
+            "crm-5",
+            Duration::days(200),
+        ));
+        let (one, two) = tokio::join!(h.submit(twice.clone()), h.submit(twice));
+        let (one, two) = (one.expect("first"), two.expect("second"));
+        assert_eq!(one.revision, two.revision, "[{b}] one landing");
+        assert!(
+            one.replayed != two.replayed,
+            "[{b}] one of them a duplicate"
+        );
+        assert_eq!(
+            h.ledger_seqs().await.len(),
+            head + 1,
+            "[{b}] one ledger entry for both"
+        );
+        assert_eq!(
+            h.count(
+                "SELECT COUNT(*) FROM imported WHERE source = $1",
+                "legacy-crm"
+            )
+            .await,
+            5,
+            "[{b}] each source record id kept once, permanently"
+        );
+
+        // Live writes follow the subject's latest place, whatever their clock says: a
+        // withdrawal from a replica whose clock is a minute behind still withdraws.
+        let grant = h.write(grant(&alice, email)).await;
+        let mut behind = consent(&alice, email, "withdrawn");
+        behind.collected_at = OffsetDateTime::now_utc() - Duration::minutes(1);
+        let withdrawal = h.write(Change::Consent(behind)).await;
+        assert!(
+            !grant.history_only && !withdrawal.history_only,
+            "[{b}] live records are always current"
+        );
+        let current = h.current(&alice, email).await.expect("a current record");
+        assert_eq!(
+            current.revision, withdrawal.revision,
+            "[{b}] the later withdrawal is current"
+        );
+
+        // Erasure leaves no import of the subject behind.
+        h.write(erase(&alice)).await;
+        assert_eq!(
+            h.count(
+                "SELECT COUNT(*) FROM imported WHERE source = $1",
+                "legacy-crm"
+            )
+            .await,
+            0,
+            "[{b}] erasure deletes the subject's imports"
+        );
+        let after = h
+            .submit(h.import_request(imported(&alice, email, "given", "crm-9", Duration::days(1))))
+            .await;
+        assert!(
+            matches!(after, Err(StoreError::SubjectErased)),
+            "[{b}] an erased subject takes no import: {after:?}"
+        );
     }
 }

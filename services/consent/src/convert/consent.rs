@@ -182,7 +182,7 @@ fn expires_at(v: &mut Violations, t: Option<&prost_types::Timestamp>) -> Option<
     }
 }
 
-fn source_ip(v: &mut Violations, text: &str) -> Option<IpAddr> {
+pub(super) fn source_ip(v: &mut Violations, text: &str) -> Option<IpAddr> {
     if text.is_empty() {
         return None;
     }
@@ -197,7 +197,7 @@ fn source_ip(v: &mut Violations, text: &str) -> Option<IpAddr> {
 }
 
 /// Validates what a consent event is about against the policy.
-fn target(
+pub(super) fn target(
     policy: &Policy,
     v: &mut Violations,
     target: Option<&pb::ConsentTarget>,
@@ -273,7 +273,7 @@ fn target(
     })
 }
 
-fn jurisdiction(policy: &Policy, v: &mut Violations, code: &str) -> String {
+pub(super) fn jurisdiction(policy: &Policy, v: &mut Violations, code: &str) -> String {
     if !v.check_len("jurisdiction", code, limits::MAX_POLICY_KEY_BYTES) {
         return String::new();
     }

@@ -5,11 +5,13 @@
 //!
 //! Split like the service: [`consent`] (Grant, Refuse, Withdraw, signals, links), [`decide`]
 //! (Check, BatchCheck, Explain), [`dsr`] (consents, history, receipts, restriction, erasure,
-//! ledger, the change stream); this module holds the pieces they share.
+//! ledger, the change stream), [`import`] (ImportConsents); this module holds the pieces they
+//! share.
 
 mod consent;
 mod decide;
 mod dsr;
+mod import;
 
 pub use consent::{grant, grant_response, link, record_signal, recorded, refuse, withdraw};
 pub use decide::{MAX_BATCH, batch_check, check, decision_pb, explain, explain_response};
@@ -19,6 +21,7 @@ pub use dsr::{
     receipt_response, restrict, signing_keys_response, verify_response, verify_start, watch,
     watch_message,
 };
+pub use import::{import_chunk, import_response};
 
 use crate::model::{StoredRecord, SubjectKey};
 use crate::service::Idempotency;
@@ -203,5 +206,9 @@ fn record_pb(r: &StoredRecord, now: OffsetDateTime) -> pb::ConsentRecord {
         guardian_ref: c.guardian_ref.clone().unwrap_or_default(),
         revision: r.revision,
         overridden_by_record_id: String::new(),
+        imported: c.imported.as_ref().map(|i| pb::ImportOrigin {
+            source: i.source.clone(),
+            source_record_id: i.source_record_id.clone(),
+        }),
     }
 }

@@ -65,6 +65,11 @@ struct CanonicalConsent<'a> {
     collected_at: String,
     expires_at: Option<String>,
     guardian: Option<String>,
+    /// The platform an imported record came from (absent from records recorded here, and from
+    /// every entry written before imports): the chain itself says which records keep their own
+    /// time in the subject's order, so an auditor can recompute the order from the chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    imported_from: Option<&'a str>,
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -148,6 +153,7 @@ pub fn canonical_event(
                 collected_at: rfc3339(c.collected_at),
                 expires_at: c.expires_at.map(rfc3339),
                 guardian: c.guardian_ref.as_deref().map(digest),
+                imported_from: c.imported.as_ref().map(|i| i.source.as_str()),
             }),
             _ => None,
         },

@@ -149,7 +149,7 @@ impl Service {
     /// Builds the event: the legal basis the policy gives the purpose in the jurisdiction, the
     /// purpose's notice (its current version unless the person saw another), a truncated source
     /// address. Also returns the purpose's retention in days (0: none).
-    fn new_consent(
+    pub(super) fn new_consent(
         &self,
         ask: ConsentAsk,
         state: RecordState,
@@ -198,6 +198,7 @@ impl Service {
             user_agent,
             guardian_ref: None,
             receipt: None,
+            imported: None,
         };
         Ok((ask.idempotency, consent, purpose.retention_days))
     }

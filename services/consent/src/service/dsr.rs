@@ -322,6 +322,7 @@ mod tests {
             value: value.to_owned(),
             revision,
             recorded_at: OffsetDateTime::UNIX_EPOCH,
+            ordered_at: OffsetDateTime::UNIX_EPOCH,
             collection_method: CollectionMethod::Api,
         }
     }

@@ -10,16 +10,19 @@
 //!
 //! Split by concern: [`consent`] records consent and signals, [`decide`] answers Check,
 //! BatchCheck and Explain, [`watch`] streams changes, [`dsr`] serves data-subject rights and
-//! proof (consents, history, receipts, restriction, erasure, ledger verification).
+//! proof (consents, history, receipts, restriction, erasure, ledger verification), [`import`]
+//! brings in consent records from another platform.
 
 mod consent;
 mod decide;
 mod dsr;
+mod import;
 mod watch;
 
 pub use consent::{ConsentAsk, GrantAsk, Granted, SignalAsk, Target};
 pub use decide::{Ask, Explained};
 pub use dsr::{ConsentsView, CurrentRecord, HistoryPage, Reapplied, Receipt};
+pub use import::{ImportAsk, ImportOutcome};
 pub use watch::{WatchEvent, WatchStream};
 
 use crate::engine::{Engine, EngineError};

@@ -10,11 +10,11 @@
 //! tombstones), so they are applied one by one between runs (`sql::apply`); a key repeated in a
 //! batch ends a run, so the second write under it is answered from the first.
 
-use super::sql::{answer_from_record, rfc3339, subject_of, unix_micros};
+use super::sql::{answer_from_record, rebuilt, rfc3339, subject_of, unix_micros};
 use super::{StoreError, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
-use crate::model::{Change, StoredRecord, SubjectKey, Write, WriteOutcome};
+use crate::model::{Change, ImportOrigin, StoredRecord, SubjectKey, Write, WriteOutcome};
 use crate::receipt::Receipt;
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
 use consentgate_store::{Dialect, Tx, to_i64, to_u64};
@@ -249,7 +249,10 @@ async fn decide<D: Dialect>(
     remembered_since: i64,
 ) -> Result<Vec<Decided>, StoreError> {
     let mut remembered: HashMap<(String, String), sqlx::any::AnyRow> = HashMap::new();
-    for chunk in padded_chunks(run.to_vec()) {
+    let (imports, live): (Vec<&Write>, Vec<&Write>) =
+        run.iter().copied().partition(|w| import_of(w).is_some());
+    let already_imported = imported_rows::<D>(tx, &imports).await?;
+    for chunk in padded_chunks(live) {
         // `key IN (…) AND caller IN (…)`: both lists probe the primary key, key first
         // (migration 0009). The cross product may name pairs no write has; only the writes'
         // own are used.
@@ -296,6 +299,18 @@ async fn decide<D: Dialect>(
 
     let mut decided = Vec::with_capacity(run.len());
     for (w, tombstone) in run.iter().zip(&tombstones) {
+        if let Some(origin) = import_of(w) {
+            // Imported before: permanently, whatever the idempotency window.
+            let key = (origin.source.clone(), origin.source_record_id.clone());
+            if let Some((revision, fingerprint)) = already_imported.get(&key) {
+                if fingerprint.as_slice() != w.fingerprint {
+                    decided.push(Some(Err(StoreError::IdempotencyConflict)));
+                } else {
+                    decided.push(Some(Ok(rebuilt(tx, *revision, None).await?)));
+                }
+                continue;
+            }
+        }
         let row = remembered.remove(&(w.caller.clone(), w.idempotency_key.clone()));
         if let Some(row) = row {
             // The answer of the first write; nothing when its key was forgotten (and deleted).
@@ -319,6 +334,64 @@ async fn decide<D: Dialect>(
         }
     }
     Ok(decided)
+}
+
+/// The origin of an imported record's write (`None` for everything recorded live).
+fn import_of(write: &Write) -> Option<&ImportOrigin> {
+    match &write.change {
+        Change::Consent(c) => c.imported.as_ref(),
+        _ => None,
+    }
+}
+
+/// The revision and fingerprint of each of these imports' source records already imported.
+async fn imported_rows<D: Dialect>(
+    tx: &mut Tx<'_>,
+    imports: &[&Write],
+) -> Result<HashMap<(String, String), (i64, Vec<u8>)>, StoreError> {
+    let mut held = HashMap::new();
+    let by_source: BTreeMap<&str, BTreeSet<&str>> = imports
+        .iter()
+        .filter_map(|w| import_of(w))
+        .fold(BTreeMap::new(), |mut m, o| {
+            m.entry(o.source.as_str())
+                .or_insert_with(BTreeSet::new)
+                .insert(o.source_record_id.as_str());
+            m
+        });
+    for (source, ids) in by_source {
+        for chunk in padded_chunks(ids.into_iter().collect()) {
+            let mut lookup = Statement::<D>::new(
+                "SELECT source_record_id, revision, fingerprint FROM imported WHERE source = ",
+            );
+            lookup.param(Value::Text(source.to_owned()));
+            lookup.push(" AND source_record_id");
+            lookup.in_list(
+                chunk
+                    .into_iter()
+                    .map(|id| Value::Text(id.to_owned()))
+                    .collect(),
+            );
+            for row in lookup.fetch_all(tx).await? {
+                held.insert(
+                    (source.to_owned(), row.get::<String, _>(0)),
+                    (row.get::<i64, _>(1), row.get::<Vec<u8>, _>(2)),
+                );
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// The time the next live change of a subject takes in its order: its own time, or just past
+/// the latest change of the subject (or any key linked with it) when that is later, since
+/// replicas' clocks differ and a withdrawal must never sort before the grant it withdraws.
+/// An imported record keeps its own time.
+fn ordered_micros(own: i64, latest: Option<i64>, imported: bool) -> i64 {
+    match latest {
+        Some(latest) if !imported => own.max(latest.saturating_add(1)),
+        _ => own,
+    }
 }
 
 /// Writes the new writes of a run: revisions, ledger entries and rows, one INSERT per table.
@@ -364,6 +437,34 @@ async fn write_fresh<D: Dialect>(
 
     let groups = link_groups::<D>(tx, &subjects).await?;
 
+    // Each key's latest place in its order, and for subjects with imports, where their current
+    // records stand: an imported record older than the current one lands in history only.
+    let members: BTreeSet<String> = groups.values().flatten().map(SubjectKey::storage).collect();
+    let mut latest: HashMap<String, i64> = select_in::<D>(
+        tx,
+        "SELECT subject, order_micros FROM subjects WHERE subject",
+        members.iter().map(|s| Value::Text(s.clone())),
+    )
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let imported_subjects: BTreeSet<String> = writes
+        .iter()
+        .filter(|w| import_of(w).is_some())
+        .map(|w| w.change.subject().storage())
+        .collect();
+    let mut current: BTreeMap<(String, String, String, String), (i64, i64)> = select_in::<D>(
+        tx,
+        "SELECT subject, purpose, channel, scope, order_micros, revision FROM consent_current WHERE subject",
+        imported_subjects.iter().map(|s| Value::Text(s.clone())),
+    )
+    .await?
+    .iter()
+    .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3)), (r.get(4), r.get(5))))
+    .collect();
+    let mut current_changed: BTreeSet<(String, String, String, String)> = BTreeSet::new();
+
     let mut records = Rows::new(
         "INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ",
         "",
@@ -375,7 +476,7 @@ async fn write_fresh<D: Dialect>(
     // Each context once per batch; most are stored already, and the conflict leaves them be.
     let mut contexts: BTreeMap<[u8; 16], String> = BTreeMap::new();
     let mut signals = Rows::new(
-        "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method) VALUES ",
+        "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method, order_micros) VALUES ",
         "",
     );
     let mut ledger = Rows::new(
@@ -394,9 +495,10 @@ async fn write_fresh<D: Dialect>(
         "INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at, revision, records_deleted) VALUES ",
         "",
     );
-    // One row per key in an upsert: PostgreSQL refuses a statement that updates a row twice,
-    // and the latest revision wins anyway.
-    let mut current: BTreeMap<(String, String, String, String), i64> = BTreeMap::new();
+    let mut imports = Rows::new(
+        "INSERT INTO imported (source, source_record_id, revision, fingerprint) VALUES ",
+        "",
+    );
     let mut revisions: BTreeMap<String, i64> = BTreeMap::new();
     let committed_micros = unix_micros(now);
 
@@ -409,6 +511,21 @@ async fn write_fresh<D: Dialect>(
         let pseudonym = entry::pseudonym(&subject_keys[&subject_s], subject);
         let mut affected = groups.get(&subject_s).cloned().unwrap_or_default();
         let mut record = None;
+        let mut history_only = false;
+        let imported = import_of(write);
+        let own = match &write.change {
+            Change::Consent(c) => unix_micros(c.collected_at),
+            _ => unix_micros(now),
+        };
+        let previous = affected
+            .iter()
+            .filter_map(|k| latest.get(&k.storage()).copied())
+            .max();
+        let ordered = ordered_micros(own, previous, imported.is_some());
+        for key in &affected {
+            let held = latest.entry(key.storage()).or_insert(ordered);
+            *held = (*held).max(ordered);
+        }
         match &write.change {
             Change::Consent(c) => {
                 let body = record::encode(c)?;
@@ -419,15 +536,29 @@ async fn write_fresh<D: Dialect>(
                     Value::Text(c.purpose.clone()),
                     Value::Text(body),
                 ]);
-                current.insert(
-                    (
-                        subject_s.clone(),
-                        c.purpose.clone(),
-                        c.channel.clone().unwrap_or_default(),
-                        c.scope.clone().unwrap_or_default(),
-                    ),
-                    rev,
+                let key = (
+                    subject_s.clone(),
+                    c.purpose.clone(),
+                    c.channel.clone().unwrap_or_default(),
+                    c.scope.clone().unwrap_or_default(),
                 );
+                // The current record per key is the latest in the subject's order (a live
+                // record always is); one row per key in the upsert, as PostgreSQL refuses a
+                // statement that updates a row twice.
+                if current.get(&key).is_none_or(|&held| held < (ordered, rev)) {
+                    current.insert(key.clone(), (ordered, rev));
+                    current_changed.insert(key);
+                } else {
+                    history_only = true;
+                }
+                if let Some(origin) = imported {
+                    imports.rows.push(vec![
+                        Value::Text(origin.source.clone()),
+                        Value::Text(origin.source_record_id.clone()),
+                        Value::Int(rev),
+                        Value::Bytes(write.fingerprint.to_vec()),
+                    ]);
+                }
                 match &c.receipt {
                     Some(Receipt::Derived { context, signature }) => {
                         let digest = context.digest();
@@ -449,6 +580,9 @@ async fn write_fresh<D: Dialect>(
                 record = Some(StoredRecord {
                     consent: c.clone(),
                     revision: seq,
+                    // As history reads it back (and a retry answers it): only the current
+                    // state, which decisions read, says where a record stands.
+                    ordered_at: None,
                 });
             }
             Change::Signal {
@@ -464,6 +598,7 @@ async fn write_fresh<D: Dialect>(
                     Value::Text(value.clone()),
                     Value::Text(rfc3339(now)),
                     Value::Text(collection_method.as_str().to_owned()),
+                    Value::Int(ordered),
                 ]);
             }
             Change::Link { .. } | Change::Restrict { .. } | Change::Erase { .. } => {
@@ -511,16 +646,19 @@ async fn write_fresh<D: Dialect>(
             Value::MaybeText(write.change.purpose().map(str::to_owned)),
             Value::Int(committed_micros),
         ]);
-        idempotency.rows.push(vec![
-            Value::Text(write.caller.clone()),
-            Value::Text(write.idempotency_key.clone()),
-            Value::Text(subject_s),
-            Value::Bytes(write.fingerprint.to_vec()),
-            Value::Text(String::new()),
-            Value::Int(committed_micros),
-            Value::Int(rev),
-            Value::MaybeInt(None),
-        ]);
+        // An import is remembered for good by its source record id (above), not by a key.
+        if imported.is_none() {
+            idempotency.rows.push(vec![
+                Value::Text(write.caller.clone()),
+                Value::Text(write.idempotency_key.clone()),
+                Value::Text(subject_s),
+                Value::Bytes(write.fingerprint.to_vec()),
+                Value::Text(String::new()),
+                Value::Int(committed_micros),
+                Value::Int(rev),
+                Value::MaybeInt(None),
+            ]);
+        }
 
         affected.sort_by_key(SubjectKey::storage);
         affected.dedup();
@@ -531,30 +669,43 @@ async fn write_fresh<D: Dialect>(
             committed_at: now,
             affected,
             replayed: false,
+            history_only,
         });
     }
 
+    // Only forward in the order, whatever was read above: the writes are serialized, so this
+    // guard never fires, and a current row never moves back if they one day are not.
     let mut current_rows = Rows::new(
-        "INSERT INTO consent_current (subject, purpose, channel, scope, revision) VALUES ",
-        " ON CONFLICT (subject, purpose, channel, scope) DO UPDATE SET revision = excluded.revision",
+        "INSERT INTO consent_current (subject, purpose, channel, scope, order_micros, revision) VALUES ",
+        " ON CONFLICT (subject, purpose, channel, scope) DO UPDATE \
+         SET order_micros = excluded.order_micros, revision = excluded.revision \
+         WHERE excluded.order_micros > consent_current.order_micros \
+            OR (excluded.order_micros = consent_current.order_micros AND excluded.revision > consent_current.revision)",
     );
-    for ((subject, purpose, channel, scope), rev) in current {
+    for key in current_changed {
+        let (ordered, rev) = current[&key];
+        let (subject, purpose, channel, scope) = key;
         current_rows.rows.push(vec![
             Value::Text(subject),
             Value::Text(purpose),
             Value::Text(channel),
             Value::Text(scope),
+            Value::Int(ordered),
             Value::Int(rev),
         ]);
     }
     let mut subject_rows = Rows::new(
-        "INSERT INTO subjects (subject, revision, restricted) VALUES ",
-        " ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision",
+        "INSERT INTO subjects (subject, revision, restricted, order_micros) VALUES ",
+        " ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision, order_micros = excluded.order_micros",
     );
     for (subject, rev) in revisions {
-        subject_rows
-            .rows
-            .push(vec![Value::Text(subject), Value::Int(rev), Value::Int(0)]);
+        let ordered = latest.get(&subject).copied().unwrap_or(0);
+        subject_rows.rows.push(vec![
+            Value::Text(subject),
+            Value::Int(rev),
+            Value::Int(0),
+            Value::Int(ordered),
+        ]);
     }
 
     let mut context_rows = Rows::new(
@@ -579,6 +730,7 @@ async fn write_fresh<D: Dialect>(
         checkpoints,
         changes,
         idempotency,
+        imports,
     ] {
         rows.insert::<D>(tx).await?;
     }

@@ -7,7 +7,7 @@
 use super::StoreError;
 use super::sql::{collection_method, parse_time, subject_of};
 use crate::ledger::entry;
-use crate::model::{NewConsent, StoredRecord};
+use crate::model::{ImportOrigin, NewConsent, StoredRecord};
 use consentgate_policy::{ConsentType, LegalBasis, RecordState};
 use consentgate_store::to_u64;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,9 @@ use sqlx::any::AnyRow;
 /// The columns [`decode`] reads, in its order, from `consent_records r` joined with
 /// `ledger l ON l.seq = r.revision` (a record's revision is its ledger entry's sequence).
 pub(super) const COLUMNS: &str = "r.revision, r.body, r.subject, l.event";
+
+/// How many columns [`COLUMNS`] names: a query's further columns start at this index.
+pub(super) const COLUMN_COUNT: usize = 4;
 
 /// The body's format version (whole records, written before, have none).
 const PERSONAL: u8 = 2;
@@ -29,6 +32,9 @@ struct Personal {
     source_ip: String,
     user_agent: String,
     guardian_ref: Option<String>,
+    /// The source and the source's record id of an imported record (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    imported: Option<ImportOrigin>,
 }
 
 /// The body to store for `consent`.
@@ -38,6 +44,7 @@ pub(super) fn encode(consent: &NewConsent) -> Result<String, StoreError> {
         source_ip: consent.source_ip.clone(),
         user_agent: consent.user_agent.clone(),
         guardian_ref: consent.guardian_ref.clone(),
+        imported: consent.imported.clone(),
     })
     .map_err(|e| StoreError::corrupt(e.to_string()))
 }
@@ -60,7 +67,11 @@ pub(super) fn decode(row: &AnyRow) -> Result<StoredRecord, StoreError> {
         _ => serde_json::from_str(&body)
             .map_err(|e| StoreError::corrupt(format!("consent record {revision}: {e}")))?,
     };
-    Ok(StoredRecord { consent, revision })
+    Ok(StoredRecord {
+        consent,
+        revision,
+        ordered_at: None,
+    })
 }
 
 /// The record from its ledger entry's consent event, its personal parts and its subject.
@@ -96,5 +107,6 @@ fn joined(
         user_agent: personal.user_agent,
         guardian_ref: personal.guardian_ref,
         receipt: None,
+        imported: personal.imported,
     })
 }

@@ -247,19 +247,21 @@ impl<D: Dialect> SqlStore<D> {
                     rows.restricted = r.get::<i64, _>(1) != 0;
                 }
             }
-            for r in sqlx::query("SELECT revision, kind, value, recorded_at, collection_method FROM signals WHERE subject = $1 ORDER BY revision").bind(&m).fetch_all(&mut *tx).await? {
-                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))?, collection_method: collection_method(&r.get::<String, _>(4))? });
+            for r in sqlx::query("SELECT revision, kind, value, recorded_at, collection_method, order_micros FROM signals WHERE subject = $1 ORDER BY revision").bind(&m).fetch_all(&mut *tx).await? {
+                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))?, collection_method: collection_method(&r.get::<String, _>(4))?, ordered_at: order_time(r.get(5))? });
             }
         }
         rows.signals.sort_by_key(|s| s.revision);
         for r in sqlx::query(
-            AssertSqlSafe(format!("SELECT {} FROM consent_current c JOIN consent_records r ON r.revision = c.revision JOIN ledger l ON l.seq = r.revision WHERE c.subject = $1 ORDER BY c.revision", record::COLUMNS)),
+            AssertSqlSafe(format!("SELECT {}, c.order_micros FROM consent_current c JOIN consent_records r ON r.revision = c.revision JOIN ledger l ON l.seq = r.revision WHERE c.subject = $1 ORDER BY c.revision", record::COLUMNS)),
         )
         .bind(&effective)
         .fetch_all(&mut *tx)
         .await?
         {
-            rows.records.push(record::decode(&r)?);
+            let mut record = record::decode(&r)?;
+            record.ordered_at = Some(order_time(r.get(record::COLUMN_COUNT))?);
+            rows.records.push(record);
         }
         tx.commit().await?;
         Ok(rows)
@@ -730,6 +732,7 @@ async fn apply(
                 committed_at: now,
                 affected: Vec::new(),
                 replayed: true,
+                history_only: false,
             };
             return Ok(outcome);
         }
@@ -854,6 +857,7 @@ async fn apply(
         committed_at: now,
         affected,
         replayed: false,
+        history_only: false,
     };
     let idempotency_subject = if matches!(write.change, Change::Erase { .. }) {
         String::new()
@@ -931,7 +935,7 @@ pub(super) async fn answer_from_record(
 /// The answer of the write committed at `revision`, rebuilt from what the database holds anyway:
 /// the change's commit time, the consent record written at that revision (none for signals,
 /// links, restrictions and erasures), and for an erasure the records it deleted.
-async fn rebuilt(
+pub(super) async fn rebuilt(
     tx: &mut Tx<'_>,
     revision: i64,
     records_deleted: Option<i64>,
@@ -967,6 +971,7 @@ async fn rebuilt(
         committed_at,
         affected: Vec::new(),
         replayed: true,
+        history_only: false,
     })
 }
 
@@ -1100,14 +1105,15 @@ async fn erase_key(
 ) -> Result<u64, StoreError> {
     let k = key.storage();
     // Before the records they are found through: a signature over a person's record would
-    // confirm a guess at its content.
-    sqlx::query(
+    // confirm a guess at its content, and so would an import's fingerprint.
+    for sql in [
         "DELETE FROM receipt_signatures WHERE revision IN \
          (SELECT revision FROM consent_records WHERE subject = $1)",
-    )
-    .bind(&k)
-    .execute(&mut **tx)
-    .await?;
+        "DELETE FROM imported WHERE revision IN \
+         (SELECT revision FROM consent_records WHERE subject = $1)",
+    ] {
+        sqlx::query(sql).bind(&k).execute(&mut **tx).await?;
+    }
     let deleted = sqlx::query("DELETE FROM consent_records WHERE subject = $1")
         .bind(&k)
         .execute(&mut **tx)
@@ -1145,6 +1151,12 @@ fn remembered_since(now: OffsetDateTime, window: Duration) -> i64 {
 /// and converts the same on both backends).
 pub(super) fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// A stored `order_micros` (migration 0010) as a time.
+pub(super) fn order_time(micros: i64) -> Result<OffsetDateTime, StoreError> {
+    from_unix_micros(micros)
+        .ok_or_else(|| StoreError::corrupt(format!("order time {micros} is out of range")))
 }
 
 /// The inverse of [`unix_micros`]; `None` for a value no timestamp has.

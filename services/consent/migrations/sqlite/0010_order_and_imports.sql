@@ -1,0 +1,47 @@
+-- The order of a subject's consent events (issue 16, bulk import): records imported from another
+-- platform arrive with their original times, years before records already held, so "the latest
+-- record" is the latest by time, revision breaking ties, no longer simply the highest revision.
+-- `order_micros` is when a row takes its place in that order (Unix microseconds): an imported
+-- record's own collected-at; for one recorded live, its collected-at moved just past the
+-- subject's previous change, so that live changes stay in revision order whatever the replicas'
+-- clocks say. `subjects.order_micros` is the subject's latest, what the next live change must
+-- follow.
+ALTER TABLE consent_current ADD COLUMN order_micros BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE signals ADD COLUMN order_micros BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE subjects ADD COLUMN order_micros BIGINT NOT NULL DEFAULT 0;
+
+-- Rows written before: each subject's times, as a running maximum in revision order, so the
+-- order they already had (by revision) is kept exactly and an import compares against their
+-- real times (to the millisecond: SQLite's date functions read no finer). Collected-at comes
+-- from the ledger entry, which every record has.
+CREATE TEMP TABLE order_backfill AS
+SELECT subject, revision, MAX(t) OVER (PARTITION BY subject ORDER BY revision) AS o
+FROM (
+    SELECT r.subject AS subject, r.revision AS revision,
+           CAST(round((julianday(json_extract(l.event, '$.consent.collected_at')) - 2440587.5) * 86400000000.0) AS INTEGER) AS t
+    FROM consent_records r JOIN ledger l ON l.seq = r.revision
+    UNION ALL
+    SELECT subject, revision, CAST(round((julianday(recorded_at) - 2440587.5) * 86400000000.0) AS INTEGER)
+    FROM signals
+);
+CREATE INDEX temp.order_backfill_by_revision ON order_backfill (revision);
+CREATE INDEX temp.order_backfill_by_subject ON order_backfill (subject);
+UPDATE consent_current
+SET order_micros = COALESCE((SELECT o FROM order_backfill b WHERE b.revision = consent_current.revision), 0);
+UPDATE signals
+SET order_micros = COALESCE((SELECT o FROM order_backfill b WHERE b.revision = signals.revision), 0);
+UPDATE subjects
+SET order_micros = COALESCE((SELECT MAX(o) FROM order_backfill b WHERE b.subject = subjects.subject), 0);
+DROP TABLE order_backfill;
+
+-- Records imported from another platform, by the source's own record id: permanent (not the
+-- expiring idempotency window), so a file imported twice, or resumed after an interruption,
+-- lands once. The fingerprint tells a re-sent record from a different one under the same id.
+-- Erasure deletes a subject's rows through its records.
+CREATE TABLE imported (
+    source           TEXT    NOT NULL,
+    source_record_id TEXT    NOT NULL,
+    revision         INTEGER NOT NULL UNIQUE,
+    fingerprint      BLOB    NOT NULL,
+    PRIMARY KEY (source, source_record_id)
+) WITHOUT ROWID;
