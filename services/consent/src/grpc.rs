@@ -22,6 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 /// when fewer wait, so a client that stops reading stops the import instead of filling memory.
 const IMPORT_ANSWERS_BUFFERED: usize = 2;
 
+/// Import chunks in progress at once on one stream.
+const IMPORT_CHUNKS_AT_ONCE: usize = 2;
+
 /// The ConsentService implementation.
 pub struct ConsentApi {
     /// Shared with the tasks that serve import streams.
@@ -250,28 +253,26 @@ impl ConsentService for ConsentApi {
         request: Request<Streaming<pb::ImportConsentsRequest>>,
     ) -> Result<Response<Self::ImportConsentsStream>, Status> {
         let caller = CallerIdentity::of(&request)?;
-        let mut chunks = request.into_inner();
+        let chunks = request.into_inner();
         let service = Arc::clone(&self.service);
         let (answers, stream) = tokio::sync::mpsc::channel(IMPORT_ANSWERS_BUFFERED);
         tokio::spawn(async move {
-            // One chunk at a time, answered in order; the first failure ends the stream (the
-            // client resumes by sending again: what landed is answered as a duplicate).
-            loop {
-                let answer = match chunks.message().await {
-                    Ok(Some(chunk)) => {
-                        let now = time::OffsetDateTime::now_utc();
-                        match convert::import_chunk(service.policy(), &chunk, now) {
-                            Ok(records) => service
-                                .import(&caller, records)
-                                .await
-                                .map(|outcomes| convert::import_response(&outcomes))
-                                .map_err(Status::from),
-                            Err(status) => Err(status),
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => Err(status),
-                };
+            // Chunks answered in order, IMPORT_CHUNKS_AT_ONCE at a time: one's receipts are
+            // signed while another's group commits wait for the disk. The first failure ends
+            // the stream (the client resumes by sending again: what landed is a duplicate).
+            let answered = futures::StreamExt::map(chunks, |chunk| {
+                let service = Arc::clone(&service);
+                let caller = caller.clone();
+                async move {
+                    let chunk = chunk?;
+                    let now = time::OffsetDateTime::now_utc();
+                    let records = convert::import_chunk(service.policy(), &chunk, now)?;
+                    let outcomes = service.import(&caller, records).await?;
+                    Ok::<_, Status>(convert::import_response(&outcomes))
+                }
+            });
+            let mut answered = futures::StreamExt::buffered(answered, IMPORT_CHUNKS_AT_ONCE);
+            while let Some(answer) = futures::StreamExt::next(&mut answered).await {
                 let failed = answer.is_err();
                 if answers.send(answer).await.is_err() || failed {
                     break;

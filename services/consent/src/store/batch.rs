@@ -361,17 +361,18 @@ async fn imported_rows<D: Dialect>(
         });
     for (source, ids) in by_source {
         for chunk in padded_chunks(ids.into_iter().collect()) {
+            // Id first, as the primary key (migration 0010): one probe per id.
             let mut lookup = Statement::<D>::new(
-                "SELECT source_record_id, revision, fingerprint FROM imported WHERE source = ",
+                "SELECT source_record_id, revision, fingerprint FROM imported WHERE source_record_id",
             );
-            lookup.param(Value::Text(source.to_owned()));
-            lookup.push(" AND source_record_id");
             lookup.in_list(
                 chunk
                     .into_iter()
                     .map(|id| Value::Text(id.to_owned()))
                     .collect(),
             );
+            lookup.push(" AND source = ");
+            lookup.param(Value::Text(source.to_owned()));
             for row in lookup.fetch_all(tx).await? {
                 held.insert(
                     (source.to_owned(), row.get::<String, _>(0)),
