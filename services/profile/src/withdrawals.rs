@@ -6,13 +6,23 @@
 //! record beneath it that is newer applies again (the person opted back in to that one thing).
 //! A person who pressed "withdraw from all marketing" should read exactly that back: "You withdrew
 //! all marketing … on 2026-11-29: marketing e-mails, marketing text messages, …", and not only
-//! a record on a key called `marketing`. Records are ordered by the subject's revision, which the
-//! consent service increments on every change, so "newer" never depends on clocks.
+//! a record on a key called `marketing`. Records are ordered as the consent service orders them:
+//! by their time, revision breaking ties (a record imported from another platform keeps its
+//! original time and so sorts before what the person chose since; docs/architecture.md, "Which
+//! record decides").
 
 use consentgate_policy::{Policy, is_ancestor_or_self};
 use consentgate_proto::consent::v1::{ConsentRecord, ConsentState};
 use consentgate_proto::profile::v1 as pb;
 use std::collections::BTreeMap;
+
+/// Where a record stands among the subject's: its time, then its revision. History carries
+/// `collected_at`, not the consent service's place for it, which differs only for a record
+/// recorded live on a replica whose clock was behind (by that skew), never across an import.
+fn order(r: &ConsentRecord) -> (i64, i32, u64) {
+    let at = r.collected_at.unwrap_or_default();
+    (at.seconds, at.nanos, r.revision)
+}
 
 /// A description for a sentence: "Marketing e-mails." → "marketing e-mails".
 pub(crate) fn phrase(description: &str) -> String {
@@ -111,7 +121,7 @@ pub fn statements(policy: &Policy, history: &[ConsentRecord]) -> Vec<pb::Consent
             r.data_category.as_str(),
         );
         match current.get(&key) {
-            Some(seen) if seen.revision > r.revision => {}
+            Some(seen) if order(seen) > order(r) => {}
             _ => {
                 current.insert(key, r);
             }
@@ -122,7 +132,7 @@ pub fn statements(policy: &Policy, history: &[ConsentRecord]) -> Vec<pb::Consent
         .copied()
         .filter(|r| matches!(r.state(), ConsentState::Withdrawn | ConsentState::Refused))
         .collect();
-    opted_out.sort_by_key(|r| r.revision);
+    opted_out.sort_by_key(|r| order(r));
     opted_out
         .into_iter()
         .map(|r| statement(policy, r, &current))
@@ -145,7 +155,7 @@ fn statement(
     let newer_grants: Vec<&ConsentRecord> = current
         .values()
         .copied()
-        .filter(|g| g.state() == ConsentState::Given && g.revision > record.revision)
+        .filter(|g| g.state() == ConsentState::Given && order(g) > order(record))
         .filter(|g| {
             beneath(&record.purpose, &g.purpose)
                 || (g.purpose == record.purpose
@@ -186,7 +196,7 @@ fn statement(
     };
     if !newer_grants.is_empty() {
         let mut again: Vec<&ConsentRecord> = newer_grants;
-        again.sort_by_key(|g| g.revision);
+        again.sort_by_key(|g| order(g));
         let named: Vec<String> = again
             .iter()
             .map(|g| {
@@ -274,6 +284,30 @@ mod tests {
             "{}",
             s.statement
         );
+    }
+
+    #[test]
+    fn an_imported_record_stands_at_its_own_time_not_its_revision() {
+        // A grant today (revision 5), then a withdrawal imported from another platform that
+        // the person made a year before (revision 6): the grant is in force, and nothing is
+        // said to be withdrawn.
+        let mut imported = record("marketing", "", ConsentState::Withdrawn, 6);
+        imported.collected_at = Some(prost_types::Timestamp {
+            seconds: 1_795_910_400 - 365 * 86_400,
+            nanos: 0,
+        });
+        let history = [
+            record("marketing", "", ConsentState::Given, 5),
+            imported.clone(),
+        ];
+        assert!(statements(&policy(), &history).is_empty());
+        // The same withdrawal at a time after the grant is in force.
+        imported.collected_at = Some(prost_types::Timestamp {
+            seconds: 1_795_910_400 + 30 * 86_400,
+            nanos: 0,
+        });
+        let history = [record("marketing", "", ConsentState::Given, 5), imported];
+        assert_eq!(statements(&policy(), &history).len(), 1);
     }
 
     #[test]
