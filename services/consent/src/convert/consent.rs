@@ -60,31 +60,12 @@ pub fn grant(policy: &Policy, r: &pb::GrantRequest) -> Result<GrantAsk, Status> 
             ConsentType::Expressed
         }
     };
-    if r.notice_version.is_empty() {
-        v.add(
-            "notice_version",
-            "required: the version of the notice the person saw",
-        );
-    } else if v.check_len(
-        "notice_version",
+    notice_version(
+        &mut v,
         &r.notice_version,
-        limits::MAX_NOTICE_VERSION_BYTES,
-    ) && NoticeVersion::parse(&r.notice_version).is_none()
-    {
-        v.add("notice_version", "must look like 2 or 2.1");
-    }
-    let language = if r.language.is_empty() {
-        "en".to_owned()
-    } else {
-        r.language.clone()
-    };
-    if language.len() > limits::MAX_LANGUAGE_BYTES
-        || !language
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        v.add("language", "must be a BCP 47 language tag");
-    }
+        Some("required: the version of the notice the person saw"),
+    );
+    let language = language(&mut v, &r.language);
     let expires_at = expires_at(&mut v, r.expires_at.as_ref());
     if r.guardian_ref.len() > super::MAX_ID_LEN {
         v.add("guardian_ref", "must be at most 256 bytes");
@@ -119,15 +100,7 @@ fn refusal_or_withdrawal(policy: &Policy, c: ConsentFields<'_>) -> Result<Consen
     idempotency_key(&mut v, &c.idempotency.key);
     let target = target(policy, &mut v, c.target, false);
     let jurisdiction = jurisdiction(policy, &mut v, c.jurisdiction);
-    if v.check_len(
-        "notice_version",
-        c.notice_version,
-        limits::MAX_NOTICE_VERSION_BYTES,
-    ) && !c.notice_version.is_empty()
-        && NoticeVersion::parse(c.notice_version).is_none()
-    {
-        v.add("notice_version", "must look like 2 or 2.1");
-    }
+    notice_version(&mut v, c.notice_version, None);
     consent_ask(
         v,
         target,
@@ -148,13 +121,7 @@ fn consent_ask(
     let collection_method = collection_method(&mut v, c.collection_method);
     let target = finish(v, target)?;
     let mut v = Violations::default();
-    let user_agent = c.source.map_or("", |s| s.user_agent.as_str());
-    v.check_len(
-        "source.user_agent",
-        user_agent,
-        limits::MAX_USER_AGENT_BYTES,
-    );
-    let source_ip = source_ip(&mut v, c.source.map_or("", |s| s.ip_address.as_str()));
+    let (source_ip, user_agent) = source(&mut v, c.source);
     v.finish()?;
     Ok(ConsentAsk {
         idempotency: c.idempotency,
@@ -163,7 +130,7 @@ fn consent_ask(
         notice_version: c.notice_version.to_owned(),
         collection_method,
         source_ip,
-        user_agent: c.source.map_or("", |s| s.user_agent.as_str()).to_owned(),
+        user_agent,
     })
 }
 
@@ -182,7 +149,50 @@ fn expires_at(v: &mut Violations, t: Option<&prost_types::Timestamp>) -> Option<
     }
 }
 
-pub(super) fn source_ip(v: &mut Violations, text: &str) -> Option<IpAddr> {
+/// A notice version as asked: empty is a violation when `required` says why (else the purpose's
+/// current version is meant); otherwise it must fit and look like `2` or `2.1`.
+pub(super) fn notice_version(v: &mut Violations, text: &str, required: Option<&str>) {
+    if text.is_empty() {
+        if let Some(why) = required {
+            v.add("notice_version", why);
+        }
+    } else if v.check_len("notice_version", text, limits::MAX_NOTICE_VERSION_BYTES)
+        && NoticeVersion::parse(text).is_none()
+    {
+        v.add("notice_version", "must look like 2 or 2.1");
+    }
+}
+
+/// A receipt's language (a BCP 47 tag), `en` when none is given.
+pub(super) fn language(v: &mut Violations, text: &str) -> String {
+    let language = if text.is_empty() { "en" } else { text };
+    if language.len() > limits::MAX_LANGUAGE_BYTES
+        || !language
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        v.add("language", "must be a BCP 47 language tag");
+    }
+    language.to_owned()
+}
+
+/// Where a consent was collected: the address (truncated later, before anything is stored) and
+/// the user agent as sent, each checked.
+pub(super) fn source(
+    v: &mut Violations,
+    source: Option<&pb::ConsentSource>,
+) -> (Option<IpAddr>, String) {
+    let user_agent = source.map_or("", |s| s.user_agent.as_str());
+    v.check_len(
+        "source.user_agent",
+        user_agent,
+        limits::MAX_USER_AGENT_BYTES,
+    );
+    let ip = source_ip(v, source.map_or("", |s| s.ip_address.as_str()));
+    (ip, user_agent.to_owned())
+}
+
+fn source_ip(v: &mut Violations, text: &str) -> Option<IpAddr> {
     if text.is_empty() {
         return None;
     }

@@ -1,11 +1,11 @@
 //! ImportConsents: a chunk's records validated one by one (a bad record is rejected on its own,
 //! naming its field, and the rest go on), and the chunk's outcomes in wire form.
 
-use super::consent::{jurisdiction, source_ip, target};
+use super::consent::{self, jurisdiction, language, notice_version, target};
 use super::{collection_method, from_timestamp, unknown_enum, valid_id};
 use crate::model::ImportOrigin;
 use crate::service::{ConsentAsk, Idempotency, ImportAsk, ImportOutcome};
-use consentgate_policy::{CollectionMethod, ConsentType, NoticeVersion, Policy, RecordState};
+use consentgate_policy::{CollectionMethod, ConsentType, Policy, RecordState};
 use consentgate_proto::consent::v1 as pb;
 use consentgate_proto::limits;
 use consentgate_runtime::errors::Violations;
@@ -119,21 +119,11 @@ fn import_record(
         }
         _ => collection_method(&mut v, r.collection_method),
     };
-    if r.notice_version.is_empty() {
-        if granting {
-            v.add(
-                "notice_version",
-                "required for a grant: the version of the notice the person saw",
-            );
-        }
-    } else if v.check_len(
-        "notice_version",
+    notice_version(
+        &mut v,
         &r.notice_version,
-        limits::MAX_NOTICE_VERSION_BYTES,
-    ) && NoticeVersion::parse(&r.notice_version).is_none()
-    {
-        v.add("notice_version", "must look like 2 or 2.1");
-    }
+        granting.then_some("required for a grant: the version of the notice the person saw"),
+    );
     let collected_at = match r.collected_at.as_ref().map(from_timestamp) {
         None => {
             v.add("collected_at", "required: when the source collected it");
@@ -168,28 +158,8 @@ fn import_record(
     if r.guardian_ref.len() > super::MAX_ID_LEN || r.guardian_ref.chars().any(char::is_control) {
         v.add("guardian_ref", "must be at most 256 printable bytes");
     }
-    let language = if r.language.is_empty() {
-        "en".to_owned()
-    } else {
-        r.language.clone()
-    };
-    if language.len() > limits::MAX_LANGUAGE_BYTES
-        || !language
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        v.add("language", "must be a BCP 47 language tag");
-    }
-    let user_agent = r.source.as_ref().map_or("", |s| s.user_agent.as_str());
-    v.check_len(
-        "source.user_agent",
-        user_agent,
-        limits::MAX_USER_AGENT_BYTES,
-    );
-    let source_ip = source_ip(
-        &mut v,
-        r.source.as_ref().map_or("", |s| s.ip_address.as_str()),
-    );
+    let language = language(&mut v, &r.language);
+    let (source_ip, user_agent) = consent::source(&mut v, r.source.as_ref());
 
     let rejected = |field: String, reason: String| ImportOutcome::Rejected {
         index,
@@ -226,7 +196,7 @@ fn import_record(
             notice_version: r.notice_version.clone(),
             collection_method: collection,
             source_ip,
-            user_agent: user_agent.to_owned(),
+            user_agent,
         },
         state,
         consent_type,
