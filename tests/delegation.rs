@@ -334,22 +334,24 @@ async fn data_subject_requests_work_with_no_privacy_team_credential_leaving_the_
         let ledger = testing::ledger(&wired.consent.engine)
             .await
             .expect("ledger");
-        let erase = ledger
+        let heads: Vec<_> = ledger
             .iter()
-            .find(|e| e.event.contains("\"kind\":\"erase\""))
+            .map(|e| consentgate_consent::ledger::entry::head(&e.event).expect("a canonical event"))
+            .collect();
+        let erase = heads
+            .iter()
+            .find(|h| h.kind == "erase")
             .expect("an erase entry");
-        assert!(
-            erase
-                .event
-                .contains("\"actor\":\"profile-service on behalf of privacy-ops\""),
-            "{backend:?}: {}",
-            erase.event
+        assert_eq!(
+            erase.actor.as_deref(),
+            Some("profile-service on behalf of privacy-ops"),
+            "{backend:?}: {erase:?}"
         );
         assert!(
-            ledger
+            heads
                 .iter()
-                .filter(|e| !e.event.contains("\"kind\":\"erase\""))
-                .all(|e| !e.event.contains("\"actor\"")),
+                .filter(|h| h.kind != "erase")
+                .all(|h| h.actor.is_none()),
             "direct writes carry no actor"
         );
         let verified = wired

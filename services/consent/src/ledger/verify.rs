@@ -271,10 +271,7 @@ fn signature_ok(keys: &VerifyingKeys, cp: &Checkpoint) -> Result<(), String> {
         .map_err(|_| format!("checkpoint signature does not verify ({by})"))
 }
 
+/// Whether the event names the position it is stored at (either version's form).
 fn event_seq_matches(event: &str, seq: u64) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Seq {
-        seq: u64,
-    }
-    serde_json::from_str::<Seq>(event).is_ok_and(|e| e.seq == seq)
+    super::entry::head(event).is_some_and(|h| h.seq == seq)
 }

@@ -378,13 +378,13 @@ impl<D: Dialect> SqlStore<D> {
             .await?
         {
             Some(row) => {
-                let event: serde_json::Value = serde_json::from_str(&row.get::<String, _>(0))
-                    .map_err(|e| StoreError::corrupt(format!("a ledger event: {e}")))?;
-                event
-                    .get("at")
-                    .and_then(serde_json::Value::as_str)
-                    .map(parse_time)
-                    .transpose()?
+                let event: String = row.get(0);
+                let head = entry::head(&event).ok_or_else(|| {
+                    StoreError::corrupt(format!(
+                        "ledger entry {last_checkpoint} is not a canonical event"
+                    ))
+                })?;
+                Some(parse_time(&head.at)?)
             }
             None => None,
         };
