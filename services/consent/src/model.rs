@@ -285,7 +285,8 @@ pub struct SubjectRows {
 pub struct LedgerEntry {
     /// Position in the chain, from 1.
     pub seq: u64,
-    /// The previous entry's hash (32 zero bytes for the first).
+    /// The previous entry's hash (32 zero bytes for the first), read from that entry: the
+    /// store keeps no copy (migration 0012), so it is empty when that entry is missing.
     pub prev_hash: Vec<u8>,
     /// SHA-256(prev_hash ‖ event).
     pub hash: Vec<u8>,

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// How often a replica sweeps: often enough that the table never holds much more than the
 /// window, rarely enough to cost nothing measurable.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
-/// Keys forgotten per statement: short transactions beside the writers.
+/// Oldest keys looked at per statement: short transactions beside the writers.
 const BATCH: u32 = 1000;
 
 /// Sweeps at start and every `every` until the process ends.
@@ -25,7 +25,9 @@ pub async fn forget_expired_idempotency_keys(engine: Arc<Engine>, every: Duratio
             match engine.store().sweep_idempotency(BATCH).await {
                 Ok(n) => {
                     forgotten += n;
-                    if n < u64::from(BATCH) {
+                    // Each call looks at the oldest BATCH keys and forgets the expired ones
+                    // among them: done when none of the oldest has expired.
+                    if n == 0 {
                         break;
                     }
                     // Let the writers in between batches.

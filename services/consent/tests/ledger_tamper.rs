@@ -246,17 +246,16 @@ impl Ledger {
             .unwrap_or_else(|| panic!("[{}] entry {seq} exists", self.b))
     }
 
-    /// Overwrites entry `seq` behind the store's back.
-    async fn set(&self, seq: u64, prev_hash: &[u8], hash: &[u8], event: &str) {
-        let r =
-            sqlx::query("UPDATE ledger SET prev_hash = $1, hash = $2, event = $3 WHERE seq = $4")
-                .bind(prev_hash.to_vec())
-                .bind(hash.to_vec())
-                .bind(event.to_owned())
-                .bind(i64::try_from(seq).expect("seq fits"))
-                .execute(&self.pool)
-                .await
-                .unwrap_or_else(|e| panic!("[{}] tamper with entry {seq}: {e}", self.b));
+    /// Overwrites entry `seq` behind the store's back. Its link to the entry before is not
+    /// stored (migration 0012): it is that entry's hash.
+    async fn set(&self, seq: u64, hash: &[u8], event: &str) {
+        let r = sqlx::query("UPDATE ledger SET hash = $1, event = $2 WHERE seq = $3")
+            .bind(hash.to_vec())
+            .bind(event.to_owned())
+            .bind(i64::try_from(seq).expect("seq fits"))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] tamper with entry {seq}: {e}", self.b));
         assert_eq!(r.rows_affected(), 1, "[{}] entry {seq} updated", self.b);
     }
 
@@ -294,8 +293,7 @@ impl Ledger {
         for e in &entries[index(from)..] {
             let event = edit(e.seq, &e.event);
             let hash = ledger::chain_hash(&prev, &event);
-            sqlx::query("UPDATE ledger SET prev_hash = $1, hash = $2, event = $3 WHERE seq = $4")
-                .bind(prev.clone())
+            sqlx::query("UPDATE ledger SET hash = $1, event = $2 WHERE seq = $3")
                 .bind(hash.clone())
                 .bind(event)
                 .bind(i64::try_from(e.seq).expect("seq fits"))
@@ -454,11 +452,11 @@ enum Tamper {
     EditAndRehash(u64),
     /// Edit entry `seq` and rewrite every later entry consistently (hashes and links).
     RewriteSuffix(u64),
-    /// Point entry `seq`'s prev_hash elsewhere.
-    EditPrevHash(u64),
+    /// Flip one bit of entry `seq`'s stored hash (which is also the next entry's link).
+    EditHash(u64),
     /// Delete entry `seq`.
     Delete(u64),
-    /// Swap the whole rows (prev_hash, hash, event) of `seq` and `seq + 1`.
+    /// Swap the whole rows (hash, event) of `seq` and `seq + 1`.
     SwapRows(u64),
     /// Swap the events of `seq` and `seq + 1` and recompute the chain consistently from `seq`.
     SwapAndRehash(u64),
@@ -485,20 +483,20 @@ impl Tamper {
                 let e = l.entry(seq).await;
                 let event = edited(&e.event);
                 assert_ne!(event, e.event, "[{}] the edit changes entry {seq}", l.b);
-                l.set(seq, &e.prev_hash, &e.hash, &event).await;
+                l.set(seq, &e.hash, &event).await;
             }
             Tamper::EditAndRehash(seq) => {
                 let e = l.entry(seq).await;
                 let event = edited(&e.event);
                 let hash = ledger::chain_hash(&e.prev_hash, &event);
-                l.set(seq, &e.prev_hash, &hash, &event).await;
+                l.set(seq, &hash, &event).await;
             }
             Tamper::RewriteSuffix(seq) => l.rewrite_suffix(seq).await,
-            Tamper::EditPrevHash(seq) => {
+            Tamper::EditHash(seq) => {
                 let e = l.entry(seq).await;
-                let mut prev = e.prev_hash.clone();
-                prev[0] ^= 0x01;
-                l.set(seq, &prev, &e.hash, &e.event).await;
+                let mut hash = e.hash.clone();
+                hash[0] ^= 0x01;
+                l.set(seq, &hash, &e.event).await;
             }
             Tamper::Delete(seq) => {
                 let n = l.exec("DELETE FROM ledger WHERE seq = $1", seq).await;
@@ -507,8 +505,8 @@ impl Tamper {
             Tamper::SwapRows(seq) => {
                 let a = l.entry(seq).await;
                 let b = l.entry(seq + 1).await;
-                l.set(seq, &b.prev_hash, &b.hash, &b.event).await;
-                l.set(seq + 1, &a.prev_hash, &a.hash, &a.event).await;
+                l.set(seq, &b.hash, &b.event).await;
+                l.set(seq + 1, &a.hash, &a.event).await;
             }
             Tamper::SwapAndRehash(seq) => {
                 let a = l.entry(seq).await.event;
@@ -643,9 +641,9 @@ async fn an_edited_entry_is_detected_at_that_entry() {
         (Tamper::EditEvent(CP1), CP1, "hash mismatch"),
         (Tamper::EditEvent(CP2), CP2, "hash mismatch"),
         (Tamper::EditEvent(ENTRIES), ENTRIES, "hash mismatch"),
-        (Tamper::EditPrevHash(1), 1, "prev_hash"),
-        (Tamper::EditPrevHash(75), 75, "prev_hash"),
-        (Tamper::EditPrevHash(ENTRIES), ENTRIES, "prev_hash"),
+        (Tamper::EditHash(1), 1, "hash mismatch"),
+        (Tamper::EditHash(75), 75, "hash mismatch"),
+        (Tamper::EditHash(ENTRIES), ENTRIES, "hash mismatch"),
     ])
     .await;
 }
@@ -653,10 +651,12 @@ async fn an_edited_entry_is_detected_at_that_entry() {
 #[tokio::test]
 async fn an_edited_and_rehashed_entry_is_detected_by_the_next_link_or_a_checkpoint() {
     expect_detected(&[
-        (Tamper::EditAndRehash(1), 2, "prev_hash"),
-        (Tamper::EditAndRehash(75), 76, "prev_hash"),
-        (Tamper::EditAndRehash(CP2 - 1), CP2, "prev_hash"),
-        (Tamper::EditAndRehash(ENTRIES - 1), ENTRIES, "prev_hash"),
+        // The next entry links to the new hash (links are read from the entry before), but its
+        // own hash was computed from the old one.
+        (Tamper::EditAndRehash(1), 2, "hash mismatch"),
+        (Tamper::EditAndRehash(75), 76, "hash mismatch"),
+        (Tamper::EditAndRehash(CP2 - 1), CP2, "hash mismatch"),
+        (Tamper::EditAndRehash(ENTRIES - 1), ENTRIES, "hash mismatch"),
         // A checkpointed entry: its own link is intact, the signed checkpoint is not.
         (Tamper::EditAndRehash(CP1), CP1, "checkpoint"),
         (Tamper::EditAndRehash(CP2), CP2, "checkpoint"),
@@ -694,11 +694,12 @@ async fn a_deleted_entry_is_detected_at_the_gap() {
 #[tokio::test]
 async fn reordered_entries_are_detected() {
     expect_detected(&[
-        (Tamper::SwapRows(1), 1, "prev_hash"),
-        (Tamper::SwapRows(40), 40, "prev_hash"),
-        (Tamper::SwapRows(CP1 - 1), CP1 - 1, "prev_hash"),
-        (Tamper::SwapRows(CP1), CP1, "prev_hash"),
-        (Tamper::SwapRows(ENTRIES - 1), ENTRIES - 1, "prev_hash"),
+        // The entry that moved up was hashed from another predecessor.
+        (Tamper::SwapRows(1), 1, "hash mismatch"),
+        (Tamper::SwapRows(40), 40, "hash mismatch"),
+        (Tamper::SwapRows(CP1 - 1), CP1 - 1, "hash mismatch"),
+        (Tamper::SwapRows(CP1), CP1, "hash mismatch"),
+        (Tamper::SwapRows(ENTRIES - 1), ENTRIES - 1, "hash mismatch"),
         // Swapped and re-chained: every link holds, but each event names its own position.
         (Tamper::SwapAndRehash(40), 40, "another position"),
         (

@@ -157,3 +157,74 @@ async fn a_v1_databases_whole_records_read_back() {
         assert_eq!(record.consent.subject, subject);
     }
 }
+
+/// Idempotency records from before revisions were kept (copies of the answer) are keyed by the
+/// revision their copy names once migrated (migration 0011): every one is kept, and erasing
+/// their subject deletes them through the changes of those revisions, as it does new ones.
+#[tokio::test]
+async fn v1_idempotency_copies_keep_their_revision_and_go_with_their_subject() {
+    let copy = open_copy().await;
+    let pool = copy.store.pool();
+    let rows = sqlx::query("SELECT revision, outcome FROM idempotency ORDER BY revision")
+        .fetch_all(pool)
+        .await
+        .expect("idempotency records");
+    assert_eq!(rows.len(), 57, "every v1 idempotency record is kept");
+    for row in &rows {
+        let copied: serde_json::Value =
+            serde_json::from_str(&row.get::<String, _>(1)).expect("a copy of the answer");
+        assert_eq!(
+            copied["revision"].as_i64(),
+            Some(row.get::<i64, _>(0)),
+            "keyed by the revision its copy names"
+        );
+    }
+    let subject = "s:fixture-subject-1";
+    let count = async |sql: &'static str| -> i64 {
+        sqlx::query(sql)
+            .bind(subject)
+            .fetch_one(pool)
+            .await
+            .expect("count")
+            .get(0)
+    };
+    // The subject's and its linked devices' (erasure takes both).
+    let held = count(
+        "SELECT COUNT(*) FROM idempotency i JOIN changes c ON c.revision = i.revision \
+         WHERE c.subject = $1 OR c.subject IN (SELECT device FROM links WHERE subject = $1)",
+    )
+    .await;
+    assert!(held > 0, "the fixture subject has idempotency records");
+    let erase = consentgate_consent::model::Change::Erase {
+        subject: SubjectKey::Subject("fixture-subject-1".into()),
+    };
+    copy.store
+        .write(consentgate_consent::model::Write {
+            caller: "privacy-ops".into(),
+            delegate: None,
+            idempotency_key: "v1-erasure".into(),
+            fingerprint: [7; 32],
+            change: erase,
+        })
+        .await
+        .expect("erase");
+    let left: i64 = sqlx::query("SELECT COUNT(*) FROM idempotency")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        left,
+        57 - held + 1,
+        "the subject's records went, the erasure's own is kept"
+    );
+    let left_behind: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM idempotency i JOIN changes c ON c.revision = i.revision \
+         WHERE c.subject IS NULL AND c.kind <> 'erase'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count")
+    .get(0);
+    assert_eq!(left_behind, 0, "no record of an un-named change is left");
+}

@@ -206,7 +206,7 @@ pub async fn verify_from(
                         Some(format!("missing entry (next entry found is {found})"))
                     }
                     Err(Break::Unlinked) => {
-                        Some("prev_hash does not link to the previous entry".into())
+                        Some("prev_hash does not link to the entry before it (or to the trusted starting point)".into())
                     }
                     Err(Break::Altered) => Some("hash mismatch: the entry was altered".into()),
                     Ok(()) if !event_seq_matches(&entry.event, seq) => {

@@ -480,10 +480,7 @@ async fn write_fresh<D: Dialect>(
         "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method, order_micros) VALUES ",
         "",
     );
-    let mut ledger = Rows::new(
-        "INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ",
-        "",
-    );
+    let mut ledger = Rows::new("INSERT INTO ledger (seq, hash, event) VALUES ", "");
     let mut checkpoints = Rows::new(
         "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ",
         "",
@@ -493,7 +490,7 @@ async fn write_fresh<D: Dialect>(
         "",
     );
     let mut idempotency = Rows::new(
-        "INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at, revision, records_deleted) VALUES ",
+        "INSERT INTO idempotency (revision, created_at, caller, key, fingerprint, outcome, records_deleted) VALUES ",
         "",
     );
     let mut imports = Rows::new(
@@ -634,29 +631,30 @@ async fn write_fresh<D: Dialect>(
                 Value::Text(keys.kid().to_owned()),
             ]);
         }
+        // The link to the entry before is not stored: it is that entry's hash (migration 0012).
+        prev_hash.clone_from(&hash);
         ledger.rows.push(vec![
             Value::Int(rev),
-            Value::Bytes(std::mem::replace(&mut prev_hash, hash.clone())),
             Value::Bytes(hash),
             Value::Text(event),
         ]);
         changes.rows.push(vec![
             Value::Int(rev),
-            Value::MaybeText(Some(subject_s.clone())),
+            Value::MaybeText(Some(subject_s)),
             Value::Text(write.change.kind().to_owned()),
             Value::MaybeText(write.change.purpose().map(str::to_owned)),
             Value::Int(committed_micros),
         ]);
         // An import is remembered for good by its source record id (above), not by a key.
         if imported.is_none() {
+            // No subject: erasure finds the record through this revision's change.
             idempotency.rows.push(vec![
+                Value::Int(rev),
+                Value::Int(committed_micros),
                 Value::Text(write.caller.clone()),
                 Value::Text(write.idempotency_key.clone()),
-                Value::Text(subject_s),
                 Value::Bytes(write.fingerprint.to_vec()),
                 Value::Text(String::new()),
-                Value::Int(committed_micros),
-                Value::Int(rev),
                 Value::MaybeInt(None),
             ]);
         }

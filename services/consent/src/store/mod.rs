@@ -118,8 +118,8 @@ pub trait ConsentStore: Send + Sync + 'static {
     async fn receipt(&self, record_id: &str) -> Result<Option<StoredReceipt>, StoreError>;
     /// Ledger entries with seq > `after`, at most `limit`.
     async fn ledger(&self, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError>;
-    /// Forgets up to `limit` idempotency keys first used before the idempotency window, oldest
-    /// first; how many it forgot.
+    /// Forgets the idempotency keys first used before the idempotency window among the
+    /// `limit` oldest; how many it forgot (a sweep is done when that is none).
     async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError>;
     /// Transactions the write path committed and the writes they carried (group commit).
     fn group_commits(&self) -> (u64, u64);

@@ -102,15 +102,24 @@ impl<D: Dialect> SqlStore<D> {
         self
     }
 
-    /// Forgets up to `limit` idempotency keys first used before the window (oldest first);
-    /// returns how many. Their writes stay in the history and the ledger: only the shortcut
-    /// that answers a retry from the first write goes.
+    /// Forgets the idempotency keys first used before the window among the `limit` oldest
+    /// records (by revision); returns how many. Their writes stay in the history and the ledger:
+    /// only the shortcut that answers a retry from the first write goes.
+    ///
+    /// Why the oldest `limit` and not "`limit` expired ones": records are keyed by revision
+    /// (migration 0011) and carry no index on their time, so looking past the oldest would scan
+    /// the whole window of live keys. Revisions commit in time order (to the replicas' clock
+    /// skew), so the expired records are the oldest; a young record among them (a replica whose
+    /// clock ran ahead) only stays until it expires, while the rest go. A sweep is done when a
+    /// call forgets nothing.
     pub(super) async fn sweep_idempotency(&self, limit: u32) -> Result<u64, StoreError> {
         let _serialized = self.write_lock.lock().await;
         let cutoff = remembered_since(OffsetDateTime::now_utc(), self.idempotency_window);
         let deleted = sqlx::query(
-            "DELETE FROM idempotency WHERE (caller, key) IN \
-             (SELECT caller, key FROM idempotency WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+            "DELETE FROM idempotency WHERE revision IN \
+             (SELECT revision FROM \
+              (SELECT revision, created_at FROM idempotency ORDER BY revision LIMIT $2) AS oldest \
+              WHERE created_at < $1)",
         )
         .bind(cutoff)
         .bind(i64::from(limit))
@@ -348,19 +357,32 @@ impl<D: Dialect> SqlStore<D> {
         after: u64,
         limit: u32,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
+        // The link is the stored hash of the entry before (migration 0012): the genesis for
+        // entry 1, nothing when that entry is missing (the verifier reports the gap).
         Ok(sqlx::query(
-            "SELECT seq, prev_hash, hash, event FROM ledger WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT l.seq, p.hash, l.hash, l.event FROM ledger l \
+             LEFT JOIN ledger p ON p.seq = l.seq - 1 \
+             WHERE l.seq > $1 ORDER BY l.seq LIMIT $2",
         )
         .bind(to_i64(after))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| LedgerEntry {
-            seq: to_u64(r.get(0)),
-            prev_hash: r.get(1),
-            hash: r.get(2),
-            event: r.get(3),
+        .map(|r| {
+            let seq = to_u64(r.get(0));
+            LedgerEntry {
+                seq,
+                prev_hash: r.get::<Option<Vec<u8>>, _>(1).unwrap_or_else(|| {
+                    if seq == 1 {
+                        GENESIS_HASH.to_vec()
+                    } else {
+                        Vec::new()
+                    }
+                }),
+                hash: r.get(2),
+                event: r.get(3),
+            }
         })
         .collect())
     }
@@ -809,9 +831,8 @@ async fn apply(
             .map(|d| consentgate_runtime::delegation::on_behalf_of(d, &write.caller)),
     );
     let hash = entry::chain_hash(&prev_hash, &event);
-    sqlx::query("INSERT INTO ledger (seq, prev_hash, hash, event) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO ledger (seq, hash, event) VALUES ($1, $2, $3)")
         .bind(rev)
-        .bind(&prev_hash)
         .bind(&hash)
         .bind(&event)
         .execute(&mut **tx)
@@ -859,15 +880,12 @@ async fn apply(
         replayed: false,
         history_only: false,
     };
-    let idempotency_subject = if matches!(write.change, Change::Erase { .. }) {
-        String::new()
-    } else {
-        subject_s
-    };
-    // The revision, not a copy of the answer: a retry rebuilds it (see `replay`).
+    // The revision, not a copy of the answer: a retry rebuilds it (see `replay`). The record
+    // names no subject: erasure finds it through the change of its revision, and an erasure's
+    // own record (its change names nobody) outlives the subject, so its retry is answered.
     let erased = matches!(write.change, Change::Erase { .. }).then(|| to_i64(records_deleted));
-    sqlx::query("INSERT INTO idempotency (caller, key, subject, fingerprint, outcome, created_at, revision, records_deleted) VALUES ($1, $2, $3, $4, '', $5, $6, $7)")
-            .bind(&write.caller).bind(&write.idempotency_key).bind(idempotency_subject).bind(write.fingerprint.to_vec()).bind(unix_micros(now)).bind(rev).bind(erased)
+    sqlx::query("INSERT INTO idempotency (revision, created_at, caller, key, fingerprint, outcome, records_deleted) VALUES ($1, $2, $3, $4, $5, '', $6)")
+            .bind(rev).bind(unix_micros(now)).bind(&write.caller).bind(&write.idempotency_key).bind(write.fingerprint.to_vec()).bind(erased)
             .execute(&mut **tx).await?;
     Ok(outcome)
 }
@@ -915,18 +933,23 @@ pub(super) async fn answer_from_record(
     if fingerprint != write.fingerprint {
         return Err(StoreError::IdempotencyConflict);
     }
-    let mut outcome: WriteOutcome = match row.get::<Option<i64>, _>(first + 3) {
-        Some(revision) => rebuilt(tx, revision, row.get::<Option<i64>, _>(first + 4)).await?,
+    let copy: String = row.get(first + 1);
+    let mut outcome: WriteOutcome = if copy.is_empty() {
+        rebuilt(
+            tx,
+            row.get::<i64, _>(first + 3),
+            row.get::<Option<i64>, _>(first + 4),
+        )
+        .await?
+    } else {
         // Written before idempotency records kept only the revision: the copy of the answer.
-        None => {
-            let mut outcome: WriteOutcome = serde_json::from_str(&row.get::<String, _>(first + 1))
-                .map_err(|e| StoreError::corrupt(e.to_string()))?;
-            // The copy's receipt is not read back (see `NewConsent::receipt`): the store's is.
-            if let Some(record) = &mut outcome.record {
-                record.consent.receipt = receipt_of(tx, record).await?;
-            }
-            outcome
+        let mut outcome: WriteOutcome =
+            serde_json::from_str(&copy).map_err(|e| StoreError::corrupt(e.to_string()))?;
+        // The copy's receipt is not read back (see `NewConsent::receipt`): the store's is.
+        if let Some(record) = &mut outcome.record {
+            record.consent.receipt = receipt_of(tx, record).await?;
         }
+        outcome
     };
     outcome.replayed = true;
     Ok(Some(outcome))
@@ -1125,7 +1148,8 @@ async fn erase_key(
         "DELETE FROM signals WHERE subject = $1",
         "DELETE FROM subject_keys WHERE subject = $1",
         "DELETE FROM subjects WHERE subject = $1",
-        "DELETE FROM idempotency WHERE subject = $1",
+        // Through the changes of the key's revisions, so before they forget the key below.
+        "DELETE FROM idempotency WHERE revision IN (SELECT revision FROM changes WHERE subject = $1)",
         "DELETE FROM links WHERE device = $1 OR subject = $1",
         "UPDATE changes SET subject = NULL WHERE subject = $1",
     ] {
