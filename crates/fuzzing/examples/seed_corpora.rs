@@ -1,5 +1,6 @@
 //! Writes the seed inputs of every fuzz target into `fuzz/corpus/<target>/seed-*`: real inputs
-//! (the shipped policy, README requests, issued page tokens, signed receipts, the demo catalog),
+//! (the shipped policy, README requests, issued page tokens, signed receipts, the demo catalog,
+//! ledger entries of every kind and both versions),
 //! so that fuzzing starts from what the services really see. Run it once when a target or its
 //! input format changes, then minimize (`cargo fuzz cmin`, docs/fuzzing.md):
 //!
@@ -27,6 +28,7 @@ fn main() {
     catalog_jsonl(&corpus.join("catalog_jsonl"));
     receipts(&corpus.join("receipts"));
     decision_differential(&corpus.join("decision_differential"));
+    ledger_events(&corpus.join("ledger_events"));
 }
 
 fn write(dir: &Path, name: &str, data: &[u8]) {
@@ -286,4 +288,84 @@ fn decision_differential(dir: &Path) {
             .collect();
         write(dir, &format!("random-{n}"), &data);
     }
+}
+
+fn ledger_events(dir: &Path) {
+    use consentgate_consent::ledger::entry::canonical_event;
+    use consentgate_consent::model::Change;
+    let at = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("a time");
+    let jane = SubjectKey::Subject("jane".into());
+    let grant = NewConsent {
+        record_id: "0193a1b2-0000-7000-8000-000000000001".into(),
+        subject: jane.clone(),
+        purpose: "marketing.communications.email".into(),
+        scope: Some("user.contact".into()),
+        channel: Some("email".into()),
+        state: RecordState::Given,
+        consent_type: ConsentType::Explicit,
+        legal_basis: LegalBasis::Consent,
+        jurisdiction: "EU".into(),
+        notice_id: "marketing".into(),
+        notice_version: "2.0".into(),
+        collection_method: CollectionMethod::PreferenceCenter,
+        collected_at: at,
+        expires_at: Some(at + time::Duration::days(365)),
+        source_ip: "203.0.113.0".into(),
+        user_agent: "fuzz".into(),
+        guardian_ref: Some("parent".into()),
+        receipt: None,
+        imported: None,
+    };
+    let withdrawal = NewConsent {
+        state: RecordState::Withdrawn,
+        expires_at: None,
+        guardian_ref: None,
+        ..grant.clone()
+    };
+    let pseudonym = "5f0c5d0aa4b1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7";
+    let changes = [
+        ("grant", Change::Consent(grant)),
+        ("withdraw", Change::Consent(withdrawal)),
+        (
+            "signal",
+            Change::Signal {
+                subject: jane.clone(),
+                kind: "gpc".into(),
+                value: "1".into(),
+                collection_method: CollectionMethod::GpcSignal,
+            },
+        ),
+        (
+            "link",
+            Change::Link {
+                device: SubjectKey::Device("phone".into()),
+                subject: jane.clone(),
+            },
+        ),
+        (
+            "restrict",
+            Change::Restrict {
+                subject: jane.clone(),
+                restricted: true,
+            },
+        ),
+        ("erase", Change::Erase { subject: jane }),
+    ];
+    for (name, change) in &changes {
+        let device = matches!(change, Change::Link { .. }).then_some(pseudonym);
+        let actor =
+            (*name == "grant").then(|| "profile-service on behalf of privacy-ops".to_owned());
+        let event = canonical_event(64, at, change, pseudonym, device, actor);
+        write(dir, &format!("v2-{name}"), format!("\0{event}").as_bytes());
+    }
+    // As the code before version 2 wrote it (an object with key names; the unit tests' literal).
+    let v1 = format!(
+        r#"{{"v":1,"seq":7,"at":"2026-11-01T10:00:00Z","kind":"withdraw","subject":"{pseudonym}","consent":{{"record_id":"r-1","purpose":"analytics","scope":null,"channel":"web","state":"withdrawn","consent_type":"explicit","legal_basis":"consent","jurisdiction":"EU","notice_id":"n","notice_version":"1.0","collection_method":"banner","collected_at":"2026-11-01T10:00:00Z","expires_at":null,"guardian":null}},"actor":"a"}}"#
+    );
+    write(dir, "v1-withdraw", format!("\0{v1}").as_bytes());
+    write(
+        dir,
+        "written",
+        b"\x01\x40\0\0\0\0\0\0\0\x10\x20\x30\x40\0\0\0\0\x04jane\0\x02",
+    );
 }

@@ -13,6 +13,7 @@
 
 pub mod catalog_jsonl;
 pub mod decision_differential;
+pub mod ledger_events;
 pub mod page_tokens;
 pub mod policy_loader;
 pub mod receipts;
@@ -64,11 +65,12 @@ impl Target {
 }
 
 /// Every target, for the replay tests.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     policy_loader::TARGET,
     request_validators::TARGET,
     page_tokens::TARGET,
     catalog_jsonl::TARGET,
     receipts::TARGET,
     decision_differential::TARGET,
+    ledger_events::TARGET,
 ];

@@ -108,6 +108,11 @@ fn decision_differential_corpus() {
 }
 
 #[test]
+fn ledger_events_corpus() {
+    replay_target("ledger_events");
+}
+
+#[test]
 fn every_target_is_replayed_and_has_a_fuzz_binary() {
     let replayed = [
         "policy_loader",
@@ -116,6 +121,7 @@ fn every_target_is_replayed_and_has_a_fuzz_binary() {
         "catalog_jsonl",
         "receipts",
         "decision_differential",
+        "ledger_events",
     ];
     let names: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
     assert_eq!(names, replayed, "a target without its replay test above");
