@@ -266,6 +266,14 @@ async fn an_export_lands_once_in_time_order_and_resumes_after_an_interruption() 
         let json: serde_json::Value =
             serde_json::from_str(&receipt.receipt_json).expect("receipt JSON");
         assert_eq!(json["importedFrom"], "legacy-crm", "{b}: {json}");
+        // Signed (on the import's signers, not the stream's task) by the service's key, over
+        // exactly this receipt.
+        assert_eq!(
+            consentgate_consent::receipt::verify(&receipt.receipt_jws, &receipt.public_key)
+                .as_deref(),
+            Some(receipt.receipt_json.as_str()),
+            "{b}: the imported grant's receipt verifies to its JSON"
+        );
         assert_eq!(
             json["consentTimestamp"].as_i64(),
             email.collected_at.as_ref().map(|t| t.seconds),
