@@ -358,33 +358,40 @@ impl<D: Dialect> SqlStore<D> {
         limit: u32,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         // The link is the stored hash of the entry before (migration 0012): the genesis for
-        // entry 1, nothing when that entry is missing (the verifier reports the gap).
-        Ok(sqlx::query(
-            "SELECT l.seq, p.hash, l.hash, l.event FROM ledger l \
-             LEFT JOIN ledger p ON p.seq = l.seq - 1 \
-             WHERE l.seq > $1 ORDER BY l.seq LIMIT $2",
-        )
-        .bind(to_i64(after))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
+        // entry 1, nothing when that entry is missing (the verifier reports the gap). The page's
+        // first link is read by key and the rest from the page itself; a self-join would let
+        // PostgreSQL hash-join the whole ledger for every page.
+        let mut link: Option<(u64, Vec<u8>)> = match after {
+            0 => Some((0, GENESIS_HASH.to_vec())),
+            _ => sqlx::query("SELECT hash FROM ledger WHERE seq = $1")
+                .bind(to_i64(after))
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| (after, r.get(0))),
+        };
+        let rows =
+            sqlx::query("SELECT seq, hash, event FROM ledger WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(to_i64(after))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
             let seq = to_u64(r.get(0));
-            LedgerEntry {
+            let hash: Vec<u8> = r.get(1);
+            let prev_hash = match link.take() {
+                Some((before, h)) if before + 1 == seq => h,
+                _ => Vec::new(),
+            };
+            link = Some((seq, hash.clone()));
+            entries.push(LedgerEntry {
                 seq,
-                prev_hash: r.get::<Option<Vec<u8>>, _>(1).unwrap_or_else(|| {
-                    if seq == 1 {
-                        GENESIS_HASH.to_vec()
-                    } else {
-                        Vec::new()
-                    }
-                }),
-                hash: r.get(2),
-                event: r.get(3),
-            }
-        })
-        .collect())
+                prev_hash,
+                hash,
+                event: r.get(2),
+            });
+        }
+        Ok(entries)
     }
 
     pub(super) async fn ledger_extent(&self) -> Result<super::LedgerExtent, StoreError> {
