@@ -15,7 +15,9 @@
 
 use crate::{Budget, Target};
 use arbitrary::{Arbitrary, Unstructured};
-use consentgate_consent::ledger::entry::{EventHead, canonical_event, consent_of, head};
+use consentgate_consent::ledger::entry::{
+    EventHead, canonical_event, consent_of, consent_state_of, head,
+};
 use consentgate_consent::model::{Change, ImportOrigin, NewConsent, SubjectKey};
 use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
 use time::OffsetDateTime;
@@ -143,12 +145,8 @@ fn readers_agree(text: &str) {
     if let Some(c) = consent_of(text) {
         let h = h.unwrap_or_else(|| panic!("a consent without a head: {text}"));
         if h.version == 2 {
-            let state = match h.kind.as_str() {
-                "grant" => "given",
-                "refuse" => "refused",
-                "withdraw" => "withdrawn",
-                other => panic!("a consent of kind {other}: {text}"),
-            };
+            let state = consent_state_of(&h.kind)
+                .unwrap_or_else(|| panic!("a consent of kind {}: {text}", h.kind));
             assert_eq!(c.state, state, "{text}");
         }
     }

@@ -229,6 +229,17 @@ pub fn head(event: &str) -> Option<EventHead> {
     }
 }
 
+/// The state a version-2 consent event of this kind records (version 2 keeps it only in the
+/// kind); `None` for the kinds that are not consents.
+pub fn consent_state_of(kind: &str) -> Option<&'static str> {
+    match kind {
+        "grant" => Some("given"),
+        "refuse" => Some("refused"),
+        "withdraw" => Some("withdrawn"),
+        _ => None,
+    }
+}
+
 /// The consent event of a canonical ledger event of either version, `None` when it holds none
 /// or is not one.
 pub fn consent_of(event: &str) -> Option<EntryConsent> {
@@ -237,12 +248,7 @@ pub fn consent_of(event: &str) -> Option<EntryConsent> {
         return if e.v == 1 { e.consent } else { None };
     }
     let ConsentEventV2(version, _, _, kind, _, _, c) = serde_json::from_str(event).ok()?;
-    let state = match kind.as_str() {
-        "grant" => "given",
-        "refuse" => "refused",
-        "withdraw" => "withdrawn",
-        _ => return None,
-    };
+    let state = consent_state_of(&kind)?;
     (version == 2).then(|| EntryConsent {
         record_id: c.0,
         purpose: c.1,
@@ -533,12 +539,8 @@ mod tests {
                     if let Some(c) = consent_of(&text) {
                         consents += 1;
                         let h = h.unwrap_or_else(|| panic!("a consent without a head: {text}"));
-                        let state = match h.kind.as_str() {
-                            "grant" => "given",
-                            "refuse" => "refused",
-                            "withdraw" => "withdrawn",
-                            other => panic!("a consent of kind {other}: {text}"),
-                        };
+                        let state = consent_state_of(&h.kind)
+                            .unwrap_or_else(|| panic!("a consent of kind {}: {text}", h.kind));
                         assert_eq!(c.state, state, "{text}");
                     }
                 }
