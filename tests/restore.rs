@@ -366,12 +366,11 @@ async fn rows_of(url: &str, tables: &[&str], key: &str) -> Vec<(String, i64)> {
 }
 
 const PROFILE_TABLES: [&str; 4] = ["attributes", "events", "answers", "subject_keys"];
-const CONSENT_TABLES: [&str; 6] = [
+const CONSENT_TABLES: [&str; 5] = [
     "consent_records",
     "consent_current",
     "receipts",
     "signals",
-    "subject_keys",
     "subjects",
 ];
 

@@ -23,19 +23,23 @@ use time::{Duration, OffsetDateTime};
 /// The caller most writes are made by.
 const CALLER: &str = "preference-center";
 
+/// The records that keep a receipt's signature, as `rows` and the footprint count them.
+const SIGNED_RECORDS: &str = "consent_records WHERE receipt_signature IS NOT NULL";
+
+/// The subjects' rows that keep a pseudonym key (migration 0015), as `rows` and the footprint
+/// count them.
+const SUBJECT_KEYS: &str = "subjects WHERE key IS NOT NULL";
+
 /// Tables that hold rows about one subject key, and the SQL that counts that key's rows in each.
 const PER_SUBJECT_TABLES: [(&str, &str); 11] = [
     (
         "consent_records",
         "SELECT COUNT(*) FROM consent_records WHERE subject = $1",
     ),
-    // Signatures are kept by revision: the subject's, through its records, and any whose
-    // record is gone (a signature left behind by an erasure would be counted here).
+    // A grant's receipt signature is a column of its record (migration 0014).
     (
-        "receipt_signatures",
-        "SELECT COUNT(*) FROM receipt_signatures s WHERE s.revision IN \
-         (SELECT revision FROM consent_records WHERE subject = $1) OR NOT EXISTS \
-         (SELECT 1 FROM consent_records r WHERE r.revision = s.revision)",
+        SIGNED_RECORDS,
+        "SELECT COUNT(*) FROM consent_records WHERE subject = $1 AND receipt_signature IS NOT NULL",
     ),
     (
         "imported",
@@ -53,8 +57,8 @@ const PER_SUBJECT_TABLES: [(&str, &str); 11] = [
     ),
     ("signals", "SELECT COUNT(*) FROM signals WHERE subject = $1"),
     (
-        "subject_keys",
-        "SELECT COUNT(*) FROM subject_keys WHERE subject = $1",
+        SUBJECT_KEYS,
+        "SELECT COUNT(*) FROM subjects WHERE subject = $1 AND key IS NOT NULL",
     ),
     (
         "subjects",
@@ -64,22 +68,23 @@ const PER_SUBJECT_TABLES: [(&str, &str); 11] = [
         "links",
         "SELECT COUNT(*) FROM links WHERE device = $1 OR subject = $1",
     ),
-    // Idempotency records name no subject (migration 0011): the key's, through the changes of
-    // their revisions, and any whose change erasure un-named (one left behind is counted
-    // here); an erasure's own record names nobody and stays, to answer its retry.
+    // Idempotency records name no subject (migration 0011): the key's, through the ledger
+    // entries of their revisions, and any whose entry erasure un-named (one left behind is
+    // counted here); an erasure's own record names nobody and stays, to answer its retry.
     (
         "idempotency",
-        "SELECT COUNT(*) FROM idempotency i JOIN changes c ON c.revision = i.revision \
-         WHERE c.subject = $1 OR (c.subject IS NULL AND c.kind <> 'erase')",
+        "SELECT COUNT(*) FROM idempotency i JOIN ledger l ON l.seq = i.revision \
+         WHERE l.subject = $1 OR (l.subject IS NULL AND l.event NOT LIKE '%,\"erase\",%')",
     ),
-    ("changes", "SELECT COUNT(*) FROM changes WHERE subject = $1"),
+    // The change stream's subject beside each entry (migration 0013); the entries stay.
+    ("ledger", "SELECT COUNT(*) FROM ledger WHERE subject = $1"),
 ];
 
 /// Every text column of the schema: where an identifier could be left behind after erasure.
-const TEXT_COLUMNS: [(&str, &str); 23] = [
+const TEXT_COLUMNS: [(&str, &str); 20] = [
     ("ledger", "event"),
+    ("ledger", "subject"),
     ("consent_current", "subject"),
-    ("subject_keys", "subject"),
     ("subjects", "subject"),
     ("consent_records", "record_id"),
     ("consent_records", "subject"),
@@ -97,9 +102,6 @@ const TEXT_COLUMNS: [(&str, &str); 23] = [
     ("idempotency", "caller"),
     ("idempotency", "key"),
     ("idempotency", "outcome"),
-    ("changes", "subject"),
-    ("changes", "kind"),
-    ("changes", "purpose"),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1064,8 +1066,7 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
         for (table, n) in [
             ("consent_records", 2),
             ("ledger", 2),
-            ("changes", 2),
-            ("receipt_signatures", 1),
+            (SIGNED_RECORDS, 1),
             ("idempotency", 2),
         ] {
             assert_eq!(h.rows(table).await, n, "[{b}] {table} rows after retries");
@@ -1089,12 +1090,7 @@ async fn idempotent_retries_replay_the_outcome_and_write_once() {
             matches!(conflict, Err(StoreError::IdempotencyConflict)),
             "[{b}] reused key with another fingerprint: {conflict:?}"
         );
-        for (table, n) in [
-            ("consent_records", 2),
-            ("ledger", 2),
-            ("changes", 2),
-            ("idempotency", 2),
-        ] {
+        for (table, n) in [("consent_records", 2), ("ledger", 2), ("idempotency", 2)] {
             assert_eq!(h.rows(table).await, n, "[{b}] {table} rows after conflict");
         }
 
@@ -1439,12 +1435,12 @@ async fn one_batch_of_mixed_writes_equals_the_same_writes_one_by_one() {
         for table in [
             "consent_records",
             "consent_current",
-            "receipt_signatures",
+            SIGNED_RECORDS,
             "receipt_contexts",
             "signals",
             "idempotency",
             "subjects",
-            "subject_keys",
+            SUBJECT_KEYS,
         ] {
             assert_eq!(
                 alone.rows(table).await,
@@ -1952,7 +1948,7 @@ async fn receipts_are_stored_with_grants_and_fetched_by_record_id() {
             "[{b}] unknown record id"
         );
         assert_eq!(
-            h.rows("receipt_signatures").await,
+            h.rows(SIGNED_RECORDS).await,
             1,
             "[{b}] one receipt signature"
         );
@@ -2115,13 +2111,13 @@ async fn erasure_deletes_the_subject_and_its_devices_and_leaves_a_tombstone() {
         for table in [
             "consent_records",
             "consent_current",
-            "receipt_signatures",
+            SIGNED_RECORDS,
             "signals",
-            "subject_keys",
+            SUBJECT_KEYS,
             "subjects",
             "links",
             "idempotency",
-            "changes",
+            "ledger",
         ] {
             assert!(
                 n(&before_erin, table) > 0,
@@ -2132,7 +2128,7 @@ async fn erasure_deletes_the_subject_and_its_devices_and_leaves_a_tombstone() {
             "consent_records",
             "consent_current",
             "signals",
-            "subject_keys",
+            SUBJECT_KEYS,
             "links",
         ] {
             assert!(
@@ -2388,7 +2384,7 @@ async fn erasing_a_device_erases_only_that_device() {
         );
         assert_eq!(
             h.count(
-                "SELECT COUNT(*) FROM subject_keys WHERE subject = $1",
+                "SELECT COUNT(*) FROM subjects WHERE subject = $1 AND key IS NOT NULL",
                 &ghost.storage()
             )
             .await,

@@ -63,7 +63,7 @@ async fn a_v1_ledger_verifies_end_to_end() {
     );
     // Today's pseudonym of a subject under its stored key is the one its v1 entries carry.
     let key: Vec<u8> =
-        sqlx::query("SELECT key FROM subject_keys WHERE subject = 's:fixture-subject-1'")
+        sqlx::query("SELECT key FROM subjects WHERE subject = 's:fixture-subject-1'")
             .fetch_one(copy.store.pool())
             .await
             .expect("the subject's key")
@@ -160,7 +160,8 @@ async fn a_v1_databases_whole_records_read_back() {
 
 /// Idempotency records from before revisions were kept (copies of the answer) are keyed by the
 /// revision their copy names once migrated (migration 0011): every one is kept, and erasing
-/// their subject deletes them through the changes of those revisions, as it does new ones.
+/// their subject deletes them through the ledger entries of those revisions, as it does new
+/// ones.
 #[tokio::test]
 async fn v1_idempotency_copies_keep_their_revision_and_go_with_their_subject() {
     let copy = open_copy().await;
@@ -190,8 +191,8 @@ async fn v1_idempotency_copies_keep_their_revision_and_go_with_their_subject() {
     };
     // The subject's and its linked devices' (erasure takes both).
     let held = count(
-        "SELECT COUNT(*) FROM idempotency i JOIN changes c ON c.revision = i.revision \
-         WHERE c.subject = $1 OR c.subject IN (SELECT device FROM links WHERE subject = $1)",
+        "SELECT COUNT(*) FROM idempotency i JOIN ledger l ON l.seq = i.revision \
+         WHERE l.subject = $1 OR l.subject IN (SELECT device FROM links WHERE subject = $1)",
     )
     .await;
     assert!(held > 0, "the fixture subject has idempotency records");
@@ -219,12 +220,63 @@ async fn v1_idempotency_copies_keep_their_revision_and_go_with_their_subject() {
         "the subject's records went, the erasure's own is kept"
     );
     let left_behind: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM idempotency i JOIN changes c ON c.revision = i.revision \
-         WHERE c.subject IS NULL AND c.kind <> 'erase'",
+        "SELECT COUNT(*) FROM idempotency i JOIN ledger l ON l.seq = i.revision \
+         WHERE l.subject IS NULL AND l.event NOT LIKE '%\"kind\":\"erase\"%' \
+           AND l.event NOT LIKE '%,\"erase\",%'",
     )
     .fetch_one(pool)
     .await
     .expect("count")
     .get(0);
     assert_eq!(left_behind, 0, "no record of an un-named change is left");
+}
+
+/// The change stream of a version-1 database, once its `changes` table moved into the ledger
+/// (migration 0013), says what that table said, change by change: the revision, the subject
+/// (none for an erased one), the kind and the purpose, read from entries of version 1.
+#[tokio::test]
+async fn a_v1_change_stream_reads_the_same_from_the_ledger() {
+    let original = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        fixtures().join("consent.db").display()
+    ))
+    .await
+    .expect("the fixture, read only");
+    let before: Vec<(u64, Option<String>, String, Option<String>)> =
+        sqlx::query("SELECT revision, subject, kind, purpose FROM changes ORDER BY revision")
+            .fetch_all(&original)
+            .await
+            .expect("the v1 changes")
+            .iter()
+            .map(|r| {
+                (
+                    u64::try_from(r.get::<i64, _>(0)).expect("a revision"),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                )
+            })
+            .collect();
+    assert_eq!(before.len(), 70, "one change per entry in the fixture");
+    assert!(before.iter().any(|c| c.1.is_none()), "an erased subject's");
+
+    let copy = open_copy().await;
+    let (events, high) = copy.store.changes_after(0, 1_000).await.expect("changes");
+    assert_eq!(high, 70);
+    let after: Vec<(u64, Option<String>, String, Option<String>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.revision,
+                e.subject.as_ref().map(SubjectKey::storage),
+                e.kind.clone(),
+                e.purpose.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(after, before);
+    assert!(
+        events.iter().all(|e| e.committed_at.is_some()),
+        "every change has its entry's time"
+    );
 }

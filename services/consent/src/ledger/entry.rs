@@ -229,6 +229,30 @@ pub fn head(event: &str) -> Option<EventHead> {
     }
 }
 
+/// What the change stream says of an entry (`changes_after`): its kind, time and, for a consent
+/// event, its purpose. Read from the entry itself since migration 0013, which dropped the
+/// separate `changes` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryChange {
+    /// `grant`, `refuse`, `withdraw`, `signal`, `link`, `restrict` or `erase`.
+    pub kind: String,
+    /// When the entry was written (RFC 3339): in the transaction that committed the change.
+    pub at: String,
+    /// The purpose of a consent event; `None` for the other kinds.
+    pub purpose: Option<String>,
+}
+
+/// The change an entry of either version records; `None` when it reads as neither (an edited
+/// entry). A consent event is read twice (its head, then its payload), the others once.
+pub fn change_of(event: &str) -> Option<EntryChange> {
+    let EventHead { kind, at, .. } = head(event)?;
+    let purpose = match kind.as_str() {
+        "grant" | "refuse" | "withdraw" => Some(consent_of(event)?.purpose),
+        _ => None,
+    };
+    Some(EntryChange { kind, at, purpose })
+}
+
 /// The state a version-2 consent event of this kind records (version 2 keeps it only in the
 /// kind); `None` for the kinds that are not consents.
 pub fn consent_state_of(kind: &str) -> Option<&'static str> {
@@ -444,6 +468,15 @@ mod tests {
                     }
                     _ => assert!(consent_of(&e).is_none(), "{e}"),
                 }
+                assert_eq!(
+                    change_of(&e),
+                    Some(EntryChange {
+                        kind: change.kind().to_owned(),
+                        at: "2026-12-01T10:00:00.123456789Z".into(),
+                        purpose: change.purpose().map(str::to_owned),
+                    }),
+                    "the change stream's view of {e}"
+                );
             }
         }
         let link = event(&changes[4], None);

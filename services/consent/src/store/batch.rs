@@ -32,10 +32,10 @@ pub(super) fn joins_a_run(change: &Change) -> bool {
 #[derive(Clone)]
 enum Value {
     Text(String),
-    MaybeText(Option<String>),
     Int(i64),
     MaybeInt(Option<i64>),
     Bytes(Vec<u8>),
+    MaybeBytes(Option<Vec<u8>>),
 }
 
 /// A statement with its values, built for a run.
@@ -92,10 +92,10 @@ impl<D: Dialect> Statement<D> {
         for v in &self.values {
             q = match v {
                 Value::Text(s) => q.bind(s.as_str()),
-                Value::MaybeText(s) => q.bind(s.as_deref()),
                 Value::Int(i) => q.bind(*i),
                 Value::MaybeInt(i) => q.bind(*i),
                 Value::Bytes(b) => q.bind(b.as_slice()),
+                Value::MaybeBytes(b) => q.bind(b.as_deref()),
             };
         }
         q
@@ -415,25 +415,21 @@ async fn write_fresh<D: Dialect>(
     let (prev_seq, mut prev_hash) = head.unwrap_or((0, GENESIS_HASH.to_vec()));
     let mut seq = to_u64(prev_seq);
 
-    // Pseudonym keys, created for subjects seen for the first time.
+    // Pseudonym keys (a column of the subject's row since migration 0015), created for
+    // subjects seen for the first time and written with the subjects' rows below.
     let mut subject_keys: HashMap<String, Vec<u8>> = select_in::<D>(
         tx,
-        "SELECT subject, key FROM subject_keys WHERE subject",
+        "SELECT subject, key FROM subjects WHERE subject",
         subjects.iter().map(|s| Value::Text(s.clone())),
     )
     .await?
     .iter()
-    .map(|r| (r.get(0), r.get(1)))
+    .filter_map(|r| Some((r.get(0), r.get::<Option<Vec<u8>>, _>(1)?)))
     .collect();
-    let mut new_keys = Rows::new("INSERT INTO subject_keys (subject, key) VALUES ", "");
     for s in &subjects {
-        if !subject_keys.contains_key(s) {
-            let key = random_key().to_vec();
-            new_keys
-                .rows
-                .push(vec![Value::Text(s.clone()), Value::Bytes(key.clone())]);
-            subject_keys.insert(s.clone(), key);
-        }
+        subject_keys
+            .entry(s.clone())
+            .or_insert_with(|| random_key().to_vec());
     }
 
     let groups = link_groups::<D>(tx, &subjects).await?;
@@ -467,11 +463,7 @@ async fn write_fresh<D: Dialect>(
     let mut current_changed: BTreeSet<(String, String, String, String)> = BTreeSet::new();
 
     let mut records = Rows::new(
-        "INSERT INTO consent_records (record_id, subject, revision, purpose, body) VALUES ",
-        "",
-    );
-    let mut receipts = Rows::new(
-        "INSERT INTO receipt_signatures (revision, context, signature) VALUES ",
+        "INSERT INTO consent_records (revision, record_id, subject, body, receipt_context, receipt_signature) VALUES ",
         "",
     );
     // Each context once per batch; most are stored already, and the conflict leaves them be.
@@ -480,13 +472,10 @@ async fn write_fresh<D: Dialect>(
         "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method, order_micros) VALUES ",
         "",
     );
-    let mut ledger = Rows::new("INSERT INTO ledger (seq, hash, event) VALUES ", "");
+    // The subject beside the entry is the change stream's (migration 0013), not hashed.
+    let mut ledger = Rows::new("INSERT INTO ledger (seq, hash, event, subject) VALUES ", "");
     let mut checkpoints = Rows::new(
         "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ",
-        "",
-    );
-    let mut changes = Rows::new(
-        "INSERT INTO changes (revision, subject, kind, purpose, committed_micros) VALUES ",
         "",
     );
     let mut idempotency = Rows::new(
@@ -527,12 +516,29 @@ async fn write_fresh<D: Dialect>(
         match &write.change {
             Change::Consent(c) => {
                 let body = record::encode(c)?;
+                // A grant keeps its receipt's signature and context digest in its row
+                // (migration 0014); the context itself once per batch in `receipt_contexts`.
+                let (context, signature) = match &c.receipt {
+                    Some(Receipt::Derived { context, signature }) => {
+                        let digest = context.digest();
+                        contexts.entry(digest).or_insert_with(|| context.encode());
+                        (Some(digest.to_vec()), Some(signature.clone()))
+                    }
+                    // Only a receipt read back from before migration 0008 is stored whole.
+                    Some(Receipt::Stored { .. }) => {
+                        return Err(StoreError::GroupCommitFailed(
+                            "a new grant carried a receipt stored whole".into(),
+                        ));
+                    }
+                    None => (None, None),
+                };
                 records.rows.push(vec![
+                    Value::Int(rev),
                     Value::Text(c.record_id.clone()),
                     Value::Text(subject_s.clone()),
-                    Value::Int(rev),
-                    Value::Text(c.purpose.clone()),
                     Value::Text(body),
+                    Value::MaybeBytes(context),
+                    Value::MaybeBytes(signature),
                 ]);
                 let key = (
                     subject_s.clone(),
@@ -556,24 +562,6 @@ async fn write_fresh<D: Dialect>(
                         Value::Int(rev),
                         Value::Bytes(write.fingerprint.to_vec()),
                     ]);
-                }
-                match &c.receipt {
-                    Some(Receipt::Derived { context, signature }) => {
-                        let digest = context.digest();
-                        contexts.entry(digest).or_insert_with(|| context.encode());
-                        receipts.rows.push(vec![
-                            Value::Int(rev),
-                            Value::Bytes(digest.to_vec()),
-                            Value::Bytes(signature.clone()),
-                        ]);
-                    }
-                    // Only a receipt read back from before migration 0008 is stored whole.
-                    Some(Receipt::Stored { .. }) => {
-                        return Err(StoreError::GroupCommitFailed(
-                            "a new grant carried a receipt stored whole".into(),
-                        ));
-                    }
-                    None => {}
                 }
                 record = Some(StoredRecord {
                     consent: c.clone(),
@@ -637,17 +625,11 @@ async fn write_fresh<D: Dialect>(
             Value::Int(rev),
             Value::Bytes(hash),
             Value::Text(event),
-        ]);
-        changes.rows.push(vec![
-            Value::Int(rev),
-            Value::MaybeText(Some(subject_s)),
-            Value::Text(write.change.kind().to_owned()),
-            Value::MaybeText(write.change.purpose().map(str::to_owned)),
-            Value::Int(committed_micros),
+            Value::Text(subject_s),
         ]);
         // An import is remembered for good by its source record id (above), not by a key.
         if imported.is_none() {
-            // No subject: erasure finds the record through this revision's change.
+            // No subject: erasure finds the record through this revision's ledger entry.
             idempotency.rows.push(vec![
                 Value::Int(rev),
                 Value::Int(committed_micros),
@@ -693,17 +675,22 @@ async fn write_fresh<D: Dialect>(
             Value::Int(rev),
         ]);
     }
+    // Every writer's row carries its pseudonym key (new or as read); a linked key's row is
+    // moved to the revision with its key left as it is.
     let mut subject_rows = Rows::new(
-        "INSERT INTO subjects (subject, revision, restricted, order_micros) VALUES ",
-        " ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision, order_micros = excluded.order_micros",
+        "INSERT INTO subjects (subject, revision, restricted, order_micros, key) VALUES ",
+        " ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision, order_micros = excluded.order_micros, \
+         key = COALESCE(excluded.key, subjects.key)",
     );
     for (subject, rev) in revisions {
         let ordered = latest.get(&subject).copied().unwrap_or(0);
+        let key = subject_keys.remove(&subject);
         subject_rows.rows.push(vec![
             Value::Text(subject),
             Value::Int(rev),
             Value::Int(0),
             Value::Int(ordered),
+            Value::MaybeBytes(key),
         ]);
     }
 
@@ -718,16 +705,13 @@ async fn write_fresh<D: Dialect>(
     }
 
     for rows in [
-        new_keys,
         records,
         current_rows,
         context_rows,
-        receipts,
         signals,
         subject_rows,
         ledger,
         checkpoints,
-        changes,
         idempotency,
         imports,
     ] {

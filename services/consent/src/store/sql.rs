@@ -294,27 +294,39 @@ impl<D: Dialect> SqlStore<D> {
         limit: u32,
     ) -> Result<(Vec<ChangeEvent>, u64), StoreError> {
         let mut tx = begin_snapshot::<D>(&self.pool).await?;
-        let high: i64 = sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM changes")
+        let high: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ledger")
             .fetch_one(&mut *tx)
             .await?
             .get(0);
-        let rows = sqlx::query("SELECT revision, subject, kind, purpose, committed_micros FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2")
-            .bind(to_i64(after)).bind(i64::from(limit))
-            .fetch_all(&mut *tx).await?;
+        // The change stream is the ledger read with the subject its entries leave out
+        // (migration 0013): kind, purpose and time come from the entry.
+        let rows = sqlx::query(
+            "SELECT seq, subject, event FROM ledger WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         let events = rows
             .iter()
             .map(|r| {
+                let revision: i64 = r.get(0);
+                let change = entry::change_of(r.get::<&str, _>(2)).ok_or_else(|| {
+                    StoreError::corrupt(format!(
+                        "ledger entry {revision} does not read as a change"
+                    ))
+                })?;
                 Ok(ChangeEvent {
-                    revision: to_u64(r.get(0)),
+                    revision: to_u64(revision),
                     subject: r
                         .get::<Option<String>, _>(1)
                         .as_deref()
                         .map(subject_of)
                         .transpose()?,
-                    kind: r.get(2),
-                    purpose: r.get(3),
-                    committed_at: r.get::<Option<i64>, _>(4).and_then(from_unix_micros),
+                    kind: change.kind,
+                    purpose: change.purpose,
+                    committed_at: Some(commit_time(&change.at)?),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -522,7 +534,7 @@ impl<D: Dialect> SqlStore<D> {
 
     /// Every key this database holds something about although it holds its tombstone: what a
     /// restore brought back of subjects erased after the backup, once their tombstones are back.
-    /// One pass over the keys (each written key has a pseudonym key or a revision row), a page
+    /// One pass over the keys (each written key has its row in `subjects`), a page
     /// at a time, computing each key's tombstone: linear in the subjects held, so it runs when
     /// an operator re-applies erasures, never on a request path.
     pub(super) async fn erased_but_held(&self) -> Result<Vec<SubjectKey>, StoreError> {
@@ -531,22 +543,16 @@ impl<D: Dialect> SqlStore<D> {
         let mut after = String::new();
         loop {
             let mut page: Vec<String> = Vec::new();
-            for sql in [
-                "SELECT subject FROM subject_keys WHERE subject > $1 ORDER BY subject LIMIT $2",
+            for r in sqlx::query(
                 "SELECT subject FROM subjects WHERE subject > $1 ORDER BY subject LIMIT $2",
-            ] {
-                for r in sqlx::query(sql)
-                    .bind(&after)
-                    .bind(PAGE)
-                    .fetch_all(&self.pool)
-                    .await?
-                {
-                    page.push(r.get(0));
-                }
+            )
+            .bind(&after)
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await?
+            {
+                page.push(r.get(0));
             }
-            page.sort();
-            page.dedup();
-            page.truncate(usize::try_from(PAGE).unwrap_or(usize::MAX));
             let Some(last) = page.last().cloned() else {
                 break;
             };
@@ -838,10 +844,18 @@ async fn apply(
             .map(|d| consentgate_runtime::delegation::on_behalf_of(d, &write.caller)),
     );
     let hash = entry::chain_hash(&prev_hash, &event);
-    sqlx::query("INSERT INTO ledger (seq, hash, event) VALUES ($1, $2, $3)")
+    // An erased subject's entries were un-named above; its erase entry names nobody. The
+    // subject is the change stream's (migration 0013), outside the hashed entry.
+    let change_subject = if matches!(write.change, Change::Erase { .. }) {
+        None
+    } else {
+        Some(subject_s.clone())
+    };
+    sqlx::query("INSERT INTO ledger (seq, hash, event, subject) VALUES ($1, $2, $3, $4)")
         .bind(rev)
         .bind(&hash)
         .bind(&event)
+        .bind(change_subject)
         .execute(&mut **tx)
         .await?;
     if seq.is_multiple_of(CHECKPOINT_EVERY) {
@@ -854,22 +868,6 @@ async fn apply(
             .execute(&mut **tx)
             .await?;
     }
-    // An erased subject's change rows were cleared above; its erase event names nobody.
-    let change_subject = if matches!(write.change, Change::Erase { .. }) {
-        None
-    } else {
-        Some(subject_s.clone())
-    };
-    sqlx::query(
-            "INSERT INTO changes (revision, subject, kind, purpose, committed_micros) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(rev)
-        .bind(change_subject)
-        .bind(write.change.kind())
-        .bind(write.change.purpose())
-        .bind(unix_micros(now))
-        .execute(&mut **tx)
-        .await?;
 
     affected.sort_by_key(SubjectKey::storage);
     affected.dedup();
@@ -970,17 +968,20 @@ pub(super) async fn rebuilt(
     revision: i64,
     records_deleted: Option<i64>,
 ) -> Result<WriteOutcome, StoreError> {
-    let committed: Option<i64> =
-        sqlx::query("SELECT committed_micros FROM changes WHERE revision = $1")
-            .bind(revision)
-            .fetch_optional(&mut **tx)
-            .await?
-            .and_then(|r| r.get::<Option<i64>, _>(0));
-    let committed_at = committed.and_then(from_unix_micros).ok_or_else(|| {
-        StoreError::corrupt(format!(
-            "idempotency record of revision {revision}: the change's commit time is missing"
-        ))
-    })?;
+    let event: Option<String> = sqlx::query("SELECT event FROM ledger WHERE seq = $1")
+        .bind(revision)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.get(0));
+    let committed_at = event
+        .as_deref()
+        .and_then(entry::head)
+        .ok_or_else(|| {
+            StoreError::corrupt(format!(
+                "idempotency record of revision {revision}: its ledger entry is missing"
+            ))
+        })
+        .and_then(|head| commit_time(&head.at))?;
     let mut record = sqlx::query(AssertSqlSafe(format!(
         "SELECT {} FROM consent_records r JOIN ledger l ON l.seq = r.revision WHERE r.revision = $1",
         record::COLUMNS
@@ -1013,8 +1014,8 @@ async fn receipt_of(
     record: &StoredRecord,
 ) -> Result<Option<Receipt>, StoreError> {
     let derived = sqlx::query(
-        "SELECT c.body, s.signature FROM receipt_signatures s \
-         JOIN receipt_contexts c ON c.digest = s.context WHERE s.revision = $1",
+        "SELECT c.body, r.receipt_signature FROM consent_records r \
+         JOIN receipt_contexts c ON c.digest = r.receipt_context WHERE r.revision = $1",
     )
     .bind(to_i64(record.revision))
     .fetch_optional(&mut *conn)
@@ -1049,40 +1050,36 @@ async fn tombstone_revision(tx: &mut Tx<'_>, tombstone: &[u8]) -> Result<Option<
     )
 }
 
-/// Whether the database holds anything about a key: every write creates the key's pseudonym
-/// key and revision row, and erasure deletes both.
+/// Whether the database holds anything about a key: every write creates the key's row (its
+/// revision and pseudonym key), and erasure deletes it.
 async fn holds_anything(tx: &mut Tx<'_>, subject: &str) -> Result<bool, StoreError> {
-    for sql in [
-        "SELECT 1 FROM subject_keys WHERE subject = $1",
-        "SELECT 1 FROM subjects WHERE subject = $1",
-    ] {
-        if sqlx::query(sql)
-            .bind(subject)
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_some()
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// The subject's pseudonym key, created on first use.
-async fn subject_key(tx: &mut Tx<'_>, subject: &str) -> Result<Vec<u8>, StoreError> {
-    if let Some(r) = sqlx::query("SELECT key FROM subject_keys WHERE subject = $1")
+    Ok(sqlx::query("SELECT 1 FROM subjects WHERE subject = $1")
         .bind(subject)
         .fetch_optional(&mut **tx)
         .await?
+        .is_some())
+}
+
+/// The subject's pseudonym key (a column of its row since migration 0015), created on first
+/// use; a new row stays at revision 0 (no state) until the write moves it to its revision.
+async fn subject_key(tx: &mut Tx<'_>, subject: &str) -> Result<Vec<u8>, StoreError> {
+    if let Some(key) = sqlx::query("SELECT key FROM subjects WHERE subject = $1")
+        .bind(subject)
+        .fetch_optional(&mut **tx)
+        .await?
+        .and_then(|r| r.get::<Option<Vec<u8>>, _>(0))
     {
-        return Ok(r.get(0));
+        return Ok(key);
     }
     let key = random_key().to_vec();
-    sqlx::query("INSERT INTO subject_keys (subject, key) VALUES ($1, $2)")
-        .bind(subject)
-        .bind(&key)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO subjects (subject, revision, restricted, key) VALUES ($1, 0, 0, $2) \
+         ON CONFLICT (subject) DO UPDATE SET key = excluded.key",
+    )
+    .bind(subject)
+    .bind(&key)
+    .execute(&mut **tx)
+    .await?;
     Ok(key)
 }
 
@@ -1134,16 +1131,15 @@ async fn erase_key(
     now: OffsetDateTime,
 ) -> Result<u64, StoreError> {
     let k = key.storage();
-    // Before the records they are found through: a signature over a person's record would
-    // confirm a guess at its content, and so would an import's fingerprint.
-    for sql in [
-        "DELETE FROM receipt_signatures WHERE revision IN \
-         (SELECT revision FROM consent_records WHERE subject = $1)",
+    // Before the records they are found through: an import's fingerprint would confirm a
+    // guess at a record's content (a grant's receipt signature goes with its record's row).
+    sqlx::query(
         "DELETE FROM imported WHERE revision IN \
          (SELECT revision FROM consent_records WHERE subject = $1)",
-    ] {
-        sqlx::query(sql).bind(&k).execute(&mut **tx).await?;
-    }
+    )
+    .bind(&k)
+    .execute(&mut **tx)
+    .await?;
     let deleted = sqlx::query("DELETE FROM consent_records WHERE subject = $1")
         .bind(&k)
         .execute(&mut **tx)
@@ -1153,12 +1149,13 @@ async fn erase_key(
         "DELETE FROM consent_current WHERE subject = $1",
         "DELETE FROM receipts WHERE subject = $1",
         "DELETE FROM signals WHERE subject = $1",
-        "DELETE FROM subject_keys WHERE subject = $1",
         "DELETE FROM subjects WHERE subject = $1",
-        // Through the changes of the key's revisions, so before they forget the key below.
-        "DELETE FROM idempotency WHERE revision IN (SELECT revision FROM changes WHERE subject = $1)",
+        // Through the ledger entries of the key's revisions, so before they forget the key below.
+        "DELETE FROM idempotency WHERE revision IN (SELECT seq FROM ledger WHERE subject = $1)",
         "DELETE FROM links WHERE device = $1 OR subject = $1",
-        "UPDATE changes SET subject = NULL WHERE subject = $1",
+        // The entries stay, pseudonymous (the chain hashes `event` alone): only the change
+        // stream's copy of the subject goes.
+        "UPDATE ledger SET subject = NULL WHERE subject = $1",
     ] {
         sqlx::query(sql).bind(&k).execute(&mut **tx).await?;
     }
@@ -1182,6 +1179,15 @@ fn remembered_since(now: OffsetDateTime, window: Duration) -> i64 {
 /// and converts the same on both backends).
 pub(super) fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// A change's commit time from its ledger entry's `at`, to the microsecond, as the change stream
+/// carried it when it was stored beside the entry (migration 0013): the same instant.
+fn commit_time(at: &str) -> Result<OffsetDateTime, StoreError> {
+    let t = parse_time(at)?;
+    from_unix_micros(unix_micros(t)).ok_or_else(|| {
+        StoreError::corrupt(format!("commit time {} is out of range", unix_micros(t)))
+    })
 }
 
 /// A stored `order_micros` (migration 0010) as a time.
