@@ -266,13 +266,25 @@ async fn an_export_lands_once_in_time_order_and_resumes_after_an_interruption() 
         let json: serde_json::Value =
             serde_json::from_str(&receipt.receipt_json).expect("receipt JSON");
         assert_eq!(json["importedFrom"], "legacy-crm", "{b}: {json}");
-        // Signed (on the import's signers, not the stream's task) by the service's key, over
-        // exactly this receipt.
+        // Signed when first asked for (an import hands out no receipt) by the service's key,
+        // over exactly this receipt; asked again, the same bytes.
         assert_eq!(
             consentgate_consent::receipt::verify(&receipt.receipt_jws, &receipt.public_key)
                 .as_deref(),
             Some(receipt.receipt_json.as_str()),
             "{b}: the imported grant's receipt verifies to its JSON"
+        );
+        let again = pc
+            .get_receipt(pb::GetReceiptRequest {
+                record_id: email.record_id.clone(),
+            })
+            .await
+            .expect("the receipt again")
+            .into_inner();
+        assert_eq!(
+            (again.receipt_jws, again.receipt_json),
+            (receipt.receipt_jws.clone(), receipt.receipt_json.clone()),
+            "{b}: the same receipt, byte for byte, each time it is asked for"
         );
         assert_eq!(
             json["consentTimestamp"].as_i64(),

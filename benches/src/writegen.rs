@@ -501,8 +501,8 @@ fn main() -> anyhow::Result<()> {
     md.push_str(&format!(
         "\nThe bulk import streamed a generated export (three records per subject: a grant of analytics, a \
          grant of marketing e-mail, a withdrawal of analytics, in time order) through `consentgate import`'s \
-         code in chunks of 1,000, each record its own revision, ledger entry, change event and (grants) \
-         receipt: {} imported, {} in history only; timed from the first line read to the last answer.\n",
+         code in chunks of 1,000, each record its own revision, ledger entry and change event, a grant its \
+         receipt's context (signed when the receipt is first asked for): {} imported, {} in history only; timed from the first line read to the last answer.\n",
         imported.imported, imported.history_only
     ));
     eprintln!(

@@ -258,7 +258,9 @@ fn receipts(dir: &Path) {
         receipt: None,
         imported: None,
     };
-    let jws = consentgate_consent::receipt::issue(&policy, keys, &consent, "en").jws(&consent);
+    let jws = consentgate_consent::receipt::issue(&policy, keys, &consent, "en")
+        .jws(&consent)
+        .expect("an issued receipt is signed");
     write(dir, "issued", format!("\0{jws}").as_bytes());
     let legacy = receipts::sign(
         &serde_json::json!({ "alg": "EdDSA", "kid": keys.public_key_b64() }).to_string(),

@@ -99,6 +99,14 @@ pub enum Receipt {
         /// The Ed25519 signature over the JWS signing input.
         signature: Vec<u8>,
     },
+    /// An imported grant's receipt until someone asks for it: its context, no signature. An
+    /// import hands out no receipt, and most imported receipts are never asked for, while
+    /// signing each at import was a quarter of an import's CPU (BENCHMARKS.md); the store
+    /// signs it when it is first read ([`Receipt::signed`]), as deterministically as at import.
+    Unsigned {
+        /// What the payload takes from outside the record.
+        context: ReceiptContext,
+    },
     /// Stored whole, as every receipt was before receipts were derived (migration 0008): kept
     /// and answered as written.
     Stored {
@@ -113,21 +121,58 @@ impl Receipt {
     /// The receipt JSON of `consent`'s grant.
     pub fn json(&self, consent: &NewConsent) -> String {
         match self {
-            Receipt::Derived { context, .. } => payload(consent, context),
+            Receipt::Derived { context, .. } | Receipt::Unsigned { context } => {
+                payload(consent, context)
+            }
             Receipt::Stored { json, .. } => json.clone(),
         }
     }
 
-    /// The compact JWS of `consent`'s grant.
-    pub fn jws(&self, consent: &NewConsent) -> String {
+    /// The compact JWS of `consent`'s grant; `None` for a receipt not signed yet (see
+    /// [`Receipt::signed`]).
+    pub fn jws(&self, consent: &NewConsent) -> Option<String> {
         match self {
-            Receipt::Derived { context, signature } => format!(
+            Receipt::Derived { context, signature } => Some(format!(
                 "{}.{}",
                 signing_input(&context.kid, &payload(consent, context)),
                 URL_SAFE_NO_PAD.encode(signature)
-            ),
-            Receipt::Stored { jws, .. } => jws.clone(),
+            )),
+            Receipt::Unsigned { .. } => None,
+            Receipt::Stored { jws, .. } => Some(jws.clone()),
         }
+    }
+
+    /// The receipt signed: an unsigned one (an imported grant's) with `keys`' current key, the
+    /// others as they are. Its context names the key that signs: the one the import named while
+    /// it still signs (so asking again gives the same bytes), the current key after a rotation
+    /// (a retired key can no longer sign).
+    pub fn signed(self, keys: &LedgerKeys, consent: &NewConsent) -> Receipt {
+        match self {
+            Receipt::Unsigned { mut context } => {
+                if context.kid != keys.kid() {
+                    context.kid = keys.kid().to_owned();
+                    context.public_key = keys.public_key_b64();
+                }
+                let input = signing_input(&context.kid, &payload(consent, &context));
+                Receipt::Derived {
+                    signature: keys.sign(input.as_bytes()),
+                    context,
+                }
+            }
+            signed => signed,
+        }
+    }
+}
+
+/// The receipt of an imported grant, to be signed when first asked for ([`Receipt::Unsigned`]).
+pub fn unsigned(
+    policy: &Policy,
+    keys: &LedgerKeys,
+    consent: &NewConsent,
+    language: &str,
+) -> Receipt {
+    Receipt::Unsigned {
+        context: ReceiptContext::new(policy, keys, consent, language),
     }
 }
 
@@ -445,8 +490,8 @@ mod tests {
             context: ReceiptContext::decode(&context.encode()).expect("decodes"),
             signature: signature.clone(),
         };
-        let jws = issued.jws(&consent);
-        assert_eq!(stored.jws(&consent), jws);
+        let jws = issued.jws(&consent).expect("signed");
+        assert_eq!(stored.jws(&consent), Some(jws.clone()));
         let verified = verify_with(&jws, keys.verifiers()).expect("verifies");
         assert_eq!(verified.json, issued.json(&consent));
         assert_eq!(
@@ -465,7 +510,7 @@ mod tests {
         let mut other = consent.clone();
         other.notice_version = "3.0".into();
         assert!(matches!(
-            verify_with(&stored.jws(&other), keys.verifiers()),
+            verify_with(&stored.jws(&other).expect("signed"), keys.verifiers()),
             Err(ReceiptError::BadSignature(_))
         ));
         // Grants of one purpose and scope share a context; another scope is another context.
@@ -474,6 +519,37 @@ mod tests {
         let scoped = ReceiptContext::new(&policy, &keys, &grant(Some("user.contact.email")), "en");
         assert_ne!(scoped.digest(), context.digest());
         assert_eq!(scoped.categories, vec!["user.contact.email".to_owned()]);
+    }
+
+    /// An imported grant's receipt, signed when first asked for, is the one an import would
+    /// have signed, asked again the same bytes; after a rotation the current key signs it.
+    #[test]
+    fn an_unsigned_receipt_is_signed_as_an_issued_one_and_by_the_key_that_signs_now() {
+        let policy = Policy::default_policy().expect("the shipped policy");
+        let mut ring = Keyring::from_seed(&[7u8; 32]);
+        let before = ring.keys();
+        let consent = grant(None);
+        let unsigned = unsigned(&policy, &before, &consent, "de");
+        assert_eq!(unsigned.jws(&consent), None, "no JWS before it is signed");
+        let issued = issue(&policy, &before, &consent, "de");
+        let signed = unsigned.clone().signed(&before, &consent);
+        assert_eq!(signed, issued, "as if signed at import");
+        assert_eq!(
+            signed.clone().signed(&before, &consent),
+            signed,
+            "a signed receipt stays as it is"
+        );
+
+        ring.stage(now()).expect("stage");
+        ring.rotate(now(), false).expect("rotate");
+        let after = ring.keys();
+        let rekeyed = unsigned.signed(&after, &consent);
+        let jws = rekeyed.jws(&consent).expect("signed");
+        let verified = verify_with(&jws, after.verifiers()).expect("verifies");
+        assert_eq!(verified.kid, after.kid());
+        let body: serde_json::Value = serde_json::from_str(&verified.json).expect("JSON");
+        assert_eq!(body["publicKey"], json!(after.public_key_b64()));
+        assert_eq!(body["language"], json!("de"), "the import's language kept");
     }
 
     #[test]

@@ -1922,7 +1922,7 @@ async fn receipts_are_stored_with_grants_and_fetched_by_record_id() {
             unreachable!()
         };
         let receipt = c.receipt.clone().expect("receipt");
-        let (json, jws) = (receipt.json(c), receipt.jws(c));
+        let (json, jws) = (receipt.json(c), receipt.jws(c).expect("a signed receipt"));
         let id = c.record_id.clone();
         h.write(change).await;
         let plain = h.write(grant(&alice, "analytics.reporting")).await;
@@ -1978,7 +1978,12 @@ async fn receipts_are_derived_and_receipts_stored_whole_before_still_answer() {
         c.receipt = Some(consentgate_consent::receipt::issue(
             &policy, &keys, &c, "en",
         ));
-        let issued_jws = c.receipt.as_ref().expect("receipt").jws(&c);
+        let issued_jws = c
+            .receipt
+            .as_ref()
+            .expect("receipt")
+            .jws(&c)
+            .expect("a signed receipt");
         let w = h.request(Change::Consent(c.clone()));
         let first = h.submit(w.clone()).await.expect("grant");
         let body: String = sqlx::query("SELECT body FROM consent_records WHERE record_id = $1")
@@ -2009,7 +2014,10 @@ async fn receipts_are_derived_and_receipts_stored_whole_before_still_answer() {
         // A grant recorded before migration 0008: its body carried a copy, `receipts` the JWS.
         let mut old = consent(&alice, "analytics.reporting", "given");
         let issued = consentgate_consent::receipt::issue(&policy, &keys, &old, "en");
-        let (json, jws) = (issued.json(&old), issued.jws(&old));
+        let (json, jws) = (
+            issued.json(&old),
+            issued.jws(&old).expect("a signed receipt"),
+        );
         let w = h.request(Change::Consent(old.clone()));
         h.submit(w.clone()).await.expect("grant");
         // The whole record, as bodies were written then.

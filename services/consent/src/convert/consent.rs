@@ -309,7 +309,7 @@ pub fn grant_response(granted: &Granted) -> pb::GrantResponse {
             .consent
             .receipt
             .as_ref()
-            .map(|receipt| receipt.jws(&granted.record.consent))
+            .and_then(|receipt| receipt.jws(&granted.record.consent))
             .unwrap_or_default(),
     }
 }

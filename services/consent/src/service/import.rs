@@ -105,14 +105,13 @@ impl Service {
             match record {
                 Err(rejected) => answers.push(Some(rejected)),
                 Ok(ask) => {
-                    let (index, language) = (ask.index, ask.language.clone());
+                    let index = ask.index;
                     let write = self.import_write(caller, ask)?;
-                    writes.push((index, answers.len(), language, write));
+                    writes.push((index, answers.len(), write));
                     answers.push(None);
                 }
             }
         }
-        let mut writes = self.sign_receipts(writes).await?;
         // Queued in time order, so the ledger chains a chunk's records of a subject in the order
         // they were collected (the state comes out the same in any order).
         writes.sort_by_key(|(_, _, write)| match &write.change {
@@ -182,56 +181,10 @@ impl Service {
         Ok(answers)
     }
 
-    /// Signs the receipts of a chunk's grants (`writes` as `(index, slot, language, write)`),
-    /// split over the cores in blocking tasks. Why: an Ed25519 signature is the largest CPU
-    /// cost of an imported grant (a fifth of an import's CPU on the benchmark's profile), each
-    /// is independent of the others, and signed one after another on the task that serves the
-    /// stream they hold one core while the others idle.
-    async fn sign_receipts(
-        &self,
-        writes: Vec<(usize, usize, String, Write)>,
-    ) -> Result<Vec<(usize, usize, Write)>, ServiceError> {
-        let parts = std::thread::available_parallelism()
-            .map_or(1, std::num::NonZeroUsize::get)
-            .clamp(1, 16);
-        let per_part = writes.len().div_ceil(parts).max(1);
-        let mut writes = writes.into_iter();
-        let mut tasks = Vec::with_capacity(parts);
-        loop {
-            let part: Vec<_> = writes.by_ref().take(per_part).collect();
-            if part.is_empty() {
-                break;
-            }
-            let (policy, keys) = (self.policy().clone(), self.engine.keys().clone());
-            tasks.push(tokio::task::spawn_blocking(move || {
-                part.into_iter()
-                    .map(|(index, slot, language, mut write)| {
-                        if let Change::Consent(consent) = &mut write.change
-                            && consent.state == RecordState::Given
-                        {
-                            consent.receipt =
-                                Some(receipt::issue(&policy, &keys, consent, &language));
-                        }
-                        (index, slot, write)
-                    })
-                    .collect::<Vec<_>>()
-            }));
-        }
-        let mut signed = Vec::new();
-        for task in tasks {
-            // Only a panic (a bug) or the runtime shutting down stops a signer: nothing of the
-            // chunk has been written, and sending it again resumes.
-            signed.extend(task.await.map_err(|e| {
-                tracing::error!(error = %e, "a receipt signer of an import chunk stopped");
-                ServiceError::Internal("a receipt signer of an import chunk stopped")
-            })?);
-        }
-        Ok(signed)
-    }
-
     /// The write of one imported record: the event as a live one would be built (legal basis,
-    /// notice, truncated source), with the source's time, the retention cap counted from it, and
-    /// the origin (a grant's receipt, which says it was imported, comes from `sign_receipts`).
+    /// notice, truncated source), with the source's time, the retention cap counted from it, the
+    /// origin, and for a grant its receipt's context (the receipt says it was imported), signed
+    /// when first asked for ([`receipt::Receipt::Unsigned`]): an import hands out no receipt.
     fn import_write(&self, caller: &CallerIdentity, ask: ImportAsk) -> Result<Write, ServiceError> {
         let (idempotency, mut consent, retention) =
             self.new_consent(ask.consent, ask.state, ask.consent_type)?;
@@ -244,7 +197,14 @@ impl Service {
         };
         consent.guardian_ref = ask.guardian_ref;
         consent.imported = Some(ask.origin);
-        // A grant's receipt is signed by `sign_receipts`, a chunk's at a time on every core.
+        if ask.state == RecordState::Given {
+            consent.receipt = Some(receipt::unsigned(
+                self.policy(),
+                self.engine.keys(),
+                &consent,
+                &ask.language,
+            ));
+        }
         Ok(Write {
             caller: caller.name.clone(),
             delegate: None,

@@ -524,6 +524,12 @@ async fn write_fresh<D: Dialect>(
                         contexts.entry(digest).or_insert_with(|| context.encode());
                         (Some(digest.to_vec()), Some(signature.clone()))
                     }
+                    // An imported grant's: signed when first asked for (`SqlStore::receipt`).
+                    Some(Receipt::Unsigned { context }) => {
+                        let digest = context.digest();
+                        contexts.entry(digest).or_insert_with(|| context.encode());
+                        (Some(digest.to_vec()), None)
+                    }
                     // Only a receipt read back from before migration 0008 is stored whole.
                     Some(Receipt::Stored { .. }) => {
                         return Err(StoreError::GroupCommitFailed(

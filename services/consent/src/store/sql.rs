@@ -355,13 +355,23 @@ impl<D: Dialect> SqlStore<D> {
             return Ok(None);
         };
         let consent = &record.consent;
-        Ok(receipt_of(&mut conn, &record)
-            .await?
-            .map(|receipt| StoredReceipt {
-                subject: consent.subject.clone(),
-                json: receipt.json(consent),
-                jws: receipt.jws(consent),
-            }))
+        let Some(receipt) = receipt_of(&mut conn, &record).await? else {
+            return Ok(None);
+        };
+        // An imported grant's receipt is signed now, on its first reading and every later one
+        // (deterministically: the same bytes while the same key signs).
+        let receipt = receipt.signed(&self.keys, consent);
+        let jws = receipt.jws(consent).ok_or_else(|| {
+            StoreError::corrupt(format!(
+                "the receipt of revision {} is unsigned",
+                record.revision
+            ))
+        })?;
+        Ok(Some(StoredReceipt {
+            subject: consent.subject.clone(),
+            json: receipt.json(consent),
+            jws,
+        }))
     }
 
     pub(super) async fn ledger(
@@ -1006,9 +1016,9 @@ pub(super) async fn rebuilt(
     })
 }
 
-/// A record's receipt: derived from its signature and context, or, for a grant recorded
-/// before receipts were derived (migration 0008), as it was stored. `None` when it has none
-/// (refusals, withdrawals).
+/// A record's receipt: derived from its signature and context (unsigned for an imported grant
+/// not asked for yet), or, for a grant recorded before receipts were derived (migration 0008),
+/// as it was stored. `None` when it has none (refusals, withdrawals).
 async fn receipt_of(
     conn: &mut sqlx::AnyConnection,
     record: &StoredRecord,
@@ -1023,9 +1033,10 @@ async fn receipt_of(
     if let Some(row) = derived {
         let context = ReceiptContext::decode(&row.get::<String, _>(0))
             .map_err(|e| StoreError::corrupt(format!("receipt context: {e}")))?;
-        return Ok(Some(Receipt::Derived {
-            context,
-            signature: row.get(1),
+        // No signature: an imported grant's, signed when asked for (`Receipt::signed`).
+        return Ok(Some(match row.get::<Option<Vec<u8>>, _>(1) {
+            Some(signature) => Receipt::Derived { context, signature },
+            None => Receipt::Unsigned { context },
         }));
     }
     Ok(
