@@ -759,13 +759,16 @@ async fn erasure_keeps_the_chain_verifying() {
         // 25, 50, ... link devices 0, 1 and 2 to it): erasing it erases them too.
         let victim = person(0);
         let victim_key = victim.storage();
-        let keys_before: i64 =
+        // The victim's pseudonym keys: a column of its `subjects` row (migration 0015).
+        let pseudonym_keys = async || -> i64 {
             sqlx::query("SELECT COUNT(*) FROM subjects WHERE subject = $1 AND key IS NOT NULL")
                 .bind(victim_key.clone())
                 .fetch_one(&l.pool)
                 .await
                 .map(|r| sqlx::Row::get(&r, 0))
-                .expect("count");
+                .expect("count")
+        };
+        let keys_before = pseudonym_keys().await;
         assert_eq!(keys_before, 1, "[{b}] the victim has a pseudonym key");
 
         let o = l
@@ -801,13 +804,7 @@ async fn erasure_keeps_the_chain_verifying() {
             before[..],
             "[{b}] erasure rewrites no ledger entry"
         );
-        let keys_after: i64 =
-            sqlx::query("SELECT COUNT(*) FROM subjects WHERE subject = $1 AND key IS NOT NULL")
-                .bind(victim_key.clone())
-                .fetch_one(&l.pool)
-                .await
-                .map(|r| sqlx::Row::get(&r, 0))
-                .expect("count");
+        let keys_after = pseudonym_keys().await;
         assert_eq!(keys_after, 0, "[{b}] the pseudonym key is shredded");
         for e in &after {
             assert!(

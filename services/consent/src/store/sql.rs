@@ -552,17 +552,16 @@ impl<D: Dialect> SqlStore<D> {
         let mut found = Vec::new();
         let mut after = String::new();
         loop {
-            let mut page: Vec<String> = Vec::new();
-            for r in sqlx::query(
+            let page: Vec<String> = sqlx::query(
                 "SELECT subject FROM subjects WHERE subject > $1 ORDER BY subject LIMIT $2",
             )
             .bind(&after)
             .bind(PAGE)
             .fetch_all(&self.pool)
             .await?
-            {
-                page.push(r.get(0));
-            }
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
             let Some(last) = page.last().cloned() else {
                 break;
             };
