@@ -432,27 +432,55 @@ impl Engine {
 
     /// Records a change durably, then invalidates what it affects and wakes change watchers.
     pub async fn record(&self, write: Write) -> Result<WriteOutcome, EngineError> {
-        let subject = write.change.subject().clone();
-        let outcome = self.store.write(write).await?;
-        if !outcome.replayed {
-            self.local_revisions
+        self.record_many(vec![write])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::GroupCommitFailed("no answer".into()).into()))
+    }
+
+    /// Records several changes as [`Engine::record`] records one, in one group commit
+    /// ([`ConsentStore::write_many`]), each answered on its own; the cache is invalidated once
+    /// per subject they touch and watchers are woken once. `Err` when none of the answers can
+    /// be trusted (the commit was lost, or the deadline passed first).
+    pub async fn record_many(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Result<WriteOutcome, EngineError>>, EngineError> {
+        let subjects: std::collections::HashSet<SubjectKey> =
+            writes.iter().map(|w| w.change.subject().clone()).collect();
+        let answers = self.store.write_many(writes).await?;
+        let mut touched = subjects;
+        let mut newest = None;
+        {
+            let mut local = self
+                .local_revisions
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(outcome.revision);
+                .unwrap_or_else(|p| p.into_inner());
+            for outcome in answers.iter().filter_map(|a| a.as_ref().ok()) {
+                if !outcome.replayed {
+                    local.insert(outcome.revision);
+                }
+                newest = newest.max(Some(outcome.revision));
+                touched.extend(outcome.affected.iter().cloned());
+            }
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(&subject).await;
-        for key in &outcome.affected {
+        for key in &touched {
             self.cache.invalidate(key).await;
         }
-        self.high_water.send_if_modified(|high| {
-            let newer = outcome.revision > *high;
-            if newer {
-                *high = outcome.revision;
-            }
-            newer
-        });
-        Ok(outcome)
+        if let Some(newest) = newest {
+            self.high_water.send_if_modified(|high| {
+                let newer = newest > *high;
+                if newer {
+                    *high = newest;
+                }
+                newer
+            });
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.map_err(EngineError::from))
+            .collect())
     }
 
     /// The subject's state, from the cache when it is at least as fresh as `at_least` and this

@@ -1307,8 +1307,8 @@ async fn concurrent_writes_share_commits_and_a_failed_batch_fails_every_member()
 
 /// A group commit applies runs of records and signals with one statement per table
 /// (`store/batch.rs`), and links, restrictions and erasures one by one between them. The same
-/// writes, in the same order, must come out the same whether each commits alone or all share
-/// one batch: revisions, records, refusals (a reused key, an erased subject), retries answered
+/// writes, in the same order, must come out the same whether each commits alone, all share one
+/// batch, or all are handed over as one unit (`write_many`, as an import's chunk is): revisions, records, refusals (a reused key, an erased subject), retries answered
 /// inside the batch, link groups, current state per key repeated in the batch, and a ledger
 /// that verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1316,6 +1316,7 @@ async fn one_batch_of_mixed_writes_equals_the_same_writes_one_by_one() {
     for backend in backends() {
         let alone = Harness::new(backend).await;
         let shared = Harness::new(backend).await;
+        let together = Harness::new(backend).await;
         let b = alone.b.clone();
         let (alice, bob, carol, dave) = (
             person("batch-alice"),
@@ -1399,6 +1400,24 @@ async fn one_batch_of_mixed_writes_equals_the_same_writes_one_by_one() {
         for (i, (a, s)) in one_by_one.iter().zip(&batched).enumerate() {
             assert_eq!(comparable(a), comparable(s), "[{b}] write {i}");
         }
+        // The same writes handed over as one unit (as an import's chunk is): one commit, the
+        // same answers.
+        let (commits_before, _) = together.store.group_commits();
+        let as_one = together
+            .store
+            .write_many(writes.clone())
+            .await
+            .unwrap_or_else(|e| panic!("[{b}] write_many: {e}"));
+        let (commits_after, _) = together.store.group_commits();
+        assert_eq!(
+            commits_after - commits_before,
+            1,
+            "[{b}] one unit, one commit"
+        );
+        assert_eq!(as_one.len(), writes.len(), "[{b}] an answer per write");
+        for (i, (a, t)) in one_by_one.iter().zip(&as_one).enumerate() {
+            assert_eq!(comparable(a), comparable(t), "[{b}] write {i} of the unit");
+        }
         // The batch held every kind of answer.
         assert!(matches!(batched[5], Err(StoreError::IdempotencyConflict)));
         assert!(matches!(batched[13], Err(StoreError::SubjectErased)));
@@ -1413,6 +1432,12 @@ async fn one_batch_of_mixed_writes_equals_the_same_writes_one_by_one() {
                 (a.revision, a.erased, a.restricted, &a.records, &a.links),
                 (s.revision, s.erased, s.restricted, &s.records, &s.links),
                 "[{b}] {key:?}"
+            );
+            let t = together.load(key).await;
+            assert_eq!(
+                (a.revision, a.erased, a.restricted, &a.records, &a.links),
+                (t.revision, t.erased, t.restricted, &t.records, &t.links),
+                "[{b}] {key:?}, written as one unit"
             );
             let signals = |r: &SubjectRows| {
                 r.signals
@@ -1451,6 +1476,7 @@ async fn one_batch_of_mixed_writes_equals_the_same_writes_one_by_one() {
         let entries = alone.ledger_seqs().await.len() as u64;
         alone.verify_ok(entries).await;
         shared.verify_ok(entries).await;
+        together.verify_ok(entries).await;
     }
 }
 

@@ -2,8 +2,8 @@
 //! consent event with its original time, marked with its origin in history, in the ledger and in
 //! a grant's receipt, and lands once per source record id, for good.
 //!
-//! A chunk's records are written concurrently, so the group commit lands them a few hundred to a
-//! transaction; each is its own write all the same (its own revision, ledger entry and change
+//! A chunk's records go to the store as one unit (`Engine::record_many`), so one group commit
+//! lands the whole chunk; each is its own write all the same (its own revision, ledger entry and change
 //! event), so a record is stored whole or not at all and the chunk's answer says which, record
 //! by record. Where an imported record stands among a subject's records is the store's business:
 //! by its own time, so one older than the subject's current record lands in history only.
@@ -118,12 +118,15 @@ impl Service {
             Change::Consent(c) => Some(c.collected_at),
             _ => None,
         });
-        let results =
-            futures::future::join_all(writes.into_iter().map(|(index, slot, write)| async move {
-                let kind = write.change.kind();
-                (index, slot, kind, self.engine.record(write).await)
-            }))
-            .await;
+        let (places, writes): (Vec<(usize, usize, &'static str)>, Vec<Write>) = writes
+            .into_iter()
+            .map(|(index, slot, write)| ((index, slot, write.change.kind()), write))
+            .unzip();
+        let results = self.engine.record_many(writes).await?;
+        let results = places
+            .into_iter()
+            .zip(results)
+            .map(|((index, slot, kind), result)| (index, slot, kind, result));
         for (index, slot, kind, result) in results {
             let answer = match result {
                 Ok(outcome) => {

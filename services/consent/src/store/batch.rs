@@ -183,6 +183,63 @@ impl Rows {
     }
 }
 
+/// Writes between yields while rows are built beside the inserts of the writes before.
+const YIELD_EVERY: usize = 16;
+
+/// The rows each write of a run adds to the tables that take one row per write (or none): built
+/// a chunk of writes at a time, and inserted while the next chunk is built.
+struct Built {
+    records: Rows,
+    signals: Rows,
+    ledger: Rows,
+    checkpoints: Rows,
+    idempotency: Rows,
+    imports: Rows,
+}
+
+impl Built {
+    fn new() -> Built {
+        Built {
+            records: Rows::new(
+                "INSERT INTO consent_records (revision, record_id, subject, body, receipt_context, receipt_signature) VALUES ",
+                "",
+            ),
+            signals: Rows::new(
+                "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method, order_micros) VALUES ",
+                "",
+            ),
+            // The subject beside the entry is the change stream's (migration 0013), not hashed.
+            ledger: Rows::new("INSERT INTO ledger (seq, hash, event, subject) VALUES ", ""),
+            checkpoints: Rows::new(
+                "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ",
+                "",
+            ),
+            idempotency: Rows::new(
+                "INSERT INTO idempotency (revision, created_at, caller, key, fingerprint, outcome, records_deleted) VALUES ",
+                "",
+            ),
+            imports: Rows::new(
+                "INSERT INTO imported (source, source_record_id, revision, fingerprint) VALUES ",
+                "",
+            ),
+        }
+    }
+
+    async fn insert<D: Dialect>(self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        for rows in [
+            self.records,
+            self.signals,
+            self.ledger,
+            self.checkpoints,
+            self.idempotency,
+            self.imports,
+        ] {
+            rows.insert::<D>(tx).await?;
+        }
+        Ok(())
+    }
+}
+
 /// `WHERE column IN (…)` over `values` (distinct), padded to a shape; nothing to ask when
 /// there are none.
 async fn select_in<D: Dialect>(
@@ -462,35 +519,14 @@ async fn write_fresh<D: Dialect>(
     .collect();
     let mut current_changed: BTreeSet<(String, String, String, String)> = BTreeSet::new();
 
-    let mut records = Rows::new(
-        "INSERT INTO consent_records (revision, record_id, subject, body, receipt_context, receipt_signature) VALUES ",
-        "",
-    );
     // Each context once per batch; most are stored already, and the conflict leaves them be.
     let mut contexts: BTreeMap<[u8; 16], String> = BTreeMap::new();
-    let mut signals = Rows::new(
-        "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method, order_micros) VALUES ",
-        "",
-    );
-    // The subject beside the entry is the change stream's (migration 0013), not hashed.
-    let mut ledger = Rows::new("INSERT INTO ledger (seq, hash, event, subject) VALUES ", "");
-    let mut checkpoints = Rows::new(
-        "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ",
-        "",
-    );
-    let mut idempotency = Rows::new(
-        "INSERT INTO idempotency (revision, created_at, caller, key, fingerprint, outcome, records_deleted) VALUES ",
-        "",
-    );
-    let mut imports = Rows::new(
-        "INSERT INTO imported (source, source_record_id, revision, fingerprint) VALUES ",
-        "",
-    );
     let mut revisions: BTreeMap<String, i64> = BTreeMap::new();
     let committed_micros = unix_micros(now);
 
     let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
+    // One write's revision, ledger entry and rows, added to `built`.
+    let mut add = |write: &Write, built: &mut Built| -> Result<(), StoreError> {
         seq += 1;
         let rev = to_i64(seq);
         let subject = write.change.subject();
@@ -538,7 +574,7 @@ async fn write_fresh<D: Dialect>(
                     }
                     None => (None, None),
                 };
-                records.rows.push(vec![
+                built.records.rows.push(vec![
                     Value::Int(rev),
                     Value::Text(c.record_id.clone()),
                     Value::Text(subject_s.clone()),
@@ -562,7 +598,7 @@ async fn write_fresh<D: Dialect>(
                     history_only = true;
                 }
                 if let Some(origin) = imported {
-                    imports.rows.push(vec![
+                    built.imports.rows.push(vec![
                         Value::Text(origin.source.clone()),
                         Value::Text(origin.source_record_id.clone()),
                         Value::Int(rev),
@@ -583,7 +619,7 @@ async fn write_fresh<D: Dialect>(
                 collection_method,
                 ..
             } => {
-                signals.rows.push(vec![
+                built.signals.rows.push(vec![
                     Value::Text(subject_s.clone()),
                     Value::Int(rev),
                     Value::Text(kind.clone()),
@@ -618,7 +654,7 @@ async fn write_fresh<D: Dialect>(
         );
         let hash = entry::chain_hash(&prev_hash, &event);
         if seq.is_multiple_of(CHECKPOINT_EVERY) {
-            checkpoints.rows.push(vec![
+            built.checkpoints.rows.push(vec![
                 Value::Int(rev),
                 Value::Bytes(hash.clone()),
                 Value::Bytes(keys.sign(&checkpoint_message(seq, &hash)).to_vec()),
@@ -627,7 +663,7 @@ async fn write_fresh<D: Dialect>(
         }
         // The link to the entry before is not stored: it is that entry's hash (migration 0012).
         prev_hash.clone_from(&hash);
-        ledger.rows.push(vec![
+        built.ledger.rows.push(vec![
             Value::Int(rev),
             Value::Bytes(hash),
             Value::Text(event),
@@ -636,7 +672,7 @@ async fn write_fresh<D: Dialect>(
         // An import is remembered for good by its source record id (above), not by a key.
         if imported.is_none() {
             // No subject: erasure finds the record through this revision's ledger entry.
-            idempotency.rows.push(vec![
+            built.idempotency.rows.push(vec![
                 Value::Int(rev),
                 Value::Int(committed_micros),
                 Value::Text(write.caller.clone()),
@@ -658,7 +694,35 @@ async fn write_fresh<D: Dialect>(
             replayed: false,
             history_only,
         });
+        Ok(())
+    };
+
+    // The rows of the next writes are built while the last ones' are inserted: the database
+    // works on one core while this task builds on the other, instead of each waiting for the
+    // other (a bulk import's batch: BENCHMARKS.md). A yield every few writes lets the inserts
+    // send their next statement as soon as the one before is done.
+    let mut chunks = writes.chunks(SHAPES[0]);
+    let mut ready = Built::new();
+    for write in chunks.next().unwrap_or_default() {
+        add(write, &mut ready)?;
     }
+    for chunk in chunks {
+        let mut next = Built::new();
+        let building = async {
+            for (i, write) in chunk.iter().enumerate() {
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    tokio::task::yield_now().await;
+                }
+                add(write, &mut next)?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let (inserted, built) = futures::join!(ready.insert::<D>(tx), building);
+        inserted?;
+        built?;
+        ready = next;
+    }
+    ready.insert::<D>(tx).await?;
 
     // Only forward in the order, whatever was read above: the writes are serialized, so this
     // guard never fires, and a current row never moves back if they one day are not.
@@ -710,17 +774,7 @@ async fn write_fresh<D: Dialect>(
             .push(vec![Value::Bytes(digest.to_vec()), Value::Text(body)]);
     }
 
-    for rows in [
-        records,
-        current_rows,
-        context_rows,
-        signals,
-        subject_rows,
-        ledger,
-        checkpoints,
-        idempotency,
-        imports,
-    ] {
+    for rows in [current_rows, context_rows, subject_rows] {
         rows.insert::<D>(tx).await?;
     }
     Ok(outcomes)

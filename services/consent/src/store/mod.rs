@@ -99,6 +99,14 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// Records one change atomically and durably; returns only after commit (concurrent
     /// writes share a transaction and its commit: a group commit).
     async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError>;
+    /// Records several changes as [`ConsentStore::write`] records one, in this order and in one
+    /// group commit (more than one commit carries go in consecutive ones), each stored whole or
+    /// not at all and answered on its own; `Err` when the caller's deadline passed before the
+    /// rest were queued, or a commit was lost without an answer.
+    async fn write_many(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
     /// Everything decisions need about a subject, in one snapshot.
     async fn load_subject(&self, subject: &SubjectKey) -> Result<SubjectRows, StoreError>;
     /// The subject's consent events with revision > `after`, oldest first, at most `limit`.
@@ -168,11 +176,15 @@ pub async fn open_with_window(
 ) -> Result<Arc<dyn ConsentStore>, StoreError> {
     Ok(
         match consentgate_store::backend(url).map_err(consentgate_store::Error::from)? {
-            Backend::Sqlite => Arc::new(
-                SqliteStore::connect(url, keys)
-                    .await?
-                    .with_idempotency_window(idempotency_window),
-            ),
+            Backend::Sqlite => {
+                let store = Arc::new(
+                    SqliteStore::connect(url, keys)
+                        .await?
+                        .with_idempotency_window(idempotency_window),
+                );
+                sql::checkpoint_in_background(&store);
+                store
+            }
             Backend::Postgres => Arc::new(
                 PostgresStore::connect(url, keys)
                     .await?
@@ -186,6 +198,12 @@ pub async fn open_with_window(
 impl<D: Dialect> ConsentStore for SqlStore<D> {
     async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
         SqlStore::write(self, write).await
+    }
+    async fn write_many(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        SqlStore::write_many(self, writes).await
     }
     async fn load_subject(&self, subject: &SubjectKey) -> Result<SubjectRows, StoreError> {
         SqlStore::load_subject(self, subject).await

@@ -157,10 +157,46 @@ impl<D: Dialect> SqlStore<D> {
     /// other content, an erased subject) is decided before anything of it is written, and fails
     /// alone.
     pub(super) async fn write(&self, write: Write) -> Result<WriteOutcome, StoreError> {
+        self.write_many(vec![write])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(unanswered()))
+    }
+
+    /// Records several writes as [`SqlStore::write`] records one, queued as one unit: they go
+    /// into the same group commit, in this order, and are answered together after it, each with
+    /// its own answer. Why: an import chunk of a thousand records as a thousand queued writes
+    /// cost a future, a channel and a cache invalidation each, and was split across commits
+    /// wherever a batch filled; as one unit it costs one of each. More than [`MAX_BATCH`]
+    /// writes are queued as consecutive units of at most that many, one after another. `Err`
+    /// only when the caller's deadline had passed before a unit was queued (the units before
+    /// it are committed), or a commit was lost without an answer.
+    pub(super) async fn write_many(
+        &self,
+        mut writes: Vec<Write>,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        let mut answers = Vec::with_capacity(writes.len());
+        while writes.len() > MAX_BATCH {
+            let rest = writes.split_off(MAX_BATCH);
+            answers.extend(self.write_unit(writes).await?);
+            writes = rest;
+        }
+        if !writes.is_empty() {
+            answers.extend(self.write_unit(writes).await?);
+        }
+        Ok(answers)
+    }
+
+    /// Queues `writes` (at most [`MAX_BATCH`]) as one unit and leads group commits until they
+    /// are answered.
+    async fn write_unit(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
         consentgate_deadline::time_left().map_err(|e| StoreError::Store(e.into()))?;
         let (answer, mut answered) = tokio::sync::oneshot::channel();
         lock(&self.queue).push(Queued {
-            write,
+            writes,
             deadline: consentgate_deadline::current(),
             answer,
         });
@@ -171,18 +207,21 @@ impl<D: Dialect> SqlStore<D> {
             // the writes behind it queue at the lock instead of sharing a commit.
             let leader = tokio::select! {
                 biased;
-                result = &mut answered => {
-                    return result.unwrap_or_else(|_| {
-                        Err(StoreError::GroupCommitFailed(
-                            "the group commit ended without an answer".into(),
-                        ))
-                    });
-                }
+                result = &mut answered => return result.map_err(|_| unanswered()),
                 leader = self.write_lock.clone().lock_owned() => leader,
             };
             let batch: Vec<Queued> = {
                 let mut queue = lock(&self.queue);
-                let n = queue.len().min(MAX_BATCH);
+                // Whole units while they fit in MAX_BATCH writes (the first always does).
+                let mut taken = 0;
+                let n = queue
+                    .iter()
+                    .take_while(|q| {
+                        let fits = taken == 0 || taken + q.writes.len() <= MAX_BATCH;
+                        taken += q.writes.len();
+                        fits
+                    })
+                    .count();
                 queue.drain(..n).collect()
             };
             if batch.is_empty() {
@@ -197,8 +236,8 @@ impl<D: Dialect> SqlStore<D> {
                 dialect: PhantomData,
             };
             // The batch runs to its end even if this caller goes away: the others wait on it.
-            // The lock goes with it. Its own write, if not in this batch (past a full batch, or
-            // taken by an earlier one), is answered on the next turn of the loop.
+            // The lock goes with it. Its own writes, if not in this batch (past a full batch, or
+            // taken by an earlier one), are answered on the next turn of the loop.
             let _ = tokio::spawn(async move {
                 group.commit(batch).await;
                 drop(leader);
@@ -596,6 +635,41 @@ fn involved(change: &Change) -> Vec<&SubjectKey> {
     }
 }
 
+/// How often the background checkpointer looks for commits to checkpoint (SQLite).
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Copies committed pages from SQLite's write-ahead log into the database file in a task of its
+/// own, on a pooled connection (and so on its own worker thread), while commits go on. Why:
+/// left to itself, SQLite checkpoints inside the commit that grows the log past 1,000 pages, on
+/// the one thread every write waits for: 15% of that thread's time during a bulk import
+/// (BENCHMARKS.md). A PASSIVE checkpoint takes no lock writers or readers wait for; SQLite's own
+/// checkpoint stays on as the backstop should this task fall behind. It runs while commits come
+/// in and ends with the store.
+pub(super) fn checkpoint_in_background<D: Dialect>(store: &Arc<SqlStore<D>>) {
+    let store = Arc::downgrade(store);
+    tokio::spawn(async move {
+        let mut checkpointed = 0;
+        loop {
+            tokio::time::sleep(CHECKPOINT_PAUSE).await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            let commits = store.group_commits.commits.load(Ordering::Relaxed);
+            if commits == checkpointed {
+                continue;
+            }
+            checkpointed = commits;
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&store.pool)
+                .await
+            {
+                // Not a failure of any write: SQLite's own checkpoint remains.
+                tracing::warn!(error = %StoreError::from(e).log_safe(), "a background WAL checkpoint failed");
+            }
+        }
+    });
+}
+
 /// The most writes one transaction commits: enough to amortize a durable commit and a batch's
 /// lookups many times over. Live writes rarely fill it (a batch holds what queued during the
 /// last commit: ~32 at 64 in flight); a bulk import does, and gained 13% (SQLite) and 30%
@@ -604,12 +678,19 @@ fn involved(change: &Change) -> Vec<&SubjectKey> {
 /// tens of milliseconds.
 const MAX_BATCH: usize = 1024;
 
-/// A write waiting for a group commit.
+/// Writes waiting for a group commit, queued together (one, or an import's chunk): committed in
+/// the same transaction and answered together.
 struct Queued {
-    write: Write,
-    /// Its caller's deadline: a write is not applied after it.
+    writes: Vec<Write>,
+    /// Its caller's deadline: the writes are not applied after it.
     deadline: Option<tokio::time::Instant>,
-    answer: tokio::sync::oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    /// Each write's answer, in order.
+    answer: tokio::sync::oneshot::Sender<Vec<Result<WriteOutcome, StoreError>>>,
+}
+
+/// What a writer hears when its batch ended without answering it (its task was lost).
+fn unanswered() -> StoreError {
+    StoreError::GroupCommitFailed("the group commit ended without an answer".into())
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -641,38 +722,41 @@ impl<D: Dialect> Group<D> {
         // The lock first: a caller may give up while the batch waits for it.
         let tx = match begin_serialized::<D>(&self.pool, WRITE_LOCK).await {
             Ok(tx) => tx,
-            Err(e) => return fail(batch.into_iter().map(|q| q.answer), &StoreError::from(e)),
+            Err(e) => return fail(batch, &StoreError::from(e)),
         };
         // A caller that gave up (its deadline passed, or it went away) gets no write it never
         // hears of.
-        let mut writes = Vec::with_capacity(batch.len());
         let mut members = Vec::with_capacity(batch.len());
         for q in batch {
             if q.answer.is_closed() {
                 continue;
             }
             if q.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                let expired = StoreError::Store(consentgate_deadline::Expired.into());
-                let _ = q.answer.send(Err(expired));
+                let expired = || StoreError::Store(consentgate_deadline::Expired.into());
+                let _ = q
+                    .answer
+                    .send(q.writes.iter().map(|_| Err(expired())).collect());
                 continue;
             }
-            writes.push(q.write);
-            members.push(q.answer);
+            members.push(q);
         }
-        if writes.is_empty() {
+        if members.is_empty() {
             return;
         }
+        let writes: Vec<&Write> = members.iter().flat_map(|q| &q.writes).collect();
         match self.apply_all(tx, &writes).await {
             Ok(answers) => {
                 self.counted.commits.fetch_add(1, Ordering::Relaxed);
                 self.counted
                     .writes
                     .fetch_add(answers.len() as u64, Ordering::Relaxed);
-                for (member, answer) in members.into_iter().zip(answers) {
-                    let _ = member.send(answer);
+                let mut answers = answers.into_iter();
+                for member in members {
+                    let own = answers.by_ref().take(member.writes.len()).collect();
+                    let _ = member.answer.send(own);
                 }
             }
-            Err(e) => fail(members.into_iter(), &e),
+            Err(e) => fail(members, &e),
         }
     }
 
@@ -681,7 +765,7 @@ impl<D: Dialect> Group<D> {
     async fn apply_all(
         &self,
         mut tx: Tx<'_>,
-        writes: &[Write],
+        writes: &[&Write],
     ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
         // To the microsecond, as the change's commit time is stored: a retry's rebuilt answer
         // names the same instant as the first.
@@ -692,7 +776,7 @@ impl<D: Dialect> Group<D> {
         let mut next = 0;
         while next < writes.len() {
             if !batch::joins_a_run(&writes[next].change) {
-                match apply(&mut tx, &self.keys, &writes[next], now, remembered_since).await {
+                match apply(&mut tx, &self.keys, writes[next], now, remembered_since).await {
                     Ok(outcome) => answers.push(Ok(outcome)),
                     // Decided before anything of the write was written: it fails alone.
                     Err(e @ (StoreError::IdempotencyConflict | StoreError::SubjectErased)) => {
@@ -709,6 +793,7 @@ impl<D: Dialect> Group<D> {
             let mut keys = std::collections::HashSet::new();
             let run: Vec<&Write> = writes[next..]
                 .iter()
+                .copied()
                 .take_while(|w| {
                     batch::joins_a_run(&w.change)
                         && keys.insert((w.caller.as_str(), w.idempotency_key.as_str()))
@@ -738,14 +823,16 @@ impl<D: Dialect> Group<D> {
     }
 }
 
-/// Answers every member of a failed batch with the failure (none of their writes committed).
-fn fail(
-    members: impl Iterator<Item = tokio::sync::oneshot::Sender<Result<WriteOutcome, StoreError>>>,
-    error: &StoreError,
-) {
+/// Answers every write of a failed batch with the failure (none of them committed).
+fn fail(members: Vec<Queued>, error: &StoreError) {
     let reason = error.log_safe();
     for member in members {
-        let _ = member.send(Err(StoreError::GroupCommitFailed(reason.clone())));
+        let failed = member
+            .writes
+            .iter()
+            .map(|_| Err(StoreError::GroupCommitFailed(reason.clone())))
+            .collect();
+        let _ = member.answer.send(failed);
     }
 }
 
