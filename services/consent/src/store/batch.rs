@@ -4,7 +4,9 @@
 //! per table. Each write still gets its own revision, ledger entry, change event and
 //! idempotency record, in queue order. Why: at a dozen round trips per write the statements,
 //! not the durable commit, set the cost of a write, and batching the commit alone gained
-//! nothing (BENCHMARKS.md, "Issue 16: reading the write numbers").
+//! nothing (BENCHMARKS.md, "Issue 16: reading the write numbers"). A large run (an import's
+//! chunk) is built and inserted [`SHAPES`]`[0]` writes at a time, each chunk's rows built while
+//! the chunk before is being inserted ([`Built`]).
 //!
 //! Links, restrictions and erasures change what the lookups read (the link groups, the
 //! tombstones), so they are applied one by one between runs (`sql::apply`); a key repeated in a
@@ -452,7 +454,8 @@ fn ordered_micros(own: i64, latest: Option<i64>, imported: bool) -> i64 {
     }
 }
 
-/// Writes the new writes of a run: revisions, ledger entries and rows, one INSERT per table.
+/// Writes the new writes of a run: revisions, ledger entries and rows, a multi-row INSERT per
+/// table and chunk of writes, each chunk's inserts overlapping the building of the next.
 async fn write_fresh<D: Dialect>(
     tx: &mut Tx<'_>,
     keys: &LedgerKeys,
