@@ -3,8 +3,8 @@
 //! a grant's receipt, and lands once per source record id, for good.
 //!
 //! A chunk's records go to the store as one unit (`Engine::record_many`), so one group commit
-//! lands the whole chunk; each is its own write all the same (its own revision, ledger entry and change
-//! event), so a record is stored whole or not at all and the chunk's answer says which, record
+//! lands the whole chunk; each is its own write all the same (its own revision, ledger entry and
+//! change event), so a record is stored whole or not at all and the chunk's answer says which, record
 //! by record. Where an imported record stands among a subject's records is the store's business:
 //! by its own time, so one older than the subject's current record lands in history only.
 
@@ -123,11 +123,7 @@ impl Service {
             .map(|(index, slot, write)| ((index, slot, write.change.kind()), write))
             .unzip();
         let results = self.engine.record_many(writes).await?;
-        let results = places
-            .into_iter()
-            .zip(results)
-            .map(|((index, slot, kind), result)| (index, slot, kind, result));
-        for (index, slot, kind, result) in results {
+        for ((index, slot, kind), result) in places.into_iter().zip(results) {
             let answer = match result {
                 Ok(outcome) => {
                     self.metrics
