@@ -293,7 +293,7 @@ fn decision_differential(dir: &Path) {
 }
 
 fn ledger_events(dir: &Path) {
-    use consentgate_consent::ledger::entry::canonical_event;
+    use consentgate_consent::ledger::entry::{EVENT_VERSION, canonical_event};
     use consentgate_consent::model::Change;
     let at = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("a time");
     let jane = SubjectKey::Subject("jane".into());
@@ -324,7 +324,7 @@ fn ledger_events(dir: &Path) {
         guardian_ref: None,
         ..grant.clone()
     };
-    let pseudonym = "5f0c5d0aa4b1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7";
+    let pseudonym = "Xw_dCqSx0uP0pbbH2OnwobLD1OX2p7jJ0OHyo7TF1uc";
     let changes = [
         ("grant", Change::Consent(grant)),
         ("withdraw", Change::Consent(withdrawal)),
@@ -358,8 +358,15 @@ fn ledger_events(dir: &Path) {
         let actor =
             (*name == "grant").then(|| "profile-service on behalf of privacy-ops".to_owned());
         let event = canonical_event(64, at, change, pseudonym, device, actor);
-        write(dir, &format!("v2-{name}"), format!("\0{event}").as_bytes());
+        write(
+            dir,
+            &format!("v{EVENT_VERSION}-{name}"),
+            format!("\0{event}").as_bytes(),
+        );
     }
+    // As the code before version 3 wrote a grant (names and RFC 3339 times; the unit tests').
+    let v2 = r#"[2,42,"2026-12-01T10:00:00.123456789Z","grant","5f0c5d0aa4b1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7",null,["0b9c7e52-4f4e-4a57-9d0e-2f1c9b1f6a10","marketing.communications.email","user.contact",null,"explicit","consent","EU","marketing","2.0","preference_center","2026-11-30T09:00:00Z","2027-11-30T09:00:00Z",null,"onetrust"]]"#;
+    write(dir, "v2-grant", format!("\0{v2}").as_bytes());
     // As the code before version 2 wrote it (an object with key names; the unit tests' literal).
     let v1 = format!(
         r#"{{"v":1,"seq":7,"at":"2026-11-01T10:00:00Z","kind":"withdraw","subject":"{pseudonym}","consent":{{"record_id":"r-1","purpose":"analytics","scope":null,"channel":"web","state":"withdrawn","consent_type":"explicit","legal_basis":"consent","jurisdiction":"EU","notice_id":"n","notice_version":"1.0","collection_method":"banner","collected_at":"2026-11-01T10:00:00Z","expires_at":null,"guardian":null}},"actor":"a"}}"#

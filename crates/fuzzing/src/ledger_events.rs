@@ -4,10 +4,10 @@
 //! database can hold anything there: they must neither panic nor disagree about it.
 //!
 //! The first byte of the input picks one of two questions:
-//! 0. **any text as an entry** (the rest of the input; the seeds are real version-1 and
-//!    version-2 entries of every kind): `head` and `consent_of` do not panic, and they agree (a
-//!    consent read from an entry has a head; in version 2 its kind is a consent kind whose state
-//!    is the consent's; an entry in array form is version 2);
+//! 0. **any text as an entry** (the rest of the input; the seeds are real version-1, -2 and -3
+//!    entries): `head` and `consent_of` do not panic, and they agree (a consent read from an
+//!    entry has a head; in the array forms, versions 2 and 3, its kind is a consent kind whose
+//!    state is the consent's; an entry in array form is version 2 or 3);
 //! 1. **an entry the service writes**: fuzzer-chosen fields of any kind go through
 //!    `canonical_event`; `head` reads back exactly its version, position, time, kind and actor,
 //!    and `consent_of` exactly the consent's fields (nothing for the other kinds); then one
@@ -16,7 +16,7 @@
 use crate::{Budget, Target};
 use arbitrary::{Arbitrary, Unstructured};
 use consentgate_consent::ledger::entry::{
-    EventHead, canonical_event, consent_of, consent_state_of, head,
+    EVENT_VERSION, EventHead, canonical_event, consent_of, consent_state_of, head,
 };
 use consentgate_consent::model::{Change, ImportOrigin, NewConsent, SubjectKey};
 use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
@@ -132,19 +132,19 @@ fn readers_agree(text: &str) {
     let h = head(text);
     if let Some(h) = &h {
         assert!(
-            h.version == 1 || h.version == 2,
+            (1..=3).contains(&h.version),
             "a head of version {}: {text}",
             h.version
         );
         assert_eq!(
-            h.version == 2,
+            h.version >= 2,
             text.starts_with('['),
             "the form names the version: {text}"
         );
     }
     if let Some(c) = consent_of(text) {
         let h = h.unwrap_or_else(|| panic!("a consent without a head: {text}"));
-        if h.version == 2 {
+        if h.version >= 2 {
             let state = consent_state_of(&h.kind)
                 .unwrap_or_else(|| panic!("a consent of kind {}: {text}", h.kind));
             assert_eq!(c.state, state, "{text}");
@@ -252,7 +252,7 @@ fn reads_back(w: &Written) {
     assert_eq!(
         head(&event),
         Some(EventHead {
-            version: 2,
+            version: EVENT_VERSION,
             seq: w.seq,
             at: rfc3339(at),
             kind: change.kind().to_owned(),

@@ -414,9 +414,26 @@ fn index(seq: u64) -> usize {
 /// and back, a restriction lifted, a GPC signal cleared, or (otherwise) the entry re-attributed
 /// to another pseudonym.
 fn edited(event: &str) -> String {
+    // A version-3 entry's kind is its fourth element, a code: grant 0, withdraw 2.
+    let kind_code = ledger::entry::head(event).map(|h| h.kind);
+    let head_prefix = |e: &str| {
+        e.char_indices()
+            .filter(|&(_, c)| c == ',')
+            .nth(2)
+            .map(|(i, _)| i + 1)
+    };
+    if let (Some(kind), Some(at)) = (kind_code.as_deref(), head_prefix(event)) {
+        let swapped = match kind {
+            "grant" => Some("2"),
+            "withdraw" => Some("0"),
+            _ => None,
+        };
+        if let Some(to) = swapped {
+            let end = at + event[at..].find(',').expect("the kind ends");
+            return format!("{}{to}{}", &event[..at], &event[end..]);
+        }
+    }
     let swaps = [
-        (r#","grant","#, r#","withdraw","#),
-        (r#","withdraw","#, r#","grant","#),
         (",true]", ",false]"),
         (",false]", ",true]"),
         (r#"["gpc","1""#, r#"["gpc","0""#),
@@ -427,15 +444,16 @@ fn edited(event: &str) -> String {
         }
     }
     let at = pseudonym_at(event).expect("every event names a pseudonym");
-    format!("{}{}{}", &event[..at], "0".repeat(64), &event[at + 64..])
+    format!("{}{}{}", &event[..at], "A".repeat(43), &event[at + 43..])
 }
 
-/// Where the first pseudonym (a quoted string of 64 hex digits: the subject's) starts.
+/// Where the first pseudonym (a quoted string of 43 base64url digits: the subject's) starts.
 fn pseudonym_at(event: &str) -> Option<usize> {
     let bytes = event.as_bytes();
-    (0..bytes.len().saturating_sub(65)).find_map(|i| {
-        let quoted = bytes[i] == b'"' && bytes.get(i + 65) == Some(&b'"');
-        (quoted && bytes[i + 1..i + 65].iter().all(u8::is_ascii_hexdigit)).then_some(i + 1)
+    let digit = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    (0..bytes.len().saturating_sub(44)).find_map(|i| {
+        let quoted = bytes[i] == b'"' && bytes.get(i + 44) == Some(&b'"');
+        (quoted && bytes[i + 1..i + 44].iter().all(digit)).then_some(i + 1)
     })
 }
 
@@ -817,7 +835,9 @@ async fn erasure_keeps_the_chain_verifying() {
         // The erased subject's old entries are still tamper-evident.
         let victims_entry = after
             .iter()
-            .position(|e| e.seq % 5 == 0 && e.event.contains(r#","grant","#))
+            .position(|e| {
+                e.seq % 5 == 0 && ledger::entry::head(&e.event).is_some_and(|h| h.kind == "grant")
+            })
             .expect("the victim granted something");
         let seq = after[victims_entry].seq;
         Tamper::EditEvent(seq).apply(&l).await;

@@ -70,11 +70,12 @@ const PER_SUBJECT_TABLES: [(&str, &str); 11] = [
     ),
     // Idempotency records name no subject (migration 0011): the key's, through the ledger
     // entries of their revisions, and any whose entry erasure un-named (one left behind is
-    // counted here); an erasure's own record names nobody and stays, to answer its retry.
+    // counted here); an erasure's own record (the one that counts deleted records) names
+    // nobody and stays, to answer its retry.
     (
         "idempotency",
         "SELECT COUNT(*) FROM idempotency i JOIN ledger l ON l.seq = i.revision \
-         WHERE l.subject = $1 OR (l.subject IS NULL AND l.event NOT LIKE '%,\"erase\",%')",
+         WHERE l.subject = $1 OR (l.subject IS NULL AND i.records_deleted IS NULL)",
     ),
     // The change stream's subject beside each entry (migration 0013); the entries stay.
     ("ledger", "SELECT COUNT(*) FROM ledger WHERE subject = $1"),
@@ -2674,40 +2675,47 @@ async fn an_unknown_spelling_in_the_database_is_an_error_not_a_guess() {
         let loaded = h.load(&alice).await;
         assert_eq!(loaded.records.len(), 1, "[{b}] the grant loads");
 
-        for (table, from, to) in [
-            // A version-2 consent event's state is its kind's.
-            ("ledger", r#","grant","#, r#","maybe","#),
-            ("ledger", r#","explicit","#, r#","implied","#),
-            ("ledger", r#","consent","#, r#","vibes","#),
-            (
-                "ledger",
-                r#","preference_center","#,
-                r#","carrier_pigeon","#,
-            ),
+        let original: String = sqlx::query("SELECT event FROM ledger WHERE seq = $1")
+            .bind(seq)
+            .fetch_one(&h.pool)
+            .await
+            .expect("the grant's entry")
+            .get(0);
+        // Codes past each list of a version-3 entry: the kind (whose state a consent event's
+        // is), the consent type, the legal basis and the collection method.
+        for (field, path) in [
+            ("kind", &[3][..]),
+            ("consent type", &[6, 4][..]),
+            ("legal basis", &[6, 5][..]),
+            ("collection method", &[6, 9][..]),
         ] {
-            let sql = format!("UPDATE {table} SET event = REPLACE(event, $1, $2) WHERE seq = $3");
-            let changed = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(from)
-                .bind(to)
+            let mut event: serde_json::Value = serde_json::from_str(&original).expect("JSON");
+            let mut at = &mut event;
+            for &i in path {
+                at = &mut at[i];
+            }
+            assert!(at.is_u64(), "[{b}] {field} is a code in {original}");
+            *at = serde_json::json!(99);
+            let changed = sqlx::query("UPDATE ledger SET event = $1 WHERE seq = $2")
+                .bind(event.to_string())
                 .bind(seq)
                 .execute(&h.pool)
                 .await
-                .unwrap_or_else(|e| panic!("[{b}] {sql}: {e}"))
+                .unwrap_or_else(|e| panic!("[{b}] edit the {field}: {e}"))
                 .rows_affected();
-            assert_eq!(changed, 1, "[{b}] {from} is stored as written");
+            assert_eq!(changed, 1, "[{b}] the {field} is stored as written");
             let err = h
                 .store
                 .load_subject(&alice)
                 .await
-                .expect_err("an unknown spelling must not load");
+                .expect_err("an unknown code must not load");
             assert!(
                 matches!(err, StoreError::Store(consentgate_store::Error::Corrupt(_))),
-                "[{b}] {to}: {err:?}"
+                "[{b}] {field}: {err:?}"
             );
             // Put it back, so the next field is the only unknown one.
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(to)
-                .bind(from)
+            sqlx::query("UPDATE ledger SET event = $1 WHERE seq = $2")
+                .bind(&original)
                 .bind(seq)
                 .execute(&h.pool)
                 .await
