@@ -9,7 +9,9 @@ use consentgate_consent::model::{
     SubjectRows, Write, WriteOutcome,
 };
 use consentgate_consent::receipt::{Receipt, ReceiptContext};
-use consentgate_consent::store::{self, ConsentStore, PostgresStore, SqliteStore, StoreError};
+use consentgate_consent::store::{
+    self, ConsentStore, PostgresStore, SqliteStore, StoreError, idempotency_handle,
+};
 use consentgate_consent::testing::{Backend, TestDb, WriteLock, backends};
 use consentgate_policy::{CollectionMethod, ConsentType, LegalBasis, RecordState};
 use ed25519_dalek::Verifier;
@@ -82,7 +84,7 @@ const PER_SUBJECT_TABLES: [(&str, &str); 11] = [
 ];
 
 /// Every text column of the schema: where an identifier could be left behind after erasure.
-const TEXT_COLUMNS: [(&str, &str); 20] = [
+const TEXT_COLUMNS: [(&str, &str); 17] = [
     ("ledger", "event"),
     ("ledger", "subject"),
     ("consent_current", "subject"),
@@ -100,9 +102,6 @@ const TEXT_COLUMNS: [(&str, &str); 20] = [
     ("receipts", "receipt_json"),
     ("receipts", "jws"),
     ("receipt_contexts", "body"),
-    ("idempotency", "caller"),
-    ("idempotency", "key"),
-    ("idempotency", "outcome"),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -372,6 +371,16 @@ impl Harness {
             .fetch_one(&self.pool)
             .await
             .unwrap_or_else(|e| panic!("[{}] {sql}: {e}", self.b))
+            .get(0)
+    }
+
+    /// Idempotency records of `write`'s key (found by its handle, migration 0016).
+    async fn idempotency_rows(&self, write: &Write) -> i64 {
+        sqlx::query("SELECT COUNT(*) FROM idempotency WHERE handle = $1")
+            .bind(idempotency_handle(&write.caller, &write.idempotency_key))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] idempotency rows: {e}", self.b))
             .get(0)
     }
 
@@ -739,12 +748,7 @@ async fn load_subject_returns_current_records_oldest_first_with_signals_and_flag
         .expect("JSON");
         assert_eq!(
             body,
-            serde_json::json!({
-                "v": 2,
-                "source_ip": full.source_ip,
-                "user_agent": full.user_agent,
-                "guardian_ref": full.guardian_ref,
-            }),
+            serde_json::json!([3, full.source_ip, full.user_agent, full.guardian_ref, null]),
             "[{b}] the record's body"
         );
 
@@ -1250,10 +1254,8 @@ async fn concurrent_writes_share_commits_and_a_failed_batch_fails_every_member()
         );
         // Failed: nothing of them visible.
         for i in &failed {
-            let key = &writes[*i].idempotency_key;
             assert_eq!(
-                h.count("SELECT COUNT(*) FROM idempotency WHERE key = $1", key)
-                    .await,
+                h.idempotency_rows(&writes[*i]).await,
                 0,
                 "[{b}] the failed write {i} left an idempotency record"
             );
@@ -1504,14 +1506,16 @@ async fn idempotency_keys_expire_after_the_window_and_are_swept() {
         // Six days later: still inside the default window of seven.
         let age = |days: i64, key: &str| {
             let pool = h.pool.clone();
-            let key = key.to_owned();
+            let handle = idempotency_handle(&w.caller, key);
             async move {
-                sqlx::query("UPDATE idempotency SET created_at = created_at - $1 WHERE key = $2")
-                    .bind(days * DAY_MICROS)
-                    .bind(key)
-                    .execute(&pool)
-                    .await
-                    .expect("age a key");
+                sqlx::query(
+                    "UPDATE idempotency SET created_at = created_at - $1 WHERE handle = $2",
+                )
+                .bind(days * DAY_MICROS)
+                .bind(handle)
+                .execute(&pool)
+                .await
+                .expect("age a key");
             }
         };
         age(6, &w.idempotency_key).await;
@@ -1578,27 +1582,32 @@ async fn idempotency_keys_expire_after_the_window_and_are_swept() {
 }
 
 /// Idempotency records keep the revision, not a copy of the answer (issue 16): a retry's answer
-/// is rebuilt from the stored record and change, equal to the first; a record written before
-/// (a copy of the answer) is still answered from its copy.
+/// is rebuilt from the stored record and change, equal to the first; the record keeps its
+/// key's handle and the first half of the request's fingerprint, nothing else of the request
+/// (migration 0016).
 #[tokio::test]
-async fn retries_are_answered_from_the_revision_and_old_copies_still_answer() {
+async fn retries_are_answered_from_the_revision_and_a_record_keeps_no_copy() {
     for backend in backends() {
         let h = Harness::new(backend).await;
         let b = h.b.clone();
         let w = h.request(grant_with_receipt(&person("dora"), "analytics.reporting"));
         let first = h.submit(w.clone()).await.expect("write");
-        let (outcome, revision): (String, Option<i64>) =
-            sqlx::query("SELECT outcome, revision FROM idempotency WHERE key = $1")
-                .bind(w.idempotency_key.clone())
+        let handle = idempotency_handle(&w.caller, &w.idempotency_key);
+        let (revision, fingerprint): (i64, Vec<u8>) =
+            sqlx::query("SELECT revision, fingerprint FROM idempotency WHERE handle = $1")
+                .bind(handle.clone())
                 .fetch_one(&h.pool)
                 .await
                 .map(|r| (r.get(0), r.get(1)))
-                .expect("the idempotency record");
-        assert_eq!(outcome, "", "[{b}] no copy of the answer is kept");
+                .expect("the idempotency record, by its handle");
         assert_eq!(
-            revision,
-            Some(first.revision as i64),
-            "[{b}] the revision is"
+            revision, first.revision as i64,
+            "[{b}] the revision is kept"
+        );
+        assert_eq!(
+            fingerprint,
+            w.fingerprint[..16].to_vec(),
+            "[{b}] and the fingerprint's first 16 bytes, nothing else of the request"
         );
         let again = h.submit(w.clone()).await.expect("retry");
         assert_eq!(
@@ -1606,21 +1615,84 @@ async fn retries_are_answered_from_the_revision_and_old_copies_still_answer() {
             sans_replayed(&first),
             "[{b}] rebuilt answer"
         );
+    }
+}
 
-        // A record in the format from before: the copy (keyed by the revision it names since
-        // migration 0011).
-        sqlx::query("UPDATE idempotency SET outcome = $1, records_deleted = NULL WHERE key = $2")
-            .bind(serde_json::to_string(&first).expect("json"))
-            .bind(w.idempotency_key.clone())
-            .execute(&h.pool)
+/// Idempotency records an older release kept under their caller and key in clear (before
+/// migration 0016) move to today's form when the store opens, so a retry of a key used before
+/// an upgrade is answered once, and a different request under it is still a conflict; the old
+/// table goes, and opening again moves nothing.
+#[tokio::test]
+async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
+    for backend in backends() {
+        let mut h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let w = h.request(grant_with_receipt(&person("held"), "analytics.reporting"));
+        let first = h.submit(w.clone()).await.expect("write");
+        // The record as the release before kept it (migration 0011's table), and nothing in
+        // today's.
+        let created_at: i64 = sqlx::query("SELECT created_at FROM idempotency")
+            .fetch_one(&h.pool)
             .await
-            .expect("an old-format record");
-        let old = h.submit(w).await.expect("retry of an old record");
-        assert!(old.replayed, "[{b}]");
+            .expect("the record")
+            .get(0);
+        for sql in [
+            "DELETE FROM idempotency",
+            "CREATE TABLE idempotency_held (revision BIGINT PRIMARY KEY, created_at BIGINT NOT NULL, \
+             caller TEXT NOT NULL, key TEXT NOT NULL, fingerprint BYTEA NOT NULL, \
+             outcome TEXT NOT NULL, records_deleted BIGINT NULL)",
+        ] {
+            let sql = match backend {
+                Backend::Sqlite => sql.replace("BYTEA", "BLOB"),
+                Backend::Postgres => sql.to_owned(),
+            };
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&h.pool)
+                .await
+                .unwrap_or_else(|e| panic!("[{b}] the old table: {e}"));
+        }
+        sqlx::query(
+            "INSERT INTO idempotency_held (revision, created_at, caller, key, fingerprint, outcome) \
+             VALUES ($1, $2, $3, $4, $5, '')",
+        )
+        .bind(first.revision as i64)
+        .bind(created_at)
+        .bind(w.caller.clone())
+        .bind(w.idempotency_key.clone())
+        .bind(w.fingerprint.to_vec())
+        .execute(&h.pool)
+        .await
+        .expect("a record kept in clear");
+
+        (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
+        assert_eq!(h.idempotency_rows(&w).await, 1, "[{b}] moved to its handle");
+        let held: i64 = sqlx::query(match backend {
+            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE name = 'idempotency_held'",
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'idempotency_held'"
+            }
+        })
+        .fetch_one(&h.pool)
+        .await
+        .expect("the old table")
+        .get(0);
+        assert_eq!(held, 0, "[{b}] the old table is gone");
+        let again = h.submit(w.clone()).await.expect("retry after the upgrade");
+        assert!(again.replayed, "[{b}] answered, not applied again");
+        assert_eq!(sans_replayed(&again), sans_replayed(&first), "[{b}]");
+        assert_eq!(h.rows("ledger").await, 1, "[{b}] written once");
+        let mut other = w.clone();
+        other.change = withdraw(&person("held"), "analytics.reporting");
+        other.fingerprint = fingerprint_of(&other.change);
+        assert!(
+            matches!(h.submit(other).await, Err(StoreError::IdempotencyConflict)),
+            "[{b}] a different request under the key is still a conflict"
+        );
+        (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
         assert_eq!(
-            sans_replayed(&old),
-            sans_replayed(&first),
-            "[{b}] from the copy"
+            h.rows("idempotency").await,
+            1,
+            "[{b}] opening again moves nothing"
         );
     }
 }

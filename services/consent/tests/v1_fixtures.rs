@@ -6,8 +6,8 @@
 use base64::Engine as _;
 use consentgate_consent::ledger::{self, LedgerKeys};
 use consentgate_consent::model::SubjectKey;
-use consentgate_consent::store::{ConsentStore, SqliteStore};
-use sqlx::Row;
+use consentgate_consent::store::{ConsentStore, SqliteStore, idempotency_handle};
+use sqlx::{Connection, Row};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -169,26 +169,51 @@ async fn a_v1_databases_whole_records_read_back() {
 }
 
 /// Idempotency records from before revisions were kept (copies of the answer) are keyed by the
-/// revision their copy names once migrated (migration 0011): every one is kept, and erasing
-/// their subject deletes them through the ledger entries of those revisions, as it does new
-/// ones.
+/// revision their copy names once migrated (migration 0011) and found by their key's handle
+/// (migration 0016): every one is kept, under its own caller and key, and erasing their subject
+/// deletes them through the ledger entries of those revisions, as it does new ones.
 #[tokio::test]
 async fn v1_idempotency_copies_keep_their_revision_and_go_with_their_subject() {
+    // The records as the version-1 code kept them, read from the fixture itself.
+    let mut fixture = sqlx::sqlite::SqliteConnection::connect(&format!(
+        "sqlite://{}?mode=ro",
+        fixtures().join("consent.db").display()
+    ))
+    .await
+    .expect("the fixture, read-only");
+    let kept: Vec<(String, String, i64)> =
+        sqlx::query("SELECT caller, key, outcome FROM idempotency")
+            .fetch_all(&mut fixture)
+            .await
+            .expect("v1 idempotency records")
+            .iter()
+            .map(|r| {
+                let copied: serde_json::Value =
+                    serde_json::from_str(&r.get::<String, _>(2)).expect("a copy of the answer");
+                let revision = copied["revision"]
+                    .as_i64()
+                    .expect("the copy names a revision");
+                (r.get(0), r.get(1), revision)
+            })
+            .collect();
+    assert_eq!(kept.len(), 57, "the fixture's records");
+
     let copy = open_copy().await;
     let pool = copy.store.pool();
-    let rows = sqlx::query("SELECT revision, outcome FROM idempotency ORDER BY revision")
-        .fetch_all(pool)
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM idempotency")
+        .fetch_one(pool)
         .await
-        .expect("idempotency records");
-    assert_eq!(rows.len(), 57, "every v1 idempotency record is kept");
-    for row in &rows {
-        let copied: serde_json::Value =
-            serde_json::from_str(&row.get::<String, _>(1)).expect("a copy of the answer");
-        assert_eq!(
-            copied["revision"].as_i64(),
-            Some(row.get::<i64, _>(0)),
-            "keyed by the revision its copy names"
-        );
+        .expect("idempotency records")
+        .get(0);
+    assert_eq!(rows, 57, "every v1 idempotency record is kept");
+    for (caller, key, revision) in &kept {
+        let found: i64 = sqlx::query("SELECT revision FROM idempotency WHERE handle = $1")
+            .bind(idempotency_handle(caller, key))
+            .fetch_one(pool)
+            .await
+            .expect("found by its key's handle")
+            .get(0);
+        assert_eq!(found, *revision, "keyed by the revision its copy names");
     }
     let subject = "s:fixture-subject-1";
     let count = async |sql: &'static str| -> i64 {

@@ -13,7 +13,7 @@
 //! batch ends a run, so the second write under it is answered from the first.
 
 use super::sql::{answer_from_record, rebuilt, rfc3339, subject_of, unix_micros};
-use super::{StoreError, record};
+use super::{StoreError, idempotency, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{Change, ImportOrigin, StoredRecord, SubjectKey, Write, WriteOutcome};
@@ -217,7 +217,7 @@ impl Built {
                 "",
             ),
             idempotency: Rows::new(
-                "INSERT INTO idempotency (revision, created_at, caller, key, fingerprint, outcome, records_deleted) VALUES ",
+                "INSERT INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ",
                 "",
             ),
             imports: Rows::new(
@@ -307,34 +307,25 @@ async fn decide<D: Dialect>(
     run: &[&Write],
     remembered_since: i64,
 ) -> Result<Vec<Decided>, StoreError> {
-    let mut remembered: HashMap<(String, String), sqlx::any::AnyRow> = HashMap::new();
+    let mut remembered: HashMap<Vec<u8>, sqlx::any::AnyRow> = HashMap::new();
     let (imports, live): (Vec<&Write>, Vec<&Write>) =
         run.iter().copied().partition(|w| import_of(w).is_some());
     let already_imported = imported_rows::<D>(tx, &imports).await?;
-    for chunk in padded_chunks(live) {
-        // `key IN (…) AND caller IN (…)`: both lists probe the primary key, key first
-        // (migration 0009). The cross product may name pairs no write has; only the writes'
-        // own are used.
-        let callers: Vec<Value> = chunk
-            .iter()
-            .map(|w| w.caller.as_str())
+    let handles: Vec<Vec<u8>> = run.iter().map(|w| idempotency::handle_of(w)).collect();
+    for chunk in padded_chunks(
+        live.iter()
+            .map(|w| idempotency::handle_of(w))
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .map(|c| Value::Text(c.to_owned()))
-            .collect();
+            .map(Value::Bytes)
+            .collect(),
+    ) {
         let mut lookup = Statement::<D>::new(
-            "SELECT caller, key, fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE key",
+            "SELECT handle, fingerprint, created_at, revision, records_deleted FROM idempotency WHERE handle",
         );
-        lookup.in_list(
-            chunk
-                .iter()
-                .map(|w| Value::Text(w.idempotency_key.clone()))
-                .collect(),
-        );
-        lookup.push(" AND caller");
-        lookup.in_list(padded_chunks(callers).concat());
+        lookup.in_list(chunk);
         for row in lookup.fetch_all(tx).await? {
-            remembered.insert((row.get(0), row.get(1)), row);
+            remembered.insert(row.get(0), row);
         }
     }
 
@@ -357,7 +348,7 @@ async fn decide<D: Dialect>(
     .collect();
 
     let mut decided = Vec::with_capacity(run.len());
-    for (w, tombstone) in run.iter().zip(&tombstones) {
+    for ((w, tombstone), handle) in run.iter().zip(&tombstones).zip(&handles) {
         if let Some(origin) = import_of(w) {
             // Imported before: permanently, whatever the idempotency window.
             let key = (origin.source.clone(), origin.source_record_id.clone());
@@ -370,10 +361,10 @@ async fn decide<D: Dialect>(
                 continue;
             }
         }
-        let row = remembered.remove(&(w.caller.clone(), w.idempotency_key.clone()));
+        let row = remembered.remove(handle);
         if let Some(row) = row {
             // The answer of the first write; nothing when its key was forgotten (and deleted).
-            match answer_from_record(tx, w, &row, 2, remembered_since).await {
+            match answer_from_record(tx, w, &row, 1, remembered_since).await {
                 Ok(Some(outcome)) => {
                     decided.push(Some(Ok(outcome)));
                     continue;
@@ -678,10 +669,8 @@ async fn write_fresh<D: Dialect>(
             built.idempotency.rows.push(vec![
                 Value::Int(rev),
                 Value::Int(committed_micros),
-                Value::Text(write.caller.clone()),
-                Value::Text(write.idempotency_key.clone()),
-                Value::Bytes(write.fingerprint.to_vec()),
-                Value::Text(String::new()),
+                Value::Bytes(idempotency::handle_of(write)),
+                Value::Bytes(idempotency::stored_fingerprint(&write.fingerprint).to_vec()),
                 Value::MaybeInt(None),
             ]);
         }

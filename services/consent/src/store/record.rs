@@ -21,31 +21,77 @@ pub(super) const COLUMNS: &str = "r.revision, r.body, r.subject, l.event";
 /// How many columns [`COLUMNS`] names: a query's further columns start at this index.
 pub(super) const COLUMN_COUNT: usize = 4;
 
-/// The body's format version (whole records, written before, have none).
-const PERSONAL: u8 = 2;
+/// The body's format version written today (whole records, written first, have none; version 2
+/// bodies are objects with key names).
+const PERSONAL: u8 = 3;
 
-/// What a record's body holds: only what its ledger entry does not.
-#[derive(Serialize, Deserialize)]
+/// What a record's body holds: only what its ledger entry does not. Read from either form
+/// ([`BodyV3`], [`BodyV2`]).
 struct Personal {
-    /// [`PERSONAL`]; absent from the whole records written before.
-    v: u8,
     source_ip: String,
     user_agent: String,
     guardian_ref: Option<String>,
     /// The source and the source's record id of an imported record (absent otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     imported: Option<ImportOrigin>,
+}
+
+/// A version-3 body: `[3, source_ip, user_agent, guardian_ref, [source, source_record_id]]`,
+/// positions instead of the version-2 key names (issue 16, a compact store: the names were
+/// about 45 bytes of every record), absent values `null`.
+#[derive(Serialize, Deserialize)]
+struct BodyV3(u8, String, String, Option<String>, Option<(String, String)>);
+
+/// A version-2 body, an object with key names, as written before version 3.
+#[derive(Deserialize)]
+struct BodyV2 {
+    v: u8,
+    source_ip: String,
+    user_agent: String,
+    guardian_ref: Option<String>,
+    #[serde(default)]
+    imported: Option<ImportOrigin>,
+}
+
+impl Personal {
+    /// The personal parts of a body of version 3 or 2; `None` for a whole record (written
+    /// before bodies kept only these) or a body that reads as neither.
+    fn read(body: &str) -> Option<Personal> {
+        if body.starts_with('[') {
+            let BodyV3(v, source_ip, user_agent, guardian_ref, imported) =
+                serde_json::from_str(body).ok()?;
+            (v == PERSONAL).then(|| Personal {
+                source_ip,
+                user_agent,
+                guardian_ref,
+                imported: imported.map(|(source, source_record_id)| ImportOrigin {
+                    source,
+                    source_record_id,
+                }),
+            })
+        } else {
+            let b: BodyV2 = serde_json::from_str(body).ok()?;
+            (b.v == 2).then_some(Personal {
+                source_ip: b.source_ip,
+                user_agent: b.user_agent,
+                guardian_ref: b.guardian_ref,
+                imported: b.imported,
+            })
+        }
+    }
 }
 
 /// The body to store for `consent`.
 pub(super) fn encode(consent: &NewConsent) -> Result<String, StoreError> {
-    serde_json::to_string(&Personal {
-        v: PERSONAL,
-        source_ip: consent.source_ip.clone(),
-        user_agent: consent.user_agent.clone(),
-        guardian_ref: consent.guardian_ref.clone(),
-        imported: consent.imported.clone(),
-    })
+    serde_json::to_string(&BodyV3(
+        PERSONAL,
+        consent.source_ip.clone(),
+        consent.user_agent.clone(),
+        consent.guardian_ref.clone(),
+        consent
+            .imported
+            .as_ref()
+            .map(|i| (i.source.clone(), i.source_record_id.clone())),
+    ))
     .map_err(|e| StoreError::corrupt(e.to_string()))
 }
 
@@ -53,8 +99,8 @@ pub(super) fn encode(consent: &NewConsent) -> Result<String, StoreError> {
 pub(super) fn decode(row: &AnyRow) -> Result<StoredRecord, StoreError> {
     let revision = to_u64(row.get(0));
     let body: String = row.get(1);
-    let consent = match serde_json::from_str::<Personal>(&body) {
-        Ok(personal) if personal.v == PERSONAL => {
+    let consent = match Personal::read(&body) {
+        Some(personal) => {
             let event: String = row.get(3);
             let held = entry::consent_of(&event).ok_or_else(|| {
                 StoreError::corrupt(format!(
@@ -109,4 +155,45 @@ fn joined(
         receipt: None,
         imported: personal.imported,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_3_body_has_these_bytes_and_both_versions_read() {
+        let v3 = serde_json::to_string(&BodyV3(
+            PERSONAL,
+            "203.0.113.0".into(),
+            "unit".into(),
+            None,
+            Some(("onetrust".into(), "ot-1".into())),
+        ))
+        .expect("JSON");
+        assert_eq!(v3, r#"[3,"203.0.113.0","unit",null,["onetrust","ot-1"]]"#);
+        let v2 = r#"{"v":2,"source_ip":"203.0.113.0","user_agent":"unit","guardian_ref":null,"imported":{"source":"onetrust","source_record_id":"ot-1"}}"#;
+        for body in [v3.as_str(), v2] {
+            let p = Personal::read(body).expect("a body");
+            assert_eq!(
+                (p.source_ip.as_str(), p.user_agent.as_str(), p.guardian_ref),
+                ("203.0.113.0", "unit", None)
+            );
+            assert_eq!(
+                p.imported,
+                Some(ImportOrigin {
+                    source: "onetrust".into(),
+                    source_record_id: "ot-1".into()
+                })
+            );
+        }
+        for not_a_body in [
+            r#"[4,"a","b",null,null]"#,
+            r#"{"v":3,"source_ip":"a","user_agent":"b","guardian_ref":null}"#,
+            r#"{"record_id":"r-1"}"#,
+            "",
+        ] {
+            assert!(Personal::read(not_a_body).is_none(), "{not_a_body}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! accept, and run over `sqlx::Any`; what differs (connection setup, the write lock, snapshot
 //! reads) is a [`Dialect`] from `consentgate-store`.
 
-use super::{MIGRATIONS, SETUP, StoreError, batch, record};
+use super::{MIGRATIONS, SETUP, StoreError, batch, idempotency, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{
@@ -84,6 +84,7 @@ impl<D: Dialect> SqlStore<D> {
     /// Connects, migrates, and keeps `keys` for pseudonyms, tombstones and checkpoints.
     pub async fn connect(url: &str, keys: Arc<LedgerKeys>) -> Result<Self, StoreError> {
         let database = consentgate_store::open::<D>(url, &MIGRATIONS, &SETUP).await?;
+        idempotency::move_held_records::<D>(database.pool(), WRITE_LOCK).await?;
         Ok(SqlStore {
             pool: database.pool().clone(),
             database,
@@ -989,9 +990,14 @@ async fn apply(
     // names no subject: erasure finds it through the change of its revision, and an erasure's
     // own record (its change names nobody) outlives the subject, so its retry is answered.
     let erased = matches!(write.change, Change::Erase { .. }).then(|| to_i64(records_deleted));
-    sqlx::query("INSERT INTO idempotency (revision, created_at, caller, key, fingerprint, outcome, records_deleted) VALUES ($1, $2, $3, $4, $5, '', $6)")
-            .bind(rev).bind(unix_micros(now)).bind(&write.caller).bind(&write.idempotency_key).bind(write.fingerprint.to_vec()).bind(erased)
-            .execute(&mut **tx).await?;
+    sqlx::query("INSERT INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ($1, $2, $3, $4, $5)")
+        .bind(rev)
+        .bind(unix_micros(now))
+        .bind(idempotency::handle_of(write))
+        .bind(idempotency::stored_fingerprint(&write.fingerprint).to_vec())
+        .bind(erased)
+        .execute(&mut **tx)
+        .await?;
     Ok(outcome)
 }
 
@@ -1004,10 +1010,9 @@ async fn replay(
     remembered_since: i64,
 ) -> Result<Option<WriteOutcome>, StoreError> {
     let Some(row) = sqlx::query(
-        "SELECT fingerprint, outcome, created_at, revision, records_deleted FROM idempotency WHERE caller = $1 AND key = $2",
+        "SELECT fingerprint, created_at, revision, records_deleted FROM idempotency WHERE handle = $1",
     )
-    .bind(&write.caller)
-    .bind(&write.idempotency_key)
+    .bind(idempotency::handle_of(write))
     .fetch_optional(&mut **tx)
     .await?
     else {
@@ -1016,7 +1021,7 @@ async fn replay(
     answer_from_record(tx, write, &row, 0, remembered_since).await
 }
 
-/// [`replay`] from the idempotency record already read: `row` holds its `fingerprint, outcome,
+/// [`replay`] from the idempotency record already read: `row` holds its `fingerprint,
 /// created_at, revision, records_deleted` from column `first` on. `IdempotencyConflict` when the
 /// key was used for other content.
 pub(super) async fn answer_from_record(
@@ -1026,36 +1031,23 @@ pub(super) async fn answer_from_record(
     first: usize,
     remembered_since: i64,
 ) -> Result<Option<WriteOutcome>, StoreError> {
-    if row.get::<i64, _>(first + 2) < remembered_since {
-        sqlx::query("DELETE FROM idempotency WHERE caller = $1 AND key = $2")
-            .bind(&write.caller)
-            .bind(&write.idempotency_key)
+    if row.get::<i64, _>(first + 1) < remembered_since {
+        sqlx::query("DELETE FROM idempotency WHERE handle = $1")
+            .bind(idempotency::handle_of(write))
             .execute(&mut **tx)
             .await?;
         return Ok(None);
     }
     let fingerprint: Vec<u8> = row.get(first);
-    if fingerprint != write.fingerprint {
+    if fingerprint != idempotency::stored_fingerprint(&write.fingerprint) {
         return Err(StoreError::IdempotencyConflict);
     }
-    let copy: String = row.get(first + 1);
-    let mut outcome: WriteOutcome = if copy.is_empty() {
-        rebuilt(
-            tx,
-            row.get::<i64, _>(first + 3),
-            row.get::<Option<i64>, _>(first + 4),
-        )
-        .await?
-    } else {
-        // Written before idempotency records kept only the revision: the copy of the answer.
-        let mut outcome: WriteOutcome =
-            serde_json::from_str(&copy).map_err(|e| StoreError::corrupt(e.to_string()))?;
-        // The copy's receipt is not read back (see `NewConsent::receipt`): the store's is.
-        if let Some(record) = &mut outcome.record {
-            record.consent.receipt = receipt_of(tx, record).await?;
-        }
-        outcome
-    };
+    let mut outcome = rebuilt(
+        tx,
+        row.get::<i64, _>(first + 2),
+        row.get::<Option<i64>, _>(first + 3),
+    )
+    .await?;
     outcome.replayed = true;
     Ok(Some(outcome))
 }
