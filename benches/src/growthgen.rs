@@ -235,7 +235,7 @@ async fn table_bytes(url: &str, sqlite: bool) -> anyhow::Result<Vec<(String, u64
             )
         })
         .collect();
-    tables.sort_by(|a, b| b.1.cmp(&a.1));
+    tables.sort_by_key(|t| std::cmp::Reverse(t.1));
     Ok(tables)
 }
 
