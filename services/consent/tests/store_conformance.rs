@@ -1619,9 +1619,10 @@ async fn retries_are_answered_from_the_revision_and_a_record_keeps_no_copy() {
 }
 
 /// Idempotency records an older release kept under their caller and key in clear (before
-/// migration 0016) move to today's form when the store opens, so a retry of a key used before
-/// an upgrade is answered once, and a different request under it is still a conflict; the old
-/// table goes, and opening again moves nothing.
+/// migration 0016), and imports kept under their source and source record id (before 0017),
+/// move to today's form when the store opens: a retry of a key used before an upgrade is
+/// answered once, a record imported before is not imported again, and a different request
+/// under either is still a conflict; the old tables go, and opening again moves nothing.
 #[tokio::test]
 async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
     for backend in backends() {
@@ -1629,6 +1630,40 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
         let b = h.b.clone();
         let w = h.request(grant_with_receipt(&person("held"), "analytics.reporting"));
         let first = h.submit(w.clone()).await.expect("write");
+        let import = h.import_request(imported(
+            &person("held-import"),
+            "analytics.reporting",
+            "given",
+            "crm-held-1",
+            Duration::days(30),
+        ));
+        let first_import = h.submit(import.clone()).await.expect("import");
+        // The import as the release before kept it (migration 0010's table).
+        let import_fingerprint: Vec<u8> = import.fingerprint.to_vec();
+        for sql in [
+            "DELETE FROM imported",
+            "CREATE TABLE imported_held (source TEXT NOT NULL, source_record_id TEXT NOT NULL, \
+             revision BIGINT NOT NULL UNIQUE, fingerprint BYTEA NOT NULL, \
+             PRIMARY KEY (source_record_id, source))",
+        ] {
+            let sql = match backend {
+                Backend::Sqlite => sql.replace("BYTEA", "BLOB"),
+                Backend::Postgres => sql.to_owned(),
+            };
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&h.pool)
+                .await
+                .unwrap_or_else(|e| panic!("[{b}] the old imports table: {e}"));
+        }
+        sqlx::query(
+            "INSERT INTO imported_held (source, source_record_id, revision, fingerprint) \
+             VALUES ('legacy-crm', 'crm-held-1', $1, $2)",
+        )
+        .bind(first_import.revision as i64)
+        .bind(import_fingerprint)
+        .execute(&h.pool)
+        .await
+        .expect("an import kept in clear");
         // The record as the release before kept it (migration 0011's table), and nothing in
         // today's.
         let created_at: i64 = sqlx::query("SELECT created_at FROM idempotency")
@@ -1667,20 +1702,24 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
         (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
         assert_eq!(h.idempotency_rows(&w).await, 1, "[{b}] moved to its handle");
         let held: i64 = sqlx::query(match backend {
-            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE name = 'idempotency_held'",
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master \
+                 WHERE name IN ('idempotency_held', 'imported_held')"
+            }
             Backend::Postgres => {
-                "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'idempotency_held'"
+                "SELECT COUNT(*) FROM pg_catalog.pg_tables \
+                 WHERE tablename IN ('idempotency_held', 'imported_held')"
             }
         })
         .fetch_one(&h.pool)
         .await
         .expect("the old table")
         .get(0);
-        assert_eq!(held, 0, "[{b}] the old table is gone");
+        assert_eq!(held, 0, "[{b}] the old tables are gone");
+        assert_eq!(h.rows("imported").await, 1, "[{b}] the import moved");
         let again = h.submit(w.clone()).await.expect("retry after the upgrade");
         assert!(again.replayed, "[{b}] answered, not applied again");
         assert_eq!(sans_replayed(&again), sans_replayed(&first), "[{b}]");
-        assert_eq!(h.rows("ledger").await, 1, "[{b}] written once");
         let mut other = w.clone();
         other.change = withdraw(&person("held"), "analytics.reporting");
         other.fingerprint = fingerprint_of(&other.change);
@@ -1688,10 +1727,28 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
             matches!(h.submit(other).await, Err(StoreError::IdempotencyConflict)),
             "[{b}] a different request under the key is still a conflict"
         );
+        let again = h.submit(import.clone()).await.expect("the import again");
+        assert!(again.replayed, "[{b}] imported once, not again");
+        assert_eq!(again.revision, first_import.revision, "[{b}]");
+        assert_eq!(h.rows("ledger").await, 2, "[{b}] written once each");
+        let changed = h.import_request(imported(
+            &person("held-import"),
+            "analytics.reporting",
+            "withdrawn",
+            "crm-held-1",
+            Duration::days(30),
+        ));
+        assert!(
+            matches!(
+                h.submit(changed).await,
+                Err(StoreError::IdempotencyConflict)
+            ),
+            "[{b}] other content under the source record id is still a conflict"
+        );
         (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
         assert_eq!(
-            h.rows("idempotency").await,
-            1,
+            (h.rows("idempotency").await, h.rows("imported").await),
+            (1, 1),
             "[{b}] opening again moves nothing"
         );
     }
@@ -3082,11 +3139,7 @@ async fn imports_keep_their_own_time_land_once_and_never_override_a_newer_record
             "[{b}] one ledger entry for both"
         );
         assert_eq!(
-            h.count(
-                "SELECT COUNT(*) FROM imported WHERE source = $1",
-                "legacy-crm"
-            )
-            .await,
+            h.rows("imported").await,
             5,
             "[{b}] each source record id kept once, permanently"
         );
@@ -3110,11 +3163,7 @@ async fn imports_keep_their_own_time_land_once_and_never_override_a_newer_record
         // Erasure leaves no import of the subject behind.
         h.write(erase(&alice)).await;
         assert_eq!(
-            h.count(
-                "SELECT COUNT(*) FROM imported WHERE source = $1",
-                "legacy-crm"
-            )
-            .await,
+            h.rows("imported").await,
             0,
             "[{b}] erasure deletes the subject's imports"
         );

@@ -13,7 +13,7 @@
 //! batch ends a run, so the second write under it is answered from the first.
 
 use super::sql::{answer_from_record, rebuilt, rfc3339, subject_of, unix_micros};
-use super::{StoreError, idempotency, record};
+use super::{StoreError, handles, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{Change, ImportOrigin, StoredRecord, SubjectKey, Write, WriteOutcome};
@@ -32,7 +32,7 @@ pub(super) fn joins_a_run(change: &Change) -> bool {
 
 /// One bound value of a generated statement.
 #[derive(Clone)]
-enum Value {
+pub(super) enum Value {
     Text(String),
     Int(i64),
     MaybeInt(Option<i64>),
@@ -114,10 +114,10 @@ impl<D: Dialect> Statement<D> {
 }
 
 /// Rows for one multi-row INSERT, written as a few statements of [`SHAPES`] rows each.
-struct Rows {
+pub(super) struct Rows {
     head: &'static str,
     tail: &'static str,
-    rows: Vec<Vec<Value>>,
+    pub(super) rows: Vec<Vec<Value>>,
 }
 
 /// The row (and `IN` list) counts generated statements come in, largest first. Each driver
@@ -159,7 +159,7 @@ fn padded_chunks<T: Clone>(values: Vec<T>) -> Vec<Vec<T>> {
 }
 
 impl Rows {
-    fn new(head: &'static str, tail: &'static str) -> Rows {
+    pub(super) fn new(head: &'static str, tail: &'static str) -> Rows {
         Rows {
             head,
             tail,
@@ -167,7 +167,7 @@ impl Rows {
         }
     }
 
-    async fn insert<D: Dialect>(self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    pub(super) async fn insert<D: Dialect>(self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         let mut rows = self.rows.into_iter();
         while rows.len() > 0 {
             let mut statement = Statement::<D>::new(self.head);
@@ -221,7 +221,7 @@ impl Built {
                 "",
             ),
             imports: Rows::new(
-                "INSERT INTO imported (source, source_record_id, revision, fingerprint) VALUES ",
+                "INSERT INTO imported (handle, revision, fingerprint) VALUES ",
                 "",
             ),
         }
@@ -311,10 +311,10 @@ async fn decide<D: Dialect>(
     let (imports, live): (Vec<&Write>, Vec<&Write>) =
         run.iter().copied().partition(|w| import_of(w).is_some());
     let already_imported = imported_rows::<D>(tx, &imports).await?;
-    let handles: Vec<Vec<u8>> = run.iter().map(|w| idempotency::handle_of(w)).collect();
+    let handles: Vec<Vec<u8>> = run.iter().map(|w| handles::handle_of(w)).collect();
     for chunk in padded_chunks(
         live.iter()
-            .map(|w| idempotency::handle_of(w))
+            .map(|w| handles::handle_of(w))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .map(Value::Bytes)
@@ -351,9 +351,10 @@ async fn decide<D: Dialect>(
     for ((w, tombstone), handle) in run.iter().zip(&tombstones).zip(&handles) {
         if let Some(origin) = import_of(w) {
             // Imported before: permanently, whatever the idempotency window.
-            let key = (origin.source.clone(), origin.source_record_id.clone());
-            if let Some((revision, fingerprint)) = already_imported.get(&key) {
-                if fingerprint.as_slice() != w.fingerprint {
+            if let Some((revision, fingerprint)) =
+                already_imported.get(&handles::import_handle(origin))
+            {
+                if fingerprint.as_slice() != handles::stored_fingerprint(&w.fingerprint) {
                     decided.push(Some(Err(StoreError::IdempotencyConflict)));
                 } else {
                     decided.push(Some(Ok(rebuilt(tx, *revision, None).await?)));
@@ -394,41 +395,27 @@ fn import_of(write: &Write) -> Option<&ImportOrigin> {
     }
 }
 
-/// The revision and fingerprint of each of these imports' source records already imported.
+/// The revision and stored fingerprint of each of these imports' source records already
+/// imported, by their handle ([`handles::import_handle`]; migration 0017).
 async fn imported_rows<D: Dialect>(
     tx: &mut Tx<'_>,
     imports: &[&Write],
-) -> Result<HashMap<(String, String), (i64, Vec<u8>)>, StoreError> {
+) -> Result<HashMap<Vec<u8>, (i64, Vec<u8>)>, StoreError> {
     let mut held = HashMap::new();
-    let by_source: BTreeMap<&str, BTreeSet<&str>> = imports
+    let handles: BTreeSet<Vec<u8>> = imports
         .iter()
         .filter_map(|w| import_of(w))
-        .fold(BTreeMap::new(), |mut m, o| {
-            m.entry(o.source.as_str())
-                .or_insert_with(BTreeSet::new)
-                .insert(o.source_record_id.as_str());
-            m
-        });
-    for (source, ids) in by_source {
-        for chunk in padded_chunks(ids.into_iter().collect()) {
-            // Id first, as the primary key (migration 0010): one probe per id.
-            let mut lookup = Statement::<D>::new(
-                "SELECT source_record_id, revision, fingerprint FROM imported WHERE source_record_id",
+        .map(handles::import_handle)
+        .collect();
+    for chunk in padded_chunks(handles.into_iter().map(Value::Bytes).collect()) {
+        let mut lookup =
+            Statement::<D>::new("SELECT handle, revision, fingerprint FROM imported WHERE handle");
+        lookup.in_list(chunk);
+        for row in lookup.fetch_all(tx).await? {
+            held.insert(
+                row.get::<Vec<u8>, _>(0),
+                (row.get::<i64, _>(1), row.get::<Vec<u8>, _>(2)),
             );
-            lookup.in_list(
-                chunk
-                    .into_iter()
-                    .map(|id| Value::Text(id.to_owned()))
-                    .collect(),
-            );
-            lookup.push(" AND source = ");
-            lookup.param(Value::Text(source.to_owned()));
-            for row in lookup.fetch_all(tx).await? {
-                held.insert(
-                    (source.to_owned(), row.get::<String, _>(0)),
-                    (row.get::<i64, _>(1), row.get::<Vec<u8>, _>(2)),
-                );
-            }
         }
     }
     Ok(held)
@@ -593,10 +580,9 @@ async fn write_fresh<D: Dialect>(
                 }
                 if let Some(origin) = imported {
                     built.imports.rows.push(vec![
-                        Value::Text(origin.source.clone()),
-                        Value::Text(origin.source_record_id.clone()),
+                        Value::Bytes(handles::import_handle(origin)),
                         Value::Int(rev),
-                        Value::Bytes(write.fingerprint.to_vec()),
+                        Value::Bytes(handles::stored_fingerprint(&write.fingerprint).to_vec()),
                     ]);
                 }
                 record = Some(StoredRecord {
@@ -669,8 +655,8 @@ async fn write_fresh<D: Dialect>(
             built.idempotency.rows.push(vec![
                 Value::Int(rev),
                 Value::Int(committed_micros),
-                Value::Bytes(idempotency::handle_of(write)),
-                Value::Bytes(idempotency::stored_fingerprint(&write.fingerprint).to_vec()),
+                Value::Bytes(handles::handle_of(write)),
+                Value::Bytes(handles::stored_fingerprint(&write.fingerprint).to_vec()),
                 Value::MaybeInt(None),
             ]);
         }

@@ -8,12 +8,12 @@
 //! the gap-free revision sequence rely on.
 
 mod batch;
-mod idempotency;
+mod handles;
 mod record;
 mod sql;
 
 pub use consentgate_store::{Dialect, Postgres as PostgresDialect, Sqlite as SqliteDialect};
-pub use idempotency::handle as idempotency_handle;
+pub use handles::handle as idempotency_handle;
 pub use sql::{DEFAULT_IDEMPOTENCY_WINDOW, SqlStore};
 
 use crate::ledger::keys::LedgerKeys;

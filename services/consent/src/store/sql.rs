@@ -2,7 +2,7 @@
 //! accept, and run over `sqlx::Any`; what differs (connection setup, the write lock, snapshot
 //! reads) is a [`Dialect`] from `consentgate-store`.
 
-use super::{MIGRATIONS, SETUP, StoreError, batch, idempotency, record};
+use super::{MIGRATIONS, SETUP, StoreError, batch, handles, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{
@@ -84,7 +84,7 @@ impl<D: Dialect> SqlStore<D> {
     /// Connects, migrates, and keeps `keys` for pseudonyms, tombstones and checkpoints.
     pub async fn connect(url: &str, keys: Arc<LedgerKeys>) -> Result<Self, StoreError> {
         let database = consentgate_store::open::<D>(url, &MIGRATIONS, &SETUP).await?;
-        idempotency::move_held_records::<D>(database.pool(), WRITE_LOCK).await?;
+        handles::move_held_records::<D>(database.pool(), WRITE_LOCK).await?;
         Ok(SqlStore {
             pool: database.pool().clone(),
             database,
@@ -993,8 +993,8 @@ async fn apply(
     sqlx::query("INSERT INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ($1, $2, $3, $4, $5)")
         .bind(rev)
         .bind(unix_micros(now))
-        .bind(idempotency::handle_of(write))
-        .bind(idempotency::stored_fingerprint(&write.fingerprint).to_vec())
+        .bind(handles::handle_of(write))
+        .bind(handles::stored_fingerprint(&write.fingerprint).to_vec())
         .bind(erased)
         .execute(&mut **tx)
         .await?;
@@ -1012,7 +1012,7 @@ async fn replay(
     let Some(row) = sqlx::query(
         "SELECT fingerprint, created_at, revision, records_deleted FROM idempotency WHERE handle = $1",
     )
-    .bind(idempotency::handle_of(write))
+    .bind(handles::handle_of(write))
     .fetch_optional(&mut **tx)
     .await?
     else {
@@ -1033,13 +1033,13 @@ pub(super) async fn answer_from_record(
 ) -> Result<Option<WriteOutcome>, StoreError> {
     if row.get::<i64, _>(first + 1) < remembered_since {
         sqlx::query("DELETE FROM idempotency WHERE handle = $1")
-            .bind(idempotency::handle_of(write))
+            .bind(handles::handle_of(write))
             .execute(&mut **tx)
             .await?;
         return Ok(None);
     }
     let fingerprint: Vec<u8> = row.get(first);
-    if fingerprint != idempotency::stored_fingerprint(&write.fingerprint) {
+    if fingerprint != handles::stored_fingerprint(&write.fingerprint) {
         return Err(StoreError::IdempotencyConflict);
     }
     let mut outcome = rebuilt(
