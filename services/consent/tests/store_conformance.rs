@@ -1638,40 +1638,19 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
             Duration::days(30),
         ));
         let first_import = h.submit(import.clone()).await.expect("import");
-        // The import as the release before kept it (migration 0010's table).
+        // The import and the record as the release before kept them (migrations 0010 and
+        // 0011's tables), and nothing in today's.
         let import_fingerprint: Vec<u8> = import.fingerprint.to_vec();
-        for sql in [
-            "DELETE FROM imported",
-            "CREATE TABLE imported_held (source TEXT NOT NULL, source_record_id TEXT NOT NULL, \
-             revision BIGINT NOT NULL UNIQUE, fingerprint BYTEA NOT NULL, \
-             PRIMARY KEY (source_record_id, source))",
-        ] {
-            let sql = match backend {
-                Backend::Sqlite => sql.replace("BYTEA", "BLOB"),
-                Backend::Postgres => sql.to_owned(),
-            };
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&h.pool)
-                .await
-                .unwrap_or_else(|e| panic!("[{b}] the old imports table: {e}"));
-        }
-        sqlx::query(
-            "INSERT INTO imported_held (source, source_record_id, revision, fingerprint) \
-             VALUES ('legacy-crm', 'crm-held-1', $1, $2)",
-        )
-        .bind(first_import.revision as i64)
-        .bind(import_fingerprint)
-        .execute(&h.pool)
-        .await
-        .expect("an import kept in clear");
-        // The record as the release before kept it (migration 0011's table), and nothing in
-        // today's.
         let created_at: i64 = sqlx::query("SELECT created_at FROM idempotency")
             .fetch_one(&h.pool)
             .await
             .expect("the record")
             .get(0);
         for sql in [
+            "DELETE FROM imported",
+            "CREATE TABLE imported_held (source TEXT NOT NULL, source_record_id TEXT NOT NULL, \
+             revision BIGINT NOT NULL UNIQUE, fingerprint BYTEA NOT NULL, \
+             PRIMARY KEY (source_record_id, source))",
             "DELETE FROM idempotency",
             "CREATE TABLE idempotency_held (revision BIGINT PRIMARY KEY, created_at BIGINT NOT NULL, \
              caller TEXT NOT NULL, key TEXT NOT NULL, fingerprint BYTEA NOT NULL, \
@@ -1684,8 +1663,17 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&h.pool)
                 .await
-                .unwrap_or_else(|e| panic!("[{b}] the old table: {e}"));
+                .unwrap_or_else(|e| panic!("[{b}] the old tables: {e}"));
         }
+        sqlx::query(
+            "INSERT INTO imported_held (source, source_record_id, revision, fingerprint) \
+             VALUES ('legacy-crm', 'crm-held-1', $1, $2)",
+        )
+        .bind(first_import.revision as i64)
+        .bind(import_fingerprint)
+        .execute(&h.pool)
+        .await
+        .expect("an import kept in clear");
         sqlx::query(
             "INSERT INTO idempotency_held (revision, created_at, caller, key, fingerprint, outcome) \
              VALUES ($1, $2, $3, $4, $5, '')",

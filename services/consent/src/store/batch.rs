@@ -308,13 +308,19 @@ async fn decide<D: Dialect>(
     remembered_since: i64,
 ) -> Result<Vec<Decided>, StoreError> {
     let mut remembered: HashMap<Vec<u8>, sqlx::any::AnyRow> = HashMap::new();
-    let (imports, live): (Vec<&Write>, Vec<&Write>) =
-        run.iter().copied().partition(|w| import_of(w).is_some());
+    let imports: Vec<&Write> = run
+        .iter()
+        .copied()
+        .filter(|w| import_of(w).is_some())
+        .collect();
     let already_imported = imported_rows::<D>(tx, &imports).await?;
     let handles: Vec<Vec<u8>> = run.iter().map(|w| handles::handle_of(w)).collect();
+    // Only live writes are remembered by key; an import is remembered by its source record id.
     for chunk in padded_chunks(
-        live.iter()
-            .map(|w| handles::handle_of(w))
+        run.iter()
+            .zip(&handles)
+            .filter(|(w, _)| import_of(w).is_none())
+            .map(|(_, h)| h.clone())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .map(Value::Bytes)
