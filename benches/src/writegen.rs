@@ -3,6 +3,8 @@
 //! PostgreSQL database, and measures in one run:
 //! - **the floor**: one durable commit of one small row on the same database, one at a time (a
 //!   write at 1 in flight cannot beat it: it is what "durable" costs here);
+//! - **the RPC's floor**: `grpc.health.v1.Health/Check`, one at a time, which a write over gRPC
+//!   pays as well: what is left of a write's latency beyond both floors is its own work;
 //! - **1 in flight**: `Grant` and `Withdraw`, alternating, one at a time, each with its own
 //!   idempotency key, interleaved with the floor in rounds so that other tenants' load drifts
 //!   over both alike;
@@ -255,6 +257,34 @@ async fn floor(connection: &mut sqlx::AnyConnection, sqlite: bool, duration: Dur
     row
 }
 
+/// One `grpc.health.v1.Health/Check` at a time over its own connection, for `duration`: what
+/// one RPC costs on this transport with no service work behind it (a write at 1 in flight pays
+/// it as well as its commit).
+async fn rpc_floor(addr: std::net::SocketAddr, duration: Duration) -> anyhow::Result<Row> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?,
+    );
+    let mut row = Row::default();
+    let began = Instant::now();
+    while began.elapsed() < duration {
+        let t = Instant::now();
+        match health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
+            Ok(_) => row.record(t.elapsed()),
+            Err(_) => row.errors += 1,
+        }
+    }
+    row.elapsed = began.elapsed();
+    Ok(row)
+}
+
 async fn connect(
     addr: std::net::SocketAddr,
     bearer: &Bearer,
@@ -338,7 +368,7 @@ fn main() -> anyhow::Result<()> {
     let run: Arc<str> = Arc::from(format!("{:x}", std::process::id()));
     let started = time::OffsetDateTime::now_utc();
 
-    let (floor_row, single, saturated, batching) = generator.block_on(async {
+    let (floor_row, rpc_row, single, saturated, batching) = generator.block_on(async {
         use sqlx::Connection;
         sqlx::any::install_default_drivers();
         let mut connection = sqlx::AnyConnection::connect(&url).await?;
@@ -365,14 +395,16 @@ fn main() -> anyhow::Result<()> {
         floor(&mut connection, sqlite, Duration::from_millis(300)).await;
 
         let mut floor_row = Row::default();
+        let mut rpc_row = Row::default();
         let mut single = Row::default();
         let share = duration.div_f64(rounds as f64);
         for round in 0..rounds {
             eprintln!(
-                "writegen: round {}/{rounds}: the floor, then 1 in flight…",
+                "writegen: round {}/{rounds}: the floors, then 1 in flight…",
                 round + 1
             );
             floor_row.absorb(floor(&mut connection, sqlite, share).await);
+            rpc_row.absorb(rpc_floor(addr, share.div_f64(2.0)).await?);
             let one = connect(addr, &bearer, 1, 1).await?;
             single.absorb(written(one, &run, 20_000 + round, share).await);
         }
@@ -382,7 +414,7 @@ fn main() -> anyhow::Result<()> {
         let saturated = written(many, &run, 0, duration).await;
         let (commits_after, writes_after) = engine.group_commits();
         let batching = (commits_after - commits_before, writes_after - writes_before);
-        anyhow::Ok((floor_row, single, saturated, batching))
+        anyhow::Ok((floor_row, rpc_row, single, saturated, batching))
     })?;
 
     let import_records = if args.quick {
@@ -469,6 +501,11 @@ fn main() -> anyhow::Result<()> {
             "the floor: one durable commit of one 100-byte row, 1 at a time",
             &floor_row,
         ),
+        (
+            "w0r",
+            "the RPC's own floor: `grpc.health.v1.Health/Check`, 1 at a time",
+            &rpc_row,
+        ),
         ("w1", "Grant/Withdraw, 1 in flight", &single),
         ("w2", "Grant/Withdraw, saturated", &saturated),
     ] {
@@ -493,10 +530,20 @@ fn main() -> anyhow::Result<()> {
     }
     md.push_str(&format!(
         "\nIn row w2, {} writes shared {} commits: {mean_batch:.1} writes per durable commit on average \
-         (`Engine::group_commits`). Rows w0 and w1 ran as {rounds} interleaved rounds. Each write is a \
+         (`Engine::group_commits`). Rows w0, w0r and w1 ran as {rounds} interleaved rounds. Each write is a \
          `Grant` or a `Withdraw` (alternating per worker) with its own idempotency key, its ledger \
          entry, change event and receipt (grants), acknowledged only after its commit.\n",
         batching.1, batching.0
+    ));
+    md.push_str(&format!(
+        "\nA write at 1 in flight pays one RPC as well as one commit: against the two floors' sum \
+         (w0 + w0r, {} µs at p50) it takes {:.2}×, its own work beyond both {} µs.\n",
+        floor_row.quantile_us(0.5) + rpc_row.quantile_us(0.5),
+        single.quantile_us(0.5) as f64
+            / (floor_row.quantile_us(0.5) + rpc_row.quantile_us(0.5)).max(1) as f64,
+        single
+            .quantile_us(0.5)
+            .saturating_sub(floor_row.quantile_us(0.5) + rpc_row.quantile_us(0.5)),
     ));
     md.push_str(&format!(
         "\nThe bulk import streamed a generated export (three records per subject: a grant of analytics, a \

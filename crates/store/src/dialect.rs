@@ -46,6 +46,13 @@ pub trait Dialect: Send + Sync + 'static {
     /// directly. See [`values`].
     const NUMBERED_PARAMETERS: bool;
 
+    /// Whether one query may carry several statements separated by `;`, their parameters
+    /// bound in turn (sqlx steps through SQLite's one after another). Where it may not
+    /// (PostgreSQL's extended protocol prepares exactly one statement), several INSERTs travel
+    /// as the data-modifying `WITH` clauses of one statement instead. Either way they cost one
+    /// round trip, not one each.
+    const STATEMENTS_IN_ONE_QUERY: bool;
+
     /// The statement a writing transaction runs before it commits to announce its commit to the
     /// other replicas, with the channel as `$1` and the payload as `$2` (see [`crate::notify`]);
     /// `None` where no other process writes the database (SQLite).
@@ -69,17 +76,19 @@ pub async fn begin_write<D: Dialect>(pool: &AnyPool) -> Result<Tx<'static>, Erro
 }
 
 /// Begins a write transaction that no other writer, in this process or another, runs beside:
-/// where `BEGIN` does not already serialize writers, `lock` (the store's own lock statement)
-/// runs first and holds them off until commit.
+/// where `BEGIN` does not already serialize writers, `lock` (the store's own lock statement, with
+/// no parameters) runs first and holds them off until commit. The two go as one simple query,
+/// one round trip: a lone write's round trips, not its commit, set its latency.
 pub async fn begin_serialized<D: Dialect>(
     pool: &AnyPool,
     lock: &'static str,
 ) -> Result<Tx<'static>, sqlx::Error> {
-    let mut tx = pool.begin_with(D::BEGIN_WRITE).await?;
-    if !D::BEGIN_SERIALIZES {
-        sqlx::query(lock).execute(&mut *tx).await?;
+    if D::BEGIN_SERIALIZES {
+        pool.begin_with(D::BEGIN_WRITE).await
+    } else {
+        pool.begin_with(sqlx::AssertSqlSafe(format!("{}; {lock}", D::BEGIN_WRITE)))
+            .await
     }
-    Ok(tx)
 }
 
 /// Begins a read transaction whose statements all see one snapshot (see [`Dialect::SNAPSHOT`]),

@@ -21,6 +21,7 @@ impl Dialect for Postgres {
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY");
     const SINGLE_WRITER: bool = false;
     const NUMBERED_PARAMETERS: bool = true;
+    const STATEMENTS_IN_ONE_QUERY: bool = false;
     const NOTIFY: Option<&'static str> = Some("SELECT pg_notify($1, $2)");
 
     async fn connect(

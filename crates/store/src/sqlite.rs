@@ -22,6 +22,7 @@ impl Dialect for Sqlite {
     const SNAPSHOT: Option<&'static str> = None;
     const SINGLE_WRITER: bool = true;
     const NUMBERED_PARAMETERS: bool = false;
+    const STATEMENTS_IN_ONE_QUERY: bool = true;
     const NOTIFY: Option<&'static str> = None;
 
     async fn connect(

@@ -1,26 +1,27 @@
 //! A run of consent records and signals inside one group commit, applied with a few statements
-//! for the whole run instead of a dozen per write: one lookup of the run's idempotency keys,
-//! tombstones, pseudonym keys and links, the ledger head read once, and one multi-row INSERT
-//! per table. Each write still gets its own revision, ledger entry, change event and
-//! idempotency record, in queue order. Why: at a dozen round trips per write the statements,
-//! not the durable commit, set the cost of a write, and batching the commit alone gained
-//! nothing (BENCHMARKS.md, "Issue 16: reading the write numbers"). A large run (an import's
-//! chunk) is built and inserted [`SHAPES`]`[0]` writes at a time, each chunk's rows built while
-//! the chunk before is being inserted ([`Built`]).
+//! for the whole run instead of a dozen per write: one lookup statement for everything the run
+//! reads ([`lookup`]), and one multi-row INSERT per table, all tables in one round trip when
+//! they fit ([`Rows::insert_together`]). Each write still gets its own revision, ledger entry,
+//! change event and idempotency record, in queue order. Why: at a dozen round trips per write
+//! the statements, not the durable commit, set the cost of a write, and batching the commit
+//! alone gained nothing (BENCHMARKS.md, "Issue 16: reading the write numbers"). A large run (an
+//! import's chunk) is built and inserted [`SHAPES`]`[0]` writes at a time, each chunk's rows
+//! built while the chunk before is being inserted ([`Built`]).
 //!
 //! Links, restrictions and erasures change what the lookups read (the link groups, the
 //! tombstones), so they are applied one by one between runs (`sql::apply`); a key repeated in a
 //! batch ends a run, so the second write under it is answered from the first.
 
-use super::sql::{answer_from_record, rebuilt, rfc3339, subject_of, unix_micros};
+use super::lookup::{self, Lookup, import_of};
+use super::sql::{answer_from_record, rebuilt, rfc3339, unix_micros};
 use super::{StoreError, handles, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
-use crate::model::{Change, ImportOrigin, StoredRecord, SubjectKey, Write, WriteOutcome};
+use crate::model::{Change, StoredRecord, SubjectKey, Write, WriteOutcome};
 use crate::receipt::Receipt;
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
 use consentgate_store::{Dialect, Tx, to_i64, to_u64};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use time::OffsetDateTime;
 
@@ -41,14 +42,14 @@ pub(super) enum Value {
 }
 
 /// A statement with its values, built for a run.
-struct Statement<D> {
+pub(super) struct Statement<D> {
     sql: String,
     values: Vec<Value>,
     dialect: std::marker::PhantomData<D>,
 }
 
 impl<D: Dialect> Statement<D> {
-    fn new(sql: &str) -> Self {
+    pub(super) fn new(sql: &str) -> Self {
         Statement {
             sql: sql.to_owned(),
             values: Vec::new(),
@@ -67,9 +68,14 @@ impl<D: Dialect> Statement<D> {
         self
     }
 
-    fn push(&mut self, sql: &str) -> &mut Self {
+    pub(super) fn push(&mut self, sql: &str) -> &mut Self {
         self.sql.push_str(sql);
         self
+    }
+
+    /// Whether no SQL has been written yet.
+    pub(super) fn is_empty(&self) -> bool {
+        self.sql.is_empty()
     }
 
     /// `(v1, v2, …)`.
@@ -85,7 +91,7 @@ impl<D: Dialect> Statement<D> {
     }
 
     /// ` IN (v1, v2, …)`.
-    fn in_list(&mut self, values: Vec<Value>) -> &mut Self {
+    pub(super) fn in_list(&mut self, values: Vec<Value>) -> &mut Self {
         self.push(" IN ").tuple(values)
     }
 
@@ -108,7 +114,10 @@ impl<D: Dialect> Statement<D> {
         Ok(())
     }
 
-    async fn fetch_all(&self, tx: &mut Tx<'_>) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+    pub(super) async fn fetch_all(
+        &self,
+        tx: &mut Tx<'_>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
         Ok(self.query().fetch_all(&mut **tx).await?)
     }
 }
@@ -126,7 +135,7 @@ pub(super) struct Rows {
 /// planned anew on each use, so a batch is written in chunks of these sizes (37 rows: 16, 16,
 /// 4, 1) and a list is padded up to one. The largest stays well under every backend's parameter
 /// limit (SQLite's 32,766, PostgreSQL's 65,535) at any of these tables' widths.
-const SHAPES: [usize; 5] = [256, 64, 16, 4, 1];
+pub(super) const SHAPES: [usize; 5] = [256, 64, 16, 4, 1];
 
 /// The largest shape that fits `n` (≥ 1).
 fn chunk_for(n: usize) -> usize {
@@ -134,28 +143,12 @@ fn chunk_for(n: usize) -> usize {
 }
 
 /// The smallest shape that holds `n` (the largest when none does).
-fn padded_to(n: usize) -> usize {
+pub(super) fn padded_to(n: usize) -> usize {
     SHAPES
         .into_iter()
         .rev()
         .find(|&s| s >= n)
         .unwrap_or(SHAPES[0])
-}
-
-/// `values` padded to a shape by repeating the last one (harmless in an `IN` list or an `OR`
-/// of equalities), in chunks no longer than the largest shape.
-fn padded_chunks<T: Clone>(values: Vec<T>) -> Vec<Vec<T>> {
-    values
-        .chunks(SHAPES[0])
-        .map(|chunk| {
-            let mut chunk = chunk.to_vec();
-            let last = chunk.last().cloned();
-            if let Some(last) = last {
-                chunk.resize(padded_to(chunk.len()), last);
-            }
-            chunk
-        })
-        .collect()
 }
 
 impl Rows {
@@ -170,19 +163,76 @@ impl Rows {
     pub(super) async fn insert<D: Dialect>(self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         let mut rows = self.rows.into_iter();
         while rows.len() > 0 {
-            let mut statement = Statement::<D>::new(self.head);
+            let mut statement = Statement::<D>::new("");
             let n = chunk_for(rows.len());
-            for (i, row) in rows.by_ref().take(n).enumerate() {
-                if i > 0 {
-                    statement.push(", ");
-                }
-                statement.tuple(row);
-            }
-            statement.push(self.tail);
+            write_insert(&mut statement, self.head, rows.by_ref().take(n), self.tail);
             statement.execute(tx).await?;
         }
         Ok(())
     }
+
+    /// Inserts every table's rows in one round trip when each table's rows are one of the
+    /// [`SHAPES`] (so that the statement's text is one of a few, and stays prepared): the
+    /// INSERTs as statements of one query, or on PostgreSQL as the `WITH` clauses of one
+    /// statement ([`Dialect::STATEMENTS_IN_ONE_QUERY`]). Why: a lone write's six INSERTs were
+    /// six round trips, more than its durable commit took. Otherwise each table as
+    /// [`Rows::insert`] writes it.
+    pub(super) async fn insert_together<D: Dialect>(
+        tables: Vec<Rows>,
+        tx: &mut Tx<'_>,
+    ) -> Result<(), StoreError> {
+        let tables: Vec<Rows> = tables.into_iter().filter(|t| !t.rows.is_empty()).collect();
+        if tables.len() < 2 || tables.iter().any(|t| !SHAPES.contains(&t.rows.len())) {
+            for table in tables {
+                table.insert::<D>(tx).await?;
+            }
+            return Ok(());
+        }
+        let mut statement = Statement::<D>::new("");
+        for (i, table) in tables.into_iter().enumerate() {
+            if D::STATEMENTS_IN_ONE_QUERY {
+                if i > 0 {
+                    statement.push("; ");
+                }
+                write_insert(
+                    &mut statement,
+                    table.head,
+                    table.rows.into_iter(),
+                    table.tail,
+                );
+            } else {
+                statement.push(&format!("{} w{i} AS (", if i == 0 { "WITH" } else { "," }));
+                write_insert(
+                    &mut statement,
+                    table.head,
+                    table.rows.into_iter(),
+                    table.tail,
+                );
+                statement.push(")");
+            }
+        }
+        if !D::STATEMENTS_IN_ONE_QUERY {
+            statement.push(" SELECT 1");
+        }
+        statement.execute(tx).await
+    }
+}
+
+/// `head (…), (…), … tail`: one multi-row INSERT of `rows` appended to `statement`.
+fn write_insert<D: Dialect>(
+    statement: &mut Statement<D>,
+    head: &str,
+    rows: impl Iterator<Item = Vec<Value>>,
+    tail: &str,
+) {
+    statement.push(head);
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            statement.push(", ");
+        }
+        statement.tuple(row);
+    }
+    statement.push(tail);
 }
 
 /// Writes between yields while rows are built beside the inserts of the writes before.
@@ -228,34 +278,22 @@ impl Built {
     }
 
     async fn insert<D: Dialect>(self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
-        for rows in [
+        for rows in self.tables() {
+            rows.insert::<D>(tx).await?;
+        }
+        Ok(())
+    }
+
+    fn tables(self) -> [Rows; 6] {
+        [
             self.records,
             self.signals,
             self.ledger,
             self.checkpoints,
             self.idempotency,
             self.imports,
-        ] {
-            rows.insert::<D>(tx).await?;
-        }
-        Ok(())
+        ]
     }
-}
-
-/// `WHERE column IN (…)` over `values` (distinct), padded to a shape; nothing to ask when
-/// there are none.
-async fn select_in<D: Dialect>(
-    tx: &mut Tx<'_>,
-    select: &str,
-    values: impl IntoIterator<Item = Value>,
-) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
-    let mut rows = Vec::new();
-    for chunk in padded_chunks(values.into_iter().collect()) {
-        let mut statement = Statement::<D>::new(select);
-        statement.in_list(chunk);
-        rows.extend(statement.fetch_all(tx).await?);
-    }
-    Ok(rows)
 }
 
 /// Each write's answer when it is known before anything is written (a retry, a refusal);
@@ -273,7 +311,8 @@ pub(super) async fn apply_run<D: Dialect>(
     now: OffsetDateTime,
     remembered_since: i64,
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
-    let mut decided = decide::<D>(tx, keys, run, remembered_since).await?;
+    let mut lookup = lookup::read::<D>(tx, keys, run).await?;
+    let mut decided = decide(tx, run, &mut lookup, remembered_since).await?;
     let fresh: Vec<usize> = (0..run.len()).filter(|&i| decided[i].is_none()).collect();
     if !fresh.is_empty() {
         let outcomes = write_fresh::<D>(
@@ -281,6 +320,7 @@ pub(super) async fn apply_run<D: Dialect>(
             keys,
             &fresh.iter().map(|&i| run[i]).collect::<Vec<_>>(),
             now,
+            lookup,
         )
         .await?;
         for (i, outcome) in fresh.into_iter().zip(outcomes) {
@@ -299,67 +339,20 @@ pub(super) async fn apply_run<D: Dialect>(
         .collect())
 }
 
-/// The run's idempotency records and tombstones, looked up once: which writes are retries
-/// (answered from their first write), refused, or new.
-async fn decide<D: Dialect>(
+/// Which writes of the run are retries (answered from their first write), refused, or new,
+/// from the run's lookup.
+async fn decide(
     tx: &mut Tx<'_>,
-    keys: &LedgerKeys,
     run: &[&Write],
+    lookup: &mut Lookup,
     remembered_since: i64,
 ) -> Result<Vec<Decided>, StoreError> {
-    let mut remembered: HashMap<Vec<u8>, sqlx::any::AnyRow> = HashMap::new();
-    let imports: Vec<&Write> = run
-        .iter()
-        .copied()
-        .filter(|w| import_of(w).is_some())
-        .collect();
-    let already_imported = imported_rows::<D>(tx, &imports).await?;
-    let handles: Vec<Vec<u8>> = run.iter().map(|w| handles::handle_of(w)).collect();
-    // Only live writes are remembered by key; an import is remembered by its source record id.
-    for chunk in padded_chunks(
-        run.iter()
-            .zip(&handles)
-            .filter(|(w, _)| import_of(w).is_none())
-            .map(|(_, h)| h.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(Value::Bytes)
-            .collect(),
-    ) {
-        let mut lookup = Statement::<D>::new(
-            "SELECT handle, fingerprint, created_at, revision, records_deleted FROM idempotency WHERE handle",
-        );
-        lookup.in_list(chunk);
-        for row in lookup.fetch_all(tx).await? {
-            remembered.insert(row.get(0), row);
-        }
-    }
-
-    let tombstones: Vec<Vec<u8>> = run
-        .iter()
-        .map(|w| keys.tombstone(w.change.subject()))
-        .collect();
-    let erased: BTreeSet<Vec<u8>> = select_in::<D>(
-        tx,
-        "SELECT tombstone FROM tombstones WHERE tombstone",
-        tombstones
-            .iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(|t| Value::Bytes(t.clone())),
-    )
-    .await?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
-
     let mut decided = Vec::with_capacity(run.len());
-    for ((w, tombstone), handle) in run.iter().zip(&tombstones).zip(&handles) {
-        if let Some(origin) = import_of(w) {
+    for (i, w) in run.iter().enumerate() {
+        let handle = &lookup.handles[i];
+        if import_of(w).is_some() {
             // Imported before: permanently, whatever the idempotency window.
-            if let Some((revision, fingerprint)) =
-                already_imported.get(&handles::import_handle(origin))
-            {
+            if let Some((revision, fingerprint)) = lookup.imported.get(handle) {
                 if fingerprint.as_slice() != handles::stored_fingerprint(&w.fingerprint) {
                     decided.push(Some(Err(StoreError::IdempotencyConflict)));
                 } else {
@@ -367,11 +360,9 @@ async fn decide<D: Dialect>(
                 }
                 continue;
             }
-        }
-        let row = remembered.remove(handle);
-        if let Some(row) = row {
+        } else if let Some(remembered) = lookup.remembered.remove(handle) {
             // The answer of the first write; nothing when its key was forgotten (and deleted).
-            match answer_from_record(tx, w, &row, 1, remembered_since).await {
+            match answer_from_record(tx, w, &remembered, remembered_since).await {
                 Ok(Some(outcome)) => {
                     decided.push(Some(Ok(outcome)));
                     continue;
@@ -384,47 +375,13 @@ async fn decide<D: Dialect>(
                 Err(e) => return Err(e),
             }
         }
-        if erased.contains(tombstone) {
+        if lookup.erased.contains(&lookup.tombstones[i]) {
             decided.push(Some(Err(StoreError::SubjectErased)));
         } else {
             decided.push(None);
         }
     }
     Ok(decided)
-}
-
-/// The origin of an imported record's write (`None` for everything recorded live).
-fn import_of(write: &Write) -> Option<&ImportOrigin> {
-    match &write.change {
-        Change::Consent(c) => c.imported.as_ref(),
-        _ => None,
-    }
-}
-
-/// The revision and stored fingerprint of each of these imports' source records already
-/// imported, by their handle ([`handles::import_handle`]; migration 0017).
-async fn imported_rows<D: Dialect>(
-    tx: &mut Tx<'_>,
-    imports: &[&Write],
-) -> Result<HashMap<Vec<u8>, (i64, Vec<u8>)>, StoreError> {
-    let mut held = HashMap::new();
-    let handles: BTreeSet<Vec<u8>> = imports
-        .iter()
-        .filter_map(|w| import_of(w))
-        .map(handles::import_handle)
-        .collect();
-    for chunk in padded_chunks(handles.into_iter().map(Value::Bytes).collect()) {
-        let mut lookup =
-            Statement::<D>::new("SELECT handle, revision, fingerprint FROM imported WHERE handle");
-        lookup.in_list(chunk);
-        for row in lookup.fetch_all(tx).await? {
-            held.insert(
-                row.get::<Vec<u8>, _>(0),
-                (row.get::<i64, _>(1), row.get::<Vec<u8>, _>(2)),
-            );
-        }
-    }
-    Ok(held)
 }
 
 /// The time the next live change of a subject takes in its order: its own time, or just past
@@ -445,65 +402,40 @@ async fn write_fresh<D: Dialect>(
     keys: &LedgerKeys,
     writes: &[&Write],
     now: OffsetDateTime,
+    lookup: Lookup,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let subjects: BTreeSet<String> = writes
         .iter()
         .map(|w| w.change.subject().storage())
         .collect();
 
-    let head: Option<(i64, Vec<u8>)> =
-        sqlx::query("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| (r.get(0), r.get(1)));
-    let (prev_seq, mut prev_hash) = head.unwrap_or((0, GENESIS_HASH.to_vec()));
+    let (prev_seq, mut prev_hash) = lookup.head.clone().unwrap_or((0, GENESIS_HASH.to_vec()));
     let mut seq = to_u64(prev_seq);
 
     // Pseudonym keys (a column of the subject's row since migration 0015), created for
     // subjects seen for the first time and written with the subjects' rows below.
-    let mut subject_keys: HashMap<String, Vec<u8>> = select_in::<D>(
-        tx,
-        "SELECT subject, key FROM subjects WHERE subject",
-        subjects.iter().map(|s| Value::Text(s.clone())),
-    )
-    .await?
-    .iter()
-    .filter_map(|r| Some((r.get(0), r.get::<Option<Vec<u8>>, _>(1)?)))
-    .collect();
+    let mut subject_keys: HashMap<String, Vec<u8>> = HashMap::new();
     for s in &subjects {
-        subject_keys
-            .entry(s.clone())
-            .or_insert_with(|| random_key().to_vec());
+        let held = lookup.subjects.get(s).and_then(|(key, _)| key.clone());
+        subject_keys.insert(s.clone(), held.unwrap_or_else(|| random_key().to_vec()));
     }
-
-    let groups = link_groups::<D>(tx, &subjects).await?;
+    let groups: HashMap<String, Vec<SubjectKey>> = subjects
+        .iter()
+        .map(|s| Ok((s.clone(), lookup.group_of(s)?)))
+        .collect::<Result<_, StoreError>>()?;
 
     // Each key's latest place in its order, and for subjects with imports, where their current
     // records stand: an imported record older than the current one lands in history only.
-    let members: BTreeSet<String> = groups.values().flatten().map(SubjectKey::storage).collect();
-    let mut latest: HashMap<String, i64> = select_in::<D>(
-        tx,
-        "SELECT subject, order_micros FROM subjects WHERE subject",
-        members.iter().map(|s| Value::Text(s.clone())),
-    )
-    .await?
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect();
-    let imported_subjects: BTreeSet<String> = writes
-        .iter()
-        .filter(|w| import_of(w).is_some())
-        .map(|w| w.change.subject().storage())
+    let mut latest: HashMap<String, i64> = groups
+        .values()
+        .flatten()
+        .filter_map(|k| {
+            let k = k.storage();
+            let held = lookup.subjects.get(&k)?.1;
+            Some((k, held))
+        })
         .collect();
-    let mut current: BTreeMap<(String, String, String, String), (i64, i64)> = select_in::<D>(
-        tx,
-        "SELECT subject, purpose, channel, scope, order_micros, revision FROM consent_current WHERE subject",
-        imported_subjects.iter().map(|s| Value::Text(s.clone())),
-    )
-    .await?
-    .iter()
-    .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3)), (r.get(4), r.get(5))))
-    .collect();
+    let mut current = lookup.current;
     let mut current_changed: BTreeSet<(String, String, String, String)> = BTreeSet::new();
 
     // Each context once per batch; most are stored already, and the conflict leaves them be.
@@ -706,7 +638,6 @@ async fn write_fresh<D: Dialect>(
         built?;
         ready = next;
     }
-    ready.insert::<D>(tx).await?;
 
     // Only forward in the order, whatever was read above: the writes are serialized, so this
     // guard never fires, and a current row never moves back if they one day are not.
@@ -758,55 +689,12 @@ async fn write_fresh<D: Dialect>(
             .push(vec![Value::Bytes(digest.to_vec()), Value::Text(body)]);
     }
 
-    for rows in [current_rows, context_rows, subject_rows] {
-        rows.insert::<D>(tx).await?;
-    }
+    // The last chunk's rows and the run's current records, receipt contexts and subjects'
+    // rows: one round trip when they fit (a live write's).
+    let mut tables: Vec<Rows> = ready.tables().into();
+    tables.extend([current_rows, context_rows, subject_rows]);
+    Rows::insert_together::<D>(tables, tx).await?;
     Ok(outcomes)
-}
-
-/// Each subject's link group (as `sql::link_group` finds one subject's): the subject, the
-/// person its device is linked to, and that person's devices; two lookups for the whole run.
-async fn link_groups<D: Dialect>(
-    tx: &mut Tx<'_>,
-    subjects: &BTreeSet<String>,
-) -> Result<HashMap<String, Vec<SubjectKey>>, StoreError> {
-    let person_of: HashMap<String, String> = select_in::<D>(
-        tx,
-        "SELECT device, subject FROM links WHERE device",
-        subjects.iter().map(|s| Value::Text(s.clone())),
-    )
-    .await?
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect();
-    let person = |s: &String| person_of.get(s).unwrap_or(s).clone();
-    let persons: BTreeSet<String> = subjects.iter().map(person).collect();
-    let mut devices_of: HashMap<String, Vec<String>> = HashMap::new();
-    for r in select_in::<D>(
-        tx,
-        "SELECT subject, device FROM links WHERE subject",
-        persons.iter().map(|s| Value::Text(s.clone())),
-    )
-    .await?
-    {
-        devices_of.entry(r.get(0)).or_default().push(r.get(1));
-    }
-    let mut groups = HashMap::new();
-    for s in subjects {
-        let p = person(s);
-        let mut group = vec![subject_of(s)?];
-        if &p != s {
-            group.push(subject_of(&p)?);
-        }
-        for d in devices_of.get(&p).into_iter().flatten() {
-            let device = subject_of(d)?;
-            if !group.contains(&device) {
-                group.push(device);
-            }
-        }
-        groups.insert(s.clone(), group);
-    }
-    Ok(groups)
 }
 
 #[cfg(test)]
@@ -827,18 +715,5 @@ mod tests {
             assert_eq!(sizes.iter().sum::<usize>(), n);
         }
         assert_eq!(chunk_for(37), 16);
-    }
-
-    #[test]
-    fn lists_are_padded_to_a_shape_with_their_last_value() {
-        assert_eq!(padded_chunks(vec![1, 2, 3]), vec![vec![1, 2, 3, 3]]);
-        assert_eq!(padded_chunks(vec![7]), vec![vec![7]]);
-        assert!(padded_chunks(Vec::<u8>::new()).is_empty());
-        let long = padded_chunks((0..300).collect::<Vec<u32>>());
-        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), vec![256, 64]);
-        assert_eq!(long[1][43], 299, "padded with the last value");
-        for chunk in padded_chunks((0..1000).collect::<Vec<u32>>()) {
-            assert!(SHAPES.contains(&chunk.len()));
-        }
     }
 }

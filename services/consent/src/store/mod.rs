@@ -9,6 +9,7 @@
 
 mod batch;
 mod handles;
+mod lookup;
 mod record;
 mod sql;
 

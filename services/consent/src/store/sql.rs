@@ -2,6 +2,7 @@
 //! accept, and run over `sqlx::Any`; what differs (connection setup, the write lock, snapshot
 //! reads) is a [`Dialect`] from `consentgate-store`.
 
+use super::lookup::Remembered;
 use super::{MIGRATIONS, SETUP, StoreError, batch, handles, record};
 use crate::ledger::entry::{self, CHECKPOINT_EVERY};
 use crate::ledger::keys::{LedgerKeys, random_key};
@@ -16,7 +17,6 @@ use consentgate_store::notify::Notices;
 use consentgate_store::{
     Dialect, Tx, begin_serialized, begin_snapshot, placeholders, to_i64, to_u64,
 };
-use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -1018,36 +1018,34 @@ async fn replay(
     else {
         return Ok(None);
     };
-    answer_from_record(tx, write, &row, 0, remembered_since).await
+    let remembered = Remembered {
+        fingerprint: row.get(0),
+        created_at: row.get(1),
+        revision: row.get(2),
+        records_deleted: row.get(3),
+    };
+    answer_from_record(tx, write, &remembered, remembered_since).await
 }
 
-/// [`replay`] from the idempotency record already read: `row` holds its `fingerprint,
-/// created_at, revision, records_deleted` from column `first` on. `IdempotencyConflict` when the
-/// key was used for other content.
+/// [`replay`] from the idempotency record already read. `IdempotencyConflict` when the key was
+/// used for other content.
 pub(super) async fn answer_from_record(
     tx: &mut Tx<'_>,
     write: &Write,
-    row: &AnyRow,
-    first: usize,
+    remembered: &Remembered,
     remembered_since: i64,
 ) -> Result<Option<WriteOutcome>, StoreError> {
-    if row.get::<i64, _>(first + 1) < remembered_since {
+    if remembered.created_at < remembered_since {
         sqlx::query("DELETE FROM idempotency WHERE handle = $1")
             .bind(handles::handle_of(write))
             .execute(&mut **tx)
             .await?;
         return Ok(None);
     }
-    let fingerprint: Vec<u8> = row.get(first);
-    if fingerprint != handles::stored_fingerprint(&write.fingerprint) {
+    if remembered.fingerprint != handles::stored_fingerprint(&write.fingerprint) {
         return Err(StoreError::IdempotencyConflict);
     }
-    let mut outcome = rebuilt(
-        tx,
-        row.get::<i64, _>(first + 2),
-        row.get::<Option<i64>, _>(first + 3),
-    )
-    .await?;
+    let mut outcome = rebuilt(tx, remembered.revision, remembered.records_deleted).await?;
     outcome.replayed = true;
     Ok(Some(outcome))
 }
