@@ -1,10 +1,13 @@
-//! What a run of consent writes reads before it writes anything, in one statement: the
-//! idempotency records of its keys, its subjects' tombstones, the source records its imports
-//! name, the ledger's head, its subjects' rows and their link groups, and the current records of
-//! subjects with imports. Why: read one table at a time this was eight round trips before a
-//! write wrote anything, and at one write in flight the round trips, not the durable commit, set
-//! a write's latency (BENCHMARKS.md, "twelfth look"). The statement is a `UNION ALL` of the
-//! same indexed lookups, each branch tagged with a number and filling the columns of its kind.
+//! What a run of consent writes reads before it writes anything: the idempotency records of
+//! its keys, its subjects' tombstones, the source records its imports name, the ledger's head,
+//! its subjects' rows and their link groups, and the current records of subjects with imports.
+//! On SQLite all of it is one statement, a `UNION ALL` of the same indexed lookups, each branch
+//! tagged with a number and filling the columns of its kind. Why: read one table at a time this
+//! was eight round trips to SQLite's worker thread before a write wrote anything, and at one
+//! write in flight those round trips, not the durable commit, set a write's latency. PostgreSQL
+//! reads the same branches one kind at a time ([`read_one_by_one`]): it plans the statement
+//! every time it runs, and planning the whole `UNION ALL` cost more than the round trips saved
+//! (BENCHMARKS.md, "twelfth look").
 
 use super::StoreError;
 use super::batch::{SHAPES, Statement, Value, padded_to};
@@ -12,7 +15,7 @@ use super::handles;
 use super::sql::subject_of;
 use crate::ledger::keys::LedgerKeys;
 use crate::model::{Change, ImportOrigin, SubjectKey, Write};
-use consentgate_store::{Dialect, Tx};
+use consentgate_store::{Backend, Dialect, Tx};
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -104,7 +107,10 @@ pub(super) async fn read<D: Dialect>(
             };
             lookup.handles.push(handle);
         }
-        read_lists::<D>(tx, lists, &mut lookup).await?;
+        match D::BACKEND {
+            Backend::Sqlite => read_lists::<D>(tx, lists, &mut lookup).await?,
+            Backend::Postgres => read_one_by_one::<D>(tx, lists, &mut lookup).await?,
+        }
     }
     Ok(lookup)
 }
@@ -269,40 +275,145 @@ async fn read_lists<D: Dialect>(
     s.in_list(imported_subjects);
 
     for row in s.fetch_all(tx).await? {
-        match row.get::<i64, _>(0) {
-            IDEMPOTENCY => {
-                lookup.remembered.insert(
-                    row.get(1),
-                    Remembered {
-                        fingerprint: row.get(2),
-                        created_at: row.get(7),
-                        revision: row.get(8),
-                        records_deleted: row.get(9),
-                    },
-                );
-            }
-            TOMBSTONE => {
-                lookup.erased.insert(row.get(1));
-            }
-            IMPORTED => {
-                lookup.imported.insert(row.get(1), (row.get(8), row.get(2)));
-            }
-            HEAD => lookup.head = Some((row.get(7), row.get(1))),
-            LINK => lookup.links.push((row.get(3), row.get(4))),
-            SUBJECT => {
-                lookup.subjects.insert(row.get(3), (row.get(1), row.get(7)));
-            }
-            CURRENT => {
-                lookup.current.insert(
-                    (row.get(3), row.get(4), row.get(5), row.get(6)),
-                    (row.get(7), row.get(8)),
-                );
-            }
-            other => {
-                return Err(StoreError::GroupCommitFailed(format!(
-                    "the run's lookup returned a row of unknown kind {other}"
-                )));
-            }
+        lookup.absorb(&row)?;
+    }
+    Ok(())
+}
+
+/// The same lookups one kind at a time, each its own statement, as PostgreSQL reads them best:
+/// it plans a statement each time it runs it (custom plans for parameter lists), and the whole
+/// `UNION ALL` took 0.7–2 ms to plan where its parts take a tenth of that each, more than the
+/// round trips it saves over a socket (BENCHMARKS.md, "twelfth look"). The link groups take two
+/// lookups (the subjects' persons, then the persons' devices) and the subjects' rows one.
+async fn read_one_by_one<D: Dialect>(
+    tx: &mut Tx<'_>,
+    lists: Lists,
+    lookup: &mut Lookup,
+) -> Result<(), StoreError> {
+    let bytes = |set: BTreeSet<Vec<u8>>| set.into_iter().map(Value::Bytes).collect::<Vec<_>>();
+    let texts = |set: BTreeSet<String>| set.into_iter().map(Value::Text).collect::<Vec<_>>();
+    let idempotency = [
+        ("b1", "handle"),
+        ("b2", "fingerprint"),
+        ("i1", "created_at"),
+        ("i2", "revision"),
+        ("i3", "records_deleted"),
+    ];
+    let link = [("t1", "device"), ("t2", "subject")];
+    let subject = [("b1", "key"), ("t1", "subject"), ("i1", "order_micros")];
+    let current = [
+        ("t1", "subject"),
+        ("t2", "purpose"),
+        ("t3", "channel"),
+        ("t4", "scope"),
+        ("i1", "order_micros"),
+        ("i2", "revision"),
+    ];
+    let imported = [("b1", "handle"), ("b2", "fingerprint"), ("i2", "revision")];
+    select::<D>(
+        tx,
+        lookup,
+        IDEMPOTENCY,
+        &idempotency,
+        "idempotency WHERE handle",
+        bytes(lists.handles),
+    )
+    .await?;
+    select::<D>(
+        tx,
+        lookup,
+        TOMBSTONE,
+        &[("b1", "tombstone")],
+        "tombstones WHERE tombstone",
+        bytes(lists.tombstones),
+    )
+    .await?;
+    select::<D>(
+        tx,
+        lookup,
+        IMPORTED,
+        &imported,
+        "imported WHERE handle",
+        bytes(lists.imports),
+    )
+    .await?;
+    let mut head = Statement::<D>::new("");
+    branch(
+        &mut head,
+        HEAD,
+        &[("b1", "hash"), ("i1", "seq")],
+        "ledger WHERE seq = (SELECT MAX(seq) FROM ledger)",
+    );
+    for row in head.fetch_all(tx).await? {
+        lookup.absorb(&row)?;
+    }
+    // The subjects' persons (a subject that is no device is its own), then their devices.
+    select::<D>(
+        tx,
+        lookup,
+        LINK,
+        &link,
+        "links WHERE device",
+        texts(lists.subjects.clone()),
+    )
+    .await?;
+    let persons: BTreeSet<String> = lists
+        .subjects
+        .iter()
+        .map(|s| lookup.person_of(s).to_owned())
+        .collect();
+    select::<D>(
+        tx,
+        lookup,
+        LINK,
+        &link,
+        "links WHERE subject",
+        texts(persons),
+    )
+    .await?;
+    let mut members = lists.subjects;
+    for (device, person) in &lookup.links {
+        members.insert(device.clone());
+        members.insert(person.clone());
+    }
+    select::<D>(
+        tx,
+        lookup,
+        SUBJECT,
+        &subject,
+        "subjects WHERE subject",
+        texts(members),
+    )
+    .await?;
+    select::<D>(
+        tx,
+        lookup,
+        CURRENT,
+        &current,
+        "consent_current WHERE subject",
+        texts(lists.imported_subjects),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One lookup of a kind `WHERE … IN (values)`, in chunks padded to a shape; nothing to ask
+/// when there are no values.
+async fn select<D: Dialect>(
+    tx: &mut Tx<'_>,
+    lookup: &mut Lookup,
+    tag: i64,
+    columns: &[(&str, &str)],
+    from: &str,
+    values: Vec<Value>,
+) -> Result<(), StoreError> {
+    for chunk in values.chunks(SHAPES[0]) {
+        let mut s = Statement::<D>::new("");
+        branch(&mut s, tag, columns, from);
+        let n = padded_to(chunk.len());
+        s.in_list(padded(chunk.to_vec(), n, Value::Text(String::new())));
+        for row in s.fetch_all(tx).await? {
+            lookup.absorb(&row)?;
         }
     }
     Ok(())
@@ -326,14 +437,63 @@ fn branch<D: Dialect>(s: &mut Statement<D>, tag: i64, columns: &[(&str, &str)], 
 }
 
 impl Lookup {
+    /// Sorts one row of a lookup statement into its place, by the tag of its branch.
+    fn absorb(&mut self, row: &sqlx::any::AnyRow) -> Result<(), StoreError> {
+        match row.get::<i64, _>(0) {
+            IDEMPOTENCY => {
+                self.remembered.insert(
+                    row.get(1),
+                    Remembered {
+                        fingerprint: row.get(2),
+                        created_at: row.get(7),
+                        revision: row.get(8),
+                        records_deleted: row.get(9),
+                    },
+                );
+            }
+            TOMBSTONE => {
+                self.erased.insert(row.get(1));
+            }
+            IMPORTED => {
+                self.imported.insert(row.get(1), (row.get(8), row.get(2)));
+            }
+            HEAD => self.head = Some((row.get(7), row.get(1))),
+            LINK => {
+                let link: (String, String) = (row.get(3), row.get(4));
+                if !self.links.contains(&link) {
+                    self.links.push(link);
+                }
+            }
+            SUBJECT => {
+                self.subjects.insert(row.get(3), (row.get(1), row.get(7)));
+            }
+            CURRENT => {
+                self.current.insert(
+                    (row.get(3), row.get(4), row.get(5), row.get(6)),
+                    (row.get(7), row.get(8)),
+                );
+            }
+            other => {
+                return Err(StoreError::GroupCommitFailed(format!(
+                    "the run's lookup returned a row of unknown kind {other}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The person `subject`'s device is linked to, or `subject` itself.
+    fn person_of<'a>(&'a self, subject: &'a str) -> &'a str {
+        self.links
+            .iter()
+            .find(|(device, _)| device == subject)
+            .map_or(subject, |(_, person)| person.as_str())
+    }
+
     /// `subject`'s link group (as `sql::link_group` finds one subject's): the subject, the
     /// person its device is linked to, and that person's devices.
     pub(super) fn group_of(&self, subject: &str) -> Result<Vec<SubjectKey>, StoreError> {
-        let person = self
-            .links
-            .iter()
-            .find(|(device, _)| device == subject)
-            .map_or(subject, |(_, person)| person.as_str());
+        let person = self.person_of(subject);
         let mut group = vec![subject_of(subject)?];
         if person != subject {
             group.push(subject_of(person)?);
