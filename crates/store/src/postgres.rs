@@ -5,9 +5,10 @@ use crate::dialect::Dialect;
 use crate::error::Error;
 use crate::open::{Database, Migrations, Setup};
 use crate::url::{Backend, Location};
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{AnyPool, Connection};
+use std::time::Duration;
 
 /// The PostgreSQL dialect.
 #[derive(Debug)]
@@ -45,11 +46,27 @@ impl Dialect for Postgres {
     }
 }
 
-/// A pool of up to `max` connections to the database at `url`. Connections are checked before
-/// each acquire (sqlx's default): a network connection can go stale.
+/// A connection handed out again within this long of its return to the pool is not pinged
+/// first (see [`pool`]).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// A pool of up to `max` connections to the database at `url`. A network connection can go
+/// stale, so one is pinged before it is handed out, unless it came back to the pool less than
+/// [`PING_IF_IDLE_FOR`] ago: sqlx pings every connection as it comes back (and drops one that
+/// does not answer), so a second ping a moment later proves little and costs every
+/// transaction a round trip (sqlx's default pings on both sides).
 pub(crate) async fn pool(url: &str, max: u32) -> Result<AnyPool, Error> {
     Ok(AnyPoolOptions::new()
         .max_connections(max)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(url)
         .await?)
 }
