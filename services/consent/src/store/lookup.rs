@@ -77,7 +77,8 @@ struct Lists {
     imported_subjects: BTreeSet<String>,
 }
 
-/// Reads what `run` needs, one statement per [`SHAPES`]`[0]` writes.
+/// Reads what `run` needs, [`SHAPES`]`[0]` writes at a time: on SQLite in one statement
+/// ([`read_in_one_statement`]), on PostgreSQL one kind at a time ([`read_one_by_one`]).
 pub(super) async fn read<D: Dialect>(
     tx: &mut Tx<'_>,
     keys: &LedgerKeys,
@@ -108,7 +109,7 @@ pub(super) async fn read<D: Dialect>(
             lookup.handles.push(handle);
         }
         match D::BACKEND {
-            Backend::Sqlite => read_lists::<D>(tx, lists, &mut lookup).await?,
+            Backend::Sqlite => read_in_one_statement::<D>(tx, lists, &mut lookup).await?,
             Backend::Postgres => read_one_by_one::<D>(tx, lists, &mut lookup).await?,
         }
     }
@@ -150,7 +151,7 @@ fn padded(values: Vec<Value>, n: usize, empty: Value) -> Vec<Value> {
 
 /// One lookup statement for `lists` (each at most [`SHAPES`]`[0]` long), its rows sorted into
 /// `lookup`.
-async fn read_lists<D: Dialect>(
+async fn read_in_one_statement<D: Dialect>(
     tx: &mut Tx<'_>,
     lists: Lists,
     lookup: &mut Lookup,
