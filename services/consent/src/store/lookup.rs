@@ -508,3 +508,50 @@ impl Lookup {
         Ok(group)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(v: &Value) -> &str {
+        match v {
+            Value::Text(s) => s,
+            _ => panic!("a text value"),
+        }
+    }
+
+    #[test]
+    fn lists_are_padded_with_their_last_value_or_one_that_matches_nothing() {
+        let padded_list = padded(
+            vec![Value::Text("a".into()), Value::Text("b".into())],
+            4,
+            Value::Text(String::new()),
+        );
+        assert_eq!(
+            padded_list.iter().map(text).collect::<Vec<_>>(),
+            ["a", "b", "b", "b"]
+        );
+        let empty = padded(Vec::new(), 1, Value::Text(String::new()));
+        assert_eq!(empty.iter().map(text).collect::<Vec<_>>(), [""]);
+    }
+
+    #[test]
+    fn a_link_group_is_the_subject_its_person_and_the_persons_devices() {
+        let person = SubjectKey::Subject("p".into());
+        let phone = SubjectKey::Device("phone".into());
+        let laptop = SubjectKey::Device("laptop".into());
+        let lookup = Lookup {
+            links: vec![
+                (phone.storage(), person.storage()),
+                (laptop.storage(), person.storage()),
+            ],
+            ..Lookup::default()
+        };
+        let group = lookup.group_of(&phone.storage()).expect("a group");
+        assert_eq!(group, [phone.clone(), person.clone(), laptop.clone()]);
+        let group = lookup.group_of(&person.storage()).expect("a group");
+        assert_eq!(group, [person, phone, laptop]);
+        let alone = SubjectKey::Subject("q".into());
+        assert_eq!(lookup.group_of(&alone.storage()).expect("a group"), [alone]);
+    }
+}
