@@ -1,10 +1,11 @@
 //! How many statements a lone consent write sends its database, on every configured backend: a
-//! guard on the write path's shape, not a timing. At one write in flight the round trips, not
-//! the durable commit, set a write's latency (BENCHMARKS.md, "twelfth look"): a lone grant made
-//! fifteen statements on SQLite (sixteen on PostgreSQL) before the run's lookups became one
-//! statement on SQLite (`store/lookup.rs`) and its INSERTs one query (`Rows::insert_together`). sqlx reports every statement it runs as a
-//! `sqlx::query` event; this binary counts them with a subscriber of its own, and holds one
-//! test only, so that nothing else runs statements beside it.
+//! guard on the write path's shape, not a timing. Each statement is a round trip (over a socket
+//! to PostgreSQL, where fewer of them measurably sped writes up; to sqlx's worker thread on
+//! SQLite): BENCHMARKS.md, "twelfth look". A lone grant made fifteen statements on SQLite
+//! (sixteen on PostgreSQL) before the run's lookups became one statement on SQLite
+//! (`store/lookup.rs`) and its INSERTs one query (`Rows::insert_together`). sqlx reports every
+//! statement it runs as a `sqlx::query` event; this binary counts them with a subscriber of its
+//! own, and holds one test only, so that nothing else runs statements beside it.
 
 use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::model::{Change, NewConsent, SubjectKey, Write};

@@ -3,11 +3,11 @@
 //! its subjects' rows and their link groups, and the current records of subjects with imports.
 //! On SQLite all of it is one statement, a `UNION ALL` of the same indexed lookups, each branch
 //! tagged with a number and filling the columns of its kind. Why: read one table at a time this
-//! was eight round trips to SQLite's worker thread before a write wrote anything, and at one
-//! write in flight those round trips, not the durable commit, set a write's latency. PostgreSQL
-//! reads the same branches one kind at a time ([`read_one_by_one`]): it plans the statement
-//! every time it runs, and planning the whole `UNION ALL` cost more than the round trips saved
-//! (BENCHMARKS.md, "twelfth look").
+//! was eight round trips to SQLite's worker thread before a write wrote anything, each a wake-up
+//! of another thread. PostgreSQL reads the same branches one kind at a time
+//! ([`read_one_by_one`]): it plans the statement every time it runs, and planning the whole
+//! `UNION ALL` cost more than the round trips saved (BENCHMARKS.md, "twelfth look", which also
+//! says what each change measured).
 
 use super::StoreError;
 use super::batch::{SHAPES, Statement, Value, padded_to};
