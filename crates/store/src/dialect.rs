@@ -53,6 +53,15 @@ pub trait Dialect: Send + Sync + 'static {
     /// round trip, not one each.
     const STATEMENTS_IN_ONE_QUERY: bool;
 
+    /// How a multi-row INSERT of a writing transaction begins (`{INSERT} INTO table …`). A
+    /// statement that fails fails the whole transaction (it is rolled back, and every write of
+    /// the batch with it), so nothing needs a statement to undo only its own rows. SQLite undoes
+    /// them by default, and for that keeps a statement journal of every page the statement
+    /// changes (spilled to a temporary file past 64 KiB): `INSERT OR FAIL` stops at the failing
+    /// row without one. It was a sixth of SQLite's time in a bulk import (BENCHMARKS.md,
+    /// thirteenth look). PostgreSQL has no such journal: plain `INSERT`.
+    const INSERT: &'static str;
+
     /// The statement a writing transaction runs before it commits to announce its commit to the
     /// other replicas, with the channel as `$1` and the payload as `$2` (see [`crate::notify`]);
     /// `None` where no other process writes the database (SQLite).

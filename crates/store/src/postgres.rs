@@ -23,6 +23,7 @@ impl Dialect for Postgres {
     const SINGLE_WRITER: bool = false;
     const NUMBERED_PARAMETERS: bool = true;
     const STATEMENTS_IN_ONE_QUERY: bool = false;
+    const INSERT: &'static str = "INSERT";
     const NOTIFY: Option<&'static str> = Some("SELECT pg_notify($1, $2)");
 
     async fn connect(

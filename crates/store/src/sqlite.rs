@@ -23,6 +23,7 @@ impl Dialect for Sqlite {
     const SINGLE_WRITER: bool = true;
     const NUMBERED_PARAMETERS: bool = false;
     const STATEMENTS_IN_ONE_QUERY: bool = true;
+    const INSERT: &'static str = "INSERT OR FAIL";
     const NOTIFY: Option<&'static str> = None;
 
     async fn connect(

@@ -124,6 +124,7 @@ impl<D: Dialect> Statement<D> {
 
 /// Rows for one multi-row INSERT, written as a few statements of [`SHAPES`] rows each.
 pub(super) struct Rows {
+    /// `INTO table (columns) VALUES `: the INSERT keyword is the dialect's.
     head: &'static str,
     tail: &'static str,
     pub(super) rows: Vec<Vec<Value>>,
@@ -218,14 +219,15 @@ impl Rows {
     }
 }
 
-/// `head (…), (…), … tail`: one multi-row INSERT of `rows` appended to `statement`.
+/// `INSERT head (…), (…), … tail`: one multi-row INSERT of `rows` appended to `statement`,
+/// begun as the dialect begins one inside a transaction ([`Dialect::INSERT`]).
 fn write_insert<D: Dialect>(
     statement: &mut Statement<D>,
     head: &str,
     rows: impl Iterator<Item = Vec<Value>>,
     tail: &str,
 ) {
-    statement.push(head);
+    statement.push(D::INSERT).push(" ").push(head);
     for (i, row) in rows.enumerate() {
         if i > 0 {
             statement.push(", ");
@@ -253,27 +255,21 @@ impl Built {
     fn new() -> Built {
         Built {
             records: Rows::new(
-                "INSERT INTO consent_records (revision, record_id, subject, body, receipt_context, receipt_signature) VALUES ",
+                "INTO consent_records (revision, record_id, subject, body, receipt_context, receipt_signature) VALUES ",
                 "",
             ),
             signals: Rows::new(
-                "INSERT INTO signals (subject, revision, kind, value, recorded_at, collection_method, order_micros) VALUES ",
+                "INTO signals (subject, revision, kind, value, recorded_at, collection_method, order_micros) VALUES ",
                 "",
             ),
             // The subject beside the entry is the change stream's (migration 0013), not hashed.
-            ledger: Rows::new("INSERT INTO ledger (seq, hash, event, subject) VALUES ", ""),
-            checkpoints: Rows::new(
-                "INSERT INTO checkpoints (seq, hash, signature, kid) VALUES ",
-                "",
-            ),
+            ledger: Rows::new("INTO ledger (seq, hash, event, subject) VALUES ", ""),
+            checkpoints: Rows::new("INTO checkpoints (seq, hash, signature, kid) VALUES ", ""),
             idempotency: Rows::new(
-                "INSERT INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ",
+                "INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ",
                 "",
             ),
-            imports: Rows::new(
-                "INSERT INTO imported (handle, revision, fingerprint) VALUES ",
-                "",
-            ),
+            imports: Rows::new("INTO imported (handle, revision, fingerprint) VALUES ", ""),
         }
     }
 
@@ -642,7 +638,7 @@ async fn write_fresh<D: Dialect>(
     // Only forward in the order, whatever was read above: the writes are serialized, so this
     // guard never fires, and a current row never moves back if they one day are not.
     let mut current_rows = Rows::new(
-        "INSERT INTO consent_current (subject, purpose, channel, scope, order_micros, revision) VALUES ",
+        "INTO consent_current (subject, purpose, channel, scope, order_micros, revision) VALUES ",
         " ON CONFLICT (subject, purpose, channel, scope) DO UPDATE \
          SET order_micros = excluded.order_micros, revision = excluded.revision \
          WHERE excluded.order_micros > consent_current.order_micros \
@@ -663,7 +659,7 @@ async fn write_fresh<D: Dialect>(
     // Every writer's row carries its pseudonym key (new or as read); a linked key's row is
     // moved to the revision with its key left as it is.
     let mut subject_rows = Rows::new(
-        "INSERT INTO subjects (subject, revision, restricted, order_micros, key) VALUES ",
+        "INTO subjects (subject, revision, restricted, order_micros, key) VALUES ",
         " ON CONFLICT (subject) DO UPDATE SET revision = excluded.revision, order_micros = excluded.order_micros, \
          key = COALESCE(excluded.key, subjects.key)",
     );
@@ -680,7 +676,7 @@ async fn write_fresh<D: Dialect>(
     }
 
     let mut context_rows = Rows::new(
-        "INSERT INTO receipt_contexts (digest, body) VALUES ",
+        "INTO receipt_contexts (digest, body) VALUES ",
         " ON CONFLICT (digest) DO NOTHING",
     );
     for (digest, body) in contexts {
@@ -715,5 +711,29 @@ mod tests {
             assert_eq!(sizes.iter().sum::<usize>(), n);
         }
         assert_eq!(chunk_for(37), 16);
+    }
+
+    /// SQLite's INSERTs keep no statement journal (a failed statement fails the transaction);
+    /// PostgreSQL's are plain.
+    #[test]
+    fn inserts_begin_as_the_dialect_says() {
+        fn sql<D: Dialect>() -> String {
+            let mut statement = Statement::<D>::new("");
+            write_insert(
+                &mut statement,
+                "INTO t (a, b) VALUES ",
+                [vec![Value::Int(1), Value::Int(2)]].into_iter(),
+                "",
+            );
+            statement.sql
+        }
+        assert_eq!(
+            sql::<consentgate_store::Sqlite>(),
+            "INSERT OR FAIL INTO t (a, b) VALUES (?, ?)"
+        );
+        assert_eq!(
+            sql::<consentgate_store::Postgres>(),
+            "INSERT INTO t (a, b) VALUES ($1, $2)"
+        );
     }
 }

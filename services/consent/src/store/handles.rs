@@ -49,7 +49,7 @@ struct Held {
     table: &'static str,
     /// Selects `$2` of them after revision `$1`, in revision order; the revision first.
     select: &'static str,
-    /// The head of today's multi-row INSERT.
+    /// The head of today's multi-row INSERT (`INTO table (columns) VALUES `).
     insert: &'static str,
     /// Today's row for a held one.
     row: fn(&AnyRow) -> Vec<Value>,
@@ -60,7 +60,7 @@ const IDEMPOTENCY: Held = Held {
     table: "idempotency_held",
     select: "SELECT revision, created_at, caller, key, fingerprint, records_deleted \
              FROM idempotency_held WHERE revision > $1 ORDER BY revision LIMIT $2",
-    insert: "INSERT INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ",
+    insert: "INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ",
     row: |r| {
         vec![
             Value::Int(r.get(0)),
@@ -77,7 +77,7 @@ const IMPORTED: Held = Held {
     table: "imported_held",
     select: "SELECT revision, source, source_record_id, fingerprint \
              FROM imported_held WHERE revision > $1 ORDER BY revision LIMIT $2",
-    insert: "INSERT INTO imported (handle, revision, fingerprint) VALUES ",
+    insert: "INTO imported (handle, revision, fingerprint) VALUES ",
     row: |r| {
         vec![
             Value::Bytes(handle(r.get(1), r.get(2))),
