@@ -53,9 +53,10 @@ pub trait Dialect: Send + Sync + 'static {
     /// round trip, not one each.
     const STATEMENTS_IN_ONE_QUERY: bool;
 
-    /// How a multi-row INSERT of a writing transaction begins (`{INSERT} INTO table …`). A
-    /// statement that fails fails the whole transaction (it is rolled back, and every write of
-    /// the batch with it), so nothing needs a statement to undo only its own rows. SQLite undoes
+    /// How a multi-row INSERT of a writing transaction begins (`{INSERT} INTO table …`), for
+    /// callers that roll the whole transaction back when a statement fails (the consent
+    /// store's group commit fails every write of the batch), so that nothing needs a statement
+    /// to undo only its own rows. SQLite undoes
     /// them by default, and for that keeps a statement journal of every page the statement
     /// changes (spilled to a temporary file past 64 KiB): `INSERT OR FAIL` stops at the failing
     /// row without one. It was a sixth of SQLite's time in a bulk import (BENCHMARKS.md,

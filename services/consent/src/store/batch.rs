@@ -154,6 +154,8 @@ pub(super) fn padded_to(n: usize) -> usize {
 
 impl Rows {
     pub(super) fn new(head: &'static str, tail: &'static str) -> Rows {
+        // The keyword is the dialect's (`write_insert`): a head of its own would be doubled.
+        debug_assert!(head.starts_with("INTO "), "an INSERT head begins at INTO");
         Rows {
             head,
             tail,
