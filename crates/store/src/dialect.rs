@@ -86,9 +86,10 @@ pub async fn begin_write<D: Dialect>(pool: &AnyPool) -> Result<Tx<'static>, Erro
 }
 
 /// Begins a write transaction that no other writer, in this process or another, runs beside:
-/// where `BEGIN` does not already serialize writers, `lock` (the store's own lock statement, with
-/// no parameters) runs first and holds them off until commit. The two go as one simple query,
-/// one round trip: a lone write's round trips, not its commit, set its latency.
+/// where `BEGIN` does not already serialize writers, `lock` (the store's own lock statement and
+/// any settings of the transaction, with no parameters) runs first and holds them off until
+/// commit. They go as one simple query, one round trip: a lone write's round trips, not its
+/// commit, set its latency.
 pub async fn begin_serialized<D: Dialect>(
     pool: &AnyPool,
     lock: &'static str,

@@ -24,9 +24,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Key 0x636f6e73 ("cons"): one ledger writer at a time across every replica, where `BEGIN`
-/// does not already serialize writers (PostgreSQL).
-const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1668247155)";
+/// What a write transaction runs right after `BEGIN`, in the same round trip, where `BEGIN`
+/// does not already serialize writers (PostgreSQL):
+/// - the advisory lock with key 0x636f6e73 ("cons"): one ledger writer at a time across every
+///   replica;
+/// - `enable_seqscan = off` for the transaction. Every statement of a write transaction finds
+///   its rows by key (`… WHERE handle IN (…)`, `… WHERE subject IN (…)`), so an index is always
+///   the right plan; but a table that has not been analyzed yet (a fresh database, a migration
+///   importing into it) has no statistics, and PostgreSQL then guesses that 256 listed keys
+///   match 40% of the table and scans all of it. Autovacuum analyzes a minute later at the
+///   earliest: until then every batch read whole tables, more each batch (BENCHMARKS.md,
+///   fourteenth look). Only this transaction's plans change; a statement without a usable index
+///   still scans.
+const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1668247155); SET LOCAL enable_seqscan = off";
 
 /// The channel consent writes announce their commits on (see `consentgate_store::notify`).
 pub const CHANGES_CHANNEL: &str = "consentgate_consent_changes";
