@@ -39,10 +39,19 @@ static MIGRATIONS: Migrations = Migrations {
 };
 
 /// SQLite runs `synchronous=FULL`, so a returned revision survives power loss: a revision is a
-/// promise to every enforcer that caches by it.
+/// promise to every enforcer that caches by it. Its own checkpoint waits until the WAL holds
+/// 8,192 pages (32 MiB at 4 KiB) instead of 1,000: a bulk import's batch alone dirties more than
+/// 1,000, so SQLite checkpointed inside nearly every batch's commit, which every writer waits
+/// for (9% of the import's samples; BENCHMARKS.md, fourteenth look). The background
+/// checkpointer (`sql::checkpoint_in_background`) does that work off the commit path; SQLite's
+/// stays the backstop should it fall behind.
 static SETUP: Setup = Setup {
     synchronous: SqliteSynchronous::Full,
-    sqlite_pragmas: &["PRAGMA synchronous = FULL", "PRAGMA busy_timeout = 10000"],
+    sqlite_pragmas: &[
+        "PRAGMA synchronous = FULL",
+        "PRAGMA busy_timeout = 10000",
+        "PRAGMA wal_autocheckpoint = 8192",
+    ],
     sqlite_connections: 8,
     postgres_connections: 16,
 };
