@@ -56,11 +56,11 @@ pub trait Dialect: Send + Sync + 'static {
     /// How a multi-row INSERT of a writing transaction begins (`{INSERT} INTO table …`), for
     /// callers that roll the whole transaction back when a statement fails (the consent
     /// store's group commit fails every write of the batch), so that nothing needs a statement
-    /// to undo only its own rows. SQLite undoes
-    /// them by default, and for that keeps a statement journal of every page the statement
-    /// changes (spilled to a temporary file past 64 KiB): `INSERT OR FAIL` stops at the failing
-    /// row without one. It was a sixth of SQLite's time in a bulk import (BENCHMARKS.md,
-    /// thirteenth look). PostgreSQL has no such journal: plain `INSERT`.
+    /// to undo only its own rows. SQLite undoes them by default, and for that keeps a statement
+    /// journal of every page the statement changes (spilled to a temporary file past 64 KiB):
+    /// `INSERT OR FAIL` stops at the failing row without one. It was a sixth of SQLite's time
+    /// in a bulk import (BENCHMARKS.md, thirteenth look). PostgreSQL has no such journal: plain
+    /// `INSERT`.
     const INSERT: &'static str;
 
     /// The statement a writing transaction runs before it commits to announce its commit to the

@@ -655,8 +655,8 @@ const CHECKPOINT_PAUSE: Duration = Duration::from_millis(50);
 /// the one thread every write waits for: 15% of that thread's time during a bulk import
 /// (BENCHMARKS.md). A PASSIVE checkpoint takes no lock writers or readers wait for; SQLite's own
 /// checkpoint stays on as the backstop should this task fall behind, at 8,192 pages (see
-/// `SETUP`: at 1,000 an import's batches still crossed it in their commits). It runs while commits come
-/// in and ends with the store.
+/// `SETUP`: at 1,000 an import's batches still crossed it in their commits). It runs while
+/// commits come in and ends with the store.
 pub(super) fn checkpoint_in_background<D: Dialect>(store: &Arc<SqlStore<D>>) {
     let store = Arc::downgrade(store);
     tokio::spawn(async move {
