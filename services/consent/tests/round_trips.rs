@@ -5,7 +5,8 @@
 //! (sixteen on PostgreSQL) before the run's lookups became one statement on SQLite
 //! (`store/lookup.rs`) and its INSERTs one query (`Rows::insert_together`). sqlx reports every
 //! statement it runs as a `sqlx::query` event; this binary counts them with a subscriber of its
-//! own, and holds one test only, so that nothing else runs statements beside it.
+//! own, and holds one test only, so that nothing else runs statements beside it. The same test
+//! holds a decision's read of a subject to one statement.
 
 use consentgate_consent::ledger::LedgerKeys;
 use consentgate_consent::model::{Change, NewConsent, SubjectKey, Write};
@@ -172,5 +173,24 @@ async fn a_lone_write_makes_a_few_round_trips_whatever_it_writes() {
                 most_statements(backend)
             );
         }
+        // A decision's read of a subject (a decision cache's miss) is one statement, which
+        // sees one snapshot by itself: no transaction around it, no statement per kind.
+        counted();
+        let rows = store
+            .load_subject(&person)
+            .await
+            .expect("the subject loads");
+        let statements = counted();
+        assert_eq!(
+            rows.records.len(),
+            2,
+            "{backend:?}: the subject's current records: {rows:?}"
+        );
+        assert_eq!(
+            statements.len(),
+            1,
+            "{backend:?}: loading a subject made {} statements: {statements:#?}",
+            statements.len()
+        );
     }
 }

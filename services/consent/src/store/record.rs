@@ -18,9 +18,6 @@ use sqlx::any::AnyRow;
 /// `ledger l ON l.seq = r.revision` (a record's revision is its ledger entry's sequence).
 pub(super) const COLUMNS: &str = "r.revision, r.body, r.subject, l.event";
 
-/// How many columns [`COLUMNS`] names: a query's further columns start at this index.
-pub(super) const COLUMN_COUNT: usize = 4;
-
 /// The body's format version written today (whole records, written first, have none; version 2
 /// bodies are objects with key names).
 const PERSONAL: u8 = 3;
@@ -97,20 +94,34 @@ pub(super) fn encode(consent: &NewConsent) -> Result<String, StoreError> {
 
 /// The record of a row of [`COLUMNS`].
 pub(super) fn decode(row: &AnyRow) -> Result<StoredRecord, StoreError> {
-    let revision = to_u64(row.get(0));
-    let body: String = row.get(1);
-    let consent = match Personal::read(&body) {
+    decode_parts(
+        row.get(0),
+        &row.get::<String, _>(1),
+        &row.get::<String, _>(2),
+        &row.get::<String, _>(3),
+    )
+}
+
+/// A record from its parts as [`COLUMNS`] names them (revision, body, subject, ledger event),
+/// for a query that reads them under other names (the subject's snapshot, `sql::load_subject`).
+pub(super) fn decode_parts(
+    revision: i64,
+    body: &str,
+    subject: &str,
+    event: &str,
+) -> Result<StoredRecord, StoreError> {
+    let revision = to_u64(revision);
+    let consent = match Personal::read(body) {
         Some(personal) => {
-            let event: String = row.get(3);
-            let held = entry::consent_of(&event).ok_or_else(|| {
+            let held = entry::consent_of(event).ok_or_else(|| {
                 StoreError::corrupt(format!(
                     "consent record {revision}: its ledger entry holds no consent event"
                 ))
             })?;
-            joined(held, personal, &row.get::<String, _>(2))?
+            joined(held, personal, subject)?
         }
         // A whole record, written before bodies kept only the personal parts.
-        _ => serde_json::from_str(&body)
+        _ => serde_json::from_str(body)
             .map_err(|e| StoreError::corrupt(format!("consent record {revision}: {e}")))?,
     };
     Ok(StoredRecord {

@@ -41,6 +41,34 @@ const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1668247155); SET LOCAL en
 /// The channel consent writes announce their commits on (see `consentgate_store::notify`).
 pub const CHANGES_CHANNEL: &str = "consentgate_consent_changes";
 
+/// The branches of [`SUBJECT_SNAPSHOT`], by the tag each row carries first.
+const SNAPSHOT_HEAD: i64 = 0;
+const SNAPSHOT_TOMBSTONE: i64 = 1;
+const SNAPSHOT_EFFECTIVE: i64 = 2;
+const SNAPSHOT_DEVICE: i64 = 3;
+const SNAPSHOT_MEMBER: i64 = 4;
+const SNAPSHOT_SIGNAL: i64 = 5;
+const SNAPSHOT_RECORD: i64 = 6;
+
+/// What a decision about one key reads, as one statement (`$1` the key as stored, `$2` its
+/// tombstone): the ledger's head, the key's tombstone, the key its decisions are made for (a
+/// linked device's person, else the key itself), that key's devices, the rows and signals of
+/// it and its devices, and its current records with their ledger entries. Each row is tagged by
+/// its branch (`SNAPSHOT_*`) and fills the columns its kind needs: two integers and four texts,
+/// every other one a typed NULL (PostgreSQL types a `UNION`'s columns from its branches). Every
+/// lookup goes by key through an index; the members are the key by `=` and its devices through
+/// `links_by_subject`, so that no estimate of a list's size can lead a planner to a scan.
+const SUBJECT_SNAPSHOT: &str = "WITH effective (subject) AS (SELECT COALESCE((SELECT subject FROM links WHERE device = $1), $1)) \
+    SELECT CAST(0 AS BIGINT) AS part, COALESCE(MAX(seq), 0) AS i1, CAST(NULL AS BIGINT) AS i2, CAST(NULL AS TEXT) AS t1, CAST(NULL AS TEXT) AS t2, CAST(NULL AS TEXT) AS t3, CAST(NULL AS TEXT) AS t4 FROM ledger \
+    UNION ALL SELECT 1, revision, NULL, NULL, NULL, NULL, NULL FROM tombstones WHERE tombstone = $2 \
+    UNION ALL SELECT 2, NULL, NULL, subject, NULL, NULL, NULL FROM effective \
+    UNION ALL SELECT 3, NULL, NULL, device, NULL, NULL, NULL FROM links WHERE subject = (SELECT subject FROM effective) \
+    UNION ALL SELECT 4, revision, restricted, subject, NULL, NULL, NULL FROM subjects WHERE subject = (SELECT subject FROM effective) \
+    UNION ALL SELECT 4, s.revision, s.restricted, s.subject, NULL, NULL, NULL FROM links k JOIN subjects s ON s.subject = k.device WHERE k.subject = (SELECT subject FROM effective) \
+    UNION ALL SELECT 5, revision, order_micros, kind, value, recorded_at, collection_method FROM signals WHERE subject = (SELECT subject FROM effective) \
+    UNION ALL SELECT 5, g.revision, g.order_micros, g.kind, g.value, g.recorded_at, g.collection_method FROM links k JOIN signals g ON g.subject = k.device WHERE k.subject = (SELECT subject FROM effective) \
+    UNION ALL SELECT 6, c.revision, c.order_micros, r.body, r.subject, l.event, NULL FROM consent_current c JOIN consent_records r ON r.revision = c.revision JOIN ledger l ON l.seq = r.revision WHERE c.subject = (SELECT subject FROM effective)";
+
 /// A consent store over a dialect.
 pub struct SqlStore<D> {
     pool: AnyPool,
@@ -257,72 +285,83 @@ impl<D: Dialect> SqlStore<D> {
         }
     }
 
+    /// Everything a decision about `key` reads, in one statement ([`SUBJECT_SNAPSHOT`]): one
+    /// statement reads one snapshot on both backends, so no transaction is needed around it.
+    /// Why: read one kind at a time inside a snapshot transaction this was eight or more round
+    /// trips (begin, the ledger's head, the tombstone, the links, each member's row and
+    /// signals, the records, commit), and on PostgreSQL a decision cache's miss cost that many
+    /// trips over the socket (BENCHMARKS.md, fifteenth look).
     pub(super) async fn load_subject(&self, key: &SubjectKey) -> Result<SubjectRows, StoreError> {
-        let mut tx = begin_snapshot::<D>(&self.pool).await?;
-        let as_of: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ledger")
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
-        let mut rows = SubjectRows {
-            as_of: to_u64(as_of),
-            ..SubjectRows::default()
-        };
-        if let Some(revision) = tombstone_revision(&mut tx, &self.keys.tombstone(key)).await? {
-            rows.erased = true;
-            rows.revision = revision;
-            tx.commit().await?;
-            return Ok(rows);
-        }
+        consentgate_deadline::time_left().map_err(consentgate_store::Error::from)?;
         let key_s = key.storage();
+        let found = sqlx::query(SUBJECT_SNAPSHOT)
+            .bind(&key_s)
+            .bind(self.keys.tombstone(key))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = SubjectRows::default();
+        let mut tombstone = None;
         // A linked device is decided by its person's consents; the person by its own.
-        let effective = match key {
-            SubjectKey::Device(_) => sqlx::query("SELECT subject FROM links WHERE device = $1")
-                .bind(&key_s)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.get::<String, _>(0))
-                .unwrap_or_else(|| key_s.clone()),
-            SubjectKey::Subject(_) => key_s.clone(),
-        };
-        let group = link_group(&mut tx, &effective).await?;
-        rows.links = group
-            .iter()
-            .filter(|k| k.storage() != effective)
-            .cloned()
-            .collect();
-        if effective != key_s {
-            rows.links = vec![subject_of(&effective)?];
-        }
-        for member in &group {
-            let m = member.storage();
-            if let Some(r) =
-                sqlx::query("SELECT revision, restricted FROM subjects WHERE subject = $1")
-                    .bind(&m)
-                    .fetch_optional(&mut *tx)
-                    .await?
-            {
-                rows.revision = rows.revision.max(to_u64(r.get(0)));
-                if m == effective {
-                    rows.restricted = r.get::<i64, _>(1) != 0;
+        let mut effective = key_s.clone();
+        let mut devices = Vec::new();
+        let mut members: Vec<(String, i64, i64)> = Vec::new();
+        for r in &found {
+            match r.get::<i64, _>(0) {
+                SNAPSHOT_HEAD => rows.as_of = to_u64(r.get(1)),
+                SNAPSHOT_TOMBSTONE => tombstone = Some(to_u64(r.get(1))),
+                SNAPSHOT_EFFECTIVE => effective = r.get(3),
+                SNAPSHOT_DEVICE => devices.push(r.get::<String, _>(3)),
+                SNAPSHOT_MEMBER => members.push((r.get(3), r.get(1), r.get(2))),
+                SNAPSHOT_SIGNAL => rows.signals.push(StoredSignal {
+                    revision: to_u64(r.get(1)),
+                    kind: r.get(3),
+                    value: r.get(4),
+                    recorded_at: parse_time(&r.get::<String, _>(5))?,
+                    collection_method: collection_method(&r.get::<String, _>(6))?,
+                    ordered_at: order_time(r.get(2))?,
+                }),
+                SNAPSHOT_RECORD => {
+                    let mut record = record::decode_parts(
+                        r.get(1),
+                        &r.get::<String, _>(3),
+                        &r.get::<String, _>(4),
+                        &r.get::<String, _>(5),
+                    )?;
+                    record.ordered_at = Some(order_time(r.get(2))?);
+                    rows.records.push(record);
+                }
+                other => {
+                    return Err(StoreError::corrupt(format!(
+                        "a subject's snapshot returned a row of unknown kind {other}"
+                    )));
                 }
             }
-            for r in sqlx::query("SELECT revision, kind, value, recorded_at, collection_method, order_micros FROM signals WHERE subject = $1 ORDER BY revision").bind(&m).fetch_all(&mut *tx).await? {
-                rows.signals.push(StoredSignal { revision: to_u64(r.get(0)), kind: r.get(1), value: r.get(2), recorded_at: parse_time(&r.get::<String, _>(3))?, collection_method: collection_method(&r.get::<String, _>(4))?, ordered_at: order_time(r.get(5))? });
+        }
+        if let Some(revision) = tombstone {
+            return Ok(SubjectRows {
+                as_of: rows.as_of,
+                erased: true,
+                revision,
+                ..SubjectRows::default()
+            });
+        }
+        for (member, revision, restricted) in members {
+            rows.revision = rows.revision.max(to_u64(revision));
+            if member == effective {
+                rows.restricted = restricted != 0;
             }
         }
+        rows.links = if effective == key_s {
+            devices
+                .iter()
+                .filter(|d| **d != effective)
+                .map(|d| subject_of(d))
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![subject_of(&effective)?]
+        };
         rows.signals.sort_by_key(|s| s.revision);
-        for r in sqlx::query(
-            AssertSqlSafe(format!("SELECT {}, c.order_micros FROM consent_current c JOIN consent_records r ON r.revision = c.revision JOIN ledger l ON l.seq = r.revision WHERE c.subject = $1 ORDER BY c.revision", record::COLUMNS)),
-        )
-        .bind(&effective)
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            let mut record = record::decode(&r)?;
-            record.ordered_at = Some(order_time(r.get(record::COLUMN_COUNT))?);
-            rows.records.push(record);
-        }
-        tx.commit().await?;
+        rows.records.sort_by_key(|r| r.revision);
         Ok(rows)
     }
 
