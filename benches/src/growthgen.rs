@@ -209,6 +209,28 @@ async fn store_bytes(url: &str, dir: &Path, sqlite: bool) -> anyhow::Result<u64>
     }
 }
 
+/// Settles the store after a seeding import, as an operator settles a database after a bulk
+/// migration: PostgreSQL's `VACUUM (ANALYZE)` (statistics for the planner, the visibility map
+/// for index-only reads) and a `CHECKPOINT`; SQLite's WAL checkpointed into the database file.
+/// Why: without it the first phase after a large import measured autovacuum's and the
+/// checkpointer's catch-up rather than the store at its size: at 1M subjects the Zipf row,
+/// which runs first, came out slower than the uniform row after it although it hits the cache
+/// four times as often (BENCHMARKS.md, fifteenth look).
+async fn settle(url: &str, sqlite: bool) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut c = sqlx::AnyConnection::connect(url).await?;
+    let statements: &[&'static str] = if sqlite {
+        &["PRAGMA wal_checkpoint(TRUNCATE)"]
+    } else {
+        &["VACUUM (ANALYZE)", "CHECKPOINT"]
+    };
+    for statement in statements {
+        sqlx::raw_sql(*statement).execute(&mut c).await?;
+    }
+    c.close().await?;
+    Ok(())
+}
+
 /// Bytes each table of the consent store takes with its indexes (SQLite's `dbstat` pages,
 /// PostgreSQL's `pg_total_relation_size`), largest first.
 async fn table_bytes(url: &str, sqlite: bool) -> anyhow::Result<Vec<(String, u64)>> {
@@ -425,6 +447,13 @@ fn main() -> anyhow::Result<()> {
             "seeding rejected records: {summary:?}"
         );
         std::fs::remove_file(&file).ok();
+        eprintln!("growthgen: {size} subjects: settling the store…");
+        let settled = Instant::now();
+        servers.block_on(settle(&url, sqlite))?;
+        eprintln!(
+            "growthgen: {size} subjects: settled in {:.1} s",
+            settled.elapsed().as_secs_f64()
+        );
         seeded = size;
         let subjects = Subjects::new(&run, size);
         let zipf = Zipf::new(size, args.zipf_s);
@@ -580,7 +609,7 @@ fn report(
     md.push_str(&format!(
         "Run {started} on {} CPUs, commit `{}`. {}; the consent service in-process on half the cores \
          (decision cache capacity {} subjects), the generator on the other half, over gRPC on loopback. \
-         Subjects seeded through ImportConsents, {EVENTS_PER_SUBJECT} events each (grant, withdrawal, grant). \
+         Subjects seeded through ImportConsents, {EVENTS_PER_SUBJECT} events each (grant, withdrawal, grant), then the store settled ({}) before each size's phases. \
          Phases of {:.0} s after a quarter as much warm-up; Check rows closed loop (1 in flight, or 32 workers over 4 connections). \
          Zipf rows draw subjects with s = {} over a fixed permutation of the ids; uniform rows uniformly. Regenerate with:\n\n```sh\n\
          cargo run --release -p consentgate-bench --bin growthgen -- {}--write BENCHMARKS.md\n```\n\n",
@@ -588,6 +617,7 @@ fn report(
         git_head(),
         if sqlite { "SQLite (a fresh file: WAL, synchronous=FULL)" } else { "PostgreSQL (a fresh database on the local server)" },
         args.cache_capacity,
+        if sqlite { "its WAL checkpointed" } else { "`VACUUM (ANALYZE)`, `CHECKPOINT`" },
         phase.as_secs_f64(),
         args.zipf_s,
         if sqlite { "" } else { "--postgres " },
