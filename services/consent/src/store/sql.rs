@@ -36,7 +36,8 @@ use time::OffsetDateTime;
 ///   earliest: until then every batch read whole tables, more each batch (BENCHMARKS.md,
 ///   fourteenth look). Only this transaction's plans change; a statement without a usable index
 ///   still scans.
-const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1668247155); SET LOCAL enable_seqscan = off";
+const WRITE_TX_PRELUDE: &str =
+    "SELECT pg_advisory_xact_lock(1668247155); SET LOCAL enable_seqscan = off";
 
 /// The channel consent writes announce their commits on (see `consentgate_store::notify`).
 pub const CHANGES_CHANNEL: &str = "consentgate_consent_changes";
@@ -122,7 +123,7 @@ impl<D: Dialect> SqlStore<D> {
     /// Connects, migrates, and keeps `keys` for pseudonyms, tombstones and checkpoints.
     pub async fn connect(url: &str, keys: Arc<LedgerKeys>) -> Result<Self, StoreError> {
         let database = consentgate_store::open::<D>(url, &MIGRATIONS, &SETUP).await?;
-        handles::move_held_records::<D>(database.pool(), WRITE_LOCK).await?;
+        handles::move_held_records::<D>(database.pool(), WRITE_TX_PRELUDE).await?;
         Ok(SqlStore {
             pool: database.pool().clone(),
             database,
@@ -611,7 +612,7 @@ impl<D: Dialect> SqlStore<D> {
         tombstones: &[Vec<u8>],
     ) -> Result<u64, StoreError> {
         let _serialized = self.write_lock.lock().await;
-        let mut tx = begin_serialized::<D>(&self.pool, WRITE_LOCK).await?;
+        let mut tx = begin_serialized::<D>(&self.pool, WRITE_TX_PRELUDE).await?;
         let head: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ledger")
             .fetch_one(&mut *tx)
             .await?
@@ -771,7 +772,7 @@ impl<D: Dialect> Group<D> {
     /// restrictions and erasures one by one between them ([`apply`]).
     async fn commit(self, batch: Vec<Queued>) {
         // The lock first: a caller may give up while the batch waits for it.
-        let tx = match begin_serialized::<D>(&self.pool, WRITE_LOCK).await {
+        let tx = match begin_serialized::<D>(&self.pool, WRITE_TX_PRELUDE).await {
             Ok(tx) => tx,
             Err(e) => return fail(batch, &StoreError::from(e)),
         };
