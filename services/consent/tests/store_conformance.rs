@@ -1742,6 +1742,104 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
     }
 }
 
+/// Imports kept under a digest of their source and source record id (migrations 0017 until
+/// 0018) are keyed by their origin when the store opens, read from each record's body: a record
+/// imported before is still not imported again, other content under its id is still a conflict,
+/// the digest table goes, and opening again moves nothing.
+#[tokio::test]
+async fn imports_kept_under_a_digest_still_answer_after_the_upgrade() {
+    for backend in backends() {
+        let mut h = Harness::new(backend).await;
+        let b = h.b.clone();
+        let subject = person("digest-import");
+        let mut imports = Vec::new();
+        for (id, purpose) in [
+            ("crm-digest-1", "analytics.reporting"),
+            (
+                "0190a6f1-7b2c-7d3e-8f40-112233445566",
+                "marketing.communications.email",
+            ),
+        ] {
+            let import =
+                h.import_request(imported(&subject, purpose, "given", id, Duration::days(30)));
+            let first = h.submit(import.clone()).await.expect("import");
+            imports.push((id, purpose, import, first));
+        }
+        // The rows as migration 0017 kept them: under SHA-256 of source and id, in a table of
+        // their own, and nothing in today's.
+        let create = "CREATE TABLE imported_by_digest (handle BYTEA PRIMARY KEY, \
+                      revision BIGINT NOT NULL UNIQUE, fingerprint BYTEA NOT NULL)";
+        let create = match backend {
+            Backend::Sqlite => create.replace("BYTEA", "BLOB"),
+            Backend::Postgres => create.to_owned(),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&h.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{b}] the digest table: {e}"));
+        for (id, _, _, first) in &imports {
+            sqlx::query(
+                "INSERT INTO imported_by_digest (handle, revision, fingerprint) \
+                 SELECT $1, revision, fingerprint FROM imported WHERE revision = $2",
+            )
+            .bind(consentgate_consent::store::idempotency_handle(
+                "legacy-crm",
+                id,
+            ))
+            .bind(first.revision as i64)
+            .execute(&h.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{b}] a row kept under its digest: {e}"));
+        }
+        sqlx::query("DELETE FROM imported")
+            .execute(&h.pool)
+            .await
+            .expect("today's rows gone");
+
+        (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
+        assert_eq!(h.rows("imported").await, 2, "[{b}] both rows moved");
+        let left: i64 = sqlx::query(match backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'imported_by_digest'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'imported_by_digest'"
+            }
+        })
+        .fetch_one(&h.pool)
+        .await
+        .expect("the digest table")
+        .get(0);
+        assert_eq!(left, 0, "[{b}] the digest table is gone");
+        for (id, purpose, import, first) in &imports {
+            let again = h.submit(import.clone()).await.expect("the import again");
+            assert!(again.replayed, "[{b}] {id}: imported once, not again");
+            assert_eq!(again.revision, first.revision, "[{b}] {id}");
+            let changed = h.import_request(imported(
+                &subject,
+                purpose,
+                "withdrawn",
+                id,
+                Duration::days(30),
+            ));
+            assert!(
+                matches!(
+                    h.submit(changed).await,
+                    Err(StoreError::IdempotencyConflict)
+                ),
+                "[{b}] {id}: other content under the source record id is still a conflict"
+            );
+        }
+        assert_eq!(h.rows("ledger").await, 2, "[{b}] written once each");
+        (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
+        assert_eq!(
+            h.rows("imported").await,
+            2,
+            "[{b}] opening again moves nothing"
+        );
+    }
+}
+
 /// A window set on the store is the one it keeps: a key a day old is past a one-hour window.
 #[tokio::test]
 async fn a_configured_window_is_the_one_kept() {

@@ -516,7 +516,7 @@ async fn write_fresh<D: Dialect>(
                 }
                 if let Some(origin) = imported {
                     built.imports.rows.push(vec![
-                        Value::Bytes(handles::import_handle(origin)),
+                        Value::Bytes(handles::import_key(origin)),
                         Value::Int(rev),
                         Value::Bytes(handles::stored_fingerprint(&write.fingerprint).to_vec()),
                     ]);

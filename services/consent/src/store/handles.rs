@@ -1,11 +1,11 @@
-//! Handles: the 16-byte digests under which a write's idempotency key (migration 0016) and an
-//! imported record's source record id (migration 0017) are found, with the first 16 bytes of the
-//! request's fingerprint, instead of the key and its caller, or the id and its source, in clear
-//! beside a 32-byte fingerprint; and the one-time move of the records an older release kept in
-//! clear (`idempotency_held`, `imported_held`) into that form.
+//! Handles: the 16-byte digests under which a write's idempotency key (migration 0016) is found,
+//! with the first 16 bytes of the request's fingerprint, instead of the key and its caller in
+//! clear beside a 32-byte fingerprint; the keys imported records are remembered under (migration
+//! 0018, [`import_key`]); and the one-time moves of the records older releases kept in other
+//! forms (`idempotency_held`, `imported_held`, `imported_by_digest`) into today's.
 
-use super::StoreError;
 use super::batch::{Rows, Value};
+use super::{StoreError, record};
 use crate::model::{ImportOrigin, Write};
 use consentgate_store::{Backend, Dialect, begin_serialized};
 use sha2::{Digest, Sha256};
@@ -32,9 +32,40 @@ pub(super) fn handle_of(write: &Write) -> Vec<u8> {
     handle(&write.caller, &write.idempotency_key)
 }
 
-/// The handle of an imported record's source record id, scoped to its source.
-pub(super) fn import_handle(origin: &ImportOrigin) -> Vec<u8> {
-    handle(&origin.source, &origin.source_record_id)
+/// Bytes of the source's digest an import key begins with: sources are few, and 64 bits keep
+/// any two of them apart.
+const SOURCE_BYTES: usize = 8;
+
+/// What follows the source's digest in an import key: the id's text, or the 16 bytes of an id
+/// that is a UUID in its canonical form (36 characters kept in 16).
+const TEXT_ID: u8 = 0;
+const UUID_ID: u8 = 1;
+
+/// The key an imported record is remembered under for good: the first [`SOURCE_BYTES`] of
+/// SHA-256(source), then the source record id itself (as 16 bytes when it is a canonical
+/// UUID). Why not a digest of both, as until migration 0018: an export lists its records in
+/// the order its platform made them, and sequential ids, ULIDs and UUIDv7s keep that order in
+/// their text, so the keys of a batch land side by side in the table's B-tree instead of on a
+/// random leaf each. A random leaf per record was a third of a SQLite import's time at 300,000
+/// records, more as the table grew (BENCHMARKS.md, fifteenth and sixteenth looks). Ids in
+/// random order (UUIDv4) stay random, in 25 bytes. The id is no secret here: the record's body
+/// holds it in clear, and erasure deletes this row with the record.
+pub(super) fn import_key(origin: &ImportOrigin) -> Vec<u8> {
+    let id = &origin.source_record_id;
+    let mut key = Vec::with_capacity(SOURCE_BYTES + 1 + id.len().min(16));
+    key.extend_from_slice(&Sha256::digest(origin.source.as_bytes())[..SOURCE_BYTES]);
+    let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) if u.hyphenated().encode_lower(&mut canonical).as_bytes() == id.as_bytes() => {
+            key.push(UUID_ID);
+            key.extend_from_slice(u.as_bytes());
+        }
+        _ => {
+            key.push(TEXT_ID);
+            key.extend_from_slice(id.as_bytes());
+        }
+    }
+    key
 }
 
 /// The part of a request's fingerprint a record keeps.
@@ -52,7 +83,7 @@ struct Held {
     /// The head of today's multi-row INSERT (`INTO table (columns) VALUES `).
     insert: &'static str,
     /// Today's row for a held one.
-    row: fn(&AnyRow) -> Vec<Value>,
+    row: fn(&AnyRow) -> Result<Vec<Value>, StoreError>,
 }
 
 /// Idempotency records kept under their caller and key (before migration 0016).
@@ -62,13 +93,13 @@ const IDEMPOTENCY: Held = Held {
              FROM idempotency_held WHERE revision > $1 ORDER BY revision LIMIT $2",
     insert: "INTO idempotency (revision, created_at, handle, fingerprint, records_deleted) VALUES ",
     row: |r| {
-        vec![
+        Ok(vec![
             Value::Int(r.get(0)),
             Value::Int(r.get(1)),
             Value::Bytes(handle(r.get(2), r.get(3))),
             Value::Bytes(stored_fingerprint(&r.get::<Vec<u8>, _>(4)).to_vec()),
             Value::MaybeInt(r.get(5)),
-        ]
+        ])
     },
 };
 
@@ -79,19 +110,46 @@ const IMPORTED: Held = Held {
              FROM imported_held WHERE revision > $1 ORDER BY revision LIMIT $2",
     insert: "INTO imported (handle, revision, fingerprint) VALUES ",
     row: |r| {
-        vec![
-            Value::Bytes(handle(r.get(1), r.get(2))),
+        Ok(vec![
+            Value::Bytes(import_key(&ImportOrigin {
+                source: r.get(1),
+                source_record_id: r.get(2),
+            })),
             Value::Int(r.get(0)),
             Value::Bytes(stored_fingerprint(&r.get::<Vec<u8>, _>(3)).to_vec()),
-        ]
+        ])
+    },
+};
+
+/// Imported records kept under a digest of their source and id (migration 0017 until 0018):
+/// the digest cannot be undone, so each one's key comes from the origin its record's body keeps.
+const IMPORTED_BY_DIGEST: Held = Held {
+    table: "imported_by_digest",
+    select: "SELECT i.revision, r.body, i.fingerprint \
+             FROM imported_by_digest i JOIN consent_records r ON r.revision = i.revision \
+             WHERE i.revision > $1 ORDER BY i.revision LIMIT $2",
+    insert: "INTO imported (handle, revision, fingerprint) VALUES ",
+    row: |r| {
+        let revision: i64 = r.get(0);
+        let origin = record::origin_of(&r.get::<String, _>(1)).ok_or_else(|| {
+            StoreError::corrupt(format!(
+                "imported record {revision}: its body names no source record"
+            ))
+        })?;
+        Ok(vec![
+            Value::Bytes(import_key(&origin)),
+            Value::Int(revision),
+            Value::Bytes(r.get(2)),
+        ])
     },
 };
 
 /// Records moved per statement.
 const MOVE_CHUNK: i64 = 1024;
 
-/// Moves the records an older release kept in clear (left by migrations 0016 and 0017 in
-/// `idempotency_held` and `imported_held`) into today's tables, then drops the old ones; returns
+/// Moves the records older releases kept in other forms (left by migrations 0016 and 0017 in
+/// `idempotency_held` and `imported_held`, in clear, and by 0018 in `imported_by_digest`) into
+/// today's tables, then drops the old ones; returns
 /// how many moved. Runs before the store serves, so a retry of a key used before the upgrade is
 /// answered from its first write, and a record imported before is not imported again.
 ///
@@ -103,7 +161,7 @@ pub(super) async fn move_held_records<D: Dialect>(
     write_lock: &'static str,
 ) -> Result<u64, StoreError> {
     let mut moved = 0;
-    for held in [IDEMPOTENCY, IMPORTED] {
+    for held in [IDEMPOTENCY, IMPORTED, IMPORTED_BY_DIGEST] {
         moved += move_held::<D>(pool, write_lock, &held).await?;
     }
     Ok(moved)
@@ -155,7 +213,7 @@ async fn move_held<D: Dialect>(
         after = last.get(0);
         moved += rows.len() as u64;
         let mut today = Rows::new(held.insert, " ON CONFLICT DO NOTHING");
-        today.rows = rows.iter().map(held.row).collect();
+        today.rows = rows.iter().map(held.row).collect::<Result<_, _>>()?;
         today.insert::<D>(&mut tx).await?;
     }
     sqlx::query(AssertSqlSafe(format!("DROP TABLE {}", held.table)))
@@ -184,6 +242,46 @@ mod tests {
             handle("preference-center", "k-1"),
             expected.finalize()[..16].to_vec()
         );
+    }
+
+    fn origin(source: &str, id: &str) -> ImportOrigin {
+        ImportOrigin {
+            source: source.into(),
+            source_record_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn import_keys_keep_an_exports_order_and_tell_sources_and_ids_apart() {
+        // Sequential ids of one source sort as their text does, after the source's digest.
+        let a = import_key(&origin("crm", "run-100000"));
+        let b = import_key(&origin("crm", "run-100001"));
+        assert!(a < b, "consecutive ids stay in order");
+        assert_eq!(
+            a[..SOURCE_BYTES],
+            b[..SOURCE_BYTES],
+            "one source, one prefix"
+        );
+        assert_eq!(&a[SOURCE_BYTES..], b"\0run-100000");
+        assert_ne!(
+            import_key(&origin("crm", "1")),
+            import_key(&origin("erp", "1")),
+            "the same id from two sources is two records"
+        );
+        // A canonical UUID is kept in 16 bytes, and UUIDv7s stay in the order they were made.
+        let v7 = "0190a6f1-7b2c-7d3e-8f40-112233445566";
+        let key = import_key(&origin("crm", v7));
+        assert_eq!(key.len(), SOURCE_BYTES + 1 + 16);
+        assert_eq!(key[SOURCE_BYTES], UUID_ID);
+        let later = import_key(&origin("crm", "0190a6f1-7b2d-7000-8000-000000000000"));
+        assert!(key < later, "a later UUIDv7 sorts after");
+        // Any other spelling of a UUID is text: it names another record, and no 16-byte text id
+        // can pass for a UUID's bytes.
+        let upper = import_key(&origin("crm", &v7.to_uppercase()));
+        assert_eq!(upper[SOURCE_BYTES], TEXT_ID);
+        assert_ne!(upper, key);
+        let sixteen = import_key(&origin("crm", "0123456789abcdef"));
+        assert_eq!(sixteen[SOURCE_BYTES], TEXT_ID);
     }
 
     #[test]

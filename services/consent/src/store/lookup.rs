@@ -51,7 +51,7 @@ pub(super) struct Lookup {
     /// The current records of the subjects with imports in the run: order and revision.
     pub(super) current: BTreeMap<CurrentKey, (i64, i64)>,
     /// Each write's handle, in the run's order: its idempotency handle, or for an import its
-    /// source record's ([`handles::import_handle`]). Computed once for the lookup and the
+    /// source record's ([`handles::import_key`]). Computed once for the lookup and the
     /// decisions.
     pub(super) handles: Vec<Vec<u8>>,
     /// Each write's subject's tombstone, in the run's order.
@@ -96,7 +96,7 @@ pub(super) async fn read<D: Dialect>(
             let handle = match import_of(write) {
                 Some(origin) => {
                     lists.imported_subjects.insert(subject.storage());
-                    let handle = handles::import_handle(origin);
+                    let handle = handles::import_key(origin);
                     lists.imports.insert(handle.clone());
                     handle
                 }

@@ -102,6 +102,12 @@ pub(super) fn decode(row: &AnyRow) -> Result<StoredRecord, StoreError> {
     )
 }
 
+/// The source and source record id a record's body keeps, for an imported record (`None` for
+/// one recorded live, or a body from before bodies kept only the personal parts).
+pub(super) fn origin_of(body: &str) -> Option<ImportOrigin> {
+    Personal::read(body)?.imported
+}
+
 /// A record from its parts as [`COLUMNS`] names them (revision, body, subject, ledger event),
 /// for a query that reads them under other names (the subject's snapshot, `sql::load_subject`).
 pub(super) fn decode_parts(
