@@ -52,7 +52,7 @@ const UUID_ID: u8 = 1;
 /// holds it in clear, and erasure deletes this row with the record.
 pub(super) fn import_key(origin: &ImportOrigin) -> Vec<u8> {
     let id = &origin.source_record_id;
-    let mut key = Vec::with_capacity(SOURCE_BYTES + 1 + id.len().min(16));
+    let mut key = Vec::with_capacity(SOURCE_BYTES + 1 + id.len());
     key.extend_from_slice(&Sha256::digest(origin.source.as_bytes())[..SOURCE_BYTES]);
     let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
     match uuid::Uuid::try_parse(id) {
@@ -149,9 +149,9 @@ const MOVE_CHUNK: i64 = 1024;
 
 /// Moves the records older releases kept in other forms (left by migrations 0016 and 0017 in
 /// `idempotency_held` and `imported_held`, in clear, and by 0018 in `imported_by_digest`) into
-/// today's tables, then drops the old ones; returns
-/// how many moved. Runs before the store serves, so a retry of a key used before the upgrade is
-/// answered from its first write, and a record imported before is not imported again.
+/// today's tables, then drops the old ones; returns how many moved. Runs before the store
+/// serves, so a retry of a key used before the upgrade is answered from its first write, and a
+/// record imported before is not imported again.
 ///
 /// One transaction per table under the ledger writers' lock: a second replica starting beside
 /// this one waits, then finds the table gone and moves nothing. A record whose revision is
