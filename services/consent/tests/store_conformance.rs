@@ -384,6 +384,46 @@ impl Harness {
             .get(0)
     }
 
+    /// This harness's backend, from its database's URL.
+    fn backend(&self) -> Backend {
+        if self.db.url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// Runs DDL written for PostgreSQL on this backend (`BYTEA` is SQLite's `BLOB`): the tables
+    /// an older release left behind, for the upgrade tests.
+    async fn create_old_table(&self, sql: &str) {
+        let sql = match self.backend() {
+            Backend::Sqlite => sql.replace("BYTEA", "BLOB"),
+            Backend::Postgres => sql.to_owned(),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] an old table: {e}", self.b));
+    }
+
+    /// How many of the tables `names` the database holds.
+    async fn tables_present(&self, names: &[&str]) -> i64 {
+        let catalog = match self.backend() {
+            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name",
+            Backend::Postgres => "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename",
+        };
+        let list = names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query(sqlx::AssertSqlSafe(format!("{catalog} IN ({list})")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] the catalog: {e}", self.b))
+            .get(0)
+    }
+
     async fn rows(&self, table: &str) -> i64 {
         sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(&self.pool)
@@ -1656,14 +1696,14 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
              caller TEXT NOT NULL, key TEXT NOT NULL, fingerprint BYTEA NOT NULL, \
              outcome TEXT NOT NULL, records_deleted BIGINT NULL)",
         ] {
-            let sql = match backend {
-                Backend::Sqlite => sql.replace("BYTEA", "BLOB"),
-                Backend::Postgres => sql.to_owned(),
-            };
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&h.pool)
-                .await
-                .unwrap_or_else(|e| panic!("[{b}] the old tables: {e}"));
+            if sql.starts_with("CREATE") {
+                h.create_old_table(sql).await;
+            } else {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&h.pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("[{b}] {sql}: {e}"));
+            }
         }
         sqlx::query(
             "INSERT INTO imported_held (source, source_record_id, revision, fingerprint) \
@@ -1689,20 +1729,9 @@ async fn records_kept_before_the_handle_still_answer_after_the_upgrade() {
 
         (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
         assert_eq!(h.idempotency_rows(&w).await, 1, "[{b}] moved to its handle");
-        let held: i64 = sqlx::query(match backend {
-            Backend::Sqlite => {
-                "SELECT COUNT(*) FROM sqlite_master \
-                 WHERE name IN ('idempotency_held', 'imported_held')"
-            }
-            Backend::Postgres => {
-                "SELECT COUNT(*) FROM pg_catalog.pg_tables \
-                 WHERE tablename IN ('idempotency_held', 'imported_held')"
-            }
-        })
-        .fetch_one(&h.pool)
-        .await
-        .expect("the old table")
-        .get(0);
+        let held = h
+            .tables_present(&["idempotency_held", "imported_held"])
+            .await;
         assert_eq!(held, 0, "[{b}] the old tables are gone");
         assert_eq!(h.rows("imported").await, 1, "[{b}] the import moved");
         let again = h.submit(w.clone()).await.expect("retry after the upgrade");
@@ -1767,16 +1796,11 @@ async fn imports_kept_under_a_digest_still_answer_after_the_upgrade() {
         }
         // The rows as migration 0017 kept them: under SHA-256 of source and id, in a table of
         // their own, and nothing in today's.
-        let create = "CREATE TABLE imported_by_digest (handle BYTEA PRIMARY KEY, \
-                      revision BIGINT NOT NULL UNIQUE, fingerprint BYTEA NOT NULL)";
-        let create = match backend {
-            Backend::Sqlite => create.replace("BYTEA", "BLOB"),
-            Backend::Postgres => create.to_owned(),
-        };
-        sqlx::query(sqlx::AssertSqlSafe(create))
-            .execute(&h.pool)
-            .await
-            .unwrap_or_else(|e| panic!("[{b}] the digest table: {e}"));
+        h.create_old_table(
+            "CREATE TABLE imported_by_digest (handle BYTEA PRIMARY KEY, \
+             revision BIGINT NOT NULL UNIQUE, fingerprint BYTEA NOT NULL)",
+        )
+        .await;
         for (id, _, _, first) in &imports {
             sqlx::query(
                 "INSERT INTO imported_by_digest (handle, revision, fingerprint) \
@@ -1798,18 +1822,7 @@ async fn imports_kept_under_a_digest_still_answer_after_the_upgrade() {
 
         (h.store, h.pool) = connect(backend, &h.db.url, h.keys.clone()).await;
         assert_eq!(h.rows("imported").await, 2, "[{b}] both rows moved");
-        let left: i64 = sqlx::query(match backend {
-            Backend::Sqlite => {
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'imported_by_digest'"
-            }
-            Backend::Postgres => {
-                "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = 'imported_by_digest'"
-            }
-        })
-        .fetch_one(&h.pool)
-        .await
-        .expect("the digest table")
-        .get(0);
+        let left = h.tables_present(&["imported_by_digest"]).await;
         assert_eq!(left, 0, "[{b}] the digest table is gone");
         for (id, purpose, import, first) in &imports {
             let again = h.submit(import.clone()).await.expect("the import again");
