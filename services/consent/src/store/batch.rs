@@ -20,7 +20,7 @@ use crate::ledger::keys::{LedgerKeys, random_key};
 use crate::model::{Change, StoredRecord, SubjectKey, Write, WriteOutcome};
 use crate::receipt::Receipt;
 use consentgate_chain::{GENESIS_HASH, checkpoint_message};
-use consentgate_store::{Dialect, Tx, to_i64, to_u64};
+use consentgate_store::{Backend, Dialect, Tx, to_i64, to_u64};
 use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use time::OffsetDateTime;
@@ -39,6 +39,41 @@ pub(super) enum Value {
     MaybeInt(Option<i64>),
     Bytes(Vec<u8>),
     MaybeBytes(Option<Vec<u8>>),
+}
+
+/// A list of values bound as one parameter, a JSON array of texts (byte strings in hex), for
+/// [`Statement::in_json`]: a statement looking up lists of any length keeps one text, and
+/// binds one value per list instead of one per entry.
+pub(super) struct JsonList {
+    json: String,
+    /// Whether the values are byte strings, in hex.
+    hex: bool,
+}
+
+impl JsonList {
+    pub(super) fn texts<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> JsonList {
+        let values: Vec<S> = values.into_iter().collect();
+        let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+        JsonList {
+            // A list of strings always serializes.
+            json: serde_json::to_string(&values).unwrap_or_else(|_| "[]".into()),
+            hex: false,
+        }
+    }
+
+    pub(super) fn bytes<B: AsRef<[u8]>>(values: impl IntoIterator<Item = B>) -> JsonList {
+        let mut json = String::from("[");
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push('"');
+            json.push_str(&hex::encode(v));
+            json.push('"');
+        }
+        json.push(']');
+        JsonList { json, hex: true }
+    }
 }
 
 /// A statement with its values, built for a run.
@@ -90,9 +125,44 @@ impl<D: Dialect> Statement<D> {
         self.push(")")
     }
 
-    /// ` IN (v1, v2, …)`.
-    pub(super) fn in_list(&mut self, values: Vec<Value>) -> &mut Self {
-        self.push(" IN ").tuple(values)
+    /// ` IN (SELECT …`, opening a match against a subquery's rows; [`Statement::in_close`]
+    /// closes it. On PostgreSQL ` = ANY(ARRAY(SELECT …))`: a prepared statement keeps a
+    /// generic plan, made with the statistics of the moment, and an `IN` subquery planned
+    /// while a table was empty stays a scan of the whole table for every value as the table
+    /// grows, where `= ANY` of an array is always a probe of the index per value.
+    pub(super) fn in_open(&mut self) -> &mut Self {
+        match D::BACKEND {
+            Backend::Sqlite => self.push(" IN (SELECT "),
+            Backend::Postgres => self.push(" = ANY(ARRAY(SELECT "),
+        }
+    }
+
+    /// Closes what [`Statement::in_open`] opened.
+    pub(super) fn in_close(&mut self) -> &mut Self {
+        match D::BACKEND {
+            Backend::Sqlite => self.push(")"),
+            Backend::Postgres => self.push("))"),
+        }
+    }
+
+    /// Matches a list bound as one parameter, a JSON array the database unpacks (SQLite's
+    /// `json_each`, PostgreSQL's `jsonb_array_elements_text`).
+    pub(super) fn in_json(&mut self, list: &JsonList) -> &mut Self {
+        let (elements, close, hex) = match D::BACKEND {
+            Backend::Sqlite => ("json_each(", ")", "unhex(value)"),
+            Backend::Postgres => (
+                "jsonb_array_elements_text(CAST(",
+                " AS jsonb))",
+                "decode(value, 'hex')",
+            ),
+        };
+        self.in_open()
+            .push(if list.hex { hex } else { "value" })
+            .push(" FROM ")
+            .push(elements)
+            .param(Value::Text(list.json.clone()))
+            .push(close)
+            .in_close()
     }
 
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
@@ -130,26 +200,17 @@ pub(super) struct Rows {
     pub(super) rows: Vec<Vec<Value>>,
 }
 
-/// The row (and `IN` list) counts generated statements come in, largest first. Each driver
-/// connection caches a bounded number of prepared statements (sqlx keeps 100) keyed by their
-/// text: a statement for every batch size would keep evicting each other and be parsed and
-/// planned anew on each use, so a batch is written in chunks of these sizes (37 rows: 16, 16,
-/// 4, 1) and a list is padded up to one. The largest stays well under every backend's parameter
+/// The row counts generated INSERTs come in, largest first. Each driver connection caches a
+/// bounded number of prepared statements (sqlx keeps 100) keyed by their text: a statement for
+/// every batch size would keep evicting each other and be parsed and planned anew on each use,
+/// so a batch is written in chunks of these sizes (37 rows: 16, 16, 4, 1). Lookups need none:
+/// a list is one parameter ([`JsonList`]). The largest stays well under every backend's parameter
 /// limit (SQLite's 32,766, PostgreSQL's 65,535) at any of these tables' widths.
 pub(super) const SHAPES: [usize; 5] = [256, 64, 16, 4, 1];
 
 /// The largest shape that fits `n` (≥ 1).
 fn chunk_for(n: usize) -> usize {
     SHAPES.into_iter().find(|&s| s <= n).unwrap_or(1)
-}
-
-/// The smallest shape that holds `n` (the largest when none does).
-pub(super) fn padded_to(n: usize) -> usize {
-    SHAPES
-        .into_iter()
-        .rev()
-        .find(|&s| s >= n)
-        .unwrap_or(SHAPES[0])
 }
 
 impl Rows {
@@ -698,6 +759,18 @@ async fn write_fresh<D: Dialect>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_list_is_one_array_of_texts_or_of_hex() {
+        let texts = JsonList::texts(["s:a\"b", "d:\\é"]);
+        let parsed: Vec<String> = serde_json::from_str(&texts.json).expect("a JSON array");
+        assert_eq!(parsed, ["s:a\"b", "d:\\é"]);
+        assert!(!texts.hex);
+        let bytes = JsonList::bytes([vec![0u8, 255], vec![]]);
+        assert_eq!(bytes.json, r#"["00ff",""]"#);
+        assert!(bytes.hex);
+        assert_eq!(JsonList::texts(Vec::<String>::new()).json, "[]");
+    }
 
     #[test]
     fn rows_are_written_in_chunks_of_the_shapes_only() {

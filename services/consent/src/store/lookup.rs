@@ -1,21 +1,24 @@
 //! What a run of consent writes reads before it writes anything: the idempotency records of
 //! its keys, its subjects' tombstones, the source records its imports name, the ledger's head,
 //! its subjects' rows and their link groups, and the current records of subjects with imports.
-//! On SQLite all of it is one statement, a `UNION ALL` of the same indexed lookups, each branch
-//! tagged with a number and filling the columns of its kind. Why: read one table at a time this
-//! was eight round trips to SQLite's worker thread before a write wrote anything, each a wake-up
-//! of another thread. PostgreSQL reads the same branches one kind at a time
-//! ([`read_one_by_one`]): it plans the statement every time it runs, and planning the whole
-//! `UNION ALL` cost more than the round trips saved (BENCHMARKS.md, "twelfth look", which also
-//! says what each change measured).
+//! All of it is one statement for the whole run, on both backends: a `UNION ALL` of the same
+//! indexed lookups, each branch tagged with a number and filling the columns of its kind, each
+//! list one parameter (a JSON array, [`JsonList`]). Why: read one table at a time this was
+//! eight round trips before a write wrote anything (to SQLite's worker thread, each a wake-up of
+//! another thread; to PostgreSQL over its socket). And with a list's every value a parameter of
+//! its own, the statement's text changed with the lists' lengths: PostgreSQL planned it anew on
+//! every run (0.7–2 ms for the union, so it once read one kind at a time instead), and SQLite
+//! bound each subject six times. With one parameter per list the text never changes: each
+//! connection prepares it once, and PostgreSQL keeps one generic plan (BENCHMARKS.md, "twelfth"
+//! and "seventeenth look").
 
 use super::StoreError;
-use super::batch::{SHAPES, Statement, Value, padded_to};
+use super::batch::{JsonList, Statement};
 use super::handles;
 use super::sql::subject_of;
 use crate::ledger::keys::LedgerKeys;
 use crate::model::{Change, ImportOrigin, SubjectKey, Write};
-use consentgate_store::{Backend, Dialect, Tx};
+use consentgate_store::{Dialect, Tx};
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -77,42 +80,36 @@ struct Lists {
     imported_subjects: BTreeSet<String>,
 }
 
-/// Reads what `run` needs, [`SHAPES`]`[0]` writes at a time: on SQLite in one statement
-/// ([`read_in_one_statement`]), on PostgreSQL one kind at a time ([`read_one_by_one`]).
+/// Reads what `run` needs, in one statement ([`read_in_one_statement`]).
 pub(super) async fn read<D: Dialect>(
     tx: &mut Tx<'_>,
     keys: &LedgerKeys,
     run: &[&Write],
 ) -> Result<Lookup, StoreError> {
     let mut lookup = Lookup::default();
-    for writes in run.chunks(SHAPES[0]) {
-        let mut lists = Lists::default();
-        for write in writes {
-            let subject = write.change.subject();
-            let tombstone = keys.tombstone(subject);
-            lists.tombstones.insert(tombstone.clone());
-            lookup.tombstones.push(tombstone);
-            lists.subjects.insert(subject.storage());
-            let handle = match import_of(write) {
-                Some(origin) => {
-                    lists.imported_subjects.insert(subject.storage());
-                    let handle = handles::import_key(origin);
-                    lists.imports.insert(handle.clone());
-                    handle
-                }
-                None => {
-                    let handle = handles::handle_of(write);
-                    lists.handles.insert(handle.clone());
-                    handle
-                }
-            };
-            lookup.handles.push(handle);
-        }
-        match D::BACKEND {
-            Backend::Sqlite => read_in_one_statement::<D>(tx, lists, &mut lookup).await?,
-            Backend::Postgres => read_one_by_one::<D>(tx, lists, &mut lookup).await?,
-        }
+    let mut lists = Lists::default();
+    for write in run {
+        let subject = write.change.subject();
+        let tombstone = keys.tombstone(subject);
+        lists.tombstones.insert(tombstone.clone());
+        lookup.tombstones.push(tombstone);
+        lists.subjects.insert(subject.storage());
+        let handle = match import_of(write) {
+            Some(origin) => {
+                lists.imported_subjects.insert(subject.storage());
+                let handle = handles::import_key(origin);
+                lists.imports.insert(handle.clone());
+                handle
+            }
+            None => {
+                let handle = handles::handle_of(write);
+                lists.handles.insert(handle.clone());
+                handle
+            }
+        };
+        lookup.handles.push(handle);
     }
+    read_in_one_statement::<D>(tx, lists, &mut lookup).await?;
     Ok(lookup)
 }
 
@@ -140,63 +137,29 @@ const LINK: i64 = 4;
 const SUBJECT: i64 = 5;
 const CURRENT: i64 = 6;
 
-/// A list padded to `n` values: repeated last value, or when empty a value that matches no row
-/// (no handle, tombstone or subject is empty).
-fn padded(values: Vec<Value>, n: usize, empty: Value) -> Vec<Value> {
-    let fill = values.last().cloned().unwrap_or(empty);
-    let mut values = values;
-    values.resize(n, fill);
-    values
-}
-
-/// One lookup statement for `lists` (each at most [`SHAPES`]`[0]` long), its rows sorted into
-/// `lookup`.
+/// One lookup statement for `lists`, of any length, its rows sorted into `lookup`.
 async fn read_in_one_statement<D: Dialect>(
     tx: &mut Tx<'_>,
     lists: Lists,
     lookup: &mut Lookup,
 ) -> Result<(), StoreError> {
-    // Every list padded to one shape, so that the statement's text is one of a few and stays
-    // prepared (see [`SHAPES`]).
-    let n = padded_to(
-        [
-            lists.handles.len(),
-            lists.tombstones.len(),
-            lists.imports.len(),
-            lists.subjects.len(),
-            lists.imported_subjects.len(),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(1)
-        .max(1),
-    );
-    let bytes = |set: BTreeSet<Vec<u8>>| {
-        padded(
-            set.into_iter().map(Value::Bytes).collect(),
-            n,
-            Value::Bytes(Vec::new()),
-        )
-    };
-    let texts = |set: BTreeSet<String>| {
-        padded(
-            set.into_iter().map(Value::Text).collect(),
-            n,
-            Value::Text(String::new()),
-        )
-    };
-    let handles = bytes(lists.handles);
-    let tombstones = bytes(lists.tombstones);
-    let imports = bytes(lists.imports);
-    let subjects = texts(lists.subjects);
-    let imported_subjects = texts(lists.imported_subjects);
+    // Each list is one parameter, a JSON array the statement unpacks (`json_each`): the text
+    // stays the same whatever the lists hold, so it is prepared once for runs of any length,
+    // and SQLite binds ten values, not one per entry per branch (the subjects' list appears
+    // six times): a quarter of a bulk import's time went to this lookup (BENCHMARKS.md).
+    let handles = JsonList::bytes(lists.handles);
+    let tombstones = JsonList::bytes(lists.tombstones);
+    let imports = JsonList::bytes(lists.imports);
+    let subjects = JsonList::texts(lists.subjects);
+    let imported_subjects = JsonList::texts(lists.imported_subjects);
 
     let mut s = Statement::<D>::new("");
     // The persons the subjects are linked to (a subject that is no device is its own person).
     let persons = |s: &mut Statement<D>| {
-        s.push(" IN (SELECT subject FROM links WHERE device")
-            .in_list(subjects.clone())
-            .push(")");
+        s.in_open()
+            .push("subject FROM links WHERE device")
+            .in_json(&subjects)
+            .in_close();
     };
     branch(
         &mut s,
@@ -210,21 +173,21 @@ async fn read_in_one_statement<D: Dialect>(
         ],
         "idempotency WHERE handle",
     );
-    s.in_list(handles);
+    s.in_json(&handles);
     branch(
         &mut s,
         TOMBSTONE,
         &[("b1", "tombstone")],
         "tombstones WHERE tombstone",
     );
-    s.in_list(tombstones);
+    s.in_json(&tombstones);
     branch(
         &mut s,
         IMPORTED,
         &[("b1", "handle"), ("b2", "fingerprint"), ("i2", "revision")],
         "imported WHERE handle",
     );
-    s.in_list(imports);
+    s.in_json(&imports);
     branch(
         &mut s,
         HEAD,
@@ -234,32 +197,26 @@ async fn read_in_one_statement<D: Dialect>(
     // Links: the subjects' own (as device or as person), and their persons' other devices.
     let link = [("t1", "device"), ("t2", "subject")];
     branch(&mut s, LINK, &link, "links WHERE device");
-    s.in_list(subjects.clone());
+    s.in_json(&subjects);
     branch(&mut s, LINK, &link, "links WHERE subject");
-    s.in_list(subjects.clone());
+    s.in_json(&subjects);
     branch(&mut s, LINK, &link, "links WHERE subject");
     persons(&mut s);
     // Subjects' rows: the subjects, their persons, and the devices of either.
     let subject = [("b1", "key"), ("t1", "subject"), ("i1", "order_micros")];
     branch(&mut s, SUBJECT, &subject, "subjects WHERE subject");
-    s.in_list(subjects.clone());
+    s.in_json(&subjects);
     branch(&mut s, SUBJECT, &subject, "subjects WHERE subject");
     persons(&mut s);
-    branch(
-        &mut s,
-        SUBJECT,
-        &subject,
-        "subjects WHERE subject IN (SELECT device FROM links WHERE subject",
-    );
-    s.in_list(subjects.clone()).push(")");
-    branch(
-        &mut s,
-        SUBJECT,
-        &subject,
-        "subjects WHERE subject IN (SELECT device FROM links WHERE subject",
-    );
+    branch(&mut s, SUBJECT, &subject, "subjects WHERE subject");
+    s.in_open()
+        .push("device FROM links WHERE subject")
+        .in_json(&subjects)
+        .in_close();
+    branch(&mut s, SUBJECT, &subject, "subjects WHERE subject");
+    s.in_open().push("device FROM links WHERE subject");
     persons(&mut s);
-    s.push(")");
+    s.in_close();
     branch(
         &mut s,
         CURRENT,
@@ -273,149 +230,10 @@ async fn read_in_one_statement<D: Dialect>(
         ],
         "consent_current WHERE subject",
     );
-    s.in_list(imported_subjects);
+    s.in_json(&imported_subjects);
 
     for row in s.fetch_all(tx).await? {
         lookup.absorb(&row)?;
-    }
-    Ok(())
-}
-
-/// The same lookups one kind at a time, each its own statement, as PostgreSQL reads them best:
-/// it plans a statement each time it runs it (custom plans for parameter lists), and the whole
-/// `UNION ALL` took 0.7–2 ms to plan where its parts take a tenth of that each, more than the
-/// round trips it saves over a socket (BENCHMARKS.md, "twelfth look"). The link groups take two
-/// lookups (the subjects' persons, then the persons' devices) and the subjects' rows one.
-async fn read_one_by_one<D: Dialect>(
-    tx: &mut Tx<'_>,
-    lists: Lists,
-    lookup: &mut Lookup,
-) -> Result<(), StoreError> {
-    let bytes = |set: BTreeSet<Vec<u8>>| set.into_iter().map(Value::Bytes).collect::<Vec<_>>();
-    let texts = |set: BTreeSet<String>| set.into_iter().map(Value::Text).collect::<Vec<_>>();
-    let idempotency = [
-        ("b1", "handle"),
-        ("b2", "fingerprint"),
-        ("i1", "created_at"),
-        ("i2", "revision"),
-        ("i3", "records_deleted"),
-    ];
-    let link = [("t1", "device"), ("t2", "subject")];
-    let subject = [("b1", "key"), ("t1", "subject"), ("i1", "order_micros")];
-    let current = [
-        ("t1", "subject"),
-        ("t2", "purpose"),
-        ("t3", "channel"),
-        ("t4", "scope"),
-        ("i1", "order_micros"),
-        ("i2", "revision"),
-    ];
-    let imported = [("b1", "handle"), ("b2", "fingerprint"), ("i2", "revision")];
-    select::<D>(
-        tx,
-        lookup,
-        IDEMPOTENCY,
-        &idempotency,
-        "idempotency WHERE handle",
-        bytes(lists.handles),
-    )
-    .await?;
-    select::<D>(
-        tx,
-        lookup,
-        TOMBSTONE,
-        &[("b1", "tombstone")],
-        "tombstones WHERE tombstone",
-        bytes(lists.tombstones),
-    )
-    .await?;
-    select::<D>(
-        tx,
-        lookup,
-        IMPORTED,
-        &imported,
-        "imported WHERE handle",
-        bytes(lists.imports),
-    )
-    .await?;
-    let mut head = Statement::<D>::new("");
-    branch(
-        &mut head,
-        HEAD,
-        &[("b1", "hash"), ("i1", "seq")],
-        "ledger WHERE seq = (SELECT MAX(seq) FROM ledger)",
-    );
-    for row in head.fetch_all(tx).await? {
-        lookup.absorb(&row)?;
-    }
-    // The subjects' persons (a subject that is no device is its own), then their devices.
-    select::<D>(
-        tx,
-        lookup,
-        LINK,
-        &link,
-        "links WHERE device",
-        texts(lists.subjects.clone()),
-    )
-    .await?;
-    let persons: BTreeSet<String> = lists
-        .subjects
-        .iter()
-        .map(|s| lookup.person_of(s).to_owned())
-        .collect();
-    select::<D>(
-        tx,
-        lookup,
-        LINK,
-        &link,
-        "links WHERE subject",
-        texts(persons),
-    )
-    .await?;
-    let mut members = lists.subjects;
-    for (device, person) in &lookup.links {
-        members.insert(device.clone());
-        members.insert(person.clone());
-    }
-    select::<D>(
-        tx,
-        lookup,
-        SUBJECT,
-        &subject,
-        "subjects WHERE subject",
-        texts(members),
-    )
-    .await?;
-    select::<D>(
-        tx,
-        lookup,
-        CURRENT,
-        &current,
-        "consent_current WHERE subject",
-        texts(lists.imported_subjects),
-    )
-    .await?;
-    Ok(())
-}
-
-/// One lookup of a kind `WHERE … IN (values)`, in chunks padded to a shape; nothing to ask
-/// when there are no values.
-async fn select<D: Dialect>(
-    tx: &mut Tx<'_>,
-    lookup: &mut Lookup,
-    tag: i64,
-    columns: &[(&str, &str)],
-    from: &str,
-    values: Vec<Value>,
-) -> Result<(), StoreError> {
-    for chunk in values.chunks(SHAPES[0]) {
-        let mut s = Statement::<D>::new("");
-        branch(&mut s, tag, columns, from);
-        let n = padded_to(chunk.len());
-        s.in_list(padded(chunk.to_vec(), n, Value::Text(String::new())));
-        for row in s.fetch_all(tx).await? {
-            lookup.absorb(&row)?;
-        }
     }
     Ok(())
 }
@@ -512,28 +330,6 @@ impl Lookup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(v: &Value) -> &str {
-        match v {
-            Value::Text(s) => s,
-            _ => panic!("a text value"),
-        }
-    }
-
-    #[test]
-    fn lists_are_padded_with_their_last_value_or_one_that_matches_nothing() {
-        let padded_list = padded(
-            vec![Value::Text("a".into()), Value::Text("b".into())],
-            4,
-            Value::Text(String::new()),
-        );
-        assert_eq!(
-            padded_list.iter().map(text).collect::<Vec<_>>(),
-            ["a", "b", "b", "b"]
-        );
-        let empty = padded(Vec::new(), 1, Value::Text(String::new()));
-        assert_eq!(empty.iter().map(text).collect::<Vec<_>>(), [""]);
-    }
 
     #[test]
     fn a_link_group_is_the_subject_its_person_and_the_persons_devices() {
